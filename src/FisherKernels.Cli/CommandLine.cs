@@ -1,0 +1,38 @@
+namespace FisherKernels.Cli;
+
+/// <summary>Dispatches `fisherkernels VERB ...` (SPEC §6) and turns every failure into one line on stderr.</summary>
+internal static class CommandLine
+{
+    public static int Run(string[] args)
+    {
+        bool verbose = Array.IndexOf(args, "--verbose") >= 0;
+        try
+        {
+            if (args.Length == 0 || args[0] is "-h" or "--help")
+            {
+                Console.Out.WriteLine(Usage);
+                return args.Length == 0 ? 2 : 0;
+            }
+            throw FisherKernelsException.Argument($"unknown command '{args[0]}'\n{Usage}");
+        }
+        catch (Exception e) when (!verbose)
+        {
+            Console.Error.WriteLine($"fisherkernels: {e.Message}");
+            return e is FisherKernelsException { Kind: ErrorKind.InvalidArgument } ? 2 : 1;
+        }
+    }
+
+    private const string Usage = """
+        usage: fisherkernels <command> [options]
+          inspect  --model M.onnx [--json]
+          forward  --model M.onnx --tokens T.npy --out logits.npy
+          fit      --model M.onnx --tokens T.npy [--targets Y.npy] [--fisher sampled|empirical|exact] ... --out C.safetensors
+          score    --model M.onnx --tokens T.npy [--method isotropic|kfac] [--curvature C.safetensors] ... --out S.json|S.csv
+          jvp      --model M.onnx --tokens T.npy --direction V.safetensors --out J.npy
+          merge    C1.safetensors C2.safetensors ... --out C.safetensors
+          run      --model M.onnx --input NAME=FILE.npy [...] --out-dir DIR
+          bench    [--backend cpu|cuda|opencl|ilgpu-cpu|all] [--model M.onnx --tokens T.npy] [--json]
+          demo
+        common: --backend NAME, --threads N, --verbose
+        """;
+}
