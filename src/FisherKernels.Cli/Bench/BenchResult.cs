@@ -1,0 +1,10 @@
+namespace FisherKernels.Cli.Bench;
+
+/// <summary>One row of `bench --json` (SPEC §6): a figure and its baseline, timed in the same process.</summary>
+internal sealed record BenchResult(
+    string Name, string Backend, string Shape, double MedianMs, double? Gflops,
+    string Baseline, double BaselineMedianMs)
+{
+    /// <summary>Above 1 means faster than the baseline.</summary>
+    public double Ratio => BaselineMedianMs / MedianMs;
+}
