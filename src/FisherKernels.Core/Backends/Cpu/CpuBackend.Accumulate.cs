@@ -6,9 +6,6 @@ public sealed partial class CpuBackend
                                  float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default)
         => throw new NotImplementedException();
 
-    public void Gemm(in GemmShape shape, ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> c)
-        => throw new NotImplementedException();
-
     public void LinearJvp(ReadOnlySpan<float> x, ReadOnlySpan<float> dx, ReadOnlySpan<float> w, ReadOnlySpan<float> dw,
                           ReadOnlySpan<float> db, int rows, int inFeatures, int outFeatures, Span<float> dy)
         => throw new NotImplementedException();

@@ -1,3 +1,5 @@
+using FisherKernels.Native;
+
 namespace FisherKernels.Backends.Cpu;
 
 /// <summary>
@@ -6,9 +8,27 @@ namespace FisherKernels.Backends.Cpu;
 /// </summary>
 public sealed partial class CpuBackend : IComputeBackend
 {
+    /// <param name="threads">Worker threads for this backend's kernels (and OpenBLAS); 0 = all cores.</param>
+    /// <param name="useNativeBlas">False forces the managed paths even where OpenBLAS is present.</param>
+    public CpuBackend(int threads = 0, bool useNativeBlas = true)
+    {
+        if (threads < 0) throw FisherKernelsException.Argument($"--threads must be at least 1, got {threads}");
+        Threads = threads == 0 ? Environment.ProcessorCount : threads;
+        UsesNativeBlas = useNativeBlas && OpenBlasLibrary.IsAvailable;
+        if (UsesNativeBlas) Blas.SetThreads(Threads);
+        Parallelism = new ParallelOptions { MaxDegreeOfParallelism = Threads };
+    }
+
     public string Name => "cpu";
 
-    public string Device => $"{Environment.ProcessorCount} logical cores";
+    public string Device => $"{Threads} threads{(UsesNativeBlas ? ", OpenBLAS" : ", managed BLAS")}";
+
+    public int Threads { get; }
+
+    /// <summary>True when OpenBLAS/LAPACK calls are used; false on the managed fallback.</summary>
+    public bool UsesNativeBlas { get; }
+
+    private ParallelOptions Parallelism { get; }
 
     public void Dispose() { }
 }
