@@ -10,7 +10,7 @@ namespace FisherKernels.IO;
 /// </summary>
 public static class NpyFile
 {
-    static ReadOnlySpan<byte> Magic => "\x93NUMPY"u8;
+    static ReadOnlySpan<byte> Magic => [0x93, (byte)'N', (byte)'U', (byte)'M', (byte)'P', (byte)'Y'];
 
     /// <summary>numpy itself refuses headers above 10 000 bytes; we allow more but stay bounded.</summary>
     const int MaxHeaderLength = 1 << 20;
@@ -65,8 +65,9 @@ public static class NpyFile
             throw FisherKernelsException.Unsupported($"{source}: Fortran-ordered arrays are not supported (save with C order, e.g. numpy.ascontiguousarray)");
         ElementType type = ParseDescr(descr, source);
 
-        long count = ShapeUtil.Product(shape);
-        long dataBytes = checked(count * ElementTypes.SizeOf(type));
+        long dataBytes;
+        try { dataBytes = checked(ShapeUtil.Product(shape) * ElementTypes.SizeOf(type)); }
+        catch (OverflowException) { throw FisherKernelsException.Format($"{source}: shape ({ShapeUtil.Format(shape)}) is too large"); }
         long available = remaining - prefixLength - headerLength;
         if (dataBytes != available)
             throw FisherKernelsException.Format($"{source}: shape ({ShapeUtil.Format(shape)}) of {descr} needs {dataBytes} data bytes, the file has {available}");
