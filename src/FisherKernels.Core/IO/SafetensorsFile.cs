@@ -191,6 +191,8 @@ public sealed class SafetensorsFile
 
     static (List<Entry> Entries, Dictionary<string, string> Metadata) ParseHeader(byte[] header, string source)
     {
+        // JsonDocument checks UTF-8 inside strings only when they are decoded, so check it all first.
+        if (!System.Text.Unicode.Utf8.IsValid(header)) throw FisherKernelsException.Format($"{source}: header is not valid UTF-8");
         JsonDocument doc;
         try { doc = JsonDocument.Parse(header, new JsonDocumentOptions { MaxDepth = 8 }); }
         catch (JsonException e) { throw new FisherKernelsException(ErrorKind.Format, $"{source}: header is not valid JSON: {e.Message}", e); }
