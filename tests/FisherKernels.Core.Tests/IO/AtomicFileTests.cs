@@ -61,6 +61,14 @@ public class AtomicFileTests
             Assert.Equal(ErrorKind.Io, e.Kind);
             Assert.Contains("folder", e.Message);
 
+            if (OperatingSystem.IsLinux())
+            {
+                // Not even root can create files in /proc.
+                string target = "/proc/fisherkernels-test.npy";
+                e = Assert.Throws<FisherKernelsException>(() => NpyFile.Write(target, new NdArray<float>(1)));
+                Assert.Equal(ErrorKind.Io, e.Kind);
+                Assert.Contains(target, e.Message);
+            }
             if (!OperatingSystem.IsWindows() && Environment.UserName != "root")
             {
                 string locked = Path.Combine(dir, "locked");
