@@ -73,8 +73,7 @@ public static class NpyFile
             throw FisherKernelsException.Format($"{source}: shape ({ShapeUtil.Format(shape)}) of {descr} needs {dataBytes} data bytes, the file has {available}");
 
         NdArray array = RawArrays.Allocate(type, shape);
-        RawArrays.ReadExactly(stream, RawArrays.Bytes(array), source, "data");
-        RawArrays.NormalizeBools(array);
+        RawArrays.Read(stream, array, source, "data");
         return array;
     }
 
@@ -92,7 +91,7 @@ public static class NpyFile
         AtomicFile.Write(path, stream =>
         {
             stream.Write(header);
-            stream.Write(RawArrays.Bytes(array));
+            RawArrays.Write(stream, array);
         });
     }
 
@@ -101,7 +100,7 @@ public static class NpyFile
     {
         ArgumentNullException.ThrowIfNull(array);
         stream.Write(BuildHeader(array));
-        stream.Write(RawArrays.Bytes(array));
+        RawArrays.Write(stream, array);
     }
 
     static byte[] BuildHeader(NdArray array)

@@ -25,7 +25,69 @@ internal static class RawArrays
         };
     }
 
-    /// <summary>The storage of <paramref name="array"/> as little-endian bytes (the machine is little-endian).</summary>
+    /// <summary>Bytes of storage, without the 2 GiB limit of a byte span.</summary>
+    public static long ByteLength(NdArray array) => array.Length * ElementTypes.SizeOf(array.ElementType);
+
+    /// <summary>Writes the storage of <paramref name="array"/> (little-endian, as the machine is) in chunks, so arrays over 2 GiB work.</summary>
+    public static void Write(Stream stream, NdArray array, int chunkBytes = ChunkBytes)
+    {
+        switch (array)
+        {
+            case NdArray<float> a: WriteChunks<float>(stream, a.Span, chunkBytes); break;
+            case NdArray<double> a: WriteChunks<double>(stream, a.Span, chunkBytes); break;
+            case NdArray<Half> a: WriteChunks<Half>(stream, a.Span, chunkBytes); break;
+            case NdArray<int> a: WriteChunks<int>(stream, a.Span, chunkBytes); break;
+            case NdArray<long> a: WriteChunks<long>(stream, a.Span, chunkBytes); break;
+            default: stream.Write(Bytes(array)); break;
+        }
+    }
+
+    /// <summary>Fills the storage of <paramref name="array"/> from <paramref name="stream"/> in chunks; a short read is a truncated file.</summary>
+    public static void Read(Stream stream, NdArray array, string source, string what, int chunkBytes = ChunkBytes)
+    {
+        switch (array)
+        {
+            case NdArray<float> a: ReadChunks<float>(stream, a.Span, source, what, chunkBytes); break;
+            case NdArray<double> a: ReadChunks<double>(stream, a.Span, source, what, chunkBytes); break;
+            case NdArray<Half> a: ReadChunks<Half>(stream, a.Span, source, what, chunkBytes); break;
+            case NdArray<int> a: ReadChunks<int>(stream, a.Span, source, what, chunkBytes); break;
+            case NdArray<long> a: ReadChunks<long>(stream, a.Span, source, what, chunkBytes); break;
+            default: ReadExactly(stream, Bytes(array), source, what); NormalizeBools(array); break;
+        }
+    }
+
+    /// <summary>Largest single read or write; callers (tests) may pass smaller chunks.</summary>
+    public const int ChunkBytes = 1 << 26;
+
+    static void WriteChunks<T>(Stream stream, ReadOnlySpan<T> span, int chunkBytes) where T : unmanaged
+    {
+        int chunk = Math.Max(1, chunkBytes / System.Runtime.CompilerServices.Unsafe.SizeOf<T>());
+        for (int i = 0; i < span.Length; i += chunk)
+            stream.Write(MemoryMarshal.AsBytes(span.Slice(i, Math.Min(chunk, span.Length - i))));
+    }
+
+    static void ReadChunks<T>(Stream stream, Span<T> span, string source, string what, int chunkBytes) where T : unmanaged
+    {
+        int chunk = Math.Max(1, chunkBytes / System.Runtime.CompilerServices.Unsafe.SizeOf<T>());
+        for (int i = 0; i < span.Length; i += chunk)
+            ReadExactly(stream, MemoryMarshal.AsBytes(span.Slice(i, Math.Min(chunk, span.Length - i))), source, what);
+    }
+
+    /// <summary>Reads <paramref name="target"/>.Length bfloat16 values and widens them (exactly) to float32.</summary>
+    public static void ReadBFloat16(Stream stream, Span<float> target, string source, string what, int chunkBytes = ChunkBytes)
+    {
+        Span<byte> buffer = new byte[Math.Max(2, Math.Min(2L * target.Length, chunkBytes) & ~1L)];
+        Span<uint> words = MemoryMarshal.Cast<float, uint>(target);
+        for (int i = 0; i < target.Length; i += buffer.Length / 2)
+        {
+            int n = Math.Min(buffer.Length / 2, target.Length - i);
+            ReadExactly(stream, buffer[..(2 * n)], source, what);
+            for (int k = 0; k < n; k++)
+                words[i + k] = (uint)System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(buffer.Slice(2 * k, 2)) << 16;
+        }
+    }
+
+    /// <summary>The storage of <paramref name="array"/> as bytes; only for arrays under 2 GiB (1-byte types, tests).</summary>
     public static Span<byte> Bytes(NdArray array) => array switch
     {
         NdArray<float> a => MemoryMarshal.AsBytes(a.Span),

@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Runtime.InteropServices;
 using System.Text.Json;
 
 namespace FisherKernels.IO;
@@ -111,7 +110,7 @@ public sealed class SafetensorsFile
         BinaryPrimitives.WriteUInt64LittleEndian(lengthField, (ulong)header.Length);
         stream.Write(lengthField);
         stream.Write(header);
-        foreach (var (_, array) in tensors) stream.Write(RawArrays.Bytes(array));
+        foreach (var (_, array) in tensors) RawArrays.Write(stream, array);
     }
 
     static byte[] BuildHeader(List<KeyValuePair<string, NdArray>> tensors, IReadOnlyDictionary<string, string>? metadata)
@@ -135,7 +134,7 @@ public sealed class SafetensorsFile
                 if (string.IsNullOrEmpty(name)) throw FisherKernelsException.Argument("safetensors: tensor names must be non-empty");
                 if (name == MetadataKey) throw FisherKernelsException.Argument($"safetensors: '{MetadataKey}' is reserved and cannot name a tensor");
                 if (!seen.Add(name)) throw FisherKernelsException.Argument($"safetensors: tensor '{name}' is given twice");
-                long size = RawArrays.Bytes(array).Length;
+                long size = RawArrays.ByteLength(array);
                 json.WriteStartObject(name);
                 json.WriteString("dtype", DtypeName(array.ElementType, name));
                 json.WriteStartArray("shape");
@@ -313,21 +312,8 @@ public sealed class SafetensorsFile
         var (_, type) = ParseDtype(e.Dtype)!.Value;
         NdArray array = RawArrays.Allocate(type, e.Shape);
         string what = $"data of tensor '{e.Name}'";
-        if (e.Dtype != "BF16")
-        {
-            RawArrays.ReadExactly(stream, RawArrays.Bytes(array), source, what);
-            RawArrays.NormalizeBools(array);
-            return array;
-        }
-        // BF16 is the top half of a float32: read the 2-byte values into the front of the float buffer
-        // and widen in place from the back, so no second buffer is needed.
-        var floats = (NdArray<float>)array;
-        Span<byte> bytes = MemoryMarshal.AsBytes(floats.Span);
-        int n = floats.Data.Length;
-        RawArrays.ReadExactly(stream, bytes[..(2 * n)], source, what);
-        Span<uint> words = MemoryMarshal.Cast<float, uint>(floats.Span);
-        for (int i = n - 1; i >= 0; i--)
-            words[i] = (uint)BinaryPrimitives.ReadUInt16LittleEndian(bytes.Slice(2 * i, 2)) << 16;
+        if (e.Dtype == "BF16") RawArrays.ReadBFloat16(stream, ((NdArray<float>)array).Span, source, what);
+        else RawArrays.Read(stream, array, source, what);
         return array;
     }
 }
