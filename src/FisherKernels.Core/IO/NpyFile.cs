@@ -61,7 +61,8 @@ public static class NpyFile
         }
 
         var (descr, fortranOrder, shape) = HeaderParser.Parse(header, source);
-        if (fortranOrder)
+        // Column-major and row-major storage coincide when at most one dimension exceeds 1 (numpy may mark those either way).
+        if (fortranOrder && shape.Count(d => d > 1) > 1 && !shape.Contains(0))
             throw FisherKernelsException.Unsupported($"{source}: Fortran-ordered arrays are not supported (save with C order, e.g. numpy.ascontiguousarray)");
         ElementType type = ParseDescr(descr, source);
 

@@ -87,12 +87,12 @@ public sealed class SafetensorsFile
     }
 
     /// <summary>
-    /// Writes <paramref name="tensors"/> in the given order, with an optional <c>__metadata__</c> map,
+    /// Writes <paramref name="tensors"/> (data ordered by element size, then as given), with an optional <c>__metadata__</c> map,
     /// atomically (temporary file renamed into place). The header is padded with spaces to a multiple of 8 bytes.
     /// </summary>
     public static void Write(string path, IEnumerable<KeyValuePair<string, NdArray>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
-        var list = tensors.ToList();
+        var list = DataOrder(tensors);
         byte[] header = BuildHeader(list, metadata);
         AtomicFile.Write(path, stream => WriteBody(stream, header, list));
     }
@@ -100,8 +100,20 @@ public sealed class SafetensorsFile
     /// <summary>Writes to <paramref name="stream"/>; see <see cref="Write(string, IEnumerable{KeyValuePair{string, NdArray}}, IReadOnlyDictionary{string, string}?)"/>.</summary>
     public static void Write(Stream stream, IEnumerable<KeyValuePair<string, NdArray>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
-        var list = tensors.ToList();
+        var list = DataOrder(tensors);
         WriteBody(stream, BuildHeader(list, metadata), list);
+    }
+
+    /// <summary>
+    /// Larger elements first (stable otherwise), as Python's safetensors does: with the header padded to 8 bytes,
+    /// every tensor then starts aligned to its element size, which zero-copy readers need.
+    /// </summary>
+    static List<KeyValuePair<string, NdArray>> DataOrder(IEnumerable<KeyValuePair<string, NdArray>> tensors)
+    {
+        ArgumentNullException.ThrowIfNull(tensors);
+        foreach (var (name, array) in tensors)
+            if (array is null) throw FisherKernelsException.Argument($"safetensors: tensor '{name}' is null");
+        return tensors.OrderByDescending(t => ElementTypes.SizeOf(t.Value.ElementType)).ToList();
     }
 
     static void WriteBody(Stream stream, byte[] header, List<KeyValuePair<string, NdArray>> tensors)
@@ -118,7 +130,7 @@ public sealed class SafetensorsFile
         RawArrays.EnsureLittleEndian();
         var seen = new HashSet<string>(StringComparer.Ordinal);
         using var buffer = new MemoryStream();
-        using (var json = new Utf8JsonWriter(buffer))
+        using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
             json.WriteStartObject();
             if (metadata is { Count: > 0 })
@@ -130,7 +142,6 @@ public sealed class SafetensorsFile
             long offset = 0;
             foreach (var (name, array) in tensors)
             {
-                ArgumentNullException.ThrowIfNull(array);
                 if (string.IsNullOrEmpty(name)) throw FisherKernelsException.Argument("safetensors: tensor names must be non-empty");
                 if (name == MetadataKey) throw FisherKernelsException.Argument($"safetensors: '{MetadataKey}' is reserved and cannot name a tensor");
                 if (!seen.Add(name)) throw FisherKernelsException.Argument($"safetensors: tensor '{name}' is given twice");

@@ -102,6 +102,8 @@ public class NpyFileTests
             Assert.Equal(ElementType.Int64, a.ElementType);
             Assert.Equal([2], a.Shape);
         }
+        using var fortranVector = new MemoryStream(Npy("{'descr': '<f4', 'fortran_order': True, 'shape': (1, 3, 1), }", 1, 12));
+        Assert.Equal([1, 3, 1], NpyFile.Read(fortranVector).Shape);
         using var scalar = new MemoryStream(Npy("{'descr': '|b1', 'fortran_order': False, 'shape': ()}", 1, 1));
         Assert.Equal(0, NpyFile.Read(scalar).Rank);
     }

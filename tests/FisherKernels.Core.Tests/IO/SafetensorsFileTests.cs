@@ -26,7 +26,10 @@ public class SafetensorsFileTests
             stream.Position = 0;
             SafetensorsFile file = SafetensorsFile.Read(stream, "t.safetensors");
 
-            Assert.Equal(tensors.Select(t => t.Key), file.Names);
+            Assert.Equal(tensors.OrderByDescending(t => ElementTypes.SizeOf(t.Value.ElementType)).Select(t => t.Key), file.Names);
+            // Every tensor starts aligned to its element size (the header is padded to 8).
+            foreach (string name in file.Names)
+                Assert.Equal(0, DataOffset(stream.ToArray(), name) % ElementTypes.SizeOf(file.Tensors[name].ElementType));
             foreach (var (name, array) in tensors) TestArrays.AssertIdentical(array, file.Tensors[name], $"trial {trial} {name}");
             Assert.Equal(metadata.OrderBy(k => k.Key), file.Metadata.OrderBy(k => k.Key));
         }
@@ -52,6 +55,13 @@ public class SafetensorsFileTests
         Assert.Contains("dir.safetensors", e.Message);
         e = Assert.Throws<FisherKernelsException>(() => file.GetFloat32("missing"));
         Assert.Contains("'missing'", e.Message);
+    }
+
+    static long DataOffset(byte[] file, string name)
+    {
+        int n = (int)BinaryPrimitives.ReadUInt64LittleEndian(file);
+        using var doc = System.Text.Json.JsonDocument.Parse(file.AsMemory(8, n));
+        return doc.RootElement.GetProperty(name).GetProperty("data_offsets")[0].GetInt64();
     }
 
     /// <summary>A file with the given JSON header (padded to 8) and data bytes.</summary>
