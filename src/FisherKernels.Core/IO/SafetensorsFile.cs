@@ -111,9 +111,10 @@ public sealed class SafetensorsFile
     static List<KeyValuePair<string, NdArray>> DataOrder(IEnumerable<KeyValuePair<string, NdArray>> tensors)
     {
         ArgumentNullException.ThrowIfNull(tensors);
-        foreach (var (name, array) in tensors)
+        var list = tensors.ToList();
+        foreach (var (name, array) in list)
             if (array is null) throw FisherKernelsException.Argument($"safetensors: tensor '{name}' is null");
-        return tensors.OrderByDescending(t => ElementTypes.SizeOf(t.Value.ElementType)).ToList();
+        return list.OrderByDescending(t => ElementTypes.SizeOf(t.Value.ElementType)).ToList();
     }
 
     static void WriteBody(Stream stream, byte[] header, List<KeyValuePair<string, NdArray>> tensors)
