@@ -4,7 +4,8 @@ namespace FisherKernels.Curvature;
 /// The K-FAC curvature of one layer (SPEC §3): <c>C = M · (A ⊗ G)</c> with
 /// <c>A = (1/M) Σ ã ãᵀ</c> (<c>[in(+1)]²</c>, homogeneous coordinate last when the layer has a bias) and
 /// <c>G = (1/M) Σ g gᵀ</c> (<c>[out]²</c>), both full symmetric float32 matrices, row-major.
-/// Immutable; the constructor checks shapes, finiteness and symmetry.
+/// The block takes ownership of A and G (no copy) and never changes them; the constructor checks shapes,
+/// finiteness (a non-finite value is an error naming the layer) and symmetry (to float32 rounding).
 /// </summary>
 public sealed class KroneckerBlock
 {
