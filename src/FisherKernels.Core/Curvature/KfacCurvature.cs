@@ -1,0 +1,193 @@
+using System.Globalization;
+using FisherKernels.IO;
+
+namespace FisherKernels.Curvature;
+
+/// <summary>The expected shape of one layer, as the model defines it (SPEC §2); used to check a curvature against a model.</summary>
+public readonly record struct LayerShape(string Layer, int InFeatures, int OutFeatures, bool HasBias);
+
+/// <summary>
+/// The K-FAC curvature of a model: one <see cref="KroneckerBlock"/> per layer, in a stable order, and
+/// where it came from. Stored as safetensors (SPEC §5):
+/// <list type="bullet">
+/// <item>tensors <c>&lt;layer&gt;.A</c> and <c>&lt;layer&gt;.G</c>, F32, in layer order;</item>
+/// <item><c>__metadata__</c>: <c>format</c> = <c>fisherkernels/1</c>, <c>fisher</c> (sampled | empirical | exact),
+/// <c>positions</c> (M: the largest per-layer count, written with round-trip precision), <c>model_sha256</c>
+/// (hex SHA-256 of the ONNX file), <c>created_by</c>; per layer <c>&lt;layer&gt;.has_bias</c> = <c>true</c> | <c>false</c>
+/// (required: it says whether A's last row/column is the bias coordinate) and <c>&lt;layer&gt;.positions</c>
+/// only where that layer's count differs from <c>positions</c>. Other metadata keys are ignored on load.</item>
+/// </list>
+/// </summary>
+public sealed class KfacCurvature
+{
+    public const string FormatName = "fisherkernels/1";
+    public static readonly IReadOnlyList<string> FisherTypes = ["sampled", "empirical", "exact"];
+
+    readonly Dictionary<string, KroneckerBlock> byLayer;
+
+    public KfacCurvature(IEnumerable<KroneckerBlock> layers, string fisher, string modelSha256, string createdBy)
+    {
+        ArgumentNullException.ThrowIfNull(layers);
+        Layers = layers.ToArray();
+        byLayer = new Dictionary<string, KroneckerBlock>(StringComparer.Ordinal);
+        foreach (KroneckerBlock b in Layers)
+            if (!byLayer.TryAdd(b.Layer, b)) throw FisherKernelsException.Argument($"curvature: layer '{b.Layer}' is given twice");
+        if (Layers.Count == 0) throw FisherKernelsException.Argument("curvature: needs at least one layer");
+        if (!FisherTypes.Contains(fisher)) throw FisherKernelsException.Argument($"curvature: fisher type '{fisher}' is not one of {string.Join(", ", FisherTypes)}");
+        if (string.IsNullOrWhiteSpace(modelSha256)) throw FisherKernelsException.Argument("curvature: model_sha256 is empty");
+        Fisher = fisher;
+        ModelSha256 = modelSha256;
+        CreatedBy = createdBy ?? "";
+    }
+
+    /// <summary>The blocks in a stable order (the order they were given or stored in).</summary>
+    public IReadOnlyList<KroneckerBlock> Layers { get; }
+
+    public string Fisher { get; }
+    public string ModelSha256 { get; }
+    public string CreatedBy { get; }
+
+    /// <summary>The file this curvature was loaded from, or null; names it in error messages.</summary>
+    public string? Source { get; private init; }
+
+    /// <summary>M: the largest per-layer position count.</summary>
+    public double Positions => Layers.Max(b => b.Positions);
+
+    /// <summary>The block of <paramref name="layer"/>; an error naming the layer and the file if there is none.</summary>
+    public KroneckerBlock this[string layer] =>
+        byLayer.TryGetValue(layer, out KroneckerBlock? b) ? b
+        : throw FisherKernelsException.Argument($"{Describe()} has no layer '{layer}'");
+
+    public bool TryGetLayer(string layer, out KroneckerBlock block) => byLayer.TryGetValue(layer, out block!);
+
+    /// <summary>Saves atomically (temporary file renamed into place).</summary>
+    public void Save(string path)
+    {
+        double positions = Positions;
+        var metadata = new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["format"] = FormatName,
+            ["fisher"] = Fisher,
+            ["positions"] = FormatNumber(positions),
+            ["model_sha256"] = ModelSha256,
+            ["created_by"] = CreatedBy,
+        };
+        var tensors = new List<KeyValuePair<string, NdArray>>(2 * Layers.Count);
+        foreach (KroneckerBlock b in Layers)
+        {
+            metadata[b.Layer + ".has_bias"] = b.HasBias ? "true" : "false";
+            if (b.Positions != positions) metadata[b.Layer + ".positions"] = FormatNumber(b.Positions);
+            tensors.Add(new(b.Layer + ".A", b.A));
+            tensors.Add(new(b.Layer + ".G", b.G));
+        }
+        SafetensorsFile.Write(path, tensors, metadata);
+    }
+
+    /// <summary>Loads and validates a curvature file; every problem is an error naming the file and, where it applies, the layer.</summary>
+    public static KfacCurvature Load(string path)
+    {
+        SafetensorsFile file = SafetensorsFile.Read(path);
+        var meta = file.Metadata;
+        if (!meta.TryGetValue("format", out string? format))
+            throw FisherKernelsException.Format($"{path}: not a FisherKernels curvature file (no 'format' in its metadata)");
+        if (format != FormatName)
+            throw FisherKernelsException.Unsupported($"{path}: curvature format '{format}' is not supported (expected '{FormatName}')");
+        string fisher = Required(meta, "fisher", path);
+        if (!FisherTypes.Contains(fisher))
+            throw FisherKernelsException.Format($"{path}: fisher type '{fisher}' is not one of {string.Join(", ", FisherTypes)}");
+        string modelSha = Required(meta, "model_sha256", path);
+        if (string.IsNullOrWhiteSpace(modelSha)) throw FisherKernelsException.Format($"{path}: metadata 'model_sha256' is empty");
+        double positions = ParsePositions(Required(meta, "positions", path), "positions", path);
+
+        var layerNames = new List<string>();
+        foreach (string name in file.Names)
+        {
+            if (name.EndsWith(".A", StringComparison.Ordinal)) layerNames.Add(name[..^2]);
+            else if (!name.EndsWith(".G", StringComparison.Ordinal))
+                throw FisherKernelsException.Format($"{path}: unexpected tensor '{name}' (curvature tensors are '<layer>.A' and '<layer>.G')");
+        }
+        foreach (string name in file.Names)
+            if (name.EndsWith(".G", StringComparison.Ordinal) && !file.Tensors.ContainsKey(name[..^2] + ".A"))
+                throw FisherKernelsException.Format($"{path}: layer '{name[..^2]}' has G but no A");
+        if (layerNames.Count == 0) throw FisherKernelsException.Format($"{path}: curvature has no layers");
+
+        var blocks = new List<KroneckerBlock>(layerNames.Count);
+        foreach (string layer in layerNames)
+        {
+            if (!file.Tensors.ContainsKey(layer + ".G")) throw FisherKernelsException.Format($"{path}: layer '{layer}' has A but no G");
+            NdArray<float> a = file.GetFloat32(layer + ".A"), g = file.GetFloat32(layer + ".G");
+            string biasFlag = Required(meta, layer + ".has_bias", path);
+            if (biasFlag is not ("true" or "false"))
+                throw FisherKernelsException.Format($"{path}: metadata '{layer}.has_bias' must be 'true' or 'false', found '{biasFlag}'");
+            double layerPositions = meta.TryGetValue(layer + ".positions", out string? p) ? ParsePositions(p, layer + ".positions", path) : positions;
+            string? problem = KroneckerBlock.Check(layer, a, g, biasFlag == "true", layerPositions);
+            if (problem is not null) throw FisherKernelsException.Format($"{path}: {problem}");
+            blocks.Add(new KroneckerBlock(layer, a, g, biasFlag == "true", layerPositions));
+        }
+        meta.TryGetValue("created_by", out string? createdBy);
+        return new KfacCurvature(blocks, fisher, modelSha, createdBy ?? "") { Source = path };
+    }
+
+    /// <summary>
+    /// Adds the information of two curvatures of the same model (SPEC §3): per layer, positions add and
+    /// A, G become position-weighted means. The model hash, fisher type, layer set and shapes must agree;
+    /// the error says which does not. The result keeps this curvature's layer order.
+    /// </summary>
+    public KfacCurvature Merge(KfacCurvature other, string? createdBy = null)
+    {
+        ArgumentNullException.ThrowIfNull(other);
+        if (!SameHash(ModelSha256, other.ModelSha256))
+            throw FisherKernelsException.Argument($"cannot merge curvatures of different models: {Describe()} has model_sha256 {ModelSha256}, {other.Describe()} has {other.ModelSha256}");
+        if (Fisher != other.Fisher)
+            throw FisherKernelsException.Argument($"cannot merge curvatures of different fisher types: {Describe()} is {Fisher}, {other.Describe()} is {other.Fisher}");
+        foreach (KroneckerBlock b in other.Layers)
+            if (!byLayer.ContainsKey(b.Layer)) throw FisherKernelsException.Argument($"cannot merge: layer '{b.Layer}' is in {other.Describe()} but not in {Describe()}");
+        var merged = new List<KroneckerBlock>(Layers.Count);
+        foreach (KroneckerBlock b in Layers)
+        {
+            if (!other.TryGetLayer(b.Layer, out KroneckerBlock o))
+                throw FisherKernelsException.Argument($"cannot merge: layer '{b.Layer}' is in {Describe()} but not in {other.Describe()}");
+            merged.Add(b.Merge(o));
+        }
+        return new KfacCurvature(merged, Fisher, ModelSha256, createdBy ?? CreatedBy);
+    }
+
+    /// <summary>
+    /// Checks that this curvature was fitted on the model with <paramref name="modelSha256"/> and has exactly
+    /// the layers <paramref name="layers"/> with their shapes; the error names the hash or the layer that differs.
+    /// </summary>
+    public void EnsureMatches(string modelSha256, IReadOnlyCollection<LayerShape> layers)
+    {
+        ArgumentNullException.ThrowIfNull(layers);
+        if (!SameHash(ModelSha256, modelSha256))
+            throw FisherKernelsException.Argument($"{Describe()} was fitted on a different model (model_sha256 {ModelSha256}, this model has {modelSha256})");
+        var expected = new HashSet<string>(StringComparer.Ordinal);
+        foreach (LayerShape s in layers)
+        {
+            expected.Add(s.Layer);
+            if (!byLayer.TryGetValue(s.Layer, out KroneckerBlock? b))
+                throw FisherKernelsException.Argument($"{Describe()} has no curvature for layer '{s.Layer}' of the model");
+            if (b.HasBias != s.HasBias || b.InFeatures != s.InFeatures || b.OutFeatures != s.OutFeatures)
+                throw FisherKernelsException.Argument($"{Describe()}: layer '{s.Layer}' has in {b.InFeatures}, out {b.OutFeatures}, bias {b.HasBias}; the model has in {s.InFeatures}, out {s.OutFeatures}, bias {s.HasBias}");
+        }
+        foreach (KroneckerBlock b in Layers)
+            if (!expected.Contains(b.Layer))
+                throw FisherKernelsException.Argument($"{Describe()} has layer '{b.Layer}', which the model does not have");
+    }
+
+    string Describe() => Source is null ? "curvature" : $"curvature '{Source}'";
+
+    static bool SameHash(string x, string y) => string.Equals(x.Trim(), y.Trim(), StringComparison.OrdinalIgnoreCase);
+
+    static string Required(IReadOnlyDictionary<string, string> meta, string key, string path) =>
+        meta.TryGetValue(key, out string? v) ? v : throw FisherKernelsException.Format($"{path}: metadata '{key}' is missing");
+
+    static double ParsePositions(string text, string key, string path)
+    {
+        if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || !double.IsFinite(v) || v < 0)
+            throw FisherKernelsException.Format($"{path}: metadata '{key}' must be a non-negative number, found '{text}'");
+        return v;
+    }
+
+    static string FormatNumber(double v) => v.ToString("R", CultureInfo.InvariantCulture);
+}
