@@ -1,0 +1,88 @@
+namespace FisherKernels.Onnx.Graph;
+
+/// <summary>A graph input or output as declared: element type and dimensions (null = symbolic or unknown).</summary>
+public sealed record ValueInfo(string Name, ElementType? ElementType, int?[]? Shape, string?[]? DimensionNames)
+{
+    public string Describe() => Shape is null ? $"{Name} ({ElementType?.ToString() ?? "?"})"
+        : $"{Name} ({ElementType?.ToString() ?? "?"} [{string.Join(", ", Shape.Select((d, i) => d?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? DimensionNames?[i] ?? "?"))}])";
+}
+
+/// <summary>An attribute value of a node, as stored in the model.</summary>
+public sealed class NodeAttribute
+{
+    public required string Name { get; init; }
+    public float? Float { get; init; }
+    public long? Int { get; init; }
+    public string? String { get; init; }
+    public NdArray? Tensor { get; init; }
+    public float[]? Floats { get; init; }
+    public long[]? Ints { get; init; }
+    public string[]? Strings { get; init; }
+}
+
+/// <summary>One operator application. Absent optional inputs are empty strings, as in ONNX.</summary>
+public sealed class Node
+{
+    public required string Name { get; init; }
+    public required string OpType { get; init; }
+    /// <summary>"" for the default ONNX domain ("ai.onnx" is normalised to "").</summary>
+    public required string Domain { get; init; }
+    public required string[] Inputs { get; init; }
+    public required string[] Outputs { get; init; }
+    public required IReadOnlyDictionary<string, NodeAttribute> Attributes { get; init; }
+
+    /// <summary>"op type 'X' (domain d) at node 'n'" — how errors name a node.</summary>
+    public string Describe() => $"{OpType}{(Domain.Length == 0 ? "" : $" (domain {Domain})")} node '{Name}'";
+}
+
+/// <summary>
+/// The imported model: nodes in file order, initializers converted to float32 (from float32,
+/// float16 or bfloat16) or kept as integers, graph inputs (initializers excluded) and outputs.
+/// </summary>
+public sealed class OnnxGraph
+{
+    public required string Source { get; init; }
+    public required IReadOnlyList<Node> Nodes { get; init; }
+    public required IReadOnlyDictionary<string, NdArray> Initializers { get; init; }
+    /// <summary>Initializer names in file order (dictionaries do not promise an order).</summary>
+    public required IReadOnlyList<string> InitializerOrder { get; init; }
+    /// <summary>Values that came from Constant nodes (held with the initializers, but not initializers for layer discovery).</summary>
+    public required IReadOnlySet<string> ConstantNodeValues { get; init; }
+    public required IReadOnlyList<ValueInfo> Inputs { get; init; }
+    public required IReadOnlyList<ValueInfo> Outputs { get; init; }
+    /// <summary>Opset version per domain ("" = the default ONNX domain).</summary>
+    public required IReadOnlyDictionary<string, long> Opsets { get; init; }
+
+    public long DefaultOpset => Opsets.TryGetValue("", out long v) ? v : 0;
+
+    /// <summary>The node that produces each value (graph inputs and initializers have none).</summary>
+    public IReadOnlyDictionary<string, Node> Producers => producers ??= BuildProducers();
+
+    /// <summary>The nodes that read each value, in node order.</summary>
+    public IReadOnlyDictionary<string, IReadOnlyList<Node>> Consumers => consumers ??= BuildConsumers();
+
+    private Dictionary<string, Node>? producers;
+    private Dictionary<string, IReadOnlyList<Node>>? consumers;
+
+    private Dictionary<string, Node> BuildProducers()
+    {
+        var map = new Dictionary<string, Node>();
+        foreach (var node in Nodes)
+            foreach (var output in node.Outputs)
+                if (output.Length > 0) map[output] = node;
+        return map;
+    }
+
+    private Dictionary<string, IReadOnlyList<Node>> BuildConsumers()
+    {
+        var map = new Dictionary<string, List<Node>>();
+        foreach (var node in Nodes)
+            foreach (var input in node.Inputs.Distinct())
+            {
+                if (input.Length == 0) continue;
+                if (!map.TryGetValue(input, out var list)) map[input] = list = [];
+                list.Add(node);
+            }
+        return map.ToDictionary(kv => kv.Key, kv => (IReadOnlyList<Node>)kv.Value);
+    }
+}

@@ -1,0 +1,151 @@
+using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Proto;
+using Google.Protobuf;
+
+namespace FisherKernels.Onnx.Import;
+
+/// <summary>Reads an ONNX file into an <see cref="OnnxGraph"/> (SPEC §1): opsets 13–21, inline and external initializers, Constant nodes as constants.</summary>
+public static class OnnxImporter
+{
+    public const int MinOpset = 13, MaxOpset = 21;
+
+    public static OnnxGraph Load(string path)
+    {
+        byte[] bytes;
+        try { bytes = File.ReadAllBytes(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+        {
+            string why = e is FileNotFoundException or DirectoryNotFoundException ? "file not found" : e.Message;
+            throw FisherKernelsException.Io($"cannot read model '{path}': {why}", e);
+        }
+        ModelProto model;
+        try { model = ModelProto.Parser.ParseFrom(bytes); }
+        catch (InvalidProtocolBufferException e)
+        {
+            throw FisherKernelsException.Format($"'{path}' is not a valid ONNX model (truncated or not a protobuf file: {e.Message})");
+        }
+        if (model.Graph is null || model.IrVersion <= 0 || model.Graph.Output.Count == 0)
+            throw FisherKernelsException.Format($"'{path}' is not a valid ONNX model (no graph, IR version or outputs; truncated or not an ONNX file?)");
+        using var external = new ExternalData(path);
+        return Convert(model, path, external);
+    }
+
+    private static OnnxGraph Convert(ModelProto model, string path, ExternalData external)
+    {
+        var opsets = new Dictionary<string, long>();
+        foreach (var opset in model.OpsetImport) opsets[NormalizeDomain(opset.Domain)] = opset.Version;
+        if (!opsets.TryGetValue("", out long version) || version < MinOpset || version > MaxOpset)
+            throw FisherKernelsException.Unsupported($"model '{path}' uses ONNX opset {(opsets.ContainsKey("") ? version.ToString(System.Globalization.CultureInfo.InvariantCulture) : "(none)")}; opsets {MinOpset}–{MaxOpset} are supported");
+
+        var graph = model.Graph;
+        if (graph.SparseInitializer.Count > 0)
+            throw FisherKernelsException.Unsupported($"model '{path}': sparse initializers are not supported ('{graph.SparseInitializer[0].Values?.Name}')");
+        var initializers = new Dictionary<string, NdArray>();
+        var order = new List<string>();
+        foreach (var tensor in graph.Initializer)
+        {
+            if (string.IsNullOrEmpty(tensor.Name)) throw FisherKernelsException.Format($"model '{path}': an initializer has no name (corrupt model?)");
+            initializers[tensor.Name] = TensorImport.ToArray(tensor, $"model '{path}', initializer '{tensor.Name}'", external);
+            order.Add(tensor.Name);
+        }
+
+        var nodes = new List<Node>();
+        var constants = new HashSet<string>();
+        for (int index = 0; index < graph.Node.Count; index++)
+        {
+            var proto = graph.Node[index];
+            string name = proto.Name.Length > 0 ? proto.Name : $"{proto.OpType}_{index}";
+            string domain = NormalizeDomain(proto.Domain);
+            string what = $"model '{path}', {proto.OpType} node '{name}'";
+            var attributes = new Dictionary<string, NodeAttribute>();
+            foreach (var a in proto.Attribute) attributes[a.Name] = ToAttribute(a, what, external);
+            if (proto.OpType == "Constant" && domain.Length == 0 && proto.Output.Count == 1)
+            {
+                initializers[proto.Output[0]] = ConstantValue(attributes, what);
+                constants.Add(proto.Output[0]);
+                continue;
+            }
+            nodes.Add(new Node
+            {
+                Name = name, OpType = proto.OpType, Domain = domain,
+                Inputs = [.. proto.Input], Outputs = [.. proto.Output], Attributes = attributes,
+            });
+        }
+
+        var inputs = graph.Input.Where(v => !initializers.ContainsKey(v.Name)).Select(ToValueInfo).ToList();
+        var outputs = graph.Output.Select(ToValueInfo).ToList();
+        var result = new OnnxGraph
+        {
+            Source = path, Nodes = nodes, Initializers = initializers, InitializerOrder = order,
+            ConstantNodeValues = constants, Inputs = inputs, Outputs = outputs, Opsets = opsets,
+        };
+        CheckComplete(result);
+        return result;
+    }
+
+    /// <summary>Every value read must be produced somewhere: a truncated file often still parses but loses nodes or initializers.</summary>
+    private static void CheckComplete(OnnxGraph graph)
+    {
+        var known = new HashSet<string>(graph.Initializers.Keys);
+        foreach (var input in graph.Inputs) known.Add(input.Name);
+        foreach (var node in graph.Nodes)
+            foreach (var output in node.Outputs) known.Add(output);
+        foreach (var node in graph.Nodes)
+            foreach (var input in node.Inputs)
+                if (input.Length > 0 && !known.Contains(input))
+                    throw FisherKernelsException.Format($"model '{graph.Source}': value '{input}' read by {node.Describe()} is never produced (truncated or corrupt model?)");
+        foreach (var output in graph.Outputs)
+            if (!known.Contains(output.Name))
+                throw FisherKernelsException.Format($"model '{graph.Source}': graph output '{output.Name}' is never produced (truncated or corrupt model?)");
+    }
+
+    private static string NormalizeDomain(string domain) => domain == "ai.onnx" ? "" : domain;
+
+    private static NodeAttribute ToAttribute(AttributeProto a, string what, ExternalData external) => a.Type switch
+    {
+        AttributeProto.Types.AttributeType.Float => new NodeAttribute { Name = a.Name, Float = a.F },
+        AttributeProto.Types.AttributeType.Int => new NodeAttribute { Name = a.Name, Int = a.I },
+        AttributeProto.Types.AttributeType.String => new NodeAttribute { Name = a.Name, String = a.S.ToStringUtf8() },
+        AttributeProto.Types.AttributeType.Tensor => new NodeAttribute { Name = a.Name, Tensor = TensorImport.ToArray(a.T, $"{what}, attribute '{a.Name}'", external) },
+        AttributeProto.Types.AttributeType.Floats => new NodeAttribute { Name = a.Name, Floats = [.. a.Floats] },
+        AttributeProto.Types.AttributeType.Ints => new NodeAttribute { Name = a.Name, Ints = [.. a.Ints] },
+        AttributeProto.Types.AttributeType.Strings => new NodeAttribute { Name = a.Name, Strings = [.. a.Strings.Select(s => s.ToStringUtf8())] },
+        // Sub-graphs and other kinds: kept by name only; the operator that would need them is not supported.
+        _ => new NodeAttribute { Name = a.Name },
+    };
+
+    private static NdArray ConstantValue(Dictionary<string, NodeAttribute> attributes, string what)
+    {
+        foreach (var a in attributes.Values)
+        {
+            switch (a.Name)
+            {
+                case "value" when a.Tensor is not null: return a.Tensor;
+                case "value_float" when a.Float is float f: return new NdArray<float>([], [f]);
+                case "value_floats" when a.Floats is not null: return new NdArray<float>([a.Floats.Length], a.Floats);
+                case "value_int" when a.Int is long i: return new NdArray<long>([], [i]);
+                case "value_ints" when a.Ints is not null: return new NdArray<long>([a.Ints.Length], a.Ints);
+            }
+        }
+        throw FisherKernelsException.Unsupported($"{what}: Constant without a supported value (value, value_float(s), value_int(s))");
+    }
+
+    private static ValueInfo ToValueInfo(ValueInfoProto v)
+    {
+        var tensor = v.Type?.TensorType;
+        if (tensor is null) return new ValueInfo(v.Name, null, null, null);
+        ElementType? type = TensorImport.ImportedType(tensor.ElemType);
+        if (tensor.Shape is null) return new ValueInfo(v.Name, type, null, null);
+        var dims = tensor.Shape.Dim;
+        var shape = new int?[dims.Count];
+        var names = new string?[dims.Count];
+        for (int i = 0; i < dims.Count; i++)
+        {
+            if (dims[i].ValueCase == TensorShapeProto.Types.Dimension.ValueOneofCase.DimValue && dims[i].DimValue >= 0 && dims[i].DimValue <= int.MaxValue)
+                shape[i] = (int)dims[i].DimValue;
+            else if (dims[i].ValueCase == TensorShapeProto.Types.Dimension.ValueOneofCase.DimParam)
+                names[i] = dims[i].DimParam;
+        }
+        return new ValueInfo(v.Name, type, shape, names);
+    }
+}

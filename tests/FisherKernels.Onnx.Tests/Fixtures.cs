@@ -1,0 +1,32 @@
+namespace FisherKernels.Tests;
+
+/// <summary>Paths of the committed fixture models and goldens (tests/fixtures, see its README).</summary>
+internal static class Fixtures
+{
+    public static readonly string Folder = FindFolder();
+
+    public static string Path(string file) => System.IO.Path.Combine(Folder, file);
+
+    private static string FindFolder()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            string candidate = System.IO.Path.Combine(dir.FullName, "tests", "fixtures");
+            if (File.Exists(System.IO.Path.Combine(candidate, "gpt2_tiny.onnx"))) return candidate;
+        }
+        throw new InvalidOperationException("tests/fixtures not found above " + AppContext.BaseDirectory);
+    }
+}
+
+/// <summary>A temporary folder deleted when the test ends.</summary>
+internal sealed class TempFolder : IDisposable
+{
+    public string Path { get; } = Directory.CreateTempSubdirectory("fk-onnx-").FullName;
+
+    public string File(string name) => System.IO.Path.Combine(Path, name);
+
+    public void Dispose()
+    {
+        try { Directory.Delete(Path, recursive: true); } catch (IOException) { }
+    }
+}
