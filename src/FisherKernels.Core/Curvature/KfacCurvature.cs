@@ -15,7 +15,8 @@ public readonly record struct LayerShape(string Layer, int InFeatures, int OutFe
 /// <c>positions</c> (M: the largest per-layer count, written with round-trip precision), <c>model_sha256</c>
 /// (hex SHA-256 of the ONNX file), <c>created_by</c>; per layer <c>&lt;layer&gt;.has_bias</c> = <c>true</c> | <c>false</c>
 /// (required: it says whether A's last row/column is the bias coordinate) and <c>&lt;layer&gt;.positions</c>
-/// only where that layer's count differs from <c>positions</c>. Other metadata keys are ignored on load.</item>
+/// only where that layer's count differs from <c>positions</c>; optionally <c>calibration_beta</c>, the β of the
+/// calibrated confidence <c>1/(1+β·u)</c> fitted by <c>calibrate</c>. Other metadata keys are ignored on load.</item>
 /// </list>
 /// </summary>
 public sealed class KfacCurvature
@@ -50,6 +51,16 @@ public sealed class KfacCurvature
     /// <summary>The file this curvature was loaded from, or null; names it in error messages.</summary>
     public string? Source { get; private init; }
 
+    /// <summary>β of the calibrated confidence <c>1/(1+β·u)</c> (metadata <c>calibration_beta</c>), or null when not calibrated.</summary>
+    public double? CalibrationBeta { get; private init; }
+
+    /// <summary>This curvature with <paramref name="beta"/> as its calibration (same blocks, no copy).</summary>
+    public KfacCurvature WithCalibrationBeta(double beta)
+    {
+        if (!double.IsFinite(beta) || beta < 0) throw FisherKernelsException.Argument($"calibration β must be finite and non-negative, got {beta}");
+        return new KfacCurvature(Layers, Fisher, ModelSha256, CreatedBy) { Source = Source, CalibrationBeta = beta };
+    }
+
     /// <summary>M: the largest per-layer position count.</summary>
     public double Positions => Layers.Max(b => b.Positions);
 
@@ -72,6 +83,7 @@ public sealed class KfacCurvature
             ["model_sha256"] = ModelSha256,
             ["created_by"] = CreatedBy,
         };
+        if (CalibrationBeta is double beta) metadata["calibration_beta"] = FormatNumber(beta);
         var tensors = new List<KeyValuePair<string, NdArray>>(2 * Layers.Count);
         foreach (KroneckerBlock b in Layers)
         {
@@ -84,7 +96,15 @@ public sealed class KfacCurvature
     }
 
     /// <summary>Loads and validates a curvature file; every problem is an error naming the file and, where it applies, the layer.</summary>
-    public static KfacCurvature Load(string path)
+    public static KfacCurvature Load(string path) => Load(path, modelLayers: null);
+
+    /// <summary>
+    /// Loads a curvature file for the model with <paramref name="modelLayers"/>: a layer whose <c>&lt;layer&gt;.has_bias</c>
+    /// metadata is missing (files written by other tools, such as the torch goldens) takes the bias flag of the model's
+    /// layer of that name, provided A's size agrees with it. A file that states has_bias for any layer (every file this
+    /// project writes) must state it for all.
+    /// </summary>
+    public static KfacCurvature Load(string path, IReadOnlyCollection<LayerShape>? modelLayers)
     {
         SafetensorsFile file = SafetensorsFile.Read(path);
         var meta = file.Metadata;
@@ -112,11 +132,12 @@ public sealed class KfacCurvature
         if (layerNames.Count == 0) throw FisherKernelsException.Format($"{path}: curvature has no layers");
 
         var blocks = new List<KroneckerBlock>(layerNames.Count);
+        if (meta.Keys.Any(k => k.EndsWith(".has_bias", StringComparison.Ordinal))) modelLayers = null;
         foreach (string layer in layerNames)
         {
             if (!file.Tensors.ContainsKey(layer + ".G")) throw FisherKernelsException.Format($"{path}: layer '{layer}' has A but no G");
             NdArray<float> a = file.GetFloat32(layer + ".A"), g = file.GetFloat32(layer + ".G");
-            string biasFlag = Required(meta, layer + ".has_bias", path);
+            string biasFlag = meta.TryGetValue(layer + ".has_bias", out string? flag) ? flag : InferBias(layer, a, modelLayers, path);
             if (biasFlag is not ("true" or "false"))
                 throw FisherKernelsException.Format($"{path}: metadata '{layer}.has_bias' must be 'true' or 'false', found '{biasFlag}'");
             double layerPositions = meta.TryGetValue(layer + ".positions", out string? p) ? ParsePositions(p, layer + ".positions", path) : positions;
@@ -125,7 +146,29 @@ public sealed class KfacCurvature
             blocks.Add(new KroneckerBlock(layer, a, g, biasFlag == "true", layerPositions));
         }
         meta.TryGetValue("created_by", out string? createdBy);
-        return new KfacCurvature(blocks, fisher, modelSha, createdBy ?? "") { Source = path };
+        double? beta = null;
+        if (meta.TryGetValue("calibration_beta", out string? betaText))
+        {
+            if (!double.TryParse(betaText, NumberStyles.Float, CultureInfo.InvariantCulture, out double b) || !double.IsFinite(b) || b < 0)
+                throw FisherKernelsException.Format($"{path}: metadata 'calibration_beta' must be a non-negative number, found '{betaText}'");
+            beta = b;
+        }
+        return new KfacCurvature(blocks, fisher, modelSha, createdBy ?? "") { Source = path, CalibrationBeta = beta };
+    }
+
+    /// <summary>"true"/"false" for a layer without has_bias metadata, from the model's layer of that name.</summary>
+    static string InferBias(string layer, NdArray<float> a, IReadOnlyCollection<LayerShape>? modelLayers, string path)
+    {
+        if (modelLayers is null) throw FisherKernelsException.Format($"{path}: metadata '{layer}.has_bias' is missing");
+        foreach (LayerShape s in modelLayers)
+        {
+            if (s.Layer != layer) continue;
+            int expected = s.InFeatures + (s.HasBias ? 1 : 0);
+            if (a.Rank != 2 || a.Shape[0] != expected)
+                throw FisherKernelsException.Format($"{path}: layer '{layer}' has A of shape [{ShapeUtil.Format(a.Shape)}] and no has_bias metadata; the model's layer needs [{expected}, {expected}] (in {s.InFeatures}, bias {s.HasBias})");
+            return s.HasBias ? "true" : "false";
+        }
+        throw FisherKernelsException.Format($"{path}: metadata '{layer}.has_bias' is missing and the model has no layer '{layer}'");
     }
 
     /// <summary>

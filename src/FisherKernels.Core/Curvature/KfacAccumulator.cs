@@ -1,0 +1,350 @@
+using System.Globalization;
+using FisherKernels.Backends;
+using FisherKernels.IO;
+
+namespace FisherKernels.Curvature;
+
+/// <summary>Options of a K-FAC fit (SPEC §3 and the <c>fit</c> command of §6).</summary>
+public sealed record KfacFitOptions
+{
+    /// <summary><c>sampled</c> (default), <c>empirical</c> or <c>exact</c>.</summary>
+    public string Fisher { get; init; } = "sampled";
+
+    /// <summary>Label draws per position for the sampled Fisher (<c>--samples</c>).</summary>
+    public int Samples { get; init; } = 1;
+
+    /// <summary>Seed of every random choice of the fit: position subsampling and sampled labels.</summary>
+    public long Seed { get; init; }
+
+    /// <summary><c>--ema λ</c> in [0, 1): <c>A ← λ·A + (1-λ)·A_batch</c>; null for the running mean over all positions.</summary>
+    public double? Ema { get; init; }
+
+    /// <summary><c>--sample-positions p</c> in (0, 1]: each position is kept with probability p.</summary>
+    public double SamplePositions { get; init; } = 1.0;
+
+    /// <summary>An error naming the option that is out of range, or nothing.</summary>
+    public void Validate()
+    {
+        if (!KfacCurvature.FisherTypes.Contains(Fisher))
+            throw FisherKernelsException.Argument($"--fisher '{Fisher}' is not one of {string.Join(", ", KfacCurvature.FisherTypes)}");
+        if (Samples < 1) throw FisherKernelsException.Argument($"--samples must be at least 1, got {Samples}");
+        if (Ema is double l && !(l >= 0 && l < 1)) throw FisherKernelsException.Argument($"--ema must be in [0, 1), got {l}");
+        if (!(SamplePositions > 0 && SamplePositions <= 1))
+            throw FisherKernelsException.Argument($"--sample-positions must be in (0, 1], got {SamplePositions}");
+    }
+}
+
+/// <summary>Bytes one layer needs: its two factors (also the size of the fit's state) and their dense eigenbases.</summary>
+public readonly record struct LayerMemory(string Layer, long FactorBytes, long EigenbasisBytes)
+{
+    public long TotalBytes => FactorBytes + EigenbasisBytes;
+}
+
+/// <summary>
+/// Accumulates the K-FAC factors of every layer (SPEC §3) from streamed batches, through the backend's
+/// kernel family 1. Per batch: <see cref="BeginBatch"/> (draws the position mask), one <see cref="Add"/>
+/// per layer with that layer's inputs and output gradients, <see cref="EndBatch"/>.
+/// <para>
+/// The factors are running means over the kept positions (weighted by positions, so the fit of a file is
+/// the merge of the fits of its parts); with <see cref="KfacFitOptions.Ema"/> λ the first batch sets them
+/// and each later one does <c>F ← λ·F + (1-λ)·F_batch</c>, and the position count becomes the effective
+/// count <c>M ← λ·M + m</c> (steady state <c>m/(1-λ)</c>: the positions the average still remembers).
+/// <c>positions</c> counts the positions kept by <c>--sample-positions</c>: the factors are means over
+/// exactly those, so merges stay exact.
+/// </para>
+/// <para>
+/// Every random choice is a pure function of (seed, batch index, draw), so a fit is deterministic for the
+/// same inputs, seed and thread count, and a fit resumed from a checkpoint is bit-identical to an
+/// uninterrupted one.
+/// </para>
+/// </summary>
+public sealed class KfacAccumulator
+{
+    public const string CheckpointFormat = "fisherkernels-checkpoint/1";
+
+    readonly IComputeBackend backend;
+    readonly LayerState[] layers;
+    readonly Dictionary<string, int> indexOf = new(StringComparer.Ordinal);
+    byte[] mask = [];
+    int batchPositions = -1;
+    int keptInBatch;
+
+    sealed class LayerState(LayerShape shape)
+    {
+        public readonly LayerShape Shape = shape;
+        public readonly float[] A = new float[ADimOf(shape) * ADimOf(shape)];
+        public readonly float[] G = new float[(long)shape.OutFeatures * shape.OutFeatures];
+        public double Positions;
+        public bool AddedThisBatch;
+    }
+
+    public KfacAccumulator(IComputeBackend backend, IReadOnlyList<LayerShape> layers, KfacFitOptions options, string modelSha256)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        ArgumentNullException.ThrowIfNull(layers);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        if (layers.Count == 0) throw FisherKernelsException.Argument("K-FAC fit: the model has no layers (SPEC §2)");
+        if (string.IsNullOrWhiteSpace(modelSha256)) throw FisherKernelsException.Argument("K-FAC fit: model_sha256 is empty");
+        this.backend = backend;
+        Options = options;
+        ModelSha256 = modelSha256;
+        this.layers = new LayerState[layers.Count];
+        for (int i = 0; i < layers.Count; i++)
+        {
+            LayerShape s = layers[i];
+            if (s.InFeatures < 1 || s.OutFeatures < 1)
+                throw FisherKernelsException.Argument($"K-FAC fit: layer '{s.Layer}' has in {s.InFeatures}, out {s.OutFeatures}");
+            if (!indexOf.TryAdd(s.Layer, i)) throw FisherKernelsException.Argument($"K-FAC fit: layer '{s.Layer}' is given twice");
+            this.layers[i] = new LayerState(s);
+        }
+    }
+
+    public KfacFitOptions Options { get; }
+    public string ModelSha256 { get; }
+
+    /// <summary>Batches completed so far (including those restored from a checkpoint).</summary>
+    public int BatchesDone { get; private set; }
+
+    /// <summary>The layers in fit order.</summary>
+    public IEnumerable<LayerShape> Layers => layers.Select(l => l.Shape);
+
+    /// <summary>
+    /// Starts batch <see cref="BatchesDone"/> over <paramref name="positions"/> positions (batch × seq) and
+    /// returns its position mask: a non-zero byte keeps the position. Empty when every position is kept.
+    /// </summary>
+    public ReadOnlySpan<byte> BeginBatch(int positions)
+    {
+        if (batchPositions >= 0) throw new InvalidOperationException("K-FAC fit: BeginBatch called twice without EndBatch");
+        ArgumentOutOfRangeException.ThrowIfNegative(positions);
+        batchPositions = positions;
+        if (Options.SamplePositions >= 1)
+        {
+            mask = [];
+            keptInBatch = positions;
+            return mask;
+        }
+        if (mask.Length != positions) mask = new byte[positions];
+        var rng = new SplitMix64(Options.Seed, BatchesDone, stream: 0);
+        keptInBatch = 0;
+        for (int m = 0; m < positions; m++)
+        {
+            bool keep = rng.NextDouble() < Options.SamplePositions;
+            mask[m] = keep ? (byte)1 : (byte)0;
+            if (keep) keptInBatch++;
+        }
+        return mask;
+    }
+
+    /// <summary>
+    /// Adds one layer's data for the current batch: <paramref name="inputs"/> <c>[M × in]</c> (the layer inputs a,
+    /// one row per position) and <paramref name="outputGradients"/> <c>[blocks·M × out]</c>: <paramref name="blocks"/>
+    /// blocks of output gradients g in the same position order, e.g. one per label draw of the sampled Fisher.
+    /// <c>G_batch = blockWeight/M · Σ_blocks Σ_m g gᵀ</c> over the kept positions; blockWeight defaults to 1/blocks
+    /// (the average over draws). The exact Fisher passes rows already scaled by √p(y) with blockWeight 1.
+    /// </summary>
+    public void Add(string layer, ReadOnlySpan<float> inputs, ReadOnlySpan<float> outputGradients, int blocks = 1, double? blockWeight = null)
+    {
+        if (batchPositions < 0) throw new InvalidOperationException("K-FAC fit: Add called outside BeginBatch/EndBatch");
+        if (!indexOf.TryGetValue(layer, out int index)) throw FisherKernelsException.Argument($"K-FAC fit: '{layer}' is not a layer of the model");
+        LayerState state = layers[index];
+        if (state.AddedThisBatch) throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}' was given twice in batch {BatchesDone}");
+        int m = batchPositions, inF = state.Shape.InFeatures, outF = state.Shape.OutFeatures;
+        if (blocks < 1) throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}': blocks must be at least 1, got {blocks}");
+        if (inputs.Length != (long)m * inF)
+            throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}' inputs have {inputs.Length} values, expected {m} positions × {inF}");
+        if (outputGradients.Length != (long)blocks * m * outF)
+            throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}' output gradients have {outputGradients.Length} values, expected {blocks} × {m} positions × {outF}");
+        double weight = blockWeight ?? 1.0 / blocks;
+        if (!(weight > 0) || !double.IsFinite(weight)) throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}': block weight must be positive, got {weight}");
+        state.AddedThisBatch = true;
+        int kept = keptInBatch;
+        if (kept == 0) return;
+
+        // F ← β·F + α·Σ x xᵀ: the running mean (β = n/(n+m)) or the EMA (β = λ); the first data sets F (β = 0).
+        double beta, alpha;
+        if (state.Positions == 0) { beta = 0; alpha = 1.0 / kept; }
+        else if (Options.Ema is double lambda) { beta = lambda; alpha = (1 - lambda) / kept; }
+        else { beta = state.Positions / (state.Positions + kept); alpha = 1.0 / (state.Positions + kept); }
+
+        backend.AccumulateFactor(inputs, m, inF, state.Shape.HasBias, (float)alpha, (float)beta, state.A, mask);
+        for (int b = 0; b < blocks; b++)
+            backend.AccumulateFactor(outputGradients.Slice(b * m * outF, m * outF), m, outF, false,
+                                     (float)(alpha * weight), b == 0 ? (float)beta : 1f, state.G, mask);
+    }
+
+    /// <summary>Ends the current batch; every layer must have been given.</summary>
+    public void EndBatch()
+    {
+        if (batchPositions < 0) throw new InvalidOperationException("K-FAC fit: EndBatch called without BeginBatch");
+        foreach (LayerState s in layers)
+            if (!s.AddedThisBatch) throw FisherKernelsException.Argument($"K-FAC fit: batch {BatchesDone} gave no data for layer '{s.Shape.Layer}'");
+        foreach (LayerState s in layers)
+        {
+            s.AddedThisBatch = false;
+            if (keptInBatch > 0) s.Positions = Options.Ema is double lambda && s.Positions > 0 ? lambda * s.Positions + keptInBatch : s.Positions + keptInBatch;
+        }
+        batchPositions = -1;
+        BatchesDone++;
+    }
+
+    /// <summary>
+    /// Draws the labels of one sampled-Fisher draw: for each of <paramref name="positions"/> rows of
+    /// <paramref name="logits"/> <c>[positions × vocab]</c> with a target (not -100), a label from softmax(logits);
+    /// -100 where there is no target. A pure function of (seed, current batch, draw).
+    /// </summary>
+    public void SampleLabels(ReadOnlySpan<float> logits, int positions, int vocab, ReadOnlySpan<long> targets, int draw, Span<long> labels)
+    {
+        if (logits.Length != (long)positions * vocab || targets.Length != positions || labels.Length != positions)
+            throw FisherKernelsException.Argument($"K-FAC fit: sampling labels needs logits [{positions} × {vocab}] and {positions} targets and labels");
+        int batch = batchPositions >= 0 ? BatchesDone : throw new InvalidOperationException("K-FAC fit: SampleLabels called outside a batch");
+        var rng = new SplitMix64(Options.Seed, batch, stream: 1 + draw);
+        for (int m = 0; m < positions; m++)
+        {
+            double u = rng.NextDouble();
+            if (targets[m] == -100) { labels[m] = -100; continue; }
+            ReadOnlySpan<float> z = logits.Slice(m * vocab, vocab);
+            float max = float.NegativeInfinity;
+            foreach (float v in z) max = Math.Max(max, v);
+            double total = 0;
+            foreach (float v in z) total += Math.Exp(v - max);
+            double threshold = u * total, cumulative = 0;
+            int label = vocab - 1;
+            for (int y = 0; y < vocab; y++)
+            {
+                cumulative += Math.Exp(z[y] - max);
+                if (cumulative > threshold) { label = y; break; }
+            }
+            labels[m] = label;
+        }
+    }
+
+    /// <summary>The fitted curvature (copies of the factors) with the SPEC §5 metadata.</summary>
+    public KfacCurvature ToCurvature(string createdBy)
+    {
+        foreach (LayerState s in layers)
+            if (s.Positions == 0) throw FisherKernelsException.Argument($"K-FAC fit: layer '{s.Shape.Layer}' saw no positions (empty token file, or every position dropped by --sample-positions)");
+        return new KfacCurvature(layers.Select(s => new KroneckerBlock(s.Shape.Layer, Square(s.A), Square(s.G), s.Shape.HasBias, s.Positions)),
+                                 Options.Fisher, ModelSha256, createdBy);
+    }
+
+    /// <summary>Bytes a fit and its posterior need for <paramref name="layer"/>: the float32 factors and their dense eigenbases (float32 Q, float64 λ).</summary>
+    public static LayerMemory EstimateMemory(LayerShape layer)
+    {
+        long a = ADimOf(layer), g = layer.OutFeatures;
+        long factors = sizeof(float) * (a * a + g * g);
+        return new LayerMemory(layer.Layer, factors, factors + sizeof(double) * (a + g));
+    }
+
+    /// <summary>
+    /// Saves the state after <see cref="BatchesDone"/> batches atomically. <paramref name="runFingerprint"/>
+    /// identifies everything else the fit depends on (token file, targets, batch size...): a resume must give the same.
+    /// </summary>
+    public void SaveCheckpoint(string path, string runFingerprint)
+    {
+        if (batchPositions >= 0) throw new InvalidOperationException("K-FAC fit: checkpoint in the middle of a batch");
+        var metadata = new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["format"] = CheckpointFormat,
+            ["fingerprint"] = runFingerprint,
+            ["batches"] = BatchesDone.ToString(CultureInfo.InvariantCulture),
+        };
+        foreach (var (key, value) in DescribeOptions()) metadata[key] = value;
+        var tensors = new List<KeyValuePair<string, NdArray>>();
+        foreach (LayerState s in layers)
+        {
+            metadata[s.Shape.Layer + ".positions"] = s.Positions.ToString("R", CultureInfo.InvariantCulture);
+            metadata[s.Shape.Layer + ".shape"] = $"{s.Shape.InFeatures},{s.Shape.OutFeatures},{(s.Shape.HasBias ? "bias" : "nobias")}";
+            tensors.Add(new(s.Shape.Layer + ".A", Square(s.A)));
+            tensors.Add(new(s.Shape.Layer + ".G", Square(s.G)));
+        }
+        SafetensorsFile.Write(path, tensors, metadata);
+    }
+
+    /// <summary>
+    /// Restores a fit saved by <see cref="SaveCheckpoint"/>; refuses, naming the difference, a checkpoint of another
+    /// model, other options, other layers or another run fingerprint. Continue with batch <see cref="BatchesDone"/>.
+    /// </summary>
+    public static KfacAccumulator Resume(string path, IComputeBackend backend, IReadOnlyList<LayerShape> layers, KfacFitOptions options,
+                                         string modelSha256, string runFingerprint)
+    {
+        var acc = new KfacAccumulator(backend, layers, options, modelSha256);
+        SafetensorsFile file = SafetensorsFile.Read(path);
+        var meta = file.Metadata;
+        string Meta(string key) => meta.TryGetValue(key, out string? v) ? v : throw FisherKernelsException.Format($"{path}: checkpoint metadata '{key}' is missing");
+        if (!meta.TryGetValue("format", out string? format) || format != CheckpointFormat)
+            throw FisherKernelsException.Format($"{path}: not a FisherKernels fit checkpoint (format '{format}', expected '{CheckpointFormat}')");
+        foreach (var (key, value) in acc.DescribeOptions())
+            if (Meta(key) != value)
+                throw FisherKernelsException.Argument($"{path}: checkpoint was made with {key} = {Meta(key)}, this fit has {value}; use the same arguments or delete the checkpoint");
+        if (Meta("fingerprint") != runFingerprint)
+            throw FisherKernelsException.Argument($"{path}: checkpoint belongs to another run ({Meta("fingerprint")}; this run is {runFingerprint}); use the same arguments or delete the checkpoint");
+        if (!int.TryParse(Meta("batches"), NumberStyles.None, CultureInfo.InvariantCulture, out int batches))
+            throw FisherKernelsException.Format($"{path}: checkpoint metadata 'batches' is not a count: '{Meta("batches")}'");
+        if (file.Names.Count != 2 * acc.layers.Length)
+            throw FisherKernelsException.Argument($"{path}: checkpoint has {file.Names.Count / 2} layers, the model has {acc.layers.Length}");
+        foreach (LayerState s in acc.layers)
+        {
+            string expectedShape = $"{s.Shape.InFeatures},{s.Shape.OutFeatures},{(s.Shape.HasBias ? "bias" : "nobias")}";
+            if (Meta(s.Shape.Layer + ".shape") != expectedShape)
+                throw FisherKernelsException.Argument($"{path}: checkpoint layer '{s.Shape.Layer}' is in,out,bias = {Meta(s.Shape.Layer + ".shape")}, the model has {expectedShape}");
+            if (!double.TryParse(Meta(s.Shape.Layer + ".positions"), NumberStyles.Float, CultureInfo.InvariantCulture, out double positions) || !(positions >= 0))
+                throw FisherKernelsException.Format($"{path}: checkpoint metadata '{s.Shape.Layer}.positions' is not a count");
+            s.Positions = positions;
+            CopyFactor(file, s.Shape.Layer + ".A", s.A, path);
+            CopyFactor(file, s.Shape.Layer + ".G", s.G, path);
+        }
+        acc.BatchesDone = batches;
+        return acc;
+    }
+
+    IEnumerable<(string, string)> DescribeOptions()
+    {
+        yield return ("model_sha256", ModelSha256);
+        yield return ("fisher", Options.Fisher);
+        yield return ("samples", Options.Samples.ToString(CultureInfo.InvariantCulture));
+        yield return ("seed", Options.Seed.ToString(CultureInfo.InvariantCulture));
+        yield return ("ema", Options.Ema is double l ? l.ToString("R", CultureInfo.InvariantCulture) : "none");
+        yield return ("sample_positions", Options.SamplePositions.ToString("R", CultureInfo.InvariantCulture));
+    }
+
+    static void CopyFactor(SafetensorsFile file, string name, float[] target, string path)
+    {
+        if (!file.Tensors.TryGetValue(name, out NdArray? array) || array is not NdArray<float> f || f.Length != target.Length)
+            throw FisherKernelsException.Format($"{path}: checkpoint tensor '{name}' is missing or not F32 of {target.Length} values");
+        f.Data.CopyTo(target, 0);
+    }
+
+    static int ADimOf(LayerShape s) => s.InFeatures + (s.HasBias ? 1 : 0);
+
+    static NdArray<float> Square(float[] data)
+    {
+        int n = (int)Math.Round(Math.Sqrt(data.Length));
+        return new NdArray<float>([n, n], (float[])data.Clone());
+    }
+}
+
+/// <summary>
+/// SplitMix64 (Steele, Lea, Flood 2014): a tiny generator whose stream is a pure function of
+/// (seed, batch, stream), so random choices need no saved state and stay the same across .NET versions.
+/// </summary>
+internal struct SplitMix64(long seed, long batch, long stream)
+{
+    ulong state = Mix(Mix(Mix((ulong)seed) ^ (ulong)batch) ^ (ulong)stream);
+
+    const ulong Golden = 0x9E3779B97F4A7C15UL;
+
+    static ulong Mix(ulong z) => Finalize(z + Golden);
+
+    static ulong Finalize(ulong z)
+    {
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    public ulong Next() => Finalize(state += Golden);
+
+    /// <summary>Uniform in [0, 1) with 53 random bits.</summary>
+    public double NextDouble() => (Next() >> 11) * (1.0 / (1UL << 53));
+}
