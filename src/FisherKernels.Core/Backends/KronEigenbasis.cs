@@ -4,19 +4,99 @@ namespace FisherKernels.Backends;
 /// The eigenbasis of one damped Kronecker block <c>M·A⊗G + τ·I</c> (SPEC §4):
 /// A = Q_A Λ_A Q_Aᵀ ([a × a]), G = Q_G Λ_G Q_Gᵀ ([g × g]). Eigenvectors are the columns of the
 /// row-major Q matrices, stored in float32 for the hot quadratic forms; the decomposition itself is
-/// done in float64.
+/// done in float64, and so are the inverse denominators <c>1 / (M λ_G,j λ_A,k + τ)</c>.
 /// </summary>
 public sealed class KronEigenbasis
 {
+    /// <summary>
+    /// Eigenvalues below −<see cref="NegativeEigenvalueTolerance"/>·max|λ| mean the factor is not positive
+    /// semi-definite (a bug upstream, not rounding). <see cref="Create"/> sets every eigenvalue under
+    /// n·ε₃₂·max|λ| to 0: that is the rounding level of float32 factor entries, below which an eigenvalue
+    /// (of either sign) is noise, and 0 is the conservative reading (more variance, never less).
+    /// </summary>
+    public const double NegativeEigenvalueTolerance = 1e-3;
+
+    /// <summary>Unit roundoff of float32, 2⁻²³ (<see cref="float.Epsilon"/> is the smallest denormal, not this).</summary>
+    private const double Float32Epsilon = 1.1920928955078125e-7;
+
     public KronEigenbasis(float[] qa, double[] lambdaA, float[] qg, double[] lambdaG, double positions, double priorPrecision)
     {
+        ArgumentNullException.ThrowIfNull(qa); ArgumentNullException.ThrowIfNull(lambdaA);
+        ArgumentNullException.ThrowIfNull(qg); ArgumentNullException.ThrowIfNull(lambdaG);
         int a = lambdaA.Length, g = lambdaG.Length;
-        if (qa.Length != a * a) throw FisherKernelsException.Argument($"Q_A needs {a * a} elements, got {qa.Length}");
-        if (qg.Length != g * g) throw FisherKernelsException.Argument($"Q_G needs {g * g} elements, got {qg.Length}");
-        if (!(priorPrecision > 0) && !(positions > 0))
-            throw FisherKernelsException.Argument("a Kronecker block needs positions > 0 or a positive prior precision");
+        if (qa.Length != (long)a * a) throw FisherKernelsException.Argument($"Q_A needs {(long)a * a} elements, got {qa.Length}");
+        if (qg.Length != (long)g * g) throw FisherKernelsException.Argument($"Q_G needs {(long)g * g} elements, got {qg.Length}");
+        if (!double.IsFinite(positions) || positions < 0)
+            throw FisherKernelsException.Argument($"a Kronecker block needs finite, non-negative positions M, got {positions}");
+        if (!double.IsFinite(priorPrecision) || priorPrecision < 0)
+            throw FisherKernelsException.Argument($"--prior-precision must be finite and non-negative, got {priorPrecision}");
+        CheckEigenvalues(lambdaA, "A");
+        CheckEigenvalues(lambdaG, "G");
         QA = qa; LambdaA = lambdaA; QG = qg; LambdaG = lambdaG;
         Positions = positions; PriorPrecision = priorPrecision;
+        InverseDenominators = new float[(long)g * a];
+        for (int j = 0; j < g; j++)
+            for (int k = 0; k < a; k++)
+            {
+                double denominator = positions * lambdaG[j] * lambdaA[k] + priorPrecision;
+                if (!(denominator > 0))
+                    throw FisherKernelsException.Argument(
+                        $"the damped Kronecker precision M·A⊗G + τ·I is singular (M·λ_G[{j}]·λ_A[{k}] + τ = {denominator}): use a positive prior precision");
+                float inverse = (float)(1 / denominator);
+                if (!float.IsFinite(inverse))
+                    throw FisherKernelsException.Argument(
+                        $"the damped Kronecker precision M·A⊗G + τ·I is too close to singular for float32 (1 / (M·λ_G[{j}]·λ_A[{k}] + τ) = {1 / denominator}): use a larger prior precision");
+                InverseDenominators[(long)j * a + k] = inverse;
+            }
+    }
+
+    /// <summary>
+    /// Decomposes the symmetric factors A [a × a] and G [g × g] in float64 on <paramref name="backend"/> and builds
+    /// the basis of <c>M·A⊗G + τ·I</c>. Factors must be finite and positive semi-definite.
+    /// </summary>
+    public static KronEigenbasis Create(IComputeBackend backend, ReadOnlySpan<float> a, int aDim, ReadOnlySpan<float> g, int gDim,
+                                       double positions, double priorPrecision)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        var (qa, lambdaA) = Decompose(backend, a, aDim, "A");
+        var (qg, lambdaG) = Decompose(backend, g, gDim, "G");
+        return new KronEigenbasis(qa, lambdaA, qg, lambdaG, positions, priorPrecision);
+    }
+
+    private static (float[] Q, double[] Lambda) Decompose(IComputeBackend backend, ReadOnlySpan<float> factor, int n, string name)
+    {
+        if (n < 1) throw FisherKernelsException.Argument($"factor {name} must be at least 1x1, got {n}x{n}");
+        if (factor.Length != (long)n * n) throw FisherKernelsException.Argument($"factor {name} [{n} × {n}] needs {(long)n * n} elements, got {factor.Length}");
+        var matrix = new double[(long)n * n];
+        for (int i = 0; i < matrix.Length; i++) matrix[i] = factor[i];
+        var lambda = new double[n];
+        var vectors = new double[(long)n * n];
+        try { backend.SymmetricEigen(matrix, n, lambda, vectors); }
+        catch (FisherKernelsException e) when (e.Kind == ErrorKind.InvalidArgument)
+        {
+            throw FisherKernelsException.Argument($"factor {name}: {e.Message}");
+        }
+        CheckEigenvalues(lambda, name, clampRounding: true);
+        var q = new float[vectors.Length];
+        for (int i = 0; i < q.Length; i++) q[i] = (float)vectors[i];
+        return (q, lambda);
+    }
+
+    private static void CheckEigenvalues(double[] lambda, string name, bool clampRounding = false)
+    {
+        double largest = 0;
+        foreach (double l in lambda)
+        {
+            if (!double.IsFinite(l)) throw FisherKernelsException.Argument($"factor {name} has a non-finite eigenvalue {l}");
+            largest = Math.Max(largest, Math.Abs(l));
+        }
+        double noise = clampRounding ? lambda.Length * Float32Epsilon * largest : 0;
+        for (int i = 0; i < lambda.Length; i++)
+        {
+            if (lambda[i] < -NegativeEigenvalueTolerance * largest || (!clampRounding && lambda[i] < 0))
+                throw FisherKernelsException.Argument($"factor {name} is not positive semi-definite: eigenvalue {lambda[i]} (largest magnitude {largest})");
+            if (lambda[i] < noise) lambda[i] = 0;
+        }
     }
 
     public float[] QA { get; }
@@ -25,6 +105,10 @@ public sealed class KronEigenbasis
     public double[] LambdaG { get; }
     public double Positions { get; }
     public double PriorPrecision { get; }
+
+    /// <summary><c>1 / (M λ_G,j λ_A,k + τ)</c> at [j, k], row-major [g × a].</summary>
+    public float[] InverseDenominators { get; }
+
     public int ADim => LambdaA.Length;
     public int GDim => LambdaG.Length;
 }

@@ -1,0 +1,66 @@
+using FisherKernels.Native;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace FisherKernels.Linalg;
+
+/// <summary>
+/// Symmetric eigendecomposition in float64: LAPACK <c>dsyevd</c> (divide and conquer) where OpenBLAS is
+/// present, MathNet.Numerics' managed Householder tridiagonalization + implicit QL otherwise.
+/// Float64 throughout because K-FAC factors span many orders of magnitude and the damped inverse
+/// weighs the small eigenvalues most, exactly where float32 eigenvectors lose their accuracy.
+/// </summary>
+internal static class SymmetricEigensolver
+{
+    /// <summary>
+    /// <paramref name="a"/> is row-major [n × n] and is symmetrized as (A + Aᵀ)/2; ascending eigenvalues go to
+    /// <paramref name="eigenvalues"/>, eigenvectors to the columns of the row-major <paramref name="eigenvectors"/>.
+    /// </summary>
+    public static unsafe void Decompose(ReadOnlySpan<double> a, int n, Span<double> eigenvalues, Span<double> eigenvectors, bool useNative)
+    {
+        if (n < 0) throw FisherKernelsException.Argument($"eigendecomposition: negative size {n}");
+        long size = (long)n * n;
+        if (a.Length != size) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {size} elements, got {a.Length}");
+        if (eigenvalues.Length != n) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {n} eigenvalue slots, got {eigenvalues.Length}");
+        if (eigenvectors.Length != size) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {size} eigenvector elements, got {eigenvectors.Length}");
+        Finite.Require(a, "the matrix to eigendecompose");
+        if (n == 0) return;
+
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j <= i; j++)
+                eigenvectors[i * n + j] = eigenvectors[j * n + i] = 0.5 * (a[i * n + j] + a[j * n + i]);
+
+        if (useNative && Lapack.HasEigen)
+        {
+            int info;
+            fixed (double* v = eigenvectors)
+            fixed (double* w = eigenvalues)
+                info = Lapack.Dsyevd(n, v, w);
+            if (info != 0) throw FisherKernelsException.Backend($"LAPACK dsyevd failed on a [{n} × {n}] matrix (info {info})");
+            TransposeInPlace(eigenvectors, n); // LAPACK's column-major eigenvector columns → row-major columns
+        }
+        else DecomposeManaged(eigenvectors, n, eigenvalues);
+    }
+
+    private static void DecomposeManaged(Span<double> symmetric, int n, Span<double> eigenvalues)
+    {
+        var evd = Matrix<double>.Build.Dense(n, n, symmetric.ToArray()).Evd(Symmetricity.Symmetric);
+        var values = new double[n];
+        for (int i = 0; i < n; i++) values[i] = evd.EigenValues[i].Real;
+        var order = new int[n];
+        for (int i = 0; i < n; i++) order[i] = i;
+        Array.Sort((double[])values.Clone(), order); // ascending, whatever order the provider returns
+        var vectors = evd.EigenVectors;
+        for (int j = 0; j < n; j++)
+        {
+            eigenvalues[j] = values[order[j]];
+            for (int i = 0; i < n; i++) symmetric[i * n + j] = vectors[i, order[j]];
+        }
+    }
+
+    private static void TransposeInPlace(Span<double> m, int n)
+    {
+        for (int i = 0; i < n; i++)
+            for (int j = i + 1; j < n; j++)
+                (m[i * n + j], m[j * n + i]) = (m[j * n + i], m[i * n + j]);
+    }
+}

@@ -1,0 +1,107 @@
+using FisherKernels.Backends.Cpu;
+using FisherKernels.Linalg;
+
+namespace FisherKernels.Tests.Linalg;
+
+/// <summary>Cholesky (native and managed) against the reference dense solve; TopEigen against known spectra.</summary>
+public sealed class LinalgTests
+{
+    [Theory]
+    [InlineData(1, true)] [InlineData(1, false)] [InlineData(9, true)] [InlineData(9, false)] [InlineData(70, true)] [InlineData(70, false)]
+    public void Cholesky_solve_matches_reference(int n, bool useNative)
+    {
+        var rng = new Random(n);
+        var p = RandomSpd(rng, n);
+        const int k = 3;
+        var b = new double[n * k];
+        for (int i = 0; i < b.Length; i++) b[i] = rng.NextDouble() - 0.5;
+        var expected = Reference.CholeskySolve(p, n, b, k);
+
+        var factor = (double[])p.Clone();
+        Assert.True(Cholesky.TryFactor(factor, n, useNative));
+        for (int i = 0; i < n; i++)
+            for (int j = i + 1; j < n; j++) Assert.Equal(0, factor[i * n + j]);
+        var x = (double[])b.Clone();
+        Cholesky.Solve(factor, n, x, k);
+        for (int i = 0; i < x.Length; i++) Assert.True(Math.Abs(x[i] - expected[i]) <= 1e-10 * (1 + Math.Abs(expected[i])), $"x[{i}] = {x[i]} vs {expected[i]}");
+    }
+
+    [Theory]
+    [InlineData(true)] [InlineData(false)]
+    public void Cholesky_reports_an_indefinite_matrix(bool useNative)
+    {
+        double[] indefinite = [1, 2, 2, 1]; // eigenvalues 3 and −1
+        Assert.False(Cholesky.TryFactor(indefinite, 2, useNative));
+    }
+
+    [Theory]
+    [InlineData(true)] [InlineData(false)]
+    public void TopEigen_finds_the_largest_eigenpairs_of_a_known_spectrum(bool useNative)
+    {
+        const int n = 120, r = 8;
+        using var backend = new CpuBackend(useNativeBlas: useNative);
+        var rng = new Random(12);
+        var spectrum = new double[n];
+        for (int i = 0; i < n; i++) spectrum[i] = Math.Pow(0.8, i); // decaying, gap 0.8 per step
+        var (a, q) = Reference.WithSpectrum(rng, spectrum);
+        var values = new float[r];
+        var vectors = new float[n * r];
+        TopEigen.Compute(backend, Array.ConvertAll(a, v => (float)v), n, r, values, vectors);
+        for (int t = 0; t < r; t++)
+        {
+            Assert.True(Math.Abs(values[t] - spectrum[t]) <= 1e-4 * spectrum[0], $"eigenvalue {t}: {values[t]} vs {spectrum[t]}");
+            double alignment = 0;
+            for (int i = 0; i < n; i++) alignment += vectors[i * r + t] * q[i * n + t];
+            Assert.True(Math.Abs(Math.Abs(alignment) - 1) <= 1e-3, $"eigenvector {t}: |⟨u, q⟩| = {Math.Abs(alignment)}");
+        }
+    }
+
+    [Fact]
+    public void TopEigen_is_deterministic_and_handles_rank_below_the_subspace()
+    {
+        const int n = 30, r = 5;
+        using var backend = new CpuBackend();
+        var spectrum = new double[n];
+        spectrum[0] = 3; spectrum[1] = 2; // rank 2: the start block collapses onto two directions
+        var a = Array.ConvertAll(Reference.WithSpectrum(new Random(4), spectrum).A, v => (float)v);
+        var first = (Values: new float[r], Vectors: new float[n * r]);
+        var second = (Values: new float[r], Vectors: new float[n * r]);
+        TopEigen.Compute(backend, a, n, r, first.Values, first.Vectors, seed: 7);
+        TopEigen.Compute(backend, a, n, r, second.Values, second.Vectors, seed: 7);
+        Assert.Equal(first.Values, second.Values);
+        Assert.Equal(first.Vectors, second.Vectors);
+        Assert.Equal(3, first.Values[0], 1e-5);
+        Assert.Equal(2, first.Values[1], 1e-5);
+        for (int t = 2; t < r; t++) Assert.True(Math.Abs(first.Values[t]) <= 1e-5, $"eigenvalue {t} = {first.Values[t]}");
+        for (int t = 0; t < r; t++)
+        {
+            double norm = 0;
+            for (int i = 0; i < n; i++) norm += first.Vectors[i * r + t] * first.Vectors[i * r + t];
+            Assert.Equal(1, norm, 1e-5);
+        }
+    }
+
+    [Fact]
+    public void TopEigen_refuses_non_finite_input_and_a_rank_above_n()
+    {
+        using var backend = new CpuBackend();
+        var a = new float[] { 1, 0, 0, float.NaN };
+        Assert.Contains("non-finite", Assert.Throws<FisherKernelsException>(() => TopEigen.Compute(backend, a, 2, 1, new float[1], new float[2])).Message);
+        Assert.Contains("r ≤ n", Assert.Throws<FisherKernelsException>(() => TopEigen.Compute(backend, new float[4], 2, 3, new float[3], new float[6])).Message);
+    }
+
+    private static double[] RandomSpd(Random rng, int n)
+    {
+        var x = new double[n * n];
+        for (int i = 0; i < x.Length; i++) x[i] = rng.NextDouble() - 0.5;
+        var p = new double[n * n];
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double sum = i == j ? 0.5 : 0;
+                for (int m = 0; m < n; m++) sum += x[i * n + m] * x[j * n + m];
+                p[i * n + j] = sum;
+            }
+        return p;
+    }
+}
