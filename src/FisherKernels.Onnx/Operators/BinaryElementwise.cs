@@ -1,0 +1,245 @@
+using System.Numerics;
+using System.Numerics.Tensors;
+
+namespace FisherKernels.Onnx.Operators;
+
+/// <summary>One arithmetic binary operator: scalar rule for any number type, SIMD spans for float, partial derivatives.</summary>
+internal interface IBinaryOp
+{
+    static abstract T Apply<T>(T a, T b) where T : INumber<T>;
+    static abstract void Apply(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y);
+    static abstract void Apply(ReadOnlySpan<float> a, float b, Span<float> y);
+    static abstract void Apply(float a, ReadOnlySpan<float> b, Span<float> y);
+    /// <summary>∂y/∂a at (a, b) where y = Apply(a, b).</summary>
+    static abstract float DA(float a, float b, float y);
+    /// <summary>∂y/∂b at (a, b) where y = Apply(a, b).</summary>
+    static abstract float DB(float a, float b, float y);
+}
+
+internal struct AddOp : IBinaryOp
+{
+    public static T Apply<T>(T a, T b) where T : INumber<T> => a + b;
+    public static void Apply(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Add(a, b, y);
+    public static void Apply(ReadOnlySpan<float> a, float b, Span<float> y) => TensorPrimitives.Add(a, b, y);
+    public static void Apply(float a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Add(b, a, y);
+    public static float DA(float a, float b, float y) => 1;
+    public static float DB(float a, float b, float y) => 1;
+}
+
+internal struct SubOp : IBinaryOp
+{
+    public static T Apply<T>(T a, T b) where T : INumber<T> => a - b;
+    public static void Apply(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Subtract(a, b, y);
+    public static void Apply(ReadOnlySpan<float> a, float b, Span<float> y) => TensorPrimitives.Subtract(a, b, y);
+    public static void Apply(float a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Subtract(a, b, y);
+    public static float DA(float a, float b, float y) => 1;
+    public static float DB(float a, float b, float y) => -1;
+}
+
+internal struct MulOp : IBinaryOp
+{
+    public static T Apply<T>(T a, T b) where T : INumber<T> => a * b;
+    public static void Apply(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Multiply(a, b, y);
+    public static void Apply(ReadOnlySpan<float> a, float b, Span<float> y) => TensorPrimitives.Multiply(a, b, y);
+    public static void Apply(float a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Multiply(b, a, y);
+    public static float DA(float a, float b, float y) => b;
+    public static float DB(float a, float b, float y) => a;
+}
+
+internal struct DivOp : IBinaryOp
+{
+    // Integer division truncates toward zero, as ONNX Runtime does.
+    public static T Apply<T>(T a, T b) where T : INumber<T> => a / b;
+    public static void Apply(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Divide(a, b, y);
+    public static void Apply(ReadOnlySpan<float> a, float b, Span<float> y) => TensorPrimitives.Divide(a, b, y);
+    public static void Apply(float a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Divide(a, b, y);
+    public static float DA(float a, float b, float y) => 1 / b;
+    public static float DB(float a, float b, float y) => -y / b;
+}
+
+internal struct PowOp : IBinaryOp
+{
+    public static T Apply<T>(T a, T b) where T : INumber<T> =>
+        T.CreateTruncating(Math.Pow(double.CreateTruncating(a), double.CreateTruncating(b)));
+    public static void Apply(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Pow(a, b, y);
+    public static void Apply(ReadOnlySpan<float> a, float b, Span<float> y)
+    {
+        // Exporters write x², x³ and √x as Pow with a constant exponent: multiply instead of exp/log.
+        if (b == 2) TensorPrimitives.Multiply(a, a, y);
+        else if (b == 3) { TensorPrimitives.Multiply(a, a, y); TensorPrimitives.Multiply(y, a, y); }
+        else if (b == 0.5f) TensorPrimitives.Sqrt(a, y);
+        else if (b == 1) a.CopyTo(y);
+        else TensorPrimitives.Pow(a, b, y);
+    }
+    public static void Apply(float a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Pow(a, b, y);
+    public static float DA(float a, float b, float y) => b == 0 ? 0 : b * MathF.Pow(a, b - 1);
+    // d(a^b)/db = a^b·ln a; taken as 0 where a^b = 0 (a = 0), as torch does.
+    public static float DB(float a, float b, float y) => y == 0 ? 0 : y * MathF.Log(a);
+}
+
+/// <summary>Add, Sub, Mul, Div, Pow with multidirectional broadcasting (float, int64, int32; Pow's exponent may differ in type).</summary>
+internal sealed class BinaryElementwise : Operator
+{
+    public BinaryElementwise(OperatorNode node) : base(node) => RequireInputs(2, 2);
+
+    public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
+    {
+        var a = Required(inputs, 0, "A");
+        var b = Required(inputs, 1, "B");
+        if (a.Type != b.Type && Node.OpType != "Pow") throw Error($"inputs must have one element type, got {a.Type} and {b.Type}");
+        if (a.Type is not (ElementType.Float32 or ElementType.Int64 or ElementType.Int32)) throw UnsupportedError($"element type {a.Type} is not supported");
+        var shape = Broadcast.Shape(a.Shape, b.Shape) ?? throw Error($"shapes [{ShapeUtil.Format(a.Shape)}] and [{ShapeUtil.Format(b.Shape)}] do not broadcast");
+        return [new TensorInfo(a.Type, shape)];
+    }
+
+    public override bool IsDifferentiable(int input) => input is 0 or 1;
+
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        switch (Node.OpType)
+        {
+            case "Add": Forward<AddOp>(inputs[0]!, inputs[1]!, outputs[0]); break;
+            case "Sub": Forward<SubOp>(inputs[0]!, inputs[1]!, outputs[0]); break;
+            case "Mul": Forward<MulOp>(inputs[0]!, inputs[1]!, outputs[0]); break;
+            case "Div": Forward<DivOp>(inputs[0]!, inputs[1]!, outputs[0]); break;
+            default: Forward<PowOp>(inputs[0]!, inputs[1]!, outputs[0]); break;
+        }
+    }
+
+    public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                             ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
+    {
+        if (outputGrads[0] is not { } gy) return;
+        switch (Node.OpType)
+        {
+            case "Add": Derivative<AddOp, VjpRun<AddOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
+            case "Sub": Derivative<SubOp, VjpRun<SubOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
+            case "Mul": Derivative<MulOp, VjpRun<MulOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
+            case "Div": Derivative<DivOp, VjpRun<DivOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
+            default: Derivative<PowOp, VjpRun<PowOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
+        }
+    }
+
+    public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                             ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents)
+    {
+        if (outputTangents[0] is not { } ty) return;
+        switch (Node.OpType)
+        {
+            case "Add": Derivative<AddOp, JvpRun<AddOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
+            case "Sub": Derivative<SubOp, JvpRun<SubOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
+            case "Mul": Derivative<MulOp, JvpRun<MulOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
+            case "Div": Derivative<DivOp, JvpRun<DivOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
+            default: Derivative<PowOp, JvpRun<PowOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
+        }
+    }
+
+    private static void Forward<TOp>(NdArray a, NdArray b, NdArray y) where TOp : IBinaryOp
+    {
+        var layout = Broadcast.Create(y.Shape, a.Shape, b.Shape);
+        switch (a, b, y)
+        {
+            case (NdArray<float> fa, NdArray<float> fb, NdArray<float> fy):
+                var floatRun = new FloatRun<TOp> { A = fa.Data, B = fb.Data, Y = fy.Data, StepA = layout.Step0, StepB = layout.Step1 };
+                layout.ForEachRun(ref floatRun);
+                break;
+            case (NdArray<long> la, NdArray<long> lb, NdArray<long> ly): Scalar<TOp, long>(layout, la.Data, lb.Data, ly.Data); break;
+            case (NdArray<int> ia, NdArray<int> ib, NdArray<int> iy): Scalar<TOp, int>(layout, ia.Data, ib.Data, iy.Data); break;
+            case (NdArray<float> fa, NdArray<long> lb, NdArray<float> fy): Scalar<TOp, float>(layout, fa.Data, Array.ConvertAll(lb.Data, v => (float)v), fy.Data); break;
+            case (NdArray<float> fa, NdArray<int> ib, NdArray<float> fy): Scalar<TOp, float>(layout, fa.Data, Array.ConvertAll(ib.Data, v => (float)v), fy.Data); break;
+            default: throw FisherKernelsException.Unsupported($"{a.ElementType} and {b.ElementType} operands are not supported");
+        }
+    }
+
+    private static void Scalar<TOp, T>(in Broadcast layout, T[] a, T[] b, T[] y) where TOp : IBinaryOp where T : INumber<T>
+    {
+        var run = new ScalarRun<TOp, T> { A = a, B = b, Y = y, StepA = layout.Step0, StepB = layout.Step1 };
+        layout.ForEachRun(ref run);
+    }
+
+    private void Derivative<TOp, TRun>(ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs, NdArray<float> gradOrTangent,
+                                       NdArray<float>? first, NdArray<float>? second)
+        where TOp : IBinaryOp where TRun : struct, IDerivativeRun
+    {
+        var a = Tensors.Float(inputs[0], Node, "A");
+        var b = Tensors.Float(inputs[1], Node, "B");
+        var layout = Broadcast.Create(gradOrTangent.Shape, a.Shape, b.Shape);
+        var run = new TRun();
+        run.Bind(a.Data, b.Data, ((NdArray<float>)outputs[0]).Data, gradOrTangent.Data, first?.Data, second?.Data, layout.Step0, layout.Step1);
+        layout.ForEachRun(ref run);
+    }
+
+    private struct FloatRun<TOp> : IRunAction where TOp : IBinaryOp
+    {
+        public float[] A, B, Y;
+        public int StepA, StepB;
+
+        public readonly void Run(int output, int a, int b, int unused, int length)
+        {
+            var y = Y.AsSpan(output, length);
+            if (StepA == 1 && StepB == 1) TOp.Apply(A.AsSpan(a, length), B.AsSpan(b, length), y);
+            else if (StepA == 1) TOp.Apply(A.AsSpan(a, length), B[b], y);
+            else if (StepB == 1) TOp.Apply(A[a], B.AsSpan(b, length), y);
+            else y.Fill(TOp.Apply(A[a], B[b]));
+        }
+    }
+
+    private struct ScalarRun<TOp, T> : IRunAction where TOp : IBinaryOp where T : INumber<T>
+    {
+        public T[] A, B, Y;
+        public int StepA, StepB;
+
+        public readonly void Run(int output, int a, int b, int unused, int length)
+        {
+            for (int i = 0; i < length; i++) Y[output + i] = TOp.Apply(A[a + i * StepA], B[b + i * StepB]);
+        }
+    }
+
+    internal interface IDerivativeRun : IRunAction
+    {
+        void Bind(float[] a, float[] b, float[] y, float[] gradOrTangent, float[]? first, float[]? second, int stepA, int stepB);
+    }
+
+    /// <summary>ga[ia] += gy·∂y/∂a, gb[ib] += gy·∂y/∂b: summing over broadcast positions reduces the gradient to the operand's shape.</summary>
+    private struct VjpRun<TOp> : IDerivativeRun where TOp : IBinaryOp
+    {
+        private float[] a, b, y, gy;
+        private float[]? ga, gb;
+        private int stepA, stepB;
+
+        public void Bind(float[] a, float[] b, float[] y, float[] gradOrTangent, float[]? first, float[]? second, int stepA, int stepB) =>
+            (this.a, this.b, this.y, gy, ga, gb, this.stepA, this.stepB) = (a, b, y, gradOrTangent, first, second, stepA, stepB);
+
+        public readonly void Run(int output, int ia, int ib, int unused, int length)
+        {
+            for (int i = 0; i < length; i++, ia += stepA, ib += stepB)
+            {
+                float g = gy[output + i];
+                if (ga is not null) ga[ia] += g * TOp.DA(a[ia], b[ib], y[output + i]);
+                if (gb is not null) gb[ib] += g * TOp.DB(a[ia], b[ib], y[output + i]);
+            }
+        }
+    }
+
+    /// <summary>ty = ta·∂y/∂a + tb·∂y/∂b, a missing tangent being zero.</summary>
+    private struct JvpRun<TOp> : IDerivativeRun where TOp : IBinaryOp
+    {
+        private float[] a, b, y, ty;
+        private float[]? ta, tb;
+        private int stepA, stepB;
+
+        public void Bind(float[] a, float[] b, float[] y, float[] gradOrTangent, float[]? first, float[]? second, int stepA, int stepB) =>
+            (this.a, this.b, this.y, ty, ta, tb, this.stepA, this.stepB) = (a, b, y, gradOrTangent, first, second, stepA, stepB);
+
+        public readonly void Run(int output, int ia, int ib, int unused, int length)
+        {
+            for (int i = 0; i < length; i++, ia += stepA, ib += stepB)
+            {
+                float t = 0;
+                if (ta is not null) t += ta[ia] * TOp.DA(a[ia], b[ib], y[output + i]);
+                if (tb is not null) t += tb[ib] * TOp.DB(a[ia], b[ib], y[output + i]);
+                ty[output + i] = t;
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+using System.Numerics.Tensors;
+
+namespace FisherKernels.Onnx.Operators;
+
+/// <summary>
+/// Softmax and LogSoftmax. Opset 13+: along one axis (default -1). Before 13: the input is coerced to
+/// 2-D at the axis (default 1) and normalized over everything from the axis on. Max-subtracted, so
+/// large logits do not overflow.
+/// </summary>
+internal sealed class Softmax : Operator
+{
+    private readonly long axis;
+    private readonly bool log;
+
+    public Softmax(OperatorNode node) : base(node)
+    {
+        RequireInputs(1, 1);
+        axis = node.Attributes.GetInt("axis", node.Opset >= 13 ? -1 : 1);
+        log = node.OpType == "LogSoftmax";
+    }
+
+    public override bool IsDifferentiable(int input) => input == 0;
+
+    public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
+    {
+        var x = RequiredFloat(inputs, 0, "input");
+        NormalizeAxis(axis, Math.Max(1, x.Shape.Length));
+        return [new TensorInfo(ElementType.Float32, x.Shape)];
+    }
+
+    /// <summary>The input as [outer, length, inner] with the normalization over the middle.</summary>
+    private (int Outer, int Length, int Inner) Layout(int[] shape)
+    {
+        if (shape.Length == 0) return (1, 1, 1);
+        int a = NormalizeAxis(axis, shape.Length);
+        return Node.Opset >= 13
+            ? (Tensors.Product(shape, 0, a), shape[a], Tensors.Product(shape, a + 1, shape.Length))
+            : (Tensors.Product(shape, 0, a), Tensors.Product(shape, a, shape.Length), 1);
+    }
+
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        var x = Tensors.Float(inputs[0], Node, "input");
+        var y = Tensors.Float(outputs[0], Node, "output");
+        var (outer, length, inner) = Layout(x.Shape);
+        if (length == 0) return;
+        if (inner == 1)
+        {
+            for (int o = 0; o < outer; o++)
+            {
+                var xs = x.Data.AsSpan(o * length, length);
+                var ys = y.Data.AsSpan(o * length, length);
+                float max = TensorPrimitives.Max(xs);
+                TensorPrimitives.Subtract(xs, max, ys);
+                if (log)
+                {
+                    float logSum = MathF.Log(SumExp(context, ys));
+                    TensorPrimitives.Subtract(ys, logSum, ys);
+                }
+                else
+                {
+                    TensorPrimitives.Exp(ys, ys);
+                    TensorPrimitives.Divide(ys, TensorPrimitives.Sum(ys), ys);
+                }
+            }
+            return;
+        }
+        var column = context.Scratch(length);
+        for (int o = 0; o < outer; o++)
+            for (int i = 0; i < inner; i++)
+            {
+                int start = o * length * inner + i;
+                for (int j = 0; j < length; j++) column[j] = x.Data[start + j * inner];
+                float max = TensorPrimitives.Max(column);
+                TensorPrimitives.Subtract(column, max, column);
+                if (log) TensorPrimitives.Subtract(column, MathF.Log(SumExp(column)), column);
+                else
+                {
+                    TensorPrimitives.Exp(column, column);
+                    TensorPrimitives.Divide(column, TensorPrimitives.Sum(column), column);
+                }
+                for (int j = 0; j < length; j++) y.Data[start + j * inner] = column[j];
+            }
+    }
+
+    private static float SumExp(OpContext context, ReadOnlySpan<float> shifted)
+    {
+        var e = context.Scratch(shifted.Length);
+        TensorPrimitives.Exp(shifted, e);
+        return TensorPrimitives.Sum(e);
+    }
+
+    private static float SumExp(ReadOnlySpan<float> shifted)
+    {
+        float sum = 0;
+        foreach (float v in shifted) sum += MathF.Exp(v);
+        return sum;
+    }
+
+    // Softmax:     gx = y ⊙ (gy − ⟨gy, y⟩),   ty = y ⊙ (tx − ⟨tx, y⟩)
+    // LogSoftmax:  gx = gy − softmax·Σgy,      ty = tx − ⟨tx, softmax⟩      (softmax = exp(y))
+    public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                             ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
+    {
+        if (outputGrads[0] is not { } gy || inputGrads[0] is not { } gx) return;
+        Derivative(context, Tensors.Float(outputs[0], Node, "output"), gy.Data, gx.Data, reverse: true);
+    }
+
+    public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                             ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents)
+    {
+        if (outputTangents[0] is not { } ty) return;
+        if (inputTangents[0] is not { } tx) { ty.Span.Clear(); return; }
+        Derivative(context, Tensors.Float(outputs[0], Node, "output"), tx.Data, ty.Data, reverse: false);
+    }
+
+    /// <summary>Reverse: target += Jᵀ·source. Forward: target = J·source. Per normalized slice.</summary>
+    private void Derivative(OpContext context, NdArray<float> y, float[] source, float[] target, bool reverse)
+    {
+        var (outer, length, inner) = Layout(y.Shape);
+        var scratch = context.Scratch(3L * length);
+        Span<float> p = scratch[..length], s = scratch.Slice(length, length), t = scratch.Slice(2 * length, length);
+        for (int o = 0; o < outer; o++)
+            for (int i = 0; i < inner; i++)
+            {
+                int start = o * length * inner + i;
+                for (int j = 0; j < length; j++) { p[j] = y.Data[start + j * inner]; s[j] = source[start + j * inner]; }
+                if (log) TensorPrimitives.Exp(p, p);
+                // softmax: J = diag(p) − p pᵀ (symmetric);  log-softmax: J = I − 1 pᵀ, Jᵀ = I − p 1ᵀ
+                if (!log)
+                {
+                    float dot = TensorPrimitives.Dot(s, p);
+                    TensorPrimitives.Subtract(s, dot, t);
+                    TensorPrimitives.Multiply(t, p, t);
+                }
+                else if (reverse)
+                {
+                    float sum = TensorPrimitives.Sum(s);
+                    TensorPrimitives.MultiplyAdd(p, -sum, s, t);
+                }
+                else TensorPrimitives.Subtract(s, TensorPrimitives.Dot(s, p), t);
+                for (int j = 0; j < length; j++)
+                {
+                    if (reverse) target[start + j * inner] += t[j];
+                    else target[start + j * inner] = t[j];
+                }
+            }
+    }
+}
