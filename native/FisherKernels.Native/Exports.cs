@@ -58,8 +58,8 @@ internal static unsafe class Exports
             if (appendOne is not (0 or 1)) throw FisherKernelsException.Argument($"append_one must be 0 or 1, got {appendOne}");
             long dim = cols + appendOne;
             if (dim == 0) throw FisherKernelsException.Argument("the factor is empty: cols is 0 and append_one is 0");
-            var xs = In(x, rows * cols, "x");
-            var f = Out(factor, dim * dim, "factor");
+            var xs = In(x, "x", rows, cols);
+            var f = Out(factor, "factor", dim, dim);
             using var engine = Handles.Use<Engine>(handle, "fk_engine");
             engine.Value.Backend.AccumulateFactor(xs, (int)rows, (int)cols, appendOne == 1, weight, 1f, f);
             return Ok;
@@ -74,11 +74,11 @@ internal static unsafe class Exports
         {
             NotNull(d, "d"); NotNull(u, "u"); NotNull(s, "s"); NotNull(b, "b"); NotNull(output, "out");
             Positive(n, "n"); NonNegative(r, "r"); NonNegative(k, "k");
-            var ds = In(d, n, "d");
-            var us = In(u, n * r, "u");
-            var ss = In(s, r, "s");
-            var bs = In(b, n * k, "b");
-            var outs = Out(output, n * k, "out");
+            var ds = In(d, "d", n);
+            var us = In(u, "u", n, r);
+            var ss = In(s, "s", r);
+            var bs = In(b, "b", n, k);
+            var outs = Out(output, "out", n, k);
             using var engine = Handles.Use<Engine>(handle, "fk_engine");
             engine.Value.Backend.WoodburyApply(ds, us, ss, (int)n, (int)r, bs, (int)k, outs);
             return Ok;
@@ -98,10 +98,10 @@ internal static unsafe class Exports
                 throw FisherKernelsException.Argument($"positions must be finite and non-negative, got {positions}");
             if (!(priorPrecision >= 0) || double.IsInfinity(priorPrecision))
                 throw FisherKernelsException.Argument($"prior_precision must be finite and non-negative, got {priorPrecision}");
-            var aSpan = In(aFactor, a * a, "a_factor");
-            var gSpan = In(gFactor, g * g, "g_factor");
-            var xSpan = In(xs, count * a * g, "xs");
-            var outSpan = Out(output, count, "out");
+            var aSpan = In(aFactor, "a_factor", a, a);
+            var gSpan = In(gFactor, "g_factor", g, g);
+            var xSpan = In(xs, "xs", count, g, a);
+            var outSpan = Out(output, "out", count);
             using var engine = Handles.Use<Engine>(handle, "fk_engine");
             var backend = engine.Value.Backend;
             var basis = Eigenbasis(backend, aSpan, (int)a, gSpan, (int)g, positions, priorPrecision);
@@ -209,15 +209,21 @@ internal static unsafe class Exports
         if (value <= 0) throw FisherKernelsException.Argument($"{name} must be positive, got {value}");
     }
 
-    private static ReadOnlySpan<float> In(float* pointer, long length, string name) => new(pointer, SpanLength(length, name));
+    private static ReadOnlySpan<float> In(float* pointer, string name, long d0, long d1 = 1, long d2 = 1) =>
+        new(pointer, SpanLength(name, d0, d1, d2));
 
-    private static Span<float> Out(float* pointer, long length, string name) => new(pointer, SpanLength(length, name));
+    private static Span<float> Out(float* pointer, string name, long d0, long d1 = 1, long d2 = 1) =>
+        new(pointer, SpanLength(name, d0, d1, d2));
 
-    /// <summary>The kernels take int sizes: one call handles at most int.MaxValue elements per array.</summary>
-    private static int SpanLength(long length, string name) =>
-        length <= int.MaxValue
+    /// <summary>The element count of a [d0 × d1 × d2] array (non-negative dimensions). The kernels take int
+    /// sizes: one call handles at most int.MaxValue elements per array.</summary>
+    private static int SpanLength(string name, long d0, long d1, long d2)
+    {
+        var length = (Int128)d0 * d1 * d2;
+        return length <= int.MaxValue
             ? (int)length
             : throw FisherKernelsException.Argument($"{name} has {length} elements; one call takes at most {int.MaxValue}");
+    }
 
     /// <summary>Maps an exception to its fk_status and hands its message to the shim.</summary>
     private static int Fail(Exception e)

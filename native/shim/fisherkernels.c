@@ -27,6 +27,10 @@
 
 static __thread char* error_text;
 static __thread size_t error_capacity;
+static pthread_key_t error_key; /* frees a thread's buffer when the thread exits */
+static pthread_once_t error_key_once = PTHREAD_ONCE_INIT;
+
+static void create_error_key(void) { pthread_key_create(&error_key, free); }
 
 static void set_error_text(const char* message)
 {
@@ -36,6 +40,8 @@ static void set_error_text(const char* message)
         if (grown == NULL) return; /* keep the old text rather than lose the call's status */
         error_text = grown;
         error_capacity = length + 1;
+        pthread_once(&error_key_once, create_error_key);
+        pthread_setspecific(error_key, error_text);
     }
     memcpy(error_text, message, length + 1);
 }
