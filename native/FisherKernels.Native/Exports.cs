@@ -104,7 +104,7 @@ internal static unsafe class Exports
             var outSpan = Out(output, "out", count);
             using var engine = Handles.Use<Engine>(handle, "fk_engine");
             var backend = engine.Value.Backend;
-            var basis = Eigenbasis(backend, aSpan, (int)a, gSpan, (int)g, positions, priorPrecision);
+            var basis = KronEigenbasis.Create(backend, aSpan, (int)a, gSpan, (int)g, positions, priorPrecision);
             backend.KronQuadratic(basis, xSpan, (int)count, outSpan);
             return Ok;
         }
@@ -172,27 +172,6 @@ internal static unsafe class Exports
             $"backend '{name}' is not available in this build (only 'cpu' is)"),
         _ => throw FisherKernelsException.Argument($"unknown backend '{name}': use \"cpu\", \"cuda\", \"opencl\", \"ilgpu-cpu\" or NULL for the best available"),
     };
-
-    /// <summary>Eigendecomposes A and G in float64 (SPEC §4) for <see cref="IComputeBackend.KronQuadratic"/>.</summary>
-    private static KronEigenbasis Eigenbasis(IComputeBackend backend, ReadOnlySpan<float> aFactor, int a,
-                                             ReadOnlySpan<float> gFactor, int g, double positions, double priorPrecision)
-    {
-        var (qa, lambdaA) = Eigen(backend, aFactor, a);
-        var (qg, lambdaG) = Eigen(backend, gFactor, g);
-        return new KronEigenbasis(qa, lambdaA, qg, lambdaG, positions, priorPrecision);
-    }
-
-    private static (float[] Vectors, double[] Values) Eigen(IComputeBackend backend, ReadOnlySpan<float> matrix, int n)
-    {
-        var m = new double[n * n];
-        for (int i = 0; i < m.Length; i++) m[i] = matrix[i];
-        var values = new double[n];
-        var vectors = new double[n * n];
-        backend.SymmetricEigen(m, n, values, vectors);
-        var q = new float[n * n];
-        for (int i = 0; i < q.Length; i++) q[i] = (float)vectors[i];
-        return (q, values);
-    }
 
     private static void NotNull(void* pointer, string name)
     {
