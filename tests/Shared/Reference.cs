@@ -163,5 +163,41 @@ public static class Reference
                 a[i * n + j] = a[j * n + i] = sum;
             }
         return (a, q);
+
+    /// <summary>F ← β·F + α·X̃ᵀX̃ over the rows whose mask byte is non-zero (all rows for an empty mask), in float64.</summary>
+    public static double[] AccumulateFactor(ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
+                                            double alpha, double beta, ReadOnlySpan<float> factor, ReadOnlySpan<byte> rowMask)
+    {
+        int n = cols + (appendOne ? 1 : 0);
+        var result = new double[n * n];
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double sum = 0;
+                for (int r = 0; r < rows; r++)
+                {
+                    if (!rowMask.IsEmpty && rowMask[r] == 0) continue;
+                    double xi = i == cols ? 1 : x[r * cols + i], xj = j == cols ? 1 : x[r * cols + j];
+                    sum += xi * xj;
+                }
+                result[i * n + j] = alpha * sum + (beta == 0 ? 0 : beta * factor[i * n + j]);
+            }
+        return result;
+    }
+
+    /// <summary>dy = x·dWᵀ + dx·Wᵀ + db (db may be empty), in float64.</summary>
+    public static double[] LinearJvp(ReadOnlySpan<float> x, ReadOnlySpan<float> dx, ReadOnlySpan<float> w, ReadOnlySpan<float> dw,
+                                     ReadOnlySpan<float> db, int rows, int inFeatures, int outFeatures)
+    {
+        var dy = new double[rows * outFeatures];
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < outFeatures; o++)
+            {
+                double sum = db.IsEmpty ? 0 : db[o];
+                for (int i = 0; i < inFeatures; i++)
+                    sum += (double)x[r * inFeatures + i] * dw[o * inFeatures + i] + (double)dx[r * inFeatures + i] * w[o * inFeatures + i];
+                dy[r * outFeatures + o] = sum;
+            }
+        return dy;
     }
 }
