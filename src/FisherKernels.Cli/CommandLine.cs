@@ -13,7 +13,11 @@ internal static class CommandLine
                 Console.Out.WriteLine(Usage);
                 return args.Length == 0 ? 2 : 0;
             }
-            throw FisherKernelsException.Argument($"unknown command '{args[0]}'\n{Usage}");
+            return args[0] switch
+            {
+                "bench" => Bench.BenchCommand.Run(args, Console.Out),
+                _ => throw FisherKernelsException.Argument($"unknown command '{args[0]}'\n{Usage}"),
+            };
         }
         catch (Exception e) when (!verbose)
         {

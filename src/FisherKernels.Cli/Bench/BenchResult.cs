@@ -7,4 +7,9 @@ internal sealed record BenchResult(
 {
     /// <summary>Above 1 means faster than the baseline.</summary>
     public double Ratio => BaselineMedianMs / MedianMs;
+
+    /// <summary>A result whose figure does <paramref name="flops"/> floating-point operations (null: not a flop count).</summary>
+    public static BenchResult Timed(string name, string backend, string shape, double? flops,
+                                    (double OursMs, double BaselineMs) times, string baseline) =>
+        new(name, backend, shape, times.OursMs, flops / (times.OursMs * 1e6), baseline, times.BaselineMs);
 }

@@ -137,6 +137,7 @@ public sealed partial class CpuBackend
         public float Beta;
         public bool Mirror;
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void PackPanel(int panel)
         {
             int c0 = panel * PanelWidth;
@@ -156,6 +157,7 @@ public sealed partial class CpuBackend
             }
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void UpdateTile(int tile)
         {
             // Row-major enumeration of the upper triangle of tiles: (ti, tj) with ti ≤ tj.
@@ -217,6 +219,7 @@ public sealed partial class CpuBackend
     /// c[r, 0..48) ← scale·Σ_k a[k·48 + r]·b[k·48 + 0..48) + β·c (β = 0: c not read), r &lt; 8.
     /// 24 zmm accumulators, 3 loads and one broadcast per row step: FMA-bound on Zen 4/5.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static unsafe void Kernel8x48Avx512(float* a, float* b, int kc, float* c, int ldc, float scale, float beta)
     {
         Vector512<float> c00 = default, c01 = default, c02 = default, c10 = default, c11 = default, c12 = default;
@@ -271,6 +274,7 @@ public sealed partial class CpuBackend
     }
 
     /// <summary>The AVX2 variant: 4 rows × 24 columns, 12 ymm accumulators (16 registers in all).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static unsafe void Kernel4x24Avx2(float* a, float* b, int kc, float* c, int ldc, float scale, float beta)
     {
         Vector256<float> c00 = default, c01 = default, c02 = default, c10 = default, c11 = default, c12 = default;
@@ -311,6 +315,7 @@ public sealed partial class CpuBackend
     }
 
     /// <summary>The portable kernel over the same packed layout (any CPU; slow but simple).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static unsafe void Kernel8x48Scalar(float* a, float* b, int kc, float* c, int ldc, float scale, float beta)
     {
         float* sum = stackalloc float[8 * 48];
@@ -328,6 +333,7 @@ public sealed partial class CpuBackend
     }
 
     /// <summary>Copies the strict upper triangle of the tile [i0, i1) × [j0, j1) onto its mirror image.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static unsafe void MirrorTile(float* f, int n, int i0, int i1, int j0, int j1)
     {
         for (int i = i0; i < i1; i++)

@@ -1,0 +1,175 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using System.Text.Json;
+using FisherKernels.Backends;
+using FisherKernels.Backends.Cpu;
+
+namespace FisherKernels.Cli.Bench;
+
+/// <summary>
+/// `fisherkernels bench [--backend NAME|all] [--threads N] [--json] [--model M.onnx --tokens T.npy]`
+/// (SPEC §6): every suite in <see cref="Suites"/> on every chosen backend, a human table by default.
+/// </summary>
+internal static class BenchCommand
+{
+    /// <summary>The benchmark suites, in output order: add one line per suite.</summary>
+    public static readonly IReadOnlyList<IBenchSuite> Suites =
+    [
+        new AccumulateBench(),
+        new LinearJvpBench(),
+    ];
+
+    public static int Run(string[] args, TextWriter stdout)
+    {
+        var options = BenchOptions.Parse(args);
+        var results = new List<BenchResult>();
+        foreach (var backend in OpenBackends(options.Backend, options.Threads))
+            using (backend)
+            {
+                var context = new BenchContext(backend, options.Threads, options.Quick, options.Model, options.Tokens);
+                foreach (var suite in Suites.Where(s => s.NeedsModel == (options.Model is not null)))
+                    results.AddRange(suite.Run(context));
+            }
+        string machine = MachineDescription(options.Threads);
+        if (options.Json) WriteJson(stdout, machine, results);
+        else WriteTable(stdout, machine, results, MeasuredPeakGflops(options.Threads, options.Quick));
+        return 0;
+    }
+
+    private static IEnumerable<IComputeBackend> OpenBackends(string name, int threads)
+    {
+        switch (name)
+        {
+            case "cpu" or "all":
+                yield return new CpuBackend(threads);
+                break;
+            case "cuda" or "opencl" or "ilgpu-cpu":
+                throw FisherKernelsException.Unsupported($"--backend {name}: the ILGPU backends are not in this build yet");
+            default:
+                throw FisherKernelsException.Argument($"--backend: unknown backend '{name}' (expected cpu, cuda, opencl, ilgpu-cpu or all)");
+        }
+    }
+
+    private static void WriteJson(TextWriter stdout, string machine, List<BenchResult> results)
+    {
+        using var stream = new MemoryStream();
+        using (var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+        {
+            json.WriteStartObject();
+            json.WriteString("machine", machine);
+            json.WriteStartArray("results");
+            foreach (var r in results)
+            {
+                json.WriteStartObject();
+                json.WriteString("name", r.Name);
+                json.WriteString("backend", r.Backend);
+                json.WriteString("shape", r.Shape);
+                json.WriteNumber("median_ms", Math.Round(r.MedianMs, 4));
+                if (r.Gflops is double gflops) json.WriteNumber("gflops", Math.Round(gflops, 2));
+                json.WriteString("baseline", r.Baseline);
+                json.WriteNumber("baseline_median_ms", Math.Round(r.BaselineMedianMs, 4));
+                json.WriteNumber("ratio", Math.Round(r.Ratio, 4));
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+            json.WriteEndObject();
+        }
+        stdout.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
+    }
+
+    private static void WriteTable(TextWriter stdout, string machine, List<BenchResult> results, double peakGflops)
+    {
+        stdout.WriteLine($"machine: {machine}; FMA peak measured now: {peakGflops:F0} GFLOP/s");
+        string[] header = ["name", "backend", "shape", "ms", "GFLOP/s", "% peak", "baseline", "baseline ms", "baseline GFLOP/s", "ratio"];
+        var rows = new List<string[]> { header };
+        foreach (var r in results)
+        {
+            double? baselineGflops = r.Gflops * r.MedianMs / r.BaselineMedianMs;
+            rows.Add([r.Name, r.Backend, r.Shape, $"{r.MedianMs:F2}", $"{r.Gflops:F1}", r.Gflops is double g ? $"{100 * g / peakGflops:F0}%" : "",
+                      r.Baseline, $"{r.BaselineMedianMs:F2}", $"{baselineGflops:F1}", $"{r.Ratio:F2}x"]);
+        }
+        var widths = header.Select((_, c) => rows.Max(row => row[c].Length)).ToArray();
+        foreach (var row in rows)
+            stdout.WriteLine(string.Join("  ", row.Select((cell, c) => c < 3 || c == 6 ? cell.PadRight(widths[c]) : cell.PadLeft(widths[c]))).TrimEnd());
+    }
+
+    private static string MachineDescription(int threads)
+    {
+        string cpu = RuntimeInformation.ProcessArchitecture.ToString();
+        if (File.Exists("/proc/cpuinfo"))
+            cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? cpu;
+        string simd = Avx512F.IsSupported ? "AVX-512" : Avx2.IsSupported ? "AVX2" : Vector128.IsHardwareAccelerated ? "128-bit SIMD" : "no SIMD";
+        return $"{cpu}, {Environment.ProcessorCount} cores, {simd}, {threads} threads";
+    }
+
+    /// <summary>
+    /// The fp32 FMA throughput the cores deliver right now (independent register-resident FMA chains
+    /// on every thread): the yardstick for "% of peak" that also reflects a busy, shared machine.
+    /// </summary>
+    private static double MeasuredPeakGflops(int threads, bool quick)
+    {
+        long iterations = quick ? 1 << 14 : 1 << 23;
+        double best = 0;
+        for (int attempt = 0; attempt < 3; attempt++)
+        {
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
+            Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, _ => FmaChains(iterations));
+            double seconds = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
+            best = Math.Max(best, threads * iterations * 12.0 * 2 * Vector512<float>.Count / seconds / 1e9);
+        }
+        return best;
+    }
+
+    private static float FmaChains(long iterations)
+    {
+        var m = Vector512.Create(0.999f); var a = Vector512.Create(1e-3f);
+        Vector512<float> v0 = m, v1 = m, v2 = m, v3 = m, v4 = m, v5 = m, v6 = m, v7 = m, v8 = m, v9 = m, v10 = m, v11 = m;
+        for (long i = 0; i < iterations; i++)
+        {
+            v0 = Vector512.FusedMultiplyAdd(v0, m, a); v1 = Vector512.FusedMultiplyAdd(v1, m, a); v2 = Vector512.FusedMultiplyAdd(v2, m, a);
+            v3 = Vector512.FusedMultiplyAdd(v3, m, a); v4 = Vector512.FusedMultiplyAdd(v4, m, a); v5 = Vector512.FusedMultiplyAdd(v5, m, a);
+            v6 = Vector512.FusedMultiplyAdd(v6, m, a); v7 = Vector512.FusedMultiplyAdd(v7, m, a); v8 = Vector512.FusedMultiplyAdd(v8, m, a);
+            v9 = Vector512.FusedMultiplyAdd(v9, m, a); v10 = Vector512.FusedMultiplyAdd(v10, m, a); v11 = Vector512.FusedMultiplyAdd(v11, m, a);
+        }
+        return Vector512.Sum(v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7 + v8 + v9 + v10 + v11);
+    }
+}
+
+/// <summary>The options of `bench`; <c>--quick</c> (tiny shapes, for tests) is not advertised.</summary>
+internal sealed record BenchOptions(string Backend, int Threads, bool Json, bool Quick, string? Model, string? Tokens)
+{
+    public static BenchOptions Parse(string[] args)
+    {
+        string backend = "cpu";
+        int threads = Environment.ProcessorCount;
+        bool json = false, quick = false;
+        string? model = null, tokens = null;
+        for (int i = 1; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--backend": backend = Value(args, ref i); break;
+                case "--threads":
+                    string text = Value(args, ref i);
+                    if (!int.TryParse(text, out threads) || threads < 1)
+                        throw FisherKernelsException.Argument($"--threads must be a whole number of at least 1, got '{text}'");
+                    break;
+                case "--json": json = true; break;
+                case "--quick": quick = true; break;
+                case "--verbose": break;
+                case "--model": model = Value(args, ref i); break;
+                case "--tokens": tokens = Value(args, ref i); break;
+                default: throw FisherKernelsException.Argument($"bench: unknown option '{args[i]}'");
+            }
+        }
+        if ((model is null) != (tokens is null)) throw FisherKernelsException.Argument("bench: --model and --tokens go together");
+        if (model is not null && !BenchCommand.Suites.Any(s => s.NeedsModel))
+            throw FisherKernelsException.Unsupported("bench --model: the model benchmarks are not in this build yet");
+        return new BenchOptions(backend, threads, json, quick, model, tokens);
+
+    }
+
+    private static string Value(string[] args, ref int i) =>
+        ++i < args.Length ? args[i] : throw FisherKernelsException.Argument($"{args[i - 1]} needs a value");
+}
