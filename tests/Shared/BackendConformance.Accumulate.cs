@@ -23,7 +23,7 @@ public abstract partial class BackendConformance
         var rowMask = MakeMask(rng, rows, mask);
         foreach (var (alpha, beta) in new[] { (1f, 0f), (0.5f, 1f), (-0.25f, 0.7f) })
         {
-            var factor = RandomSymmetric(rng, n);
+            var factor = RandomSymmetricFactor(rng, n);
             var expected = Reference.AccumulateFactor(x, rows, cols, appendOne, alpha, beta, factor, rowMask);
             Backend.AccumulateFactor(x, rows, cols, appendOne, alpha, beta, factor, rowMask);
             AssertClose(expected, factor, rows, $"accumulate {rows}x{cols} appendOne={appendOne} mask={mask} α={alpha} β={beta}");
@@ -37,7 +37,7 @@ public abstract partial class BackendConformance
         var rng = new Random(3);
         var x = RandomArray(rng, rows * cols);
         var rowMask = MakeMask(rng, rows, Mask.Random);
-        var factor = RandomSymmetric(rng, cols + 1);
+        var factor = RandomSymmetricFactor(rng, cols + 1);
         var expected = Reference.AccumulateFactor(x, rows, cols, true, 0.125, 0.5, factor, rowMask);
         Backend.AccumulateFactor(x, rows, cols, true, 0.125f, 0.5f, factor, rowMask);
         AssertClose(expected, factor, rows, $"accumulate {rows}x{cols}");
@@ -151,7 +151,7 @@ public abstract partial class BackendConformance
         _ => Enumerable.Range(0, rows).Select(_ => (byte)(rng.Next(3) == 0 ? 0 : rng.Next(1, 256))).ToArray(),
     };
 
-    private static float[] RandomSymmetric(Random rng, int n)
+    private static float[] RandomSymmetricFactor(Random rng, int n)
     {
         var f = RandomArray(rng, n * n, scale: 10f);
         for (int i = 0; i < n; i++)

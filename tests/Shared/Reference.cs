@@ -163,6 +163,7 @@ public static class Reference
                 a[i * n + j] = a[j * n + i] = sum;
             }
         return (a, q);
+    }
 
     /// <summary>F ← β·F + α·X̃ᵀX̃ over the rows whose mask byte is non-zero (all rows for an empty mask), in float64.</summary>
     public static double[] AccumulateFactor(ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
