@@ -1,0 +1,106 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using FisherKernels.IO;
+
+namespace FisherKernels.Uncertainty;
+
+/// <summary>The scores of one targeted position (SPEC §4): <c>p = softmax(z)[y]</c>, aleatoric <c>p(1−p)</c>, epistemic.</summary>
+public readonly record struct TokenScore(int Position, long Target, double P, double Epistemic)
+{
+    public double Aleatoric => P * (1 - P);
+}
+
+/// <summary>
+/// The scores of one sequence (SPEC §4): its targeted positions, <c>p̄</c> = mean of their p, the epistemic score of
+/// <c>p̄</c> (from the gradient of the mean, so cross terms between positions count) and the mean aleatoric score.
+/// A sequence without targeted positions has NaN summaries and no tokens.
+/// </summary>
+public sealed record SequenceScore(int Index, IReadOnlyList<TokenScore> Tokens, double Epistemic)
+{
+    public double MeanP => Tokens.Count == 0 ? double.NaN : Tokens.Average(t => t.P);
+    public double Aleatoric => Tokens.Count == 0 ? double.NaN : Tokens.Average(t => t.Aleatoric);
+}
+
+/// <summary>What <c>score</c> writes (SPEC §6), as JSON or CSV, atomically.</summary>
+public sealed record ScoreReport(string Model, string Method, double PriorPrecision, IReadOnlyList<SequenceScore> Sequences)
+{
+    public const string CsvHeader = "sequence,position,target,p,epistemic,aleatoric";
+
+    /// <summary>Writes JSON for a <c>.json</c> path and CSV for a <c>.csv</c> path; any other extension is an error naming <c>--out</c>.</summary>
+    public void Write(string path)
+    {
+        string extension = Path.GetExtension(path);
+        if (extension.Equals(".json", StringComparison.OrdinalIgnoreCase)) WriteJson(path);
+        else if (extension.Equals(".csv", StringComparison.OrdinalIgnoreCase)) WriteCsv(path);
+        else throw FisherKernelsException.Argument($"--out '{path}': the score file must end in .json or .csv");
+    }
+
+    public void WriteJson(string path)
+    {
+        CheckFinite();
+        AtomicFile.Write(path, stream =>
+        {
+            using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
+            json.WriteStartObject();
+            json.WriteString("model", Model);
+            json.WriteString("method", Method);
+            json.WriteNumber("prior_precision", PriorPrecision);
+            json.WriteStartArray("sequences");
+            foreach (SequenceScore s in Sequences)
+            {
+                json.WriteStartObject();
+                json.WriteNumber("index", s.Index);
+                WriteNumberOrNull(json, "mean_p", s.MeanP);
+                WriteNumberOrNull(json, "epistemic", s.Epistemic);
+                WriteNumberOrNull(json, "aleatoric", s.Aleatoric);
+                json.WriteStartArray("tokens");
+                foreach (TokenScore t in s.Tokens)
+                {
+                    json.WriteStartObject();
+                    json.WriteNumber("position", t.Position);
+                    json.WriteNumber("target", t.Target);
+                    json.WriteNumber("p", t.P);
+                    json.WriteNumber("epistemic", t.Epistemic);
+                    json.WriteNumber("aleatoric", t.Aleatoric);
+                    json.WriteEndObject();
+                }
+                json.WriteEndArray();
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+            json.WriteEndObject();
+        });
+    }
+
+    public void WriteCsv(string path)
+    {
+        CheckFinite();
+        var text = new StringBuilder(CsvHeader).Append('\n');
+        foreach (SequenceScore s in Sequences)
+            foreach (TokenScore t in s.Tokens)
+                text.Append(CultureInfo.InvariantCulture, $"{s.Index},{t.Position},{t.Target},{Number(t.P)},{Number(t.Epistemic)},{Number(t.Aleatoric)}\n");
+        AtomicFile.WriteAllBytes(path, Encoding.UTF8.GetBytes(text.ToString()));
+    }
+
+    /// <summary>A non-finite score is a bug or a broken curvature: refuse to write it rather than write a file nothing can parse.</summary>
+    void CheckFinite()
+    {
+        foreach (SequenceScore s in Sequences)
+        {
+            if (s.Tokens.Count > 0 && !double.IsFinite(s.Epistemic))
+                throw FisherKernelsException.Argument($"{Method} score: sequence {s.Index} has a non-finite epistemic score {s.Epistemic}");
+            foreach (TokenScore t in s.Tokens)
+                if (!double.IsFinite(t.P) || !double.IsFinite(t.Epistemic))
+                    throw FisherKernelsException.Argument($"{Method} score: sequence {s.Index} position {t.Position} has p {t.P}, epistemic {t.Epistemic}");
+        }
+    }
+
+    static void WriteNumberOrNull(Utf8JsonWriter json, string name, double value)
+    {
+        if (double.IsFinite(value)) json.WriteNumber(name, value);
+        else json.WriteNull(name);
+    }
+
+    static string Number(double v) => v.ToString("R", CultureInfo.InvariantCulture);
+}
