@@ -347,4 +347,7 @@ internal struct SplitMix64(long seed, long batch, long stream)
 
     /// <summary>Uniform in [0, 1) with 53 random bits.</summary>
     public double NextDouble() => (Next() >> 11) * (1.0 / (1UL << 53));
+
+    /// <summary>Standard normal by Box–Muller (one of the pair; simple beats fast here).</summary>
+    public double NextGaussian() => Math.Sqrt(-2 * Math.Log(1 - NextDouble())) * Math.Cos(2 * Math.PI * NextDouble());
 }

@@ -1,0 +1,326 @@
+using System.Globalization;
+using FisherKernels.Backends;
+using FisherKernels.Curvature;
+using FisherKernels.Linalg;
+
+namespace FisherKernels.Uncertainty;
+
+/// <summary>Options of the Laplace posterior (SPEC §4 and <c>score --method kfac</c>).</summary>
+public sealed record PosteriorOptions
+{
+    /// <summary>τ, <c>--prior-precision</c>.</summary>
+    public double PriorPrecision { get; init; } = 1.0;
+
+    /// <summary>r, <c>--rank</c>: eigenvectors kept of a factor too large for a dense eigenbasis.</summary>
+    public int Rank { get; init; } = 64;
+
+    /// <summary>Largest dense eigenbasis (bytes) a layer may hold; a layer above it gets the low-rank (Woodbury) form.</summary>
+    public long MemoryBudgetBytes { get; init; } = 1L << 30;
+
+    public void Validate()
+    {
+        if (!double.IsFinite(PriorPrecision) || !(PriorPrecision > 0))
+            throw FisherKernelsException.Argument($"--prior-precision must be a positive number, got {PriorPrecision}");
+        if (Rank < 1) throw FisherKernelsException.Argument($"--rank must be at least 1, got {Rank}");
+        if (MemoryBudgetBytes < 0) throw FisherKernelsException.Argument($"the memory budget must be non-negative, got {MemoryBudgetBytes}");
+    }
+}
+
+/// <summary>Smallest and largest eigenvalue of a Kronecker factor.</summary>
+public readonly record struct EigenvalueRange(double Min, double Max)
+{
+    public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"[{Min:G4}, {Max:G4}]");
+}
+
+/// <summary>
+/// The K-FAC Laplace posterior (SPEC §4): per layer the covariance <c>Σ = (M·A⊗G + τ·I)⁻¹</c>, block-diagonal over
+/// layers, each block decomposed once (float64 eigendecompositions) when the posterior is built.
+/// </summary>
+public sealed class KfacPosterior
+{
+    readonly Dictionary<string, LayerPosterior> byLayer = new(StringComparer.Ordinal);
+
+    public KfacPosterior(KfacCurvature curvature, IComputeBackend backend, PosteriorOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(curvature);
+        ArgumentNullException.ThrowIfNull(backend);
+        Options = options ?? new PosteriorOptions();
+        Options.Validate();
+        Layers = curvature.Layers.Select((block, i) => new LayerPosterior(block, i, backend, Options)).ToArray();
+        foreach (LayerPosterior l in Layers) byLayer.Add(l.Layer, l);
+    }
+
+    public PosteriorOptions Options { get; }
+    public double PriorPrecision => Options.PriorPrecision;
+    public IReadOnlyList<LayerPosterior> Layers { get; }
+
+    public LayerPosterior this[string layer] =>
+        byLayer.TryGetValue(layer, out LayerPosterior? l) ? l : throw FisherKernelsException.Argument($"the posterior has no layer '{layer}'");
+
+    /// <summary>
+    /// The epistemic scores of one layer for one sequence (SPEC §4): <paramref name="tokenGradients"/> holds
+    /// <paramref name="count"/> gradients <c>∇p_t = [∇W | ∇b]</c> (<c>[out × in(+1)]</c> each, one per targeted position).
+    /// Adds <c>∇p_tᵀ Σ ∇p_t</c> to <paramref name="tokenEpistemic"/> and returns <c>∇p̄ᵀ Σ ∇p̄</c> for the mean gradient
+    /// (cross terms between positions included). Sum both over layers for the block-diagonal posterior.
+    /// </summary>
+    public double AddEpistemic(string layer, ReadOnlySpan<float> tokenGradients, int count, Span<double> tokenEpistemic)
+    {
+        LayerPosterior l = this[layer];
+        int size = l.GDim * l.ADim;
+        if (count < 1 || tokenGradients.Length != (long)count * size || tokenEpistemic.Length != count)
+            throw FisherKernelsException.Argument($"layer '{layer}': {count} gradients of [{l.GDim} × {l.ADim}] need {(long)count * size} values and {count} scores, got {tokenGradients.Length} and {tokenEpistemic.Length}");
+        var all = new float[(count + 1) * size];
+        tokenGradients.CopyTo(all);
+        Span<float> mean = all.AsSpan(count * size, size);
+        for (int t = 0; t < count; t++)
+            for (int i = 0; i < size; i++) mean[i] += tokenGradients[t * size + i];
+        for (int i = 0; i < size; i++) mean[i] /= count;
+        var quadratic = new float[count + 1];
+        l.Quadratic(all, count + 1, quadratic);
+        for (int t = 0; t < count; t++) tokenEpistemic[t] += quadratic[t];
+        return quadratic[count];
+    }
+
+    /// <summary>One line per layer: eigenvalue ranges and the form of its inverse.</summary>
+    public IEnumerable<string> Describe() => Layers.Select(l => l.Describe());
+}
+
+/// <summary>
+/// One layer's posterior covariance <c>Σ = (M·A⊗G + τ·I)⁻¹</c> on <c>vec([W | b])</c>, <c>W</c> as <c>[out, in]</c>.
+/// Dense form: both factors' eigenbases (kernel family 2's <see cref="IComputeBackend.KronQuadratic"/>).
+/// Low-rank form, for a layer whose dense eigenbases exceed the memory budget: the larger factor F becomes
+/// <c>D + U Λ Uᵀ</c>, U its top-r eigenvectors and D the diagonal of the rest (so diag F is kept exactly); in the
+/// eigenbasis of the other factor each column then needs <c>(M·λ·(D + UΛUᵀ) + τ·I)⁻¹</c>, a Woodbury solve.
+/// </summary>
+public sealed class LayerPosterior
+{
+    readonly IComputeBackend backend;
+    readonly int index;
+    readonly KronEigenbasis? dense;
+    readonly LowRankFactor? lowRank;
+
+    /// <summary>The low-rank form: the small factor's eigenbasis, the large factor as diagonal plus low rank.</summary>
+    sealed record LowRankFactor(bool LargeIsA, float[] SmallQ, double[] SmallLambda, int SmallDim,
+                                float[] U, float[] Lambda, float[] Diagonal, int LargeDim, int Rank);
+
+    internal LayerPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options)
+    {
+        this.backend = backend;
+        this.index = index;
+        Layer = block.Layer;
+        HasBias = block.HasBias;
+        Positions = block.Positions;
+        PriorPrecision = options.PriorPrecision;
+        ADim = block.ADim;
+        GDim = block.GDim;
+        DenseBytes = 4L * ((long)ADim * ADim + (long)GDim * GDim + (long)ADim * GDim);
+        try
+        {
+            if (DenseBytes <= options.MemoryBudgetBytes || Math.Max(ADim, GDim) <= options.Rank)
+            {
+                dense = KronEigenbasis.Create(backend, block.A.Data, ADim, block.G.Data, GDim, Positions, PriorPrecision);
+                RangeA = RangeOf(dense.LambdaA);
+                RangeG = RangeOf(dense.LambdaG);
+            }
+            else lowRank = BuildLowRank(block, options);
+        }
+        catch (FisherKernelsException e) when (e.Kind == ErrorKind.InvalidArgument && !e.Message.Contains($"'{Layer}'", StringComparison.Ordinal))
+        {
+            throw FisherKernelsException.Argument($"layer '{Layer}': {e.Message}");
+        }
+    }
+
+    public string Layer { get; }
+    public bool HasBias { get; }
+    public double Positions { get; }
+    public double PriorPrecision { get; }
+    public int ADim { get; }
+    public int GDim { get; }
+
+    /// <summary>Bytes the dense form needs (Q_A, Q_G and the inverse denominators, float32).</summary>
+    public long DenseBytes { get; }
+
+    public bool IsLowRank => lowRank is not null;
+    public EigenvalueRange RangeA { get; private set; }
+    public EigenvalueRange RangeG { get; private set; }
+
+    public string Describe() =>
+        $"layer '{Layer}': A [{ADim}]² eigenvalues {RangeA}, G [{GDim}]² eigenvalues {RangeG}, M {Positions.ToString("R", CultureInfo.InvariantCulture)}, " +
+        (lowRank is null ? "dense eigenbasis" : $"low rank {lowRank.Rank} on {(lowRank.LargeIsA ? "A" : "G")} (Woodbury)");
+
+    /// <summary>
+    /// For each of <paramref name="count"/> matrices X <c>[out × in(+1)]</c> in <paramref name="xs"/>:
+    /// <c>vec(X)ᵀ Σ vec(X)</c>.
+    /// </summary>
+    public void Quadratic(ReadOnlySpan<float> xs, int count, Span<float> output)
+    {
+        long size = (long)GDim * ADim;
+        if (count < 0 || xs.Length != count * size || output.Length != count)
+            throw FisherKernelsException.Argument($"layer '{Layer}': {count} matrices of [{GDim} × {ADim}] need {count * size} values and {count} outputs, got {xs.Length} and {output.Length}");
+        if (count == 0) return;
+        if (dense is not null) backend.KronQuadratic(dense, xs, count, output);
+        else WoodburyQuadratic(lowRank!, xs, count, output);
+    }
+
+    /// <summary>
+    /// Closed-form variance of every output <c>s_v = (W a + b)_v</c> of this layer under its own posterior, for
+    /// <paramref name="rows"/> inputs a (<c>[rows × in]</c>): with <c>β = Q_Aᵀ ã</c>,
+    /// <c>var s_v = Σ_ij Q_G[v,i]² β_j² / (M λ_G,i λ_A,j + τ)</c>; written to <paramref name="variance"/> <c>[rows × out]</c>.
+    /// For the output layer this is the per-token logit variance, without any Jacobian.
+    /// </summary>
+    public void OutputVariance(ReadOnlySpan<float> inputs, int rows, Span<float> variance)
+    {
+        KronEigenbasis basis = RequireDense("the closed-form output variance");
+        int inF = HasBias ? ADim - 1 : ADim;
+        if (inputs.Length != (long)rows * inF || variance.Length != (long)rows * GDim)
+            throw FisherKernelsException.Argument($"layer '{Layer}': output variance of {rows} rows needs inputs [{rows} × {inF}] and variance [{rows} × {GDim}]");
+        if (rows == 0) return;
+        float[] projected = ProjectInputs(basis, inputs, rows, inF);
+        // C[r, i] = Σ_j β_rj² / (M λ_G,i λ_A,j + τ), then var[r, v] = Σ_i C[r, i] Q_G[v, i]².
+        var weights = new float[(long)rows * GDim];
+        backend.Gemm(new GemmShape(rows, GDim, ADim, TransB: true), projected, basis.InverseDenominators, weights);
+        var squaredQg = new float[basis.QG.Length];
+        for (int i = 0; i < squaredQg.Length; i++) squaredQg[i] = basis.QG[i] * basis.QG[i];
+        backend.Gemm(new GemmShape(rows, GDim, GDim, TransB: true), weights, squaredQg, variance);
+    }
+
+    /// <summary>
+    /// Closed-form (delta-method) variance of <c>p_y = softmax(s)_y</c> for an output layer: <c>uᵀ Cov(s) u</c> with
+    /// <c>u = p_y (e_y − p)</c>, <c>Cov(s) = Q_G diag(C_r) Q_Gᵀ</c>. <paramref name="logits"/> <c>[rows × out]</c> are the
+    /// layer's outputs; rows whose target is -100 get NaN.
+    /// </summary>
+    public void TargetProbabilityVariance(ReadOnlySpan<float> inputs, ReadOnlySpan<float> logits, ReadOnlySpan<long> targets, int rows, Span<double> variance)
+    {
+        KronEigenbasis basis = RequireDense("the closed-form probability variance");
+        int inF = HasBias ? ADim - 1 : ADim;
+        if (inputs.Length != (long)rows * inF || logits.Length != (long)rows * GDim || targets.Length != rows || variance.Length != rows)
+            throw FisherKernelsException.Argument($"layer '{Layer}': probability variance of {rows} rows needs inputs [{rows} × {inF}], logits [{rows} × {GDim}], {rows} targets and outputs");
+        if (rows == 0) return;
+        float[] projected = ProjectInputs(basis, inputs, rows, inF);
+        var weights = new float[(long)rows * GDim];
+        backend.Gemm(new GemmShape(rows, GDim, ADim, TransB: true), projected, basis.InverseDenominators, weights);
+        var u = new float[(long)rows * GDim];
+        for (int r = 0; r < rows; r++)
+        {
+            long y = targets[r];
+            if (y == -100) continue;
+            if (y < 0 || y >= GDim) throw FisherKernelsException.Argument($"layer '{Layer}': target {y} at row {r} is outside the {GDim} outputs");
+            ReadOnlySpan<float> z = logits.Slice(r * GDim, GDim);
+            double max = double.NegativeInfinity, total = 0;
+            foreach (float v in z) max = Math.Max(max, v);
+            foreach (float v in z) total += Math.Exp(v - max);
+            double py = Math.Exp(z[(int)y] - max) / total;
+            for (int v = 0; v < GDim; v++) u[r * GDim + v] = (float)(py * ((v == y ? 1 : 0) - Math.Exp(z[v] - max) / total));
+        }
+        var rotated = new float[u.Length]; // (Q_Gᵀ u_r) as rows
+        backend.Gemm(new GemmShape(rows, GDim, GDim), u, basis.QG, rotated);
+        for (int r = 0; r < rows; r++)
+        {
+            if (targets[r] == -100) { variance[r] = double.NaN; continue; }
+            double sum = 0;
+            for (int i = 0; i < GDim; i++) sum += (double)rotated[r * GDim + i] * rotated[r * GDim + i] * weights[r * GDim + i];
+            variance[r] = sum;
+        }
+    }
+
+    /// <summary>
+    /// Draws <c>δ = [δW | δb] ~ N(0, Σ)</c> (<c>[out × in(+1)]</c>) in the Kronecker eigenbasis:
+    /// <c>δ = Q_G (E ⊘ √(M λ_G λ_Aᵀ + τ)) Q_Aᵀ</c>, E standard normal. A pure function of (seed, sample, layer index), so
+    /// the k perturbations of linearized sampling can be drawn layer by layer and propagated by JVPs.
+    /// </summary>
+    public void SamplePerturbation(long seed, int sample, Span<float> delta)
+    {
+        KronEigenbasis basis = RequireDense("sampling parameter perturbations");
+        long size = (long)GDim * ADim;
+        if (delta.Length != size) throw FisherKernelsException.Argument($"layer '{Layer}': a perturbation is [{GDim} × {ADim}], got {delta.Length} values");
+        var scaled = new float[size];
+        var rng = new SplitMix64(seed, sample, stream: index);
+        for (long i = 0; i < size; i++) scaled[i] = (float)(rng.NextGaussian() * Math.Sqrt(basis.InverseDenominators[i]));
+        var left = new float[size];
+        backend.Gemm(new GemmShape(GDim, ADim, GDim), basis.QG, scaled, left);
+        backend.Gemm(new GemmShape(GDim, ADim, ADim, TransB: true), left, basis.QA, delta);
+    }
+
+    KronEigenbasis RequireDense(string what) => dense ?? throw FisherKernelsException.Unsupported(
+        $"layer '{Layer}': {what} needs the dense eigenbasis ({DenseBytes} bytes), but the layer uses the low-rank form; raise the memory budget");
+
+    /// <summary>Rows of β = Q_Aᵀ ã: [rows × a].</summary>
+    float[] ProjectInputs(KronEigenbasis basis, ReadOnlySpan<float> inputs, int rows, int inF)
+    {
+        var homogeneous = new float[(long)rows * ADim];
+        for (int r = 0; r < rows; r++)
+        {
+            inputs.Slice(r * inF, inF).CopyTo(homogeneous.AsSpan(r * ADim, inF));
+            if (HasBias) homogeneous[r * ADim + inF] = 1;
+        }
+        var projected = new float[homogeneous.Length];
+        backend.Gemm(new GemmShape(rows, ADim, ADim), homogeneous, basis.QA, projected);
+        for (int i = 0; i < projected.Length; i++) projected[i] *= projected[i];
+        return projected;
+    }
+
+    LowRankFactor BuildLowRank(KroneckerBlock block, PosteriorOptions options)
+    {
+        bool largeIsA = ADim > GDim;
+        NdArray<float> large = largeIsA ? block.A : block.G, small = largeIsA ? block.G : block.A;
+        int n = large.Shape[0], m = small.Shape[0], rank = Math.Min(options.Rank, n);
+        long smallBytes = 4L * m * m + 4L * n * rank + 8L * n;
+        if (smallBytes > options.MemoryBudgetBytes)
+            throw FisherKernelsException.Argument($"layer '{Layer}': even the low-rank form needs {smallBytes} bytes (A [{ADim}]², G [{GDim}]², rank {rank}), over the memory budget of {options.MemoryBudgetBytes}");
+
+        var lambda = new float[rank];
+        var u = new float[(long)n * rank];
+        TopEigen.Compute(backend, large.Data, n, rank, lambda, u);
+        var diagonal = new float[n];
+        for (int i = 0; i < n; i++)
+        {
+            double rest = large.Data[(long)i * n + i];
+            for (int k = 0; k < rank; k++) rest -= (double)lambda[k] * u[(long)i * rank + k] * u[(long)i * rank + k];
+            diagonal[i] = (float)Math.Max(rest, 0);
+        }
+        for (int k = 0; k < rank; k++) lambda[k] = Math.Max(lambda[k], 0);
+
+        // The small factor's eigenbasis: a Kronecker basis with a 1×1 partner gives it with the usual checks.
+        var identity = new float[] { 1 };
+        KronEigenbasis smallBasis = KronEigenbasis.Create(backend, small.Data, m, identity, 1, Positions, PriorPrecision);
+        EigenvalueRange smallRange = RangeOf(smallBasis.LambdaA);
+        var largeRange = new EigenvalueRange(Math.Min(diagonal.Min(), lambda.Min()), lambda.Max());
+        (RangeA, RangeG) = largeIsA ? (largeRange, smallRange) : (smallRange, largeRange);
+        return new LowRankFactor(largeIsA, smallBasis.QA, smallBasis.LambdaA, m, u, lambda, diagonal, n, rank);
+    }
+
+    /// <summary>
+    /// Σ_j y_jᵀ (M λ_j (D + UΛUᵀ) + τ I)⁻¹ y_j over the small factor's eigenvectors q_j, with y_j = X q_j (large factor G)
+    /// or Xᵀ q_j (large factor A): one Woodbury solve per j for all matrices at once.
+    /// </summary>
+    void WoodburyQuadratic(LowRankFactor f, ReadOnlySpan<float> xs, int count, Span<float> output)
+    {
+        int n = f.LargeDim, m = f.SmallDim, r = f.Rank;
+        long size = (long)n * m;
+        // Y_c [n × m]: X_c Q_small (X_c is [n × m] when G is large) or X_cᵀ Q_small (X_c is [m × n] when A is large).
+        var y = new float[count * size];
+        GemmShape project = f.LargeIsA
+            ? new GemmShape(n, m, m, TransA: true, BatchCount: count, StrideA: size, StrideB: 0, StrideC: size)
+            : new GemmShape(n, m, m, BatchCount: count, StrideA: size, StrideB: 0, StrideC: size);
+        backend.Gemm(project, xs, f.SmallQ, y);
+
+        var column = new float[(long)n * count];
+        var solved = new float[column.Length];
+        var d = new float[n];
+        var s = new float[r];
+        var sums = new double[count];
+        for (int j = 0; j < m; j++)
+        {
+            double scale = Positions * f.SmallLambda[j];
+            for (int i = 0; i < n; i++) d[i] = (float)(scale * f.Diagonal[i] + PriorPrecision);
+            for (int k = 0; k < r; k++) s[k] = (float)(scale * f.Lambda[k]);
+            for (int c = 0; c < count; c++)
+                for (int i = 0; i < n; i++) column[(long)i * count + c] = y[c * size + (long)i * m + j];
+            backend.WoodburyApply(d, f.U, s, n, r, column, count, solved);
+            for (int i = 0; i < column.Length; i++) sums[i % count] += (double)column[i] * solved[i];
+        }
+        for (int c = 0; c < count; c++) output[c] = (float)sums[c];
+    }
+
+    static EigenvalueRange RangeOf(double[] lambda) => new(lambda.Min(), lambda.Max());
+}

@@ -1,0 +1,282 @@
+using System.Text.Json;
+using FisherKernels.Backends;
+using FisherKernels.Backends.Cpu;
+using FisherKernels.Curvature;
+using FisherKernels.IO;
+using FisherKernels.Tests.Curvature;
+using FisherKernels.Uncertainty;
+using static FisherKernels.Tests.Curvature.KroneckerBlockTests;
+
+namespace FisherKernels.Tests.Uncertainty;
+
+public class KfacPosteriorTests
+{
+    const string Hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    public static TheoryData<string> Backends => ["float64", "cpu"];
+
+    static IComputeBackend Make(string name) => name == "cpu" ? new CpuBackend(threads: 2) : new Float64Backend();
+
+    /// <summary>Float64 reference: vec(X)ᵀ (M·A⊗G + τI)⁻¹ vec(X) by a dense solve (vec stacks the columns of X [g × a]).</summary>
+    internal static double DenseQuadratic(double[] a, int aDim, double[] g, int gDim, double positions, double tau, ReadOnlySpan<float> x)
+    {
+        int n = aDim * gDim;
+        var precision = new double[n * n];
+        for (int j = 0; j < aDim; j++)
+            for (int i = 0; i < gDim; i++)
+                for (int l = 0; l < aDim; l++)
+                    for (int k = 0; k < gDim; k++)
+                        precision[(j * gDim + i) * n + l * gDim + k] = positions * a[j * aDim + l] * g[i * gDim + k] + (j == l && i == k ? tau : 0);
+        var v = new double[n];
+        for (int i = 0; i < gDim; i++)
+            for (int j = 0; j < aDim; j++) v[j * gDim + i] = x[i * aDim + j];
+        double[] z = Float64Backend.DenseSolve(precision, n, v, 1);
+        return v.Select((e, i) => e * z[i]).Sum();
+    }
+
+    static double[] ToDouble(NdArray<float> m) => m.Data.Select(v => (double)v).ToArray();
+
+    /// <summary>A block from random rows; the gradient factor from <paramref name="gradientRows"/> rows when given (a low-rank G).</summary>
+    static KroneckerBlock RandomBlock(Random rng, string layer, int inDim, int outDim, bool bias, int rows, int gradientRows = 0) =>
+        new(layer, ToFloat(MeanOuter(RandomRows(rng, rows, inDim, 1.5), bias)),
+            ToFloat(MeanOuter(RandomRows(rng, gradientRows > 0 ? gradientRows : rows, outDim, 0.3), false)), bias, rows);
+
+    static float[] RandomMatrices(Random rng, int count, int size) => Enumerable.Range(0, count * size).Select(_ => (float)(2 * rng.NextDouble() - 1)).ToArray();
+
+    static void AssertRelative(double expected, double actual, double tolerance, string what) =>
+        Assert.True(Math.Abs(actual - expected) <= tolerance * Math.Abs(expected), $"{what}: expected {expected}, got {actual}");
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public void DenseQuadraticMatchesTheDenseSolve(string backendName)
+    {
+        using IComputeBackend backend = Make(backendName);
+        var rng = new Random(1);
+        KroneckerBlock block = RandomBlock(rng, "w", 4, 5, true, 30);
+        var curvature = new KfacCurvature([block], "sampled", Hash, "t");
+        foreach (double tau in new[] { 1.0, 1e-3 })
+        {
+            var posterior = new KfacPosterior(curvature, backend, new PosteriorOptions { PriorPrecision = tau });
+            float[] xs = RandomMatrices(rng, 3, 25);
+            var output = new float[3];
+            posterior["w"].Quadratic(xs, 3, output);
+            for (int c = 0; c < 3; c++)
+                AssertRelative(DenseQuadratic(ToDouble(block.A), 5, ToDouble(block.G), 5, 30, tau, xs.AsSpan(c * 25, 25)), output[c], 1e-3, $"τ {tau}, matrix {c}");
+        }
+    }
+
+    /// <summary>The fixtures' torch K-FAC factors and loss gradients against numpy's dense solve (make_references.py).</summary>
+    [Theory]
+    [InlineData("gpt2_tiny")]
+    [InlineData("llama_tiny")]
+    [InlineData("bert_tiny")]
+    public void FixtureQuadraticFormsMatchTheNumpyDenseSolve(string model)
+    {
+        using IComputeBackend backend = new CpuBackend(threads: 2);
+        FixtureFiles.FixtureLayer[] layers = FixtureFiles.Layers(model);
+        KfacCurvature curvature = KfacCurvature.Load(FixtureFiles.PathOf(model + ".kfac.safetensors"), layers.Select(l => l.Shape).ToArray());
+        SafetensorsFile grads = SafetensorsFile.Read(FixtureFiles.PathOf(model + ".grads.safetensors"));
+        JsonElement reference = JsonDocument.Parse(File.ReadAllText(CalibrationTests.ReferencePath("kfac_quadratic_references.json"))).RootElement;
+        double[] taus = reference.GetProperty("taus").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        for (int t = 0; t < taus.Length; t++)
+        {
+            var posterior = new KfacPosterior(curvature, backend, new PosteriorOptions { PriorPrecision = taus[t] });
+            foreach (FixtureFiles.FixtureLayer layer in layers)
+            {
+                float[] x = GradientMatrix(grads, layer);
+                var output = new float[1];
+                posterior[layer.Shape.Layer].Quadratic(x, 1, output);
+                double expected = reference.GetProperty("models").GetProperty(model).GetProperty(layer.Shape.Layer)[t].GetDouble();
+                AssertRelative(expected, output[0], 1e-3, $"{model} {layer.Shape.Layer} τ {taus[t]}");
+            }
+        }
+    }
+
+    /// <summary>X = [∇W | ∇b] as [out × in(+1)] from the stored gradient (transposed when the weight is stored [in, out]).</summary>
+    internal static float[] GradientMatrix(SafetensorsFile grads, FixtureFiles.FixtureLayer layer)
+    {
+        int inF = layer.Shape.InFeatures, outF = layer.Shape.OutFeatures, aDim = inF + (layer.Bias is null ? 0 : 1);
+        float[] w = grads.GetFloat32(layer.Shape.Layer).Data;
+        var x = new float[outF * aDim];
+        for (int o = 0; o < outF; o++)
+            for (int i = 0; i < inF; i++) x[o * aDim + i] = layer.StoredInOut ? w[i * outF + o] : w[o * inF + i];
+        if (layer.Bias is not null)
+        {
+            float[] b = grads.GetFloat32(layer.Bias).Data;
+            for (int o = 0; o < outF; o++) x[o * aDim + inF] = b[o];
+        }
+        return x;
+    }
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public void SequenceEpistemicIsTheQuadraticFormOfTheMeanGradient(string backendName)
+    {
+        using IComputeBackend backend = Make(backendName);
+        var rng = new Random(2);
+        KroneckerBlock block = RandomBlock(rng, "w", 3, 4, false, 20);
+        var posterior = new KfacPosterior(new KfacCurvature([block], "sampled", Hash, "t"), backend);
+        float[] xs = RandomMatrices(rng, 3, 12);
+        var tokens = new double[] { 10, 20, 30 };
+        double sequence = posterior.AddEpistemic("w", xs, 3, tokens);
+        float[] mean = Enumerable.Range(0, 12).Select(i => (xs[i] + xs[12 + i] + xs[24 + i]) / 3).ToArray();
+        AssertRelative(DenseQuadratic(ToDouble(block.A), 3, ToDouble(block.G), 4, 20, 1, mean), sequence, 1e-3, "sequence");
+        for (int t = 0; t < 3; t++)
+            AssertRelative(10 * (t + 1) + DenseQuadratic(ToDouble(block.A), 3, ToDouble(block.G), 4, 20, 1, xs.AsSpan(t * 12, 12)), tokens[t], 1e-6, $"token {t}");
+    }
+
+    /// <summary>
+    /// The Woodbury form against a dense solve of the precision it stands for: when the large factor's rank is at most r
+    /// it is the exact posterior; otherwise it is the posterior of D + UΛUᵀ, checked against that matrix built densely.
+    /// </summary>
+    [Theory]
+    [InlineData("cpu", false)]
+    [InlineData("cpu", true)]
+    [InlineData("float64", false)]
+    public void LowRankFormMatchesTheDenseSolve(string backendName, bool largeIsA)
+    {
+        using IComputeBackend backend = Make(backendName);
+        var rng = new Random(largeIsA ? 3 : 4);
+        int big = 12, small = 4, rank = 3;
+        // The large factor has rank 3 (from 3 rows): r = 3 captures it exactly.
+        KroneckerBlock exactBlock = largeIsA
+            ? new KroneckerBlock("w", ToFloat(MeanOuter(RandomRows(rng, 3, big, 1), false)), ToFloat(MeanOuter(RandomRows(rng, 40, small, 0.5), false)), false, 40)
+            : RandomBlock(rng, "w", small, big, false, 40, gradientRows: 3);
+        var curvature = new KfacCurvature([exactBlock], "sampled", Hash, "t");
+        // Dense: 4·(12² + 4² + 12·4) = 832 bytes; low rank: 4·(4² + 12·3) + 8·12 = 304 bytes.
+        var options = new PosteriorOptions { Rank = rank, MemoryBudgetBytes = 500, PriorPrecision = 0.5 };
+        var posterior = new KfacPosterior(curvature, backend, options);
+        Assert.True(posterior["w"].IsLowRank);
+        Assert.Contains("low rank 3", posterior["w"].Describe());
+        float[] xs = RandomMatrices(rng, 2, big * small);
+        var output = new float[2];
+        posterior["w"].Quadratic(xs, 2, output);
+        int aDim = exactBlock.ADim, gDim = exactBlock.GDim;
+        for (int c = 0; c < 2; c++)
+            AssertRelative(DenseQuadratic(ToDouble(exactBlock.A), aDim, ToDouble(exactBlock.G), gDim, 40, 0.5, xs.AsSpan(c * big * small, big * small)), output[c], 2e-3, $"exact rank, matrix {c}");
+
+        // Full-rank large factor: compare with the dense solve of the diagonal-plus-low-rank approximation.
+        KroneckerBlock full = RandomBlock(rng, "w", largeIsA ? big : small, largeIsA ? small : big, false, 40);
+        posterior = new KfacPosterior(new KfacCurvature([full], "sampled", Hash, "t"), backend, options);
+        double[] large = ToDouble(largeIsA ? full.A : full.G);
+        double[] approximation = DiagonalPlusLowRank(large, big, rank);
+        posterior["w"].Quadratic(xs, 2, output);
+        for (int c = 0; c < 2; c++)
+        {
+            double expected = largeIsA
+                ? DenseQuadratic(approximation, big, ToDouble(full.G), small, 40, 0.5, xs.AsSpan(c * big * small, big * small))
+                : DenseQuadratic(ToDouble(full.A), small, approximation, big, 40, 0.5, xs.AsSpan(c * big * small, big * small));
+            AssertRelative(expected, output[c], 2e-3, $"approximation, matrix {c}");
+        }
+    }
+
+    /// <summary>D + UΛUᵀ: U, Λ the top-r eigenpairs (float64 Jacobi), D = diag of the remainder.</summary>
+    static double[] DiagonalPlusLowRank(double[] f, int n, int r)
+    {
+        var values = new double[n];
+        var vectors = new double[n * n];
+        new Float64Backend().SymmetricEigen(f, n, values, vectors);
+        var result = new double[n * n];
+        for (int k = n - r; k < n; k++)
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < n; j++) result[i * n + j] += values[k] * vectors[i * n + k] * vectors[j * n + k];
+        for (int i = 0; i < n; i++) result[i * n + i] = f[i * n + i];
+        return result;
+    }
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public void ClosedFormOutputAndProbabilityVariancesMatchTheQuadraticForms(string backendName)
+    {
+        using IComputeBackend backend = Make(backendName);
+        var rng = new Random(5);
+        const int inF = 4, vocab = 6, rows = 3;
+        KroneckerBlock block = RandomBlock(rng, "head", inF, vocab, true, 25);
+        var posterior = new KfacPosterior(new KfacCurvature([block], "sampled", Hash, "t"), backend, new PosteriorOptions { PriorPrecision = 0.7 });
+        float[] inputs = RandomMatrices(rng, rows, inF);
+        float[] logits = RandomMatrices(rng, rows, vocab).Select(v => 3 * v).ToArray();
+        long[] targets = [2, -100, 5];
+        var variance = new float[rows * vocab];
+        posterior["head"].OutputVariance(inputs, rows, variance);
+        var pVariance = new double[rows];
+        posterior["head"].TargetProbabilityVariance(inputs, logits, targets, rows, pVariance);
+
+        double[] a = ToDouble(block.A), g = ToDouble(block.G);
+        for (int r = 0; r < rows; r++)
+        {
+            float[] homogeneous = [.. inputs.AsSpan(r * inF, inF), 1f];
+            for (int v = 0; v < vocab; v++)
+            {
+                var x = new float[vocab * (inF + 1)]; // ∂s_v/∂[W | b] = e_v ãᵀ
+                homogeneous.CopyTo(x, v * (inF + 1));
+                AssertRelative(DenseQuadratic(a, inF + 1, g, vocab, 25, 0.7, x), variance[r * vocab + v], 1e-3, $"row {r}, output {v}");
+            }
+            if (targets[r] == -100) { Assert.True(double.IsNaN(pVariance[r])); continue; }
+            double[] p = Softmax(logits.AsSpan(r * vocab, vocab));
+            int y = (int)targets[r];
+            var gradient = new float[vocab * (inF + 1)]; // ∂p_y/∂[W | b] = p_y (e_y − p) ãᵀ
+            for (int v = 0; v < vocab; v++)
+                for (int j = 0; j <= inF; j++) gradient[v * (inF + 1) + j] = (float)(p[y] * ((v == y ? 1 : 0) - p[v]) * homogeneous[j]);
+            AssertRelative(DenseQuadratic(a, inF + 1, g, vocab, 25, 0.7, gradient), pVariance[r], 1e-3, $"p variance, row {r}");
+        }
+    }
+
+    [Fact]
+    public void SampledPerturbationsHaveThePosteriorCovariance()
+    {
+        using IComputeBackend backend = new CpuBackend(threads: 2);
+        var rng = new Random(6);
+        KroneckerBlock block = RandomBlock(rng, "w", 3, 4, true, 15);
+        var posterior = new KfacPosterior(new KfacCurvature([block], "sampled", Hash, "t"), backend, new PosteriorOptions { PriorPrecision = 2 });
+        LayerPosterior layer = posterior["w"];
+        float[] probes = RandomMatrices(rng, 2, 16);
+        const int samples = 4000;
+        var projections = new double[2, samples];
+        var delta = new float[16];
+        for (int s = 0; s < samples; s++)
+        {
+            layer.SamplePerturbation(seed: 11, s, delta);
+            for (int c = 0; c < 2; c++)
+                for (int i = 0; i < 16; i++) projections[c, s] += delta[i] * probes[c * 16 + i];
+        }
+        var again = new float[16];
+        layer.SamplePerturbation(seed: 11, samples - 1, again);
+        Assert.Equal(delta, again);
+        for (int c = 0; c < 2; c++)
+        {
+            double mean = 0, square = 0;
+            for (int s = 0; s < samples; s++) { mean += projections[c, s] / samples; square += projections[c, s] * projections[c, s] / samples; }
+            double expected = DenseQuadratic(ToDouble(block.A), 4, ToDouble(block.G), 4, 15, 2, probes.AsSpan(c * 16, 16));
+            // Sample variance of 4000 Gaussian draws: relative standard error √(2/4000) ≈ 2.2%; allow 5 of them.
+            AssertRelative(expected, square - mean * mean, 0.11, $"probe {c}");
+            Assert.True(Math.Abs(mean) < 5 * Math.Sqrt(expected / samples), $"probe {c}: mean {mean}");
+        }
+    }
+
+    [Fact]
+    public void BadCurvatureIsRefusedNamingTheLayerAndRangesAreReported()
+    {
+        using IComputeBackend backend = new Float64Backend();
+        var notPsd = new NdArray<float>([2, 2], [1, 0, 0, -1]);
+        var block = new KroneckerBlock("bad.weight", notPsd, KroneckerBlockTests.ToFloat([1.0]), false, 4);
+        var e = Assert.Throws<FisherKernelsException>(() => new KfacPosterior(new KfacCurvature([block], "sampled", Hash, "t"), backend));
+        Assert.Contains("'bad.weight'", e.Message);
+
+        var good = new KroneckerBlock("good.weight", new NdArray<float>([2, 2], [4, 0, 0, 0.5f]), KroneckerBlockTests.ToFloat([2.0]), false, 4);
+        var posterior = new KfacPosterior(new KfacCurvature([good], "sampled", Hash, "t"), backend);
+        Assert.Equal(new EigenvalueRange(0.5, 4), posterior["good.weight"].RangeA);
+        Assert.Contains("'good.weight'", posterior.Describe().Single());
+        Assert.Contains("[0.5, 4]", posterior.Describe().Single());
+        Assert.Contains("--prior-precision", Assert.Throws<FisherKernelsException>(() => new KfacPosterior(new KfacCurvature([good], "sampled", Hash, "t"), backend, new PosteriorOptions { PriorPrecision = 0 })).Message);
+    }
+
+    static double[] Softmax(ReadOnlySpan<float> z)
+    {
+        double max = double.NegativeInfinity;
+        foreach (float v in z) max = Math.Max(max, v);
+        double[] e = new double[z.Length];
+        for (int i = 0; i < z.Length; i++) e[i] = Math.Exp(z[i] - max);
+        double s = e.Sum();
+        return e.Select(v => v / s).ToArray();
+    }
+}
