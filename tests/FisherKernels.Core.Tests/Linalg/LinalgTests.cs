@@ -1,3 +1,4 @@
+using FisherKernels.Backends;
 using FisherKernels.Backends.Cpu;
 using FisherKernels.Linalg;
 
@@ -89,6 +90,34 @@ public sealed class LinalgTests
         Assert.Contains("non-finite", Assert.Throws<FisherKernelsException>(() => TopEigen.Compute(backend, a, 2, 1, new float[1], new float[2])).Message);
         Assert.Contains("r ≤ n", Assert.Throws<FisherKernelsException>(() => TopEigen.Compute(backend, new float[4], 2, 3, new float[3], new float[6])).Message);
     }
+
+    [Fact]
+    public void Kron_quadratic_and_Woodbury_allocate_nothing_in_steady_state()
+    {
+        using var backend = new CpuBackend();
+        if (!backend.UsesNativeBlas) return; // the managed GEMM's Parallel.For allocates its closures
+        var rng = new Random(3);
+        const int g = 20, a = 13, count = 6, n = 40, r = 5, k = 3;
+        var basis = KronEigenbasis.Create(backend, Factor(rng, a), a, Factor(rng, g), g, 50, 1);
+        var xs = Random(rng, count * g * a);
+        var quadratics = new float[count];
+        var d = Random(rng, n); for (int i = 0; i < n; i++) d[i] += 2;
+        var u = Random(rng, n * r); var s = Random(rng, r); for (int j = 0; j < r; j++) s[j] += 1;
+        var b = Random(rng, n * k); var output = new float[n * k];
+        void Both()
+        {
+            backend.KronQuadratic(basis, xs, count, quadratics);
+            backend.WoodburyApply(d, u, s, n, r, b, k, output);
+        }
+        Both();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        Both();
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+
+    private static float[] Random(Random rng, int length) => Array.ConvertAll(new float[length], _ => (float)(rng.NextDouble() * 2 - 1));
+
+    private static float[] Factor(Random rng, int n) => Array.ConvertAll(RandomSpd(rng, n), v => (float)v);
 
     private static double[] RandomSpd(Random rng, int n)
     {
