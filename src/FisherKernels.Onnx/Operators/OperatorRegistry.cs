@@ -9,15 +9,43 @@ public static class OperatorRegistry
 
     private static readonly Entry[] Table =
     [
+        // Linear algebra
         Onnx("MatMul", 1, n => new MatMul(n)),
-        Onnx("Add", 7, n => new BinaryElementwise(n)),
-        Onnx("Sub", 7, n => new BinaryElementwise(n)),
-        Onnx("Mul", 7, n => new BinaryElementwise(n)),
-        Onnx("Div", 7, n => new BinaryElementwise(n)),
-        Onnx("Pow", 7, n => new BinaryElementwise(n)),
+        Onnx("Gemm", 7, n => new Gemm(n)),
+        // Elementwise arithmetic (broadcasting)
+        .. new[] { "Add", "Sub", "Mul", "Div", "Pow" }.Select(op => Onnx(op, 7, n => new BinaryElementwise(n))),
+        .. new[] { "Sqrt", "Reciprocal", "Neg", "Exp", "Log", "Tanh", "Erf", "Sigmoid", "Relu" }.Select(op => Onnx(op, 6, n => new UnaryElementwise(n))),
+        Onnx("Gelu", 20, n => new UnaryElementwise(n)),
+        Microsoft("FastGelu", n => new UnaryElementwise(n)),
+        Microsoft("BiasGelu", n => new UnaryElementwise(n)),
+        // Normalization
         Onnx("Softmax", 1, n => new Softmax(n)),
         Onnx("LogSoftmax", 1, n => new Softmax(n)),
+        Onnx("LayerNormalization", 17, n => new Normalization(n)),
+        Onnx("RMSNormalization", 23, n => new Normalization(n)),
+        Microsoft("SimplifiedLayerNormalization", n => new Normalization(n)),
+        Microsoft("SkipLayerNormalization", n => new Normalization(n)),
+        Microsoft("SkipSimplifiedLayerNormalization", n => new Normalization(n)),
+        .. new[] { "ReduceSum", "ReduceMean", "ReduceMax" }.Select(op => Onnx(op, 1, n => new Reduce(n))),
+        // Data movement
         Onnx("Reshape", 5, n => new Reshape(n)),
+        .. new[] { "Identity", "Dropout", "Squeeze", "Unsqueeze", "Flatten" }.Select(op => Onnx(op, 1, n => new View(n))),
+        Onnx("Transpose", 1, n => new Transpose(n)),
+        Onnx("Expand", 8, n => new Expand(n)),
+        Onnx("Slice", 1, n => new Slice(n)),
+        Onnx("Concat", 4, n => new Concat(n)),
+        Onnx("Split", 2, n => new Split(n)),
+        Onnx("Gather", 1, n => new Gather(n)),
+        Onnx("Trilu", 14, n => new Trilu(n)),
+        Onnx("Where", 9, n => new Where(n)),
+        Onnx("Cast", 6, n => new Cast(n)),
+        // Shapes, constants and masks (not differentiable)
+        Onnx("Shape", 1, n => new Shape(n)),
+        Onnx("Constant", 1, n => new Constant(n)),
+        Onnx("ConstantOfShape", 9, n => new ConstantOfShape(n)),
+        Onnx("Range", 11, n => new Range(n)),
+        .. new[] { "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual" }.Select(op => Onnx(op, 7, n => new Compare(n))),
+        Onnx("Not", 1, n => new Not(n)),
     ];
 
     private static readonly Dictionary<(string Domain, string OpType), Entry[]> ByName =

@@ -46,9 +46,9 @@ def case(name, op, inputs, outputs, attrs=None, opset=17, domain="", tol=2e-6):
             raise TypeError(k)
     for i, x in enumerate(inputs):
         if x is not None:
-            arrays[f"{name}/in{i}"] = np.asarray(x)
+            arrays[f"{name}/in{i}"] = np.require(x, requirements="C")
     for i, y in enumerate(outputs):
-        y = np.asarray(y)
+        y = np.require(y, requirements="C")
         arrays[f"{name}/out{i}"] = y.astype(np.float64) if y.dtype.kind == "f" else y
     cases.append({"name": name, "op": op, "domain": domain, "opset": opset, "attributes": enc,
                   "inputs": [x is not None for x in inputs], "outputs": len(outputs), "tolerance": tol})
@@ -109,6 +109,168 @@ case("reshape_infer", "Reshape", [x, i64([4, -1])], [d(x).reshape(4, 6)])
 case("reshape_copy_zero", "Reshape", [x, i64([0, 0, 2, 2])], [d(x).reshape(2, 3, 2, 2)])
 case("reshape_allowzero_empty", "Reshape", [np.zeros((0, 3), np.float32), i64([3, 0])], [np.zeros((3, 0))], attrs={"allowzero": 1}, opset=14)
 case("reshape_int64", "Reshape", [i64([[1, 2], [3, 4]]), i64([-1])], [i64([1, 2, 3, 4])])
+
+# ---- Unary --------------------------------------------------------------------------------------
+verf = np.vectorize(math.erf)
+x = f32(3, 5, scale=2.0)
+pos = f32(3, 5, low=0.1, scale=3.0)
+case("sqrt", "Sqrt", [pos], [np.sqrt(d(pos))])
+case("reciprocal", "Reciprocal", [pos], [1 / d(pos)])
+case("neg", "Neg", [x], [-d(x)])
+case("neg_int64", "Neg", [i64([1, -2, 3])], [i64([-1, 2, -3])])
+case("exp", "Exp", [x], [np.exp(d(x))])
+case("log", "Log", [pos], [np.log(d(pos))])
+case("tanh", "Tanh", [x], [np.tanh(d(x))])
+wide = np.concatenate([f32(40, scale=3.0), np.array([0, 1e-4, -1e-4, 6, -6, 20, -20], np.float32)]).astype(np.float32)
+case("erf", "Erf", [wide], [verf(d(wide))], tol=3e-7)
+case("sigmoid", "Sigmoid", [x], [1 / (1 + np.exp(-d(x)))])
+case("relu", "Relu", [x], [np.maximum(d(x), 0)])
+gelu_erf = lambda v: 0.5 * d(v) * (1 + verf(d(v) / math.sqrt(2)))
+gelu_tanh = lambda v: 0.5 * d(v) * (1 + np.tanh(math.sqrt(2 / math.pi) * (d(v) + 0.044715 * d(v) ** 3)))
+case("gelu_none", "Gelu", [wide], [gelu_erf(wide)], opset=20, tol=1e-6)
+case("gelu_tanh", "Gelu", [wide], [gelu_tanh(wide)], attrs={"approximate": "tanh"}, opset=20, tol=1e-6)
+xb, bias = f32(2, 3, 8), f32(8)
+case("fastgelu_bias", "FastGelu", [xb, bias], [gelu_tanh(d(xb) + d(bias))], domain="com.microsoft", opset=1, tol=1e-6)
+case("fastgelu", "FastGelu", [xb], [gelu_tanh(xb)], domain="com.microsoft", opset=1, tol=1e-6)
+case("biasgelu", "BiasGelu", [xb, bias], [gelu_erf(d(xb) + d(bias))], domain="com.microsoft", opset=1, tol=1e-6)
+
+# ---- Gemm ---------------------------------------------------------------------------------------
+for ta in (0, 1):
+    for tb in (0, 1):
+        a = f32(4, 3) if ta else f32(3, 4)
+        b = f32(5, 4) if tb else f32(4, 5)
+        c = f32(5)
+        opa = d(a).T if ta else d(a); opb = d(b).T if tb else d(b)
+        case(f"gemm_t{ta}{tb}", "Gemm", [a, b, c], [0.5 * opa @ opb + 2.0 * d(c)], attrs={"transA": ta, "transB": tb, "alpha": 0.5, "beta": 2.0})
+a, b = f32(3, 4), f32(4, 5)
+for name, c in [("scalar", f32()), ("column", f32(3, 1)), ("full", f32(3, 5))]:
+    case(f"gemm_c_{name}", "Gemm", [a, b, c], [d(a) @ d(b) + d(c)])
+case("gemm_no_c", "Gemm", [a, b, None], [d(a) @ d(b)])
+
+# ---- Normalization ------------------------------------------------------------------------------
+def layer_norm(v, g, b, axis, eps):
+    v = d(v); axes = tuple(range(axis % v.ndim, v.ndim))
+    mu = v.mean(axis=axes, keepdims=True); var = ((v - mu) ** 2).mean(axis=axes, keepdims=True)
+    inv = 1 / np.sqrt(var + eps)
+    y = (v - mu) * inv * d(g) + (0 if b is None else d(b))
+    return y, mu, inv
+
+def rms_norm(v, g, axis, eps):
+    v = d(v); axes = tuple(range(axis % v.ndim, v.ndim))
+    inv = 1 / np.sqrt((v ** 2).mean(axis=axes, keepdims=True) + eps)
+    return v * inv * d(g), inv
+
+x, g, b = f32(2, 3, 8) + 0.5, f32(8), f32(8)
+y, mu, inv = layer_norm(x, g, b, -1, 1e-5)
+case("layernorm", "LayerNormalization", [x, g, b], [y, mu, inv])
+g2 = f32(3, 8)
+case("layernorm_axis1", "LayerNormalization", [x, g2, None], [layer_norm(x, g2, None, 1, 1e-3)[0]], attrs={"axis": 1, "epsilon": 1e-3})
+case("simplified_layernorm", "SimplifiedLayerNormalization", [x, g], [rms_norm(x, g, -1, 1e-6)[0]], attrs={"epsilon": 1e-6}, domain="com.microsoft", opset=1)
+case("rmsnorm", "RMSNormalization", [x, g], [rms_norm(x, g, -1, 1e-5)[0]], opset=23)
+skip, sb = f32(2, 3, 8), f32(8)
+s = d(x) + d(skip) + d(sb)
+y, mu, inv = layer_norm(s, g, b, -1, 1e-12)
+case("skip_layernorm", "SkipLayerNormalization", [x, skip, g, b, sb], [y, mu, inv, s], domain="com.microsoft", opset=1)
+skip2 = f32(3, 8)
+case("skip_layernorm_broadcast_skip", "SkipLayerNormalization", [x, skip2, g], [layer_norm(d(x) + d(skip2), g, None, -1, 1e-5)[0]],
+     attrs={"epsilon": 1e-5}, domain="com.microsoft", opset=1)
+case("skip_simplified_layernorm", "SkipSimplifiedLayerNormalization", [x, skip, g, sb], [rms_norm(s, g, -1, 1e-6)[0]],
+     attrs={"epsilon": 1e-6}, domain="com.microsoft", opset=1)
+
+# ---- Reductions ---------------------------------------------------------------------------------
+x = f32(2, 3, 4)
+red = {"ReduceSum": np.sum, "ReduceMean": np.mean, "ReduceMax": np.max}
+for op, fn in red.items():
+    case(f"{op.lower()}_attr", op, [x], [fn(d(x), axis=(1,), keepdims=True)], attrs={"axes": [1]}, opset=11)
+    case(f"{op.lower()}_input_negative", op, [x, i64([-1, 0])], [fn(d(x), axis=(2, 0), keepdims=False)], attrs={"keepdims": 0}, opset=18)
+    case(f"{op.lower()}_all", op, [x], [fn(d(x), axis=None, keepdims=True)], opset=18)
+    case(f"{op.lower()}_noop", op, [x, i64([])], [d(x)], attrs={"noop_with_empty_axes": 1}, opset=18)
+case("reducesum_input_opset13", "ReduceSum", [x, i64([1])], [d(x).sum(axis=1)], attrs={"keepdims": 0}, opset=13)
+x33 = f32(3, 3)
+case("reducemean_square_axis0", "ReduceMean", [x33], [d(x33).mean(axis=0)], attrs={"axes": [0], "keepdims": 0}, opset=13)
+
+# ---- Data movement ------------------------------------------------------------------------------
+x = f32(2, 3, 4)
+case("transpose_default", "Transpose", [x], [d(x).transpose()])
+case("transpose_perm", "Transpose", [x], [d(x).transpose(0, 2, 1)], attrs={"perm": [0, 2, 1]})
+xh = f32(2, 3, 2, 4)
+case("transpose_heads", "Transpose", [xh], [d(xh).transpose(0, 2, 1, 3)], attrs={"perm": [0, 2, 1, 3]})
+case("transpose_int64", "Transpose", [i64([[1, 2, 3], [4, 5, 6]])], [i64([[1, 4], [2, 5], [3, 6]])])
+xe = f32(3, 1)
+case("expand", "Expand", [xe, i64([2, 1, 4])], [np.broadcast_to(d(xe), (2, 3, 4))])
+case("expand_smaller_shape", "Expand", [xe, i64([1])], [d(xe)])
+case("expand_bool", "Expand", [np.array([[True], [False]]), i64([2, 3])], [np.array([[True] * 3, [False] * 3])])
+x = f32(4, 5, 6)
+case("slice_basic", "Slice", [x, i64([1, 0]), i64([3, 4]), i64([0, 2])], [d(x)[1:3, :, 0:4]])
+case("slice_negative_step", "Slice", [x, i64([-1]), i64([-1000]), i64([1]), i64([-2])], [d(x)[:, ::-2]])
+case("slice_clamp", "Slice", [x, i64([2]), i64([2**62]), i64([-1])], [d(x)[..., 2:]])
+case("slice_step", "Slice", [x, i64([0, 1]), i64([4, 6]), i64([0, 2]), i64([2, 2])], [d(x)[0:4:2, :, 1:6:2]])
+case("slice_empty", "Slice", [x, i64([3]), i64([1]), i64([0])], [d(x)[3:1]])
+case("slice_opset9_attributes", "Slice", [x], [d(x)[:, 1:3]], attrs={"starts": [1], "ends": [3], "axes": [1]}, opset=9)
+case("slice_int64", "Slice", [i64([1, 2, 3, 4]), i64([-2]), i64([100])], [i64([3, 4])])
+a, b, c = f32(2, 1, 3), f32(2, 2, 3), f32(2, 3, 3)
+case("concat", "Concat", [a, b, c], [np.concatenate([d(a), d(b), d(c)], axis=1)], attrs={"axis": 1})
+case("concat_negative_axis", "Concat", [a, a], [np.concatenate([d(a), d(a)], axis=-1)], attrs={"axis": -1})
+case("concat_int64", "Concat", [i64([1, 2]), i64([3])], [i64([1, 2, 3])], attrs={"axis": 0})
+x = f32(2, 6)
+case("split_equal", "Split", [x], list(np.split(d(x), 3, axis=1)), attrs={"axis": 1}, opset=13)
+case("split_input", "Split", [x, i64([1, 5])], [d(x)[:, :1], d(x)[:, 1:]], attrs={"axis": -1}, opset=13)
+case("split_attribute", "Split", [x], [d(x)[:, :2], d(x)[:, 2:]], attrs={"axis": 1, "split": [2, 4]}, opset=11)
+x7 = f32(7, 2)
+case("split_num_outputs_uneven", "Split", [x7], [d(x7)[:3], d(x7)[3:6], d(x7)[6:]], attrs={"num_outputs": 3}, opset=18)
+emb = f32(5, 3)
+ids = i64([[0, 4, 4], [-1, 2, 1]])
+case("gather_embedding", "Gather", [emb, ids], [d(emb)[ids]])
+x = f32(2, 5, 3)
+case("gather_axis1", "Gather", [x, i64([3, -5])], [np.take(d(x), [3, 0], axis=1)], attrs={"axis": 1})
+case("gather_scalar_index", "Gather", [x, i64(2)], [d(x)[:, 2]], attrs={"axis": -2})
+case("gather_shape_int64", "Gather", [i64([2, 7, 16]), i64(1)], [i64(7)])
+x = f32(2, 4, 5)
+case("trilu_upper", "Trilu", [x], [np.triu(d(x))])
+case("trilu_lower_k", "Trilu", [x, i64(-1)], [np.tril(d(x), -1)], attrs={"upper": 0})
+case("trilu_upper_k", "Trilu", [x, i64(2)], [np.triu(d(x), 2)])
+case("trilu_bool", "Trilu", [np.ones((3, 3), bool)], [np.tril(np.ones((3, 3), bool))], attrs={"upper": 0})
+cond = rng.random((2, 1, 4)) > 0.5
+wx, wy = f32(3, 4), f32(2, 3, 1)
+case("where", "Where", [cond, wx, wy], [np.where(cond, d(wx), d(wy))])
+case("where_int64", "Where", [np.array([True, False]), i64([1, 2]), i64([9])], [i64([1, 9])])
+x = f32(2, 3)
+case("identity", "Identity", [x], [d(x)])
+case("dropout", "Dropout", [x], [d(x), np.ones((2, 3), bool)])
+xf = f32(2, 3, 4)
+case("flatten", "Flatten", [xf], [d(xf).reshape(6, 4)], attrs={"axis": 2})
+xs = f32(1, 3, 1)
+case("squeeze_input", "Squeeze", [xs, i64([-1])], [d(xs).reshape(1, 3)])
+case("squeeze_all", "Squeeze", [xs], [d(xs).reshape(3)])
+case("squeeze_attribute", "Squeeze", [xs], [d(xs).reshape(3, 1)], attrs={"axes": [0]}, opset=11)
+case("unsqueeze_input", "Unsqueeze", [x, i64([0, -1])], [d(x).reshape(1, 2, 3, 1)])
+case("unsqueeze_attribute", "Unsqueeze", [x], [d(x).reshape(2, 1, 3)], attrs={"axes": [1]}, opset=11)
+
+# ---- Cast, shapes, constants, masks -------------------------------------------------------------
+case("cast_float_to_int64", "Cast", [np.array([1.7, -1.7, 0.0], np.float32)], [i64([1, -1, 0])], attrs={"to": 7})
+case("cast_int64_to_float", "Cast", [i64([3, -2])], [np.array([3.0, -2.0])], attrs={"to": 1})
+case("cast_bool_to_float16", "Cast", [np.array([True, False])], [np.array([1.0, 0.0])], attrs={"to": 10})
+case("cast_int64_to_bool", "Cast", [i64([0, 5])], [np.array([False, True])], attrs={"to": 9})
+x = f32(2, 3, 4)
+case("shape", "Shape", [x], [i64([2, 3, 4])])
+case("shape_start_end", "Shape", [x], [i64([3])], attrs={"start": -2, "end": -1}, opset=15)
+case("shape_clamped", "Shape", [x], [i64([3, 4])], attrs={"start": 1, "end": 10}, opset=15)
+case("constant_tensor", "Constant", [], [i64([[1, 2]])], attrs={"value": i64([[1, 2]])})
+case("constant_value_float", "Constant", [], [np.array(2.5)], attrs={"value_float": 2.5})
+case("constant_value_ints", "Constant", [], [i64([4, 5])], attrs={"value_ints": [4, 5]})
+case("constantofshape_default", "ConstantOfShape", [i64([2, 3])], [np.zeros((2, 3))])
+case("constantofshape_int64", "ConstantOfShape", [i64([3])], [i64([7, 7, 7])], attrs={"value": i64([7])})
+case("range_int64", "Range", [i64(0), i64(5), i64(2)], [i64([0, 2, 4])])
+case("range_negative", "Range", [i64(10), i64(4), i64(-3)], [i64([10, 7])])
+case("range_float", "Range", [np.float32(1.0), np.float32(2.0), np.float32(0.25)], [np.arange(1.0, 2.0, 0.25)])
+a, b = i64([[1, 2, 3]]), i64([[2], [3]])
+case("equal", "Equal", [a, b], [np.equal(a, b)])
+fa, fb = f32(2, 3), f32(3)
+case("less", "Less", [fa, fb], [np.less(fa, fb)])
+case("greater", "Greater", [fa, fb], [np.greater(fa, fb)])
+case("not", "Not", [np.array([True, False])], [np.array([False, True])])
+case("equal_bool", "Equal", [np.array([True, False]), np.array([True])], [np.array([True, False])])
+
 
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:

@@ -1,0 +1,192 @@
+namespace FisherKernels.Onnx.Operators;
+
+/// <summary>Shape (opset 15+: start/end, clamped): the input's shape as int64, known at plan time.</summary>
+internal sealed class Shape : Operator
+{
+    public Shape(OperatorNode node) : base(node) => RequireInputs(1, 1);
+
+    public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
+    {
+        var x = Required(inputs, 0, "data");
+        int rank = x.Shape.Length;
+        long start = Node.Attributes.GetInt("start", 0), end = Node.Attributes.GetInt("end", rank);
+        if (start < 0) start += rank;
+        if (end < 0) end += rank;
+        int from = (int)Math.Clamp(start, 0, rank), to = (int)Math.Clamp(end, from, rank);
+        var dims = x.Shape[from..to].Select(d => (long)d).ToArray();
+        return [new TensorInfo(ElementType.Int64, [dims.Length], new NdArray<long>([dims.Length], dims))];
+    }
+
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        var x = inputs[0]!;
+        var value = (NdArray<long>)InferShapes([new TensorInfo(x.ElementType, x.Shape)])[0].Value!;
+        value.Span.CopyTo(((NdArray<long>)outputs[0]).Span);
+    }
+}
+
+/// <summary>Constant: value (tensor), value_float(s) or value_int(s); known at plan time.</summary>
+internal sealed class Constant : Operator
+{
+    private readonly NdArray value;
+
+    public Constant(OperatorNode node) : base(node)
+    {
+        RequireInputs(0, 0);
+        var a = node.Attributes;
+        value = a.GetTensor("value")
+            ?? (a.Has("value_float") ? (NdArray)new NdArray<float>([], [a.GetFloat("value_float", 0)]) : null)
+            ?? (a.GetFloats("value_floats") is { } fs ? (NdArray)new NdArray<float>([fs.Length], fs) : null)
+            ?? (a.GetIntOrNull("value_int") is { } i ? (NdArray)new NdArray<long>([], [i]) : null)
+            ?? (a.GetInts("value_ints") is { } ls ? (NdArray)new NdArray<long>([ls.Length], ls) : null)
+            ?? throw FisherKernelsException.Unsupported("needs a value, value_float(s) or value_int(s) attribute (strings and sparse values are not supported)");
+    }
+
+    public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs) => [new TensorInfo(value.ElementType, value.Shape, value)];
+
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs) =>
+        Tensors.CopyElements(value, outputs[0]);
+}
+
+/// <summary>ConstantOfShape: a tensor of the given (known) shape filled with 'value' (default float 0).</summary>
+internal sealed class ConstantOfShape : Operator
+{
+    private readonly NdArray fill;
+
+    public ConstantOfShape(OperatorNode node) : base(node)
+    {
+        RequireInputs(1, 1);
+        fill = node.Attributes.GetTensor("value") ?? new NdArray<float>([1], [0f]);
+        if (fill.Length != 1) throw FisherKernelsException.Format($"attribute 'value' must hold one element, got {fill.Length}");
+    }
+
+    public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
+    {
+        var shape = ConstantInts(Required(inputs, 0, "input"), "input");
+        if (shape.Any(d => d < 0 || d > int.MaxValue)) throw Error($"invalid shape [{string.Join(", ", shape)}]");
+        return [new TensorInfo(fill.ElementType, Array.ConvertAll(shape, d => (int)d))];
+    }
+
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        switch (fill, outputs[0])
+        {
+            case (NdArray<float> f, NdArray<float> o): o.Span.Fill(f.Data[0]); break;
+            case (NdArray<long> f, NdArray<long> o): o.Span.Fill(f.Data[0]); break;
+            case (NdArray<int> f, NdArray<int> o): o.Span.Fill(f.Data[0]); break;
+            case (NdArray<bool> f, NdArray<bool> o): o.Span.Fill(f.Data[0]); break;
+            default: throw UnsupportedError($"value of type {fill.ElementType} is not supported");
+        }
+    }
+}
+
+/// <summary>Range(start, limit, delta) of scalars (known at plan time): max(⌈(limit − start)/delta⌉, 0) elements.</summary>
+internal sealed class Range : Operator
+{
+    public Range(OperatorNode node) : base(node) => RequireInputs(3, 3);
+
+    public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
+    {
+        var start = Required(inputs, 0, "start");
+        for (int i = 1; i < 3; i++)
+            if (Required(inputs, i, i == 1 ? "limit" : "delta").Type != start.Type) throw Error("start, limit and delta must have one type");
+        double s = Scalar(start, "start"), l = Scalar(inputs[1]!, "limit"), d = Scalar(inputs[2]!, "delta");
+        if (d == 0) throw Error("delta must not be 0");
+        double count = Math.Max(Math.Ceiling((l - s) / d), 0);
+        if (count > int.MaxValue) throw Error($"range of {count} elements is too large");
+        return [new TensorInfo(start.Type, [(int)count])];
+    }
+
+    private double Scalar(TensorInfo info, string name)
+    {
+        if (info.Length != 1) throw Error($"{name} must be a scalar, got [{ShapeUtil.Format(info.Shape)}]");
+        return info.Value switch
+        {
+            NdArray<float> f => f.Data[0],
+            NdArray<long> l => l.Data[0],
+            NdArray<int> i => i.Data[0],
+            null => throw UnsupportedError($"input '{name}' must be known when the plan is built"),
+            _ => throw UnsupportedError($"{name} of type {info.Type} is not supported"),
+        };
+    }
+
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        switch (inputs[0], inputs[2], outputs[0])
+        {
+            case (NdArray<float> s, NdArray<float> d, NdArray<float> o): for (int i = 0; i < o.Data.Length; i++) o.Data[i] = s.Data[0] + i * d.Data[0]; break;
+            case (NdArray<long> s, NdArray<long> d, NdArray<long> o): for (int i = 0; i < o.Data.Length; i++) o.Data[i] = s.Data[0] + i * d.Data[0]; break;
+            case (NdArray<int> s, NdArray<int> d, NdArray<int> o): for (int i = 0; i < o.Data.Length; i++) o.Data[i] = s.Data[0] + i * d.Data[0]; break;
+            default: throw UnsupportedError($"element type {inputs[0]!.ElementType} is not supported");
+        }
+    }
+}
+
+/// <summary>
+/// Cast between float, int64, int32 and bool. The engine computes in float32, so casts to float16,
+/// bfloat16 and double produce float32 (no rounding to the narrower type). Float → float is the identity
+/// for derivatives; casts to integers and bool are not differentiable.
+/// </summary>
+internal sealed class Cast : Operator
+{
+    private readonly ElementType target;
+
+    public Cast(OperatorNode node) : base(node)
+    {
+        RequireInputs(1, 1);
+        long to = node.Attributes.GetIntOrNull("to") ?? throw FisherKernelsException.Format("attribute 'to' is required");
+        target = to switch
+        {
+            1 or 10 or 11 or 16 => ElementType.Float32, // FLOAT, FLOAT16, DOUBLE, BFLOAT16
+            6 => ElementType.Int32,
+            7 => ElementType.Int64,
+            9 => ElementType.Bool,
+            _ => throw FisherKernelsException.Unsupported($"cast to ONNX element type {to} is not supported (float, double, float16, bfloat16, int32, int64, bool are)"),
+        };
+    }
+
+    public override bool IsDifferentiable(int input) => input == 0 && target == ElementType.Float32;
+
+    public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
+    {
+        var x = Required(inputs, 0, "input");
+        if (x.Type is not (ElementType.Float32 or ElementType.Int64 or ElementType.Int32 or ElementType.Bool))
+            throw UnsupportedError($"input of type {x.Type} is not supported");
+        return [new TensorInfo(target, x.Shape)];
+    }
+
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        var x = inputs[0]!;
+        int n = (int)x.Length;
+        switch (outputs[0])
+        {
+            case NdArray<float> o: for (int i = 0; i < n; i++) o.Data[i] = Read(x, i); break;
+            case NdArray<long> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<long> l ? l.Data[i] : (long)Read(x, i); break;
+            case NdArray<int> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<long> l ? (int)l.Data[i] : (int)Read(x, i); break;
+            case NdArray<bool> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<long> l ? l.Data[i] != 0 : Read(x, i) != 0; break;
+        }
+    }
+
+    private static float Read(NdArray x, int i) => x switch
+    {
+        NdArray<float> f => f.Data[i],
+        NdArray<long> l => l.Data[i],
+        NdArray<int> n => n.Data[i],
+        NdArray<bool> b => b.Data[i] ? 1 : 0,
+        _ => throw FisherKernelsException.Unsupported($"cast from {x.ElementType} is not supported"),
+    };
+
+    public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                             ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
+    {
+        if (outputGrads[0] is { } gy && inputGrads[0] is { } gx) System.Numerics.Tensors.TensorPrimitives.Add(gx.Span, gy.Span, gx.Span);
+    }
+
+    public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                             ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents)
+    {
+        if (outputTangents[0] is not { } ty) return;
+        if (inputTangents[0] is { } tx) tx.Span.CopyTo(ty.Span); else ty.Span.Clear();
+    }
+}

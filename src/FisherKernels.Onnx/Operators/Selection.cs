@@ -1,0 +1,174 @@
+using System.Numerics;
+
+namespace FisherKernels.Onnx.Operators;
+
+/// <summary>Where(condition, X, Y) with three-way broadcasting; differentiable in X and Y.</summary>
+internal sealed class Where : Operator
+{
+    public Where(OperatorNode node) : base(node) => RequireInputs(3, 3);
+
+    public override bool IsDifferentiable(int input) => input is 1 or 2;
+
+    public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
+    {
+        var c = Required(inputs, 0, "condition");
+        var x = Required(inputs, 1, "X");
+        var y = Required(inputs, 2, "Y");
+        if (c.Type != ElementType.Bool) throw Error($"condition must be bool, got {c.Type}");
+        if (x.Type != y.Type) throw Error($"X and Y must have one type, got {x.Type} and {y.Type}");
+        var shape = Broadcast.Shape(c.Shape, x.Shape) is { } s ? Broadcast.Shape(s, y.Shape) : null;
+        return [new TensorInfo(x.Type, shape ?? throw Error($"shapes [{ShapeUtil.Format(c.Shape)}], [{ShapeUtil.Format(x.Shape)}] and [{ShapeUtil.Format(y.Shape)}] do not broadcast"))];
+    }
+
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        var c = (NdArray<bool>)inputs[0]!;
+        switch (outputs[0])
+        {
+            case NdArray<float> o: Select(c, (NdArray<float>)inputs[1]!, (NdArray<float>)inputs[2]!, o); break;
+            case NdArray<long> o: Select(c, (NdArray<long>)inputs[1]!, (NdArray<long>)inputs[2]!, o); break;
+            case NdArray<int> o: Select(c, (NdArray<int>)inputs[1]!, (NdArray<int>)inputs[2]!, o); break;
+            case NdArray<bool> o: Select(c, (NdArray<bool>)inputs[1]!, (NdArray<bool>)inputs[2]!, o); break;
+            default: throw UnsupportedError($"element type {outputs[0].ElementType} is not supported");
+        }
+    }
+
+    private static void Select<T>(NdArray<bool> c, NdArray<T> x, NdArray<T> y, NdArray<T> o) where T : unmanaged
+    {
+        var layout = Broadcast.Create(o.Shape, c.Shape, x.Shape, y.Shape);
+        var run = new SelectRun<T> { C = c.Data, X = x.Data, Y = y.Data, O = o.Data, Layout = layout };
+        layout.ForEachRun(ref run);
+    }
+
+    private struct SelectRun<T> : IRunAction where T : unmanaged
+    {
+        public bool[] C; public T[] X, Y, O; public Broadcast Layout;
+
+        public readonly void Run(int output, int c, int x, int y, int length)
+        {
+            for (int i = 0; i < length; i++, c += Layout.Step0, x += Layout.Step1, y += Layout.Step2)
+                O[output + i] = C[c] ? X[x] : Y[y];
+        }
+    }
+
+    public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                             ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
+    {
+        if (outputGrads[0] is not { } gy) return;
+        var c = (NdArray<bool>)inputs[0]!;
+        var layout = Broadcast.Create(gy.Shape, c.Shape, inputs[1]!.Shape, inputs[2]!.Shape);
+        var run = new GradRun { C = c.Data, G = gy.Data, GX = inputGrads[1]?.Data, GY = inputGrads[2]?.Data, Layout = layout };
+        layout.ForEachRun(ref run);
+    }
+
+    private struct GradRun : IRunAction
+    {
+        public bool[] C; public float[] G; public float[]? GX, GY; public Broadcast Layout;
+
+        public readonly void Run(int output, int c, int x, int y, int length)
+        {
+            for (int i = 0; i < length; i++, c += Layout.Step0, x += Layout.Step1, y += Layout.Step2)
+            {
+                if (C[c]) { if (GX is not null) GX[x] += G[output + i]; }
+                else if (GY is not null) GY[y] += G[output + i];
+            }
+        }
+    }
+
+    public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                             ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents)
+    {
+        if (outputTangents[0] is not { } ty) return;
+        var c = (NdArray<bool>)inputs[0]!;
+        var layout = Broadcast.Create(ty.Shape, c.Shape, inputs[1]!.Shape, inputs[2]!.Shape);
+        var run = new TangentRun { C = c.Data, T = ty.Data, TX = inputTangents[1]?.Data, TY = inputTangents[2]?.Data, Layout = layout };
+        layout.ForEachRun(ref run);
+    }
+
+    private struct TangentRun : IRunAction
+    {
+        public bool[] C; public float[] T; public float[]? TX, TY; public Broadcast Layout;
+
+        public readonly void Run(int output, int c, int x, int y, int length)
+        {
+            for (int i = 0; i < length; i++, c += Layout.Step0, x += Layout.Step1, y += Layout.Step2)
+                T[output + i] = C[c] ? (TX is null ? 0 : TX[x]) : (TY is null ? 0 : TY[y]);
+        }
+    }
+}
+
+/// <summary>Equal, Less, Greater, LessOrEqual, GreaterOrEqual with broadcasting (float, int64, int32; Equal also bool) → bool. Not differentiable.</summary>
+internal sealed class Compare : Operator
+{
+    public Compare(OperatorNode node) : base(node) => RequireInputs(2, 2);
+
+    public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
+    {
+        var a = Required(inputs, 0, "A");
+        var b = Required(inputs, 1, "B");
+        if (a.Type != b.Type) throw Error($"inputs must have one element type, got {a.Type} and {b.Type}");
+        if (a.Type == ElementType.Bool && Node.OpType != "Equal") throw UnsupportedError("bool inputs are only supported by Equal");
+        var shape = Broadcast.Shape(a.Shape, b.Shape) ?? throw Error($"shapes [{ShapeUtil.Format(a.Shape)}] and [{ShapeUtil.Format(b.Shape)}] do not broadcast");
+        return [new TensorInfo(ElementType.Bool, shape)];
+    }
+
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        var o = (NdArray<bool>)outputs[0];
+        switch (inputs[0], inputs[1])
+        {
+            case (NdArray<float> a, NdArray<float> b): Run(a, b, o); break;
+            case (NdArray<long> a, NdArray<long> b): Run(a, b, o); break;
+            case (NdArray<int> a, NdArray<int> b): Run(a, b, o); break;
+            case (NdArray<bool> a, NdArray<bool> b):
+                Run(new NdArray<int>(a.Shape, Array.ConvertAll(a.Data, v => v ? 1 : 0)), new NdArray<int>(b.Shape, Array.ConvertAll(b.Data, v => v ? 1 : 0)), o);
+                break;
+            default: throw UnsupportedError($"element types {inputs[0]!.ElementType} and {inputs[1]!.ElementType} are not supported");
+        }
+    }
+
+    private void Run<T>(NdArray<T> a, NdArray<T> b, NdArray<bool> o) where T : unmanaged, INumber<T>
+    {
+        var layout = Broadcast.Create(o.Shape, a.Shape, b.Shape);
+        var run = new CompareRun<T> { A = a.Data, B = b.Data, O = o.Data, Layout = layout, Kind = Node.OpType };
+        layout.ForEachRun(ref run);
+    }
+
+    private struct CompareRun<T> : IRunAction where T : INumber<T>
+    {
+        public T[] A, B; public bool[] O; public Broadcast Layout; public string Kind;
+
+        public readonly void Run(int output, int a, int b, int unused, int length)
+        {
+            for (int i = 0; i < length; i++, a += Layout.Step0, b += Layout.Step1)
+                O[output + i] = Kind switch
+                {
+                    "Equal" => A[a] == B[b],
+                    "Less" => A[a] < B[b],
+                    "Greater" => A[a] > B[b],
+                    "LessOrEqual" => A[a] <= B[b],
+                    _ => A[a] >= B[b],
+                };
+        }
+    }
+}
+
+/// <summary>Not on bool.</summary>
+internal sealed class Not : Operator
+{
+    public Not(OperatorNode node) : base(node) => RequireInputs(1, 1);
+
+    public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
+    {
+        var x = Required(inputs, 0, "X");
+        if (x.Type != ElementType.Bool) throw Error($"input must be bool, got {x.Type}");
+        return [new TensorInfo(ElementType.Bool, x.Shape)];
+    }
+
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        var x = (NdArray<bool>)inputs[0]!;
+        var y = (NdArray<bool>)outputs[0];
+        for (int i = 0; i < x.Data.Length; i++) y.Data[i] = !x.Data[i];
+    }
+}

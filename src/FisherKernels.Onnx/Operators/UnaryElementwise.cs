@@ -1,0 +1,330 @@
+using System.Numerics;
+using System.Numerics.Tensors;
+
+namespace FisherKernels.Onnx.Operators;
+
+/// <summary>One float unary function: SIMD forward over spans and its derivative dy/dx from x and y.</summary>
+internal interface IUnaryOp
+{
+    static abstract void Apply(ReadOnlySpan<float> x, Span<float> y);
+    static abstract void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> dydx);
+}
+
+internal struct SqrtOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Sqrt(x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d) => TensorPrimitives.Divide(0.5f, y, d);
+}
+
+internal struct ReciprocalOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Divide(1f, x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d)
+    {
+        TensorPrimitives.Multiply(y, y, d);
+        TensorPrimitives.Negate(d, d);
+    }
+}
+
+internal struct NegOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Negate(x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d) => d.Fill(-1);
+}
+
+internal struct ExpOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Exp(x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d) => y.CopyTo(d);
+}
+
+internal struct LogOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Log(x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d) => TensorPrimitives.Divide(1f, x, d);
+}
+
+internal struct TanhOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Tanh(x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d)
+    {
+        TensorPrimitives.Multiply(y, y, d);
+        TensorPrimitives.Subtract(1f, d, d);
+    }
+}
+
+internal struct SigmoidOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Sigmoid(x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d)
+    {
+        TensorPrimitives.Multiply(y, y, d);
+        TensorPrimitives.Subtract(y, d, d);
+    }
+}
+
+internal struct ReluOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Max(x, 0f, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d)
+    {
+        for (int i = 0; i < x.Length; i++) d[i] = x[i] > 0 ? 1 : 0;
+    }
+}
+
+internal struct ErfOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => FastMath.Erf(x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d)
+    {
+        // d erf / dx = 2/√π · exp(−x²)
+        TensorPrimitives.Multiply(x, x, d);
+        TensorPrimitives.Negate(d, d);
+        TensorPrimitives.Exp(d, d);
+        TensorPrimitives.Multiply(d, 2 / MathF.Sqrt(MathF.PI), d);
+    }
+}
+
+/// <summary>GELU with the exact erf form: x·Φ(x).</summary>
+internal struct GeluErfOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => FastMath.GeluErf(x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d)
+    {
+        // Φ(x) + x·φ(x)
+        for (int i = 0; i < x.Length; i++)
+        {
+            float v = x[i];
+            d[i] = 0.5f * (1 + FastMath.Erf(v * FastMath.InvSqrt2)) + v * FastMath.InvSqrt2Pi * MathF.Exp(-0.5f * v * v);
+        }
+    }
+}
+
+/// <summary>GELU with the tanh approximation: ½x(1 + tanh(√(2/π)(x + 0.044715x³))).</summary>
+internal struct GeluTanhOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => FastMath.GeluTanh(x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d)
+    {
+        for (int i = 0; i < x.Length; i++)
+        {
+            float v = x[i];
+            float t = MathF.Tanh(FastMath.Sqrt2OverPi * (v + 0.044715f * v * v * v));
+            d[i] = 0.5f * (1 + t) + 0.5f * v * (1 - t * t) * FastMath.Sqrt2OverPi * (1 + 3 * 0.044715f * v * v);
+        }
+    }
+}
+
+/// <summary>
+/// Elementwise float functions: Sqrt, Reciprocal, Neg, Exp, Log, Tanh, Erf, Sigmoid, Relu, Gelu
+/// (opset 20, approximate = none | tanh), and the com.microsoft fusions FastGelu (tanh GELU of x + bias)
+/// and BiasGelu (erf GELU of x + bias), whose optional bias is broadcast over the last axis.
+/// Neg also takes int64/int32 (shape arithmetic).
+/// </summary>
+internal sealed class UnaryElementwise : Operator
+{
+    private enum Function { Sqrt, Reciprocal, Neg, Exp, Log, Tanh, Erf, Sigmoid, Relu, GeluErf, GeluTanh }
+
+    private readonly Function function;
+    private readonly bool hasBias;
+
+    public UnaryElementwise(OperatorNode node) : base(node)
+    {
+        hasBias = node.OpType is "FastGelu" or "BiasGelu";
+        if (hasBias) RequireInputs(node.OpType == "BiasGelu" ? 2 : 1, 2); else RequireInputs(1, 1);
+        function = node.OpType switch
+        {
+            "Sqrt" => Function.Sqrt,
+            "Reciprocal" => Function.Reciprocal,
+            "Neg" => Function.Neg,
+            "Exp" => Function.Exp,
+            "Log" => Function.Log,
+            "Tanh" => Function.Tanh,
+            "Erf" => Function.Erf,
+            "Sigmoid" => Function.Sigmoid,
+            "Relu" => Function.Relu,
+            "FastGelu" => Function.GeluTanh,
+            "BiasGelu" => Function.GeluErf,
+            "Gelu" => node.Attributes.GetString("approximate", "none") switch
+            {
+                "none" => Function.GeluErf,
+                "tanh" => Function.GeluTanh,
+                var other => throw FisherKernelsException.Unsupported($"attribute 'approximate' must be 'none' or 'tanh', got '{other}'"),
+            },
+            _ => throw new FisherKernelsException(ErrorKind.Internal, $"{node}: not an elementwise unary operator"),
+        };
+    }
+
+    public override bool IsDifferentiable(int input) => input == 0 || (hasBias && input == 1);
+
+    public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
+    {
+        var x = Required(inputs, 0, "X");
+        if (x.Type != ElementType.Float32 && !(function == Function.Neg && x.Type is ElementType.Int64 or ElementType.Int32))
+            throw UnsupportedError($"input X must be float, got {x.Type}");
+        if (hasBias && inputs.Length > 1 && inputs[1] is { } bias
+            && (bias.Shape.Length != 1 || x.Shape.Length == 0 || bias.Shape[0] != x.Shape[^1]))
+            throw Error($"bias [{ShapeUtil.Format(bias.Shape)}] must be 1-D of the last dimension of X [{ShapeUtil.Format(x.Shape)}]");
+        return [new TensorInfo(x.Type, x.Shape)];
+    }
+
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        switch (inputs[0], outputs[0])
+        {
+            case (NdArray<long> a, NdArray<long> y): for (int i = 0; i < a.Data.Length; i++) y.Data[i] = -a.Data[i]; return;
+            case (NdArray<int> a, NdArray<int> y): for (int i = 0; i < a.Data.Length; i++) y.Data[i] = -a.Data[i]; return;
+        }
+        var output = Tensors.Float(outputs[0], Node, "Y").Span;
+        Apply(Input(inputs, output), output);
+    }
+
+    /// <summary>The function's argument: X, or X + bias written into <paramref name="destination"/>.</summary>
+    private ReadOnlySpan<float> Input(ReadOnlySpan<NdArray?> inputs, Span<float> destination)
+    {
+        var x = Tensors.Float(inputs[0], Node, "X").Span;
+        if (!hasBias || inputs.Length < 2 || inputs[1] is not NdArray<float> bias) return x;
+        int n = bias.Data.Length;
+        for (int row = 0; row < x.Length; row += n) TensorPrimitives.Add(x.Slice(row, n), bias.Span, destination.Slice(row, n));
+        return destination;
+    }
+
+    private void Apply(ReadOnlySpan<float> x, Span<float> y)
+    {
+        switch (function)
+        {
+            case Function.Sqrt: SqrtOp.Apply(x, y); break;
+            case Function.Reciprocal: ReciprocalOp.Apply(x, y); break;
+            case Function.Neg: NegOp.Apply(x, y); break;
+            case Function.Exp: ExpOp.Apply(x, y); break;
+            case Function.Log: LogOp.Apply(x, y); break;
+            case Function.Tanh: TanhOp.Apply(x, y); break;
+            case Function.Erf: ErfOp.Apply(x, y); break;
+            case Function.Sigmoid: SigmoidOp.Apply(x, y); break;
+            case Function.Relu: ReluOp.Apply(x, y); break;
+            case Function.GeluErf: GeluErfOp.Apply(x, y); break;
+            default: GeluTanhOp.Apply(x, y); break;
+        }
+    }
+
+    private void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d)
+    {
+        switch (function)
+        {
+            case Function.Sqrt: SqrtOp.Derivative(x, y, d); break;
+            case Function.Reciprocal: ReciprocalOp.Derivative(x, y, d); break;
+            case Function.Neg: NegOp.Derivative(x, y, d); break;
+            case Function.Exp: ExpOp.Derivative(x, y, d); break;
+            case Function.Log: LogOp.Derivative(x, y, d); break;
+            case Function.Tanh: TanhOp.Derivative(x, y, d); break;
+            case Function.Erf: ErfOp.Derivative(x, y, d); break;
+            case Function.Sigmoid: SigmoidOp.Derivative(x, y, d); break;
+            case Function.Relu: ReluOp.Derivative(x, y, d); break;
+            case Function.GeluErf: GeluErfOp.Derivative(x, y, d); break;
+            default: GeluTanhOp.Derivative(x, y, d); break;
+        }
+    }
+
+    /// <summary>dy/dx at every element, in scratch (after the biased argument when there is a bias).</summary>
+    private Span<float> Slopes(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        var y = Tensors.Float(outputs[0], Node, "Y").Span;
+        var scratch = context.Scratch(2L * y.Length);
+        Span<float> argument = scratch[..y.Length], slopes = scratch[y.Length..];
+        Derivative(Input(inputs, argument), y, slopes);
+        return slopes;
+    }
+
+    public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                             ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
+    {
+        if (outputGrads[0] is not { } gy) return;
+        var gBias = hasBias && inputGrads.Length > 1 ? inputGrads[1] : null;
+        if (inputGrads[0] is null && gBias is null) return;
+        var slopes = Slopes(context, inputs, outputs);
+        TensorPrimitives.Multiply(gy.Span, slopes, slopes);
+        if (inputGrads[0] is { } gx) TensorPrimitives.Add(gx.Span, slopes, gx.Span);
+        if (gBias is not null)
+            for (int row = 0, n = gBias.Data.Length; row < slopes.Length; row += n) TensorPrimitives.Add(gBias.Span, slopes.Slice(row, n), gBias.Span);
+    }
+
+    public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                             ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents)
+    {
+        if (outputTangents[0] is not { } ty) return;
+        var tBias = hasBias && inputTangents.Length > 1 ? inputTangents[1] : null;
+        if (inputTangents[0] is null && tBias is null) { ty.Span.Clear(); return; }
+        var slopes = Slopes(context, inputs, outputs);
+        // ty = slope · (tx + tbias)
+        if (inputTangents[0] is { } tx) tx.Span.CopyTo(ty.Span); else ty.Span.Clear();
+        if (tBias is not null)
+            for (int row = 0, n = tBias.Data.Length; row < ty.Data.Length; row += n) TensorPrimitives.Add(ty.Span.Slice(row, n), tBias.Span, ty.Span.Slice(row, n));
+        TensorPrimitives.Multiply(ty.Span, slopes, ty.Span);
+    }
+}
+
+/// <summary>SIMD erf and GELU (float32 accuracy) that System.Numerics.Tensors does not provide.</summary>
+internal static class FastMath
+{
+    public const float InvSqrt2 = 0.70710678118654752f;
+    public const float InvSqrt2Pi = 0.39894228040143268f;
+    public const float Sqrt2OverPi = 0.79788456080286536f;
+
+    // Abramowitz & Stegun 7.1.26: |error| ≤ 1.5e-7, below float32 resolution of erf near ±1.
+    private const float P = 0.3275911f, A1 = 0.254829592f, A2 = -0.284496736f, A3 = 1.421413741f, A4 = -1.453152027f, A5 = 1.061405429f;
+
+    public static float Erf(float x)
+    {
+        float a = MathF.Abs(x);
+        float t = 1 / (1 + P * a);
+        float poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
+        float r = 1 - poly * MathF.Exp(-a * a);
+        return x < 0 ? -r : r;
+    }
+
+    private static Vector<float> Erf(Vector<float> x)
+    {
+        var a = Vector.Abs(x);
+        var t = Vector<float>.One / (Vector<float>.One + new Vector<float>(P) * a);
+        var poly = ((((new Vector<float>(A5) * t + new Vector<float>(A4)) * t + new Vector<float>(A3)) * t + new Vector<float>(A2)) * t + new Vector<float>(A1)) * t;
+        var r = Vector<float>.One - poly * Vector.Exp(-(a * a));
+        return Vector.ConditionalSelect(Vector.LessThan(x, Vector<float>.Zero), -r, r);
+    }
+
+    public static void Erf(ReadOnlySpan<float> x, Span<float> y)
+    {
+        int i = 0, w = Vector<float>.Count;
+        for (; i <= x.Length - w; i += w) Erf(new Vector<float>(x[i..])).CopyTo(y[i..]);
+        for (; i < x.Length; i++) y[i] = Erf(x[i]);
+    }
+
+    public static void GeluErf(ReadOnlySpan<float> x, Span<float> y)
+    {
+        int i = 0, w = Vector<float>.Count;
+        var half = new Vector<float>(0.5f);
+        for (; i <= x.Length - w; i += w)
+        {
+            var v = new Vector<float>(x[i..]);
+            (half * v * (Vector<float>.One + Erf(v * new Vector<float>(InvSqrt2)))).CopyTo(y[i..]);
+        }
+        for (; i < x.Length; i++) y[i] = 0.5f * x[i] * (1 + Erf(x[i] * InvSqrt2));
+    }
+
+    public static void GeluTanh(ReadOnlySpan<float> x, Span<float> y)
+    {
+        // tanh(u) = 1 − 2/(exp(2u) + 1), so ½x(1 + tanh u) = x − x/(exp(2u) + 1); exp saturates safely at ±∞.
+        int i = 0, w = Vector<float>.Count;
+        for (; i <= x.Length - w; i += w)
+        {
+            var v = new Vector<float>(x[i..]);
+            var u2 = new Vector<float>(2 * Sqrt2OverPi) * (v + new Vector<float>(0.044715f) * v * v * v);
+            (v - v / (Vector.Exp(u2) + Vector<float>.One)).CopyTo(y[i..]);
+        }
+        for (; i < x.Length; i++)
+        {
+            float v = x[i];
+            y[i] = 0.5f * v * (1 + MathF.Tanh(Sqrt2OverPi * (v + 0.044715f * v * v * v)));
+        }
+    }
+}
