@@ -16,6 +16,9 @@ internal static class CommandLine
             return args[0] switch
             {
                 "bench" => Bench.BenchCommand.Run(args, Console.Out),
+                "inspect" => Commands.ModelCommands.Inspect(args, Console.Out),
+                "forward" => Commands.ModelCommands.Forward(args),
+                "run" => Commands.ModelCommands.Run(args),
                 _ => throw FisherKernelsException.Argument($"unknown command '{args[0]}'\n{Usage}"),
             };
         }

@@ -29,7 +29,7 @@ public static class LayerDiscovery
             if (node.Domain.Length != 0 || node.OpType is not ("MatMul" or "Gemm") || node.Inputs.Length < 2) continue;
             var (weight, flips) = TraceInitializer(graph, node.Inputs[1]);
             if (weight is null || graph.Initializers[weight] is not NdArray<float> { Rank: 2 } w) continue;
-            bool transB = node.OpType == "Gemm" && node.Attributes.TryGetValue("transB", out var t) && t.Int == 1;
+            bool transB = node.OpType == "Gemm" && node.Attributes.GetInt("transB", 0) == 1;
             bool storedOutIn = (flips + (transB ? 1 : 0)) % 2 == 1;
             int inFeatures = storedOutIn ? w.Shape[1] : w.Shape[0], outFeatures = storedOutIn ? w.Shape[0] : w.Shape[1];
 
@@ -130,11 +130,11 @@ public static class LayerDiscovery
                 return (null, 0);
             if (node.OpType == "Transpose")
             {
-                long[]? perm = node.Attributes.TryGetValue("perm", out var p) ? p.Ints : null;
+                long[]? perm = node.Attributes.GetInts("perm");
                 if (perm is null || perm is [1, 0]) flips++;
                 else if (perm is not [0, 1]) return (null, 0);
             }
-            else if (node.OpType == "Cast" && !(node.Attributes.TryGetValue("to", out var to) && to.Int == 1))
+            else if (node.OpType == "Cast" && node.Attributes.GetInt("to", 0) != 1)
                 return (null, 0);
             value = node.Inputs[0];
         }

@@ -1,3 +1,5 @@
+using FisherKernels.Onnx.Operators;
+
 namespace FisherKernels.Onnx.Graph;
 
 /// <summary>A graph input or output as declared: element type and dimensions (null = symbolic or unknown).</summary>
@@ -5,19 +7,6 @@ public sealed record ValueInfo(string Name, ElementType? ElementType, int?[]? Sh
 {
     public string Describe() => Shape is null ? $"{Name} ({ElementType?.ToString() ?? "?"})"
         : $"{Name} ({ElementType?.ToString() ?? "?"} [{string.Join(", ", Shape.Select((d, i) => d?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? DimensionNames?[i] ?? "?"))}])";
-}
-
-/// <summary>An attribute value of a node, as stored in the model.</summary>
-public sealed class NodeAttribute
-{
-    public required string Name { get; init; }
-    public float? Float { get; init; }
-    public long? Int { get; init; }
-    public string? String { get; init; }
-    public NdArray? Tensor { get; init; }
-    public float[]? Floats { get; init; }
-    public long[]? Ints { get; init; }
-    public string[]? Strings { get; init; }
 }
 
 /// <summary>One operator application. Absent optional inputs are empty strings, as in ONNX.</summary>
@@ -29,7 +18,7 @@ public sealed class Node
     public required string Domain { get; init; }
     public required string[] Inputs { get; init; }
     public required string[] Outputs { get; init; }
-    public required IReadOnlyDictionary<string, NodeAttribute> Attributes { get; init; }
+    public required OperatorAttributes Attributes { get; init; }
 
     /// <summary>"op type 'X' (domain d) at node 'n'" — how errors name a node.</summary>
     public string Describe() => $"{OpType}{(Domain.Length == 0 ? "" : $" (domain {Domain})")} node '{Name}'";

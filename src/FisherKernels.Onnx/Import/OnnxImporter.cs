@@ -1,4 +1,5 @@
 using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Proto;
 using Google.Protobuf;
 
@@ -57,8 +58,8 @@ public static class OnnxImporter
             string name = proto.Name.Length > 0 ? proto.Name : $"{proto.OpType}_{index}";
             string domain = NormalizeDomain(proto.Domain);
             string what = $"model '{path}', {proto.OpType} node '{name}'";
-            var attributes = new Dictionary<string, NodeAttribute>();
-            foreach (var a in proto.Attribute) attributes[a.Name] = ToAttribute(a, what, external);
+            var attributes = new OperatorAttributes();
+            foreach (var a in proto.Attribute) SetAttribute(attributes, a, what, external);
             if (proto.OpType == "Constant" && domain.Length == 0 && proto.Output.Count == 1)
             {
                 initializers[proto.Output[0]] = ConstantValue(attributes, what);
@@ -101,32 +102,32 @@ public static class OnnxImporter
 
     private static string NormalizeDomain(string domain) => domain == "ai.onnx" ? "" : domain;
 
-    private static NodeAttribute ToAttribute(AttributeProto a, string what, ExternalData external) => a.Type switch
+    private static void SetAttribute(OperatorAttributes attributes, AttributeProto a, string what, ExternalData external)
     {
-        AttributeProto.Types.AttributeType.Float => new NodeAttribute { Name = a.Name, Float = a.F },
-        AttributeProto.Types.AttributeType.Int => new NodeAttribute { Name = a.Name, Int = a.I },
-        AttributeProto.Types.AttributeType.String => new NodeAttribute { Name = a.Name, String = a.S.ToStringUtf8() },
-        AttributeProto.Types.AttributeType.Tensor => new NodeAttribute { Name = a.Name, Tensor = TensorImport.ToArray(a.T, $"{what}, attribute '{a.Name}'", external) },
-        AttributeProto.Types.AttributeType.Floats => new NodeAttribute { Name = a.Name, Floats = [.. a.Floats] },
-        AttributeProto.Types.AttributeType.Ints => new NodeAttribute { Name = a.Name, Ints = [.. a.Ints] },
-        AttributeProto.Types.AttributeType.Strings => new NodeAttribute { Name = a.Name, Strings = [.. a.Strings.Select(s => s.ToStringUtf8())] },
-        // Sub-graphs and other kinds: kept by name only; the operator that would need them is not supported.
-        _ => new NodeAttribute { Name = a.Name },
-    };
-
-    private static NdArray ConstantValue(Dictionary<string, NodeAttribute> attributes, string what)
-    {
-        foreach (var a in attributes.Values)
+        switch (a.Type)
         {
-            switch (a.Name)
-            {
-                case "value" when a.Tensor is not null: return a.Tensor;
-                case "value_float" when a.Float is float f: return new NdArray<float>([], [f]);
-                case "value_floats" when a.Floats is not null: return new NdArray<float>([a.Floats.Length], a.Floats);
-                case "value_int" when a.Int is long i: return new NdArray<long>([], [i]);
-                case "value_ints" when a.Ints is not null: return new NdArray<long>([a.Ints.Length], a.Ints);
-            }
+            case AttributeProto.Types.AttributeType.Float: attributes.Set(a.Name, a.F); break;
+            case AttributeProto.Types.AttributeType.Int: attributes.Set(a.Name, a.I); break;
+            case AttributeProto.Types.AttributeType.String: attributes.Set(a.Name, a.S.ToStringUtf8()); break;
+            case AttributeProto.Types.AttributeType.Tensor: attributes.Set(a.Name, TensorImport.ToArray(a.T, $"{what}, attribute '{a.Name}'", external)); break;
+            case AttributeProto.Types.AttributeType.Floats: attributes.Set(a.Name, a.Floats.ToArray()); break;
+            case AttributeProto.Types.AttributeType.Ints: attributes.Set(a.Name, a.Ints.ToArray()); break;
+            case AttributeProto.Types.AttributeType.Strings: attributes.Set(a.Name, a.Strings.Select(v => v.ToStringUtf8()).ToArray()); break;
+            // Sub-graphs and other kinds are left out: no supported operator takes them.
         }
+    }
+
+    private static NdArray ConstantValue(OperatorAttributes attributes, string what)
+    {
+        try
+        {
+            if (attributes.GetTensor("value") is { } tensor) return tensor;
+            if (attributes.Has("value_float")) return new NdArray<float>([], [attributes.GetFloat("value_float", 0)]);
+            if (attributes.GetFloats("value_floats") is { } floats) return new NdArray<float>([floats.Length], floats);
+            if (attributes.GetIntOrNull("value_int") is long i) return new NdArray<long>([], [i]);
+            if (attributes.GetInts("value_ints") is { } ints) return new NdArray<long>([ints.Length], ints);
+        }
+        catch (FisherKernelsException e) { throw FisherKernelsException.Format($"{what}: {e.Message}"); }
         throw FisherKernelsException.Unsupported($"{what}: Constant without a supported value (value, value_float(s), value_int(s))");
     }
 

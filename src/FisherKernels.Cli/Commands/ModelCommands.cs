@@ -1,0 +1,167 @@
+using System.Globalization;
+using System.Text.Json;
+using FisherKernels.Backends.Cpu;
+using FisherKernels.IO;
+using FisherKernels.Onnx;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Plan;
+
+namespace FisherKernels.Cli.Commands;
+
+/// <summary>The model verbs of SPEC §6 that need only the forward executor: inspect, forward, run.</summary>
+internal static class ModelCommands
+{
+    /// <summary>`inspect --model M [--json]`: inputs, outputs, layers with in/out/bias/parameters, totals.</summary>
+    public static int Inspect(string[] args, TextWriter stdout)
+    {
+        var options = CommandOptions.Parse("inspect", args.AsSpan(1), ["--model", "--backend", "--threads"], ["--json"]);
+        var model = OnnxModel.Load(options.Required("--model"));
+        var graph = model.Graph;
+        var layers = model.Layers;
+        long layerParameters = layers.Sum(l => l.Parameters);
+        long allParameters = graph.Initializers.Where(kv => !graph.ConstantNodeValues.Contains(kv.Key) && kv.Value.ElementType == ElementType.Float32).Sum(kv => kv.Value.Length);
+        if (options.Has("--json"))
+        {
+            using var stream = new MemoryStream();
+            using (var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+            {
+                json.WriteStartObject();
+                json.WriteString("model", Path.GetFileName(graph.Source));
+                json.WriteNumber("opset", graph.DefaultOpset);
+                json.WriteStartArray("inputs");
+                foreach (var i in graph.Inputs) json.WriteStringValue(i.Describe());
+                json.WriteEndArray();
+                json.WriteStartArray("outputs");
+                foreach (var o in graph.Outputs) json.WriteStringValue(o.Describe());
+                json.WriteEndArray();
+                json.WriteStartArray("layers");
+                foreach (var l in layers)
+                {
+                    json.WriteStartObject();
+                    json.WriteString("id", l.Id);
+                    json.WriteString("op", l.Op);
+                    json.WriteString("node", l.Applications[0].Node.Name);
+                    json.WriteNumber("in", l.In);
+                    json.WriteNumber("out", l.Out);
+                    if (l.Bias is null) json.WriteNull("bias"); else json.WriteString("bias", l.Bias);
+                    json.WriteString("storage", l.StoredOutIn ? "out_in" : "in_out");
+                    json.WriteNumber("parameters", l.Parameters);
+                    json.WriteEndObject();
+                }
+                json.WriteEndArray();
+                json.WriteNumber("layer_parameters", layerParameters);
+                json.WriteNumber("total_parameters", allParameters);
+                json.WriteEndObject();
+            }
+            stdout.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
+            return 0;
+        }
+        stdout.WriteLine($"model   {graph.Source} (opset {graph.DefaultOpset}, {graph.Nodes.Count} nodes)");
+        foreach (var i in graph.Inputs) stdout.WriteLine($"input   {i.Describe()}");
+        foreach (var o in graph.Outputs) stdout.WriteLine($"output  {o.Describe()}");
+        stdout.WriteLine();
+        int width = Math.Max(8, layers.Select(l => l.Id.Length).DefaultIfEmpty(0).Max());
+        stdout.WriteLine($"{"layer".PadRight(width)}  {"op",-6} {"in",7} {"out",7}  {"bias",-5} {"params",12}");
+        foreach (var l in layers)
+            stdout.WriteLine($"{l.Id.PadRight(width)}  {l.Op,-6} {l.In,7} {l.Out,7}  {(l.Bias is null ? "no" : "yes"),-5} {l.Parameters,12:N0}");
+        stdout.WriteLine();
+        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{layers.Count} layers, {layerParameters:N0} layer parameters; {allParameters:N0} float parameters in all"));
+        return 0;
+    }
+
+    /// <summary>`forward --model M --tokens T.npy --out logits.npy`.</summary>
+    public static int Forward(string[] args)
+    {
+        var options = CommandOptions.Parse("forward", args.AsSpan(1), ["--model", "--tokens", "--out", "--backend", "--threads"], []);
+        string outPath = options.Required("--out");
+        var lm = LanguageModel.Load(options.Required("--model"));
+        string tokensPath = options.Required("--tokens");
+        var tokens = NpyFile.Read(tokensPath);
+        var logits = lm.Forward(Context(options), tokens, null, tokensPath);
+        NpyFile.Write(outPath, logits);
+        return 0;
+    }
+
+    /// <summary>`run --model M --input NAME=FILE.npy ... --out-dir DIR`: each graph output as DIR/&lt;name&gt;.npy in its element type.</summary>
+    public static int Run(string[] args)
+    {
+        var options = CommandOptions.Parse("run", args.AsSpan(1), ["--model", "--input", "--out-dir", "--backend", "--threads"], []);
+        string outDir = options.Required("--out-dir");
+        var model = OnnxModel.Load(options.Required("--model"));
+        var graph = model.Graph;
+        var inputs = new Dictionary<string, NdArray>();
+        foreach (string spec in options.All("--input"))
+        {
+            int eq = spec.IndexOf('=');
+            if (eq <= 0 || eq == spec.Length - 1) throw FisherKernelsException.Argument($"run: --input '{spec}' must be NAME=FILE.npy");
+            string name = spec[..eq], file = spec[(eq + 1)..];
+            var declared = graph.Inputs.FirstOrDefault(i => i.Name == name)
+                ?? throw FisherKernelsException.Argument($"run: the model has no input '{name}' (inputs: {string.Join(", ", graph.Inputs.Select(i => i.Name))})");
+            if (inputs.ContainsKey(name)) throw FisherKernelsException.Argument($"run: input '{name}' is given twice");
+            inputs[name] = InputArray(NpyFile.Read(file), declared, file);
+        }
+        foreach (var i in graph.Inputs)
+            if (!inputs.ContainsKey(i.Name)) throw FisherKernelsException.Argument($"run: input '{i.Name}' is required (--input {i.Name}=FILE.npy)");
+
+        var plan = model.GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape));
+        plan.Run(Context(options), inputs);
+        var files = graph.Outputs.Select(o => (Path: Path.Combine(outDir, SafeFileName(o.Name) + ".npy"), Value: plan.Get(o.Name))).ToList();
+        Directory.CreateDirectory(outDir);
+        var written = new List<string>();
+        try
+        {
+            foreach (var (path, value) in files)
+            {
+                NpyFile.Write(path, value);
+                written.Add(path);
+            }
+        }
+        catch
+        {
+            foreach (var path in written) File.Delete(path);
+            throw;
+        }
+        return 0;
+    }
+
+    public static OpContext Context(CommandOptions options)
+    {
+        string backend = options.Optional("--backend") ?? "cpu";
+        if (backend != "cpu")
+            throw FisherKernelsException.Unsupported($"--backend {backend}: the ONNX executor runs on the cpu backend only");
+        return new OpContext(new CpuBackend(options.Int("--threads", 0, 1)));
+    }
+
+    /// <summary>An npy array for a declared graph input: integer widths and float precisions convert; anything else is an error naming the file.</summary>
+    private static NdArray InputArray(NdArray value, Onnx.Graph.ValueInfo declared, string file)
+    {
+        var type = declared.ElementType ?? value.ElementType;
+        NdArray result = (value, type) switch
+        {
+            (_, _) when value.ElementType == type => value,
+            (NdArray<int> v, ElementType.Int64) => new NdArray<long>(v.Shape, Array.ConvertAll(v.Data, x => (long)x)),
+            (NdArray<long> v, ElementType.Int32) when v.Data.All(x => x is >= int.MinValue and <= int.MaxValue) => new NdArray<int>(v.Shape, Array.ConvertAll(v.Data, x => (int)x)),
+            (NdArray<double> v, ElementType.Float32) => new NdArray<float>(v.Shape, Array.ConvertAll(v.Data, x => (float)x)),
+            (NdArray<Half> v, ElementType.Float32) => new NdArray<float>(v.Shape, Array.ConvertAll(v.Data, x => (float)x)),
+            _ => throw FisherKernelsException.Argument($"run: '{file}' holds {value.ElementType}, input '{declared.Name}' is {type}"),
+        };
+        if (declared.Shape is { } shape)
+        {
+            if (shape.Length != value.Rank)
+                throw FisherKernelsException.Argument($"run: '{file}' has shape [{ShapeUtil.Format(value.Shape)}], input {declared.Describe()} has rank {shape.Length}");
+            for (int d = 0; d < shape.Length; d++)
+                if (shape[d] is int fixedDim && fixedDim != value.Shape[d])
+                    throw FisherKernelsException.Argument($"run: '{file}' has shape [{ShapeUtil.Format(value.Shape)}], input {declared.Describe()} needs {fixedDim} in dimension {d}");
+        }
+        return result;
+    }
+
+    private static string SafeFileName(string name)
+    {
+        var chars = name.ToCharArray();
+        for (int i = 0; i < chars.Length; i++)
+            if (chars[i] is '/' or '\\' or ':' or '\0' || char.IsControl(chars[i])) chars[i] = '_';
+        string safe = new(chars);
+        return safe is "" or "." or ".." ? "output" : safe;
+    }
+}

@@ -1,0 +1,152 @@
+using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Plan;
+
+namespace FisherKernels.Onnx;
+
+/// <summary>
+/// A causal or masked language model as SPEC §1 sees an ONNX graph: the token input (<c>input_ids</c>,
+/// else the first int input), defaults for the other known inputs, and the logits as the first output
+/// <c>[batch, seq, vocab]</c>.
+/// </summary>
+public sealed class LanguageModel
+{
+    public LanguageModel(OnnxModel model)
+    {
+        Model = model;
+        var graph = model.Graph;
+        var token = graph.Inputs.FirstOrDefault(i => i.Name == "input_ids")
+                    ?? graph.Inputs.FirstOrDefault(i => i.ElementType is ElementType.Int64 or ElementType.Int32)
+                    ?? throw FisherKernelsException.Argument($"model '{graph.Source}' has no token input (no 'input_ids' and no int32/int64 input)");
+        TokenInput = token.Name;
+        foreach (var input in graph.Inputs)
+            if (input.Name != TokenInput && input.Name is not ("attention_mask" or "token_type_ids" or "position_ids"))
+                throw FisherKernelsException.Argument($"model '{graph.Source}': input '{input.Name}' is required and has no default (SPEC §1 fills only attention_mask, token_type_ids and position_ids)");
+        LogitsOutput = graph.Outputs[0].Name;
+        EmbeddingRows = FindEmbeddingRows(graph, TokenInput);
+    }
+
+    public static LanguageModel Load(string path) => new(OnnxModel.Load(path));
+
+    public OnnxModel Model { get; }
+    public string TokenInput { get; }
+    public string LogitsOutput { get; }
+
+    /// <summary>Rows of the table the token input indexes (the limit on token ids), when a Gather reads it directly.</summary>
+    public int? EmbeddingRows { get; }
+
+    /// <summary>
+    /// The graph inputs for <paramref name="tokens"/> ([batch, seq], int32 or int64): the tokens in the
+    /// input's declared type, then <paramref name="given"/> inputs, then the SPEC §1 defaults.
+    /// </summary>
+    public Dictionary<string, NdArray> Inputs(NdArray tokens, IReadOnlyDictionary<string, NdArray>? given = null, string what = "tokens")
+    {
+        var ids = CheckTokens(tokens, what);
+        int batch = ids.Shape[0], seq = ids.Shape[1];
+        var result = new Dictionary<string, NdArray>();
+        foreach (var input in Model.Graph.Inputs)
+        {
+            var type = input.ElementType ?? ElementType.Int64;
+            if (input.Name == TokenInput) result[input.Name] = ConvertInts(ids, type, input.Name);
+            else if (given is not null && given.TryGetValue(input.Name, out var value))
+            {
+                if (value.Rank != 2 || value.Shape[0] != batch || value.Shape[1] != seq)
+                    throw FisherKernelsException.Argument($"input '{input.Name}' has shape [{ShapeUtil.Format(value.Shape)}], the tokens are [{batch}, {seq}]");
+                result[input.Name] = ConvertInts(value, type, input.Name);
+            }
+            else result[input.Name] = Default(input.Name, type, batch, seq);
+        }
+        return result;
+    }
+
+    /// <summary>Logits [batch, seq, vocab] for the tokens (a copy; the plan's buffers are reused by the next run).</summary>
+    public NdArray<float> Forward(OpContext context, NdArray tokens, IReadOnlyDictionary<string, NdArray>? given = null, string what = "tokens")
+    {
+        var inputs = Inputs(tokens, given, what);
+        var plan = Model.GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape));
+        CheckLogits(plan, tokens.Shape);
+        plan.Run(context, inputs);
+        var logits = (NdArray<float>)plan.Get(LogitsOutput);
+        return new NdArray<float>((int[])logits.Shape.Clone(), (float[])logits.Data.Clone());
+    }
+
+    /// <summary>The logits must be float [batch, seq, vocab].</summary>
+    public void CheckLogits(ExecutionPlan plan, int[] tokenShape)
+    {
+        var info = plan.Info(LogitsOutput);
+        if (info.Type != ElementType.Float32 || info.Shape.Length != 3 || info.Shape[0] != tokenShape[0] || info.Shape[1] != tokenShape[1])
+            throw FisherKernelsException.Unsupported($"model '{Model.Graph.Source}': the first output '{LogitsOutput}' is {info}, expected float logits [batch, seq, vocab] = [{tokenShape[0]}, {tokenShape[1]}, vocab]");
+    }
+
+    private NdArray<long> CheckTokens(NdArray tokens, string what)
+    {
+        if (tokens.ElementType is not (ElementType.Int64 or ElementType.Int32))
+            throw FisherKernelsException.Argument($"{what}: token ids must be int32 or int64, got {tokens.ElementType}");
+        if (tokens.Rank != 2 || tokens.Shape[0] == 0 || tokens.Shape[1] == 0)
+            throw FisherKernelsException.Argument($"{what}: token ids must have shape [batch, seq] with both at least 1, got [{ShapeUtil.Format(tokens.Shape)}]");
+        var ids = tokens as NdArray<long> ?? new NdArray<long>(tokens.Shape, Array.ConvertAll(((NdArray<int>)tokens).Data, v => (long)v));
+        long limit = EmbeddingRows ?? long.MaxValue;
+        for (int i = 0; i < ids.Data.Length; i++)
+        {
+            long id = ids.Data[i];
+            if (id < 0 || id >= limit)
+                throw FisherKernelsException.Argument($"{what}: token id {id} at [{i / ids.Shape[1]}, {i % ids.Shape[1]}] is outside the vocabulary (ids must be in 0..{(EmbeddingRows is int r ? (r - 1).ToString(System.Globalization.CultureInfo.InvariantCulture) : "")}, the embedding table has {EmbeddingRows} rows)");
+        }
+        return ids;
+    }
+
+    private static NdArray Default(string name, ElementType type, int batch, int seq)
+    {
+        var values = new long[batch * seq];
+        if (name == "attention_mask") Array.Fill(values, 1);
+        else if (name == "position_ids")
+            for (int i = 0; i < values.Length; i++) values[i] = i % seq;
+        return ConvertInts(new NdArray<long>([batch, seq], values), type, name);
+    }
+
+    private static NdArray ConvertInts(NdArray value, ElementType type, string name) => (value, type) switch
+    {
+        (NdArray<long> v, ElementType.Int64) => v,
+        (NdArray<int> v, ElementType.Int32) => v,
+        (NdArray<long> v, ElementType.Int32) => new NdArray<int>(v.Shape, Array.ConvertAll(v.Data, x => checked((int)x))),
+        (NdArray<int> v, ElementType.Int64) => new NdArray<long>(v.Shape, Array.ConvertAll(v.Data, x => (long)x)),
+        (NdArray<long> v, ElementType.Float32) => new NdArray<float>(v.Shape, Array.ConvertAll(v.Data, x => (float)x)),
+        (NdArray<int> v, ElementType.Float32) => new NdArray<float>(v.Shape, Array.ConvertAll(v.Data, x => (float)x)),
+        (NdArray<float> v, ElementType.Float32) => v,
+        (NdArray<long> v, ElementType.Bool) => new NdArray<bool>(v.Shape, Array.ConvertAll(v.Data, x => x != 0)),
+        _ => throw FisherKernelsException.Argument($"input '{name}': cannot use a {value.ElementType} array for a {type} input"),
+    };
+
+    /// <summary>The Gather that reads the token input as indices (directly or through Cast) and an initializer table as data.</summary>
+    private static int? FindEmbeddingRows(OnnxGraph graph, string tokenInput)
+    {
+        var frontier = new List<string> { tokenInput };
+        for (int depth = 0; depth < 3 && frontier.Count > 0; depth++)
+        {
+            var next = new List<string>();
+            foreach (var value in frontier)
+            {
+                if (!graph.Consumers.TryGetValue(value, out var consumers)) continue;
+                foreach (var node in consumers)
+                {
+                    if (node.OpType == "Gather" && node.Inputs.Length > 1 && node.Inputs[1] == value && Table(graph, node.Inputs[0]) is { } rows)
+                        return rows;
+                    if (node.OpType is "Cast" or "Identity") next.Add(node.Outputs[0]);
+                }
+            }
+            frontier = next;
+        }
+        return null;
+    }
+
+    private static int? Table(OnnxGraph graph, string value)
+    {
+        for (int depth = 0; depth < 4; depth++)
+        {
+            if (graph.Initializers.TryGetValue(value, out var table)) return table.Rank >= 1 ? table.Shape[0] : null;
+            if (!graph.Producers.TryGetValue(value, out var node) || node.OpType is not ("Cast" or "Identity")) return null;
+            value = node.Inputs[0];
+        }
+        return null;
+    }
+}

@@ -1,0 +1,275 @@
+using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Operators;
+
+namespace FisherKernels.Onnx.Plan;
+
+/// <summary>
+/// The graph bound to one set of concrete input shapes: shape sub-graphs folded to constants (by
+/// running the operators' Forward at build time), every other node a step with its input and output
+/// arrays bound once. Buffers are pooled by element type and length and reused once their last reader
+/// has run (liveness), unless the plan keeps every value for a backward pass. Running the plan
+/// allocates nothing.
+/// </summary>
+public sealed class ExecutionPlan
+{
+    /// <summary>One node to run: its operator and the arrays it reads and writes, bound at build time.</summary>
+    internal sealed record Step(Node Node, Operator Op, NdArray?[] Inputs, NdArray[] Outputs, int[] InputIds, int[] OutputIds);
+
+    /// <summary>A value of the graph: its type and shape, and either its constant or its bound buffer.</summary>
+    internal sealed class Value(string name, TensorInfo info)
+    {
+        public string Name { get; } = name;
+        public TensorInfo Info { get; set; } = info;
+        public NdArray? Array { get; set; }
+        /// <summary>Known at build time (initializer that is not a variable, or folded).</summary>
+        public bool IsConstant { get; set; }
+        /// <summary>Depends on a variable initializer (derivatives flow through it).</summary>
+        public bool DependsOnVariable { get; set; }
+        public int Storage { get; set; } = -1;
+    }
+
+    private readonly Dictionary<string, int> ids = [];
+    private readonly List<Value> values = [];
+    private readonly List<Step> steps = [];
+    private readonly List<(int Id, NdArray Buffer)> graphInputs = [];
+
+    public OnnxModel Model { get; }
+    public IReadOnlyDictionary<string, int[]> InputShapes { get; }
+    public IReadOnlySet<string> Variables { get; }
+    /// <summary>Bytes of the pooled buffers (activations), for memory reports.</summary>
+    public long BufferBytes { get; private set; }
+
+    internal IReadOnlyList<Step> Steps => steps;
+    internal IReadOnlyList<Value> Values => values;
+
+    private ExecutionPlan(OnnxModel model, IReadOnlyDictionary<string, int[]> inputShapes, IReadOnlySet<string> variables)
+    {
+        Model = model;
+        InputShapes = inputShapes;
+        Variables = variables;
+    }
+
+    /// <summary>
+    /// Builds the plan for <paramref name="inputShapes"/> (every graph input given). Initializers in
+    /// <paramref name="variables"/> are not folded into constants (derivatives are taken through them);
+    /// with <paramref name="keepAll"/> every value survives the run (the backward pass reads them).
+    /// Unsupported operators and shape errors surface here, before anything runs.
+    /// </summary>
+    internal static ExecutionPlan Build(OnnxModel model, IReadOnlyDictionary<string, int[]> inputShapes,
+                                        IReadOnlySet<string> variables, bool keepAll)
+    {
+        var plan = new ExecutionPlan(model, inputShapes, variables);
+        plan.Bind(keepAll);
+        return plan;
+    }
+
+    /// <summary>The index of a value by name; throws naming it when the graph has no such value.</summary>
+    internal int Id(string name) => ids.TryGetValue(name, out int id) ? id
+        : throw FisherKernelsException.Argument($"model '{Model.Graph.Source}' has no value named '{name}'");
+
+    internal bool HasValue(string name) => ids.ContainsKey(name);
+
+    public TensorInfo Info(string name) => values[Id(name)].Info;
+
+    /// <summary>The array holding <paramref name="name"/> after <see cref="Run"/> (valid until the next run; constants always).</summary>
+    public NdArray Get(string name)
+    {
+        var value = values[Id(name)];
+        return value.Array ?? throw new FisherKernelsException(ErrorKind.Internal, $"value '{name}' has no storage in this plan");
+    }
+
+    /// <summary>Copies the graph inputs in and runs every step. Inputs must have the shapes the plan was built for.</summary>
+    public void Run(OpContext context, IReadOnlyDictionary<string, NdArray> inputs)
+    {
+        foreach (var (id, buffer) in graphInputs)
+        {
+            var value = values[id];
+            if (!inputs.TryGetValue(value.Name, out var given))
+                throw FisherKernelsException.Argument($"input '{value.Name}' is not given");
+            if (!given.Shape.AsSpan().SequenceEqual(buffer.Shape) || given.ElementType != buffer.ElementType)
+                throw FisherKernelsException.Argument($"input '{value.Name}' is {given.ElementType}[{ShapeUtil.Format(given.Shape)}], the plan expects {buffer.ElementType}[{ShapeUtil.Format(buffer.Shape)}]");
+            Tensors.CopyElements(given, buffer);
+        }
+        foreach (var step in steps)
+            if (!step.Op.IsView) step.Op.Forward(context, step.Inputs, step.Outputs);
+    }
+
+    private void Bind(bool keepAll)
+    {
+        var graph = Model.Graph;
+        foreach (var input in graph.Inputs)
+        {
+            if (!InputShapes.TryGetValue(input.Name, out var shape))
+                throw FisherKernelsException.Argument($"model '{graph.Source}': input '{input.Name}' is required");
+            var type = input.ElementType ?? throw FisherKernelsException.Unsupported($"model '{graph.Source}': input '{input.Name}' has an unsupported element type");
+            Add(input.Name, new TensorInfo(type, shape));
+        }
+        foreach (var (name, array) in graph.Initializers)
+        {
+            bool variable = Variables.Contains(name);
+            var v = Add(name, new TensorInfo(array.ElementType, array.Shape, variable ? null : array));
+            v.Array = array;
+            v.IsConstant = !variable;
+            v.DependsOnVariable = variable;
+        }
+
+        var pending = new List<(Node Node, Operator Op)>();
+        foreach (var node in Model.TopologicalOrder)
+        {
+            var op = Model.OperatorFor(node);
+            var inputInfos = new TensorInfo?[node.Inputs.Length];
+            bool allConstant = true, dependsOnVariable = false;
+            for (int i = 0; i < node.Inputs.Length; i++)
+            {
+                if (node.Inputs[i].Length == 0) continue;
+                var v = values[Id(node.Inputs[i])];
+                inputInfos[i] = v.Info;
+                allConstant &= v.IsConstant;
+                dependsOnVariable |= v.DependsOnVariable;
+            }
+            TensorInfo[] outputs;
+            try { outputs = op.InferShapes(inputInfos); }
+            catch (FisherKernelsException e) when (!e.Message.Contains(node.Name, StringComparison.Ordinal))
+            {
+                throw new FisherKernelsException(e.Kind, $"{op.Node}: {e.Message}", e);
+            }
+            if (outputs.Length != node.Outputs.Length)
+                throw new FisherKernelsException(ErrorKind.Internal, $"{op.Node}: shape inference gave {outputs.Length} outputs for {node.Outputs.Length}");
+
+            bool folded = allConstant || (!dependsOnVariable && outputs.All(o => o.Value is not null));
+            if (folded && allConstant && outputs.Any(o => o.Value is null))
+                outputs = Fold(op, node, inputInfos, outputs);
+            for (int j = 0; j < outputs.Length; j++)
+            {
+                var v = Add(OutputName(node, j), folded ? outputs[j] : outputs[j] with { Value = null });
+                v.IsConstant = folded;
+                v.DependsOnVariable = dependsOnVariable;
+                if (folded) v.Array = outputs[j].Value;
+            }
+            if (!folded) pending.Add((node, op));
+        }
+        foreach (var output in graph.Outputs) Id(output.Name);
+        AllocateBuffers(pending, keepAll);
+    }
+
+    /// <summary>Runs a node whose inputs are all known, at build time: its outputs become constants.</summary>
+    private TensorInfo[] Fold(Operator op, Node node, TensorInfo?[] inputs, TensorInfo[] outputs)
+    {
+        var inputArrays = inputs.Select(i => i?.Value).ToArray();
+        var outputArrays = outputs.Select(o => Tensors.Allocate(o.Type, o.Shape)).ToArray();
+        try { op.Forward(Model.FoldingContext, inputArrays, outputArrays); }
+        catch (FisherKernelsException e) when (!e.Message.Contains(node.Name, StringComparison.Ordinal))
+        {
+            throw new FisherKernelsException(e.Kind, $"{op.Node}: {e.Message}", e);
+        }
+        return outputs.Select((o, j) => o with { Value = outputArrays[j] }).ToArray();
+    }
+
+    /// <summary>An output nobody names (an omitted optional output) still needs a buffer; it gets a private name.</summary>
+    private static string OutputName(Node node, int j) => node.Outputs[j].Length > 0 ? node.Outputs[j] : $"\0{node.Name}:{j}";
+
+    private Value Add(string name, TensorInfo info)
+    {
+        var value = new Value(name, info);
+        ids[name] = values.Count;
+        values.Add(value);
+        return value;
+    }
+
+    /// <summary>
+    /// Assigns each computed value a buffer from a pool keyed by (element type, length): a buffer goes
+    /// back to the pool after the last step that reads any value stored in it (views share their
+    /// input's buffer). Graph outputs and, with <paramref name="keepAll"/>, every value keep theirs.
+    /// </summary>
+    private void AllocateBuffers(List<(Node Node, Operator Op)> pending, bool keepAll)
+    {
+        var graph = Model.Graph;
+        // Storage ids: one per non-view computed value; a view output takes its input's.
+        var storageOf = new Dictionary<int, int>();
+        int storageCount = 0;
+        foreach (var input in graph.Inputs) values[Id(input.Name)].Storage = storageCount++;
+        foreach (var (node, op) in pending)
+            for (int j = 0; j < node.Outputs.Length; j++)
+            {
+                var v = values[Id(OutputName(node, j))];
+                var source = j == 0 && op.IsView ? values[Id(node.Inputs[0])] : null;
+                v.Storage = source is null ? storageCount++ : source.Storage >= 0 ? source.Storage : -2 - Id(node.Inputs[0]);
+            }
+
+        // Last step that needs each storage (int.MaxValue = never released).
+        var lastUse = new int[storageCount];
+        Array.Fill(lastUse, -1);
+        void Use(int storage, int step) { if (storage >= 0) lastUse[storage] = Math.Max(lastUse[storage], step); }
+        for (int s = 0; s < pending.Count; s++)
+        {
+            foreach (var name in pending[s].Node.Inputs) if (name.Length > 0) Use(values[Id(name)].Storage, s);
+            for (int j = 0; j < pending[s].Node.Outputs.Length; j++) Use(values[Id(OutputName(pending[s].Node, j))].Storage, s);
+        }
+        foreach (var output in graph.Outputs) Use(values[Id(output.Name)].Storage, int.MaxValue);
+        if (keepAll) Array.Fill(lastUse, int.MaxValue);
+
+        var storages = new Array?[storageCount];
+        var pool = new Dictionary<(ElementType, long), Stack<Array>>();
+        Array Take(TensorInfo info)
+        {
+            if (pool.TryGetValue((info.Type, info.Length), out var free) && free.Count > 0) return free.Pop();
+            BufferBytes += info.Length * ElementTypes.SizeOf(info.Type);
+            return Storage(Tensors.Allocate(info.Type, [checked((int)info.Length)]));
+        }
+        void Release(int storage, TensorInfo info)
+        {
+            if (!pool.TryGetValue((info.Type, info.Length), out var free)) pool[(info.Type, info.Length)] = free = new Stack<Array>();
+            free.Push(storages[storage]!);
+        }
+
+        foreach (var input in graph.Inputs)
+        {
+            var v = values[Id(input.Name)];
+            storages[v.Storage] = Take(v.Info);
+            v.Array = Wrap(storages[v.Storage]!, v.Info);
+            graphInputs.Add((Id(input.Name), v.Array));
+        }
+        for (int s = 0; s < pending.Count; s++)
+        {
+            var (node, op) = pending[s];
+            var outputNames = Enumerable.Range(0, node.Outputs.Length).Select(j => OutputName(node, j)).ToArray();
+            foreach (var name in outputNames)
+            {
+                var v = values[Id(name)];
+                if (v.Storage >= 0 && storages[v.Storage] is null) storages[v.Storage] = Take(v.Info);
+                v.Array = v.Storage >= 0 ? Wrap(storages[v.Storage]!, v.Info) : Wrap(Storage(values[-2 - v.Storage].Array!), v.Info);
+            }
+            steps.Add(new Step(node, op,
+                node.Inputs.Select(n => n.Length == 0 ? null : values[Id(n)].Array).ToArray(),
+                outputNames.Select(n => values[Id(n)].Array!).ToArray(),
+                node.Inputs.Select(n => n.Length == 0 ? -1 : Id(n)).ToArray(),
+                outputNames.Select(Id).ToArray()));
+            // Buffers whose last reader is this step go back to the pool (each once).
+            var released = new HashSet<int>();
+            foreach (var name in node.Inputs.Concat(outputNames))
+            {
+                if (name.Length == 0) continue;
+                var v = values[Id(name)];
+                if (v.Storage >= 0 && lastUse[v.Storage] == s && released.Add(v.Storage)) Release(v.Storage, v.Info);
+            }
+        }
+    }
+
+    private static Array Storage(NdArray array) => array switch
+    {
+        NdArray<float> a => a.Data,
+        NdArray<long> a => a.Data,
+        NdArray<int> a => a.Data,
+        NdArray<bool> a => a.Data,
+        _ => throw FisherKernelsException.Unsupported($"element type {array.ElementType} is not supported by the executor"),
+    };
+
+    private static NdArray Wrap(Array storage, TensorInfo info) => storage switch
+    {
+        float[] a => new NdArray<float>(info.Shape, a),
+        long[] a => new NdArray<long>(info.Shape, a),
+        int[] a => new NdArray<int>(info.Shape, a),
+        bool[] a => new NdArray<bool>(info.Shape, a),
+        _ => throw new FisherKernelsException(ErrorKind.Internal, "unknown buffer type"),
+    };
+}

@@ -1,0 +1,131 @@
+using FisherKernels.Backends.Cpu;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Plan;
+using FisherKernels.Onnx.Proto;
+using Google.Protobuf;
+
+namespace FisherKernels.Tests.Plan;
+
+/// <summary>The plan on small hand-built graphs, against ONNX Runtime: folding, buffer reuse, views, errors.</summary>
+public class ExecutionPlanTests
+{
+    private static readonly OpContext Context = new(new CpuBackend(1));
+
+    /// <summary>x [b, 4] → MatMul W → Add b → Softmax → Reshape(shape from a Constant) → MatMul W2 → Add → Softmax; a chain long enough that buffers are reused.</summary>
+    private static ModelProto ChainModel()
+    {
+        var random = new Random(3);
+        TensorProto Floats(string name, params int[] dims)
+        {
+            var t = new TensorProto { Name = name, DataType = 1 };
+            foreach (var d in dims) t.Dims.Add(d);
+            int n = dims.Aggregate(1, (a, b) => a * b);
+            for (int i = 0; i < n; i++) t.FloatData.Add((float)(random.NextDouble() * 2 - 1));
+            return t;
+        }
+        var graph = new GraphProto
+        {
+            Name = "chain",
+            Initializer = { Floats("w1", 4, 6), Floats("b1", 6), Floats("w2", 3, 5), Floats("b2", 5), Floats("w3", 5, 5) },
+            Input = { new ValueInfoProto { Name = "x", Type = FloatType(-1, 4) } },
+            Output = { new ValueInfoProto { Name = "y", Type = FloatType(-1, 5) }, new ValueInfoProto { Name = "h", Type = FloatType(-1, 6) } },
+        };
+        graph.Node.Add(new NodeProto { OpType = "Constant", Output = { "shape" }, Attribute = { new AttributeProto { Name = "value_ints", Type = AttributeProto.Types.AttributeType.Ints, Ints = { -1, 3 } } } });
+        graph.Node.Add(Node("MatMul", ["x", "w1"], "m1"));
+        graph.Node.Add(Node("Add", ["m1", "b1"], "h"));
+        graph.Node.Add(Node("Softmax", ["h"], "s1"));
+        graph.Node.Add(Node("Reshape", ["s1", "shape"], "r"));
+        graph.Node.Add(Node("MatMul", ["r", "w2"], "m2"));
+        graph.Node.Add(Node("Add", ["m2", "b2"], "a2"));
+        graph.Node.Add(Node("Softmax", ["a2"], "s2"));
+        graph.Node.Add(Node("MatMul", ["s2", "w3"], "m3"));
+        graph.Node.Add(Node("Add", ["m3", "b2"], "a3"));
+        graph.Node.Add(Node("Mul", ["a3", "a3"], "sq"));
+        graph.Node.Add(Node("Sub", ["sq", "a3"], "y"));
+        return new ModelProto { IrVersion = 8, OpsetImport = { new OperatorSetIdProto { Version = 17 } }, Graph = graph };
+    }
+
+    [Fact]
+    public void ChainMatchesOnnxRuntimeAcrossShapesAndRuns()
+    {
+        using var temp = new TempFolder();
+        string path = temp.File("chain.onnx");
+        File.WriteAllBytes(path, ChainModel().ToByteArray());
+        var model = OnnxModel.Load(path);
+        var random = new Random(9);
+        foreach (int batch in new[] { 2, 4, 2 })
+        {
+            var x = new NdArray<float>(batch, 4);
+            for (int i = 0; i < x.Data.Length; i++) x.Data[i] = (float)(random.NextDouble() * 4 - 2);
+            var inputs = new Dictionary<string, NdArray> { ["x"] = x };
+            var plan = model.GetPlan(new Dictionary<string, int[]> { ["x"] = x.Shape });
+            plan.Run(Context, inputs);
+            var reference = OnnxRuntimeReference.Run(path, inputs);
+            foreach (var name in new[] { "y", "h" })
+            {
+                var ours = (NdArray<float>)plan.Get(name);
+                Assert.Equal(reference[name].Shape, ours.Shape);
+                for (int i = 0; i < ours.Data.Length; i++) Assert.Equal(reference[name].Data[i], ours.Data[i], 1e-5);
+            }
+        }
+    }
+
+    [Fact]
+    public void BuffersAreReusedAndConstantsFolded()
+    {
+        using var temp = new TempFolder();
+        string path = temp.File("chain.onnx");
+        File.WriteAllBytes(path, ChainModel().ToByteArray());
+        var model = OnnxModel.Load(path);
+        var shapes = new Dictionary<string, int[]> { ["x"] = [8, 4] };
+        var plan = model.GetPlan(shapes);
+        // 11 computed values of 8x6, 16x3, 16x5 floats (and x): without reuse they would need far more.
+        long withoutReuse = plan.Steps.Sum(s => s.Outputs.Where(o => !s.Op.IsView).Sum(o => o.Length * 4)) + 8 * 4 * 4;
+        Assert.True(plan.BufferBytes < withoutReuse, $"{plan.BufferBytes} bytes pooled, {withoutReuse} without reuse");
+        Assert.Same(plan, model.GetPlan(shapes));
+        var keepAll = model.GetPlan(shapes, keepAll: true);
+        Assert.NotSame(plan, keepAll);
+        Assert.Equal(withoutReuse, keepAll.BufferBytes);
+        // The Reshape (a view) reads the buffer of the Softmax before it.
+        var reshape = plan.Steps.Single(s => s.Node.OpType == "Reshape");
+        Assert.Same(((NdArray<float>)reshape.Inputs[0]!).Data, ((NdArray<float>)reshape.Outputs[0]).Data);
+    }
+
+    [Fact]
+    public void UnsupportedOperatorIsFoundWhenThePlanIsBuilt()
+    {
+        using var temp = new TempFolder();
+        var model = ChainModel();
+        model.Graph.Node.Add(new NodeProto { Name = "mystery", OpType = "FrobnicateTensor", Domain = "com.example", Input = { "y" }, Output = { "z" } });
+        model.Graph.Output.Add(new ValueInfoProto { Name = "z" });
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "com.example", Version = 1 });
+        File.WriteAllBytes(temp.File("m.onnx"), model.ToByteArray());
+        var loaded = OnnxModel.Load(temp.File("m.onnx"));
+        var e = Assert.Throws<FisherKernelsException>(() => loaded.GetPlan(new Dictionary<string, int[]> { ["x"] = [2, 4] }));
+        Assert.Equal(ErrorKind.Unsupported, e.Kind);
+        Assert.Contains("FrobnicateTensor", e.Message);
+        Assert.Contains("com.example", e.Message);
+        Assert.Contains("mystery", e.Message);
+    }
+
+    [Fact]
+    public void MissingInputIsNamed()
+    {
+        using var temp = new TempFolder();
+        File.WriteAllBytes(temp.File("m.onnx"), ChainModel().ToByteArray());
+        var model = OnnxModel.Load(temp.File("m.onnx"));
+        var e = Assert.Throws<FisherKernelsException>(() => model.GetPlan(new Dictionary<string, int[]>()));
+        Assert.Contains("input 'x'", e.Message);
+    }
+
+    private static NodeProto Node(string op, string[] inputs, string output) =>
+        new() { Name = op + "_" + output, OpType = op, Input = { inputs }, Output = { output } };
+
+    private static TypeProto FloatType(params long[] dims)
+    {
+        var shape = new TensorShapeProto();
+        foreach (var d in dims)
+            shape.Dim.Add(d < 0 ? new TensorShapeProto.Types.Dimension { DimParam = "batch" } : new TensorShapeProto.Types.Dimension { DimValue = d });
+        return new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = 1, Shape = shape } };
+    }
+}
