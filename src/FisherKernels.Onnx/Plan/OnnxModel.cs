@@ -75,6 +75,19 @@ public sealed class OnnxModel
         return plan;
     }
 
+    /// <summary>The backward pass for a keep-all plan, seeded at <paramref name="seed"/> (made once per plan).</summary>
+    internal Backward BackwardFor(ExecutionPlan plan, string seed)
+    {
+        if (!backwards.TryGetValue((plan, seed), out var backward))
+        {
+            foreach (var key in backwards.Keys.Where(k => !plans.Any(p => p.Plan == k.Plan)).ToList()) backwards.Remove(key);
+            backwards[(plan, seed)] = backward = new Backward(plan, [seed]);
+        }
+        return backward;
+    }
+
+    private readonly Dictionary<(ExecutionPlan Plan, string Seed), Backward> backwards = [];
+
     private List<Node> Sort()
     {
         var available = new HashSet<string>(Graph.Initializers.Keys);

@@ -1,0 +1,88 @@
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Plan;
+
+namespace FisherKernels.Onnx;
+
+/// <summary>
+/// Whole-model derivatives of a <see cref="LanguageModel"/> (SPEC §3, §4): gradients of the summed
+/// next-token loss, J·V for a direction over named initializers.
+/// </summary>
+public static class Derivatives
+{
+    /// <summary>
+    /// ∂L/∂θ for <c>L = Σ_t −log softmax(z_t)[y_t]</c> over targeted positions (sum over the batch), for
+    /// each named parameter, in the initializer's stored shape. Targets default to the next token.
+    /// </summary>
+    public static Dictionary<string, NdArray<float>> LossGradients(LanguageModel lm, OpContext context, NdArray tokens,
+                                                                   NdArray? targets, IReadOnlyList<string> parameters)
+    {
+        var (plan, backward, logits) = Prepare(lm, context, tokens, parameters);
+        var y = targets is null ? Targets.NextToken(tokens) : Targets.Check(targets, tokens.Shape, logits.Shape[2], "targets");
+        backward.Clear();
+        LossCotangent(logits, y, backward.Gradient(lm.LogitsOutput));
+        backward.Run(context);
+        return parameters.ToDictionary(p => p, p => Copy(backward.HasGradient(p) ? backward.Gradient(p) : new NdArray<float>(plan.Info(p).Shape)));
+    }
+
+    /// <summary>J·V of the logits for a direction over named float initializers (others fixed).</summary>
+    public static NdArray<float> Jvp(LanguageModel lm, OpContext context, NdArray tokens, IReadOnlyDictionary<string, NdArray<float>> direction, string what = "direction")
+    {
+        var graph = lm.Model.Graph;
+        foreach (var (name, value) in direction)
+        {
+            if (!graph.Initializers.TryGetValue(name, out var init) || graph.ConstantNodeValues.Contains(name))
+                throw FisherKernelsException.Argument($"{what}: '{name}' is not an initializer of the model");
+            if (init.ElementType != ElementType.Float32)
+                throw FisherKernelsException.Argument($"{what}: initializer '{name}' is {init.ElementType}, not a float parameter");
+            if (!init.Shape.AsSpan().SequenceEqual(value.Shape))
+                throw FisherKernelsException.Argument($"{what}: '{name}' has shape [{ShapeUtil.Format(value.Shape)}], the initializer [{ShapeUtil.Format(init.Shape)}]");
+        }
+        var inputs = lm.Inputs(tokens);
+        var plan = lm.Model.GetPlan(Shapes(inputs), direction.Keys.ToHashSet(), keepAll: true);
+        lm.CheckLogits(plan, tokens.Shape);
+        var tangent = new Tangent(plan);
+        plan.Run(context, inputs);
+        foreach (var (name, value) in direction) value.Data.CopyTo(tangent.Direction(name).Data, 0);
+        tangent.Run(context);
+        var logits = (NdArray<float>)plan.Get(lm.LogitsOutput);
+        return tangent.Has(lm.LogitsOutput) ? Copy(tangent.Get(lm.LogitsOutput)) : new NdArray<float>(logits.Shape);
+    }
+
+    /// <summary>A keep-all plan with the parameters as variables, run forward; the backward pass seeded at the logits.</summary>
+    internal static (ExecutionPlan Plan, Backward Backward, NdArray<float> Logits) Prepare(LanguageModel lm, OpContext context, NdArray tokens, IReadOnlyList<string> parameters)
+    {
+        var inputs = lm.Inputs(tokens);
+        var plan = lm.Model.GetPlan(Shapes(inputs), parameters.ToHashSet(), keepAll: true);
+        lm.CheckLogits(plan, tokens.Shape);
+        var backward = lm.Model.BackwardFor(plan, lm.LogitsOutput);
+        plan.Run(context, inputs);
+        return (plan, backward, (NdArray<float>)plan.Get(lm.LogitsOutput));
+    }
+
+    /// <summary>∂L/∂z = softmax(z) − onehot(y) at targeted positions, 0 elsewhere.</summary>
+    internal static void LossCotangent(NdArray<float> logits, NdArray<long> targets, NdArray<float> cotangent)
+    {
+        int vocab = logits.Shape[2];
+        for (int m = 0; m < targets.Data.Length; m++)
+        {
+            long y = targets.Data[m];
+            var row = cotangent.Data.AsSpan(m * vocab, vocab);
+            if (y == Targets.Ignore) { row.Clear(); continue; }
+            Softmax(logits.Data.AsSpan(m * vocab, vocab), row);
+            row[(int)y] -= 1f;
+        }
+    }
+
+    internal static void Softmax(ReadOnlySpan<float> z, Span<float> p)
+    {
+        float max = System.Numerics.Tensors.TensorPrimitives.Max(z);
+        double sum = 0;
+        for (int i = 0; i < z.Length; i++) sum += p[i] = MathF.Exp(z[i] - max);
+        float inv = (float)(1 / sum);
+        for (int i = 0; i < p.Length; i++) p[i] *= inv;
+    }
+
+    internal static Dictionary<string, int[]> Shapes(Dictionary<string, NdArray> inputs) => inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape);
+
+    private static NdArray<float> Copy(NdArray<float> a) => new((int[])a.Shape.Clone(), (float[])a.Data.Clone());
+}

@@ -1,0 +1,88 @@
+using FisherKernels.Onnx.Operators;
+
+namespace FisherKernels.Onnx.Plan;
+
+/// <summary>
+/// Reverse mode over a plan built with variables and <c>keepAll</c>: given cotangents of some values
+/// (the seeds, e.g. the logits), accumulates the gradient of every value that depends on a variable and
+/// that the seeds depend on, through each operator's Vjp. Gradient buffers are allocated once; a run
+/// zeroes them and walks the steps backwards. Gradients of variables are total derivatives (a weight
+/// read twice, as a tied embedding is, sums both uses).
+/// </summary>
+public sealed class Backward
+{
+    private sealed record GradStep(ExecutionPlan.Step Step, NdArray<float>?[] OutputGrads, NdArray<float>?[] InputGrads);
+
+    private readonly ExecutionPlan plan;
+    private readonly NdArray<float>?[] gradients;
+    private readonly List<GradStep> reverse = [];
+
+    public Backward(ExecutionPlan plan, IEnumerable<string> seeds)
+    {
+        this.plan = plan;
+        var values = plan.Values;
+        gradients = new NdArray<float>?[values.Count];
+
+        // Values the seeds depend on (walking the steps backwards).
+        var needed = new bool[values.Count];
+        foreach (var seed in seeds)
+        {
+            int id = plan.Id(seed);
+            if (values[id].Info.Type != ElementType.Float32)
+                throw FisherKernelsException.Argument($"cannot differentiate with respect to '{seed}': it is {values[id].Info.Type}, not float");
+            needed[id] = true;
+        }
+        var steps = plan.Steps;
+        for (int s = steps.Count - 1; s >= 0; s--)
+        {
+            var step = steps[s];
+            if (!step.OutputIds.Any(o => needed[o])) continue;
+            for (int i = 0; i < step.InputIds.Length; i++)
+                if (step.InputIds[i] >= 0 && (step.Op.IsView ? i == 0 : step.Op.IsDifferentiable(i))) needed[step.InputIds[i]] = true;
+        }
+        for (int id = 0; id < values.Count; id++)
+            if (needed[id] && values[id].DependsOnVariable && values[id].Info.Type == ElementType.Float32)
+                gradients[id] = new NdArray<float>(values[id].Info.Shape);
+
+        for (int s = steps.Count - 1; s >= 0; s--)
+        {
+            var step = steps[s];
+            var outputGrads = step.OutputIds.Select(o => gradients[o]).ToArray();
+            if (outputGrads.All(g => g is null)) continue;
+            var inputGrads = step.InputIds.Select((id, i) => id >= 0 && (step.Op.IsView ? i == 0 : step.Op.IsDifferentiable(i)) ? gradients[id] : null).ToArray();
+            if (inputGrads.All(g => g is null)) continue;
+            reverse.Add(new GradStep(step, outputGrads, inputGrads));
+        }
+    }
+
+    public ExecutionPlan Plan => plan;
+
+    /// <summary>Whether <paramref name="name"/> gets a gradient (it depends on a variable and the seeds depend on it).</summary>
+    public bool HasGradient(string name) => plan.HasValue(name) && gradients[plan.Id(name)] is not null;
+
+    /// <summary>The gradient buffer of <paramref name="name"/>; for a seed, fill it with the cotangent after <see cref="Clear"/>.</summary>
+    public NdArray<float> Gradient(string name) => gradients[plan.Id(name)]
+        ?? throw FisherKernelsException.Argument($"'{name}' has no gradient here: it does not depend on the parameters or does not reach the differentiated output");
+
+    /// <summary>Zeroes every gradient buffer (seeds included).</summary>
+    public void Clear()
+    {
+        foreach (var g in gradients) g?.Data.AsSpan().Clear();
+    }
+
+    /// <summary>Propagates the seeds' cotangents (already in their gradient buffers) back through the plan.</summary>
+    public void Run(OpContext context)
+    {
+        foreach (var (step, outputGrads, inputGrads) in reverse)
+        {
+            if (step.Op.IsView)
+            {
+                // The elements did not move: the gradient passes through unchanged.
+                if (outputGrads[0] is { } g && inputGrads[0] is { } target)
+                    System.Numerics.Tensors.TensorPrimitives.Add(target.Data, g.Data, target.Data);
+                continue;
+            }
+            step.Op.Vjp(context, step.Inputs, step.Outputs, outputGrads, inputGrads);
+        }
+    }
+}

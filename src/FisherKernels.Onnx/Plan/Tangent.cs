@@ -1,0 +1,61 @@
+using FisherKernels.Onnx.Operators;
+
+namespace FisherKernels.Onnx.Plan;
+
+/// <summary>
+/// Forward mode over a plan built with variables and <c>keepAll</c>: given a tangent for each variable
+/// (a direction), computes the tangent of every value that depends on one, through each operator's
+/// Jvp, after the plan's forward run. Tangent buffers are allocated once; views share their input's.
+/// </summary>
+public sealed class Tangent
+{
+    private sealed record TangentStep(ExecutionPlan.Step Step, NdArray<float>?[] InputTangents, NdArray<float>?[] OutputTangents);
+
+    private readonly ExecutionPlan plan;
+    private readonly NdArray<float>?[] tangents;
+    private readonly List<TangentStep> forward = [];
+
+    public Tangent(ExecutionPlan plan)
+    {
+        this.plan = plan;
+        var values = plan.Values;
+        tangents = new NdArray<float>?[values.Count];
+        foreach (string variable in plan.Variables)
+        {
+            var v = values[plan.Id(variable)];
+            if (v.Info.Type == ElementType.Float32) tangents[plan.Id(variable)] = new NdArray<float>(v.Info.Shape);
+        }
+        foreach (var step in plan.Steps)
+        {
+            var inputTangents = step.InputIds.Select((id, i) => id >= 0 && (step.Op.IsView ? i == 0 : step.Op.IsDifferentiable(i)) ? tangents[id] : null).ToArray();
+            if (inputTangents.All(t => t is null)) continue;
+            var outputTangents = new NdArray<float>?[step.OutputIds.Length];
+            for (int j = 0; j < outputTangents.Length; j++)
+            {
+                var v = values[step.OutputIds[j]];
+                if (v.Info.Type != ElementType.Float32) continue;
+                outputTangents[j] = step.Op.IsView && j == 0
+                    ? new NdArray<float>(v.Info.Shape, inputTangents[0]!.Data)
+                    : new NdArray<float>(v.Info.Shape);
+                tangents[step.OutputIds[j]] = outputTangents[j];
+            }
+            if (!step.Op.IsView) forward.Add(new TangentStep(step, inputTangents, outputTangents));
+        }
+    }
+
+    /// <summary>The tangent buffer of a variable, to fill with the direction before <see cref="Run"/>.</summary>
+    public NdArray<float> Direction(string variable) => Get(variable);
+
+    /// <summary>The tangent of <paramref name="name"/> after <see cref="Run"/> (zero-length dependence gives an error naming it).</summary>
+    public NdArray<float> Get(string name) => tangents[plan.Id(name)]
+        ?? throw FisherKernelsException.Argument($"'{name}' does not depend on the direction's initializers");
+
+    public bool Has(string name) => plan.HasValue(name) && tangents[plan.Id(name)] is not null;
+
+    /// <summary>Propagates the directions forward; the plan must have run on the same inputs just before.</summary>
+    public void Run(OpContext context)
+    {
+        foreach (var (step, inputTangents, outputTangents) in forward)
+            step.Op.Jvp(context, step.Inputs, step.Outputs, inputTangents, outputTangents);
+    }
+}
