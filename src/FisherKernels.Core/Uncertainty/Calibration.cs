@@ -132,3 +132,48 @@ public static class Calibration
     static double CheckProbability(double c, string what) =>
         c is >= 0 and <= 1 ? c : throw FisherKernelsException.Argument($"{what}: confidence {c} is not in [0, 1]");
 }
+
+/// <summary>
+/// What <c>calibrate</c> reports (issue 5) for one estimator on held-out positions: the AUROC of the epistemic,
+/// aleatoric and combined (sum) scores for predicting next-token errors, and ECE / NLL of the model's own confidence
+/// (before) and of the calibrated confidence <c>1/(1+β·u)</c> with u the combined score (after).
+/// </summary>
+public sealed record CalibrationSummary(int Positions, int Errors, double Beta,
+                                        double AurocEpistemic, double AurocAleatoric, double AurocCombined,
+                                        double EceBefore, double EceAfter, double NllBefore, double NllAfter)
+{
+    /// <param name="modelConfidence">the model's probability of the token it predicts (its uncalibrated confidence).</param>
+    /// <param name="correct">whether the predicted token (the argmax) is the target.</param>
+    public static CalibrationSummary Fit(ReadOnlySpan<double> epistemic, ReadOnlySpan<double> aleatoric,
+                                         ReadOnlySpan<double> modelConfidence, ReadOnlySpan<bool> correct)
+    {
+        int n = correct.Length;
+        if (epistemic.Length != n || aleatoric.Length != n || modelConfidence.Length != n)
+            throw FisherKernelsException.Argument($"calibrate: {epistemic.Length} epistemic, {aleatoric.Length} aleatoric, {modelConfidence.Length} confidence values for {n} positions");
+        var combined = new double[n];
+        var errors = new bool[n];
+        int errorCount = 0;
+        for (int i = 0; i < n; i++)
+        {
+            combined[i] = epistemic[i] + aleatoric[i];
+            errors[i] = !correct[i];
+            if (errors[i]) errorCount++;
+        }
+        double beta = Calibration.FitBeta(combined, correct);
+        double[] calibrated = Calibration.Confidences(beta, combined);
+        return new CalibrationSummary(n, errorCount, beta,
+            Calibration.Auroc(epistemic, errors), Calibration.Auroc(aleatoric, errors), Calibration.Auroc(combined, errors),
+            Calibration.ExpectedCalibrationError(modelConfidence, correct), Calibration.ExpectedCalibrationError(calibrated, correct),
+            Calibration.NegativeLogLikelihood(modelConfidence, correct), Calibration.NegativeLogLikelihood(calibrated, correct));
+    }
+
+    /// <summary>One line per figure, each naming the estimator and the score.</summary>
+    public IEnumerable<string> Lines(string estimator)
+    {
+        var c = System.Globalization.CultureInfo.InvariantCulture;
+        yield return string.Create(c, $"{estimator}: {Positions} positions, {Errors} next-token errors, β = {Beta:G6}");
+        yield return string.Create(c, $"{estimator}: AUROC for errors: epistemic {AurocEpistemic:F4}, aleatoric {AurocAleatoric:F4}, combined {AurocCombined:F4}");
+        yield return string.Create(c, $"{estimator}: ECE {EceBefore:F4} before calibration (model confidence), {EceAfter:F4} after (1/(1+β·u))");
+        yield return string.Create(c, $"{estimator}: NLL {NllBefore:F4} before calibration, {NllAfter:F4} after");
+    }
+}

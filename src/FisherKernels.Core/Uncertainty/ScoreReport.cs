@@ -5,21 +5,23 @@ using FisherKernels.IO;
 
 namespace FisherKernels.Uncertainty;
 
-/// <summary>The scores of one targeted position (SPEC §4): <c>p = softmax(z)[y]</c>, aleatoric <c>p(1−p)</c>, epistemic.</summary>
-public readonly record struct TokenScore(int Position, long Target, double P, double Epistemic)
+/// <summary>The scores of one targeted position (SPEC §4): <c>p = softmax(z)[y]</c>, epistemic, aleatoric <c>p(1−p)</c>.</summary>
+public sealed record TokenScore(int Position, long Target, double P, double Epistemic, double Aleatoric)
 {
-    public double Aleatoric => P * (1 - P);
+    public TokenScore(int position, long target, double p, double epistemic) : this(position, target, p, epistemic, p * (1 - p)) { }
 }
 
 /// <summary>
-/// The scores of one sequence (SPEC §4): its targeted positions, <c>p̄</c> = mean of their p, the epistemic score of
-/// <c>p̄</c> (from the gradient of the mean, so cross terms between positions count) and the mean aleatoric score.
-/// A sequence without targeted positions has NaN summaries and no tokens.
+/// The scores of one sequence (SPEC §4): <c>p̄</c> = mean p of its targeted positions, the epistemic score of <c>p̄</c>
+/// (from the gradient of the mean, so cross terms between positions count) and the mean aleatoric score.
+/// A sequence without targeted positions has NaN summaries (written as null) and no tokens.
 /// </summary>
-public sealed record SequenceScore(int Index, IReadOnlyList<TokenScore> Tokens, double Epistemic)
+public sealed record SequenceScore(int Index, double MeanP, double Epistemic, double Aleatoric, IReadOnlyList<TokenScore> Tokens)
 {
-    public double MeanP => Tokens.Count == 0 ? double.NaN : Tokens.Average(t => t.P);
-    public double Aleatoric => Tokens.Count == 0 ? double.NaN : Tokens.Average(t => t.Aleatoric);
+    /// <summary>The summaries from the tokens; <paramref name="epistemic"/> is the score of the mean gradient.</summary>
+    public SequenceScore(int index, IReadOnlyList<TokenScore> tokens, double epistemic)
+        : this(index, tokens.Count == 0 ? double.NaN : tokens.Average(t => t.P), tokens.Count == 0 ? double.NaN : epistemic,
+               tokens.Count == 0 ? double.NaN : tokens.Average(t => t.Aleatoric), tokens) { }
 }
 
 /// <summary>What <c>score</c> writes (SPEC §6), as JSON or CSV, atomically.</summary>
@@ -39,48 +41,62 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
     public void WriteJson(string path)
     {
         CheckFinite();
-        AtomicFile.Write(path, stream =>
-        {
-            using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
-            json.WriteStartObject();
-            json.WriteString("model", Model);
-            json.WriteString("method", Method);
-            json.WriteNumber("prior_precision", PriorPrecision);
-            json.WriteStartArray("sequences");
-            foreach (SequenceScore s in Sequences)
-            {
-                json.WriteStartObject();
-                json.WriteNumber("index", s.Index);
-                WriteNumberOrNull(json, "mean_p", s.MeanP);
-                WriteNumberOrNull(json, "epistemic", s.Epistemic);
-                WriteNumberOrNull(json, "aleatoric", s.Aleatoric);
-                json.WriteStartArray("tokens");
-                foreach (TokenScore t in s.Tokens)
-                {
-                    json.WriteStartObject();
-                    json.WriteNumber("position", t.Position);
-                    json.WriteNumber("target", t.Target);
-                    json.WriteNumber("p", t.P);
-                    json.WriteNumber("epistemic", t.Epistemic);
-                    json.WriteNumber("aleatoric", t.Aleatoric);
-                    json.WriteEndObject();
-                }
-                json.WriteEndArray();
-                json.WriteEndObject();
-            }
-            json.WriteEndArray();
-            json.WriteEndObject();
-        });
+        AtomicFile.Write(path, WriteJson);
     }
 
     public void WriteCsv(string path)
     {
         CheckFinite();
+        AtomicFile.WriteAllBytes(path, Encoding.UTF8.GetBytes(ToCsv()));
+    }
+
+    public string ToJson()
+    {
+        using var stream = new MemoryStream();
+        WriteJson(stream);
+        return Encoding.UTF8.GetString(stream.ToArray());
+    }
+
+    public string ToCsv()
+    {
         var text = new StringBuilder(CsvHeader).Append('\n');
         foreach (SequenceScore s in Sequences)
             foreach (TokenScore t in s.Tokens)
                 text.Append(CultureInfo.InvariantCulture, $"{s.Index},{t.Position},{t.Target},{Number(t.P)},{Number(t.Epistemic)},{Number(t.Aleatoric)}\n");
-        AtomicFile.WriteAllBytes(path, Encoding.UTF8.GetBytes(text.ToString()));
+        return text.ToString();
+    }
+
+    void WriteJson(Stream stream)
+    {
+        using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
+        json.WriteStartObject();
+        json.WriteString("model", Model);
+        json.WriteString("method", Method);
+        json.WriteNumber("prior_precision", PriorPrecision);
+        json.WriteStartArray("sequences");
+        foreach (SequenceScore s in Sequences)
+        {
+            json.WriteStartObject();
+            json.WriteNumber("index", s.Index);
+            WriteNumberOrNull(json, "mean_p", s.MeanP);
+            WriteNumberOrNull(json, "epistemic", s.Epistemic);
+            WriteNumberOrNull(json, "aleatoric", s.Aleatoric);
+            json.WriteStartArray("tokens");
+            foreach (TokenScore t in s.Tokens)
+            {
+                json.WriteStartObject();
+                json.WriteNumber("position", t.Position);
+                json.WriteNumber("target", t.Target);
+                json.WriteNumber("p", t.P);
+                json.WriteNumber("epistemic", t.Epistemic);
+                json.WriteNumber("aleatoric", t.Aleatoric);
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+            json.WriteEndObject();
+        }
+        json.WriteEndArray();
+        json.WriteEndObject();
     }
 
     /// <summary>A non-finite score is a bug or a broken curvature: refuse to write it rather than write a file nothing can parse.</summary>

@@ -54,16 +54,20 @@ public sealed class KfacAccumulatorTests : IDisposable
         return sum;
     }
 
-    static IComputeBackend Backend() => new Float64Backend();
+    static IComputeBackend Backend(string name = "float64") => name == "cpu" ? new Backends.Cpu.CpuBackend(threads: 2) : new Float64Backend();
+
+    public static TheoryData<string> BackendNames => ["float64", "cpu"];
 
     [Theory]
-    [InlineData(1)]
-    [InlineData(3)]
-    public void StreamedFitEqualsTheFloat64MeanOverAllPositions(int blocks)
+    [InlineData(1, "float64")]
+    [InlineData(3, "float64")]
+    [InlineData(1, "cpu")]
+    [InlineData(3, "cpu")]
+    public void StreamedFitEqualsTheFloat64MeanOverAllPositions(int blocks, string backend)
     {
         var rng = new Random(10 + blocks);
         Batch[] batches = RandomBatches(rng, [3, 17, 1, 9], blocks);
-        var acc = new KfacAccumulator(Backend(), Shapes, new KfacFitOptions { Fisher = "sampled", Samples = blocks }, Hash);
+        var acc = new KfacAccumulator(Backend(backend), Shapes, new KfacFitOptions { Fisher = "sampled", Samples = blocks }, Hash);
         Feed(acc, batches);
         KfacCurvature c = acc.ToCurvature("test");
 
@@ -74,18 +78,19 @@ public sealed class KfacAccumulatorTests : IDisposable
             KroneckerBlock block = c[Shapes[l].Layer];
             Assert.Equal(30, block.Positions);
             Assert.Equal(Shapes[l].HasBias, block.HasBias);
-            Assert.True(RelativeError(MeanOuter(allInputs, Shapes[l].HasBias), block.A.Data) < 1e-6);
-            Assert.True(RelativeError(MeanOverBlocks(allBlocks), block.G.Data) < 1e-6);
+            Assert.True(RelativeError(MeanOuter(allInputs, Shapes[l].HasBias), block.A.Data) < 1e-5);
+            Assert.True(RelativeError(MeanOverBlocks(allBlocks), block.G.Data) < 1e-5);
         }
     }
 
-    [Fact]
-    public void MergedFitsOfTwoHalvesEqualTheFitOfTheWhole()
+    [Theory]
+    [MemberData(nameof(BackendNames))]
+    public void MergedFitsOfTwoHalvesEqualTheFitOfTheWhole(string backend)
     {
         var rng = new Random(20);
         Batch[] batches = RandomBatches(rng, [8, 8, 5, 8, 8, 3], 1);
-        var first = new KfacAccumulator(Backend(), Shapes, new KfacFitOptions { Fisher = "empirical" }, Hash);
-        var second = new KfacAccumulator(Backend(), Shapes, new KfacFitOptions { Fisher = "empirical" }, Hash);
+        var first = new KfacAccumulator(Backend(backend), Shapes, new KfacFitOptions { Fisher = "empirical" }, Hash);
+        var second = new KfacAccumulator(Backend(backend), Shapes, new KfacFitOptions { Fisher = "empirical" }, Hash);
         Feed(first, batches[..3]);
         Feed(second, batches[3..]);
         first.ToCurvature("a").Save(Path.Combine(dir, "1.safetensors"));
@@ -96,18 +101,19 @@ public sealed class KfacAccumulatorTests : IDisposable
         {
             KroneckerBlock block = merged[Shapes[l].Layer];
             Assert.Equal(40, block.Positions);
-            Assert.True(RelativeError(MeanOuter(batches.SelectMany(b => b.Inputs[l]).ToArray(), Shapes[l].HasBias), block.A.Data) < 1e-6);
-            Assert.True(RelativeError(MeanOuter(batches.SelectMany(b => b.Gradients[l][0]).ToArray(), false), block.G.Data) < 1e-6);
+            Assert.True(RelativeError(MeanOuter(batches.SelectMany(b => b.Inputs[l]).ToArray(), Shapes[l].HasBias), block.A.Data) < 1e-5);
+            Assert.True(RelativeError(MeanOuter(batches.SelectMany(b => b.Gradients[l][0]).ToArray(), false), block.G.Data) < 1e-5);
         }
     }
 
-    [Fact]
-    public void EmaFollowsTheRecurrenceAndCountsEffectivePositions()
+    [Theory]
+    [MemberData(nameof(BackendNames))]
+    public void EmaFollowsTheRecurrenceAndCountsEffectivePositions(string backend)
     {
         var rng = new Random(30);
         Batch[] batches = RandomBatches(rng, [4, 6, 5], 1);
         const double lambda = 0.75;
-        var acc = new KfacAccumulator(Backend(), Shapes, new KfacFitOptions { Ema = lambda }, Hash);
+        var acc = new KfacAccumulator(Backend(backend), Shapes, new KfacFitOptions { Ema = lambda }, Hash);
         Feed(acc, batches);
         KroneckerBlock block = acc.ToCurvature("t")[Shapes[0].Layer];
 
@@ -117,25 +123,26 @@ public sealed class KfacAccumulatorTests : IDisposable
             double[] batchMean = MeanOuter(b.Inputs[0], true);
             for (int i = 0; i < expected.Length; i++) expected[i] = lambda * expected[i] + (1 - lambda) * batchMean[i];
         }
-        Assert.True(RelativeError(expected, block.A.Data) < 1e-6);
+        Assert.True(RelativeError(expected, block.A.Data) < 1e-5);
         Assert.Equal(lambda * (lambda * 4 + 6) + 5, block.Positions, 12);
     }
 
-    [Fact]
-    public void PositionSubsamplingIsSeededAndAveragesTheKeptPositions()
+    [Theory]
+    [MemberData(nameof(BackendNames))]
+    public void PositionSubsamplingIsSeededAndAveragesTheKeptPositions(string backend)
     {
         var rng = new Random(40);
         Batch[] batches = RandomBatches(rng, [50, 70], 2);
         var options = new KfacFitOptions { SamplePositions = 0.3, Seed = 7, Samples = 2 };
         var masks = new List<byte[]>();
-        var acc = new KfacAccumulator(Backend(), Shapes, options, Hash);
+        var acc = new KfacAccumulator(Backend(backend), Shapes, options, Hash);
         Feed(acc, batches, masks);
 
         var again = new List<byte[]>();
-        Feed(new KfacAccumulator(Backend(), Shapes, options, Hash), batches, again);
+        Feed(new KfacAccumulator(Backend(backend), Shapes, options, Hash), batches, again);
         Assert.Equal(masks, again);
         var otherSeed = new List<byte[]>();
-        Feed(new KfacAccumulator(Backend(), Shapes, options with { Seed = 8 }, Hash), batches, otherSeed);
+        Feed(new KfacAccumulator(Backend(backend), Shapes, options with { Seed = 8 }, Hash), batches, otherSeed);
         Assert.NotEqual(masks, otherSeed);
 
         int kept = masks.Sum(m => m.Count(v => v != 0));
@@ -144,25 +151,26 @@ public sealed class KfacAccumulatorTests : IDisposable
         Assert.Equal(kept, block.Positions);
         double[][] keptInputs = batches.SelectMany((b, i) => b.Inputs[1].Where((_, m) => masks[i][m] != 0)).ToArray();
         double[][][] keptBlocks = Enumerable.Range(0, 2).Select(k => batches.SelectMany((b, i) => b.Gradients[1][k].Where((_, m) => masks[i][m] != 0)).ToArray()).ToArray();
-        Assert.True(RelativeError(MeanOuter(keptInputs, false), block.A.Data) < 1e-6);
-        Assert.True(RelativeError(MeanOverBlocks(keptBlocks), block.G.Data) < 1e-6);
+        Assert.True(RelativeError(MeanOuter(keptInputs, false), block.A.Data) < 1e-5);
+        Assert.True(RelativeError(MeanOverBlocks(keptBlocks), block.G.Data) < 1e-5);
     }
 
-    [Fact]
-    public void ResumedFitIsBitIdenticalToAnUninterruptedOne()
+    [Theory]
+    [MemberData(nameof(BackendNames))]
+    public void ResumedFitIsBitIdenticalToAnUninterruptedOne(string backend)
     {
         var rng = new Random(50);
         Batch[] batches = RandomBatches(rng, [9, 12, 7, 12, 3], 2);
         var options = new KfacFitOptions { SamplePositions = 0.6, Seed = 3, Ema = 0.9, Samples = 2 };
-        var whole = new KfacAccumulator(Backend(), Shapes, options, Hash);
+        var whole = new KfacAccumulator(Backend(backend), Shapes, options, Hash);
         Feed(whole, batches);
         whole.ToCurvature("t").Save(Path.Combine(dir, "whole.safetensors"));
 
-        var interrupted = new KfacAccumulator(Backend(), Shapes, options, Hash);
+        var interrupted = new KfacAccumulator(Backend(backend), Shapes, options, Hash);
         Feed(interrupted, batches[..2]);
         string checkpoint = Path.Combine(dir, "fit.checkpoint");
         interrupted.SaveCheckpoint(checkpoint, "tokens sha 42, batch 12");
-        var resumed = KfacAccumulator.Resume(checkpoint, Backend(), Shapes, options, Hash, "tokens sha 42, batch 12");
+        var resumed = KfacAccumulator.Resume(checkpoint, Backend(backend), Shapes, options, Hash, "tokens sha 42, batch 12");
         Assert.Equal(2, resumed.BatchesDone);
         Feed(resumed, batches[2..]);
         resumed.ToCurvature("t").Save(Path.Combine(dir, "resumed.safetensors"));
