@@ -1,6 +1,5 @@
 using System.Runtime.InteropServices;
 using FisherKernels.Backends;
-using FisherKernels.Backends.Cpu;
 
 namespace FisherKernels.Native;
 
@@ -32,7 +31,7 @@ internal static unsafe class Exports
             NotNull(handle, "out");
             *handle = 0;
             var name = backend == null ? null : Marshal.PtrToStringUTF8((nint)backend);
-            *handle = Handles.Add(new Engine(CreateBackend(name)));
+            *handle = Handles.Add(new Engine(BackendRegistry.Create(name)));
             return Ok;
         }
         catch (Exception e) { return Fail(e); }
@@ -164,14 +163,6 @@ internal static unsafe class Exports
 
     private static FisherKernelsException ModelsMissing(string function) =>
         FisherKernelsException.Unsupported($"{function} is not available in this build: the ONNX executor is not part of the library yet");
-
-    private static IComputeBackend CreateBackend(string? name) => name switch
-    {
-        null or "cpu" => new CpuBackend(),
-        "cuda" or "opencl" or "ilgpu-cpu" => throw FisherKernelsException.Backend(
-            $"backend '{name}' is not available in this build (only 'cpu' is)"),
-        _ => throw FisherKernelsException.Argument($"unknown backend '{name}': use \"cpu\", \"cuda\", \"opencl\", \"ilgpu-cpu\" or NULL for the best available"),
-    };
 
     private static void NotNull(void* pointer, string name)
     {

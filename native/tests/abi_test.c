@@ -303,6 +303,7 @@ static void test_engines(void)
 struct worker {
     fk_engine* shared;
     uint64_t seed;
+    int use_emulator;
 };
 
 static void* work(void* argument)
@@ -319,6 +320,15 @@ static void* work(void* argument)
         test_models(engine);
         if (round == 0) test_engines(); /* an unknown name probes every backend: slow */
     }
+    /* The ILGPU kernels on ILGPU's CPU emulator, through the same calls (one thread: the emulator is slow). */
+    fk_engine* emulator = NULL;
+    if (w->use_emulator) EXPECT_STATUS(fk_engine_create("ilgpu-cpu", &emulator), FK_OK, "");
+    if (emulator != NULL) {
+        test_kfac_accumulate(emulator, &state);
+        test_woodbury_apply(emulator, &state);
+        test_kron_quadratic(emulator, &state);
+        fk_engine_destroy(emulator);
+    }
     fk_engine_destroy(own);
     return NULL;
 }
@@ -328,7 +338,7 @@ static int run_suite(void)
     fk_engine* shared = NULL;
     EXPECT_STATUS(fk_engine_create("cpu", &shared), FK_OK, "");
     if (shared == NULL) return 1;
-    struct worker workers[2] = { { shared, 0x9e3779b97f4a7c15ULL }, { shared, 0x2545f4914f6cdd1dULL } };
+    struct worker workers[2] = { { shared, 0x9e3779b97f4a7c15ULL, 1 }, { shared, 0x2545f4914f6cdd1dULL, 0 } };
     pthread_t threads[2];
     for (int t = 0; t < 2; t++) pthread_create(&threads[t], NULL, work, &workers[t]);
     for (int t = 0; t < 2; t++) pthread_join(threads[t], NULL);
