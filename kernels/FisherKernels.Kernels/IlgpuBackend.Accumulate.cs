@@ -19,11 +19,11 @@ public sealed partial class IlgpuBackend
     public void AccumulateFactor(ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
                                  float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default)
     {
-        if (rows < 0 || cols < 0) throw FisherKernelsException.Argument($"AccumulateFactor: negative size (rows {rows}, cols {cols})");
+        if (rows < 0 || cols < 0) throw FisherKernelsException.Argument($"AccumulateFactor: invalid shape {rows}×{cols}");
         int dim = cols + (appendOne ? 1 : 0);
         if (x.Length < (long)rows * cols)
             throw FisherKernelsException.Argument($"AccumulateFactor: X needs {(long)rows * cols} elements ({rows}×{cols}), got {x.Length}");
-        if (factor.Length < (long)dim * dim)
+        if (factor.Length != (long)dim * dim)
             throw FisherKernelsException.Argument($"AccumulateFactor: the factor needs {(long)dim * dim} elements ({dim}²), got {factor.Length}");
         if (!rowMask.IsEmpty && rowMask.Length != rows)
             throw FisherKernelsException.Argument($"AccumulateFactor: the row mask has {rowMask.Length} entries for {rows} rows");
@@ -31,7 +31,7 @@ public sealed partial class IlgpuBackend
 
         var stream = accelerator.DefaultStream;
         int tiles = Tiling.TileCount(dim);
-        var f = beta == 0 ? accumulateFactor.Take((long)dim * dim) : accumulateFactor.Upload(factor[..(dim * dim)]);
+        var f = beta == 0 ? accumulateFactor.Take((long)dim * dim) : accumulateFactor.Upload(factor);
         var args = new AccumulateArgs
         {
             Rows = rows, Cols = cols, Dim = dim, HasMask = rowMask.IsEmpty ? 0 : 1, TileCount = tiles,
@@ -39,7 +39,7 @@ public sealed partial class IlgpuBackend
         };
         var config = new KernelConfig(new Index3D(tiles * (tiles + 1) / 2, 1, 1), new Index3D(Tiling.Threads, Tiling.Threads, 1));
         accumulateKernel.Value(config, accumulateX.Upload(x[..(rows * cols)]), accumulateMask.Upload(rowMask), f, args);
-        Download(f, factor[..(dim * dim)], stream);
+        Download(f, factor, stream);
         Synchronize();
     }
 

@@ -30,13 +30,13 @@ public sealed partial class IlgpuBackend : IComputeBackend
         accumulateX = Pool<float>(); accumulateMask = Pool<byte>(); accumulateFactor = Pool<float>();
         jvpBias = Pool<float>();
         quadXs = Pool<float>(); quadT = Pool<float>(); quadY = Pool<float>(); quadOut = Pool<float>();
-        basisQA = Pool<float>(); basisQG = Pool<float>(); basisLambdaA = Pool<float>(); basisLambdaG = Pool<float>();
+        basisQA = Pool<float>(); basisQG = Pool<float>(); basisWeights = Pool<float>();
         woodburyD = Pool<float>(); woodburyU = Pool<float>(); woodburyW = Pool<float>(); woodburyZ = Pool<float>();
-        woodburyR = Pool<float>(); woodburySolved = Pool<float>(); woodburyB = Pool<float>();
+        woodburyProducts = Pool<float>(); woodburySolved = Pool<float>(); woodburyB = Pool<float>();
         gemmKernel = new(() => accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(GemmKernel));
         biasRowsKernel = new(() => accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(BroadcastRowsKernel));
         accumulateKernel = new(() => accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<byte>, ArrayView<float>, AccumulateArgs>(AccumulateKernel));
-        quadraticKernel = new(() => accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, QuadraticArgs>(WeightedSquareSumKernel));
+        quadraticKernel = new(() => accelerator.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(WeightedSquareSumKernel));
         scaleRowsKernel = new(() => accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(DivideRowsKernel));
     }
 

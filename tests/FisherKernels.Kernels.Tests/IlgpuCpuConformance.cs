@@ -12,4 +12,7 @@ public sealed class IlgpuCpuConformance() : BackendConformance(Emulator.Value)
     private static readonly Lazy<SharedBackend> Emulator = new(() => new SharedBackend(IlgpuBackend.CreateCpuEmulator()));
 
     protected override int LargeDim => 70;
+
+    /// <summary>Several 16-row steps with a ragged last one; each step costs two barriers of 256 emulated threads.</summary>
+    protected override int MaxAccumulateRows => 75;
 }

@@ -16,6 +16,9 @@ public abstract partial class BackendConformance : IDisposable
     /// <summary>Largest dimension the "large" cases use; the ILGPU CPU emulator lowers it.</summary>
     protected virtual int LargeDim => 257;
 
+    /// <summary>Most rows an accumulation case streams (the emulator lowers it; the column shapes are kept).</summary>
+    protected virtual int MaxAccumulateRows => int.MaxValue;
+
     public void Dispose()
     {
         Backend.Dispose();

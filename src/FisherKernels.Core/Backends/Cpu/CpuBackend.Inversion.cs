@@ -123,7 +123,7 @@ public sealed partial class CpuBackend
         }
     }
 
-    private static void CheckWoodbury(ReadOnlySpan<float> d, ReadOnlySpan<float> u, ReadOnlySpan<float> s, int n, int r,
+    internal static void CheckWoodbury(ReadOnlySpan<float> d, ReadOnlySpan<float> u, ReadOnlySpan<float> s, int n, int r,
                                       ReadOnlySpan<float> b, int k, ReadOnlySpan<float> output)
     {
         if (n < 0 || r < 0 || k < 0) throw FisherKernelsException.Argument($"Woodbury: negative size (n {n}, r {r}, k {k})");
