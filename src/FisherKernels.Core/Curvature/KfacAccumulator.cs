@@ -42,11 +42,11 @@ public readonly record struct LayerMemory(string Layer, long FactorBytes, long E
 
 /// <summary>
 /// Accumulates the K-FAC factors of every layer (SPEC §3) from streamed batches, through the backend's
-/// kernel family 1. Per batch: <see cref="BeginBatch"/> (draws the position mask), one <see cref="Add"/>
-/// per layer with that layer's inputs and output gradients, <see cref="EndBatch"/>.
+/// kernel family 1. Per batch: <see cref="BeginBatch"/> (draws the position mask); per layer <see cref="AddInputs"/> once
+/// and <see cref="AddOutputGradients"/> once per label draw; <see cref="EndBatch"/>.
 /// <para>
 /// The factors are running means over the kept positions (weighted by positions, so the fit of a file is
-/// the merge of the fits of its parts); with <see cref="KfacFitOptions.Ema"/> λ the first batch sets them
+/// the merge of the fits of its parts; a layer applied k times per position counts k·M positions); with <see cref="KfacFitOptions.Ema"/> λ the first batch sets them
 /// and each later one does <c>F ← λ·F + (1-λ)·F_batch</c>, and the position count becomes the effective
 /// count <c>M ← λ·M + m</c> (steady state <c>m/(1-λ)</c>: the positions the average still remembers).
 /// <c>positions</c> counts the positions kept by <c>--sample-positions</c>: the factors are means over
@@ -75,7 +75,11 @@ public sealed class KfacAccumulator
         public readonly float[] A = new float[ADimOf(shape) * ADimOf(shape)];
         public readonly float[] G = new float[(long)shape.OutFeatures * shape.OutFeatures];
         public double Positions;
-        public bool AddedThisBatch;
+        // This batch: rows given (-1 before the inputs), their mask, how many are kept, gradient calls so far.
+        public int Rows = -1;
+        public byte[] RowMask = [];
+        public int Kept;
+        public int GradientCalls;
     }
 
     public KfacAccumulator(IComputeBackend backend, IReadOnlyList<LayerShape> layers, KfacFitOptions options, string modelSha256)
@@ -137,40 +141,69 @@ public sealed class KfacAccumulator
     }
 
     /// <summary>
-    /// Adds one layer's data for the current batch: <paramref name="inputs"/> <c>[M × in]</c> (the layer inputs a,
-    /// one row per position) and <paramref name="outputGradients"/> <c>[blocks·M × out]</c>: <paramref name="blocks"/>
-    /// blocks of output gradients g in the same position order, e.g. one per label draw of the sampled Fisher.
-    /// <c>G_batch = blockWeight/M · Σ_blocks Σ_m g gᵀ</c> over the kept positions; blockWeight defaults to 1/blocks
-    /// (the average over draws). The exact Fisher passes rows already scaled by √p(y) with blockWeight 1.
+    /// Adds one layer's inputs a for the current batch: <paramref name="inputs"/> <c>[R × in]</c>, one row per position, where
+    /// R is the batch's positions times the number of times the layer is applied (applications one after the other).
+    /// Once per layer and batch, before its output gradients.
     /// </summary>
-    public void Add(string layer, ReadOnlySpan<float> inputs, ReadOnlySpan<float> outputGradients, int blocks = 1, double? blockWeight = null)
+    public void AddInputs(string layer, ReadOnlySpan<float> inputs)
     {
-        if (batchPositions < 0) throw new InvalidOperationException("K-FAC fit: Add called outside BeginBatch/EndBatch");
-        if (!indexOf.TryGetValue(layer, out int index)) throw FisherKernelsException.Argument($"K-FAC fit: '{layer}' is not a layer of the model");
-        LayerState state = layers[index];
-        if (state.AddedThisBatch) throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}' was given twice in batch {BatchesDone}");
-        int m = batchPositions, inF = state.Shape.InFeatures, outF = state.Shape.OutFeatures;
-        if (blocks < 1) throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}': blocks must be at least 1, got {blocks}");
-        if (inputs.Length != (long)m * inF)
-            throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}' inputs have {inputs.Length} values, expected {m} positions × {inF}");
-        if (outputGradients.Length != (long)blocks * m * outF)
-            throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}' output gradients have {outputGradients.Length} values, expected {blocks} × {m} positions × {outF}");
-        double weight = blockWeight ?? 1.0 / blocks;
-        if (!(weight > 0) || !double.IsFinite(weight)) throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}': block weight must be positive, got {weight}");
-        state.AddedThisBatch = true;
-        int kept = keptInBatch;
-        if (kept == 0) return;
+        LayerState state = Layer(layer);
+        if (state.Rows >= 0) throw FisherKernelsException.Argument($"K-FAC fit: the inputs of layer '{layer}' were given twice in batch {BatchesDone}");
+        int inF = state.Shape.InFeatures;
+        if (inputs.Length % inF != 0 || batchPositions == 0 || inputs.Length / inF % batchPositions != 0)
+            throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}' inputs have {inputs.Length} values, expected a multiple of {batchPositions} positions × {inF}");
+        int rows = inputs.Length / inF;
+        state.Rows = rows;
+        state.RowMask = ExpandMask(rows);
+        state.Kept = mask.Length == 0 ? rows : keptInBatch * (rows / batchPositions);
+        state.GradientCalls = 0;
+        if (state.Kept == 0) return;
+        var (alpha, beta) = Weights(state);
+        backend.AccumulateFactor(inputs, rows, inF, state.Shape.HasBias, (float)alpha, (float)beta, state.A, state.RowMask);
+    }
 
-        // F ← β·F + α·Σ x xᵀ: the running mean (β = n/(n+m)) or the EMA (β = λ); the first data sets F (β = 0).
-        double beta, alpha;
-        if (state.Positions == 0) { beta = 0; alpha = 1.0 / kept; }
-        else if (Options.Ema is double lambda) { beta = lambda; alpha = (1 - lambda) / kept; }
-        else { beta = state.Positions / (state.Positions + kept); alpha = 1.0 / (state.Positions + kept); }
+    /// <summary>
+    /// Adds output gradients g of one layer for the current batch, <c>[R × out]</c> in the rows order of its inputs:
+    /// <c>G_batch = Σ_calls weight/M · Σ_m g gᵀ</c> over the kept rows. The sampled Fisher calls this once per label draw
+    /// with weight 1/k (the average over draws); the exact Fisher once per (position, label) with rows already scaled by
+    /// √p(y) and weight 1; the empirical Fisher once with weight 1.
+    /// </summary>
+    public void AddOutputGradients(string layer, ReadOnlySpan<float> outputGradients, double weight = 1)
+    {
+        LayerState state = Layer(layer);
+        if (state.Rows < 0) throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}': output gradients before its inputs in batch {BatchesDone}");
+        int outF = state.Shape.OutFeatures;
+        if (outputGradients.Length != (long)state.Rows * outF)
+            throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}' output gradients have {outputGradients.Length} values, expected {state.Rows} rows × {outF}");
+        if (!(weight > 0) || !double.IsFinite(weight)) throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}': gradient weight must be positive, got {weight}");
+        bool first = state.GradientCalls++ == 0;
+        if (state.Kept == 0) return;
+        var (alpha, beta) = Weights(state);
+        backend.AccumulateFactor(outputGradients, state.Rows, outF, false, (float)(alpha * weight), first ? (float)beta : 1f, state.G, state.RowMask);
+    }
 
-        backend.AccumulateFactor(inputs, m, inF, state.Shape.HasBias, (float)alpha, (float)beta, state.A, mask);
-        for (int b = 0; b < blocks; b++)
-            backend.AccumulateFactor(outputGradients.Slice(b * m * outF, m * outF), m, outF, false,
-                                     (float)(alpha * weight), b == 0 ? (float)beta : 1f, state.G, mask);
+    LayerState Layer(string layer)
+    {
+        if (batchPositions < 0) throw new InvalidOperationException("K-FAC fit: data given outside BeginBatch/EndBatch");
+        return indexOf.TryGetValue(layer, out int index) ? layers[index] : throw FisherKernelsException.Argument($"K-FAC fit: '{layer}' is not a layer of the model");
+    }
+
+    /// <summary>F ← β·F + α·Σ x xᵀ: the running mean (β = n/(n+m)) or the EMA (β = λ); the first data sets F (β = 0).</summary>
+    (double Alpha, double Beta) Weights(LayerState state)
+    {
+        double kept = state.Kept;
+        if (state.Positions == 0) return (1.0 / kept, 0);
+        if (Options.Ema is double lambda) return ((1 - lambda) / kept, lambda);
+        return (1.0 / (state.Positions + kept), state.Positions / (state.Positions + kept));
+    }
+
+    /// <summary>The batch mask repeated for each application of a layer (row r is position r mod P).</summary>
+    byte[] ExpandMask(int rows)
+    {
+        if (mask.Length == 0 || rows == mask.Length) return mask;
+        var expanded = new byte[rows];
+        for (int r = 0; r < rows; r++) expanded[r] = mask[r % mask.Length];
+        return expanded;
     }
 
     /// <summary>Ends the current batch; every layer must have been given.</summary>
@@ -178,11 +211,12 @@ public sealed class KfacAccumulator
     {
         if (batchPositions < 0) throw new InvalidOperationException("K-FAC fit: EndBatch called without BeginBatch");
         foreach (LayerState s in layers)
-            if (!s.AddedThisBatch) throw FisherKernelsException.Argument($"K-FAC fit: batch {BatchesDone} gave no data for layer '{s.Shape.Layer}'");
+            if (s.Rows < 0 || s.GradientCalls == 0)
+                throw FisherKernelsException.Argument($"K-FAC fit: batch {BatchesDone} gave no {(s.Rows < 0 ? "inputs" : "output gradients")} for layer '{s.Shape.Layer}'");
         foreach (LayerState s in layers)
         {
-            s.AddedThisBatch = false;
-            if (keptInBatch > 0) s.Positions = Options.Ema is double lambda && s.Positions > 0 ? lambda * s.Positions + keptInBatch : s.Positions + keptInBatch;
+            if (s.Kept > 0) s.Positions = Options.Ema is double lambda && s.Positions > 0 ? lambda * s.Positions + s.Kept : s.Positions + s.Kept;
+            s.Rows = -1;
         }
         batchPositions = -1;
         BatchesDone++;

@@ -30,7 +30,10 @@ public sealed class KfacAccumulatorTests : IDisposable
             byte[] mask = acc.BeginBatch(b.Positions).ToArray();
             masks?.Add(mask);
             for (int l = 0; l < Shapes.Length; l++)
-                acc.Add(Shapes[l].Layer, Flat(b.Inputs[l]), b.Gradients[l].SelectMany(Flat).ToArray(), blocks: b.Gradients[l].Length);
+            {
+                acc.AddInputs(Shapes[l].Layer, Flat(b.Inputs[l]));
+                foreach (double[][] draw in b.Gradients[l]) acc.AddOutputGradients(Shapes[l].Layer, Flat(draw), 1.0 / b.Gradients[l].Length);
+            }
             acc.EndBatch();
         }
     }
@@ -157,6 +160,28 @@ public sealed class KfacAccumulatorTests : IDisposable
 
     [Theory]
     [MemberData(nameof(BackendNames))]
+    public void ALayerAppliedTwiceCountsBothApplicationsUnderTheSameMask(string backend)
+    {
+        var rng = new Random(45);
+        LayerShape shape = new("tied.weight", 3, 2, false);
+        double[][] first = RandomRows(rng, 40, 3, 1), second = RandomRows(rng, 40, 3, 1), g = RandomRows(rng, 80, 2, 0.1);
+        var acc = new KfacAccumulator(Backend(backend), [shape], new KfacFitOptions { SamplePositions = 0.5, Seed = 9 }, Hash);
+        byte[] mask = acc.BeginBatch(40).ToArray();
+        acc.AddInputs(shape.Layer, Flat([.. first, .. second]));
+        acc.AddOutputGradients(shape.Layer, Flat(g));
+        acc.EndBatch();
+        KroneckerBlock block = acc.ToCurvature("t")[shape.Layer];
+
+        double[][] kept = [.. first.Where((_, m) => mask[m] != 0), .. second.Where((_, m) => mask[m] != 0)];
+        double[][] keptG = g.Where((_, r) => mask[r % 40] != 0).ToArray();
+        Assert.Equal(kept.Length, block.Positions);
+        Assert.Equal(2 * mask.Count(v => v != 0), kept.Length);
+        Assert.True(RelativeError(MeanOuter(kept, false), block.A.Data) < 1e-5);
+        Assert.True(RelativeError(MeanOuter(keptG, false), block.G.Data) < 1e-5);
+    }
+
+    [Theory]
+    [MemberData(nameof(BackendNames))]
     public void ResumedFitIsBitIdenticalToAnUninterruptedOne(string backend)
     {
         var rng = new Random(50);
@@ -218,10 +243,13 @@ public sealed class KfacAccumulatorTests : IDisposable
     {
         var acc = new KfacAccumulator(Backend(), Shapes, new KfacFitOptions(), Hash);
         acc.BeginBatch(3);
-        Assert.Contains("'nope'", Assert.Throws<FisherKernelsException>(() => acc.Add("nope", new float[15], new float[21])).Message);
-        Assert.Contains("'up.weight'", Assert.Throws<FisherKernelsException>(() => acc.Add("up.weight", new float[14], new float[21])).Message);
-        acc.Add("up.weight", new float[15], new float[21]);
-        Assert.Contains("'up.weight'", Assert.Throws<FisherKernelsException>(() => acc.Add("up.weight", new float[15], new float[21])).Message);
+        Assert.Contains("'nope'", Assert.Throws<FisherKernelsException>(() => acc.AddInputs("nope", new float[15])).Message);
+        Assert.Contains("'up.weight'", Assert.Throws<FisherKernelsException>(() => acc.AddInputs("up.weight", new float[14])).Message);
+        Assert.Contains("'up.weight'", Assert.Throws<FisherKernelsException>(() => acc.AddOutputGradients("up.weight", new float[21])).Message);
+        acc.AddInputs("up.weight", new float[15]);
+        Assert.Contains("'up.weight'", Assert.Throws<FisherKernelsException>(() => acc.AddInputs("up.weight", new float[15])).Message);
+        Assert.Contains("'up.weight'", Assert.Throws<FisherKernelsException>(() => acc.AddOutputGradients("up.weight", new float[20])).Message);
+        acc.AddOutputGradients("up.weight", new float[21]);
         Assert.Contains("'onnx::MatMul_3'", Assert.Throws<FisherKernelsException>(() => acc.EndBatch()).Message);
         Assert.Contains("--ema", Assert.Throws<FisherKernelsException>(() => new KfacAccumulator(Backend(), Shapes, new KfacFitOptions { Ema = 1 }, Hash)).Message);
         Assert.Contains("--sample-positions", Assert.Throws<FisherKernelsException>(() => new KfacAccumulator(Backend(), Shapes, new KfacFitOptions { SamplePositions = 0 }, Hash)).Message);
@@ -264,7 +292,7 @@ public sealed class KfacAccumulatorTests : IDisposable
         {
             var acc = new KfacAccumulator(Backend(), [head], new KfacFitOptions { Samples = draws, Seed = 5 }, Hash);
             acc.BeginBatch(positions);
-            var gradients = new float[draws * positions * vocab];
+            var gradients = new float[draws * positions * vocab]; // one block [positions × vocab] per draw
             var labels = new long[positions];
             for (int d = 0; d < draws; d++)
             {
@@ -276,7 +304,8 @@ public sealed class KfacAccumulatorTests : IDisposable
                     for (int v = 0; v < vocab; v++) gradients[(d * positions + m) * vocab + v] = (float)(p[v] - (v == labels[m] ? 1 : 0));
                 }
             }
-            acc.Add("head", new float[positions], gradients, blocks: draws);
+            acc.AddInputs("head", new float[positions]);
+            for (int d = 0; d < draws; d++) acc.AddOutputGradients("head", gradients.AsSpan(d * positions * vocab, positions * vocab), 1.0 / draws);
             acc.EndBatch();
             return RelativeError(exact, acc.ToCurvature("t")["head"].G.Data);
         }
