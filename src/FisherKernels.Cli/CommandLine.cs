@@ -19,6 +19,7 @@ internal static class CommandLine
                 "inspect" => Commands.ModelCommands.Inspect(args, Console.Out),
                 "forward" => Commands.ModelCommands.Forward(args),
                 "run" => Commands.ModelCommands.Run(args),
+                "demo" => Demo.DemoCommand.Run(args[1..]),
                 _ => throw FisherKernelsException.Argument($"unknown command '{args[0]}'\n{Usage}"),
             };
         }
@@ -39,7 +40,7 @@ internal static class CommandLine
           merge    C1.safetensors C2.safetensors ... --out C.safetensors
           run      --model M.onnx --input NAME=FILE.npy [...] --out-dir DIR
           bench    [--backend cpu|cuda|opencl|ilgpu-cpu|all] [--model M.onnx --tokens T.npy] [--json]
-          demo
+          demo     [--model-dir DIR] [--out-dir DIR]
         common: --backend NAME, --threads N, --verbose
         """;
 }
