@@ -6,7 +6,6 @@ using FisherKernels.Native;
 namespace FisherKernels.Perf;
 
 /// <summary>Kernel family 1: the EMA factor update against OpenBLAS ssyrk (SkylakeX kernels) with the same α, β.</summary>
-[SimpleJob(warmupCount: 2, iterationCount: 7, invocationCount: 1)]
 public class AccumulateBenchmarks
 {
     private float[] x = [], ours = [], theirs = [];
@@ -41,7 +40,6 @@ public class AccumulateBenchmarks
 }
 
 /// <summary>Kernel family 3: dy = x·dWᵀ + dx·Wᵀ + db against two plain GEMMs and a bias pass.</summary>
-[SimpleJob(warmupCount: 2, iterationCount: 7, invocationCount: 1)]
 public class LinearJvpBenchmarks
 {
     private const int Rows = 4096, In = 1024, Out = 4096;
