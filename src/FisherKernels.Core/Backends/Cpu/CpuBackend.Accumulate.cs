@@ -50,7 +50,7 @@ public sealed partial class CpuBackend
         }
         var kernel = ChooseKernel(n);
         if (kernel == AccumulateKernel.Ssyrk) AccumulateWithSsyrk(x, rows, cols, appendOne, alpha, beta, factor, rowMask);
-        else AccumulateTiled(kernel, x, rows, cols, appendOne, alpha, beta, factor, rowMask);
+        else AccumulateTiled(kernel, x, rows, cols, appendOne, active, alpha, beta, factor, rowMask);
     }
 
     private unsafe AccumulateKernel ChooseKernel(int n)
@@ -79,13 +79,12 @@ public sealed partial class CpuBackend
     /// parallel, α and β fused into the microkernel's store; the last block mirrors each finished tile.
     /// </summary>
     private unsafe void AccumulateTiled(AccumulateKernel kernel, ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
-                                        float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask)
+                                        int active, float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask)
     {
         int n = cols + (appendOne ? 1 : 0);
         int panels = (n + PanelWidth - 1) / PanelWidth;
         int tilesPerSide = (n + TileSize - 1) / TileSize;
         int tileCount = tilesPerSide * (tilesPerSide + 1) / 2;
-        int active = rowMask.IsEmpty ? rows : rows - rowMask.Count((byte)0);
         int blocks = (active + BlockRows - 1) / BlockRows;
         var packed = ArrayPool<float>.Shared.Rent(panels * BlockRows * PanelWidth);
         var blockRowIndex = ArrayPool<int>.Shared.Rent(BlockRows);
@@ -95,8 +94,9 @@ public sealed partial class CpuBackend
         {
             fixed (float* px = x, pf = factor, pp = packed)
             fixed (byte* pm = rowMask)
+            fixed (int* pr = blockRowIndex)
             {
-                var job = new TiledJob(kernel, px, cols, appendOne, n, pp, pf, alpha, tilesPerSide);
+                var job = new TiledJob(kernel, px, cols, appendOne, n, pp, pf, alpha, tilesPerSide, pr);
                 int nextRow = 0;
                 for (int block = 0; block < blocks; block++)
                 {
@@ -106,19 +106,15 @@ public sealed partial class CpuBackend
                     job.BlockRowCount = count;
                     job.Beta = block == 0 ? beta : 1f;
                     job.Mirror = block == blocks - 1;
-                    fixed (int* pr = blockRowIndex)
+                    if (parallel)
                     {
-                        job.RowIndex = pr;
-                        if (parallel)
-                        {
-                            Parallel.For(0, panels, Parallelism, job.PackPanel);
-                            Parallel.For(0, tileCount, Parallelism, job.UpdateTile);
-                        }
-                        else
-                        {
-                            for (int p = 0; p < panels; p++) job.PackPanel(p);
-                            for (int t = 0; t < tileCount; t++) job.UpdateTile(t);
-                        }
+                        Parallel.For(0, panels, Parallelism, job.PackPanel);
+                        Parallel.For(0, tileCount, Parallelism, job.UpdateTile);
+                    }
+                    else
+                    {
+                        for (int p = 0; p < panels; p++) job.PackPanel(p);
+                        for (int t = 0; t < tileCount; t++) job.UpdateTile(t);
                     }
                 }
             }
@@ -132,9 +128,9 @@ public sealed partial class CpuBackend
 
     /// <summary>The state of one tiled accumulation, shared by the workers of each block.</summary>
     private sealed unsafe class TiledJob(AccumulateKernel kernel, float* x, int cols, bool appendOne, int n,
-                                         float* packed, float* factor, float alpha, int tilesPerSide)
+                                         float* packed, float* factor, float alpha, int tilesPerSide, int* rowIndex)
     {
-        public int* RowIndex;
+        /// <summary>Active rows in this block; their indices into X are rowIndex[0..BlockRowCount).</summary>
         public int BlockRowCount;
         public float Beta;
         public bool Mirror;
@@ -148,7 +144,7 @@ public sealed partial class CpuBackend
             float* dst = packed + (long)panel * BlockRows * PanelWidth;
             for (int k = 0; k < BlockRowCount; k++, dst += PanelWidth)
             {
-                Buffer.MemoryCopy(x + (long)RowIndex[k] * cols + c0, dst, PanelWidth * sizeof(float), copy * sizeof(float));
+                Buffer.MemoryCopy(x + (long)rowIndex[k] * cols + c0, dst, PanelWidth * sizeof(float), copy * sizeof(float));
                 if (copy == PanelWidth) continue;
                 new Span<float>(dst + copy, PanelWidth - copy).Clear();
                 if ((uint)onesAt < PanelWidth) dst[onesAt] = 1;
