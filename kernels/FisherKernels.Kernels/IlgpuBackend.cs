@@ -84,6 +84,9 @@ public sealed partial class IlgpuBackend : IComputeBackend
 
     public string Name { get; }
 
+    /// <summary>The ILGPU accelerator (for baselines that run on the same device context, e.g. cuBLAS).</summary>
+    internal Accelerator Accelerator => accelerator;
+
     public string Device => $"{accelerator.Name} ({accelerator.AcceleratorType}, {accelerator.MemorySize / (1 << 20)} MiB)";
 
     /// <summary>

@@ -3,7 +3,6 @@ using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using System.Text.Json;
 using FisherKernels.Backends;
-using FisherKernels.Backends.Cpu;
 
 namespace FisherKernels.Cli.Bench;
 
@@ -37,18 +36,14 @@ internal static class BenchCommand
         return 0;
     }
 
+    /// <summary>
+    /// The named backend, or for "all" every backend available here except the ILGPU CPU emulator (a test tool,
+    /// far too slow for full-size figures: ask for it by name, with --quick).
+    /// </summary>
     private static IEnumerable<IComputeBackend> OpenBackends(string name, int threads)
     {
-        switch (name)
-        {
-            case "cpu" or "all":
-                yield return new CpuBackend(threads);
-                break;
-            case "cuda" or "opencl" or "ilgpu-cpu":
-                throw FisherKernelsException.Unsupported($"--backend {name}: the ILGPU backends are not in this build yet");
-            default:
-                throw FisherKernelsException.Argument($"--backend: unknown backend '{name}' (expected cpu, cuda, opencl, ilgpu-cpu or all)");
-        }
+        var names = name == "all" ? BackendRegistry.Available().Where(n => n != "ilgpu-cpu").ToList() : [name];
+        foreach (string backend in names) yield return BackendRegistry.Create(backend, threads);
     }
 
     private static void WriteJson(TextWriter stdout, string machine, List<BenchResult> results)

@@ -1,5 +1,6 @@
 using FisherKernels.Backends;
 using FisherKernels.Backends.Cpu;
+using FisherKernels.Backends.Cuda;
 using FisherKernels.Native;
 
 namespace FisherKernels.Cli.Bench;
@@ -23,12 +24,15 @@ internal sealed class AccumulateBench : IBenchSuite
             const float lambda = 0.95f;
             float alpha = (1 - lambda) / rows;
             var baseline = SyrkBaseline.Create(context.Threads);
+            using var cublas = CublasBaseline.TryCreate(context.Backend);
             var times = BenchTimer.MedianPairMs(
                 () => context.Backend.AccumulateFactor(x, rows, cols, false, alpha, lambda, ours),
-                () => baseline.Run(x, rows, cols, alpha, lambda, baselineFactor));
+                cublas is null ? () => baseline.Run(x, rows, cols, alpha, lambda, baselineFactor)
+                               : () => cublas.Syrk(x, rows, cols, alpha, lambda, baselineFactor));
             // The symmetric rank-k update's own count (one triangle): what ssyrk is credited with.
             double flops = (double)rows * cols * (cols + 1);
-            yield return BenchResult.Timed("kfac_accumulate", context.Backend.Name, $"{rows}x{cols}", flops, times, baseline.Name);
+            yield return BenchResult.Timed("kfac_accumulate", context.Backend.Name, $"{rows}x{cols}", flops, times,
+                                           cublas is null ? baseline.Name : "cublas_ssyrk");
         }
     }
 
@@ -68,9 +72,10 @@ internal sealed class LinearJvpBench : IBenchSuite
         using var cpu = new CpuBackend(context.Threads);
         var first = new GemmShape(rows, outFeatures, inFeatures, TransB: true);
         var second = first with { Beta = 1f };
+        using var cublas = CublasBaseline.TryCreate(context.Backend);
         var times = BenchTimer.MedianPairMs(
             () => context.Backend.LinearJvp(x, dx, w, dw, db, rows, inFeatures, outFeatures, dy),
-            () =>
+            cublas is not null ? () => cublas.LinearJvp(x, dx, w, dw, db, rows, inFeatures, outFeatures, baselineDy) : () =>
             {
                 cpu.Gemm(first, x, dw, baselineDy);
                 cpu.Gemm(second, dx, w, baselineDy);
@@ -78,7 +83,8 @@ internal sealed class LinearJvpBench : IBenchSuite
                     System.Numerics.Tensors.TensorPrimitives.Add(baselineDy.AsSpan(r * outFeatures, outFeatures), db, baselineDy.AsSpan(r * outFeatures, outFeatures));
             });
         double flops = 4.0 * rows * inFeatures * outFeatures + (double)rows * outFeatures;
-        yield return BenchResult.Timed("linear_jvp", context.Backend.Name, $"{rows}x{inFeatures}x{outFeatures}", flops, times, "two_gemms");
+        yield return BenchResult.Timed("linear_jvp", context.Backend.Name, $"{rows}x{inFeatures}x{outFeatures}", flops, times,
+                                       cublas is null ? "two_gemms" : "cublas_two_sgemm_sger");
     }
 }
 
