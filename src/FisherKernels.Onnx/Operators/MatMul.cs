@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using FisherKernels.Backends;
 
 namespace FisherKernels.Onnx.Operators;
@@ -17,16 +18,20 @@ internal sealed class MatMul : Operator
         var a = RequiredFloat(inputs, 0, "A");
         var b = RequiredFloat(inputs, 1, "B");
         if (a.Shape.Length == 0 || b.Shape.Length == 0) throw Error("MatMul operands must have rank 1 or more");
-        var dims = Dims.Of(a.Shape, b.Shape) ?? throw Error($"shapes [{ShapeUtil.Format(a.Shape)}] and [{ShapeUtil.Format(b.Shape)}] cannot be multiplied");
-        return [new TensorInfo(ElementType.Float32, dims.OutputShape(a.Shape.Length, b.Shape.Length))];
+        if (!Dims.TryCreate(a.Shape, b.Shape, out var d))
+            throw Error($"shapes [{ShapeUtil.Format(a.Shape)}] and [{ShapeUtil.Format(b.Shape)}] cannot be multiplied");
+        var shape = new List<int>(d.Out[..d.Rank].ToArray());
+        if (a.Shape.Length > 1) shape.Add(d.M);
+        if (b.Shape.Length > 1) shape.Add(d.N);
+        return [new TensorInfo(ElementType.Float32, [.. shape])];
     }
 
     public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
     {
         var (a, b, y) = Operands(inputs, outputs);
-        var d = Dims.Of(a.Shape, b.Shape)!.Value;
+        Dims.TryCreate(a.Shape, b.Shape, out var d);
         // y[M×N] = A[M×K]·B[K×N] per batch
-        Gemm(context.Backend, d, a.Data, d.BatchA, b.Data, d.BatchB, y.Data, d.Batch, d.M, d.N, d.K, false, false, 0);
+        Gemm(context.Backend, d.Out[..d.Rank], a.Data, d.A[..d.Rank], b.Data, d.B[..d.Rank], y.Data, d.Out[..d.Rank], d.M, d.N, d.K, false, false, 0);
     }
 
     public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
@@ -34,10 +39,11 @@ internal sealed class MatMul : Operator
     {
         if (outputGrads[0] is not { } gy) return;
         var (a, b, _) = Operands(inputs, outputs);
-        var d = Dims.Of(a.Shape, b.Shape)!.Value;
+        Dims.TryCreate(a.Shape, b.Shape, out var d);
+        ReadOnlySpan<int> batch = d.Out[..d.Rank], batchA = d.A[..d.Rank], batchB = d.B[..d.Rank];
         // gA[M×K] += gY[M×N]·Bᵀ,  gB[K×N] += Aᵀ·gY[M×N]; batches broadcast into an operand add up there.
-        if (inputGrads[0] is { } ga) Gemm(context.Backend, d, gy.Data, d.Batch, b.Data, d.BatchB, ga.Data, d.BatchA, d.M, d.K, d.N, false, true, 1);
-        if (inputGrads[1] is { } gb) Gemm(context.Backend, d, a.Data, d.BatchA, gy.Data, d.Batch, gb.Data, d.BatchB, d.K, d.N, d.M, true, false, 1);
+        if (inputGrads[0] is { } ga) Gemm(context.Backend, batch, gy.Data, batch, b.Data, batchB, ga.Data, batchA, d.M, d.K, d.N, false, true, 1);
+        if (inputGrads[1] is { } gb) Gemm(context.Backend, batch, a.Data, batchA, gy.Data, batch, gb.Data, batchB, d.K, d.N, d.M, true, false, 1);
     }
 
     public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
@@ -45,58 +51,56 @@ internal sealed class MatMul : Operator
     {
         if (outputTangents[0] is not { } ty) return;
         var (a, b, _) = Operands(inputs, outputs);
-        var d = Dims.Of(a.Shape, b.Shape)!.Value;
+        Dims.TryCreate(a.Shape, b.Shape, out var d);
+        ReadOnlySpan<int> batch = d.Out[..d.Rank], batchA = d.A[..d.Rank], batchB = d.B[..d.Rank];
         float beta = 0;
-        if (inputTangents[0] is { } ta) { Gemm(context.Backend, d, ta.Data, d.BatchA, b.Data, d.BatchB, ty.Data, d.Batch, d.M, d.N, d.K, false, false, beta); beta = 1; }
-        if (inputTangents[1] is { } tb) { Gemm(context.Backend, d, a.Data, d.BatchA, tb.Data, d.BatchB, ty.Data, d.Batch, d.M, d.N, d.K, false, false, beta); beta = 1; }
+        if (inputTangents[0] is { } ta) { Gemm(context.Backend, batch, ta.Data, batchA, b.Data, batchB, ty.Data, batch, d.M, d.N, d.K, false, false, beta); beta = 1; }
+        if (inputTangents[1] is { } tb) { Gemm(context.Backend, batch, a.Data, batchA, tb.Data, batchB, ty.Data, batch, d.M, d.N, d.K, false, false, beta); beta = 1; }
         if (beta == 0) ty.Span.Clear();
     }
 
     private (NdArray<float> A, NdArray<float> B, NdArray<float> Y) Operands(ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs) =>
         (Tensors.Float(inputs[0], Node, "A"), Tensors.Float(inputs[1], Node, "B"), Tensors.Float(outputs[0], Node, "Y"));
 
-    /// <summary>Matrix sizes and the batch shapes of A, B and the output, all of the output's batch rank.</summary>
-    internal readonly record struct Dims(int M, int N, int K, int[] BatchA, int[] BatchB, int[] Batch)
+    [InlineArray(Broadcast.MaxRank)] private struct BatchShape { private int element; }
+
+    /// <summary>Matrix sizes and the batch shapes of A, B and the output, right-aligned to the output's batch rank (no allocation).</summary>
+    private struct Dims
     {
-        public static Dims? Of(int[] a, int[] b)
-        {
-            int m = a.Length == 1 ? 1 : a[^2], k = a[^1];
-            int kb = b.Length == 1 ? b[0] : b[^2], n = b.Length == 1 ? 1 : b[^1];
-            if (k != kb) return null;
-            var batchA = a.Length > 2 ? a[..^2] : [];
-            var batchB = b.Length > 2 ? b[..^2] : [];
-            var batch = Broadcast.Shape(batchA, batchB);
-            if (batch is null) return null;
-            return new Dims(m, n, k, Pad(batchA, batch.Length), Pad(batchB, batch.Length), batch);
-        }
+        public int M, N, K, Rank;
+        public BatchShape A, B, Out;
 
-        public int[] OutputShape(int rankA, int rankB)
+        public static bool TryCreate(ReadOnlySpan<int> a, ReadOnlySpan<int> b, out Dims d)
         {
-            var shape = new List<int>(Batch);
-            if (rankA > 1) shape.Add(M);
-            if (rankB > 1) shape.Add(N);
-            return [.. shape];
-        }
-
-        private static int[] Pad(int[] shape, int rank)
-        {
-            var padded = new int[rank];
-            Array.Fill(padded, 1);
-            shape.CopyTo(padded, rank - shape.Length);
-            return padded;
+            d = default;
+            d.M = a.Length == 1 ? 1 : a[^2];
+            d.K = a[^1];
+            d.N = b.Length == 1 ? 1 : b[^1];
+            if ((b.Length == 1 ? b[0] : b[^2]) != d.K) return false;
+            ReadOnlySpan<int> batchA = a.Length > 2 ? a[..^2] : default, batchB = b.Length > 2 ? b[..^2] : default;
+            d.Rank = Math.Max(batchA.Length, batchB.Length);
+            if (d.Rank > Broadcast.MaxRank) throw FisherKernelsException.Unsupported($"MatMul batch rank {d.Rank} is above {Broadcast.MaxRank}");
+            for (int i = 0; i < d.Rank; i++)
+            {
+                int da = i < d.Rank - batchA.Length ? 1 : batchA[i - (d.Rank - batchA.Length)];
+                int db = i < d.Rank - batchB.Length ? 1 : batchB[i - (d.Rank - batchB.Length)];
+                if (da != db && da != 1 && db != 1) return false;
+                d.A[i] = da; d.B[i] = db; d.Out[i] = da == 1 ? db : da;
+            }
+            return true;
         }
     }
 
     /// <summary>
-    /// C_c (+)= op(A_a)·op(B_b) over the broadcast of the three batch shapes (C [m×n], op(A) [m×k],
-    /// op(B) [k×n] per batch). When C is broadcast over some batch dimension its batches are visited
-    /// several times, which is only meaningful with <paramref name="beta"/> = 1 (gradients add up).
+    /// C_c (+)= op(A_a)·op(B_b) over the broadcast batch (C [m×n], op(A) [m×k], op(B) [k×n] per batch).
+    /// When C is broadcast over some batch dimension its batches are visited several times, which is only
+    /// meaningful with <paramref name="beta"/> = 1 (gradients add up).
     /// </summary>
-    private static void Gemm(IComputeBackend backend, in Dims dims, float[] a, int[] batchA, float[] b, int[] batchB,
-                             float[] c, int[] batchC, int m, int n, int k, bool transA, bool transB, float beta)
+    private static void Gemm(IComputeBackend backend, ReadOnlySpan<int> batch, float[] a, ReadOnlySpan<int> batchA, float[] b, ReadOnlySpan<int> batchB,
+                             float[] c, ReadOnlySpan<int> batchC, int m, int n, int k, bool transA, bool transB, float beta)
     {
         long countA = ShapeUtil.Product(batchA), countB = ShapeUtil.Product(batchB), countC = ShapeUtil.Product(batchC);
-        long count = ShapeUtil.Product(dims.Batch);
+        long count = ShapeUtil.Product(batch);
         if (count == 0 || m == 0 || n == 0) return;
         if (countB == 1 && countA == count && countC == count && !transA)
         {
@@ -116,14 +120,14 @@ internal sealed class MatMul : Operator
         else
         {
             // General broadcast (or a reduction into C): one GEMM per output batch.
-            int rank = dims.Batch.Length;
+            int rank = batch.Length;
             Span<int> index = stackalloc int[rank];
             for (long i = 0; i < count; i++)
             {
                 long rest = i, offA = 0, offB = 0, offC = 0, strideA = 1, strideB = 1, strideC = 1;
                 for (int d = rank - 1; d >= 0; d--)
                 {
-                    int idx = (int)(rest % dims.Batch[d]); rest /= dims.Batch[d];
+                    int idx = (int)(rest % batch[d]); rest /= batch[d];
                     if (batchA[d] != 1) offA += idx * strideA;
                     if (batchB[d] != 1) offB += idx * strideB;
                     if (batchC[d] != 1) offC += idx * strideC;

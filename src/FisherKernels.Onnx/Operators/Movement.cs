@@ -223,65 +223,102 @@ internal sealed class Expand : MovementOperator
 /// <summary>Slice with starts/ends/axes/steps as inputs (opset 10+) or attributes (before 10), ONNX clamping.</summary>
 internal sealed class Slice : MovementOperator
 {
+    private readonly long[]? startsAttribute, endsAttribute, axesAttribute;
+
     public Slice(OperatorNode node) : base(node)
     {
-        if (node.Opset >= 10) RequireInputs(3, 5); else RequireInputs(1, 1);
+        if (node.Opset >= 10) { RequireInputs(3, 5); return; }
+        RequireInputs(1, 1);
+        startsAttribute = node.Attributes.GetInts("starts") ?? throw FisherKernelsException.Format("attribute 'starts' is required");
+        endsAttribute = node.Attributes.GetInts("ends") ?? throw FisherKernelsException.Format("attribute 'ends' is required");
+        axesAttribute = node.Attributes.GetInts("axes");
     }
 
-    /// <summary>Per axis of the input: first index, step and count.</summary>
-    private (int[] Start, int[] Step, int[] Count) Plan(int[] shape, ReadOnlySpan<TensorInfo?> inputs)
+    /// <summary>The int64 elements of an int64 or int32 array (int32 converted into <paramref name="buffer"/>).</summary>
+    private ReadOnlySpan<long> Longs(NdArray? array, Span<long> buffer, string name)
     {
-        long[] starts, ends, axes, steps;
+        switch (array)
+        {
+            case null: return default;
+            case NdArray<long> l: return l.Data;
+            case NdArray<int> i when i.Data.Length <= buffer.Length:
+                for (int k = 0; k < i.Data.Length; k++) buffer[k] = i.Data[k];
+                return buffer[..i.Data.Length];
+            default: throw Error($"{name} must be int64 or int32 of at most {buffer.Length} elements, got {array.ElementType} [{ShapeUtil.Format(array.Shape)}]");
+        }
+    }
+
+    /// <summary>Per axis of the input: first index, step and count (untouched axes: 0, 1, the dimension).</summary>
+    private void Plan(ReadOnlySpan<int> shape, ReadOnlySpan<NdArray?> values, Span<int> start, Span<int> step, Span<int> count)
+    {
+        Span<long> b0 = stackalloc long[Broadcast.MaxRank], b1 = stackalloc long[Broadcast.MaxRank],
+                   b2 = stackalloc long[Broadcast.MaxRank], b3 = stackalloc long[Broadcast.MaxRank];
+        scoped ReadOnlySpan<long> starts, ends, axes, steps;
         if (Node.Opset >= 10)
         {
-            starts = ConstantInts(Required(inputs, 1, "starts"), "starts");
-            ends = ConstantInts(Required(inputs, 2, "ends"), "ends");
-            axes = inputs.Length > 3 && inputs[3] is { } a ? ConstantInts(a, "axes") : Enumerable.Range(0, starts.Length).Select(i => (long)i).ToArray();
-            steps = inputs.Length > 4 && inputs[4] is { } s ? ConstantInts(s, "steps") : Enumerable.Repeat(1L, starts.Length).ToArray();
+            starts = Longs(values[1], b0, "starts");
+            ends = Longs(values[2], b1, "ends");
+            axes = values.Length > 3 ? Longs(values[3], b2, "axes") : default;
+            steps = values.Length > 4 ? Longs(values[4], b3, "steps") : default;
         }
         else
         {
-            starts = Node.Attributes.GetInts("starts") ?? throw Error("attribute 'starts' is required");
-            ends = Node.Attributes.GetInts("ends") ?? throw Error("attribute 'ends' is required");
-            axes = Node.Attributes.GetInts("axes") ?? Enumerable.Range(0, starts.Length).Select(i => (long)i).ToArray();
-            steps = Enumerable.Repeat(1L, starts.Length).ToArray();
+            starts = startsAttribute;
+            ends = endsAttribute;
+            axes = axesAttribute;
+            steps = default;
         }
-        if (ends.Length != starts.Length || axes.Length != starts.Length || steps.Length != starts.Length)
+        if (ends.Length != starts.Length || (!axes.IsEmpty && axes.Length != starts.Length) || (!steps.IsEmpty && steps.Length != starts.Length))
             throw Error($"starts, ends, axes and steps must have one length, got {starts.Length}, {ends.Length}, {axes.Length}, {steps.Length}");
         int rank = shape.Length;
-        var start = new int[rank]; var step = new int[rank]; var count = (int[])shape.Clone();
-        Array.Fill(step, 1);
-        var seen = new bool[rank];
+        for (int i = 0; i < rank; i++) { start[i] = 0; step[i] = 1; count[i] = shape[i]; }
+        Span<bool> seen = stackalloc bool[rank];
         for (int i = 0; i < starts.Length; i++)
         {
-            int axis = NormalizeAxis(axes[i], rank, "axes");
-            if (seen[axis]) throw Error($"axis {axes[i]} appears twice");
+            int axis = NormalizeAxis(axes.IsEmpty ? i : axes[i], rank, "axes");
+            if (seen[axis]) throw Error($"axis {(axes.IsEmpty ? i : axes[i])} appears twice");
             seen[axis] = true;
-            long dim = shape[axis], st = steps[i];
+            long dim = shape[axis], st = steps.IsEmpty ? 1 : steps[i];
             if (st == 0) throw Error("steps must not be 0");
             long b = starts[i] < 0 ? starts[i] + dim : starts[i];
             long e = ends[i] < 0 ? ends[i] + dim : ends[i];
             if (st > 0) { b = Math.Clamp(b, 0, dim); e = Math.Clamp(e, 0, dim); }
             else { b = Math.Clamp(b, 0, dim - 1); e = Math.Clamp(e, -1, dim - 1); }
-            long n = st > 0 ? (e - b + st - 1) / st : (b - e + (-st) - 1) / (-st);
-            start[axis] = (int)b; step[axis] = (int)Math.Clamp(st, int.MinValue, int.MaxValue); count[axis] = (int)Math.Max(0, n);
+            long n = st > 0 ? (e - b + st - 1) / st : (b - e - st - 1) / -st;
+            start[axis] = (int)b; step[axis] = (int)Math.Clamp(st, -dim - 1, dim + 1); count[axis] = (int)Math.Max(0, n);
         }
-        return (start, step, count);
     }
 
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var x = Required(inputs, 0, "data");
-        return [new TensorInfo(x.Type, Plan(x.Shape, inputs).Count)];
+        var values = new NdArray?[inputs.Length];
+        if (Node.Opset >= 10)
+        {
+            values[1] = Known(Required(inputs, 1, "starts"), "starts");
+            values[2] = Known(Required(inputs, 2, "ends"), "ends");
+            if (inputs.Length > 3 && inputs[3] is { } a) values[3] = Known(a, "axes");
+            if (inputs.Length > 4 && inputs[4] is { } s) values[4] = Known(s, "steps");
+        }
+        if (x.Shape.Length > Broadcast.MaxRank) throw UnsupportedError($"rank {x.Shape.Length} is above the supported {Broadcast.MaxRank}");
+        int rank = x.Shape.Length;
+        var count = new int[rank];
+        Plan(x.Shape, values, stackalloc int[rank], stackalloc int[rank], count);
+        return [new TensorInfo(x.Type, count)];
+    }
+
+    private NdArray Known(TensorInfo info, string name)
+    {
+        ConstantInts(info, name);
+        return info.Value!;
     }
 
     protected override void Runs<TSink>(ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs, ref TSink sink)
     {
         var x = inputs[0]!;
-        var infos = new TensorInfo?[inputs.Length];
-        for (int i = 1; i < inputs.Length; i++) infos[i] = inputs[i] is { } v ? new TensorInfo(v.ElementType, v.Shape, v) : null;
-        var (start, step, count) = Plan(x.Shape, infos);
         int rank = x.Rank, baseOffset = 0;
+        Span<int> start = stackalloc int[rank], step = stackalloc int[rank], count = stackalloc int[rank];
+        Plan(x.Shape, inputs, start, step, count);
         Span<int> inStrides = stackalloc int[rank], src = stackalloc int[rank], dst = stackalloc int[rank];
         Strides(x.Shape, inStrides);
         Strides(count, dst);
