@@ -3,10 +3,11 @@ using System.Numerics.Tensors;
 namespace FisherKernels.Onnx.Operators;
 
 /// <summary>Receives the copies of a data-movement operator: <paramref name="length"/> elements of input
-/// <paramref name="input"/> at <paramref name="source"/> go to output <paramref name="output"/> at <paramref name="destination"/>.</summary>
+/// <paramref name="input"/> from <paramref name="source"/> on, <paramref name="sourceStride"/> apart (0 repeats
+/// one element, negative walks backwards), go to output <paramref name="output"/> at <paramref name="destination"/> on, contiguous.</summary>
 internal interface ICopySink
 {
-    void Run(int input, int source, int output, int destination, int length);
+    void Run(int input, int source, int sourceStride, int output, int destination, int length);
 }
 
 /// <summary>
@@ -67,8 +68,8 @@ internal abstract class MovementOperator(OperatorNode node) : Operator(node)
         public ReadOnlySpan<NdArray?> Inputs;
         public ReadOnlySpan<NdArray> Outputs;
 
-        public readonly void Run(int input, int source, int output, int destination, int length) =>
-            ((NdArray<T>)Inputs[input]!).Data.AsSpan(source, length).CopyTo(((NdArray<T>)Outputs[output]).Data.AsSpan(destination, length));
+        public readonly void Run(int input, int source, int sourceStride, int output, int destination, int length) =>
+            Move(((NdArray<T>)Inputs[input]!).Data, source, sourceStride, ((NdArray<T>)Outputs[output]).Data.AsSpan(destination, length));
     }
 
     private ref struct TangentSink : ICopySink
@@ -76,11 +77,11 @@ internal abstract class MovementOperator(OperatorNode node) : Operator(node)
         public ReadOnlySpan<NdArray<float>?> Inputs;
         public ReadOnlySpan<NdArray<float>?> Outputs;
 
-        public readonly void Run(int input, int source, int output, int destination, int length)
+        public readonly void Run(int input, int source, int sourceStride, int output, int destination, int length)
         {
             if (Outputs[output] is not { } target) return;
             var to = target.Data.AsSpan(destination, length);
-            if (input < Inputs.Length && Inputs[input] is { } tangent) tangent.Data.AsSpan(source, length).CopyTo(to);
+            if (input < Inputs.Length && Inputs[input] is { } tangent) Move(tangent.Data, source, sourceStride, to);
             else to.Clear();
         }
     }
@@ -90,12 +91,20 @@ internal abstract class MovementOperator(OperatorNode node) : Operator(node)
         public ReadOnlySpan<NdArray<float>?> InputGrads;
         public ReadOnlySpan<NdArray<float>?> OutputGrads;
 
-        public readonly void Run(int input, int source, int output, int destination, int length)
+        public readonly void Run(int input, int source, int sourceStride, int output, int destination, int length)
         {
             if (input >= InputGrads.Length || InputGrads[input] is not { } g || OutputGrads[output] is not { } gy) return;
-            if (length == 1) g.Data[source] += gy.Data[destination];
-            else TensorPrimitives.Add(g.Data.AsSpan(source, length), gy.Data.AsSpan(destination, length), g.Data.AsSpan(source, length));
+            if (sourceStride == 1) TensorPrimitives.Add(g.Data.AsSpan(source, length), gy.Data.AsSpan(destination, length), g.Data.AsSpan(source, length));
+            else if (sourceStride == 0) g.Data[source] += TensorPrimitives.Sum(gy.Data.AsSpan(destination, length));
+            else for (int i = 0; i < length; i++) g.Data[source + i * sourceStride] += gy.Data[destination + i];
         }
+    }
+
+    private static void Move<T>(T[] from, int source, int stride, Span<T> to)
+    {
+        if (stride == 1) from.AsSpan(source, to.Length).CopyTo(to);
+        else if (stride == 0) to.Fill(from[source]);
+        else for (int i = 0; i < to.Length; i++) to[i] = from[source + i * stride];
     }
 
     /// <summary>Row-major element strides of a shape.</summary>
@@ -130,15 +139,16 @@ internal abstract class MovementOperator(OperatorNode node) : Operator(node)
             dims[rank] = shape[i]; src[rank] = sourceStrides[i]; dst[rank] = destinationStrides[i];
             rank++;
         }
-        if (rank == 0) { sink.Run(input, sourceBase, output, destinationBase, 1); return; }
-        bool contiguous = src[rank - 1] == 1 && dst[rank - 1] == 1;
-        int outer = contiguous ? rank - 1 : rank, length = contiguous ? dims[rank - 1] : 1;
+        if (rank == 0) { sink.Run(input, sourceBase, 1, output, destinationBase, 1); return; }
+        // Runs along the innermost dimension (strided on the source side when it is not contiguous there).
+        bool run = dst[rank - 1] == 1;
+        int outer = run ? rank - 1 : rank, length = run ? dims[rank - 1] : 1, stride = run ? src[rank - 1] : 1;
         Span<int> index = stackalloc int[Broadcast.MaxRank];
         index.Clear();
         int s = sourceBase, d = destinationBase;
         while (true)
         {
-            sink.Run(input, s, output, d, length);
+            sink.Run(input, s, stride, output, d, length);
             int k = outer - 1;
             for (; k >= 0; k--)
             {
@@ -471,7 +481,7 @@ internal sealed class Gather : MovementOperator
             for (int j = 0; j < count; j++)
             {
                 long index = indices is NdArray<long> l ? l.Data[j] : ((NdArray<int>)indices).Data[j];
-                sink.Run(0, (o * dim + Index(index, dim)) * inner, 0, (o * count + j) * inner, inner);
+                sink.Run(0, (o * dim + Index(index, dim)) * inner, 1, 0, (o * count + j) * inner, inner);
             }
     }
 }
@@ -511,7 +521,7 @@ internal sealed class Trilu : MovementOperator
                 if (to > from)
                 {
                     int offset = (m * rows + i) * cols + (int)from;
-                    sink.Run(0, offset, 0, offset, (int)(to - from));
+                    sink.Run(0, offset, 1, 0, offset, (int)(to - from));
                 }
             }
     }
