@@ -78,19 +78,8 @@ public sealed class ExportedModelTests
         }
         foreach (var node in graph.Nodes)
         {
-            var attributes = new OperatorAttributes();
-            foreach (var (name, a) in node.Attributes)
-            {
-                if (a.Int is { } i) attributes.Set(name, i);
-                else if (a.Float is { } f) attributes.Set(name, f);
-                else if (a.String is { } s) attributes.Set(name, s);
-                else if (a.Tensor is { } t) attributes.Set(name, t);
-                else if (a.Ints is { } ints) attributes.Set(name, ints);
-                else if (a.Floats is { } floats) attributes.Set(name, floats);
-                else if (a.Strings is { } strings) attributes.Set(name, strings);
-            }
             int opset = (int)graph.Opsets[node.Domain.Length == 0 ? "" : node.Domain];
-            var op = OperatorRegistry.Create(new OperatorNode(node.Name, node.OpType, node.Domain, opset, attributes, node.Inputs.Length, node.Outputs.Length));
+            var op = OperatorRegistry.Create(new OperatorNode(node.Name, node.OpType, node.Domain, opset, node.Attributes, node.Inputs.Length, node.Outputs.Length));
             var inputs = node.Inputs.Select(n => n.Length == 0 ? null : run.Values[n]).ToArray();
             var outputs = OpRunner.Allocate(op, inputs);
             op.Forward(OpRunner.Context, inputs, outputs);
