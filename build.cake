@@ -72,8 +72,7 @@ Task("Bench").IsDependentOn("Build").Does(() =>
 
 Task("Demo").IsDependentOn("Build").Does(() =>
 {
-    // Until the CLI has its `demo` verb, the main job on the embedded default is the kernel benchmark summary.
-    DotNetRun(cli, new ProcessArgumentBuilder().Append("bench"), new DotNetRunSettings { Configuration = configuration, NoBuild = true });
+    DotNetRun(cli, new ProcessArgumentBuilder().Append("demo"), new DotNetRunSettings { Configuration = configuration, NoBuild = true });
 });
 
 // The C ABI into artifacts/native/: libfisherkernels.so (the C shim that hosts .NET), the managed files it
