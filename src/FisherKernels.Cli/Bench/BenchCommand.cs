@@ -16,6 +16,8 @@ internal static class BenchCommand
     public static readonly IReadOnlyList<IBenchSuite> Suites =
     [
         new AccumulateBench(),
+        new KronQuadraticBench(),
+        new WoodburyBench(),
         new LinearJvpBench(),
     ];
 

@@ -1,4 +1,6 @@
+using System.Numerics;
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using FisherKernels.Native;
 
 namespace FisherKernels.Linalg;
@@ -46,19 +48,39 @@ internal static class Cholesky
     }
 
     /// <summary>Solves L·Lᵀ·X = B in place for the row-major [n × k] <paramref name="b"/>, given the factor from <see cref="TryFactor"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Solve(ReadOnlySpan<double> l, int n, Span<double> b, int k)
     {
         for (int i = 0; i < n; i++) // L·Y = B, forward
         {
             var row = b.Slice(i * k, k);
-            for (int p = 0; p < i; p++) TensorPrimitives.MultiplyAdd(b.Slice(p * k, k), -l[i * n + p], row, row);
-            TensorPrimitives.Divide(row, l[i * n + i], row);
+            for (int p = 0; p < i; p++) Axpy(-l[i * n + p], b.Slice(p * k, k), row);
+            Scale(1 / l[i * n + i], row);
         }
         for (int i = n - 1; i >= 0; i--) // Lᵀ·X = Y, backward
         {
             var row = b.Slice(i * k, k);
-            for (int p = i + 1; p < n; p++) TensorPrimitives.MultiplyAdd(b.Slice(p * k, k), -l[p * n + i], row, row);
-            TensorPrimitives.Divide(row, l[i * n + i], row);
+            for (int p = i + 1; p < n; p++) Axpy(-l[p * n + i], b.Slice(p * k, k), row);
+            Scale(1 / l[i * n + i], row);
         }
+    }
+
+    // Explicit SIMD loops rather than TensorPrimitives calls: short rows, many calls, and a first call that must not run tier-0 code.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Axpy(double alpha, ReadOnlySpan<double> x, Span<double> y)
+    {
+        int j = 0;
+        for (; j <= y.Length - Vector<double>.Count; j += Vector<double>.Count)
+            (new Vector<double>(y[j..]) + alpha * new Vector<double>(x[j..])).CopyTo(y[j..]);
+        for (; j < y.Length; j++) y[j] += alpha * x[j];
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Scale(double alpha, Span<double> y)
+    {
+        int j = 0;
+        for (; j <= y.Length - Vector<double>.Count; j += Vector<double>.Count)
+            (alpha * new Vector<double>(y[j..])).CopyTo(y[j..]);
+        for (; j < y.Length; j++) y[j] *= alpha;
     }
 }

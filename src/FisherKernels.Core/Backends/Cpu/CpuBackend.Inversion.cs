@@ -1,14 +1,18 @@
 using System.Buffers;
 using System.Numerics;
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using FisherKernels.Linalg;
 
 namespace FisherKernels.Backends.Cpu;
 
 public sealed partial class CpuBackend
 {
-    /// <summary>Scratch per KronQuadratic buffer: batches of X are cut so that each pooled buffer stays this small (unless one X is larger).</summary>
-    private const long KronScratchElements = 1 << 22;
+    /// <summary>
+    /// Elements per KronQuadratic scratch buffer: batches of X are cut so that both buffers (256 KiB each) stay in L2
+    /// between the two GEMMs and the reduction — a larger batch streams them through memory and runs slower.
+    /// </summary>
+    private const long KronScratchElements = 1 << 16;
 
     public void SymmetricEigen(ReadOnlySpan<double> a, int n, Span<double> eigenvalues, Span<double> eigenvectors)
         => SymmetricEigensolver.Decompose(a, n, eigenvalues, eigenvectors, UsesNativeBlas);
@@ -53,6 +57,7 @@ public sealed partial class CpuBackend
     }
 
     /// <summary>Σ y²·w, SIMD in float32 within a row of <paramref name="rowLength"/>, rows summed in float64 to bound the rounding of long sums.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static double WeightedSquareSum(ReadOnlySpan<float> y, ReadOnlySpan<float> w, int rowLength)
     {
         double total = 0;
@@ -94,33 +99,64 @@ public sealed partial class CpuBackend
         {
             for (int i = 0; i < n; i++) invSqrtD[i] = (float)(1 / Math.Sqrt(d[i]));
             for (int j = 0; j < r; j++) sqrtS[j] = MathF.Sqrt(s[j]);
-            for (int i = 0; i < n; i++)
-            {
-                var row = v.AsSpan(i * r, r);
-                TensorPrimitives.Multiply(u.Slice(i * r, r), sqrtS.AsSpan(0, r), row);
-                TensorPrimitives.Multiply(row, invSqrtD[i], row);
-                TensorPrimitives.Multiply(b.Slice(i * k, k), invSqrtD[i], output.Slice(i * k, k)); // output ← D^-½ B
-            }
+            var vSpan = v.AsSpan(0, n * r);
+            bool finite = ScaleRows(u, n, r, invSqrtD, sqrtS.AsSpan(0, r), vSpan)
+                        & ScaleRows(b, n, k, invSqrtD, default, output); // output ← D^-½ B
+            if (!finite) throw FisherKernelsException.Argument("Woodbury: D^-½·U·S^½ or D^-½·B overflows float32 (d too small, or U, s or B too large)");
 
-            Gemm(new GemmShape(r, r, n, TransA: true), v.AsSpan(0, n * r), v.AsSpan(0, n * r), vtv.AsSpan(0, r * r));
+            Gemm(new GemmShape(r, r, n, TransA: true), vSpan, vSpan, vtv.AsSpan(0, r * r));
             for (int i = 0; i < r; i++)
                 for (int j = 0; j <= i; j++)
                     capacitance[i * r + j] = (i == j ? 1 : 0) + 0.5 * ((double)vtv[i * r + j] + vtv[j * r + i]);
             if (!Cholesky.TryFactor(capacitance.AsSpan(0, r * r), r, UsesNativeBlas))
                 throw FisherKernelsException.Backend($"Woodbury: the capacitance matrix I + VᵀV [{r} × {r}] is not positive definite (overflow in U, s or 1/d?)");
 
-            Gemm(new GemmShape(r, k, n, TransA: true), v.AsSpan(0, n * r), output, t.AsSpan(0, r * k)); // Vᵀ D^-½ B
+            Gemm(new GemmShape(r, k, n, TransA: true), vSpan, output, t.AsSpan(0, r * k)); // Vᵀ D^-½ B
             for (int i = 0; i < r * k; i++) rhs[i] = t[i];
             Cholesky.Solve(capacitance.AsSpan(0, r * r), r, rhs.AsSpan(0, r * k), k);
             for (int i = 0; i < r * k; i++) t[i] = (float)rhs[i];
-            Gemm(new GemmShape(n, k, r, Alpha: -1, Beta: 1), v.AsSpan(0, n * r), t.AsSpan(0, r * k), output);
-            for (int i = 0; i < n; i++) TensorPrimitives.Multiply(output.Slice(i * k, k), invSqrtD[i], output.Slice(i * k, k));
+            Gemm(new GemmShape(n, k, r, Alpha: -1, Beta: 1), vSpan, t.AsSpan(0, r * k), output);
+            ScaleRows(output, n, k, invSqrtD, default, output);
         }
         finally
         {
             pool.Return(invSqrtD); pool.Return(sqrtS); pool.Return(v); pool.Return(vtv); pool.Return(t);
             ArrayPool<double>.Shared.Return(capacitance); ArrayPool<double>.Shared.Return(rhs);
         }
+    }
+
+    /// <summary>
+    /// y[i, j] = x[i, j]·rowScale[i]·colScale[j] (colScale empty: 1), in place when x and y are the same buffer.
+    /// Returns false when a result overflows to ∞, found with one extra multiply per element.
+    /// Optimized at once: a bench or a first call should not run tier-0 code.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static bool ScaleRows(ReadOnlySpan<float> x, int rows, int cols, ReadOnlySpan<float> rowScale, ReadOnlySpan<float> colScale, Span<float> y)
+    {
+        int width = Vector<float>.Count;
+        var poison = Vector<float>.Zero; // stays 0 unless some product is ∞ or NaN (∞·0 = NaN)
+        float scalarPoison = 0;
+        for (int i = 0; i < rows; i++)
+        {
+            var xr = x.Slice(i * cols, cols);
+            var yr = y.Slice(i * cols, cols);
+            float c = rowScale[i];
+            int j = 0;
+            for (; j <= cols - width; j += width)
+            {
+                var value = new Vector<float>(xr[j..]) * c;
+                if (!colScale.IsEmpty) value *= new Vector<float>(colScale[j..]);
+                value.CopyTo(yr[j..]);
+                poison += value * Vector<float>.Zero;
+            }
+            for (; j < cols; j++)
+            {
+                float value = xr[j] * c * (colScale.IsEmpty ? 1 : colScale[j]);
+                yr[j] = value;
+                scalarPoison += value * 0;
+            }
+        }
+        return Vector.Sum(poison) == 0 && scalarPoison == 0;
     }
 
     internal static void CheckWoodbury(ReadOnlySpan<float> d, ReadOnlySpan<float> u, ReadOnlySpan<float> s, int n, int r,
