@@ -201,8 +201,6 @@ public abstract partial class BackendConformance
         Assert.Contains("d[1] = 0", Refusal([1, 0, 3], s, b));
         Assert.Contains("s[0] = -1", Refusal(d, [-1, 2], b));
         Assert.Contains("B has a non-finite value NaN at element 2", Refusal(d, s, [1, 2, float.NaN]));
-        Assert.Contains("overflows float32", Assert.Throws<FisherKernelsException>(
-            () => Backend.WoodburyApply([1e-30f, 2, 3], [1e30f, 0, 0, 1, 1, 1], s, 3, 2, b, 1, output)).Message);
         Assert.Contains("U needs 6", Assert.Throws<FisherKernelsException>(() => Backend.WoodburyApply(d, new float[5], s, 3, 2, b, 1, output)).Message);
     }
 

@@ -91,6 +91,16 @@ public sealed class LinalgTests
         Assert.Contains("r ≤ n", Assert.Throws<FisherKernelsException>(() => TopEigen.Compute(backend, new float[4], 2, 3, new float[3], new float[6])).Message);
     }
 
+    [Theory]
+    [InlineData(true)] [InlineData(false)]
+    public void Cpu_Woodbury_refuses_a_scaling_that_overflows_float32(bool useNative)
+    {
+        using var backend = new CpuBackend(useNativeBlas: useNative);
+        var error = Assert.Throws<FisherKernelsException>(
+            () => backend.WoodburyApply([1e-30f, 2, 3], [1e30f, 0, 0, 1, 1, 1], [1, 2], 3, 2, [1, 2, 3], 1, new float[3]));
+        Assert.Contains("overflows float32", error.Message);
+    }
+
     [Fact]
     public void Kron_quadratic_and_Woodbury_allocate_nothing_in_steady_state()
     {
