@@ -20,6 +20,8 @@ internal static class CommandLine
                 "forward" => Commands.ModelCommands.Forward(args),
                 "run" => Commands.ModelCommands.Run(args),
                 "demo" => Demo.DemoCommand.Run(args[1..]),
+                "jvp" => Commands.DerivativeCommands.Jvp(args),
+                "score" => Commands.DerivativeCommands.Score(args),
                 _ => throw FisherKernelsException.Argument($"unknown command '{args[0]}'\n{Usage}"),
             };
         }
