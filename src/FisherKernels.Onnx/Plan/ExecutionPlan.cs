@@ -136,14 +136,16 @@ public sealed class ExecutionPlan
             if (outputs.Length != node.Outputs.Length)
                 throw new FisherKernelsException(ErrorKind.Internal, $"{op.Node}: shape inference gave {outputs.Length} outputs for {node.Outputs.Length}");
 
-            bool folded = allConstant || (!dependsOnVariable && outputs.All(o => o.Value is not null));
+            // Inputs that are not constant carry no value here (variables included), so an output value that
+            // shape inference still knows (Shape, Size, …) does not depend on their data: it folds too.
+            bool folded = allConstant || outputs.All(o => o.Value is not null);
             if (folded && allConstant && outputs.Any(o => o.Value is null))
                 outputs = Fold(op, node, inputInfos, outputs);
             for (int j = 0; j < outputs.Length; j++)
             {
                 var v = Add(OutputName(node, j), folded ? outputs[j] : outputs[j] with { Value = null });
                 v.IsConstant = folded;
-                v.DependsOnVariable = dependsOnVariable;
+                v.DependsOnVariable = dependsOnVariable && !folded;
                 if (folded) v.Array = outputs[j].Value;
             }
             if (!folded) pending.Add((node, op));
