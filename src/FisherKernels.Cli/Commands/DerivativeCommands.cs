@@ -33,8 +33,7 @@ internal static class DerivativeCommands
         var options = CommandOptions.Parse("score", args.AsSpan(1),
             ["--model", "--tokens", "--targets", "--method", "--curvature", "--prior-precision", "--params", "--out", "--backend", "--threads", "--rank"], []);
         string outPath = options.Required("--out");
-        string extension = Path.GetExtension(outPath).ToLowerInvariant();
-        if (extension is not (".json" or ".csv"))
+        if (Path.GetExtension(outPath).ToLowerInvariant() is not (".json" or ".csv"))
             throw FisherKernelsException.Argument($"score: --out '{outPath}' must end in .json or .csv");
         string method = options.Optional("--method") ?? (options.Optional("--curvature") is null ? "isotropic" : "kfac");
         if (method == "kfac")
@@ -55,8 +54,7 @@ internal static class DerivativeCommands
         var parameters = Parameters(lm, options.Optional("--params"));
         var report = PositionScorer.Score(lm, ModelCommands.Context(options), tokens, targets, parameters, method, prior,
                                           PositionScorer.SquaredGradientNorm(parameters));
-        string text = extension == ".json" ? report.ToJson() : report.ToCsv();
-        AtomicFile.WriteAllBytes(outPath, System.Text.Encoding.UTF8.GetBytes(text));
+        report.Write(outPath);
         return 0;
     }
 

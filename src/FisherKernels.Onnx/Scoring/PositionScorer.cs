@@ -1,5 +1,6 @@
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Plan;
+using FisherKernels.Uncertainty;
 
 namespace FisherKernels.Onnx.Scoring;
 
@@ -49,14 +50,12 @@ public static class PositionScorer
                 backward.Clear();
                 cotangent.CopyTo(seed.Data, t * vocab);
                 backward.Run(context);
-                tokenScores.Add(new TokenScore(t, y, p, epistemic(backward), p * (1 - p)));
+                tokenScores.Add(new TokenScore(t, y, p, epistemic(backward)));
                 cotangents.Add((t, cotangent));
             }
-            double meanP = double.NaN, sequenceEpistemic = double.NaN, meanAleatoric = double.NaN;
+            double sequenceEpistemic = double.NaN;
             if (tokenScores.Count > 0)
             {
-                meanP = tokenScores.Average(s => s.P);
-                meanAleatoric = tokenScores.Average(s => s.Aleatoric);
                 backward.Clear();
                 float scale = 1f / tokenScores.Count;
                 foreach (var (t, cotangent) in cotangents)
@@ -64,7 +63,7 @@ public static class PositionScorer
                 backward.Run(context);
                 sequenceEpistemic = epistemic(backward);
             }
-            sequences.Add(new SequenceScore(b, meanP, sequenceEpistemic, meanAleatoric, tokenScores));
+            sequences.Add(new SequenceScore(b, tokenScores, sequenceEpistemic));
         }
         return new ScoreReport(Path.GetFileName(lm.Model.Graph.Source), method, priorPrecision, sequences);
     }

@@ -1,0 +1,73 @@
+using System.Text.Json;
+using FisherKernels.Backends.Cpu;
+using FisherKernels.IO;
+using FisherKernels.Onnx;
+using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Scoring;
+using FisherKernels.Uncertainty;
+
+namespace FisherKernels.Tests.Plan;
+
+/// <summary>Isotropic scores against the torch goldens (&lt;m&gt;.scores*.json, "isotropic").</summary>
+public class IsotropicScoreTests
+{
+    private static readonly OpContext Context = new(new CpuBackend(1));
+
+    [Theory]
+    [InlineData("gpt2_tiny", false)]
+    [InlineData("gpt2_tiny", true)]
+    [InlineData("llama_tiny", false)]
+    [InlineData("bert_tiny", true)]
+    public void MatchTorch(string model, bool givenTargets)
+    {
+        var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
+        var tokens = NpyFile.Read(Fixtures.Path(model + ".tokens.npy"));
+        NdArray? targets = givenTargets ? NpyFile.Read(Fixtures.Path(model + ".targets.npy")) : null;
+        var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
+        var report = PositionScorer.Score(lm, Context, tokens, targets, parameters, "isotropic", 1.0, PositionScorer.SquaredGradientNorm(parameters));
+        using var golden = JsonDocument.Parse(File.ReadAllText(Fixtures.Path(model + (givenTargets ? ".scores_targets.json" : ".scores.json"))));
+        var expected = golden.RootElement.GetProperty("isotropic");
+        var sequences = expected.GetProperty("sequences").EnumerateArray().ToList();
+        Assert.Equal(sequences.Count, report.Sequences.Count);
+        for (int s = 0; s < sequences.Count; s++)
+        {
+            var e = sequences[s];
+            var got = report.Sequences[s];
+            Assert.Equal(e.GetProperty("mean_p").GetDouble(), got.MeanP, 1e-4);
+            Assert.Equal(e.GetProperty("aleatoric").GetDouble(), got.Aleatoric, 1e-4);
+            Relative(e.GetProperty("epistemic").GetDouble(), got.Epistemic);
+            var tokensExpected = e.GetProperty("tokens").EnumerateArray().ToList();
+            Assert.Equal(tokensExpected.Count, got.Tokens.Count);
+            for (int t = 0; t < tokensExpected.Count; t++)
+            {
+                Assert.Equal(tokensExpected[t].GetProperty("position").GetInt32(), got.Tokens[t].Position);
+                Assert.Equal(tokensExpected[t].GetProperty("target").GetInt64(), got.Tokens[t].Target);
+                Assert.Equal(tokensExpected[t].GetProperty("p").GetDouble(), got.Tokens[t].P, 1e-4);
+                Assert.Equal(tokensExpected[t].GetProperty("aleatoric").GetDouble(), got.Tokens[t].Aleatoric, 1e-4);
+                Relative(tokensExpected[t].GetProperty("epistemic").GetDouble(), got.Tokens[t].Epistemic);
+            }
+        }
+        // The JSON round-trips in the SPEC §6 shape.
+        using var written = JsonDocument.Parse(report.ToJson());
+        Assert.Equal("isotropic", written.RootElement.GetProperty("method").GetString());
+        Assert.Equal(report.Sequences.Sum(s => s.Tokens.Count) + 1, report.ToCsv().Trim().Split('\n').Length);
+    }
+
+    [Fact]
+    public void TargetsOfTheWrongShapeOrOutsideTheVocabulary()
+    {
+        var lm = LanguageModel.Load(Fixtures.Path("gpt2_tiny.onnx"));
+        var tokens = NpyFile.Read(Fixtures.Path("gpt2_tiny.tokens.npy"));
+        var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
+        var wrongShape = new NdArray<long>(2, 5);
+        Assert.Contains("shape", Assert.Throws<FisherKernelsException>(() => PositionScorer.Score(lm, Context, tokens, wrongShape, parameters, "isotropic", 1, PositionScorer.SquaredGradientNorm(parameters))).Message);
+        var outside = new NdArray<long>(tokens.Shape);
+        outside.Data[3] = 64;
+        Assert.Contains("target 64", Assert.Throws<FisherKernelsException>(() => PositionScorer.Score(lm, Context, tokens, outside, parameters, "isotropic", 1, PositionScorer.SquaredGradientNorm(parameters))).Message);
+    }
+
+    /// <summary>SPEC §7: epistemic scores to relative error 1e-3.</summary>
+    private static void Relative(double expected, double actual) =>
+        Assert.True(Math.Abs(expected - actual) <= 1e-3 * Math.Abs(expected), $"{actual} vs {expected}");
+}
