@@ -7,9 +7,11 @@ namespace FisherKernels.Backends.Ilgpu;
 /// One pooled device buffer: grown geometrically when a call needs more, never shrunk, so steady-state
 /// calls of the same (or smaller) sizes allocate nothing.
 /// </summary>
-internal sealed class DeviceBuffer<T>(Accelerator accelerator) : IDisposable where T : unmanaged
+internal sealed class DeviceBuffer<T>(Accelerator accelerator) : IDeviceBuffer where T : unmanaged
 {
     private MemoryBuffer1D<T, Stride1D.Dense>? buffer;
+
+    public int Allocations { get; private set; }
 
     /// <summary>A view of the first <paramref name="length"/> elements (at least one element is allocated).</summary>
     public ArrayView1D<T, Stride1D.Dense> Take(long length)
@@ -19,7 +21,7 @@ internal sealed class DeviceBuffer<T>(Accelerator accelerator) : IDisposable whe
             long capacity = Math.Max(Math.Max(length, 1), buffer == null ? 0 : buffer.Length * 2);
             buffer?.Dispose();
             buffer = null;
-            try { buffer = accelerator.Allocate1D<T>(capacity); }
+            try { buffer = accelerator.Allocate1D<T>(capacity); Allocations++; }
             catch (Exception e) when (e is not FisherKernelsException)
             {
                 throw new FisherKernelsException(ErrorKind.OutOfMemory,
@@ -42,4 +44,11 @@ internal sealed class DeviceBuffer<T>(Accelerator accelerator) : IDisposable whe
         buffer?.Dispose();
         buffer = null;
     }
+}
+
+/// <summary>A pooled device buffer of any element type.</summary>
+internal interface IDeviceBuffer : IDisposable
+{
+    /// <summary>How many times the buffer was (re)allocated.</summary>
+    int Allocations { get; }
 }

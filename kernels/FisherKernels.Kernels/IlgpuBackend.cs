@@ -19,7 +19,7 @@ public sealed partial class IlgpuBackend : IComputeBackend
 {
     private readonly Context context;
     private readonly Accelerator accelerator;
-    private readonly List<IDisposable> pooled = [];
+    private readonly List<IDeviceBuffer> pooled = [];
 
     private IlgpuBackend(Context context, Accelerator accelerator, string name)
     {
@@ -102,6 +102,9 @@ public sealed partial class IlgpuBackend : IComputeBackend
         pooled.Add(buffer);
         return buffer;
     }
+
+    /// <summary>Device allocations made so far by all pooled buffers (constant in steady state).</summary>
+    internal int DeviceAllocations => pooled.Sum(buffer => buffer.Allocations);
 
     /// <summary>Every kernel this backend launches, with whether it is explicitly grouped (for code-generation tests).</summary>
     internal static IReadOnlyList<(MethodInfo Kernel, bool ExplicitlyGrouped)> Kernels { get; } =
