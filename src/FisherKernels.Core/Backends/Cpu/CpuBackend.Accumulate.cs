@@ -31,14 +31,7 @@ public sealed partial class CpuBackend
     public void AccumulateFactor(ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
                                  float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default)
     {
-        if (rows < 0 || cols < 0) throw FisherKernelsException.Argument($"AccumulateFactor: invalid shape {rows}×{cols}");
-        int n = cols + (appendOne ? 1 : 0);
-        if (x.Length < (long)rows * cols)
-            throw FisherKernelsException.Argument($"AccumulateFactor: X needs {(long)rows * cols} elements ({rows}×{cols}), got {x.Length}");
-        if (factor.Length != (long)n * n)
-            throw FisherKernelsException.Argument($"AccumulateFactor: the factor needs {(long)n * n} elements ({n}×{n}), got {factor.Length}");
-        if (!rowMask.IsEmpty && rowMask.Length != rows)
-            throw FisherKernelsException.Argument($"AccumulateFactor: the row mask has {rowMask.Length} entries for {rows} rows");
+        int n = BackendArguments.CheckAccumulate(x.Length, rows, cols, appendOne, factor.Length, rowMask.Length);
         if (n == 0) return;
 
         int active = rowMask.IsEmpty ? rows : rows - rowMask.Count((byte)0);
@@ -397,26 +390,12 @@ public sealed partial class CpuBackend
     public void LinearJvp(ReadOnlySpan<float> x, ReadOnlySpan<float> dx, ReadOnlySpan<float> w, ReadOnlySpan<float> dw,
                           ReadOnlySpan<float> db, int rows, int inFeatures, int outFeatures, Span<float> dy)
     {
-        if (rows < 0 || inFeatures < 0 || outFeatures < 0)
-            throw FisherKernelsException.Argument($"LinearJvp: invalid shape rows={rows} in={inFeatures} out={outFeatures}");
-        Need("x", x.Length, (long)rows * inFeatures);
-        Need("dx", dx.Length, (long)rows * inFeatures);
-        Need("W", w.Length, (long)outFeatures * inFeatures);
-        Need("dW", dw.Length, (long)outFeatures * inFeatures);
-        Need("dy", dy.Length, (long)rows * outFeatures);
-        if (!db.IsEmpty && db.Length != outFeatures)
-            throw FisherKernelsException.Argument($"LinearJvp: db has {db.Length} elements for {outFeatures} outputs");
-
+        BackendArguments.CheckLinearJvp(x.Length, dx.Length, w.Length, dw.Length, db.Length, dy.Length, rows, inFeatures, outFeatures);
         dy = dy[..(rows * outFeatures)];
         if (db.IsEmpty) dy.Clear();
         else for (int r = 0; r < rows; r++) db.CopyTo(dy.Slice(r * outFeatures, outFeatures));
         var shape = new GemmShape(rows, outFeatures, inFeatures, TransB: true, Beta: 1f);
         Gemm(shape, x, dw, dy);
         Gemm(shape, dx, w, dy);
-
-        static void Need(string name, int length, long needed)
-        {
-            if (length < needed) throw FisherKernelsException.Argument($"LinearJvp: {name} needs {needed} elements, got {length}");
-        }
     }
 }
