@@ -77,7 +77,28 @@ internal struct PowOp : IBinaryOp
     public static float DB(float a, float b, float y) => y == 0 ? 0 : y * MathF.Log(a);
 }
 
-/// <summary>Add, Sub, Mul, Div, Pow with multidirectional broadcasting (float, int64, int32; Pow's exponent may differ in type).</summary>
+internal struct MaxOp : IBinaryOp
+{
+    public static T Apply<T>(T a, T b) where T : INumber<T> => T.Max(a, b);
+    public static void Apply(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Max(a, b, y);
+    public static void Apply(ReadOnlySpan<float> a, float b, Span<float> y) => TensorPrimitives.Max(a, b, y);
+    public static void Apply(float a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Max(b, a, y);
+    // The derivative goes to the larger operand; a tie goes to A.
+    public static float DA(float a, float b, float y) => a >= b ? 1 : 0;
+    public static float DB(float a, float b, float y) => a >= b ? 0 : 1;
+}
+
+internal struct MinOp : IBinaryOp
+{
+    public static T Apply<T>(T a, T b) where T : INumber<T> => T.Min(a, b);
+    public static void Apply(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Min(a, b, y);
+    public static void Apply(ReadOnlySpan<float> a, float b, Span<float> y) => TensorPrimitives.Min(a, b, y);
+    public static void Apply(float a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Min(b, a, y);
+    public static float DA(float a, float b, float y) => a <= b ? 1 : 0;
+    public static float DB(float a, float b, float y) => a <= b ? 0 : 1;
+}
+
+/// <summary>Add, Sub, Mul, Div, Pow, and two-input Max, Min, with multidirectional broadcasting (float, int64, int32; Pow's exponent may differ in type).</summary>
 internal sealed class BinaryElementwise : Operator
 {
     public BinaryElementwise(OperatorNode node) : base(node) => RequireInputs(2, 2);
@@ -102,6 +123,8 @@ internal sealed class BinaryElementwise : Operator
             case "Sub": Forward<SubOp>(inputs[0]!, inputs[1]!, outputs[0]); break;
             case "Mul": Forward<MulOp>(inputs[0]!, inputs[1]!, outputs[0]); break;
             case "Div": Forward<DivOp>(inputs[0]!, inputs[1]!, outputs[0]); break;
+            case "Max": Forward<MaxOp>(inputs[0]!, inputs[1]!, outputs[0]); break;
+            case "Min": Forward<MinOp>(inputs[0]!, inputs[1]!, outputs[0]); break;
             default: Forward<PowOp>(inputs[0]!, inputs[1]!, outputs[0]); break;
         }
     }
@@ -116,6 +139,8 @@ internal sealed class BinaryElementwise : Operator
             case "Sub": Derivative<SubOp, VjpRun<SubOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
             case "Mul": Derivative<MulOp, VjpRun<MulOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
             case "Div": Derivative<DivOp, VjpRun<DivOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
+            case "Max": Derivative<MaxOp, VjpRun<MaxOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
+            case "Min": Derivative<MinOp, VjpRun<MinOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
             default: Derivative<PowOp, VjpRun<PowOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
         }
     }
@@ -130,6 +155,8 @@ internal sealed class BinaryElementwise : Operator
             case "Sub": Derivative<SubOp, JvpRun<SubOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
             case "Mul": Derivative<MulOp, JvpRun<MulOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
             case "Div": Derivative<DivOp, JvpRun<DivOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
+            case "Max": Derivative<MaxOp, JvpRun<MaxOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
+            case "Min": Derivative<MinOp, JvpRun<MinOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
             default: Derivative<PowOp, JvpRun<PowOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
         }
     }

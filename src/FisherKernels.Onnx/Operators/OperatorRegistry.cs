@@ -13,8 +13,8 @@ public static class OperatorRegistry
         Onnx("MatMul", 1, n => new MatMul(n)),
         Onnx("Gemm", 7, n => new Gemm(n)),
         // Elementwise arithmetic (broadcasting)
-        .. new[] { "Add", "Sub", "Mul", "Div", "Pow" }.Select(op => Onnx(op, 7, n => new BinaryElementwise(n))),
-        .. new[] { "Sqrt", "Reciprocal", "Neg", "Exp", "Log", "Tanh", "Erf", "Sigmoid", "Relu" }.Select(op => Onnx(op, 6, n => new UnaryElementwise(n))),
+        .. new[] { "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min" }.Select(op => Onnx(op, 7, n => new BinaryElementwise(n))),
+        .. new[] { "Sqrt", "Reciprocal", "Neg", "Exp", "Log", "Tanh", "Erf", "Sigmoid", "Relu", "Cos", "Sin", "Abs" }.Select(op => Onnx(op, 6, n => new UnaryElementwise(n))),
         Onnx("Gelu", 20, n => new UnaryElementwise(n)),
         Microsoft("FastGelu", n => new UnaryElementwise(n)),
         Microsoft("BiasGelu", n => new UnaryElementwise(n)),
@@ -44,7 +44,7 @@ public static class OperatorRegistry
         Onnx("Constant", 1, n => new Constant(n)),
         Onnx("ConstantOfShape", 9, n => new ConstantOfShape(n)),
         Onnx("Range", 11, n => new Range(n)),
-        .. new[] { "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual" }.Select(op => Onnx(op, 7, n => new Compare(n))),
+        .. new[] { "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor" }.Select(op => Onnx(op, 7, n => new Compare(n))),
         Onnx("Not", 1, n => new Not(n)),
     ];
 

@@ -97,7 +97,7 @@ internal sealed class Where : Operator
     }
 }
 
-/// <summary>Equal, Less, Greater, LessOrEqual, GreaterOrEqual with broadcasting (float, int64, int32; Equal also bool) → bool. Not differentiable.</summary>
+/// <summary>Equal, Less, Greater, LessOrEqual, GreaterOrEqual (float, int64, int32; Equal also bool) and And, Or, Xor (bool), with broadcasting → bool. Not differentiable.</summary>
 internal sealed class Compare : Operator
 {
     public Compare(OperatorNode node) : base(node) => RequireInputs(2, 2);
@@ -107,7 +107,9 @@ internal sealed class Compare : Operator
         var a = Required(inputs, 0, "A");
         var b = Required(inputs, 1, "B");
         if (a.Type != b.Type) throw Error($"inputs must have one element type, got {a.Type} and {b.Type}");
-        if (a.Type == ElementType.Bool && Node.OpType != "Equal") throw UnsupportedError("bool inputs are only supported by Equal");
+        bool logical = Node.OpType is "And" or "Or" or "Xor";
+        if (logical != (a.Type == ElementType.Bool) && !(Node.OpType == "Equal" && a.Type == ElementType.Bool))
+            throw UnsupportedError(logical ? $"inputs must be bool, got {a.Type}" : "bool inputs are only supported by Equal");
         var shape = Broadcast.Shape(a.Shape, b.Shape) ?? throw Error($"shapes [{ShapeUtil.Format(a.Shape)}] and [{ShapeUtil.Format(b.Shape)}] do not broadcast");
         return [new TensorInfo(ElementType.Bool, shape)];
     }
@@ -147,7 +149,10 @@ internal sealed class Compare : Operator
                     "Less" => A[a] < B[b],
                     "Greater" => A[a] > B[b],
                     "LessOrEqual" => A[a] <= B[b],
-                    _ => A[a] >= B[b],
+                    "GreaterOrEqual" => A[a] >= B[b],
+                    "And" => A[a] != T.Zero && B[b] != T.Zero,
+                    "Or" => A[a] != T.Zero || B[b] != T.Zero,
+                    _ => (A[a] != T.Zero) != (B[b] != T.Zero),
                 };
         }
     }

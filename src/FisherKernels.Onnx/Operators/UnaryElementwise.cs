@@ -73,6 +73,31 @@ internal struct ReluOp : IUnaryOp
     }
 }
 
+internal struct CosOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Cos(x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d)
+    {
+        TensorPrimitives.Sin(x, d);
+        TensorPrimitives.Negate(d, d);
+    }
+}
+
+internal struct SinOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Sin(x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d) => TensorPrimitives.Cos(x, d);
+}
+
+internal struct AbsOp : IUnaryOp
+{
+    public static void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Abs(x, y);
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d)
+    {
+        for (int i = 0; i < x.Length; i++) d[i] = x[i] > 0 ? 1 : x[i] < 0 ? -1 : 0;
+    }
+}
+
 internal struct ErfOp : IUnaryOp
 {
     public static void Apply(ReadOnlySpan<float> x, Span<float> y) => FastMath.Erf(x, y);
@@ -117,14 +142,14 @@ internal struct GeluTanhOp : IUnaryOp
 }
 
 /// <summary>
-/// Elementwise float functions: Sqrt, Reciprocal, Neg, Exp, Log, Tanh, Erf, Sigmoid, Relu, Gelu
+/// Elementwise float functions: Sqrt, Reciprocal, Neg, Exp, Log, Tanh, Erf, Sigmoid, Relu, Cos, Sin, Abs, Gelu
 /// (opset 20, approximate = none | tanh), and the com.microsoft fusions FastGelu (tanh GELU of x + bias)
 /// and BiasGelu (erf GELU of x + bias), whose optional bias is broadcast over the last axis.
 /// Neg also takes int64/int32 (shape arithmetic).
 /// </summary>
 internal sealed class UnaryElementwise : Operator
 {
-    private enum Function { Sqrt, Reciprocal, Neg, Exp, Log, Tanh, Erf, Sigmoid, Relu, GeluErf, GeluTanh }
+    private enum Function { Sqrt, Reciprocal, Neg, Exp, Log, Tanh, Erf, Sigmoid, Relu, Cos, Sin, Abs, GeluErf, GeluTanh }
 
     private readonly Function function;
     private readonly bool hasBias;
@@ -144,6 +169,9 @@ internal sealed class UnaryElementwise : Operator
             "Erf" => Function.Erf,
             "Sigmoid" => Function.Sigmoid,
             "Relu" => Function.Relu,
+            "Cos" => Function.Cos,
+            "Sin" => Function.Sin,
+            "Abs" => Function.Abs,
             "FastGelu" => Function.GeluTanh,
             "BiasGelu" => Function.GeluErf,
             "Gelu" => node.Attributes.GetString("approximate", "none") switch
@@ -203,6 +231,9 @@ internal sealed class UnaryElementwise : Operator
             case Function.Erf: ErfOp.Apply(x, y); break;
             case Function.Sigmoid: SigmoidOp.Apply(x, y); break;
             case Function.Relu: ReluOp.Apply(x, y); break;
+            case Function.Cos: CosOp.Apply(x, y); break;
+            case Function.Sin: SinOp.Apply(x, y); break;
+            case Function.Abs: AbsOp.Apply(x, y); break;
             case Function.GeluErf: GeluErfOp.Apply(x, y); break;
             default: GeluTanhOp.Apply(x, y); break;
         }
@@ -221,6 +252,9 @@ internal sealed class UnaryElementwise : Operator
             case Function.Erf: ErfOp.Derivative(x, y, d); break;
             case Function.Sigmoid: SigmoidOp.Derivative(x, y, d); break;
             case Function.Relu: ReluOp.Derivative(x, y, d); break;
+            case Function.Cos: CosOp.Derivative(x, y, d); break;
+            case Function.Sin: SinOp.Derivative(x, y, d); break;
+            case Function.Abs: AbsOp.Derivative(x, y, d); break;
             case Function.GeluErf: GeluErfOp.Derivative(x, y, d); break;
             default: GeluTanhOp.Derivative(x, y, d); break;
         }

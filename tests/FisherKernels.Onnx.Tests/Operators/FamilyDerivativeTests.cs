@@ -26,13 +26,22 @@ public sealed class FamilyDerivativeTests
     [InlineData("Erf")]
     [InlineData("Sigmoid")]
     [InlineData("Relu")]
+    [InlineData("Cos")]
+    [InlineData("Sin")]
+    [InlineData("Abs")]
     public void Unary(string op)
     {
-        // Relu: keep inputs off the kink at 0, where finite differences straddle it.
+        // Relu, Abs: keep inputs off the kink at 0, where finite differences straddle it.
         var x = R(3, 4);
         for (int i = 0; i < x.Data.Length; i++) if (MathF.Abs(x.Data[i]) < 0.05f) x.Data[i] = 0.3f;
         DerivativeChecker.Check(OpRunner.Create(op, 1), [x]);
     }
+
+    [Theory]
+    [InlineData("Max")]
+    [InlineData("Min")]
+    public void MaxMinBroadcast(string op) =>
+        DerivativeChecker.Check(OpRunner.Create(op, 2, opset: 13), [R(2, 3, 4), R(4)]); // random operands: no ties
 
     [Theory]
     [InlineData("none")]

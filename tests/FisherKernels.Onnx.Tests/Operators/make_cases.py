@@ -271,6 +271,21 @@ case("greater", "Greater", [fa, fb], [np.greater(fa, fb)])
 case("not", "Not", [np.array([True, False])], [np.array([False, True])])
 case("equal_bool", "Equal", [np.array([True, False]), np.array([True])], [np.array([True, False])])
 
+# ---- Later additions: Cos, Sin, Abs, Max, Min, And, Or, Xor ---------------------------------------
+x = f32(3, 5, scale=3.0)
+case("cos", "Cos", [x], [np.cos(d(x))])
+case("sin", "Sin", [x], [np.sin(d(x))])
+case("abs", "Abs", [x], [np.abs(d(x))])
+a, b = f32(2, 3, 4), f32(4)
+case("max_broadcast", "Max", [a, b], [np.maximum(d(a), d(b))], opset=13)
+case("min_broadcast", "Min", [a, b], [np.minimum(d(a), d(b))], opset=13)
+case("max_scalar", "Max", [a, np.float32(0.25)], [np.maximum(d(a), 0.25)], opset=13)
+case("min_int64", "Min", [i64([[1, 5], [7, -2]]), i64([3])], [i64([[1, 3], [3, -2]])], opset=13)
+p_, q_ = np.array([[True, False, True, False]]), np.array([[True], [False]])
+case("and", "And", [p_, q_], [np.logical_and(p_, q_)])
+case("or", "Or", [p_, q_], [np.logical_or(p_, q_)])
+case("xor", "Xor", [p_, q_], [np.logical_xor(p_, q_)])
+
 
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
