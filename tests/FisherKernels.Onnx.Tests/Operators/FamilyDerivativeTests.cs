@@ -118,6 +118,13 @@ public sealed class FamilyDerivativeTests
     [Fact]
     public void ReduceAll() => DerivativeChecker.Check(OpRunner.Create("ReduceMean", 1, opset: 18), [R(2, 3, 4)]);
 
+    [Theory]
+    [InlineData(0L, 0L)]
+    [InlineData(1L, 1L)]
+    public void CumSum(long exclusive, long reverse) =>
+        DerivativeChecker.Check(OpRunner.Create("CumSum", 2, attributes: A().Set("exclusive", exclusive).Set("reverse", reverse)),
+                                [R(2, 5, 3), new NdArray<long>([], [1])]);
+
     [Fact]
     public void Transpose() =>
         DerivativeChecker.Check(OpRunner.Create("Transpose", 1, attributes: A().Set("perm", new long[] { 0, 2, 3, 1 })), [R(2, 3, 2, 4)]);

@@ -286,6 +286,14 @@ case("and", "And", [p_, q_], [np.logical_and(p_, q_)])
 case("or", "Or", [p_, q_], [np.logical_or(p_, q_)])
 case("xor", "Xor", [p_, q_], [np.logical_xor(p_, q_)])
 
+# ---- CumSum ---------------------------------------------------------------------------------------
+x = f32(2, 5)
+case("cumsum", "CumSum", [x, i64(1)], [np.cumsum(d(x), axis=1)])
+case("cumsum_exclusive_reverse_axis0", "CumSum", [x, i64(-2)],
+     [np.flip(np.cumsum(np.flip(d(x), 0), axis=0), 0) - d(x)], attrs={"exclusive": 1, "reverse": 1})
+mask = i64([[1, 1, 1, 0], [0, 1, 1, 1]])
+case("cumsum_position_ids", "CumSum", [mask, np.array(1, np.int32)], [np.cumsum(mask, axis=1)])
+
 
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
