@@ -19,6 +19,9 @@ internal static class CommandLine
                 "inspect" => Commands.ModelCommands.Inspect(args, Console.Out),
                 "forward" => Commands.ModelCommands.Forward(args),
                 "run" => Commands.ModelCommands.Run(args),
+                "fit" => Commands.KfacCommands.Fit(args, Console.Out),
+                "merge" => Commands.KfacCommands.Merge(args, Console.Out),
+                "calibrate" => Commands.KfacCommands.Calibrate(args, Console.Out),
                 "demo" => Demo.DemoCommand.Run(args[1..]),
                 "jvp" => Commands.DerivativeCommands.Jvp(args),
                 "score" => Commands.DerivativeCommands.Score(args),
@@ -40,6 +43,7 @@ internal static class CommandLine
           score    --model M.onnx --tokens T.npy [--method isotropic|kfac] [--curvature C.safetensors] ... --out S.json|S.csv
           jvp      --model M.onnx --tokens T.npy --direction V.safetensors --out J.npy
           merge    C1.safetensors C2.safetensors ... --out C.safetensors
+          calibrate --model M.onnx --tokens T.npy --curvature C.safetensors [--prior-precision τ] [--out C2.safetensors]
           run      --model M.onnx --input NAME=FILE.npy [...] --out-dir DIR
           bench    [--backend cpu|cuda|opencl|ilgpu-cpu|all] [--model M.onnx --tokens T.npy] [--json]
           demo     [--model-dir DIR] [--out-dir DIR]

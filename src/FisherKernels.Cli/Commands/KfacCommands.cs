@@ -1,0 +1,337 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using FisherKernels.Backends;
+using FisherKernels.Curvature;
+using FisherKernels.IO;
+using FisherKernels.Onnx;
+using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Plan;
+using FisherKernels.Uncertainty;
+using Spectre.Console;
+
+namespace FisherKernels.Cli.Commands;
+
+/// <summary>The K-FAC verbs (SPEC §3, §6): fit, merge, calibrate, and the K-FAC epistemic score used by <c>score</c>.</summary>
+internal static class KfacCommands
+{
+    static string CreatedBy => $"fisherkernels {typeof(KfacCommands).Assembly.GetName().Version?.ToString(3)}";
+
+    /// <summary>
+    /// `fit --model M --tokens T.npy [--targets Y.npy] [--fisher sampled|empirical|exact] [--samples K] [--seed S]
+    /// [--ema λ] [--sample-positions p] [--batch-size N] --out C.safetensors`. Batches of N sequences are streamed; the
+    /// state is checkpointed to <c>C.safetensors.checkpoint</c> (after every batch at most every 10 s, and on Ctrl-C), and a
+    /// rerun with the same arguments resumes from it. The checkpoint is removed when the curvature is written.
+    /// </summary>
+    public static int Fit(string[] args, TextWriter stdout)
+    {
+        var options = CommandOptions.Parse("fit", args.AsSpan(1),
+            ["--model", "--tokens", "--targets", "--fisher", "--samples", "--seed", "--ema", "--sample-positions", "--batch-size", "--out", "--backend", "--threads"], []);
+        string outPath = options.Required("--out");
+        string modelPath = options.Required("--model");
+        var lm = LanguageModel.Load(modelPath);
+        string tokensPath = options.Required("--tokens");
+        var tokens = NpyFile.ReadInt64(tokensPath);
+        lm.Inputs(tokens, null, tokensPath);
+        string? targetsPath = options.Optional("--targets");
+        NdArray? targetsFile = targetsPath is null ? null : NpyFile.Read(targetsPath);
+        var fitOptions = new KfacFitOptions
+        {
+            Fisher = options.Optional("--fisher") ?? "sampled",
+            Samples = options.Int("--samples", 1, 1),
+            Seed = options.Int("--seed", 0, 0),
+            Ema = options.Optional("--ema") is { } ema ? Number(ema, "--ema") : null,
+            SamplePositions = options.Optional("--sample-positions") is { } p ? Number(p, "--sample-positions") : 1.0,
+        };
+        fitOptions.Validate();
+        int batchSize = options.Int("--batch-size", 8, 1);
+        IReadOnlyList<Layer> layers = lm.Model.Layers;
+        if (layers.Count == 0) throw FisherKernelsException.Argument($"fit: model '{modelPath}' has no layers (MatMul/Gemm with an initializer weight, SPEC §2)");
+        LayerShape[] shapes = Shapes(layers);
+        var context = ModelCommands.Context(options);
+
+        int sequences = tokens.Shape[0], seq = tokens.Shape[1];
+        var allTargets = targetsFile is null ? Targets.NextToken(tokens) : Targets.Check(targetsFile, tokens.Shape, VocabularyOf(lm, context, tokens), targetsPath!);
+        string modelSha = Sha256(modelPath);
+        string fingerprint = $"tokens {Sha256(tokensPath)}, targets {(targetsPath is null ? "next-token" : Sha256(targetsPath))}, batch-size {batchSize}";
+        string checkpoint = outPath + ".checkpoint";
+        KfacAccumulator accumulator = File.Exists(checkpoint)
+            ? KfacAccumulator.Resume(checkpoint, context.Backend, shapes, fitOptions, modelSha, fingerprint)
+            : new KfacAccumulator(context.Backend, shapes, fitOptions, modelSha);
+        int batches = (sequences + batchSize - 1) / batchSize;
+        if (accumulator.BatchesDone > batches)
+            throw FisherKernelsException.Argument($"fit: checkpoint '{checkpoint}' has {accumulator.BatchesDone} batches, the token file only {batches}; delete it");
+
+        var parameters = LayerDiscovery.DefaultParameters(layers);
+        var lastSave = System.Diagnostics.Stopwatch.StartNew();
+        bool completed = WithProgress($"fit {Path.GetFileName(modelPath)}", batches, accumulator.BatchesDone, batch =>
+        {
+            int first = batch * batchSize, count = Math.Min(batchSize, sequences - first);
+            var batchTokens = new NdArray<long>([count, seq], tokens.Data[(first * seq)..((first + count) * seq)]);
+            var batchTargets = new NdArray<long>([count, seq], allTargets.Data[(first * seq)..((first + count) * seq)]);
+            FitBatch(lm, context, accumulator, layers, parameters, batchTokens, batchTargets);
+            if (lastSave.Elapsed.TotalSeconds >= 10 && batch + 1 < batches)
+            {
+                accumulator.SaveCheckpoint(checkpoint, fingerprint);
+                lastSave.Restart();
+            }
+        });
+        if (!completed)
+        {
+            accumulator.SaveCheckpoint(checkpoint, fingerprint);
+            Console.Error.WriteLine($"fisherkernels: fit interrupted after {accumulator.BatchesDone} of {batches} batches; state saved to '{checkpoint}', rerun the same command to resume");
+            return 130;
+        }
+        KfacCurvature curvature = accumulator.ToCurvature(CreatedBy);
+        curvature.Save(outPath);
+        File.Delete(checkpoint);
+        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"wrote {outPath}: {curvature.Fisher} Fisher of {curvature.Layers.Count} layers over {curvature.Positions:R} positions"));
+        return 0;
+    }
+
+    /// <summary>One batch: the forward pass, the layer inputs, then one backward pass per label draw (SPEC §3 Fisher types).</summary>
+    static void FitBatch(LanguageModel lm, OpContext context, KfacAccumulator accumulator, IReadOnlyList<Layer> layers,
+                         IReadOnlyList<string> parameters, NdArray<long> tokens, NdArray<long> targets)
+    {
+        var (plan, backward, logits) = Derivatives.Prepare(lm, context, tokens, parameters);
+        int positions = tokens.Shape[0] * tokens.Shape[1], vocab = logits.Shape[2];
+        accumulator.BeginBatch(positions);
+        foreach (Layer layer in layers) accumulator.AddInputs(layer.Id, Rows(layer, a => (NdArray<float>)plan.Get(a.InputValue)));
+
+        NdArray<float> seed = backward.Gradient(lm.LogitsOutput);
+        void Backpropagate(double weight)
+        {
+            backward.Run(context);
+            foreach (Layer layer in layers) accumulator.AddOutputGradients(layer.Id, Rows(layer, a => backward.Gradient(a.OutputValue)), weight);
+        }
+
+        switch (accumulator.Options.Fisher)
+        {
+            case "empirical":
+                backward.Clear();
+                Derivatives.LossCotangent(logits, targets, seed);
+                Backpropagate(1);
+                break;
+            case "sampled":
+                var labels = new NdArray<long>((int[])targets.Shape.Clone());
+                int draws = accumulator.Options.Samples;
+                for (int d = 0; d < draws; d++)
+                {
+                    accumulator.SampleLabels(logits.Data, positions, vocab, targets.Data, d, labels.Data);
+                    backward.Clear();
+                    Derivatives.LossCotangent(logits, labels, seed);
+                    Backpropagate(1.0 / draws);
+                }
+                break;
+            default: // exact: Σ_y p(y) g_y g_yᵀ per targeted position t, separately (no cross terms), as √p(y)·(p − e_y) cotangents
+                var p = new float[vocab];
+                for (int t = 0; t < positions; t++)
+                {
+                    if (targets.Data[t] == Targets.Ignore) continue;
+                    Derivatives.Softmax(logits.Data.AsSpan(t * vocab, vocab), p);
+                    for (int y = 0; y < vocab; y++)
+                    {
+                        backward.Clear();
+                        Span<float> row = seed.Data.AsSpan(t * vocab, vocab);
+                        float root = MathF.Sqrt(p[y]);
+                        for (int v = 0; v < vocab; v++) row[v] = root * p[v];
+                        row[y] -= root;
+                        Backpropagate(1);
+                    }
+                }
+                break;
+        }
+        accumulator.EndBatch();
+    }
+
+    /// <summary>The rows of a value at every application of a layer, applications one after the other.</summary>
+    static float[] Rows(Layer layer, Func<LayerApplication, NdArray<float>> value)
+    {
+        if (layer.Applications.Count == 1) return value(layer.Applications[0]).Data;
+        return layer.Applications.SelectMany(a => value(a).Data).ToArray();
+    }
+
+    /// <summary>`merge C1.safetensors C2.safetensors ... --out C.safetensors`: adds the information of the curvatures (SPEC §3).</summary>
+    public static int Merge(string[] args, TextWriter stdout)
+    {
+        var inputs = new List<string>();
+        string? outPath = null;
+        for (int i = 1; i < args.Length; i++)
+        {
+            if (args[i] == "--verbose") continue;
+            if (args[i] == "--out")
+            {
+                if (outPath is not null) throw FisherKernelsException.Argument("merge: option --out is given twice");
+                if (i + 1 >= args.Length) throw FisherKernelsException.Argument("merge: option --out needs a value");
+                outPath = args[++i];
+            }
+            else if (args[i].StartsWith("--", StringComparison.Ordinal)) throw FisherKernelsException.Argument($"merge: unknown option '{args[i]}' (expected --out)");
+            else inputs.Add(args[i]);
+        }
+        if (outPath is null) throw FisherKernelsException.Argument("merge: option --out is required");
+        if (inputs.Count < 2) throw FisherKernelsException.Argument($"merge: needs at least two curvature files, got {inputs.Count}");
+        KfacCurvature merged = KfacCurvature.Load(inputs[0]);
+        foreach (string path in inputs.Skip(1)) merged = merged.Merge(KfacCurvature.Load(path), CreatedBy);
+        merged.Save(outPath);
+        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"wrote {outPath}: {inputs.Count} curvatures, {merged.Positions:R} positions"));
+        return 0;
+    }
+
+    /// <summary>
+    /// `calibrate --model M --tokens T.npy [--targets Y.npy] --curvature C.safetensors [--prior-precision τ] [--out C2]`:
+    /// scores held-out tokens with K-FAC, fits β of <c>1/(1+β·u)</c> (u = epistemic + aleatoric) on next-token errors,
+    /// prints AUROC, ECE and NLL, and stores β in the curvature (<c>--out</c>, else the curvature file itself).
+    /// </summary>
+    public static int Calibrate(string[] args, TextWriter stdout)
+    {
+        var options = CommandOptions.Parse("calibrate", args.AsSpan(1),
+            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--out", "--backend", "--threads"], []);
+        string curvaturePath = options.Required("--curvature");
+        string outPath = options.Optional("--out") ?? curvaturePath;
+        var lm = LanguageModel.Load(options.Required("--model"));
+        string tokensPath = options.Required("--tokens");
+        var tokens = NpyFile.ReadInt64(tokensPath);
+        lm.Inputs(tokens, null, tokensPath);
+        var context = ModelCommands.Context(options);
+        var (curvature, posterior) = LoadPosterior(lm, options, curvaturePath, context.Backend);
+        string? targetsPath = options.Optional("--targets");
+        var logits = lm.Forward(context, tokens, null, tokensPath);
+        int vocab = logits.Shape[2];
+        var targets = targetsPath is null ? Targets.NextToken(tokens) : Targets.Check(NpyFile.Read(targetsPath), tokens.Shape, vocab, targetsPath);
+
+        var report = Onnx.Scoring.PositionScorer.Score(lm, context, tokens, targets, LayerDiscovery.DefaultParameters(lm.Model.Layers), "kfac",
+                                                       posterior.PriorPrecision, Epistemic(lm, posterior));
+        var epistemic = new List<double>();
+        var aleatoric = new List<double>();
+        var confidence = new List<double>();
+        var correct = new List<bool>();
+        var p = new float[vocab];
+        int seq = tokens.Shape[1];
+        foreach (var sequence in report.Sequences)
+            foreach (var token in sequence.Tokens)
+            {
+                int row = sequence.Index * seq + token.Position;
+                Derivatives.Softmax(logits.Data.AsSpan(row * vocab, vocab), p);
+                int argmax = 0;
+                for (int v = 1; v < vocab; v++) if (p[v] > p[argmax]) argmax = v;
+                epistemic.Add(token.Epistemic);
+                aleatoric.Add(token.Aleatoric);
+                confidence.Add(p[argmax]);
+                correct.Add(argmax == token.Target);
+            }
+        if (correct.Count == 0) throw FisherKernelsException.Argument($"calibrate: '{tokensPath}' has no targeted positions");
+        CalibrationSummary summary = CalibrationSummary.Fit(epistemic.ToArray(), aleatoric.ToArray(), confidence.ToArray(), correct.ToArray());
+        foreach (string line in summary.Lines("kfac")) stdout.WriteLine(line);
+        curvature.WithCalibrationBeta(summary.Beta).Save(outPath);
+        stdout.WriteLine($"wrote {outPath} with calibration_beta");
+        return 0;
+    }
+
+    /// <summary>The curvature for <paramref name="lm"/> (checked against its hash and layers) and its posterior; prints nothing.</summary>
+    public static (KfacCurvature Curvature, KfacPosterior Posterior) LoadPosterior(LanguageModel lm, CommandOptions options, string curvaturePath, IComputeBackend backend)
+    {
+        LayerShape[] shapes = Shapes(lm.Model.Layers);
+        KfacCurvature curvature = KfacCurvature.Load(curvaturePath, shapes);
+        curvature.EnsureMatches(Sha256(lm.Model.Graph.Source), shapes);
+        var posteriorOptions = new PosteriorOptions
+        {
+            PriorPrecision = options.Optional("--prior-precision") is { } tau ? Number(tau, "--prior-precision") : 1.0,
+            Rank = options.Int("--rank", 64, 1),
+        };
+        return (curvature, new KfacPosterior(curvature, backend, posteriorOptions));
+    }
+
+    /// <summary>
+    /// The K-FAC epistemic score of one backward pass (SPEC §4): Σ over layers of <c>vec(X)ᵀ Σ vec(X)</c>, X = [∇W | ∇b]
+    /// as <c>[out × in(+1)]</c> whatever the weight's storage. The backward pass must have every layer weight and bias as parameters.
+    /// </summary>
+    public static Func<Backward, double> Epistemic(LanguageModel lm, KfacPosterior posterior)
+    {
+        IReadOnlyList<Layer> layers = lm.Model.Layers;
+        var buffers = layers.Select(l => new float[(long)l.Out * (l.In + (l.Bias is null ? 0 : 1))]).ToArray();
+        var result = new float[1];
+        return backward =>
+        {
+            double sum = 0;
+            for (int i = 0; i < layers.Count; i++)
+            {
+                Layer layer = layers[i];
+                float[] x = buffers[i];
+                int a = layer.In + (layer.Bias is null ? 0 : 1);
+                float[] w = backward.Gradient(layer.Id).Data;
+                for (int o = 0; o < layer.Out; o++)
+                    for (int k = 0; k < layer.In; k++) x[o * a + k] = layer.StoredOutIn ? w[o * layer.In + k] : w[k * layer.Out + o];
+                if (layer.Bias is not null)
+                {
+                    float[] b = backward.Gradient(layer.Bias).Data;
+                    for (int o = 0; o < layer.Out; o++) x[o * a + layer.In] = b[o];
+                }
+                posterior[layer.Id].Quadratic(x, 1, result);
+                sum += result[0];
+            }
+            return sum;
+        };
+    }
+
+    public static LayerShape[] Shapes(IReadOnlyList<Layer> layers) => layers.Select(l => new LayerShape(l.Id, l.In, l.Out, l.Bias is not null)).ToArray();
+
+    /// <summary>Hex SHA-256 of a file (the model hash of SPEC §5).</summary>
+    public static string Sha256(string path)
+    {
+        using FileStream stream = RawArrays.OpenRead(path);
+        return Convert.ToHexStringLower(SHA256.HashData(stream));
+    }
+
+    static int VocabularyOf(LanguageModel lm, OpContext context, NdArray<long> tokens) =>
+        lm.Forward(context, new NdArray<long>([1, tokens.Shape[1]], tokens.Data[..tokens.Shape[1]])).Shape[2];
+
+    static double Number(string text, string option) =>
+        double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && double.IsFinite(v) ? v
+        : throw FisherKernelsException.Argument($"{option} must be a number, got '{text}'");
+
+    /// <summary>
+    /// Runs <paramref name="step"/> for items <paramref name="start"/>..<paramref name="total"/>-1 with a progress bar on a terminal
+    /// and plain progress lines on stderr otherwise. Ctrl-C stops after the current item: returns false.
+    /// </summary>
+    static bool WithProgress(string description, int total, int start, Action<int> step)
+    {
+        bool cancelled = false;
+        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancelled = true; };
+        Console.CancelKeyPress += onCancel;
+        try
+        {
+            if (!Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive)
+            {
+                AnsiConsole.Progress().AutoClear(false).Start(ctx =>
+                {
+                    var task = ctx.AddTask(description, maxValue: total);
+                    task.Value = start;
+                    for (int i = start; i < total && !cancelled; i++)
+                    {
+                        step(i);
+                        task.Increment(1);
+                    }
+                });
+            }
+            else
+            {
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                for (int i = start; i < total && !cancelled; i++)
+                {
+                    step(i);
+                    if (clock.Elapsed.TotalSeconds >= 2 || i + 1 == total)
+                    {
+                        Console.Error.WriteLine($"{description}: batch {i + 1}/{total}");
+                        clock.Restart();
+                    }
+                }
+            }
+            return !cancelled;
+        }
+        finally
+        {
+            Console.CancelKeyPress -= onCancel;
+        }
+    }
+}
