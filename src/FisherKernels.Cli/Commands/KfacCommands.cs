@@ -194,7 +194,8 @@ internal static class KfacCommands
         var tokens = NpyFile.ReadInt64(tokensPath);
         lm.Inputs(tokens, null, tokensPath);
         var context = ModelCommands.Context(options);
-        var (curvature, posterior) = LoadPosterior(lm, options, curvaturePath, context.Backend);
+        double prior = options.Optional("--prior-precision") is { } tau ? Number(tau, "--prior-precision") : 1.0;
+        var (curvature, posterior) = LoadPosterior(lm, curvaturePath, prior, options.Int("--rank", 64, 1), context.Backend, Console.Error);
         string? targetsPath = options.Optional("--targets");
         var logits = lm.Forward(context, tokens, null, tokensPath);
         int vocab = logits.Shape[2];
@@ -228,19 +229,28 @@ internal static class KfacCommands
         return 0;
     }
 
-    /// <summary>The curvature for <paramref name="lm"/> (checked against its hash and layers) and its posterior; prints nothing.</summary>
-    public static (KfacCurvature Curvature, KfacPosterior Posterior) LoadPosterior(LanguageModel lm, CommandOptions options, string curvaturePath, IComputeBackend backend)
+    /// <summary>
+    /// The curvature for <paramref name="lm"/> (checked against its hash and layers: the error says which differs) and its
+    /// posterior; each layer's eigenvalue range goes to <paramref name="log"/>.
+    /// </summary>
+    public static (KfacCurvature Curvature, KfacPosterior Posterior) LoadPosterior(LanguageModel lm, string curvaturePath, double priorPrecision, int rank,
+                                                                                  IComputeBackend backend, TextWriter log)
     {
         LayerShape[] shapes = Shapes(lm.Model.Layers);
         KfacCurvature curvature = KfacCurvature.Load(curvaturePath, shapes);
         curvature.EnsureMatches(Sha256(lm.Model.Graph.Source), shapes);
-        var posteriorOptions = new PosteriorOptions
-        {
-            PriorPrecision = options.Optional("--prior-precision") is { } tau ? Number(tau, "--prior-precision") : 1.0,
-            Rank = options.Int("--rank", 64, 1),
-        };
-        return (curvature, new KfacPosterior(curvature, backend, posteriorOptions));
+        var posterior = new KfacPosterior(curvature, backend, new PosteriorOptions { PriorPrecision = priorPrecision, Rank = rank });
+        foreach (string line in posterior.Describe()) log.WriteLine(line);
+        return (curvature, posterior);
     }
+
+    /// <summary>The K-FAC posterior covers every layer's weight and bias (SPEC §2 default set); <c>--params</c> is for the isotropic method.</summary>
+    public static string? RefuseParams(string? spec) => spec is null ? null
+        : throw FisherKernelsException.Argument("score: --params applies to --method isotropic; K-FAC scores every layer's weight and bias");
+
+    /// <summary><see cref="Epistemic(LanguageModel, KfacPosterior)"/> for the curvature file <paramref name="curvaturePath"/>.</summary>
+    public static Func<Backward, double> Epistemic(LanguageModel lm, string curvaturePath, double priorPrecision, int rank, IComputeBackend backend, TextWriter log) =>
+        Epistemic(lm, LoadPosterior(lm, curvaturePath, priorPrecision, rank, backend, log).Posterior);
 
     /// <summary>
     /// The K-FAC epistemic score of one backward pass (SPEC §4): Σ over layers of <c>vec(X)ᵀ Σ vec(X)</c>, X = [∇W | ∇b]
