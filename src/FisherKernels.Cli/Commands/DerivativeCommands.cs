@@ -36,9 +36,7 @@ internal static class DerivativeCommands
         if (Path.GetExtension(outPath).ToLowerInvariant() is not (".json" or ".csv"))
             throw FisherKernelsException.Argument($"score: --out '{outPath}' must end in .json or .csv");
         string method = options.Optional("--method") ?? (options.Optional("--curvature") is null ? "isotropic" : "kfac");
-        if (method == "kfac")
-            throw FisherKernelsException.Unsupported("score --method kfac is not available in this build yet (use --method isotropic)");
-        if (method != "isotropic")
+        if (method is not ("isotropic" or "kfac"))
             throw FisherKernelsException.Argument($"score: --method must be isotropic or kfac, got '{method}'");
         double prior = 1.0;
         if (options.Optional("--prior-precision") is { } priorText &&
@@ -51,9 +49,11 @@ internal static class DerivativeCommands
         lm.Inputs(tokens, null, tokensPath);
         string? targetsPath = options.Optional("--targets");
         NdArray? targets = targetsPath is null ? null : NpyFile.Read(targetsPath);
-        var parameters = Parameters(lm, options.Optional("--params"));
-        var report = PositionScorer.Score(lm, ModelCommands.Context(options), tokens, targets, parameters, method, prior,
-                                          PositionScorer.SquaredGradientNorm(parameters));
+        var context = ModelCommands.Context(options);
+        var parameters = Parameters(lm, method == "kfac" ? KfacCommands.RefuseParams(options.Optional("--params")) : options.Optional("--params"));
+        var epistemic = method == "kfac" ? KfacCommands.Epistemic(lm, options.Required("--curvature"), prior, options.Int("--rank", 64, 1), context.Backend, Console.Error)
+                                         : PositionScorer.SquaredGradientNorm(parameters);
+        var report = PositionScorer.Score(lm, context, tokens, targets, parameters, method, prior, epistemic);
         report.Write(outPath);
         return 0;
     }

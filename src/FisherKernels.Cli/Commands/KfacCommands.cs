@@ -23,7 +23,10 @@ internal static class KfacCommands
     /// state is checkpointed to <c>C.safetensors.checkpoint</c> (after every batch at most every 10 s, and on Ctrl-C), and a
     /// rerun with the same arguments resumes from it. The checkpoint is removed when the curvature is written.
     /// </summary>
-    public static int Fit(string[] args, TextWriter stdout)
+    public static int Fit(string[] args, TextWriter stdout) => Fit(args, stdout, stopAfterBatch: null);
+
+    /// <summary><see cref="Fit(string[], TextWriter)"/>, stopping as Ctrl-C does once <paramref name="stopAfterBatch"/> says so (tests of resume).</summary>
+    internal static int Fit(string[] args, TextWriter stdout, Func<int, bool>? stopAfterBatch)
     {
         var options = CommandOptions.Parse("fit", args.AsSpan(1),
             ["--model", "--tokens", "--targets", "--fisher", "--samples", "--seed", "--ema", "--sample-positions", "--batch-size", "--out", "--backend", "--threads"], []);
@@ -64,12 +67,14 @@ internal static class KfacCommands
 
         var parameters = LayerDiscovery.DefaultParameters(layers);
         var lastSave = System.Diagnostics.Stopwatch.StartNew();
-        bool completed = WithProgress($"fit {Path.GetFileName(modelPath)}", batches, accumulator.BatchesDone, batch =>
+        bool stop = false;
+        bool completed = WithProgress($"fit {Path.GetFileName(modelPath)}", batches, accumulator.BatchesDone, () => stop, batch =>
         {
             int first = batch * batchSize, count = Math.Min(batchSize, sequences - first);
             var batchTokens = new NdArray<long>([count, seq], tokens.Data[(first * seq)..((first + count) * seq)]);
             var batchTargets = new NdArray<long>([count, seq], allTargets.Data[(first * seq)..((first + count) * seq)]);
             FitBatch(lm, context, accumulator, layers, parameters, batchTokens, batchTargets);
+            stop = stopAfterBatch?.Invoke(batch) == true;
             if (lastSave.Elapsed.TotalSeconds >= 10 && batch + 1 < batches)
             {
                 accumulator.SaveCheckpoint(checkpoint, fingerprint);
@@ -302,12 +307,14 @@ internal static class KfacCommands
 
     /// <summary>
     /// Runs <paramref name="step"/> for items <paramref name="start"/>..<paramref name="total"/>-1 with a progress bar on a terminal
-    /// and plain progress lines on stderr otherwise. Ctrl-C stops after the current item: returns false.
+    /// and plain progress lines on stderr otherwise. Ctrl-C (or <paramref name="stopRequested"/>) stops after the current item: returns false.
     /// </summary>
-    static bool WithProgress(string description, int total, int start, Action<int> step)
+    static bool WithProgress(string description, int total, int start, Func<bool> stopRequested, Action<int> step)
     {
-        bool cancelled = false;
-        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancelled = true; };
+        bool interrupted = false;
+        bool cancelled() => interrupted || stopRequested();
+        int next = start;
+        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; interrupted = true; };
         Console.CancelKeyPress += onCancel;
         try
         {
@@ -317,9 +324,9 @@ internal static class KfacCommands
                 {
                     var task = ctx.AddTask(description, maxValue: total);
                     task.Value = start;
-                    for (int i = start; i < total && !cancelled; i++)
+                    for (; next < total && !cancelled(); next++)
                     {
-                        step(i);
+                        step(next);
                         task.Increment(1);
                     }
                 });
@@ -327,17 +334,17 @@ internal static class KfacCommands
             else
             {
                 var clock = System.Diagnostics.Stopwatch.StartNew();
-                for (int i = start; i < total && !cancelled; i++)
+                for (; next < total && !cancelled(); next++)
                 {
-                    step(i);
-                    if (clock.Elapsed.TotalSeconds >= 2 || i + 1 == total)
+                    step(next);
+                    if (clock.Elapsed.TotalSeconds >= 2 || next + 1 == total)
                     {
-                        Console.Error.WriteLine($"{description}: batch {i + 1}/{total}");
+                        Console.Error.WriteLine($"{description}: batch {next + 1}/{total}");
                         clock.Restart();
                     }
                 }
             }
-            return !cancelled;
+            return next == total;
         }
         finally
         {

@@ -1,0 +1,178 @@
+using System.Text.Json;
+using FisherKernels.Cli.Commands;
+using FisherKernels.Curvature;
+using FisherKernels.IO;
+
+namespace FisherKernels.Tests.Commands;
+
+/// <summary>fit / score --method kfac / merge / calibrate as a user runs them, against the torch float64 goldens (SPEC §7).</summary>
+public class KfacCommandTests
+{
+    static double RelativeError(float[] actual, float[] reference)
+    {
+        double diff = 0, norm = 0;
+        for (int i = 0; i < reference.Length; i++) { diff += Math.Pow(actual[i] - reference[i], 2); norm += (double)reference[i] * reference[i]; }
+        return Math.Sqrt(diff / norm);
+    }
+
+    static void AssertFactorsMatch(string expectedPath, string actualPath, double tolerance)
+    {
+        SafetensorsFile expected = SafetensorsFile.Read(expectedPath), actual = SafetensorsFile.Read(actualPath);
+        Assert.Equal(expected.Names.Order(), actual.Names.Order());
+        foreach (string name in expected.Names)
+        {
+            double error = RelativeError(actual.GetFloat32(name).Data, expected.GetFloat32(name).Data);
+            Assert.True(error <= tolerance, $"{actualPath}: {name} relative error {error}");
+        }
+    }
+
+    [Theory]
+    [InlineData("gpt2_tiny", "empirical", true, "1")]
+    [InlineData("llama_tiny", "empirical", false, "2")]
+    [InlineData("bert_tiny", "exact", false, "2")]
+    public void FitMatchesTheTorchGoldens(string model, string fisher, bool withTargets, string batchSize)
+    {
+        using var temp = new TempFolder();
+        string output = temp.File("c.safetensors");
+        string[] args = ["fit", "--model", Fixtures.Path(model + ".onnx"), "--tokens", Fixtures.Path(model + ".tokens.npy"),
+                         "--fisher", fisher, "--batch-size", batchSize, "--out", output];
+        if (withTargets) args = [.. args, "--targets", Fixtures.Path(model + ".targets.npy")];
+        var (code, stdout, stderr) = CliRunner.Run(args);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("24 positions", stdout);
+        string golden = Fixtures.Path($"{model}.{(fisher == "exact" ? "kfac_exact" : withTargets ? "kfac_targets" : "kfac")}.safetensors");
+        AssertFactorsMatch(golden, output, 1e-3);
+        var meta = SafetensorsFile.Read(output).Metadata;
+        Assert.Equal(fisher, meta["fisher"]);
+        Assert.Equal("24", meta["positions"]);
+        Assert.Equal(SafetensorsFile.Read(golden).Metadata["model_sha256"], meta["model_sha256"]);
+        Assert.False(File.Exists(output + ".checkpoint"));
+    }
+
+    [Theory]
+    [InlineData("gpt2_tiny", false)]
+    [InlineData("llama_tiny", true)]
+    [InlineData("bert_tiny", false)]
+    [InlineData("bert_tiny", true)]
+    public void KfacScoresMatchTheTorchGoldens(string model, bool withTargets)
+    {
+        using var temp = new TempFolder();
+        string output = temp.File("s.json");
+        string suffix = withTargets ? "_targets" : "";
+        string[] args = ["score", "--model", Fixtures.Path(model + ".onnx"), "--tokens", Fixtures.Path(model + ".tokens.npy"),
+                         "--method", "kfac", "--curvature", Fixtures.Path($"{model}.kfac{suffix}.safetensors"), "--prior-precision", "1", "--out", output];
+        if (withTargets) args = [.. args, "--targets", Fixtures.Path(model + ".targets.npy")];
+        var (code, _, stderr) = CliRunner.Run(args);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("eigenvalues", stderr); // each layer's eigenvalue range is reported
+
+        using var expected = JsonDocument.Parse(File.ReadAllText(Fixtures.Path($"{model}.scores{suffix}.json")));
+        using var actual = JsonDocument.Parse(File.ReadAllText(output));
+        JsonElement reference = expected.RootElement.GetProperty("kfac");
+        Assert.Equal("kfac", actual.RootElement.GetProperty("method").GetString());
+        var (tokenRef, tokenGot, sequenceRef, sequenceGot) = (new List<float>(), new List<float>(), new List<float>(), new List<float>());
+        foreach (var (r, g) in reference.GetProperty("sequences").EnumerateArray().Zip(actual.RootElement.GetProperty("sequences").EnumerateArray()))
+        {
+            sequenceRef.Add((float)r.GetProperty("epistemic").GetDouble());
+            sequenceGot.Add((float)g.GetProperty("epistemic").GetDouble());
+            Assert.Equal(r.GetProperty("tokens").GetArrayLength(), g.GetProperty("tokens").GetArrayLength());
+            foreach (var (rt, gt) in r.GetProperty("tokens").EnumerateArray().Zip(g.GetProperty("tokens").EnumerateArray()))
+            {
+                Assert.Equal(rt.GetProperty("position").GetInt32(), gt.GetProperty("position").GetInt32());
+                Assert.Equal(rt.GetProperty("p").GetDouble(), gt.GetProperty("p").GetDouble(), 1e-4);
+                tokenRef.Add((float)rt.GetProperty("epistemic").GetDouble());
+                tokenGot.Add((float)gt.GetProperty("epistemic").GetDouble());
+            }
+        }
+        Assert.True(RelativeError([.. tokenGot], [.. tokenRef]) <= 1e-3, $"token epistemic relative error {RelativeError([.. tokenGot], [.. tokenRef])}");
+        Assert.True(RelativeError([.. sequenceGot], [.. sequenceRef]) <= 1e-3, $"sequence epistemic relative error {RelativeError([.. sequenceGot], [.. sequenceRef])}");
+    }
+
+    [Fact]
+    public void InterruptedFitResumesToTheSameFile()
+    {
+        using var temp = new TempFolder();
+        string[] Args(string output, string batchSize = "1") => ["fit", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
+                                         "--samples", "2", "--seed", "4", "--sample-positions", "0.7", "--batch-size", batchSize, "--out", output];
+        var (code, _, stderr) = CliRunner.Run(Args(temp.File("whole.safetensors")));
+        Assert.True(code == 0, stderr);
+
+        string resumed = temp.File("resumed.safetensors");
+        Assert.Equal(130, KfacCommands.Fit(Args(resumed), TextWriter.Null, stopAfterBatch: batch => batch == 0));
+        Assert.True(File.Exists(resumed + ".checkpoint"));
+        Assert.False(File.Exists(resumed));
+        (code, _, stderr) = CliRunner.Run(Args(resumed));
+        Assert.True(code == 0, stderr);
+        Assert.False(File.Exists(resumed + ".checkpoint"));
+        Assert.Equal(File.ReadAllBytes(temp.File("whole.safetensors")), File.ReadAllBytes(resumed));
+
+        // A checkpoint of other arguments is refused, naming itself; nothing is written.
+        Assert.Equal(130, KfacCommands.Fit(Args(resumed), TextWriter.Null, stopAfterBatch: batch => batch == 0));
+        File.Delete(resumed);
+        (code, _, stderr) = CliRunner.Run(Args(resumed, batchSize: "2"));
+        Assert.NotEqual(0, code);
+        Assert.Contains(resumed + ".checkpoint", stderr);
+        Assert.False(File.Exists(resumed));
+    }
+
+    [Fact]
+    public void MergedFitsOfTwoHalvesEqualTheFitOfTheWhole()
+    {
+        using var temp = new TempFolder();
+        var tokens = (NdArray<long>)NpyFile.Read(Fixtures.Path("llama_tiny.tokens.npy"));
+        int seq = tokens.Shape[1];
+        NpyFile.Write(temp.File("a.npy"), new NdArray<long>([1, seq], tokens.Data[..seq]));
+        NpyFile.Write(temp.File("b.npy"), new NdArray<long>([1, seq], tokens.Data[seq..]));
+        string model = Fixtures.Path("llama_tiny.onnx");
+        foreach (var (input, output) in new[] { ("a.npy", "a.safetensors"), ("b.npy", "b.safetensors") })
+        {
+            var (fitCode, _, fitErr) = CliRunner.Run("fit", "--model", model, "--tokens", temp.File(input), "--fisher", "empirical", "--out", temp.File(output));
+            Assert.True(fitCode == 0, fitErr);
+        }
+        var (code, stdout, stderr) = CliRunner.Run("merge", temp.File("a.safetensors"), temp.File("b.safetensors"), "--out", temp.File("merged.safetensors"));
+        Assert.True(code == 0, stderr);
+        Assert.Contains("24 positions", stdout);
+        AssertFactorsMatch(Fixtures.Path("llama_tiny.kfac.safetensors"), temp.File("merged.safetensors"), 1e-5);
+
+        (code, _, stderr) = CliRunner.Run("merge", temp.File("a.safetensors"), "--out", temp.File("m.safetensors"));
+        Assert.NotEqual(0, code);
+        Assert.Contains("at least two", stderr);
+        (code, _, stderr) = CliRunner.Run("merge", temp.File("a.safetensors"), Fixtures.Path("gpt2_tiny.kfac.safetensors"), "--out", temp.File("m.safetensors"));
+        Assert.NotEqual(0, code);
+        Assert.Single(stderr.Trim().Split('\n'));
+        Assert.False(File.Exists(temp.File("m.safetensors")));
+    }
+
+    [Fact]
+    public void CalibrateStoresBetaAndReportsTheFigures()
+    {
+        using var temp = new TempFolder();
+        string output = temp.File("calibrated.safetensors");
+        var (code, stdout, stderr) = CliRunner.Run("calibrate", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
+                                                   "--curvature", Fixtures.Path("gpt2_tiny.kfac.safetensors"), "--out", output);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("kfac: AUROC for errors: epistemic", stdout);
+        Assert.Contains("kfac: ECE", stdout);
+        KfacCurvature calibrated = KfacCurvature.Load(output);
+        Assert.True(calibrated.CalibrationBeta >= 0);
+        Assert.Equal("fisherkernels/1", SafetensorsFile.Read(output).Metadata["format"]);
+    }
+
+    [Fact]
+    public void CurvatureOfAnotherModelIsRefusedNamingWhatDiffers()
+    {
+        using var temp = new TempFolder();
+        string output = temp.File("s.json");
+        var (code, _, stderr) = CliRunner.Run("score", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
+                                              "--method", "kfac", "--curvature", Fixtures.Path("llama_tiny.kfac.safetensors"), "--out", output);
+        Assert.NotEqual(0, code);
+        Assert.Contains("llama_tiny.kfac.safetensors", stderr);
+        Assert.False(File.Exists(output));
+
+        (code, _, stderr) = CliRunner.Run("fit", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
+                                          "--fisher", "gauss", "--out", temp.File("c.safetensors"));
+        Assert.NotEqual(0, code);
+        Assert.Contains("--fisher", stderr);
+        Assert.Empty(Directory.GetFiles(temp.Path));
+    }
+}
