@@ -88,7 +88,8 @@ Task("Native").IsDependentOn("Build").Does(() =>
     });
     foreach (var args in new[]
     {
-        $"-S native -B artifacts/native-build -DCMAKE_BUILD_TYPE=Release \"-DFK_OUTPUT_DIR={output}\"",
+        $"-S native -B artifacts/native-build -DCMAKE_BUILD_TYPE=Release \"-DFK_OUTPUT_DIR={output}\" "
+            + $"\"-DFK_CLI={MakeAbsolute(File($"./src/FisherKernels.Cli/bin/{configuration}/net10.0/fisherkernels.dll")).FullPath}\"",
         "--build artifacts/native-build",
     })
     {

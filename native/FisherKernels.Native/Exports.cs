@@ -1,5 +1,10 @@
 using System.Runtime.InteropServices;
 using FisherKernels.Backends;
+using FisherKernels.IO;
+using FisherKernels.Onnx;
+using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Scoring;
 
 namespace FisherKernels.Native;
 
@@ -30,7 +35,7 @@ internal static unsafe class Exports
         {
             NotNull(handle, "out");
             *handle = 0;
-            var name = backend == null ? null : Marshal.PtrToStringUTF8((nint)backend);
+            var name = backend == null ? null : Utf8(backend);
             *handle = Handles.Add(new Engine(BackendRegistry.Create(name)));
             return Ok;
         }
@@ -119,7 +124,10 @@ internal static unsafe class Exports
             *handle = 0;
             NotNull(onnxPath, "onnx_path");
             using var engine = Handles.Use<Engine>(engineHandle, "fk_engine");
-            throw ModelsMissing("fk_model_load");
+            var lm = LanguageModel.Load(Utf8(onnxPath));
+            lm.Model.CheckSupported();
+            *handle = Handles.Add(new Model(engineHandle, lm, new OpContext(engine.Value.Backend)));
+            return Ok;
         }
         catch (Exception e) { return Fail(e); }
     }
@@ -129,7 +137,7 @@ internal static unsafe class Exports
     {
         try
         {
-            if (handle != 0) Handles.Remove<Model>(handle, "fk_model").Dispose();
+            if (handle != 0) Handles.Remove<Model>(handle, "fk_model");
         }
         catch (Exception e) { Fail(e); }
     }
@@ -141,9 +149,33 @@ internal static unsafe class Exports
         try
         {
             NotNull(tokens, "tokens"); NotNull(p, "p"); NotNull(aleatoric, "aleatoric"); NotNull(epistemic, "epistemic");
-            Positive(batch, "batch"); Positive(seq, "seq");
+            var ids = Tokens(tokens, batch, seq);
+            if (!(priorPrecision > 0) || double.IsInfinity(priorPrecision))
+                throw FisherKernelsException.Argument($"prior_precision must be finite and positive, got {priorPrecision}");
+            var pOut = Out(p, "p", batch, seq);
+            var aleatoricOut = Out(aleatoric, "aleatoric", batch, seq);
+            var epistemicOut = Out(epistemic, "epistemic", batch, seq);
             using var model = Handles.Use<Model>(handle, "fk_model");
-            throw ModelsMissing("fk_model_score");
+            using var engine = model.Value.UseEngine();
+            if (curvaturePath != null)
+                throw FisherKernelsException.Unsupported(
+                    $"fk_model_score with a curvature file ('{Utf8(curvaturePath)}', the K-FAC method) is not available in this build yet; pass curvature_path = NULL for the isotropic score");
+            var lm = model.Value.LanguageModel;
+            var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
+            if (parameters.Count == 0)
+                throw FisherKernelsException.Argument($"model '{lm.Model.Graph.Source}' has no layers (MatMul/Gemm with an initializer weight) to score");
+            var report = PositionScorer.Score(lm, model.Value.Context, ids, null, parameters, "isotropic", priorPrecision,
+                                              PositionScorer.SquaredGradientNorm(parameters));
+            pOut.Fill(float.NaN); aleatoricOut.Fill(float.NaN); epistemicOut.Fill(float.NaN);
+            foreach (var sequence in report.Sequences)
+                foreach (var token in sequence.Tokens)
+                {
+                    long at = sequence.Index * seq + token.Position;
+                    pOut[(int)at] = (float)token.P;
+                    aleatoricOut[(int)at] = (float)token.Aleatoric;
+                    epistemicOut[(int)at] = (float)token.Epistemic;
+                }
+            return Ok;
         }
         catch (Exception e) { return Fail(e); }
     }
@@ -154,15 +186,34 @@ internal static unsafe class Exports
         try
         {
             NotNull(tokens, "tokens"); NotNull(directionPath, "direction_path"); NotNull(output, "out");
-            Positive(batch, "batch"); Positive(seq, "seq"); NonNegative(outLength, "out_len");
+            var ids = Tokens(tokens, batch, seq);
+            NonNegative(outLength, "out_len");
+            var outSpan = Out(output, "out", outLength);
             using var model = Handles.Use<Model>(handle, "fk_model");
-            throw ModelsMissing("fk_model_jvp");
+            using var engine = model.Value.UseEngine();
+            string path = Utf8(directionPath);
+            var file = SafetensorsFile.Read(path);
+            if (file.Names.Count == 0) throw FisherKernelsException.Argument($"direction '{path}' holds no tensor");
+            var direction = file.Names.ToDictionary(n => n, file.GetFloat32);
+            var jvp = Derivatives.Jvp(model.Value.LanguageModel, model.Value.Context, ids, direction, $"direction '{path}'");
+            if (jvp.Data.Length > outSpan.Length)
+                throw new FisherKernelsException(ErrorKind.BufferTooSmall,
+                    $"out holds {outSpan.Length} floats; J·V needs {jvp.Data.Length} ([batch × seq × vocab] = [{string.Join(" × ", jvp.Shape)}])");
+            jvp.Data.CopyTo(outSpan);
+            return Ok;
         }
         catch (Exception e) { return Fail(e); }
     }
 
-    private static FisherKernelsException ModelsMissing(string function) =>
-        FisherKernelsException.Unsupported($"{function} is not available in this build: the ONNX executor is not part of the library yet");
+    /// <summary>A copy of the caller's [batch × seq] token ids.</summary>
+    private static NdArray<long> Tokens(long* tokens, long batch, long seq)
+    {
+        Positive(batch, "batch"); Positive(seq, "seq");
+        int length = SpanLength("tokens", batch, seq, 1);
+        return new NdArray<long>([(int)batch, (int)seq], new ReadOnlySpan<long>(tokens, length).ToArray());
+    }
+
+    private static string Utf8(byte* text) => Marshal.PtrToStringUTF8((nint)text)!;
 
     private static void NotNull(void* pointer, string name)
     {
@@ -231,12 +282,18 @@ internal sealed class Engine(IComputeBackend backend) : IDisposable
     public void Dispose() => Backend.Dispose();
 }
 
-/// <summary>One fk_model: an ONNX model bound to the engine it was loaded on.</summary>
-internal sealed class Model(Engine engine) : IDisposable
+/// <summary>
+/// One fk_model: an ONNX model bound to the engine it was loaded on. Its calls hold the engine too (they run on
+/// its backend), so destroying the engine first makes them fail cleanly instead of using a disposed backend.
+/// </summary>
+internal sealed class Model(nint engineHandle, LanguageModel languageModel, OpContext context)
 {
-    public Engine Engine { get; } = engine;
+    public LanguageModel LanguageModel { get; } = languageModel;
 
-    public void Dispose() { }
+    /// <summary>Scratch buffers reused across calls (calls on one model are serialized).</summary>
+    public OpContext Context { get; } = context;
+
+    public Handles.Lease<Engine> UseEngine() => Handles.Use<Engine>(engineHandle, "fk_engine (the one this model was loaded on)");
 }
 
 /// <summary>

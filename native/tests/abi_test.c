@@ -249,29 +249,160 @@ static void test_kron_quadratic(fk_engine* engine, uint64_t* state)
 
 /* ---- the model functions ---- */
 
+/* Reads a little-endian C-order .npy of the given dtype ("<i8", "<f8") into a malloc'd buffer. */
+static void* read_npy(const char* path, const char* dtype, int64_t* count)
+{
+    FILE* file = fopen(path, "rb");
+    if (file == NULL) return NULL;
+    unsigned char preamble[10];
+    void* data = NULL;
+    if (fread(preamble, 1, 10, file) == 10 && memcmp(preamble, "\x93NUMPY\x01", 7) == 0) {
+        size_t header_length = preamble[8] | (size_t)preamble[9] << 8;
+        char* header = calloc(header_length + 1, 1);
+        if (fread(header, 1, header_length, file) == header_length && strstr(header, dtype) != NULL
+            && strstr(header, "'fortran_order': False") != NULL) {
+            long start = ftell(file);
+            fseek(file, 0, SEEK_END);
+            *count = (ftell(file) - start) / 8;
+            fseek(file, start, SEEK_SET);
+            data = malloc(8 * (size_t)*count);
+            if (fread(data, 8, (size_t)*count, file) != (size_t)*count) {
+                free(data);
+                data = NULL;
+            }
+        }
+        free(header);
+    }
+    fclose(file);
+    return data;
+}
+
+enum { BATCH = 2, SEQ = 12, VOCAB = 64 };
+static int64_t fixture_tokens[BATCH * SEQ];
+static double fixture_jvp[BATCH * SEQ * VOCAB];
+static float single_thread_p[BATCH * SEQ], single_thread_epistemic[BATCH * SEQ];
+
+static int load_fixtures(void)
+{
+    int64_t count = 0;
+    int64_t* tokens = read_npy(FK_FIXTURES "/gpt2_tiny.tokens.npy", "<i8", &count);
+    CHECK(tokens != NULL && count == BATCH * SEQ, "cannot read gpt2_tiny.tokens.npy");
+    if (tokens == NULL || count != BATCH * SEQ) return 0;
+    memcpy(fixture_tokens, tokens, sizeof fixture_tokens);
+    free(tokens);
+    double* jvp = read_npy(FK_FIXTURES "/gpt2_tiny.jvp.npy", "<f8", &count);
+    CHECK(jvp != NULL && count == BATCH * SEQ * VOCAB, "cannot read gpt2_tiny.jvp.npy");
+    if (jvp == NULL || count != BATCH * SEQ * VOCAB) return 0;
+    memcpy(fixture_jvp, jvp, sizeof fixture_jvp);
+    free(jvp);
+    return 1;
+}
+
+/* Scores the fixture tokens: next-token targets, so the last position of each sequence has none. */
+static int check_scores(fk_model* model, float* p, float* epistemic)
+{
+    float aleatoric[BATCH * SEQ];
+    fk_status status = fk_model_score(model, fixture_tokens, BATCH, SEQ, NULL, 1.0, p, aleatoric, epistemic);
+    CHECK(status == FK_OK, "fk_model_score on the fixture: %s", fk_status_string(status));
+    if (status != FK_OK) return 0;
+    for (int i = 0; i < BATCH * SEQ; i++) {
+        if (i % SEQ == SEQ - 1) {
+            CHECK(isnan(p[i]) && isnan(aleatoric[i]) && isnan(epistemic[i]), "position %d has no target but a score", i);
+            continue;
+        }
+        CHECK(p[i] > 0 && p[i] < 1, "p[%d] = %g", i, p[i]);
+        CHECK(fabs(aleatoric[i] - (double)p[i] * (1 - p[i])) <= 1e-6, "aleatoric[%d] = %g, p = %g", i, aleatoric[i],
+              p[i]);
+        CHECK(epistemic[i] > 0 && isfinite(epistemic[i]), "epistemic[%d] = %g", i, epistemic[i]);
+    }
+    return 1;
+}
+
+static void check_jvp(fk_model* model)
+{
+    static __thread float out[BATCH * SEQ * VOCAB];
+    const char* direction = FK_FIXTURES "/gpt2_tiny.direction.safetensors";
+    EXPECT_STATUS(fk_model_jvp(model, fixture_tokens, BATCH, SEQ, direction, out, BATCH * SEQ * VOCAB - 1),
+                  FK_ERR_BUFFER_TOO_SMALL, "needs 1536");
+    if (fk_model_jvp(model, fixture_tokens, BATCH, SEQ, direction, out, BATCH * SEQ * VOCAB) != FK_OK) {
+        CHECK(0, "fk_model_jvp on the fixture failed");
+        return;
+    }
+    double err = relative_error(out, fixture_jvp, BATCH * SEQ * VOCAB);
+    CHECK(err <= 1e-3, "jvp against the torch float64 golden: relative error %g > 1e-3", err);
+}
+
+/* Every model call and its error paths; the scores must repeat the single-threaded ones bit for bit. */
 static void test_models(fk_engine* engine)
 {
+    const char* onnx = FK_FIXTURES "/gpt2_tiny.onnx";
     fk_model* model = (fk_model*)1;
     EXPECT_STATUS(fk_model_load(engine, NULL, &model), FK_ERR_INVALID_ARGUMENT, "onnx_path is NULL");
     CHECK(model == NULL, "fk_model_load left *out set on failure");
-    EXPECT_STATUS(fk_model_load(engine, "model.onnx", NULL), FK_ERR_INVALID_ARGUMENT, "out is NULL");
-    EXPECT_STATUS(fk_model_load(NULL, "model.onnx", &model), FK_ERR_INVALID_ARGUMENT, "fk_engine");
-    /* Not part of this build yet: the call must say so instead of pretending. */
-    EXPECT_STATUS(fk_model_load(engine, FK_FIXTURES "/gpt2_tiny.onnx", &model), FK_ERR_UNSUPPORTED, "fk_model_load");
+    EXPECT_STATUS(fk_model_load(engine, onnx, NULL), FK_ERR_INVALID_ARGUMENT, "out is NULL");
+    EXPECT_STATUS(fk_model_load(NULL, onnx, &model), FK_ERR_INVALID_ARGUMENT, "fk_engine");
+    EXPECT_STATUS(fk_model_load(engine, FK_FIXTURES "/no_such_model.onnx", &model), FK_ERR_IO, "no_such_model.onnx");
+    EXPECT_STATUS(fk_model_load(engine, FK_FIXTURES "/gpt2_tiny.tokens.npy", &model), FK_ERR_FORMAT,
+                  "gpt2_tiny.tokens.npy");
+    EXPECT_STATUS(fk_model_load(engine, onnx, &model), FK_OK, "");
+    if (model == NULL) return;
 
-    int64_t tokens[2 * 3] = { 1, 2, 3, 4, 5, 6 };
-    float p[6], aleatoric[6], epistemic[6], jvp[6 * 64];
-    EXPECT_STATUS(fk_model_score(NULL, tokens, 2, 3, NULL, 1.0, p, aleatoric, epistemic), FK_ERR_INVALID_ARGUMENT,
-                  "fk_model");
-    EXPECT_STATUS(fk_model_score((fk_model*)engine, tokens, 2, 3, NULL, 1.0, p, aleatoric, epistemic),
+    float p[BATCH * SEQ], aleatoric[BATCH * SEQ], epistemic[BATCH * SEQ];
+    int scored = check_scores(model, p, epistemic);
+    for (int i = 0; scored && i < BATCH * SEQ; i++) {
+        if (i % SEQ == SEQ - 1) continue;
+        CHECK(p[i] == single_thread_p[i] && epistemic[i] == single_thread_epistemic[i],
+              "position %d scores differently from two threads: p %g vs %g, epistemic %g vs %g", i, p[i],
+              single_thread_p[i], epistemic[i], single_thread_epistemic[i]);
+    }
+    check_jvp(model);
+
+    int64_t bad_tokens[2] = { 5, 1000 };
+    EXPECT_STATUS(fk_model_score(model, bad_tokens, 1, 2, NULL, 1.0, p, aleatoric, epistemic), FK_ERR_INVALID_ARGUMENT,
+                  "token id 1000");
+    EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, NULL, 0.0, p, aleatoric, epistemic),
+                  FK_ERR_INVALID_ARGUMENT, "prior_precision");
+    EXPECT_STATUS(fk_model_score(model, fixture_tokens, 0, SEQ, NULL, 1.0, p, aleatoric, epistemic),
+                  FK_ERR_INVALID_ARGUMENT, "batch");
+    EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, FK_FIXTURES "/gpt2_tiny.kfac.safetensors", 1.0, p,
+                                 aleatoric, epistemic),
+                  FK_ERR_UNSUPPORTED, "curvature");
+    EXPECT_STATUS(fk_model_score(NULL, fixture_tokens, BATCH, SEQ, NULL, 1.0, p, aleatoric, epistemic),
+                  FK_ERR_INVALID_ARGUMENT, "fk_model");
+    EXPECT_STATUS(fk_model_score((fk_model*)engine, fixture_tokens, BATCH, SEQ, NULL, 1.0, p, aleatoric, epistemic),
                   FK_ERR_INVALID_ARGUMENT, "not a live fk_model");
-    EXPECT_STATUS(fk_model_score(model, NULL, 2, 3, NULL, 1.0, p, aleatoric, epistemic), FK_ERR_INVALID_ARGUMENT,
+    EXPECT_STATUS(fk_model_score(model, NULL, BATCH, SEQ, NULL, 1.0, p, aleatoric, epistemic), FK_ERR_INVALID_ARGUMENT,
                   "tokens is NULL");
-    EXPECT_STATUS(fk_model_jvp(NULL, tokens, 2, 3, "v.safetensors", jvp, 6 * 64), FK_ERR_INVALID_ARGUMENT,
+    EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, NULL, 1.0, p, NULL, epistemic),
+                  FK_ERR_INVALID_ARGUMENT, "aleatoric is NULL");
+    float jvp[4];
+    EXPECT_STATUS(fk_model_jvp(NULL, fixture_tokens, BATCH, SEQ, "v.safetensors", jvp, 4), FK_ERR_INVALID_ARGUMENT,
                   "fk_model");
-    EXPECT_STATUS(fk_model_jvp(model, tokens, 2, 3, NULL, jvp, 6 * 64), FK_ERR_INVALID_ARGUMENT,
+    EXPECT_STATUS(fk_model_jvp(model, fixture_tokens, BATCH, SEQ, NULL, jvp, 4), FK_ERR_INVALID_ARGUMENT,
                   "direction_path is NULL");
+    EXPECT_STATUS(fk_model_jvp(model, fixture_tokens, BATCH, SEQ, FK_FIXTURES "/missing.safetensors", jvp, 4), FK_ERR_IO,
+                  "missing.safetensors");
+    EXPECT_STATUS(fk_model_jvp(model, fixture_tokens, BATCH, SEQ, FK_FIXTURES "/gpt2_tiny.direction.safetensors", jvp,
+                               -1),
+                  FK_ERR_INVALID_ARGUMENT, "out_len");
+    fk_model_destroy(model);
+    EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, NULL, 1.0, p, aleatoric, epistemic),
+                  FK_ERR_INVALID_ARGUMENT, "not a live fk_model");
     fk_model_destroy(NULL);
+}
+
+/* A model outliving its engine fails cleanly. */
+static void test_model_after_engine(void)
+{
+    fk_engine* engine = NULL;
+    fk_model* model = NULL;
+    float p[BATCH * SEQ], aleatoric[BATCH * SEQ], epistemic[BATCH * SEQ];
+    EXPECT_STATUS(fk_engine_create("cpu", &engine), FK_OK, "");
+    EXPECT_STATUS(fk_model_load(engine, FK_FIXTURES "/gpt2_tiny.onnx", &model), FK_OK, "");
+    fk_engine_destroy(engine);
+    EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, NULL, 1.0, p, aleatoric, epistemic),
+                  FK_ERR_INVALID_ARGUMENT, "the one this model was loaded on");
+    fk_model_destroy(model);
 }
 
 /* ---- engines, handles, threads ---- */
@@ -317,7 +448,7 @@ static void* work(void* argument)
         test_kfac_accumulate(engine, &state);
         test_woodbury_apply(engine, &state);
         test_kron_quadratic(engine, &state);
-        test_models(engine);
+        if (round < 2) test_models(engine); /* scoring runs a backward pass per position: twice is enough */
         if (round == 0) test_engines(); /* an unknown name probes every backend: slow */
     }
     /* The ILGPU kernels on ILGPU's CPU emulator, through the same calls (one thread: the emulator is slow). */
@@ -337,7 +468,13 @@ static int run_suite(void)
 {
     fk_engine* shared = NULL;
     EXPECT_STATUS(fk_engine_create("cpu", &shared), FK_OK, "");
-    if (shared == NULL) return 1;
+    if (shared == NULL || !load_fixtures()) return 1;
+    fk_model* model = NULL;
+    EXPECT_STATUS(fk_model_load(shared, FK_FIXTURES "/gpt2_tiny.onnx", &model), FK_OK, "");
+    if (model == NULL) return 1;
+    check_scores(model, single_thread_p, single_thread_epistemic);
+    fk_model_destroy(model);
+    test_model_after_engine();
     struct worker workers[2] = { { shared, 0x9e3779b97f4a7c15ULL, 1 }, { shared, 0x2545f4914f6cdd1dULL, 0 } };
     pthread_t threads[2];
     for (int t = 0; t < 2; t++) pthread_create(&threads[t], NULL, work, &workers[t]);

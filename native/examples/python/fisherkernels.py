@@ -114,6 +114,47 @@ class Engine:
         return out
 
 
+class Model:
+    """An ONNX language model loaded on an engine (the engine must outlive it)."""
+
+    def __init__(self, engine, onnx_path):
+        self._engine = engine
+        self._lib = engine._lib
+        handle = ctypes.c_void_p()
+        engine._check(self._lib.fk_model_load(engine._handle, os.fsencode(onnx_path), ctypes.byref(handle)))
+        self._handle = handle
+
+    def close(self):
+        if self._handle:
+            self._lib.fk_model_destroy(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def score(self, tokens, curvature_path=None, prior_precision=1.0):
+        """(p, aleatoric, epistemic), each [batch, seq] float32, NaN where a position has no next-token target."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        batch, seq = tokens.shape
+        p, aleatoric, epistemic = (np.empty((batch, seq), dtype=np.float32) for _ in range(3))
+        curvature = os.fsencode(curvature_path) if curvature_path is not None else None
+        self._engine._check(self._lib.fk_model_score(self._handle, tokens.ctypes.data_as(_i64), batch, seq, curvature,
+                                                     prior_precision, _ptr(p), _ptr(aleatoric), _ptr(epistemic)))
+        return p, aleatoric, epistemic
+
+    def jvp(self, tokens, direction_path, vocab):
+        """J·V of the logits, [batch, seq, vocab] float32, for the direction in a safetensors file."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        batch, seq = tokens.shape
+        out = np.empty((batch, seq, vocab), dtype=np.float32)
+        self._engine._check(self._lib.fk_model_jvp(self._handle, tokens.ctypes.data_as(_i64), batch, seq,
+                                                   os.fsencode(direction_path), _ptr(out), out.size))
+        return out
+
+
 if __name__ == "__main__":
     rng = np.random.default_rng(0)
     with Engine() as engine:

@@ -1,13 +1,18 @@
 """The C ABI through ctypes, checked against numpy float64 (run by CTest: native/CMakeLists.txt)."""
 import ctypes
+import json
+import os
+import subprocess
+import tempfile
 import unittest
 
 import numpy as np
 
-from fisherkernels import Engine, FisherKernelsError, load_library
+from fisherkernels import Engine, FisherKernelsError, Model, load_library
 
 FK_ERR_INVALID_ARGUMENT = 1
-FK_ERR_UNSUPPORTED = 4
+FK_ERR_IO = 2
+FK_ERR_BUFFER_TOO_SMALL = 5
 
 
 def relative_error(got, ref):
@@ -76,15 +81,68 @@ class KernelTests(unittest.TestCase):
 
 
 class ModelTests(unittest.TestCase):
-    def test_model_load_reports_unsupported(self):
-        # The ONNX executor is not part of the library yet: the call must say so.
-        lib = load_library()
-        with Engine("cpu", lib) as engine:
-            model = ctypes.c_void_p()
-            status = lib.fk_model_load(engine._handle, b"model.onnx", ctypes.byref(model))
-            self.assertEqual(status, FK_ERR_UNSUPPORTED)
-            self.assertIn(b"fk_model_load", lib.fk_last_error())
-            self.assertFalse(model.value)
+    """A fixture model scored through the C ABI, against the torch float64 goldens (SPEC §7 tolerances)
+    and against the managed API (the fisherkernels CLI on the same inputs)."""
+
+    fixtures = os.environ.get("FISHERKERNELS_FIXTURES", os.path.join(os.path.dirname(__file__), "../../../tests/fixtures"))
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lib = load_library()
+        cls.engine = Engine("cpu", cls.lib)
+        cls.model = Model(cls.engine, os.path.join(cls.fixtures, "gpt2_tiny.onnx"))
+        cls.tokens = np.load(os.path.join(cls.fixtures, "gpt2_tiny.tokens.npy"))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.model.close()
+        cls.engine.close()
+
+    def golden_scores(self, report):
+        """Per-position arrays [batch, seq] from a SPEC §6 score JSON, NaN where a position has no target."""
+        arrays = {key: np.full(self.tokens.shape, np.nan) for key in ("p", "aleatoric", "epistemic")}
+        for sequence in report["sequences"]:
+            for token in sequence["tokens"]:
+                for key, array in arrays.items():
+                    array[sequence["index"], token["position"]] = token[key]
+        return arrays["p"], arrays["aleatoric"], arrays["epistemic"]
+
+    def assert_scores(self, got, ref, tolerances):
+        for name, g, r, tolerance in zip(("p", "aleatoric", "epistemic"), got, ref, tolerances):
+            np.testing.assert_array_equal(np.isnan(g), np.isnan(r), err_msg=f"{name}: positions without a target")
+            mask = ~np.isnan(r)
+            self.assertLessEqual(relative_error(g[mask], r[mask]), tolerance, name)
+
+    def test_isotropic_score_matches_torch(self):
+        with open(os.path.join(self.fixtures, "gpt2_tiny.scores.json")) as f:
+            golden = json.load(f)["isotropic"]
+        self.assert_scores(self.model.score(self.tokens), self.golden_scores(golden), (1e-4, 1e-4, 1e-3))
+
+    def test_isotropic_score_matches_managed_api(self):
+        cli = os.environ.get("FISHERKERNELS_CLI", "")
+        self.assertTrue(os.path.isfile(cli), f"FISHERKERNELS_CLI='{cli}' is not the built CLI (dotnet cake --target=Build)")
+        with tempfile.TemporaryDirectory() as folder:
+            out = os.path.join(folder, "scores.json")
+            subprocess.run(["dotnet", cli, "score", "--model", os.path.join(self.fixtures, "gpt2_tiny.onnx"),
+                            "--tokens", os.path.join(self.fixtures, "gpt2_tiny.tokens.npy"), "--method", "isotropic",
+                            "--out", out], check=True)
+            with open(out) as f:
+                managed = json.load(f)
+        # Same code path, float32 results: only the rounding of the outputs differs.
+        self.assert_scores(self.model.score(self.tokens), self.golden_scores(managed), (1e-6, 1e-6, 1e-6))
+
+    def test_jvp_matches_torch(self):
+        got = self.model.jvp(self.tokens, os.path.join(self.fixtures, "gpt2_tiny.direction.safetensors"), vocab=64)
+        ref = np.load(os.path.join(self.fixtures, "gpt2_tiny.jvp.npy"))
+        self.assertLessEqual(relative_error(got, ref), 1e-3)
+
+    def test_model_errors(self):
+        with self.assertRaises(FisherKernelsError) as caught:
+            Model(self.engine, os.path.join(self.fixtures, "no_such_model.onnx"))
+        self.assertEqual(caught.exception.status, FK_ERR_IO)
+        with self.assertRaises(FisherKernelsError) as caught:
+            self.model.jvp(self.tokens, os.path.join(self.fixtures, "gpt2_tiny.direction.safetensors"), vocab=63)
+        self.assertEqual(caught.exception.status, FK_ERR_BUFFER_TOO_SMALL)
 
 
 if __name__ == "__main__":
