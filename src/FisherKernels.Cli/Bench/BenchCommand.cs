@@ -19,6 +19,7 @@ internal static class BenchCommand
         new KronQuadraticBench(),
         new WoodburyBench(),
         new LinearJvpBench(),
+        new ModelBenches(),
     ];
 
     public static int Run(string[] args, TextWriter stdout)

@@ -1,0 +1,86 @@
+using FisherKernels.IO;
+using FisherKernels.Onnx;
+using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Scoring;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+
+namespace FisherKernels.Cli.Bench;
+
+/// <summary>
+/// `bench --model M --tokens T` (SPEC §6): <c>forward</c> against ONNX Runtime (all graph optimizations,
+/// the same thread count) on the same model and tokens; <c>backward</c> (forward + loss gradient of every
+/// layer), <c>jvp</c> (forward + tangent along every layer weight) and <c>score</c> (isotropic, the whole
+/// batch) against our forward pass.
+/// </summary>
+internal sealed class ModelBenches : IBenchSuite
+{
+    public bool NeedsModel => true;
+
+    public IEnumerable<BenchResult> Run(BenchContext context)
+    {
+        string modelPath = context.Model!;
+        string tokensPath = context.Tokens ?? throw FisherKernelsException.Argument("bench: --model needs --tokens T.npy");
+        var lm = LanguageModel.Load(modelPath);
+        var tokens = NpyFile.Read(tokensPath);
+        var inputs = lm.Inputs(tokens, null, tokensPath);
+        var op = new OpContext(context.Backend);
+        string shape = string.Join("x", tokens.Shape);
+        string backend = context.Backend.Name;
+        int runs = context.Quick ? 5 : 10;
+        void Forward() => lm.Forward(op, tokens);
+
+        using (var ort = OrtSession(modelPath, context.Threads, inputs))
+        {
+            var (session, feeds) = ort;
+            yield return BenchResult.Timed("forward", backend, shape, null,
+                BenchTimer.MedianPairMs(Forward, () => session.Run(feeds).Dispose(), runs, warmup: 2), "onnxruntime");
+        }
+
+        var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
+        yield return BenchResult.Timed("backward", backend, shape, null,
+            BenchTimer.MedianPairMs(() => Derivatives.LossGradients(lm, op, tokens, null, parameters), Forward, runs, warmup: 2), "forward");
+
+        var random = new Random(7);
+        var direction = lm.Model.Layers.ToDictionary(l => l.Id, l =>
+        {
+            var w = (NdArray<float>)lm.Model.Graph.Initializers[l.Id];
+            var v = new NdArray<float>((int[])w.Shape.Clone());
+            for (int i = 0; i < v.Data.Length; i++) v.Data[i] = (float)(random.NextDouble() - 0.5);
+            return v;
+        });
+        yield return BenchResult.Timed("jvp", backend, shape, null,
+            BenchTimer.MedianPairMs(() => Derivatives.Jvp(lm, op, tokens, direction), Forward, runs, warmup: 2), "forward");
+
+        var norm = PositionScorer.SquaredGradientNorm(parameters);
+        yield return BenchResult.Timed("score", backend, shape, null,
+            BenchTimer.MedianPairMs(() => PositionScorer.Score(lm, op, tokens, null, parameters, "isotropic", 1.0, norm), Forward, runs: 5, warmup: 1), "forward");
+    }
+
+    private sealed class Ort(InferenceSession session, SessionOptions options, List<NamedOnnxValue> feeds) : IDisposable
+    {
+        public void Deconstruct(out InferenceSession s, out List<NamedOnnxValue> f) { s = session; f = feeds; }
+
+        public void Dispose() { session.Dispose(); options.Dispose(); }
+    }
+
+    private static Ort OrtSession(string modelPath, int threads, Dictionary<string, NdArray> inputs)
+    {
+        var options = new SessionOptions
+        {
+            GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL,
+            IntraOpNumThreads = threads > 0 ? threads : Environment.ProcessorCount,
+            InterOpNumThreads = 1,
+            ExecutionMode = ExecutionMode.ORT_SEQUENTIAL,
+        };
+        var feeds = inputs.Select(kv => kv.Value switch
+        {
+            NdArray<long> v => NamedOnnxValue.CreateFromTensor(kv.Key, new DenseTensor<long>(v.Data, v.Shape)),
+            NdArray<int> v => NamedOnnxValue.CreateFromTensor(kv.Key, new DenseTensor<int>(v.Data, v.Shape)),
+            NdArray<float> v => NamedOnnxValue.CreateFromTensor(kv.Key, new DenseTensor<float>(v.Data, v.Shape)),
+            _ => throw FisherKernelsException.Unsupported($"bench: input '{kv.Key}' of type {kv.Value.ElementType}"),
+        }).ToList();
+        return new Ort(new InferenceSession(modelPath, options), options, feeds);
+    }
+}
