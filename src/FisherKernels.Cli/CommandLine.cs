@@ -22,7 +22,7 @@ internal static class CommandLine
                 "fit" => Commands.KfacCommands.Fit(args, Console.Out),
                 "merge" => Commands.KfacCommands.Merge(args, Console.Out),
                 "calibrate" => Commands.KfacCommands.Calibrate(args, Console.Out),
-                "demo" => Demo.DemoCommand.Run(args[1..]),
+                "demo" => Demo.DemoCommand.Run(args, Console.Out),
                 "jvp" => Commands.DerivativeCommands.Jvp(args),
                 "score" => Commands.DerivativeCommands.Score(args),
                 _ => throw FisherKernelsException.Argument($"unknown command '{args[0]}'\n{Usage}"),

@@ -1,57 +1,160 @@
 using System.Diagnostics;
+using FisherKernels.Cli.Commands;
+using FisherKernels.IO;
+using FisherKernels.Onnx;
+using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Plan;
+using FisherKernels.Onnx.Scoring;
+using FisherKernels.Uncertainty;
+using ScoreReport = FisherKernels.Onnx.Scoring.ScoreReport;
 
 namespace FisherKernels.Cli.Demo;
 
 /// <summary>
-/// `fisherkernels demo`: the main job on the embedded default model. Fits K-FAC curvature on part
-/// of the training corpus, scores held-out English and out-of-distribution text with the
-/// isotropic and K-FAC estimators, and prints and plots how well the uncertainty tells them
-/// apart and predicts next-token errors.
+/// `fisherkernels demo [--model-dir DIR] [--out-dir DIR]`: the main job on the embedded default model.
+/// Fits K-FAC curvature on part of the training corpus (the `fit` verb), scores held-out English and
+/// out-of-distribution text with the isotropic and K-FAC estimators (the `score` scorer), and prints and
+/// plots how well each uncertainty tells the texts apart and predicts next-token errors.
 /// </summary>
 internal static class DemoCommand
 {
-    public const int HeldOutWindows = 64;
-    public const int WindowsPerOodSet = 32;
+    public const int HeldOutWindows = 32;
+    public const int WindowsPerOodSet = 16;
 
-    public static int Run(string[] args)
+    /// <summary>
+    /// Positions scored per window: the last ones, each predicted from at least 128 − 1 − this many bytes of
+    /// context. Scoring a position costs one backward pass per estimator, so this bounds the demo's time.
+    /// </summary>
+    public const int ScoredPositions = 16;
+
+    public static int Run(string[] args, TextWriter stdout)
     {
-        var options = DemoOptions.Parse(args);
+        var options = CommandOptions.Parse("demo", args.AsSpan(1), ["--model-dir", "--out-dir", "--backend", "--threads"], []);
         var clock = Stopwatch.StartNew();
-        var model = DefaultModel.Load(options.ModelFolder);
+        var model = DefaultModel.Load(options.Optional("--model-dir"));
         var sets = DemoTexts.Load(model, HeldOutWindows, WindowsPerOodSet);
         var fit = model.Windows(model.ReadText("fit.txt"));
-        Console.WriteLine($"default model: {model.ModelPath} (bytes as tokens, context {model.Context})");
-        Console.WriteLine($"fit text: {fit.Shape[0]} windows; scored: " +
-                          string.Join(", ", sets.Select(s => $"{s.Name} {s.Count}")) + " windows");
-        throw FisherKernelsException.Unsupported(
-            "demo: running the model needs the ONNX executor with backward passes (graph issue) and K-FAC " +
-            "fitting and scoring (K-FAC issue), which are not in this build yet");
-    }
-}
+        string outDir = options.Optional("--out-dir") ?? "demo-output";
+        Directory.CreateDirectory(outDir);
+        stdout.WriteLine($"default model: {model.ModelPath} (bytes as tokens, context {model.Context})");
+        stdout.WriteLine($"fit text: {fit.Shape[0]} windows; scored texts: " +
+                         string.Join(", ", sets.Select(s => $"{s.Name} {s.Count}")) + $" windows, last {ScoredPositions} positions of each");
 
-/// <summary>The demo's options: where the default model lives and where the plots go.</summary>
-internal sealed record DemoOptions(string? ModelFolder, string OutputFolder)
-{
-    public static DemoOptions Parse(string[] args)
-    {
-        string? modelFolder = null;
-        string outputFolder = "demo-output";
-        for (int i = 0; i < args.Length; i++)
+        // 1. K-FAC curvature on the fit windows, through the fit verb (its progress bar, its file).
+        string fitTokens = Path.Combine(outDir, "fit_tokens.npy");
+        string curvaturePath = Path.Combine(outDir, "curvature.safetensors");
+        NpyFile.Write(fitTokens, fit);
+        var fitArgs = new List<string> { "fit", "--model", model.ModelPath, "--tokens", fitTokens, "--out", curvaturePath, "--seed", "0" };
+        foreach (string name in new[] { "--backend", "--threads" })
+            if (options.Optional(name) is { } value) fitArgs.AddRange([name, value]);
+        int rc = KfacCommands.Fit(fitArgs.ToArray(), stdout);
+        if (rc != 0) return rc;
+
+        var lm = LanguageModel.Load(model.ModelPath);
+        var context = ModelCommands.Context(options);
+        var (_, posterior) = KfacCommands.LoadPosterior(lm, options, curvaturePath, context.Backend);
+        var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
+        var estimators = new (string Name, Func<Backward, double> Epistemic)[]
         {
-            switch (args[i])
-            {
-                case "--model-dir": modelFolder = Value(args, ref i); break;
-                case "--out-dir": outputFolder = Value(args, ref i); break;
-                case "--verbose": break;
-                default: throw FisherKernelsException.Argument($"demo: unknown option '{args[i]}' (options: --model-dir DIR, --out-dir DIR)");
-            }
+            ("isotropic", PositionScorer.SquaredGradientNorm(parameters)),
+            ("K-FAC", KfacCommands.Epistemic(lm, posterior)),
+        };
+        stdout.WriteLine($"K-FAC posterior: prior precision {posterior.PriorPrecision}, {posterior.Layers.Count} layers");
+
+        // 2. Every text, next-byte targets on the last positions, with both estimators.
+        var scores = new Dictionary<(string Set, string Estimator), ScoreReport>();
+        foreach (var set in sets)
+        {
+            var targets = LastTargets(set.Tokens, Targets.NextToken(set.Tokens));
+            foreach (var (name, epistemic) in estimators)
+                scores[(set.Name, name)] = Timed(stdout, $"score {set.Name} ({name})",
+                    () => PositionScorer.Score(lm, context, set.Tokens, targets, parameters, name, posterior.PriorPrecision, epistemic));
         }
-        return new DemoOptions(modelFolder, outputFolder);
+
+        // 3. Next-token errors on held-out text: the uncertainty of the token the model predicts (its argmax),
+        //    which needs no knowledge of the true next byte; an error is argmax ≠ true next byte.
+        var heldOut = sets[0].Tokens;
+        var logits = lm.Forward(context, heldOut);
+        var (predicted, confidence) = Argmax(logits);
+        var trueNext = LastTargets(heldOut, Targets.NextToken(heldOut));
+        var predictions = new Dictionary<string, ScoreReport>();
+        foreach (var (name, epistemic) in estimators)
+            predictions[name] = Timed(stdout, $"score held-out predictions ({name})",
+                () => PositionScorer.Score(lm, context, heldOut, LastTargets(heldOut, predicted), parameters, name, posterior.PriorPrecision, epistemic));
+
+        // 4. One text that switches from held-out English to German halfway, every position scored.
+        var (mixed, part) = DemoTexts.Mixed(sets[0].Tokens, sets.First(s => s.Name == "german").Tokens);
+        var mixedScores = estimators.Select(e => Timed(stdout, $"score example text ({e.Name})",
+            () => PositionScorer.Score(lm, context, mixed, null, parameters, e.Name, posterior.PriorPrecision, e.Epistemic))).ToArray();
+
+        // Report.
+        stdout.WriteLine();
+        DemoReport.PrintTokenTable(stdout, "held-out example: the last scored positions of window 0", heldOut, estimators.Select(e => scores[(sets[0].Name, e.Name)]).ToArray());
+        stdout.WriteLine();
+        stdout.WriteLine($"(a) in-distribution ({sets[0].Count} held-out windows) vs out-of-distribution ({sets.Skip(1).Sum(s => s.Count)} windows: {string.Join(", ", sets.Skip(1).Select(s => s.Name))}), per sequence, higher = more out-of-distribution:");
+        foreach (var (name, _) in estimators)
+            foreach (string line in DemoReport.SequenceAurocLines(sets, set => scores[(set, name)], name)) stdout.WriteLine(line);
+        stdout.WriteLine();
+        stdout.WriteLine($"(b) next-token errors on held-out text ({trueNext.Data.Count(t => t != Targets.Ignore)} predictions; β fitted on even windows, ECE on odd windows):");
+        var reliability = new List<(string, ReliabilityBin[])>();
+        bool first = true;
+        foreach (var (name, _) in estimators)
+        {
+            var errors = DemoReport.ErrorAnalysis(predictions[name], trueNext, confidence);
+            foreach (string line in errors.Lines(name)) stdout.WriteLine(line);
+            if (first) reliability.Add(("model confidence (before)", errors.BinsBefore));
+            reliability.Add(($"{name}: 1/(1+β·u) (after)", errors.BinsAfter));
+            first = false;
+        }
+
+        string perTokenPlot = Path.Combine(outDir, "per_token_uncertainty.png");
+        string reliabilityPlot = Path.Combine(outDir, "reliability.png");
+        DemoPlots.PerToken(perTokenPlot, "per-token uncertainty (K-FAC) over a text that switches from held-out English to German",
+            mixedScores[1], part, ["English (held-out)", "German"], "K-FAC epistemic");
+        DemoPlots.Reliability(reliabilityPlot, "next-token predictions on held-out text (odd windows)", reliability);
+        stdout.WriteLine();
+        stdout.WriteLine($"plots: {perTokenPlot}");
+        stdout.WriteLine($"       {reliabilityPlot}");
+        stdout.WriteLine($"curvature: {curvaturePath}");
+        stdout.WriteLine($"demo finished in {clock.Elapsed.TotalSeconds:F0} s");
+        return 0;
     }
 
-    static string Value(string[] args, ref int i)
+    /// <summary>Per position: the most probable next token and its probability (the model's own confidence).</summary>
+    static (NdArray<long> Predicted, double[] Confidence) Argmax(NdArray<float> logits)
     {
-        if (i + 1 >= args.Length) throw FisherKernelsException.Argument($"demo: option '{args[i]}' needs a value");
-        return args[++i];
+        int rows = logits.Shape[0] * logits.Shape[1], vocab = logits.Shape[2];
+        var predicted = new NdArray<long>(logits.Shape[0], logits.Shape[1]);
+        var confidence = new double[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            var z = logits.Data.AsSpan(r * vocab, vocab);
+            int best = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(z);
+            double sum = 0;
+            foreach (float v in z) sum += Math.Exp(v - z[best]);
+            predicted.Data[r] = best;
+            confidence[r] = 1 / sum;
+        }
+        return (predicted, confidence);
+    }
+
+    /// <summary><paramref name="targets"/> kept on the last <see cref="ScoredPositions"/> targeted positions of each row, -100 elsewhere.</summary>
+    public static NdArray<long> LastTargets(NdArray<long> tokens, NdArray<long> targets)
+    {
+        int batch = tokens.Shape[0], seq = tokens.Shape[1];
+        var result = new NdArray<long>(batch, seq);
+        for (int b = 0; b < batch; b++)
+            for (int t = 0; t < seq; t++)
+                result.Data[b * seq + t] = t >= seq - 1 - ScoredPositions && t < seq - 1 ? targets.Data[b * seq + t] : Targets.Ignore;
+        return result;
+    }
+
+    static T Timed<T>(TextWriter stdout, string what, Func<T> step)
+    {
+        var clock = Stopwatch.StartNew();
+        T result = step();
+        stdout.WriteLine($"{what}: {clock.Elapsed.TotalSeconds:F1} s");
+        return result;
     }
 }

@@ -11,9 +11,14 @@ internal static class DemoPlots
     /// part of the text the position belongs to) and aleatoric score as a line (right axis), one
     /// tick per character.
     /// </summary>
-    public static void PerToken(string path, string title, string[] characters, double[] epistemic, double[] aleatoric,
+    public static void PerToken(string path, string title, Onnx.Scoring.ScoreReport scores,
                                 int[] part, string[] partNames, string epistemicLabel)
     {
+        var scored = scores.Sequences[0].Tokens;
+        string[] characters = scored.Select(t => DemoReport.Show(t.Target)).ToArray();
+        double[] epistemic = scored.Select(t => t.Epistemic).ToArray();
+        double[] aleatoric = scored.Select(t => t.Aleatoric).ToArray();
+        part = scored.Select(t => part[t.Position]).ToArray();
         var plot = new Plot();
         var palette = new ScottPlot.Palettes.Category10();
         for (int k = 0; k < partNames.Length; k++)

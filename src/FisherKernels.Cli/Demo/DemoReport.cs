@@ -1,26 +1,29 @@
-using Spectre.Console;
+using System.Globalization;
+using FisherKernels.Onnx;
+using FisherKernels.Uncertainty;
+using ScoreReport = FisherKernels.Onnx.Scoring.ScoreReport;
 
 namespace FisherKernels.Cli.Demo;
 
-/// <summary>Per-position scores of one estimator over the targeted positions of some windows, flattened.</summary>
-internal sealed record TokenScores(string Estimator, double[] P, double[] Epistemic, double[] Aleatoric)
+/// <summary>How well one estimator's uncertainty predicts next-token errors, and the calibration it buys.</summary>
+internal sealed record ErrorAnalysis(int Positions, int Errors, double Beta, double AurocEpistemic, double AurocAleatoric,
+                                     double AurocCombined, double EceBefore, double EceAfter,
+                                     ReliabilityBin[] BinsBefore, ReliabilityBin[] BinsAfter)
 {
-    /// <summary>Total predictive variance of the event "next token = target": E[p(1−p)] + Var[p] (law of total variance).</summary>
-    public double[] Combined => Sum(Epistemic, Aleatoric);
-
-    public static double[] Sum(double[] a, double[] b) => a.Select((x, i) => x + b[i]).ToArray();
+    public IEnumerable<string> Lines(string estimator)
+    {
+        yield return DemoReport.Line("AUROC", "next-token errors", estimator, "epistemic", AurocEpistemic);
+        yield return DemoReport.Line("AUROC", "next-token errors", estimator, "aleatoric", AurocAleatoric);
+        yield return DemoReport.Line("AUROC", "next-token errors", estimator, "combined", AurocCombined);
+        yield return string.Create(CultureInfo.InvariantCulture,
+            $"ECE    {"next-token confidence",-28} {estimator,-10} {"combined",-10} before {EceBefore:F4} (model's top-1 p), after {EceAfter:F4} (1/(1+β·u), β = {Beta:G4})");
+    }
 }
 
-/// <summary>Per-sequence scores of one estimator (SPEC §4: epistemic of p̄, mean aleatoric).</summary>
-internal sealed record SequenceScores(string Estimator, double[] Epistemic, double[] Aleatoric)
-{
-    public double[] Combined => TokenScores.Sum(Epistemic, Aleatoric);
-}
-
-/// <summary>What the demo prints: the per-token table and the summary lines.</summary>
+/// <summary>What the demo prints: the per-token table and the summary lines, each naming estimator and score.</summary>
 internal static class DemoReport
 {
-    /// <summary>A byte as it reads in a table: printable ASCII as itself, the rest escaped.</summary>
+    /// <summary>A byte as it reads in a table or on a plot axis: printable ASCII as itself, the rest escaped.</summary>
     public static string Show(long token) => token switch
     {
         (byte)' ' => "␠",
@@ -30,31 +33,89 @@ internal static class DemoReport
         _ => $"\\x{token:x2}",
     };
 
+    public static string Line(string figure, string task, string estimator, string score, double value) =>
+        string.Create(CultureInfo.InvariantCulture, $"{figure,-6} {task,-28} {estimator,-10} {score,-10} {value:F3}");
+
     /// <summary>
-    /// One row per position of the example: the byte predicted there (the target), its
-    /// probability, aleatoric score and the epistemic score of each estimator.
+    /// One row per scored position of sequence 0: the bytes before it, the byte to predict (the target), its
+    /// probability, the aleatoric score and each estimator's epistemic score.
     /// </summary>
-    public static void PrintTokenTable(string title, ReadOnlySpan<long> targets, IReadOnlyList<TokenScores> estimators)
+    public static void PrintTokenTable(TextWriter stdout, string title, NdArray<long> tokens, IReadOnlyList<ScoreReport> estimators)
     {
-        var table = new Table().Title(Markup.Escape(title)).Border(TableBorder.Simple);
-        table.AddColumn(new TableColumn("pos").RightAligned());
-        table.AddColumn("token");
-        table.AddColumn(new TableColumn("p").RightAligned());
-        table.AddColumn(new TableColumn("aleatoric").RightAligned());
-        foreach (var e in estimators) table.AddColumn(new TableColumn($"epistemic ({e.Estimator})").RightAligned());
-        for (int i = 0; i < targets.Length; i++)
+        var c = CultureInfo.InvariantCulture;
+        int seq = tokens.Shape[1];
+        stdout.WriteLine(title);
+        stdout.WriteLine($"{"pos",4}  {"context",16}  {"next",-4}  {"p",6}  {"aleatoric",9}" +
+                         string.Concat(estimators.Select(e => $"  {"epistemic " + e.Method,20}")));
+        var rows = estimators[0].Sequences[0].Tokens;
+        for (int i = 0; i < rows.Count; i++)
         {
-            var cells = new List<string> { $"{i + 1}", Markup.Escape(Show(targets[i])), $"{estimators[0].P[i]:F3}", $"{estimators[0].Aleatoric[i]:F4}" };
-            cells.AddRange(estimators.Select(e => $"{e.Epistemic[i]:E2}"));
-            table.AddRow(cells.ToArray());
+            var token = rows[i];
+            int from = Math.Max(0, token.Position + 1 - 16);
+            string before = string.Concat(tokens.Data.AsSpan(from, token.Position + 1 - from).ToArray().Select(Show));
+            if (before.Length > 16) before = before[^16..];
+            string line = string.Create(c, $"{token.Position,4}  {before,16}  {Show(token.Target),-4}  {token.P,6:F3}  {token.Aleatoric,9:F4}");
+            foreach (var e in estimators) line += string.Create(c, $"  {e.Sequences[0].Tokens[i].Epistemic,20:E3}");
+            stdout.WriteLine(line);
         }
-        AnsiConsole.Write(table);
     }
 
-    /// <summary>One line: what is told apart, by which estimator and score, and the AUROC.</summary>
-    public static string AurocLine(string task, string estimator, string score, double auroc) =>
-        $"AUROC  {task,-34} {estimator,-10} {score,-10} {auroc:F3}";
+    /// <summary>
+    /// AUROC lines for telling the in-distribution set (the first) from all the others by a per-sequence
+    /// score (higher = more out-of-distribution), then the epistemic AUROC against each other set alone.
+    /// </summary>
+    public static IEnumerable<string> SequenceAurocLines(IReadOnlyList<TextSet> sets, Func<string, ScoreReport> scoresOf, string estimator)
+    {
+        var scores = new List<(double Epistemic, double Aleatoric, bool Ood, string Set)>();
+        foreach (var set in sets)
+            foreach (var s in scoresOf(set.Name).Sequences)
+                scores.Add((s.Epistemic, s.Aleatoric, !set.InDistribution, set.Name));
+        bool[] ood = scores.Select(s => s.Ood).ToArray();
+        yield return Line("AUROC", "in vs out-of-distribution", estimator, "epistemic", Calibration.Auroc(scores.Select(s => s.Epistemic).ToArray(), ood));
+        yield return Line("AUROC", "in vs out-of-distribution", estimator, "aleatoric", Calibration.Auroc(scores.Select(s => s.Aleatoric).ToArray(), ood));
+        yield return Line("AUROC", "in vs out-of-distribution", estimator, "combined", Calibration.Auroc(scores.Select(s => s.Epistemic + s.Aleatoric).ToArray(), ood));
+        foreach (var set in sets.Where(s => !s.InDistribution))
+        {
+            var pair = scores.Where(s => !s.Ood || s.Set == set.Name).ToArray();
+            yield return Line("AUROC", $"  in vs {set.Name}", estimator, "epistemic",
+                              Calibration.Auroc(pair.Select(s => s.Epistemic).ToArray(), pair.Select(s => s.Ood).ToArray()));
+        }
+    }
 
-    public static string EceLine(string estimator, string score, double before, double beta, double after) =>
-        $"ECE    {"next-token top-1 confidence",-34} {estimator,-10} {score,-10} before {before:F4}  after β={beta:G3}: {after:F4}";
+    /// <summary>
+    /// Next-token errors from scores of the predicted tokens: error = predicted ≠ <paramref name="trueNext"/>.
+    /// β of <c>1/(1+β·u)</c> (u = epistemic + aleatoric) is fitted on even sequences and the ECE measured on
+    /// odd ones, so calibration is judged on positions it did not see; AUROCs are over all positions.
+    /// </summary>
+    public static ErrorAnalysis ErrorAnalysis(ScoreReport predictions, NdArray<long> trueNext, double[] modelConfidence)
+    {
+        int seq = trueNext.Shape[1];
+        var epistemic = new List<double>();
+        var aleatoric = new List<double>();
+        var confidence = new List<double>();
+        var correct = new List<bool>();
+        var even = new List<bool>();
+        foreach (var sequence in predictions.Sequences)
+            foreach (var token in sequence.Tokens)
+            {
+                int row = sequence.Index * seq + token.Position;
+                if (trueNext.Data[row] == Targets.Ignore) continue;
+                epistemic.Add(token.Epistemic);
+                aleatoric.Add(token.Aleatoric);
+                confidence.Add(modelConfidence[row]);
+                correct.Add(token.Target == trueNext.Data[row]);
+                even.Add(sequence.Index % 2 == 0);
+            }
+        double[] combined = epistemic.Select((e, i) => e + aleatoric[i]).ToArray();
+        bool[] errors = correct.Select(c => !c).ToArray();
+        double[] Where(IEnumerable<double> values, bool isEven) => values.Where((_, i) => even[i] == isEven).ToArray();
+        bool[] correctOdd = correct.Where((_, i) => !even[i]).ToArray();
+        double beta = Calibration.FitBeta(Where(combined, true), correct.Where((_, i) => even[i]).ToArray());
+        double[] before = Where(confidence, false);
+        double[] after = Calibration.Confidences(beta, Where(combined, false));
+        return new ErrorAnalysis(correct.Count, errors.Count(e => e), beta,
+            Calibration.Auroc(epistemic.ToArray(), errors), Calibration.Auroc(aleatoric.ToArray(), errors), Calibration.Auroc(combined, errors),
+            Calibration.ExpectedCalibrationError(before, correctOdd), Calibration.ExpectedCalibrationError(after, correctOdd),
+            DemoMetrics.Reliability(before, correctOdd), DemoMetrics.Reliability(after, correctOdd));
+    }
 }

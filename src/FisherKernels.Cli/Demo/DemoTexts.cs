@@ -48,6 +48,22 @@ internal static class DemoTexts
         return tokens;
     }
 
+    /// <summary>
+    /// One window whose first half is the start of <paramref name="first"/>'s window 0 and whose second half is
+    /// the start of <paramref name="second"/>'s window 0; <c>Part[t]</c> says which half the byte predicted at
+    /// position t (byte t+1) comes from.
+    /// </summary>
+    public static (NdArray<long> Tokens, int[] Part) Mixed(NdArray<long> first, NdArray<long> second)
+    {
+        int context = first.Shape[1], half = context / 2;
+        var tokens = new NdArray<long>(1, context);
+        first.Span[..half].CopyTo(tokens.Span);
+        second.Span[..(context - half)].CopyTo(tokens.Span[half..]);
+        var part = new int[context];
+        for (int t = 0; t < context; t++) part[t] = t + 1 < half ? 0 : 1;
+        return (tokens, part);
+    }
+
     public static NdArray<long> RandomBytes(int count, int context, int seed)
     {
         var random = new Random(seed);

@@ -18,12 +18,11 @@ public class DemoPlotsTests
         try
         {
             int n = 16;
-            var chars = Enumerable.Range(0, n).Select(i => ((char)('a' + i)).ToString()).ToArray();
-            var epistemic = Enumerable.Range(0, n).Select(i => 0.1 * i).ToArray();
-            var aleatoric = Enumerable.Range(0, n).Select(i => 0.25 - 0.01 * i).ToArray();
+            var tokens = Enumerable.Range(0, n).Select(i => new FisherKernels.Onnx.Scoring.TokenScore(i, 'a' + i, 0.5 + 0.02 * i, 0.1 * i, 0.25 - 0.01 * i)).ToArray();
+            var scores = new FisherKernels.Onnx.Scoring.ScoreReport("m", "kfac", 1, [new FisherKernels.Onnx.Scoring.SequenceScore(0, 0.6, 1, 0.2, tokens)]);
             var part = Enumerable.Range(0, n).Select(i => i < 8 ? 0 : 1).ToArray();
             string perToken = Path.Combine(folder, "per_token.png");
-            DemoPlots.PerToken(perToken, "test", chars, epistemic, aleatoric, part, ["english", "german"], "epistemic");
+            DemoPlots.PerToken(perToken, "test", scores, part, ["english", "german"], "epistemic");
             AssertPng(perToken);
 
             var bins = DemoMetrics.Reliability([0.1, 0.5, 0.55, 0.9], [false, true, false, true], 10);
