@@ -7,7 +7,6 @@ using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Plan;
 using FisherKernels.Onnx.Scoring;
 using FisherKernels.Uncertainty;
-using ScoreReport = FisherKernels.Onnx.Scoring.ScoreReport;
 
 namespace FisherKernels.Cli.Demo;
 

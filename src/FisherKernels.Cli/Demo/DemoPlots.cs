@@ -1,4 +1,5 @@
 using FisherKernels.IO;
+using FisherKernels.Uncertainty;
 using ScottPlot;
 
 namespace FisherKernels.Cli.Demo;
@@ -11,7 +12,7 @@ internal static class DemoPlots
     /// part of the text the position belongs to) and aleatoric score as a line (right axis), one
     /// tick per character.
     /// </summary>
-    public static void PerToken(string path, string title, Onnx.Scoring.ScoreReport scores,
+    public static void PerToken(string path, string title, ScoreReport scores,
                                 int[] part, string[] partNames, string epistemicLabel)
     {
         var scored = scores.Sequences[0].Tokens;

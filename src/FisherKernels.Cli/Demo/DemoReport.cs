@@ -1,13 +1,12 @@
 using System.Globalization;
 using FisherKernels.Onnx;
 using FisherKernels.Uncertainty;
-using ScoreReport = FisherKernels.Onnx.Scoring.ScoreReport;
 
 namespace FisherKernels.Cli.Demo;
 
 /// <summary>How well one estimator's uncertainty predicts next-token errors, and the calibration it buys.</summary>
 internal sealed record ErrorAnalysis(int Positions, int Errors, double Beta, double AurocEpistemic, double AurocAleatoric,
-                                     double AurocCombined, double EceBefore, double EceAfter,
+                                     double AurocCombined, double AurocLogP, double EceBefore, double EceAfter,
                                      ReliabilityBin[] BinsBefore, ReliabilityBin[] BinsAfter)
 {
     public IEnumerable<string> Lines(string estimator)
@@ -15,6 +14,7 @@ internal sealed record ErrorAnalysis(int Positions, int Errors, double Beta, dou
         yield return DemoReport.Line("AUROC", "next-token errors", estimator, "epistemic", AurocEpistemic);
         yield return DemoReport.Line("AUROC", "next-token errors", estimator, "aleatoric", AurocAleatoric);
         yield return DemoReport.Line("AUROC", "next-token errors", estimator, "combined", AurocCombined);
+        yield return DemoReport.Line("AUROC", "next-token errors", estimator, DemoReport.LogPScore, AurocLogP);
         yield return string.Create(CultureInfo.InvariantCulture,
             $"ECE    {"next-token confidence",-28} {estimator,-10} {"combined",-10} before {EceBefore:F4} (model's top-1 p), after {EceAfter:F4} (1/(1+β·u), β = {Beta:G4})");
     }
@@ -26,12 +26,19 @@ internal static class DemoReport
     /// <summary>A byte as it reads in a table or on a plot axis: printable ASCII as itself, the rest escaped.</summary>
     public static string Show(long token) => token switch
     {
-        (byte)' ' => "␠",
+        (byte)' ' => "·",
         (byte)'\n' => "\\n",
         (byte)'\t' => "\\t",
         >= 33 and < 127 => ((char)token).ToString(),
         _ => $"\\x{token:x2}",
     };
+
+    /// <summary>
+    /// The epistemic score of log p rather than p, by the delta method: Var[log p] ≈ Var[p] / p² (per sequence
+    /// with p̄). SPEC §4's epistemic score of p shrinks with p² (∇p = p·∇log p), so on text the model finds
+    /// improbable it is small however unsure the parameters are; divided by p² it is not.
+    /// </summary>
+    public const string LogPScore = "epist/p²";
 
     public static string Line(string figure, string task, string estimator, string score, double value) =>
         string.Create(CultureInfo.InvariantCulture, $"{figure,-6} {task,-28} {estimator,-10} {score,-10} {value:F3}");
@@ -66,19 +73,21 @@ internal static class DemoReport
     /// </summary>
     public static IEnumerable<string> SequenceAurocLines(IReadOnlyList<TextSet> sets, Func<string, ScoreReport> scoresOf, string estimator)
     {
-        var scores = new List<(double Epistemic, double Aleatoric, bool Ood, string Set)>();
+        var scores = new List<(double Epistemic, double Aleatoric, double LogP, bool Ood, string Set)>();
         foreach (var set in sets)
             foreach (var s in scoresOf(set.Name).Sequences)
-                scores.Add((s.Epistemic, s.Aleatoric, !set.InDistribution, set.Name));
+                scores.Add((s.Epistemic, s.Aleatoric, s.Epistemic / (s.MeanP * s.MeanP), !set.InDistribution, set.Name));
         bool[] ood = scores.Select(s => s.Ood).ToArray();
         yield return Line("AUROC", "in vs out-of-distribution", estimator, "epistemic", Calibration.Auroc(scores.Select(s => s.Epistemic).ToArray(), ood));
         yield return Line("AUROC", "in vs out-of-distribution", estimator, "aleatoric", Calibration.Auroc(scores.Select(s => s.Aleatoric).ToArray(), ood));
         yield return Line("AUROC", "in vs out-of-distribution", estimator, "combined", Calibration.Auroc(scores.Select(s => s.Epistemic + s.Aleatoric).ToArray(), ood));
+        yield return Line("AUROC", "in vs out-of-distribution", estimator, LogPScore, Calibration.Auroc(scores.Select(s => s.LogP).ToArray(), ood));
         foreach (var set in sets.Where(s => !s.InDistribution))
         {
             var pair = scores.Where(s => !s.Ood || s.Set == set.Name).ToArray();
-            yield return Line("AUROC", $"  in vs {set.Name}", estimator, "epistemic",
-                              Calibration.Auroc(pair.Select(s => s.Epistemic).ToArray(), pair.Select(s => s.Ood).ToArray()));
+            bool[] labels = pair.Select(s => s.Ood).ToArray();
+            yield return Line("AUROC", $"  in vs {set.Name}", estimator, "epistemic", Calibration.Auroc(pair.Select(s => s.Epistemic).ToArray(), labels));
+            yield return Line("AUROC", $"  in vs {set.Name}", estimator, LogPScore, Calibration.Auroc(pair.Select(s => s.LogP).ToArray(), labels));
         }
     }
 
@@ -92,6 +101,7 @@ internal static class DemoReport
         int seq = trueNext.Shape[1];
         var epistemic = new List<double>();
         var aleatoric = new List<double>();
+        var logP = new List<double>();
         var confidence = new List<double>();
         var correct = new List<bool>();
         var even = new List<bool>();
@@ -102,6 +112,7 @@ internal static class DemoReport
                 if (trueNext.Data[row] == Targets.Ignore) continue;
                 epistemic.Add(token.Epistemic);
                 aleatoric.Add(token.Aleatoric);
+                logP.Add(token.Epistemic / (token.P * token.P));
                 confidence.Add(modelConfidence[row]);
                 correct.Add(token.Target == trueNext.Data[row]);
                 even.Add(sequence.Index % 2 == 0);
@@ -114,7 +125,7 @@ internal static class DemoReport
         double[] before = Where(confidence, false);
         double[] after = Calibration.Confidences(beta, Where(combined, false));
         return new ErrorAnalysis(correct.Count, errors.Count(e => e), beta,
-            Calibration.Auroc(epistemic.ToArray(), errors), Calibration.Auroc(aleatoric.ToArray(), errors), Calibration.Auroc(combined, errors),
+            Calibration.Auroc(epistemic.ToArray(), errors), Calibration.Auroc(aleatoric.ToArray(), errors), Calibration.Auroc(combined, errors), Calibration.Auroc(logP.ToArray(), errors),
             Calibration.ExpectedCalibrationError(before, correctOdd), Calibration.ExpectedCalibrationError(after, correctOdd),
             DemoMetrics.Reliability(before, correctOdd), DemoMetrics.Reliability(after, correctOdd));
     }

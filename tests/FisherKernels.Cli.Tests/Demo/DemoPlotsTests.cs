@@ -18,8 +18,8 @@ public class DemoPlotsTests
         try
         {
             int n = 16;
-            var tokens = Enumerable.Range(0, n).Select(i => new FisherKernels.Onnx.Scoring.TokenScore(i, 'a' + i, 0.5 + 0.02 * i, 0.1 * i, 0.25 - 0.01 * i)).ToArray();
-            var scores = new FisherKernels.Onnx.Scoring.ScoreReport("m", "kfac", 1, [new FisherKernels.Onnx.Scoring.SequenceScore(0, 0.6, 1, 0.2, tokens)]);
+            var tokens = Enumerable.Range(0, n).Select(i => new FisherKernels.Uncertainty.TokenScore(i, 'a' + i, 0.5 + 0.02 * i, 0.1 * i, 0.25 - 0.01 * i)).ToArray();
+            var scores = new FisherKernels.Uncertainty.ScoreReport("m", "kfac", 1, [new FisherKernels.Uncertainty.SequenceScore(0, 0.6, 1, 0.2, tokens)]);
             var part = Enumerable.Range(0, n).Select(i => i < 8 ? 0 : 1).ToArray();
             string perToken = Path.Combine(folder, "per_token.png");
             DemoPlots.PerToken(perToken, "test", scores, part, ["english", "german"], "epistemic");
