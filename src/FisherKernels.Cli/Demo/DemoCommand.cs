@@ -110,7 +110,7 @@ internal static class DemoCommand
         string perTokenPlot = Path.Combine(outDir, "per_token_uncertainty.png");
         string reliabilityPlot = Path.Combine(outDir, "reliability.png");
         DemoPlots.PerToken(perTokenPlot, "per-token uncertainty (K-FAC) over a text that switches from held-out English to German",
-            mixedScores[1], part, ["English (held-out)", "German"], "K-FAC epistemic");
+            mixedScores[1], part, ["English (held-out)", "German"], $"K-FAC {DemoReport.LogPScore}");
         DemoPlots.Reliability(reliabilityPlot, "next-token predictions on held-out text (odd windows)", reliability);
         stdout.WriteLine();
         stdout.WriteLine($"plots: {perTokenPlot}");

@@ -8,16 +8,15 @@ namespace FisherKernels.Cli.Demo;
 internal static class DemoPlots
 {
     /// <summary>
-    /// Per-token uncertainty over a text: epistemic score as bars (left axis, coloured by which
-    /// part of the text the position belongs to) and aleatoric score as a line (right axis), one
-    /// tick per character.
+    /// Per-token uncertainty over a text: the epistemic score of log p (epistemic / p², see
+    /// <see cref="DemoReport.LogPScore"/>) as bars on a log axis, coloured by which part of the text the
+    /// predicted byte belongs to, and the aleatoric score as a line (right axis), one tick per predicted byte.
     /// </summary>
-    public static void PerToken(string path, string title, ScoreReport scores,
-                                int[] part, string[] partNames, string epistemicLabel)
+    public static void PerToken(string path, string title, ScoreReport scores, int[] part, string[] partNames, string epistemicLabel)
     {
         var scored = scores.Sequences[0].Tokens;
         string[] characters = scored.Select(t => DemoReport.Show(t.Target)).ToArray();
-        double[] epistemic = scored.Select(t => t.Epistemic).ToArray();
+        double[] epistemic = scored.Select(t => Math.Log10(t.Epistemic / (t.P * t.P))).ToArray();
         double[] aleatoric = scored.Select(t => t.Aleatoric).ToArray();
         part = scored.Select(t => part[t.Position]).ToArray();
         var plot = new Plot();
@@ -37,11 +36,10 @@ internal static class DemoPlots
         line.MarkerSize = 0;
         line.LegendText = "aleatoric p(1-p)";
         plot.Axes.Right.Label.Text = "aleatoric";
-        plot.Axes.Left.Label.Text = epistemicLabel;
+        plot.Axes.Left.Label.Text = $"log10 {epistemicLabel}";
         plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(positions, characters);
         plot.Axes.Bottom.TickLabelStyle.FontName = Fonts.Monospace;
         plot.Axes.Bottom.TickLabelStyle.FontSize = 9;
-        plot.Axes.Margins(bottom: 0);
         plot.Title(title);
         plot.ShowLegend(Alignment.UpperLeft);
         Save(plot, path, 1800, 500);
