@@ -14,6 +14,79 @@ internal interface IBinaryOp
     static abstract float DA(float a, float b, float y);
     /// <summary>∂y/∂b at (a, b) where y = Apply(a, b).</summary>
     static abstract float DB(float a, float b, float y);
+
+    /// <summary>SIMD VJP of one broadcast run (see <see cref="RunMath"/>); false = use the elementwise rule.</summary>
+    static virtual bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] gy, float[]? ga, float[]? gb) => false;
+
+    /// <summary>SIMD JVP of one broadcast run; false = use the elementwise rule.</summary>
+    static virtual bool Jvp(in RunMath.Run r, float[] a, float[] b, float[]? ta, float[]? tb, float[] ty) => false;
+}
+
+/// <summary>
+/// Vectorized pieces of the derivatives of Add, Sub and Mul over one broadcast run: an operand "slot" is
+/// (array, offset, step) and covers the run's elements when step = 1, or one element repeated when step = 0.
+/// </summary>
+internal static class RunMath
+{
+    public readonly record struct Run(int Output, int A, int StepA, int B, int StepB, int Length);
+
+    /// <summary>target slot += sign·g ⊙ other slot (other = null: 1). A step-0 target receives the sum over the run.</summary>
+    public static void Accumulate(float[] target, int offset, int step, ReadOnlySpan<float> g, float[]? other, int otherOffset, int otherStep, float sign)
+    {
+        int n = g.Length;
+        if (other is null)
+        {
+            if (step == 1) TensorPrimitives.MultiplyAdd(g, sign, target.AsSpan(offset, n), target.AsSpan(offset, n));
+            else target[offset] += sign * TensorPrimitives.Sum(g);
+        }
+        else if (otherStep == 1)
+        {
+            var o = other.AsSpan(otherOffset, n);
+            if (step == 1) TensorPrimitives.MultiplyAdd(g, o, target.AsSpan(offset, n), target.AsSpan(offset, n));
+            else target[offset] += TensorPrimitives.Dot(g, o);
+        }
+        else
+        {
+            float o = other[otherOffset];
+            if (step == 1) TensorPrimitives.MultiplyAdd(g, o, target.AsSpan(offset, n), target.AsSpan(offset, n));
+            else target[offset] += o * TensorPrimitives.Sum(g);
+        }
+    }
+
+    /// <summary>y (+)= sign·(t slot ⊙ other slot) (other = null: 1; t = null: zero).</summary>
+    public static void Write(Span<float> y, float[]? t, int offset, int step, float[]? other, int otherOffset, int otherStep, float sign, bool accumulate)
+    {
+        int n = y.Length;
+        if (t is null) { if (!accumulate) y.Clear(); return; }
+        if (other is null)
+        {
+            if (step == 1)
+            {
+                var ts = t.AsSpan(offset, n);
+                if (accumulate) TensorPrimitives.MultiplyAdd(ts, sign, y, y);
+                else TensorPrimitives.Multiply(ts, sign, y);
+            }
+            else if (accumulate) TensorPrimitives.Add(y, sign * t[offset], y);
+            else y.Fill(sign * t[offset]);
+            return;
+        }
+        if (step == 0 && otherStep == 0)
+        {
+            float v = t[offset] * other[otherOffset];
+            if (accumulate) TensorPrimitives.Add(y, v, y); else y.Fill(v);
+            return;
+        }
+        // At least one side is a span: (span, span) or (span, scalar).
+        (float[] spanArray, int spanOffset, float[] scalarOrSpan, int so, int ss) = step == 1 ? (t, offset, other, otherOffset, otherStep) : (other, otherOffset, t, offset, step);
+        var sp = spanArray.AsSpan(spanOffset, n);
+        if (ss == 1)
+        {
+            if (accumulate) TensorPrimitives.MultiplyAdd(sp, scalarOrSpan.AsSpan(so, n), y, y);
+            else TensorPrimitives.Multiply(sp, scalarOrSpan.AsSpan(so, n), y);
+        }
+        else if (accumulate) TensorPrimitives.MultiplyAdd(sp, scalarOrSpan[so], y, y);
+        else TensorPrimitives.Multiply(sp, scalarOrSpan[so], y);
+    }
 }
 
 internal struct AddOp : IBinaryOp
@@ -24,6 +97,22 @@ internal struct AddOp : IBinaryOp
     public static void Apply(float a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Add(b, a, y);
     public static float DA(float a, float b, float y) => 1;
     public static float DB(float a, float b, float y) => 1;
+
+    public static bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] gy, float[]? ga, float[]? gb)
+    {
+        var g = gy.AsSpan(r.Output, r.Length);
+        if (ga is not null) RunMath.Accumulate(ga, r.A, r.StepA, g, null, 0, 0, 1);
+        if (gb is not null) RunMath.Accumulate(gb, r.B, r.StepB, g, null, 0, 0, 1);
+        return true;
+    }
+
+    public static bool Jvp(in RunMath.Run r, float[] a, float[] b, float[]? ta, float[]? tb, float[] ty)
+    {
+        var y = ty.AsSpan(r.Output, r.Length);
+        RunMath.Write(y, ta, r.A, r.StepA, null, 0, 0, 1, false);
+        RunMath.Write(y, tb, r.B, r.StepB, null, 0, 0, 1, true);
+        return true;
+    }
 }
 
 internal struct SubOp : IBinaryOp
@@ -34,6 +123,22 @@ internal struct SubOp : IBinaryOp
     public static void Apply(float a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Subtract(a, b, y);
     public static float DA(float a, float b, float y) => 1;
     public static float DB(float a, float b, float y) => -1;
+
+    public static bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] gy, float[]? ga, float[]? gb)
+    {
+        var g = gy.AsSpan(r.Output, r.Length);
+        if (ga is not null) RunMath.Accumulate(ga, r.A, r.StepA, g, null, 0, 0, 1);
+        if (gb is not null) RunMath.Accumulate(gb, r.B, r.StepB, g, null, 0, 0, -1);
+        return true;
+    }
+
+    public static bool Jvp(in RunMath.Run r, float[] a, float[] b, float[]? ta, float[]? tb, float[] ty)
+    {
+        var y = ty.AsSpan(r.Output, r.Length);
+        RunMath.Write(y, ta, r.A, r.StepA, null, 0, 0, 1, false);
+        RunMath.Write(y, tb, r.B, r.StepB, null, 0, 0, -1, true);
+        return true;
+    }
 }
 
 internal struct MulOp : IBinaryOp
@@ -44,6 +149,22 @@ internal struct MulOp : IBinaryOp
     public static void Apply(float a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Multiply(b, a, y);
     public static float DA(float a, float b, float y) => b;
     public static float DB(float a, float b, float y) => a;
+
+    public static bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] gy, float[]? ga, float[]? gb)
+    {
+        var g = gy.AsSpan(r.Output, r.Length);
+        if (ga is not null) RunMath.Accumulate(ga, r.A, r.StepA, g, b, r.B, r.StepB, 1);
+        if (gb is not null) RunMath.Accumulate(gb, r.B, r.StepB, g, a, r.A, r.StepA, 1);
+        return true;
+    }
+
+    public static bool Jvp(in RunMath.Run r, float[] a, float[] b, float[]? ta, float[]? tb, float[] ty)
+    {
+        var y = ty.AsSpan(r.Output, r.Length);
+        RunMath.Write(y, ta, r.A, r.StepA, b, r.B, r.StepB, 1, false);
+        RunMath.Write(y, tb, r.B, r.StepB, a, r.A, r.StepA, 1, true);
+        return true;
+    }
 }
 
 internal struct DivOp : IBinaryOp
@@ -72,7 +193,14 @@ internal struct PowOp : IBinaryOp
         else TensorPrimitives.Pow(a, b, y);
     }
     public static void Apply(float a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Pow(a, b, y);
-    public static float DA(float a, float b, float y) => b == 0 ? 0 : b * MathF.Pow(a, b - 1);
+    public static float DA(float a, float b, float y) => b switch
+    {
+        0 => 0,
+        1 => 1,
+        2 => 2 * a,
+        3 => 3 * a * a,
+        _ => b * MathF.Pow(a, b - 1),
+    };
     // d(a^b)/db = a^b·ln a; taken as 0 where a^b = 0 (a = 0), as torch does.
     public static float DB(float a, float b, float y) => y == 0 ? 0 : y * MathF.Log(a);
 }
@@ -239,6 +367,7 @@ internal sealed class BinaryElementwise : Operator
 
         public readonly void Run(int output, int ia, int ib, int unused, int length)
         {
+            if (TOp.Vjp(new RunMath.Run(output, ia, stepA, ib, stepB, length), a, b, gy, ga, gb)) return;
             for (int i = 0; i < length; i++, ia += stepA, ib += stepB)
             {
                 float g = gy[output + i];
@@ -260,6 +389,7 @@ internal sealed class BinaryElementwise : Operator
 
         public readonly void Run(int output, int ia, int ib, int unused, int length)
         {
+            if (TOp.Jvp(new RunMath.Run(output, ia, stepA, ib, stepB, length), a, b, ta, tb, ty)) return;
             for (int i = 0; i < length; i++, ia += stepA, ib += stepB)
             {
                 float t = 0;

@@ -123,6 +123,20 @@ internal sealed class Reduce : Operator
 
         public readonly void Run(int input, int unused, int output, int unused2, int length)
         {
+            if (Kind != Kind.Max)
+            {
+                // Sum and mean are linear with one weight: whole runs at once.
+                float w = Kind == Kind.Sum ? 1 : Scale;
+                var x = (Reverse ? Target : Source).AsSpan(input, length);
+                if (StepY == 1)
+                {
+                    var y = (Reverse ? Source : Target).AsSpan(output, length);
+                    if (Reverse) TensorPrimitives.MultiplyAdd(y, w, x, x); else TensorPrimitives.MultiplyAdd(x, w, y, y);
+                }
+                else if (Reverse) TensorPrimitives.Add(x, w * Source[output], x);
+                else Target[output] += w * TensorPrimitives.Sum(x);
+                return;
+            }
             for (int i = 0; i < length; i++, output += StepY)
             {
                 float w = Kind switch { Kind.Sum => 1, Kind.Mean => Scale, _ => X[input + i] == Y[output] ? 1 : 0 };

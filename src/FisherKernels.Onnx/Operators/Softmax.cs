@@ -124,6 +124,25 @@ internal sealed class Softmax : Operator
             for (int i = 0; i < inner; i++)
             {
                 int start = o * length * inner + i;
+                if (inner == 1)
+                {
+                    // Rows are contiguous: read y and the source in place (p holds exp(y) for log-softmax only).
+                    var yRow = y.Data.AsSpan(start, length);
+                    var sRow = source.AsSpan(start, length);
+                    var tRow = target.AsSpan(start, length);
+                    if (log) TensorPrimitives.Exp(yRow, p);
+                    ReadOnlySpan<float> probabilities = log ? p : yRow;
+                    if (!log)
+                    {
+                        float dot = TensorPrimitives.Dot(sRow, probabilities);
+                        TensorPrimitives.Subtract(sRow, dot, t);
+                        TensorPrimitives.Multiply(t, probabilities, t);
+                    }
+                    else if (reverse) TensorPrimitives.MultiplyAdd(probabilities, -TensorPrimitives.Sum(sRow), sRow, t);
+                    else TensorPrimitives.Subtract(sRow, TensorPrimitives.Dot(sRow, probabilities), t);
+                    if (reverse) TensorPrimitives.Add(tRow, t, tRow); else t.CopyTo(tRow);
+                    continue;
+                }
                 for (int j = 0; j < length; j++) { p[j] = y.Data[start + j * inner]; s[j] = source[start + j * inner]; }
                 if (log) TensorPrimitives.Exp(p, p);
                 // softmax: J = diag(p) − p pᵀ (symmetric);  log-softmax: J = I − 1 pᵀ, Jᵀ = I − p 1ᵀ
