@@ -40,7 +40,7 @@ public static class Derivatives
         var inputs = lm.Inputs(tokens);
         var plan = lm.Model.GetPlan(Shapes(inputs), direction.Keys.ToHashSet(), keepAll: true);
         lm.CheckLogits(plan, tokens.Shape);
-        var tangent = new Tangent(plan);
+        var tangent = lm.Model.TangentFor(plan);
         plan.Run(context, inputs);
         foreach (var (name, value) in direction) value.Data.CopyTo(tangent.Direction(name).Data, 0);
         tangent.Run(context);

@@ -88,6 +88,19 @@ public sealed class OnnxModel
 
     private readonly Dictionary<(ExecutionPlan Plan, string Seed), Backward> backwards = [];
 
+    /// <summary>The forward-mode pass for a keep-all plan (made once per plan: its tangent buffers are reused).</summary>
+    internal Tangent TangentFor(ExecutionPlan plan)
+    {
+        if (!tangents.TryGetValue(plan, out var tangent))
+        {
+            foreach (var key in tangents.Keys.Where(k => !plans.Any(p => p.Plan == k)).ToList()) tangents.Remove(key);
+            tangents[plan] = tangent = new Tangent(plan);
+        }
+        return tangent;
+    }
+
+    private readonly Dictionary<ExecutionPlan, Tangent> tangents = [];
+
     private List<Node> Sort()
     {
         var available = new HashSet<string>(Graph.Initializers.Keys);

@@ -68,13 +68,23 @@ public static class PositionScorer
         return new ScoreReport(Path.GetFileName(lm.Model.Graph.Source), method, priorPrecision, sequences);
     }
 
+    /// <summary>Σ x² accumulated in double by blocks (float sums of a million squares would lose digits).</summary>
+    private static double SumOfSquares(ReadOnlySpan<float> values)
+    {
+        const int Block = 1024;
+        double sum = 0;
+        for (int i = 0; i < values.Length; i += Block)
+            sum += System.Numerics.Tensors.TensorPrimitives.SumOfSquares(values.Slice(i, Math.Min(Block, values.Length - i)));
+        return sum;
+    }
+
     /// <summary>The isotropic estimator's epistemic score: ‖∇θ p‖² over the parameters (Σ = I).</summary>
     public static Func<Backward, double> SquaredGradientNorm(IReadOnlyList<string> parameters) => backward =>
     {
         double sum = 0;
         foreach (var name in parameters)
             if (backward.HasGradient(name))
-                foreach (float g in backward.Gradient(name).Data) sum += (double)g * g;
+                sum += SumOfSquares(backward.Gradient(name).Data);
         return sum;
     };
 }

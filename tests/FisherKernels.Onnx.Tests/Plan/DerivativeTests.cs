@@ -50,6 +50,12 @@ public class DerivativeTests
         var reference = (NdArray<double>)NpyFile.Read(Fixtures.Path(model + ".jvp.npy"));
         Assert.Equal(reference.Shape, jvp.Shape);
         Assert.True(RelativeError(reference.Data, jvp.Data) <= 1e-3, $"relative error {RelativeError(reference.Data, jvp.Data):G3}");
+
+        // The tangent buffers are reused across calls: a doubled direction doubles J·V, and the first result comes back exactly.
+        var doubled = direction.ToDictionary(kv => kv.Key, kv => new NdArray<float>(kv.Value.Shape, kv.Value.Data.Select(x => 2 * x).ToArray()));
+        var twice = Derivatives.Jvp(lm, Context, tokens, doubled);
+        for (int i = 0; i < jvp.Data.Length; i++) Assert.Equal(2 * jvp.Data[i], twice.Data[i], 1e-5f * (1 + Math.Abs(jvp.Data[i])));
+        Assert.Equal(jvp.Data, Derivatives.Jvp(lm, Context, tokens, direction).Data);
     }
 
     [Fact]
