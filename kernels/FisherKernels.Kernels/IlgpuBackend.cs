@@ -49,11 +49,12 @@ public sealed partial class IlgpuBackend : IComputeBackend
     /// <summary>
     /// The backend on ILGPU's CPU emulator, for tests of the kernels without a GPU. One multiprocessor
     /// with groups of up to <see cref="Tiling.GroupSize"/> threads; every emulated thread is an OS thread.
+    /// Out-of-bounds checks on every view access are on: the emulator exists to find kernel bugs.
     /// </summary>
     public static IlgpuBackend CreateCpuEmulator()
     {
         var device = new CPUDevice(numThreadsPerWarp: 4, numWarpsPerMultiprocessor: Tiling.GroupSize / 4, numMultiprocessors: 1);
-        var backend = TryCreate("ilgpu-cpu", builder => builder.CPU(device), AcceleratorType.CPU);
+        var backend = TryCreate("ilgpu-cpu", builder => builder.CPU(device).Assertions(), AcceleratorType.CPU);
         return backend ?? throw FisherKernelsException.Backend("ilgpu-cpu: ILGPU's CPU emulator could not be created");
     }
 
