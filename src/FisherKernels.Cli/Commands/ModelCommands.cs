@@ -46,6 +46,9 @@ internal static class ModelCommands
                     if (l.Bias is null) json.WriteNull("bias"); else json.WriteString("bias", l.Bias);
                     json.WriteString("storage", l.StoredOutIn ? "out_in" : "in_out");
                     json.WriteNumber("parameters", l.Parameters);
+                    var memory = Curvature.KfacAccumulator.EstimateMemory(new Curvature.LayerShape(l.Id, l.In, l.Out, l.Bias is not null));
+                    json.WriteNumber("kfac_factor_bytes", memory.FactorBytes);
+                    json.WriteNumber("kfac_eigenbasis_bytes", memory.EigenbasisBytes);
                     json.WriteEndObject();
                 }
                 json.WriteEndArray();

@@ -262,12 +262,15 @@ public sealed class KfacAccumulator
                                  Options.Fisher, ModelSha256, createdBy);
     }
 
-    /// <summary>Bytes a fit and its posterior need for <paramref name="layer"/>: the float32 factors and their dense eigenbases (float32 Q, float64 λ).</summary>
+    /// <summary>
+    /// Bytes a fit and its posterior need for <paramref name="layer"/>: the float32 factors, and their dense eigenbasis
+    /// (float32 Q_A and Q_G, float64 eigenvalues, the float32 [g × a] inverse denominators 1/(M λ_G λ_A + τ)).
+    /// </summary>
     public static LayerMemory EstimateMemory(LayerShape layer)
     {
         long a = ADimOf(layer), g = layer.OutFeatures;
         long factors = sizeof(float) * (a * a + g * g);
-        return new LayerMemory(layer.Layer, factors, factors + sizeof(double) * (a + g));
+        return new LayerMemory(layer.Layer, factors, factors + sizeof(double) * (a + g) + sizeof(float) * a * g);
     }
 
     /// <summary>

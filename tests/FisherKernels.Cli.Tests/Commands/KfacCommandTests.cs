@@ -144,6 +144,17 @@ public class KfacCommandTests
     }
 
     [Fact]
+    public void InspectJsonGivesTheMemoryOfAFitPerLayer()
+    {
+        var (code, stdout, stderr) = CliRunner.Run("inspect", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--json");
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(stdout);
+        JsonElement attention = json.RootElement.GetProperty("layers")[0]; // c_attn: in 32 + bias, out 96
+        Assert.Equal(4L * (33 * 33 + 96 * 96), attention.GetProperty("kfac_factor_bytes").GetInt64());
+        Assert.Equal(4L * (33 * 33 + 96 * 96) + 8L * (33 + 96) + 4L * 33 * 96, attention.GetProperty("kfac_eigenbasis_bytes").GetInt64());
+    }
+
+    [Fact]
     public void CalibrateStoresBetaAndReportsTheFigures()
     {
         using var temp = new TempFolder();

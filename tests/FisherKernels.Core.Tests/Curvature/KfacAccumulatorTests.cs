@@ -263,7 +263,7 @@ public sealed class KfacAccumulatorTests : IDisposable
     {
         LayerMemory m = KfacAccumulator.EstimateMemory(new LayerShape("w", 767, 3072, true));
         Assert.Equal(4L * (768 * 768 + 3072 * 3072), m.FactorBytes);
-        Assert.Equal(4L * (768 * 768 + 3072 * 3072) + 8L * (768 + 3072), m.EigenbasisBytes);
+        Assert.Equal(4L * (768 * 768 + 3072 * 3072) + 8L * (768 + 3072) + 4L * 768 * 3072, m.EigenbasisBytes);
     }
 
     /// <summary>
