@@ -17,12 +17,16 @@ public sealed class BenchCommandTests
         var results = root.GetProperty("results").EnumerateArray().ToList();
         Assert.Contains(results, r => r.GetProperty("name").GetString() == "kfac_accumulate");
         Assert.Contains(results, r => r.GetProperty("name").GetString() == "linear_jvp");
+        Assert.Contains(results, r => r.GetProperty("name").GetString() == "kron_quadratic");
+        Assert.Contains(results, r => r.GetProperty("name").GetString() == "woodbury_apply");
         foreach (var r in results)
         {
             Assert.Subset(new HashSet<string> { "name", "backend", "shape", "median_ms", "gflops", "baseline", "baseline_median_ms", "ratio" },
                           r.EnumerateObject().Select(p => p.Name).ToHashSet());
             Assert.Equal("cpu", r.GetProperty("backend").GetString());
-            Assert.Matches(@"^\d+(x\d+)+$", r.GetProperty("shape").GetString());
+            // SPEC §6 writes block shapes as rows x cols and the Woodbury case as "n = 4096, r = 64".
+            string expectedShape = r.GetProperty("name").GetString() == "woodbury_apply" ? @"^n=\d+,r=\d+$" : @"^\d+(x\d+)+$";
+            Assert.Matches(expectedShape, r.GetProperty("shape").GetString());
             double ms = r.GetProperty("median_ms").GetDouble(), baselineMs = r.GetProperty("baseline_median_ms").GetDouble();
             Assert.True(ms > 0 && baselineMs > 0, r.ToString());
             Assert.Equal(baselineMs / ms, r.GetProperty("ratio").GetDouble(), 0.02 * baselineMs / ms + 1e-3);
