@@ -5,6 +5,7 @@ using FisherKernels.Onnx;
 using FisherKernels.Onnx.Graph;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Scoring;
+using FisherKernels.Uncertainty;
 
 namespace FisherKernels.Native;
 
@@ -157,15 +158,15 @@ internal static unsafe class Exports
             var epistemicOut = Out(epistemic, "epistemic", batch, seq);
             using var model = Handles.Use<Model>(handle, "fk_model");
             using var engine = model.Value.UseEngine();
-            if (curvaturePath != null)
-                throw FisherKernelsException.Unsupported(
-                    $"fk_model_score with a curvature file ('{Utf8(curvaturePath)}', the K-FAC method) is not available in this build yet; pass curvature_path = NULL for the isotropic score");
             var lm = model.Value.LanguageModel;
             var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
             if (parameters.Count == 0)
                 throw FisherKernelsException.Argument($"model '{lm.Model.Graph.Source}' has no layers (MatMul/Gemm with an initializer weight) to score");
-            var report = PositionScorer.Score(lm, model.Value.Context, ids, null, parameters, "isotropic", priorPrecision,
-                                              PositionScorer.SquaredGradientNorm(parameters));
+            // SPEC §4: isotropic without a curvature file, else the K-FAC Laplace posterior (default options, as the CLI).
+            var (method, score) = curvaturePath == null
+                ? ("isotropic", PositionScorer.SquaredGradientNorm(parameters))
+                : ("kfac", KfacScoring.Epistemic(lm, Utf8(curvaturePath), priorPrecision, new PosteriorOptions().Rank, model.Value.Context.Backend, TextWriter.Null));
+            var report = PositionScorer.Score(lm, model.Value.Context, ids, null, parameters, method, priorPrecision, score);
             pOut.Fill(float.NaN); aleatoricOut.Fill(float.NaN); epistemicOut.Fill(float.NaN);
             foreach (var sequence in report.Sequences)
                 foreach (var token in sequence.Tokens)

@@ -364,9 +364,26 @@ static void test_models(fk_engine* engine)
                   FK_ERR_INVALID_ARGUMENT, "prior_precision");
     EXPECT_STATUS(fk_model_score(model, fixture_tokens, 0, SEQ, NULL, 1.0, p, aleatoric, epistemic),
                   FK_ERR_INVALID_ARGUMENT, "batch");
-    EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, FK_FIXTURES "/gpt2_tiny.kfac.safetensors", 1.0, p,
+    /* K-FAC: p and aleatoric do not depend on the method; the epistemic score does. */
+    float kfac_p[BATCH * SEQ], kfac_epistemic[BATCH * SEQ];
+    EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, FK_FIXTURES "/gpt2_tiny.kfac.safetensors", 1.0,
+                                 kfac_p, aleatoric, kfac_epistemic),
+                  FK_OK, "");
+    for (int i = 0; scored && i < BATCH * SEQ; i++) {
+        if (i % SEQ == SEQ - 1) {
+            CHECK(isnan(kfac_p[i]) && isnan(kfac_epistemic[i]), "K-FAC: position %d has no target but a score", i);
+            continue;
+        }
+        CHECK(kfac_p[i] == p[i], "K-FAC p[%d] = %g, isotropic %g", i, kfac_p[i], p[i]);
+        CHECK(kfac_epistemic[i] > 0 && kfac_epistemic[i] < epistemic[i], "K-FAC epistemic[%d] = %g, isotropic %g", i,
+              kfac_epistemic[i], epistemic[i]);
+    }
+    EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, FK_FIXTURES "/llama_tiny.kfac.safetensors", 1.0, p,
                                  aleatoric, epistemic),
-                  FK_ERR_UNSUPPORTED, "curvature");
+                  FK_ERR_FORMAT, "llama_tiny.kfac.safetensors");
+    EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, FK_FIXTURES "/missing.safetensors", 1.0, p,
+                                 aleatoric, epistemic),
+                  FK_ERR_IO, "missing.safetensors");
     EXPECT_STATUS(fk_model_score(NULL, fixture_tokens, BATCH, SEQ, NULL, 1.0, p, aleatoric, epistemic),
                   FK_ERR_INVALID_ARGUMENT, "fk_model");
     EXPECT_STATUS(fk_model_score((fk_model*)engine, fixture_tokens, BATCH, SEQ, NULL, 1.0, p, aleatoric, epistemic),

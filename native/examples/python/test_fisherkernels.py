@@ -81,8 +81,8 @@ class KernelTests(unittest.TestCase):
 
 
 class ModelTests(unittest.TestCase):
-    """A fixture model scored through the C ABI, against the torch float64 goldens (SPEC §7 tolerances)
-    and against the managed API (the fisherkernels CLI on the same inputs)."""
+    """A fixture model scored through the C ABI (isotropic and K-FAC), against the torch float64 goldens
+    (SPEC §7 tolerances) and against the managed API (the fisherkernels CLI on the same inputs)."""
 
     fixtures = os.environ.get("FISHERKERNELS_FIXTURES", os.path.join(os.path.dirname(__file__), "../../../tests/fixtures"))
 
@@ -113,23 +113,33 @@ class ModelTests(unittest.TestCase):
             mask = ~np.isnan(r)
             self.assertLessEqual(relative_error(g[mask], r[mask]), tolerance, name)
 
-    def test_isotropic_score_matches_torch(self):
-        with open(os.path.join(self.fixtures, "gpt2_tiny.scores.json")) as f:
-            golden = json.load(f)["isotropic"]
-        self.assert_scores(self.model.score(self.tokens), self.golden_scores(golden), (1e-4, 1e-4, 1e-3))
+    def curvature(self):
+        return os.path.join(self.fixtures, "gpt2_tiny.kfac.safetensors")
 
-    def test_isotropic_score_matches_managed_api(self):
+    def test_scores_match_torch(self):
+        with open(os.path.join(self.fixtures, "gpt2_tiny.scores.json")) as f:
+            golden = json.load(f)
+        # The golden K-FAC scores use the factors of gpt2_tiny.kfac.safetensors and τ = 1.
+        for method, curvature in (("isotropic", None), ("kfac", self.curvature())):
+            with self.subTest(method=method):
+                got = self.model.score(self.tokens, curvature_path=curvature, prior_precision=1.0)
+                self.assert_scores(got, self.golden_scores(golden[method]), (1e-4, 1e-4, 1e-3))
+
+    def test_scores_match_managed_api(self):
         cli = os.environ.get("FISHERKERNELS_CLI", "")
         self.assertTrue(os.path.isfile(cli), f"FISHERKERNELS_CLI='{cli}' is not the built CLI (dotnet cake --target=Build)")
-        with tempfile.TemporaryDirectory() as folder:
-            out = os.path.join(folder, "scores.json")
-            subprocess.run(["dotnet", cli, "score", "--model", os.path.join(self.fixtures, "gpt2_tiny.onnx"),
-                            "--tokens", os.path.join(self.fixtures, "gpt2_tiny.tokens.npy"), "--method", "isotropic",
-                            "--out", out], check=True)
-            with open(out) as f:
-                managed = json.load(f)
-        # Same code path, float32 results: only the rounding of the outputs differs.
-        self.assert_scores(self.model.score(self.tokens), self.golden_scores(managed), (1e-6, 1e-6, 1e-6))
+        for method, curvature in (("isotropic", None), ("kfac", self.curvature())):
+            with self.subTest(method=method), tempfile.TemporaryDirectory() as folder:
+                out = os.path.join(folder, "scores.json")
+                command = ["dotnet", cli, "score", "--model", os.path.join(self.fixtures, "gpt2_tiny.onnx"),
+                           "--tokens", os.path.join(self.fixtures, "gpt2_tiny.tokens.npy"), "--method", method,
+                           "--prior-precision", "0.5", "--out", out]
+                subprocess.run(command + (["--curvature", curvature] if curvature else []), check=True)
+                with open(out) as f:
+                    managed = json.load(f)
+                # Same code path, float32 results: only the rounding of the outputs differs.
+                got = self.model.score(self.tokens, curvature_path=curvature, prior_precision=0.5)
+                self.assert_scores(got, self.golden_scores(managed), (1e-6, 1e-6, 1e-6))
 
     def test_jvp_matches_torch(self):
         got = self.model.jvp(self.tokens, os.path.join(self.fixtures, "gpt2_tiny.direction.safetensors"), vocab=64)

@@ -51,7 +51,7 @@ internal static class DerivativeCommands
         NdArray? targets = targetsPath is null ? null : NpyFile.Read(targetsPath);
         var context = ModelCommands.Context(options);
         var parameters = Parameters(lm, method == "kfac" ? KfacCommands.RefuseParams(options.Optional("--params")) : options.Optional("--params"));
-        var epistemic = method == "kfac" ? KfacCommands.Epistemic(lm, options.Required("--curvature"), prior, options.Int("--rank", 64, 1), context.Backend, Console.Error)
+        var epistemic = method == "kfac" ? KfacScoring.Epistemic(lm, options.Required("--curvature"), prior, options.Int("--rank", 64, 1), context.Backend, Console.Error)
                                          : PositionScorer.SquaredGradientNorm(parameters);
         var report = PositionScorer.Score(lm, context, tokens, targets, parameters, method, prior, epistemic);
         report.Write(outPath);

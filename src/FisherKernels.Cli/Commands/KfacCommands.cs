@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Security.Cryptography;
 using FisherKernels.Backends;
 using FisherKernels.Curvature;
 using FisherKernels.IO;
@@ -7,6 +6,7 @@ using FisherKernels.Onnx;
 using FisherKernels.Onnx.Graph;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Plan;
+using FisherKernels.Onnx.Scoring;
 using FisherKernels.Uncertainty;
 using Spectre.Console;
 
@@ -50,13 +50,13 @@ internal static class KfacCommands
         int batchSize = options.Int("--batch-size", 8, 1);
         IReadOnlyList<Layer> layers = lm.Model.Layers;
         if (layers.Count == 0) throw FisherKernelsException.Argument($"fit: model '{modelPath}' has no layers (MatMul/Gemm with an initializer weight, SPEC §2)");
-        LayerShape[] shapes = Shapes(layers);
+        LayerShape[] shapes = KfacScoring.Shapes(layers);
         var context = ModelCommands.Context(options);
 
         int sequences = tokens.Shape[0], seq = tokens.Shape[1];
         var allTargets = targetsFile is null ? Targets.NextToken(tokens) : Targets.Check(targetsFile, tokens.Shape, VocabularyOf(lm, context, tokens), targetsPath!);
-        string modelSha = Sha256(modelPath);
-        string fingerprint = $"tokens {Sha256(tokensPath)}, targets {(targetsPath is null ? "next-token" : Sha256(targetsPath))}, batch-size {batchSize}";
+        string modelSha = KfacScoring.Sha256(modelPath);
+        string fingerprint = $"tokens {KfacScoring.Sha256(tokensPath)}, targets {(targetsPath is null ? "next-token" : KfacScoring.Sha256(targetsPath))}, batch-size {batchSize}";
         string checkpoint = outPath + ".checkpoint";
         KfacAccumulator accumulator = File.Exists(checkpoint)
             ? KfacAccumulator.Resume(checkpoint, context.Backend, shapes, fitOptions, modelSha, fingerprint)
@@ -200,14 +200,14 @@ internal static class KfacCommands
         lm.Inputs(tokens, null, tokensPath);
         var context = ModelCommands.Context(options);
         double prior = options.Optional("--prior-precision") is { } tau ? Number(tau, "--prior-precision") : 1.0;
-        var (curvature, posterior) = LoadPosterior(lm, curvaturePath, prior, options.Int("--rank", 64, 1), context.Backend, Console.Error);
+        var (curvature, posterior) = KfacScoring.LoadPosterior(lm, curvaturePath, prior, options.Int("--rank", 64, 1), context.Backend, Console.Error);
         string? targetsPath = options.Optional("--targets");
         var logits = lm.Forward(context, tokens, null, tokensPath);
         int vocab = logits.Shape[2];
         var targets = targetsPath is null ? Targets.NextToken(tokens) : Targets.Check(NpyFile.Read(targetsPath), tokens.Shape, vocab, targetsPath);
 
         var report = Onnx.Scoring.PositionScorer.Score(lm, context, tokens, targets, LayerDiscovery.DefaultParameters(lm.Model.Layers), "kfac",
-                                                       posterior.PriorPrecision, Epistemic(lm, posterior));
+                                                       posterior.PriorPrecision, KfacScoring.Epistemic(lm, posterior));
         var epistemic = new List<double>();
         var aleatoric = new List<double>();
         var confidence = new List<double>();
@@ -234,69 +234,10 @@ internal static class KfacCommands
         return 0;
     }
 
-    /// <summary>
-    /// The curvature for <paramref name="lm"/> (checked against its hash and layers: the error says which differs) and its
-    /// posterior; each layer's eigenvalue range goes to <paramref name="log"/>.
-    /// </summary>
-    public static (KfacCurvature Curvature, KfacPosterior Posterior) LoadPosterior(LanguageModel lm, string curvaturePath, double priorPrecision, int rank,
-                                                                                  IComputeBackend backend, TextWriter log)
-    {
-        LayerShape[] shapes = Shapes(lm.Model.Layers);
-        KfacCurvature curvature = KfacCurvature.Load(curvaturePath, shapes);
-        curvature.EnsureMatches(Sha256(lm.Model.Graph.Source), shapes);
-        var posterior = new KfacPosterior(curvature, backend, new PosteriorOptions { PriorPrecision = priorPrecision, Rank = rank });
-        foreach (string line in posterior.Describe()) log.WriteLine(line);
-        return (curvature, posterior);
-    }
-
     /// <summary>The K-FAC posterior covers every layer's weight and bias (SPEC §2 default set); <c>--params</c> is for the isotropic method.</summary>
     public static string? RefuseParams(string? spec) => spec is null ? null
         : throw FisherKernelsException.Argument("score: --params applies to --method isotropic; K-FAC scores every layer's weight and bias");
 
-    /// <summary><see cref="Epistemic(LanguageModel, KfacPosterior)"/> for the curvature file <paramref name="curvaturePath"/>.</summary>
-    public static Func<Backward, double> Epistemic(LanguageModel lm, string curvaturePath, double priorPrecision, int rank, IComputeBackend backend, TextWriter log) =>
-        Epistemic(lm, LoadPosterior(lm, curvaturePath, priorPrecision, rank, backend, log).Posterior);
-
-    /// <summary>
-    /// The K-FAC epistemic score of one backward pass (SPEC §4): Σ over layers of <c>vec(X)ᵀ Σ vec(X)</c>, X = [∇W | ∇b]
-    /// as <c>[out × in(+1)]</c> whatever the weight's storage. The backward pass must have every layer weight and bias as parameters.
-    /// </summary>
-    public static Func<Backward, double> Epistemic(LanguageModel lm, KfacPosterior posterior)
-    {
-        IReadOnlyList<Layer> layers = lm.Model.Layers;
-        var buffers = layers.Select(l => new float[(long)l.Out * (l.In + (l.Bias is null ? 0 : 1))]).ToArray();
-        var result = new float[1];
-        return backward =>
-        {
-            double sum = 0;
-            for (int i = 0; i < layers.Count; i++)
-            {
-                Layer layer = layers[i];
-                float[] x = buffers[i];
-                int a = layer.In + (layer.Bias is null ? 0 : 1);
-                float[] w = backward.Gradient(layer.Id).Data;
-                for (int o = 0; o < layer.Out; o++)
-                    for (int k = 0; k < layer.In; k++) x[o * a + k] = layer.StoredOutIn ? w[o * layer.In + k] : w[k * layer.Out + o];
-                if (layer.Bias is not null)
-                {
-                    float[] b = backward.Gradient(layer.Bias).Data;
-                    for (int o = 0; o < layer.Out; o++) x[o * a + layer.In] = b[o];
-                }
-                posterior[layer.Id].Quadratic(x, 1, result);
-                sum += result[0];
-            }
-            return sum;
-        };
-    }
-
-    public static LayerShape[] Shapes(IReadOnlyList<Layer> layers) => layers.Select(l => new LayerShape(l.Id, l.In, l.Out, l.Bias is not null)).ToArray();
-
-    /// <summary>Hex SHA-256 of a file (the model hash of SPEC §5).</summary>
-    public static string Sha256(string path)
-    {
-        using FileStream stream = RawArrays.OpenRead(path);
-        return Convert.ToHexStringLower(SHA256.HashData(stream));
-    }
 
     static int VocabularyOf(LanguageModel lm, OpContext context, NdArray<long> tokens) =>
         lm.Forward(context, new NdArray<long>([1, tokens.Shape[1]], tokens.Data[..tokens.Shape[1]])).Shape[2];
