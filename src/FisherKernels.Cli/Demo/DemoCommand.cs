@@ -52,12 +52,12 @@ internal static class DemoCommand
 
         var lm = LanguageModel.Load(model.ModelPath);
         var context = ModelCommands.Context(options);
-        var (_, posterior) = KfacCommands.LoadPosterior(lm, curvaturePath, priorPrecision: 1.0, rank: 64, context.Backend, TextWriter.Null);
+        var (_, posterior) = KfacScoring.LoadPosterior(lm, curvaturePath, priorPrecision: 1.0, rank: 64, context.Backend, TextWriter.Null);
         var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
         var estimators = new (string Name, Func<Backward, double> Epistemic)[]
         {
             ("isotropic", PositionScorer.SquaredGradientNorm(parameters)),
-            ("K-FAC", KfacCommands.Epistemic(lm, posterior)),
+            ("K-FAC", KfacScoring.Epistemic(lm, posterior)),
         };
         stdout.WriteLine($"K-FAC posterior: prior precision {posterior.PriorPrecision}, {posterior.Layers.Count} layers");
 
