@@ -74,6 +74,9 @@ internal sealed class ModelBenches : IBenchSuite
             InterOpNumThreads = 1,
             ExecutionMode = ExecutionMode.ORT_SEQUENTIAL,
         };
+        // ORT's pool threads spin after each Run by default; in alternating pairs they would steal the
+        // cores from the next run of ours, so the comparison turns them off (ORT's own latency barely moves).
+        options.AddSessionConfigEntry("session.intra_op.allow_spinning", "0");
         var feeds = inputs.Select(kv => kv.Value switch
         {
             NdArray<long> v => NamedOnnxValue.CreateFromTensor(kv.Key, new DenseTensor<long>(v.Data, v.Shape)),
