@@ -27,11 +27,11 @@ internal static class DerivativeCommands
         return 0;
     }
 
-    /// <summary>`score --model M --tokens T.npy [--targets Y.npy] [--method isotropic|kfac] [--params FILE|all] --out S.json|S.csv`.</summary>
+    /// <summary>`score --model M --tokens T.npy [--targets Y.npy] [--method isotropic|kfac] [--params FILE|all] [--samples K] [--seed S] --out S.json|S.csv`.</summary>
     public static int Score(string[] args)
     {
         var options = CommandOptions.Parse("score", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--method", "--curvature", "--prior-precision", "--params", "--out", "--backend", "--threads", "--rank"], []);
+            ["--model", "--tokens", "--targets", "--method", "--curvature", "--prior-precision", "--params", "--out", "--backend", "--threads", "--rank", "--samples", "--seed"], []);
         string outPath = options.Required("--out");
         if (Path.GetExtension(outPath).ToLowerInvariant() is not (".json" or ".csv"))
             throw FisherKernelsException.Argument($"score: --out '{outPath}' must end in .json or .csv");
@@ -43,6 +43,10 @@ internal static class DerivativeCommands
             (!double.TryParse(priorText, NumberStyles.Float, CultureInfo.InvariantCulture, out prior) || !(prior > 0) || !double.IsFinite(prior)))
             throw FisherKernelsException.Argument($"score: --prior-precision must be a positive number, got '{priorText}'");
 
+        int? samples = options.Optional("--samples") is null ? null : options.Int("--samples", 1, 1);
+        if (samples is not null && method != "kfac")
+            throw FisherKernelsException.Argument($"score: --samples draws from the K-FAC posterior; it needs --method kfac, not {method}");
+        int seed = options.Int("--seed", 0, 0);
         var lm = LanguageModel.Load(options.Required("--model"));
         string tokensPath = options.Required("--tokens");
         var tokens = NpyFile.Read(tokensPath);
@@ -51,9 +55,12 @@ internal static class DerivativeCommands
         NdArray? targets = targetsPath is null ? null : NpyFile.Read(targetsPath);
         var context = ModelCommands.Context(options);
         var parameters = Parameters(lm, method == "kfac" ? KfacCommands.RefuseParams(options.Optional("--params")) : options.Optional("--params"));
-        var epistemic = method == "kfac" ? KfacScoring.Epistemic(lm, options.Required("--curvature"), prior, options.Int("--rank", 64, 1), context.Backend, Console.Error)
-                                         : PositionScorer.SquaredGradientNorm(parameters);
+        var posterior = method == "kfac"
+            ? KfacScoring.LoadPosterior(lm, options.Required("--curvature"), prior, options.Int("--rank", 64, 1), context.Backend, Console.Error).Posterior
+            : null;
+        var epistemic = posterior is not null ? KfacScoring.Epistemic(lm, posterior) : PositionScorer.SquaredGradientNorm(parameters);
         var report = PositionScorer.Score(lm, context, tokens, targets, parameters, method, prior, epistemic);
+        if (samples is { } k) report = KfacScoring.AddSampling(report, lm, context, posterior!, tokens, k, seed);
         report.Write(outPath);
         return 0;
     }

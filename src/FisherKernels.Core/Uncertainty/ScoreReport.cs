@@ -9,7 +9,16 @@ namespace FisherKernels.Uncertainty;
 public sealed record TokenScore(int Position, long Target, double P, double Epistemic, double Aleatoric)
 {
     public TokenScore(int position, long target, double p, double epistemic) : this(position, target, p, epistemic, p * (1 - p)) { }
+
+    /// <summary>Linearized sampling's figures (<c>score --samples k</c>); null when not sampled.</summary>
+    public SampledScore? Sampled { get; init; }
 }
+
+/// <summary>
+/// Linearized sampling (<see cref="LinearizedSampling"/>) of one position: the variance of the target logit and the
+/// 5th/95th percentiles of <c>softmax(z + J·δθ_s)[y]</c> over the parameter samples.
+/// </summary>
+public sealed record SampledScore(double LogitVariance, double PLow, double PHigh);
 
 /// <summary>
 /// The scores of one sequence (SPEC §4): <c>p̄</c> = mean p of its targeted positions, the epistemic score of <c>p̄</c>
@@ -28,6 +37,10 @@ public sealed record SequenceScore(int Index, double MeanP, double Epistemic, do
 public sealed record ScoreReport(string Model, string Method, double PriorPrecision, IReadOnlyList<SequenceScore> Sequences)
 {
     public const string CsvHeader = "sequence,position,target,p,epistemic,aleatoric";
+    public const string SampledCsvColumns = ",logit_variance,p_low,p_high";
+
+    /// <summary>Whether the tokens carry linearized-sampling figures (extra JSON fields and CSV columns, else exactly SPEC §6).</summary>
+    public bool IsSampled => Sequences.Any(s => s.Tokens.Any(t => t.Sampled is not null));
 
     /// <summary>Writes JSON for a <c>.json</c> path and CSV for a <c>.csv</c> path; any other extension is an error naming <c>--out</c>.</summary>
     public void Write(string path)
@@ -59,10 +72,15 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
 
     public string ToCsv()
     {
-        var text = new StringBuilder(CsvHeader).Append('\n');
+        bool sampled = IsSampled;
+        var text = new StringBuilder(CsvHeader).Append(sampled ? SampledCsvColumns : "").Append('\n');
         foreach (SequenceScore s in Sequences)
             foreach (TokenScore t in s.Tokens)
-                text.Append(CultureInfo.InvariantCulture, $"{s.Index},{t.Position},{t.Target},{Number(t.P)},{Number(t.Epistemic)},{Number(t.Aleatoric)}\n");
+            {
+                text.Append(CultureInfo.InvariantCulture, $"{s.Index},{t.Position},{t.Target},{Number(t.P)},{Number(t.Epistemic)},{Number(t.Aleatoric)}");
+                if (sampled) text.Append(CultureInfo.InvariantCulture, $",{Number(t.Sampled!.LogitVariance)},{Number(t.Sampled.PLow)},{Number(t.Sampled.PHigh)}");
+                text.Append('\n');
+            }
         return text.ToString();
     }
 
@@ -90,6 +108,12 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
                 json.WriteNumber("p", t.P);
                 json.WriteNumber("epistemic", t.Epistemic);
                 json.WriteNumber("aleatoric", t.Aleatoric);
+                if (t.Sampled is { } sampled)
+                {
+                    json.WriteNumber("logit_variance", sampled.LogitVariance);
+                    json.WriteNumber("p_low", sampled.PLow);
+                    json.WriteNumber("p_high", sampled.PHigh);
+                }
                 json.WriteEndObject();
             }
             json.WriteEndArray();
@@ -107,8 +131,12 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
             if (s.Tokens.Count > 0 && !double.IsFinite(s.Epistemic))
                 throw FisherKernelsException.Argument($"{Method} score: sequence {s.Index} has a non-finite epistemic score {s.Epistemic}");
             foreach (TokenScore t in s.Tokens)
+            {
                 if (!double.IsFinite(t.P) || !double.IsFinite(t.Epistemic))
                     throw FisherKernelsException.Argument($"{Method} score: sequence {s.Index} position {t.Position} has p {t.P}, epistemic {t.Epistemic}");
+                if (t.Sampled is { } x && !(double.IsFinite(x.LogitVariance) && double.IsFinite(x.PLow) && double.IsFinite(x.PHigh)))
+                    throw FisherKernelsException.Argument($"{Method} score: sequence {s.Index} position {t.Position} has a non-finite sampled figure {x}");
+            }
         }
     }
 
