@@ -56,4 +56,17 @@ public sealed class BenchCommandTests
         var error = Assert.Throws<FisherKernelsException>(() => BenchCommand.Run(args, new StringWriter()));
         Assert.Contains(message, error.Message);
     }
+
+    [Fact]
+    public void Model_suite_times_every_spec_figure_against_its_baseline()
+    {
+        var stdout = new StringWriter();
+        Assert.Equal(0, BenchCommand.Run(["bench", "--quick", "--json", "--threads", "1", "--model", FisherKernels.Tests.Fixtures.Path("gpt2_tiny.onnx"),
+                                          "--tokens", FisherKernels.Tests.Fixtures.Path("gpt2_tiny.tokens.npy")], stdout));
+        using var document = JsonDocument.Parse(stdout.ToString());
+        var results = document.RootElement.GetProperty("results").EnumerateArray()
+            .ToDictionary(r => r.GetProperty("name").GetString()!, r => r.GetProperty("baseline").GetString());
+        Assert.Equal("onnxruntime", results["forward"]);
+        foreach (string name in new[] { "backward", "jvp", "fit", "score" }) Assert.Equal("forward", results[name]);
+    }
 }

@@ -1,3 +1,5 @@
+using FisherKernels.Cli.Commands;
+using FisherKernels.Curvature;
 using FisherKernels.IO;
 using FisherKernels.Onnx;
 using FisherKernels.Onnx.Graph;
@@ -11,7 +13,7 @@ namespace FisherKernels.Cli.Bench;
 /// <summary>
 /// `bench --model M --tokens T` (SPEC §6): <c>forward</c> against ONNX Runtime (all graph optimizations,
 /// the same thread count) on the same model and tokens; <c>backward</c> (forward + loss gradient of every
-/// layer), <c>jvp</c> (forward + tangent along every layer weight) and <c>score</c> (isotropic, the whole
+/// layer), <c>jvp</c> (forward + tangent along every layer weight), <c>fit</c> (one batch: forward, backward with taps, factor accumulation) and <c>score</c> (isotropic, the whole
 /// batch) against our forward pass.
 /// </summary>
 internal sealed class ModelBenches : IBenchSuite
@@ -52,6 +54,13 @@ internal sealed class ModelBenches : IBenchSuite
         });
         yield return BenchResult.Timed("jvp", backend, shape, null,
             BenchTimer.MedianPairMs(() => Derivatives.Jvp(lm, op, tokens, direction), Forward, runs, warmup: 2), "forward");
+
+        // One batch of `fit` (SPEC §3 default: sampled Fisher, one draw): forward, backward with the layer taps, factor accumulation.
+        var accumulator = new KfacAccumulator(context.Backend, KfacScoring.Shapes(lm.Model.Layers), new KfacFitOptions(), modelSha256: "bench");
+        var ids = NpyFile.ReadInt64(tokensPath);
+        var targets = Targets.NextToken(ids);
+        yield return BenchResult.Timed("fit", backend, shape, null,
+            BenchTimer.MedianPairMs(() => KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets), Forward, runs, warmup: 2), "forward");
 
         var norm = PositionScorer.SquaredGradientNorm(parameters);
         yield return BenchResult.Timed("score", backend, shape, null,

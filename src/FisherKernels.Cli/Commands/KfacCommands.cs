@@ -96,7 +96,7 @@ internal static class KfacCommands
     }
 
     /// <summary>One batch: the forward pass, the layer inputs, then one backward pass per label draw (SPEC §3 Fisher types).</summary>
-    static void FitBatch(LanguageModel lm, OpContext context, KfacAccumulator accumulator, IReadOnlyList<Layer> layers,
+    internal static void FitBatch(LanguageModel lm, OpContext context, KfacAccumulator accumulator, IReadOnlyList<Layer> layers,
                          IReadOnlyList<string> parameters, NdArray<long> tokens, NdArray<long> targets)
     {
         var (plan, backward, logits) = Derivatives.Prepare(lm, context, tokens, parameters);
