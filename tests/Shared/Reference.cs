@@ -21,10 +21,22 @@ public static class Reference
 
     // ---- Kernel family 2 (inversion): Jacobi eigenvalues, dense Cholesky solves of explicitly built precisions ----
 
-    /// <summary>Ascending eigenvalues of a symmetric [n × n] matrix by cyclic Jacobi rotations (slow, unconditionally accurate).</summary>
+    /// <summary>Ascending eigenvalues of a symmetric [n × n] matrix by cyclic Jacobi rotations (float64).</summary>
     public static double[] JacobiEigenvalues(ReadOnlySpan<double> symmetric, int n)
     {
-        var m = symmetric.ToArray();
+        var values = new double[n];
+        JacobiEigen(symmetric, n, values, new double[n * n]);
+        return values;
+    }
+
+    /// <summary>
+    /// Cyclic Jacobi rotations until the off-diagonal mass vanishes: ascending eigenvalues, and the eigenvectors
+    /// as the columns of the row-major [n × n] <paramref name="vectors"/>.
+    /// </summary>
+    public static void JacobiEigen(ReadOnlySpan<double> symmetric, int n, Span<double> values, Span<double> vectors)
+    {
+        double[] m = symmetric[..(n * n)].ToArray(), v = new double[n * n];
+        for (int i = 0; i < n; i++) v[i * n + i] = 1;
         for (int sweep = 0; sweep < 100; sweep++)
         {
             double off = 0, diagonal = 0;
@@ -40,10 +52,12 @@ public static class Reference
                     double theta = (m[q * n + q] - m[p * n + p]) / (2 * apq);
                     double t = Math.Sign(theta == 0 ? 1 : theta) / (Math.Abs(theta) + Math.Sqrt(theta * theta + 1));
                     double c = 1 / Math.Sqrt(t * t + 1), s = t * c;
-                    for (int k = 0; k < n; k++) // columns p, q
+                    for (int k = 0; k < n; k++) // columns p, q of the matrix and of the accumulated rotations
                     {
                         double mkp = m[k * n + p], mkq = m[k * n + q];
                         m[k * n + p] = c * mkp - s * mkq; m[k * n + q] = s * mkp + c * mkq;
+                        double vkp = v[k * n + p], vkq = v[k * n + q];
+                        v[k * n + p] = c * vkp - s * vkq; v[k * n + q] = s * vkp + c * vkq;
                     }
                     for (int k = 0; k < n; k++) // rows p, q
                     {
@@ -52,10 +66,12 @@ public static class Reference
                     }
                 }
         }
-        var values = new double[n];
-        for (int i = 0; i < n; i++) values[i] = m[i * n + i];
-        Array.Sort(values);
-        return values;
+        int[] order = Enumerable.Range(0, n).OrderBy(i => m[i * n + i]).ToArray();
+        for (int j = 0; j < n; j++)
+        {
+            values[j] = m[order[j] * n + order[j]];
+            for (int k = 0; k < n; k++) vectors[k * n + j] = v[k * n + order[j]];
+        }
     }
 
     /// <summary>Solves P·X = B for a symmetric positive definite [n × n] P and row-major [n × k] B by a textbook dense Cholesky.</summary>

@@ -54,52 +54,8 @@ public sealed class Float64Backend : IComputeBackend
             }
     }
 
-    /// <summary>Cyclic Jacobi rotations until the off-diagonal mass vanishes; eigenvalues sorted ascending.</summary>
     public void SymmetricEigen(ReadOnlySpan<double> a, int n, Span<double> eigenvalues, Span<double> eigenvectors)
-    {
-        double[] m = a[..(n * n)].ToArray(), v = new double[n * n];
-        for (int i = 0; i < n; i++) v[i * n + i] = 1;
-        for (int sweep = 0; sweep < 100; sweep++)
-        {
-            double off = 0, total = 0;
-            for (int i = 0; i < n; i++)
-                for (int j = 0; j < n; j++) { total += m[i * n + j] * m[i * n + j]; if (i != j) off += m[i * n + j] * m[i * n + j]; }
-            if (off <= 1e-30 * total || off == 0) break;
-            for (int p = 0; p < n; p++)
-                for (int q = p + 1; q < n; q++)
-                {
-                    double apq = m[p * n + q];
-                    if (apq == 0) continue;
-                    double theta = (m[q * n + q] - m[p * n + p]) / (2 * apq);
-                    double t = Math.Sign(theta == 0 ? 1 : theta) / (Math.Abs(theta) + Math.Sqrt(theta * theta + 1));
-                    double c = 1 / Math.Sqrt(t * t + 1), s = t * c;
-                    for (int k = 0; k < n; k++)
-                    {
-                        double mkp = m[k * n + p], mkq = m[k * n + q];
-                        m[k * n + p] = c * mkp - s * mkq;
-                        m[k * n + q] = s * mkp + c * mkq;
-                    }
-                    for (int k = 0; k < n; k++)
-                    {
-                        double mpk = m[p * n + k], mqk = m[q * n + k];
-                        m[p * n + k] = c * mpk - s * mqk;
-                        m[q * n + k] = s * mpk + c * mqk;
-                    }
-                    for (int k = 0; k < n; k++)
-                    {
-                        double vkp = v[k * n + p], vkq = v[k * n + q];
-                        v[k * n + p] = c * vkp - s * vkq;
-                        v[k * n + q] = s * vkp + c * vkq;
-                    }
-                }
-        }
-        int[] order = Enumerable.Range(0, n).OrderBy(i => m[i * n + i]).ToArray();
-        for (int j = 0; j < n; j++)
-        {
-            eigenvalues[j] = m[order[j] * n + order[j]];
-            for (int k = 0; k < n; k++) eigenvectors[k * n + j] = v[k * n + order[j]];
-        }
-    }
+        => Reference.JacobiEigen(a, n, eigenvalues, eigenvectors);
 
     public void KronQuadratic(KronEigenbasis basis, ReadOnlySpan<float> xs, int count, Span<float> output)
     {
