@@ -119,6 +119,19 @@ public abstract class Operator
                             ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents) =>
         throw NotDifferentiable();
 
+    /// <summary>VJP of an operator whose first output holds its first input's elements unchanged (reshapes, casts, copies).</summary>
+    protected static void PassThroughVjp(ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
+    {
+        if (outputGrads[0] is { } gy && inputGrads[0] is { } gx) System.Numerics.Tensors.TensorPrimitives.Add(gx.Span, gy.Span, gx.Span);
+    }
+
+    /// <summary>JVP of an operator whose first output holds its first input's elements unchanged.</summary>
+    protected static void PassThroughJvp(ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents)
+    {
+        if (outputTangents[0] is not { } ty) return;
+        if (inputTangents[0] is { } tx) tx.Span.CopyTo(ty.Span); else ty.Span.Clear();
+    }
+
     /// <summary>An error about this node: the message starts with the node's name and type.</summary>
     protected FisherKernelsException Error(string message) => FisherKernelsException.Format($"{Node}: {message}");
 

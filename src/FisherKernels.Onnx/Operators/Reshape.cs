@@ -67,15 +67,10 @@ internal sealed class Reshape : Operator
         Tensors.CopyElements(inputs[0]!, outputs[0]);
 
     public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
-                             ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
-    {
-        if (outputGrads[0] is { } gy && inputGrads[0] is { } gx) System.Numerics.Tensors.TensorPrimitives.Add(gx.Span, gy.Span, gx.Span);
-    }
+                             ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads) =>
+        PassThroughVjp(outputGrads, inputGrads);
 
     public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
-                             ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents)
-    {
-        if (outputTangents[0] is not { } ty) return;
-        if (inputTangents[0] is { } tx) tx.Span.CopyTo(ty.Span); else ty.Span.Clear();
-    }
+                             ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents) =>
+        PassThroughJvp(inputTangents, outputTangents);
 }
