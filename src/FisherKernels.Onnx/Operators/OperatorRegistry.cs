@@ -40,6 +40,9 @@ public static class OperatorRegistry
         Onnx("Trilu", 14, n => new Trilu(n)),
         Onnx("Where", 9, n => new Where(n)),
         Onnx("Cast", 6, n => new Cast(n)),
+        Onnx("Pad", 2, n => new Pad(n)),
+        Onnx("Tile", 6, n => new Tile(n)),
+        Onnx("ScatterND", 11, n => new ScatterND(n)),
         // Shapes, constants and masks (not differentiable)
         Onnx("Shape", 1, n => new Shape(n)),
         Onnx("Constant", 1, n => new Constant(n)),

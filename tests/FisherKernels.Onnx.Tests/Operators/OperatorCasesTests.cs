@@ -73,6 +73,29 @@ public sealed class OperatorCasesTests
                 default: Assert.Fail($"{name} output {i}: expected {expected.ElementType}, got {outputs[i].ElementType}"); break;
             }
         }
+        if (c.TryGetProperty("ort", out var ort) && ort.GetBoolean()) MatchesOnnxRuntime(name, c, inputs, outputs, tolerance);
+    }
+
+    /// <summary>The same outputs from ONNX Runtime (cases marked "ort" in make_cases.py), within the case's tolerance (at least 1e-5) of the scale.</summary>
+    private static void MatchesOnnxRuntime(string name, JsonElement c, NdArray?[] inputs, NdArray[] outputs, double tolerance)
+    {
+        var reference = OnnxRuntimeNode.Run(c, inputs, outputs.Length);
+        for (int i = 0; i < outputs.Length; i++)
+        {
+            Assert.Equal(reference[i].Shape, outputs[i].Shape);
+            double[] ours = outputs[i] switch
+            {
+                NdArray<float> a => Array.ConvertAll(a.Data, v => (double)v),
+                NdArray<long> a => Array.ConvertAll(a.Data, v => (double)v),
+                NdArray<int> a => Array.ConvertAll(a.Data, v => (double)v),
+                NdArray<bool> a => Array.ConvertAll(a.Data, v => v ? 1.0 : 0.0),
+                _ => throw new InvalidOperationException(outputs[i].ElementType.ToString()),
+            };
+            double scale = Math.Max(1e-30, reference[i].Data.Select(Math.Abs).DefaultIfEmpty(0).Max()), allowed = Math.Max(tolerance, 1e-5) * scale + 1e-7;
+            for (int j = 0; j < ours.Length; j++)
+                Assert.True(Math.Abs(ours[j] - reference[i].Data[j]) <= allowed,
+                            $"{name} output {i}[{j}]: ours {ours[j]}, ONNX Runtime {reference[i].Data[j]} (allowed |Δ| {allowed:g3})");
+        }
     }
 
     /// <summary>The engine's view of a file array: float64 inputs would be float32 after import.</summary>

@@ -24,8 +24,9 @@ def i64(values):
     return np.array(values, dtype=np.int64)
 
 
-def case(name, op, inputs, outputs, attrs=None, opset=17, domain="", tol=2e-6):
-    """inputs: list of arrays or None (absent optional input); outputs: list of float64/int64/bool arrays."""
+def case(name, op, inputs, outputs, attrs=None, opset=17, domain="", tol=2e-6, ort=False):
+    """inputs: list of arrays or None (absent optional input); outputs: list of float64/int64/bool arrays.
+    ort: the test also runs the case in ONNX Runtime (as a one-node model) and compares."""
     assert name not in {c["name"] for c in cases}, name
     enc = {}
     for k, v in (attrs or {}).items():
@@ -51,7 +52,8 @@ def case(name, op, inputs, outputs, attrs=None, opset=17, domain="", tol=2e-6):
         y = np.require(y, requirements="C")
         arrays[f"{name}/out{i}"] = y.astype(np.float64) if y.dtype.kind == "f" else y
     cases.append({"name": name, "op": op, "domain": domain, "opset": opset, "attributes": enc,
-                  "inputs": [x is not None for x in inputs], "outputs": len(outputs), "tolerance": tol})
+                  "inputs": [x is not None for x in inputs], "outputs": len(outputs), "tolerance": tol,
+                  **({"ort": True} if ort else {})})
 
 
 def d(x):
@@ -293,6 +295,58 @@ case("cumsum_exclusive_reverse_axis0", "CumSum", [x, i64(-2)],
      [np.flip(np.cumsum(np.flip(d(x), 0), axis=0), 0) - d(x)], attrs={"exclusive": 1, "reverse": 1})
 mask = i64([[1, 1, 1, 0], [0, 1, 1, 1]])
 case("cumsum_position_ids", "CumSum", [mask, np.array(1, np.int32)], [np.cumsum(mask, axis=1)])
+
+# ---- Pad, Tile, ScatterND ---------------------------------------------------------------------------
+def pad_ref(x, pads, mode, value=0.0, axes=None):
+    """ONNX Pad: negative pads crop first, the positive ones then pad what is left (numpy.pad semantics)."""
+    x = np.asarray(x); r = x.ndim
+    axes = list(range(r)) if axes is None else [a % r for a in axes]
+    n = len(axes); begin, end = [0] * r, [0] * r
+    for i, a in enumerate(axes):
+        begin[a], end[a] = pads[i], pads[i + n]
+    x = x[tuple(slice(max(0, -b), x.shape[d] - max(0, -e)) for d, (b, e) in enumerate(zip(begin, end)))]
+    width = [(max(0, b), max(0, e)) for b, e in zip(begin, end)]
+    return np.pad(x, width, mode="constant", constant_values=value) if mode == "constant" else np.pad(x, width, mode=mode)
+
+x = f32(2, 3, 4)
+case("pad_constant_value", "Pad", [x, i64([0, 1, 2, 1, 0, 3]), np.float32(1.5)], [pad_ref(d(x), [0, 1, 2, 1, 0, 3], "constant", 1.5)], opset=13, ort=True)
+case("pad_constant_default_opset11", "Pad", [x, i64([1, 0, 0, 0, 2, 1])], [pad_ref(d(x), [1, 0, 0, 0, 2, 1], "constant")], opset=11, ort=True)
+xr = f32(3, 5)
+case("pad_reflect", "Pad", [xr, i64([2, 3, 1, 4])], [pad_ref(d(xr), [2, 3, 1, 4], "reflect")], attrs={"mode": "reflect"}, opset=13, ort=True)
+case("pad_edge", "Pad", [x, i64([0, 2, 0, 1, 0, 3])], [pad_ref(d(x), [0, 2, 0, 1, 0, 3], "edge")], attrs={"mode": "edge"}, opset=13, ort=True)
+case("pad_negative_crops", "Pad", [xr, i64([-1, 2, 1, -3]), np.float32(-2.0)], [pad_ref(d(xr), [-1, 2, 1, -3], "constant", -2.0)], opset=13, ort=True)
+case("pad_reflect_crop_then_pad", "Pad", [xr, i64([0, -2, 0, 2])], [pad_ref(d(xr), [0, -2, 0, 2], "reflect")], attrs={"mode": "reflect"}, opset=13, ort=True)
+case("pad_axes_opset18", "Pad", [x, i64([2, 1]), None, i64([-1])], [pad_ref(d(x), [2, 1], "reflect", axes=[-1])], attrs={"mode": "reflect"}, opset=18, ort=True)
+case("pad_axes_two_opset21", "Pad", [x, i64([1, 0, 0, 2]), np.float32(0.5), i64([2, 0])], [pad_ref(d(x), [1, 0, 0, 2], "constant", 0.5, axes=[2, 0])], opset=21, ort=True)
+case("pad_wrap_opset19", "Pad", [xr, i64([1, 2, 2, 3])], [pad_ref(d(xr), [1, 2, 2, 3], "wrap")], attrs={"mode": "wrap"}, opset=19, ort=True)
+case("pad_opset2_attributes", "Pad", [xr], [pad_ref(d(xr), [0, 1, 2, 0], "constant", 0.25)], attrs={"pads": [0, 1, 2, 0], "value": 0.25}, opset=2, ort=True)
+case("pad_int64", "Pad", [i64([[1, 2], [3, 4]]), i64([0, 1, 1, 0]), i64(9)], [pad_ref(i64([[1, 2], [3, 4]]), [0, 1, 1, 0], "constant", 9)], opset=13, ort=True)
+xt = f32(2, 3)
+case("tile", "Tile", [xt, i64([2, 3])], [np.tile(d(xt), (2, 3))], opset=13, ort=True)
+x3 = f32(2, 1, 3)
+case("tile_ones_and_zero", "Tile", [x3, i64([1, 4, 1])], [np.tile(d(x3), (1, 4, 1))], opset=13, ort=True)
+case("tile_empty", "Tile", [x3, i64([1, 0, 2])], [np.tile(d(x3), (1, 0, 2))], opset=6, ort=True)
+case("tile_int64", "Tile", [i64([[1, 2]]), i64([2, 2])], [np.tile(i64([[1, 2]]), (2, 2))], opset=13, ort=True)
+
+def scatter_nd(data, indices, updates, reduction="none"):
+    out = np.array(data, copy=True)
+    idx = indices.reshape(-1, indices.shape[-1]); upd = updates.reshape((idx.shape[0],) + data.shape[indices.shape[-1]:])
+    for j, t in enumerate(idx):
+        t = tuple(int(v) for v in t)
+        out[t] = upd[j] if reduction == "none" else out[t] + upd[j]
+    return out
+
+data = f32(4, 3, 2)
+ind = i64([[2, 1], [0, -1], [-1, 0]])
+upd = f32(3, 2)
+case("scatternd_slices", "ScatterND", [data, ind, upd], [scatter_nd(d(data), ind, d(upd))], opset=13, ort=True)
+ind1 = i64([[[3], [1]]])
+upd1 = f32(1, 2, 3, 2)
+case("scatternd_rows", "ScatterND", [data, ind1, upd1], [scatter_nd(d(data), ind1, d(upd1))], opset=11, ort=True)
+ind3 = i64([[1, 2, 0], [1, 2, 0], [0, 0, 1]])
+upd3 = f32(3)
+case("scatternd_add_duplicates", "ScatterND", [data, ind3, upd3], [scatter_nd(d(data), ind3, d(upd3), "add")], attrs={"reduction": "add"}, opset=16, ort=True)
+case("scatternd_int64", "ScatterND", [i64([1, 2, 3, 4]), i64([[0], [3]]), i64([7, 8])], [i64([7, 2, 3, 8])], opset=18, ort=True)
 
 
 if __name__ == "__main__":
