@@ -165,7 +165,7 @@ internal static unsafe class Exports
             // SPEC §4: isotropic without a curvature file, else the K-FAC Laplace posterior (default options, as the CLI).
             var (method, score) = curvaturePath == null
                 ? ("isotropic", PositionScorer.SquaredGradientNorm(parameters))
-                : ("kfac", KfacScoring.Epistemic(lm, Utf8(curvaturePath), priorPrecision, new PosteriorOptions().Rank, model.Value.Context.Backend, TextWriter.Null));
+                : ("kfac", KfacScoring.Epistemic(lm, KfacScoring.LoadPosterior(lm, Utf8(curvaturePath), new PosteriorOptions { PriorPrecision = priorPrecision }, model.Value.Context.Backend, TextWriter.Null).Posterior));
             var report = PositionScorer.Score(lm, model.Value.Context, ids, null, parameters, method, priorPrecision, score);
             pOut.Fill(float.NaN); aleatoricOut.Fill(float.NaN); epistemicOut.Fill(float.NaN);
             foreach (var sequence in report.Sequences)

@@ -54,4 +54,22 @@ internal sealed class CommandOptions
             throw FisherKernelsException.Argument($"{verb}: {name} must be an integer of at least {min}, got '{text}'");
         return v;
     }
+
+    /// <summary>
+    /// A size in bytes: a whole number with an optional binary suffix K, M, G or T (×1024 each; "512M", "2G"),
+    /// optionally followed by "B" or "iB" ("2GiB"). Must be at least <paramref name="min"/>.
+    /// </summary>
+    public long Bytes(string name, long defaultValue, long min)
+    {
+        string? text = Optional(name);
+        if (text is null) return defaultValue;
+        string number = text.Trim();
+        foreach (string unit in new[] { "iB", "B" })
+            if (number.Length > unit.Length && number.EndsWith(unit, StringComparison.OrdinalIgnoreCase)) { number = number[..^unit.Length]; break; }
+        int shift = number.Length == 0 ? 0 : char.ToUpperInvariant(number[^1]) switch { 'K' => 10, 'M' => 20, 'G' => 30, 'T' => 40, _ => 0 };
+        if (shift > 0) number = number[..^1];
+        if (!long.TryParse(number, NumberStyles.None, CultureInfo.InvariantCulture, out long value) || value > long.MaxValue >> shift || (value << shift) < min)
+            throw FisherKernelsException.Argument($"{verb}: {name} must be a size in bytes of at least {min}, such as 1073741824, 512M or 2G, got '{text}'");
+        return value << shift;
+    }
 }

@@ -31,7 +31,7 @@ internal static class DerivativeCommands
     public static int Score(string[] args)
     {
         var options = CommandOptions.Parse("score", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--method", "--curvature", "--prior-precision", "--params", "--out", "--backend", "--threads", "--rank", "--samples", "--seed"], []);
+            ["--model", "--tokens", "--targets", "--method", "--curvature", "--prior-precision", "--params", "--out", "--backend", "--threads", "--rank", "--memory-budget", "--samples", "--seed"], []);
         string outPath = options.Required("--out");
         if (Path.GetExtension(outPath).ToLowerInvariant() is not (".json" or ".csv"))
             throw FisherKernelsException.Argument($"score: --out '{outPath}' must end in .json or .csv");
@@ -56,7 +56,7 @@ internal static class DerivativeCommands
         var context = ModelCommands.Context(options);
         var parameters = Parameters(lm, method == "kfac" ? KfacCommands.RefuseParams(options.Optional("--params")) : options.Optional("--params"));
         var posterior = method == "kfac"
-            ? KfacScoring.LoadPosterior(lm, options.Required("--curvature"), prior, options.Int("--rank", 64, 1), context.Backend, Console.Error).Posterior
+            ? KfacScoring.LoadPosterior(lm, options.Required("--curvature"), KfacCommands.PosteriorOptionsOf(options, prior), context.Backend, Console.Error).Posterior
             : null;
         var epistemic = posterior is not null ? KfacScoring.Epistemic(lm, posterior) : PositionScorer.SquaredGradientNorm(parameters);
         var report = PositionScorer.Score(lm, context, tokens, targets, parameters, method, prior, epistemic);

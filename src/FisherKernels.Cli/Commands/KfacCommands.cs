@@ -191,7 +191,7 @@ internal static class KfacCommands
     public static int Calibrate(string[] args, TextWriter stdout)
     {
         var options = CommandOptions.Parse("calibrate", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--out", "--backend", "--threads"], []);
+            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--out", "--backend", "--threads"], []);
         string curvaturePath = options.Required("--curvature");
         string outPath = options.Optional("--out") ?? curvaturePath;
         var lm = LanguageModel.Load(options.Required("--model"));
@@ -200,7 +200,7 @@ internal static class KfacCommands
         lm.Inputs(tokens, null, tokensPath);
         var context = ModelCommands.Context(options);
         double prior = options.Optional("--prior-precision") is { } tau ? Number(tau, "--prior-precision") : 1.0;
-        var (curvature, posterior) = KfacScoring.LoadPosterior(lm, curvaturePath, prior, options.Int("--rank", 64, 1), context.Backend, Console.Error);
+        var (curvature, posterior) = KfacScoring.LoadPosterior(lm, curvaturePath, PosteriorOptionsOf(options, prior), context.Backend, Console.Error);
         string? targetsPath = options.Optional("--targets");
         var logits = lm.Forward(context, tokens, null, tokensPath);
         int vocab = logits.Shape[2];
@@ -232,6 +232,21 @@ internal static class KfacCommands
         curvature.WithCalibrationBeta(summary.Beta).Save(outPath);
         stdout.WriteLine($"wrote {outPath} with calibration_beta");
         return 0;
+    }
+
+    /// <summary>
+    /// The posterior options of a verb that builds one: τ, <c>--rank</c> and <c>--memory-budget</c> (the largest dense eigenbasis
+    /// a layer may hold; a layer above it gets the low-rank Woodbury form).
+    /// </summary>
+    internal static PosteriorOptions PosteriorOptionsOf(CommandOptions options, double priorPrecision)
+    {
+        var defaults = new PosteriorOptions();
+        return new PosteriorOptions
+        {
+            PriorPrecision = priorPrecision,
+            Rank = options.Int("--rank", defaults.Rank, 1),
+            MemoryBudgetBytes = options.Bytes("--memory-budget", defaults.MemoryBudgetBytes, 1),
+        };
     }
 
     /// <summary>The K-FAC posterior covers every layer's weight and bias (SPEC §2 default set); <c>--params</c> is for the isotropic method.</summary>

@@ -52,7 +52,7 @@ internal static class DemoCommand
 
         var lm = LanguageModel.Load(model.ModelPath);
         var context = ModelCommands.Context(options);
-        var (_, posterior) = KfacScoring.LoadPosterior(lm, curvaturePath, priorPrecision: 1.0, rank: 64, context.Backend, TextWriter.Null);
+        var (_, posterior) = KfacScoring.LoadPosterior(lm, curvaturePath, new PosteriorOptions(), context.Backend, TextWriter.Null);
         var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
         var estimators = new (string Name, Func<Backward, double> Epistemic)[]
         {

@@ -22,7 +22,7 @@ public sealed record PosteriorOptions
         if (!double.IsFinite(PriorPrecision) || !(PriorPrecision > 0))
             throw FisherKernelsException.Argument($"--prior-precision must be a positive number, got {PriorPrecision}");
         if (Rank < 1) throw FisherKernelsException.Argument($"--rank must be at least 1, got {Rank}");
-        if (MemoryBudgetBytes < 0) throw FisherKernelsException.Argument($"the memory budget must be non-negative, got {MemoryBudgetBytes}");
+        if (MemoryBudgetBytes < 0) throw FisherKernelsException.Argument($"--memory-budget must be non-negative, got {MemoryBudgetBytes}");
     }
 }
 
@@ -266,7 +266,7 @@ public sealed class LayerPosterior
         int n = large.Shape[0], m = small.Shape[0], rank = Math.Min(options.Rank, n);
         long smallBytes = 4L * m * m + 4L * n * rank + 8L * n;
         if (smallBytes > options.MemoryBudgetBytes)
-            throw FisherKernelsException.Argument($"layer '{Layer}': even the low-rank form needs {smallBytes} bytes (A [{ADim}]², G [{GDim}]², rank {rank}), over the memory budget of {options.MemoryBudgetBytes}");
+            throw FisherKernelsException.Argument($"layer '{Layer}': even the low-rank form needs {smallBytes} bytes (A [{ADim}]², G [{GDim}]², rank {rank}), over the memory budget of {options.MemoryBudgetBytes} bytes: raise --memory-budget or lower --rank");
 
         var lambda = new float[rank];
         var u = new float[(long)n * rank];

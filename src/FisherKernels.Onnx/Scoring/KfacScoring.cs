@@ -16,20 +16,16 @@ public static class KfacScoring
     /// The curvature for <paramref name="lm"/> (checked against its hash and layers: the error says which differs) and its
     /// posterior; each layer's eigenvalue range goes to <paramref name="log"/>.
     /// </summary>
-    public static (KfacCurvature Curvature, KfacPosterior Posterior) LoadPosterior(LanguageModel lm, string curvaturePath, double priorPrecision, int rank,
+    public static (KfacCurvature Curvature, KfacPosterior Posterior) LoadPosterior(LanguageModel lm, string curvaturePath, PosteriorOptions options,
                                                                                   IComputeBackend backend, TextWriter log)
     {
         LayerShape[] shapes = Shapes(lm.Model.Layers);
         KfacCurvature curvature = KfacCurvature.Load(curvaturePath, shapes);
         curvature.EnsureMatches(Sha256(lm.Model.Graph.Source), shapes);
-        var posterior = new KfacPosterior(curvature, backend, new PosteriorOptions { PriorPrecision = priorPrecision, Rank = rank });
+        var posterior = new KfacPosterior(curvature, backend, options);
         foreach (string line in posterior.Describe()) log.WriteLine(line);
         return (curvature, posterior);
     }
-
-    /// <summary><see cref="Epistemic(LanguageModel, KfacPosterior)"/> for the curvature file <paramref name="curvaturePath"/>.</summary>
-    public static Func<Backward, double> Epistemic(LanguageModel lm, string curvaturePath, double priorPrecision, int rank, IComputeBackend backend, TextWriter log) =>
-        Epistemic(lm, LoadPosterior(lm, curvaturePath, priorPrecision, rank, backend, log).Posterior);
 
     /// <summary>
     /// The K-FAC epistemic score of one backward pass (SPEC §4): Σ over layers of <c>vec(X)ᵀ Σ vec(X)</c>, X = [∇W | ∇b]

@@ -48,7 +48,7 @@ public class SamplingCommandTests
 
         var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
         var context = new OpContext(new CpuBackend(threads: 1));
-        var (_, posterior) = KfacScoring.LoadPosterior(lm, Fixtures.Path(model + ".kfac.safetensors"), prior, 64, context.Backend, TextWriter.Null);
+        var (_, posterior) = KfacScoring.LoadPosterior(lm, Fixtures.Path(model + ".kfac.safetensors"), new PosteriorOptions { PriorPrecision = prior }, context.Backend, TextWriter.Null);
         var tokens = NpyFile.ReadInt64(Fixtures.Path(model + ".tokens.npy"));
         using var json = JsonDocument.Parse(File.ReadAllText(output));
         double diff = 0, norm = 0;
