@@ -26,6 +26,7 @@ public static class OperatorRegistry
         Microsoft("SimplifiedLayerNormalization", n => new Normalization(n)),
         Microsoft("SkipLayerNormalization", n => new Normalization(n)),
         Microsoft("SkipSimplifiedLayerNormalization", n => new Normalization(n)),
+        Microsoft("RotaryEmbedding", n => new RotaryEmbedding(n)),
         Onnx("CumSum", 11, n => new CumSum(n)),
         .. new[] { "ReduceSum", "ReduceMean", "ReduceMax" }.Select(op => Onnx(op, 1, n => new Reduce(n))),
         // Data movement

@@ -349,6 +349,43 @@ case("scatternd_add_duplicates", "ScatterND", [data, ind3, upd3], [scatter_nd(d(
 case("scatternd_int64", "ScatterND", [i64([1, 2, 3, 4]), i64([[0], [3]]), i64([7, 8])], [i64([7, 2, 3, 8])], opset=18, ort=True)
 
 
+# ---- com.microsoft RotaryEmbedding (ONNX Runtime contrib schema) -------------------------------------
+def rotary_ref(x, pos, cos, sin, interleaved=False, num_heads=0, rotary_dim=0):
+    x = d(x); cos = d(cos); sin = d(sin)
+    if x.ndim == 3:
+        b, s, hidden = x.shape
+        head = 2 * cos.shape[1] if rotary_dim == 0 else hidden // num_heads
+        xh = x.reshape(b, s, hidden // head, head)                  # [b, s, n, h]
+    else:
+        xh = x.transpose(0, 2, 1, 3); b, s = xh.shape[:2]; head = xh.shape[3]
+    r = rotary_dim or head; half = r // 2
+    p = np.broadcast_to(pos.reshape(-1)[0] + np.arange(s), (b, s)) if pos.size == 1 else pos
+    c = cos[p][:, :, None, :]; sn = sin[p][:, :, None, :]          # [b, s, 1, half]
+    y = xh.copy()
+    if interleaved:
+        x1, x2 = xh[..., 0:r:2], xh[..., 1:r:2]
+        y[..., 0:r:2] = x1 * c - x2 * sn; y[..., 1:r:2] = x2 * c + x1 * sn
+    else:
+        x1, x2 = xh[..., :half], xh[..., half:r]
+        y[..., :half] = x1 * c - x2 * sn; y[..., half:r] = x2 * c + x1 * sn
+    return y.reshape(x.shape) if x.ndim == 3 else y.transpose(0, 2, 1, 3)
+
+def rope_cache(max_pos, half):
+    angle = np.arange(max_pos)[:, None] * (10000.0 ** (-np.arange(half) / half))[None, :]
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+cos8, sin8 = rope_cache(10, 4)
+xq = f32(2, 3, 16)                                                   # 2 heads of 8
+pos = i64([[0, 1, 2], [4, 6, 9]])
+case("rotary_3d_position_ids", "RotaryEmbedding", [xq, pos, cos8, sin8], [rotary_ref(xq, pos, cos8, sin8)], domain="com.microsoft", opset=1, ort=True)
+x4 = f32(2, 2, 3, 8)                                                 # [b, heads, s, h]
+case("rotary_4d_interleaved_offset", "RotaryEmbedding", [x4, i64([5]), cos8, sin8], [rotary_ref(x4, i64([5]), cos8, sin8, True)],
+     attrs={"interleaved": 1}, domain="com.microsoft", opset=1, ort=True)
+cos4, sin4 = rope_cache(10, 2)
+case("rotary_partial_dim", "RotaryEmbedding", [xq, pos, cos4, sin4], [rotary_ref(xq, pos, cos4, sin4, num_heads=2, rotary_dim=4)],
+     attrs={"num_heads": 2, "rotary_embedding_dim": 4}, domain="com.microsoft", opset=1, ort=True)
+
+
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)
