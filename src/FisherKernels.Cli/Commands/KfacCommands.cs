@@ -185,7 +185,8 @@ internal static class KfacCommands
 
     /// <summary>
     /// `calibrate --model M --tokens T.npy [--targets Y.npy] --curvature C.safetensors [--prior-precision τ] [--out C2]`:
-    /// scores held-out tokens with K-FAC, fits β of <c>1/(1+β·u)</c> (u = epistemic + aleatoric) on next-token errors,
+    /// scores the model's top-1 prediction at each targeted position with K-FAC, fits β of <c>1/(1+β·u)</c>
+    /// (u = <see cref="Calibration.RelativeUncertainty"/>) on whether the prediction was the target,
     /// prints AUROC, ECE and NLL, and stores β in the curvature (<c>--out</c>, else the curvature file itself).
     /// </summary>
     public static int Calibrate(string[] args, TextWriter stdout)
@@ -206,28 +207,27 @@ internal static class KfacCommands
         int vocab = logits.Shape[2];
         var targets = targetsPath is null ? Targets.NextToken(tokens) : Targets.Check(NpyFile.Read(targetsPath), tokens.Shape, vocab, targetsPath);
 
-        var report = Onnx.Scoring.PositionScorer.Score(lm, context, tokens, targets, LayerDiscovery.DefaultParameters(lm.Model.Layers), "kfac",
+        // Score what the model predicts (its top-1 token): the confidence must be computable without knowing the truth;
+        // the true targets only say which predictions were right.
+        int seq = tokens.Shape[1], rows = targets.Data.Length;
+        var predicted = new NdArray<long>(tokens.Shape[0], seq);
+        for (int row = 0; row < rows; row++)
+            predicted.Data[row] = targets.Data[row] == Targets.Ignore ? Targets.Ignore
+                : System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.Data.AsSpan(row * vocab, vocab));
+        var report = Onnx.Scoring.PositionScorer.Score(lm, context, tokens, predicted, LayerDiscovery.DefaultParameters(lm.Model.Layers), "kfac",
                                                        posterior.PriorPrecision, KfacScoring.Epistemic(lm, posterior));
+        var p = new List<double>();
         var epistemic = new List<double>();
-        var aleatoric = new List<double>();
-        var confidence = new List<double>();
         var correct = new List<bool>();
-        var p = new float[vocab];
-        int seq = tokens.Shape[1];
         foreach (var sequence in report.Sequences)
             foreach (var token in sequence.Tokens)
             {
-                int row = sequence.Index * seq + token.Position;
-                Derivatives.Softmax(logits.Data.AsSpan(row * vocab, vocab), p);
-                int argmax = 0;
-                for (int v = 1; v < vocab; v++) if (p[v] > p[argmax]) argmax = v;
+                p.Add(token.P);
                 epistemic.Add(token.Epistemic);
-                aleatoric.Add(token.Aleatoric);
-                confidence.Add(p[argmax]);
-                correct.Add(argmax == token.Target);
+                correct.Add(token.Target == targets.Data[sequence.Index * seq + token.Position]);
             }
         if (correct.Count == 0) throw FisherKernelsException.Argument($"calibrate: '{tokensPath}' has no targeted positions");
-        CalibrationSummary summary = CalibrationSummary.Fit(epistemic.ToArray(), aleatoric.ToArray(), confidence.ToArray(), correct.ToArray());
+        CalibrationSummary summary = CalibrationSummary.Fit(p.ToArray(), epistemic.ToArray(), correct.ToArray());
         foreach (string line in summary.Lines("kfac")) stdout.WriteLine(line);
         curvature.WithCalibrationBeta(summary.Beta).Save(outPath);
         stdout.WriteLine($"wrote {outPath} with calibration_beta");

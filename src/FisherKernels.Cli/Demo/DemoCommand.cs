@@ -75,7 +75,7 @@ internal static class DemoCommand
         //    which needs no knowledge of the true next byte; an error is argmax ≠ true next byte.
         var heldOut = sets[0].Tokens;
         var logits = lm.Forward(context, heldOut);
-        var (predicted, confidence) = Argmax(logits);
+        var predicted = Argmax(logits);
         var trueNext = LastTargets(heldOut, Targets.NextToken(heldOut));
         var predictions = new Dictionary<string, ScoreReport>();
         foreach (var (name, epistemic) in estimators)
@@ -100,7 +100,7 @@ internal static class DemoCommand
         bool first = true;
         foreach (var (name, _) in estimators)
         {
-            var errors = DemoReport.ErrorAnalysis(predictions[name], trueNext, confidence);
+            var errors = DemoReport.ErrorAnalysis(predictions[name], trueNext);
             foreach (string line in errors.Lines(name)) stdout.WriteLine(line);
             if (first) reliability.Add(("model confidence (before)", errors.BinsBefore));
             reliability.Add(($"{name}: 1/(1+β·u) (after)", errors.BinsAfter));
@@ -120,22 +120,14 @@ internal static class DemoCommand
         return 0;
     }
 
-    /// <summary>Per position: the most probable next token and its probability (the model's own confidence).</summary>
-    static (NdArray<long> Predicted, double[] Confidence) Argmax(NdArray<float> logits)
+    /// <summary>Per position: the most probable next token.</summary>
+    static NdArray<long> Argmax(NdArray<float> logits)
     {
         int rows = logits.Shape[0] * logits.Shape[1], vocab = logits.Shape[2];
         var predicted = new NdArray<long>(logits.Shape[0], logits.Shape[1]);
-        var confidence = new double[rows];
         for (int r = 0; r < rows; r++)
-        {
-            var z = logits.Data.AsSpan(r * vocab, vocab);
-            int best = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(z);
-            double sum = 0;
-            foreach (float v in z) sum += Math.Exp(v - z[best]);
-            predicted.Data[r] = best;
-            confidence[r] = 1 / sum;
-        }
-        return (predicted, confidence);
+            predicted.Data[r] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.Data.AsSpan(r * vocab, vocab));
+        return predicted;
     }
 
     /// <summary><paramref name="targets"/> kept on the last <see cref="ScoredPositions"/> targeted positions of each row, -100 elsewhere.</summary>

@@ -5,18 +5,32 @@ using FisherKernels.Uncertainty;
 namespace FisherKernels.Cli.Demo;
 
 /// <summary>How well one estimator's uncertainty predicts next-token errors, and the calibration it buys.</summary>
-internal sealed record ErrorAnalysis(int Positions, int Errors, double Beta, double AurocEpistemic, double AurocAleatoric,
-                                     double AurocCombined, double AurocLogP, double EceBefore, double EceAfter,
-                                     ReliabilityBin[] BinsBefore, ReliabilityBin[] BinsAfter)
+internal sealed record ErrorAnalysis(int Positions, int Errors, double Beta, ScaleAurocs OfLogP, ScaleAurocs OfP,
+                                     double EceBefore, double EceAfter, ReliabilityBin[] BinsBefore, ReliabilityBin[] BinsAfter)
 {
     public IEnumerable<string> Lines(string estimator)
     {
-        yield return DemoReport.Line("AUROC", "next-token errors", estimator, "epistemic", AurocEpistemic);
-        yield return DemoReport.Line("AUROC", "next-token errors", estimator, "aleatoric", AurocAleatoric);
-        yield return DemoReport.Line("AUROC", "next-token errors", estimator, "combined", AurocCombined);
-        yield return DemoReport.Line("AUROC", "next-token errors", estimator, DemoReport.LogPScore, AurocLogP);
+        foreach (string line in OfLogP.Lines("next-token errors", estimator, DemoReport.LogScale)) yield return line;
+        foreach (string line in OfP.Lines("next-token errors", estimator, DemoReport.PScale)) yield return line;
         yield return string.Create(CultureInfo.InvariantCulture,
-            $"ECE    {"next-token confidence",-28} {estimator,-10} {"combined",-10} before {EceBefore:F4} (model's top-1 p), after {EceAfter:F4} (1/(1+β·u), β = {Beta:G4})");
+            $"ECE    {"next-token confidence",-28} {estimator,-10} {"combined " + DemoReport.LogScale,-22} before {EceBefore:F4} (model's top-1 p), after {EceAfter:F4} (1/(1+β·u), β = {Beta:G4})");
+    }
+}
+
+/// <summary>The AUROC of the epistemic, aleatoric and combined scores on one scale, for one task.</summary>
+internal sealed record ScaleAurocs(double Epistemic, double Aleatoric, double Combined)
+{
+    /// <summary>AUROCs of per-item scores (e, a, u) for <paramref name="positive"/>.</summary>
+    public static ScaleAurocs Of(IReadOnlyList<(double Epistemic, double Aleatoric, double Combined)> scores, bool[] positive) => new(
+        Calibration.Auroc(scores.Select(s => s.Epistemic).ToArray(), positive),
+        Calibration.Auroc(scores.Select(s => s.Aleatoric).ToArray(), positive),
+        Calibration.Auroc(scores.Select(s => s.Combined).ToArray(), positive));
+
+    public IEnumerable<string> Lines(string task, string estimator, string scale)
+    {
+        yield return DemoReport.Line("AUROC", task, estimator, "epistemic " + scale, Epistemic);
+        yield return DemoReport.Line("AUROC", task, estimator, "aleatoric " + scale, Aleatoric);
+        yield return DemoReport.Line("AUROC", task, estimator, "combined " + scale, Combined);
     }
 }
 
@@ -34,14 +48,25 @@ internal static class DemoReport
     };
 
     /// <summary>
-    /// The epistemic score of log p rather than p, by the delta method: Var[log p] ≈ Var[p] / p² (per sequence
-    /// with p̄). SPEC §4's epistemic score of p shrinks with p² (∇p = p·∇log p), so on text the model finds
-    /// improbable it is small however unsure the parameters are; divided by p² it is not.
+    /// Scores of log p rather than p, by the delta method: Var[log p] ≈ Var[p]/p², so each SPEC §4 score divided by p²
+    /// (epistemic/p², aleatoric/p² = (1−p)/p, combined = <see cref="Calibration.RelativeUncertainty"/>), and per sequence
+    /// the mean over its tokens. SPEC §4's scores of p shrink with p² (∇p = p·∇log p), so on text the model finds
+    /// improbable they are small however unsure the parameters are; on the log scale they are not.
     /// </summary>
-    public const string LogPScore = "epist/p²";
+    public const string LogScale = "of log p";
+
+    /// <summary>SPEC §4's scores of p_t (per sequence: of p̄, and the mean aleatoric).</summary>
+    public const string PScale = "of p";
+
+    /// <summary>The per-token plot's score: the epistemic score of log p.</summary>
+    public const string LogPScore = "epistemic " + LogScale;
 
     public static string Line(string figure, string task, string estimator, string score, double value) =>
-        string.Create(CultureInfo.InvariantCulture, $"{figure,-6} {task,-28} {estimator,-10} {score,-10} {value:F3}");
+        string.Create(CultureInfo.InvariantCulture, $"{figure,-6} {task,-28} {estimator,-10} {score,-22} {value:F3}");
+
+    /// <summary>One token's (epistemic, aleatoric, combined) scores of log p.</summary>
+    public static (double Epistemic, double Aleatoric, double Combined) OfLogP(TokenScore t) =>
+        (t.Epistemic / (t.P * t.P), (1 - t.P) / t.P, Calibration.RelativeUncertainty(t.P, t.Epistemic));
 
     /// <summary>
     /// One row per scored position of sequence 0: the bytes before it, the byte to predict (the target), its
@@ -68,64 +93,66 @@ internal static class DemoReport
     }
 
     /// <summary>
-    /// AUROC lines for telling the in-distribution set (the first) from all the others by a per-sequence
-    /// score (higher = more out-of-distribution), then the epistemic AUROC against each other set alone.
+    /// AUROC lines for telling the in-distribution set (the first) from all the others by per-sequence scores
+    /// (higher = more out-of-distribution): of log p (the mean over the sequence's tokens) and SPEC §4's of p̄;
+    /// then the epistemic AUROCs against each other set alone.
     /// </summary>
     public static IEnumerable<string> SequenceAurocLines(IReadOnlyList<TextSet> sets, Func<string, ScoreReport> scoresOf, string estimator)
     {
-        var scores = new List<(double Epistemic, double Aleatoric, double LogP, bool Ood, string Set)>();
+        var logScale = new List<(double, double, double)>();
+        var pScale = new List<(double, double, double)>();
+        var setOf = new List<string>();
         foreach (var set in sets)
             foreach (var s in scoresOf(set.Name).Sequences)
-                scores.Add((s.Epistemic, s.Aleatoric, s.Epistemic / (s.MeanP * s.MeanP), !set.InDistribution, set.Name));
-        bool[] ood = scores.Select(s => s.Ood).ToArray();
-        yield return Line("AUROC", "in vs out-of-distribution", estimator, "epistemic", Calibration.Auroc(scores.Select(s => s.Epistemic).ToArray(), ood));
-        yield return Line("AUROC", "in vs out-of-distribution", estimator, "aleatoric", Calibration.Auroc(scores.Select(s => s.Aleatoric).ToArray(), ood));
-        yield return Line("AUROC", "in vs out-of-distribution", estimator, "combined", Calibration.Auroc(scores.Select(s => s.Epistemic + s.Aleatoric).ToArray(), ood));
-        yield return Line("AUROC", "in vs out-of-distribution", estimator, LogPScore, Calibration.Auroc(scores.Select(s => s.LogP).ToArray(), ood));
-        foreach (var set in sets.Where(s => !s.InDistribution))
+            {
+                var tokens = s.Tokens.Select(OfLogP).ToArray();
+                logScale.Add((tokens.Average(t => t.Epistemic), tokens.Average(t => t.Aleatoric), tokens.Average(t => t.Combined)));
+                pScale.Add((s.Epistemic, s.Aleatoric, s.Epistemic + s.Aleatoric));
+                setOf.Add(set.Name);
+            }
+        const string task = "in vs out-of-distribution";
+        bool[] ood = setOf.Select(name => name != sets[0].Name).ToArray();
+        foreach (string line in ScaleAurocs.Of(logScale, ood).Lines(task, estimator, LogScale)) yield return line;
+        foreach (string line in ScaleAurocs.Of(pScale, ood).Lines(task, estimator, PScale)) yield return line;
+        foreach (var set in sets.Skip(1))
         {
-            var pair = scores.Where(s => !s.Ood || s.Set == set.Name).ToArray();
-            bool[] labels = pair.Select(s => s.Ood).ToArray();
-            yield return Line("AUROC", $"  in vs {set.Name}", estimator, "epistemic", Calibration.Auroc(pair.Select(s => s.Epistemic).ToArray(), labels));
-            yield return Line("AUROC", $"  in vs {set.Name}", estimator, LogPScore, Calibration.Auroc(pair.Select(s => s.LogP).ToArray(), labels));
+            int[] pair = Enumerable.Range(0, ood.Length).Where(i => !ood[i] || setOf[i] == set.Name).ToArray();
+            bool[] labels = pair.Select(i => ood[i]).ToArray();
+            yield return Line("AUROC", $"  in vs {set.Name}", estimator, "epistemic " + LogScale, Calibration.Auroc(pair.Select(i => logScale[i].Item1).ToArray(), labels));
+            yield return Line("AUROC", $"  in vs {set.Name}", estimator, "epistemic " + PScale, Calibration.Auroc(pair.Select(i => pScale[i].Item1).ToArray(), labels));
         }
     }
 
     /// <summary>
-    /// Next-token errors from scores of the predicted tokens: error = predicted ≠ <paramref name="trueNext"/>.
-    /// β of <c>1/(1+β·u)</c> (u = epistemic + aleatoric) is fitted on even sequences and the ECE measured on
-    /// odd ones, so calibration is judged on positions it did not see; AUROCs are over all positions.
+    /// Next-token errors from scores of the predicted tokens (their p is the model's top-1 confidence): error = predicted ≠
+    /// <paramref name="trueNext"/>. β of <c>1/(1+β·u)</c> (u = <see cref="Calibration.RelativeUncertainty"/>) is fitted on
+    /// even sequences and the ECE measured on odd ones, so calibration is judged on positions it did not see; AUROCs are over
+    /// all positions.
     /// </summary>
-    public static ErrorAnalysis ErrorAnalysis(ScoreReport predictions, NdArray<long> trueNext, double[] modelConfidence)
+    public static ErrorAnalysis ErrorAnalysis(ScoreReport predictions, NdArray<long> trueNext)
     {
         int seq = trueNext.Shape[1];
-        var epistemic = new List<double>();
-        var aleatoric = new List<double>();
-        var logP = new List<double>();
-        var confidence = new List<double>();
+        var tokens = new List<TokenScore>();
         var correct = new List<bool>();
         var even = new List<bool>();
         foreach (var sequence in predictions.Sequences)
             foreach (var token in sequence.Tokens)
             {
-                int row = sequence.Index * seq + token.Position;
-                if (trueNext.Data[row] == Targets.Ignore) continue;
-                epistemic.Add(token.Epistemic);
-                aleatoric.Add(token.Aleatoric);
-                logP.Add(token.Epistemic / (token.P * token.P));
-                confidence.Add(modelConfidence[row]);
-                correct.Add(token.Target == trueNext.Data[row]);
+                long truth = trueNext.Data[sequence.Index * seq + token.Position];
+                if (truth == Targets.Ignore) continue;
+                tokens.Add(token);
+                correct.Add(token.Target == truth);
                 even.Add(sequence.Index % 2 == 0);
             }
-        double[] combined = epistemic.Select((e, i) => e + aleatoric[i]).ToArray();
         bool[] errors = correct.Select(c => !c).ToArray();
+        var logScale = tokens.Select(OfLogP).ToArray();
+        var pScale = tokens.Select(t => (t.Epistemic, t.Aleatoric, t.Epistemic + t.Aleatoric)).ToArray();
         double[] Where(IEnumerable<double> values, bool isEven) => values.Where((_, i) => even[i] == isEven).ToArray();
         bool[] correctOdd = correct.Where((_, i) => !even[i]).ToArray();
-        double beta = Calibration.FitBeta(Where(combined, true), correct.Where((_, i) => even[i]).ToArray());
-        double[] before = Where(confidence, false);
-        double[] after = Calibration.Confidences(beta, Where(combined, false));
-        return new ErrorAnalysis(correct.Count, errors.Count(e => e), beta,
-            Calibration.Auroc(epistemic.ToArray(), errors), Calibration.Auroc(aleatoric.ToArray(), errors), Calibration.Auroc(combined, errors), Calibration.Auroc(logP.ToArray(), errors),
+        double beta = Calibration.FitBeta(Where(logScale.Select(u => u.Combined), true), correct.Where((_, i) => even[i]).ToArray());
+        double[] before = Where(tokens.Select(t => t.P), false);
+        double[] after = Calibration.Confidences(beta, Where(logScale.Select(u => u.Combined), false));
+        return new ErrorAnalysis(correct.Count, errors.Count(e => e), beta, ScaleAurocs.Of(logScale, errors), ScaleAurocs.Of(pScale, errors),
             Calibration.ExpectedCalibrationError(before, correctOdd), Calibration.ExpectedCalibrationError(after, correctOdd),
             DemoMetrics.Reliability(before, correctOdd), DemoMetrics.Reliability(after, correctOdd));
     }

@@ -74,6 +74,20 @@ public static class Calibration
         return confidence.Length == 0 ? double.NaN : sum / confidence.Length;
     }
 
+    /// <summary>
+    /// The uncertainty u of a prediction with probability <paramref name="p"/> that the calibrated confidence uses:
+    /// <c>u = (aleatoric + epistemic)/p² = (1−p)/p + epistemic/p²</c>, the odds against the prediction plus the
+    /// delta-method variance of log p. On this scale, with no epistemic part and β = 1, <c>1/(1+β·u)</c> is p itself,
+    /// so β recalibrates the model's odds and the epistemic part lowers confidence where the parameters are unsure.
+    /// (SPEC §4's scores of p shrink with p², so u = aleatoric + epistemic would call improbable predictions certain.)
+    /// </summary>
+    public static double RelativeUncertainty(double p, double epistemic)
+    {
+        if (!(p > 0 && p <= 1)) throw FisherKernelsException.Argument($"calibrate: probability {p} is not in (0, 1]");
+        if (!(epistemic >= 0 && double.IsFinite(epistemic))) throw FisherKernelsException.Argument($"calibrate: epistemic score {epistemic} is not a finite non-negative number");
+        return (p * (1 - p) + epistemic) / (p * p);
+    }
+
     /// <summary>The calibrated confidence <c>1/(1+β·u)</c>.</summary>
     public static double Confidence(double beta, double uncertainty) => 1 / (1 + beta * uncertainty);
 
@@ -134,37 +148,40 @@ public static class Calibration
 }
 
 /// <summary>
-/// What <c>calibrate</c> reports (issue 5) for one estimator on held-out positions: the AUROC of the epistemic,
-/// aleatoric and combined (sum) scores for predicting next-token errors, and ECE / NLL of the model's own confidence
-/// (before) and of the calibrated confidence <c>1/(1+β·u)</c> with u the combined score (after).
+/// What <c>calibrate</c> reports (issue 5) for one estimator on held-out predictions (the model's top-1 token at each
+/// position, scored as the target): the AUROC of the epistemic score (of p, and of log p = epistemic/p²), the aleatoric
+/// score and the combined <see cref="Calibration.RelativeUncertainty"/> for predicting errors (top-1 ≠ true token), and
+/// ECE / NLL of the model's own confidence p (before) and of the calibrated <c>1/(1+β·u)</c> (after).
 /// </summary>
 public sealed record CalibrationSummary(int Positions, int Errors, double Beta,
-                                        double AurocEpistemic, double AurocAleatoric, double AurocCombined,
+                                        double AurocEpistemic, double AurocEpistemicLogP, double AurocAleatoric, double AurocCombined,
                                         double EceBefore, double EceAfter, double NllBefore, double NllAfter)
 {
-    /// <param name="modelConfidence">the model's probability of the token it predicts (its uncalibrated confidence).</param>
-    /// <param name="correct">whether the predicted token (the argmax) is the target.</param>
-    public static CalibrationSummary Fit(ReadOnlySpan<double> epistemic, ReadOnlySpan<double> aleatoric,
-                                         ReadOnlySpan<double> modelConfidence, ReadOnlySpan<bool> correct)
+    /// <param name="p">the model's probability of the token it predicts (its uncalibrated confidence).</param>
+    /// <param name="epistemic">the epistemic score of that prediction's p (SPEC §4).</param>
+    /// <param name="correct">whether the prediction is the true next token.</param>
+    public static CalibrationSummary Fit(ReadOnlySpan<double> p, ReadOnlySpan<double> epistemic, ReadOnlySpan<bool> correct)
     {
         int n = correct.Length;
-        if (epistemic.Length != n || aleatoric.Length != n || modelConfidence.Length != n)
-            throw FisherKernelsException.Argument($"calibrate: {epistemic.Length} epistemic, {aleatoric.Length} aleatoric, {modelConfidence.Length} confidence values for {n} positions");
-        var combined = new double[n];
+        if (epistemic.Length != n || p.Length != n)
+            throw FisherKernelsException.Argument($"calibrate: {p.Length} probabilities and {epistemic.Length} epistemic values for {n} positions");
+        var (combined, logP, aleatoric) = (new double[n], new double[n], new double[n]);
         var errors = new bool[n];
         int errorCount = 0;
         for (int i = 0; i < n; i++)
         {
-            combined[i] = epistemic[i] + aleatoric[i];
+            combined[i] = Calibration.RelativeUncertainty(p[i], epistemic[i]);
+            logP[i] = epistemic[i] / (p[i] * p[i]);
+            aleatoric[i] = p[i] * (1 - p[i]);
             errors[i] = !correct[i];
             if (errors[i]) errorCount++;
         }
         double beta = Calibration.FitBeta(combined, correct);
         double[] calibrated = Calibration.Confidences(beta, combined);
         return new CalibrationSummary(n, errorCount, beta,
-            Calibration.Auroc(epistemic, errors), Calibration.Auroc(aleatoric, errors), Calibration.Auroc(combined, errors),
-            Calibration.ExpectedCalibrationError(modelConfidence, correct), Calibration.ExpectedCalibrationError(calibrated, correct),
-            Calibration.NegativeLogLikelihood(modelConfidence, correct), Calibration.NegativeLogLikelihood(calibrated, correct));
+            Calibration.Auroc(epistemic, errors), Calibration.Auroc(logP, errors), Calibration.Auroc(aleatoric, errors), Calibration.Auroc(combined, errors),
+            Calibration.ExpectedCalibrationError(p, correct), Calibration.ExpectedCalibrationError(calibrated, correct),
+            Calibration.NegativeLogLikelihood(p, correct), Calibration.NegativeLogLikelihood(calibrated, correct));
     }
 
     /// <summary>One line per figure, each naming the estimator and the score.</summary>
@@ -172,8 +189,8 @@ public sealed record CalibrationSummary(int Positions, int Errors, double Beta,
     {
         var c = System.Globalization.CultureInfo.InvariantCulture;
         yield return string.Create(c, $"{estimator}: {Positions} positions, {Errors} next-token errors, β = {Beta:G6}");
-        yield return string.Create(c, $"{estimator}: AUROC for errors: epistemic {AurocEpistemic:F4}, aleatoric {AurocAleatoric:F4}, combined {AurocCombined:F4}");
-        yield return string.Create(c, $"{estimator}: ECE {EceBefore:F4} before calibration (model confidence), {EceAfter:F4} after (1/(1+β·u))");
+        yield return string.Create(c, $"{estimator}: AUROC for errors: epistemic {AurocEpistemic:F4} (of log p: {AurocEpistemicLogP:F4}), aleatoric {AurocAleatoric:F4}, combined {AurocCombined:F4}");
+        yield return string.Create(c, $"{estimator}: ECE {EceBefore:F4} before calibration (model confidence p), {EceAfter:F4} after (1/(1+β·u), u = (aleatoric+epistemic)/p²)");
         yield return string.Create(c, $"{estimator}: NLL {NllBefore:F4} before calibration, {NllAfter:F4} after");
     }
 }

@@ -160,18 +160,40 @@ public class KfacCommandTests
     }
 
     [Fact]
-    public void CalibrateStoresBetaAndReportsTheFigures()
+    public void CalibrateFitsBetaOnTheScoredPredictionsAndStoresIt()
     {
         using var temp = new TempFolder();
+        string model = Fixtures.Path("gpt2_tiny.onnx"), tokensPath = Fixtures.Path("gpt2_tiny.tokens.npy"), curvature = Fixtures.Path("gpt2_tiny.kfac.safetensors");
         string output = temp.File("calibrated.safetensors");
-        var (code, stdout, stderr) = CliRunner.Run("calibrate", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
-                                                   "--curvature", Fixtures.Path("gpt2_tiny.kfac.safetensors"), "--out", output);
+        var (code, stdout, stderr) = CliRunner.Run("calibrate", "--model", model, "--tokens", tokensPath, "--curvature", curvature, "--out", output);
         Assert.True(code == 0, stderr);
         Assert.Contains("kfac: AUROC for errors: epistemic", stdout);
         Assert.Contains("kfac: ECE", stdout);
-        KfacCurvature calibrated = KfacCurvature.Load(output);
-        Assert.True(calibrated.CalibrationBeta >= 0);
         Assert.Equal("fisherkernels/1", SafetensorsFile.Read(output).Metadata["format"]);
+
+        // Reference: the same β from the score verb's K-FAC scores of the model's top-1 predictions (score is checked against torch).
+        Assert.Equal(0, CliRunner.Run("forward", "--model", model, "--tokens", tokensPath, "--out", temp.File("logits.npy")).Code);
+        var logits = (NdArray<float>)NpyFile.Read(temp.File("logits.npy"));
+        var tokens = NpyFile.ReadInt64(tokensPath);
+        int batch = tokens.Shape[0], seq = tokens.Shape[1], vocab = logits.Shape[2];
+        var predicted = new NdArray<long>(batch, seq);
+        for (int r = 0; r < batch * seq; r++)
+            predicted.Data[r] = r % seq == seq - 1 ? -100 : System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.Data.AsSpan(r * vocab, vocab));
+        NpyFile.Write(temp.File("predicted.npy"), predicted);
+        Assert.Equal(0, CliRunner.Run("score", "--model", model, "--tokens", tokensPath, "--targets", temp.File("predicted.npy"),
+                                      "--method", "kfac", "--curvature", curvature, "--out", temp.File("s.json")).Code);
+        var u = new List<double>();
+        var correct = new List<bool>();
+        foreach (var sequence in JsonDocument.Parse(File.ReadAllText(temp.File("s.json"))).RootElement.GetProperty("sequences").EnumerateArray())
+            foreach (var token in sequence.GetProperty("tokens").EnumerateArray())
+            {
+                int b = sequence.GetProperty("index").GetInt32(), t = token.GetProperty("position").GetInt32();
+                u.Add(Uncertainty.Calibration.RelativeUncertainty(token.GetProperty("p").GetDouble(), token.GetProperty("epistemic").GetDouble()));
+                correct.Add(token.GetProperty("target").GetInt64() == tokens.Data[b * seq + t + 1]);
+            }
+        Assert.Contains(false, correct);
+        double expected = Uncertainty.Calibration.FitBeta(u.ToArray(), correct.ToArray());
+        Assert.Equal(expected, KfacCurvature.Load(output).CalibrationBeta!.Value, expected * 1e-5);
     }
 
     [Fact]
