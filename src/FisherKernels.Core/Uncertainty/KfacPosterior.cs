@@ -224,21 +224,67 @@ public sealed class LayerPosterior
     }
 
     /// <summary>
-    /// Draws <c>δ = [δW | δb] ~ N(0, Σ)</c> (<c>[out × in(+1)]</c>) in the Kronecker eigenbasis:
-    /// <c>δ = Q_G (E ⊘ √(M λ_G λ_Aᵀ + τ)) Q_Aᵀ</c>, E standard normal. A pure function of (seed, sample, layer index), so
-    /// the k perturbations of linearized sampling can be drawn layer by layer and propagated by JVPs.
+    /// Draws <c>δ = [δW | δb] ~ N(0, Σ)</c> (<c>[out × in(+1)]</c>). Dense form, in the Kronecker eigenbasis:
+    /// <c>δ = Q_G (E ⊘ √(M λ_G λ_Aᵀ + τ)) Q_Aᵀ</c>, E standard normal. Low-rank form: see <see cref="SampleLowRank"/>.
+    /// A pure function of (seed, sample, layer index), so the k perturbations of linearized sampling can be drawn layer by
+    /// layer and propagated by JVPs.
     /// </summary>
     public void SamplePerturbation(long seed, int sample, Span<float> delta)
     {
-        KronEigenbasis basis = RequireDense("sampling parameter perturbations");
         long size = (long)GDim * ADim;
         if (delta.Length != size) throw FisherKernelsException.Argument($"layer '{Layer}': a perturbation is [{GDim} × {ADim}], got {delta.Length} values");
-        var scaled = new float[size];
         var rng = new SplitMix64(seed, sample, stream: index);
+        if (lowRank is not null)
+        {
+            SampleLowRank(lowRank, ref rng, delta);
+            return;
+        }
+        KronEigenbasis basis = dense!;
+        var scaled = new float[size];
         for (long i = 0; i < size; i++) scaled[i] = (float)(rng.NextGaussian() * Math.Sqrt(basis.InverseDenominators[i]));
         var left = new float[size];
         backend.Gemm(new GemmShape(GDim, ADim, GDim), basis.QG, scaled, left);
         backend.Gemm(new GemmShape(GDim, ADim, ADim, TransB: true), left, basis.QA, delta);
+    }
+
+    /// <summary>
+    /// <c>δ ~ N(0, Σ)</c> in the low-rank form. In the small factor's eigenbasis the precision splits into one block per
+    /// eigenvector q_j: <c>P_j = D_j + U S_j Uᵀ</c> with <c>D_j = M μ_j D + τ I</c>, <c>S_j = M μ_j Λ</c>. A draw
+    /// <c>b = √D_j e + U √S_j e'</c> (e, e' standard normal) has covariance P_j, so <c>y_j = P_j⁻¹ b</c> (one Woodbury solve)
+    /// has covariance <c>P_j⁻¹ P_j P_j⁻¹ = P_j⁻¹</c>, exactly Σ's block, without factoring it. Then, with the y_j as the columns of
+    /// Y <c>[n × m]</c>: <c>δ = Y Q_smallᵀ</c> (large factor G) or <c>Q_small Yᵀ</c> (large factor A), as in <see cref="WoodburyQuadratic"/>.
+    /// </summary>
+    void SampleLowRank(LowRankFactor f, ref SplitMix64 rng, Span<float> delta)
+    {
+        int n = f.LargeDim, m = f.SmallDim, r = f.Rank;
+        var y = new float[(long)n * m];
+        var (d, s, b, solved) = (new float[n], new float[r], new float[n], new float[n]);
+        var lowRankPart = new double[r];
+        for (int j = 0; j < m; j++)
+        {
+            double scale = Positions * f.SmallLambda[j];
+            for (int i = 0; i < n; i++)
+            {
+                d[i] = (float)(scale * f.Diagonal[i] + PriorPrecision);
+                b[i] = (float)(Math.Sqrt(d[i]) * rng.NextGaussian());
+            }
+            for (int k = 0; k < r; k++)
+            {
+                s[k] = (float)(scale * f.Lambda[k]);
+                lowRankPart[k] = Math.Sqrt(s[k]) * rng.NextGaussian();
+            }
+            for (int i = 0; i < n; i++)
+            {
+                double sum = b[i];
+                for (int k = 0; k < r; k++) sum += f.U[(long)i * r + k] * lowRankPart[k];
+                b[i] = (float)sum;
+            }
+            backend.WoodburyApply(d, f.U, s, n, r, b, 1, solved);
+            for (int i = 0; i < n; i++) y[(long)i * m + j] = solved[i];
+        }
+        GemmShape assemble = f.LargeIsA ? new GemmShape(m, n, m, TransB: true) : new GemmShape(n, m, m, TransB: true);
+        if (f.LargeIsA) backend.Gemm(assemble, f.SmallQ, y, delta);
+        else backend.Gemm(assemble, y, f.SmallQ, delta);
     }
 
     KronEigenbasis RequireDense(string what) => dense ?? throw FisherKernelsException.Unsupported(

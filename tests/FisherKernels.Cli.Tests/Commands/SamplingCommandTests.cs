@@ -35,7 +35,8 @@ public class SamplingCommandTests
     [InlineData("gpt2_tiny", 1e-3)]
     [InlineData("llama_tiny", 1e-3)]
     [InlineData("gpt2_tiny", 1000)]
-    public void SampledLogitVarianceAgreesWithTheQuadraticForm(string model, double prior)
+    [InlineData("gpt2_tiny", 1e-3, 8)] // 20 KiB budget: the Woodbury form (rank 8) on all layers but the attention projections
+    public void SampledLogitVarianceAgreesWithTheQuadraticForm(string model, double prior, int lowRank = 0)
     {
         using var temp = new TempFolder();
         const int Samples = 1000; // relative standard error of a variance estimate: √(2/K) ≈ 4.5%
@@ -43,12 +44,16 @@ public class SamplingCommandTests
         // A small prior precision lets the curvature shape Σ (a large one makes it nearly τ⁻¹·I, blind to the layout of δ);
         // a large one keeps the posterior narrow enough that softmax is near-linear over it, so p lies inside its interval.
         var (code, _, stderr) = CliRunner.Run([.. ScoreArgs(model, output), "--prior-precision", prior.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
-                                               "--samples", Samples.ToString(), "--seed", "7"]);
+                                               "--samples", Samples.ToString(), "--seed", "7",
+                                               .. (lowRank > 0 ? ["--memory-budget", "20K", "--rank", lowRank.ToString()] : Array.Empty<string>())]);
         Assert.True(code == 0, stderr);
 
         var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
         var context = new OpContext(new CpuBackend(threads: 1));
-        var (_, posterior) = KfacScoring.LoadPosterior(lm, Fixtures.Path(model + ".kfac.safetensors"), new PosteriorOptions { PriorPrecision = prior }, context.Backend, TextWriter.Null);
+        var (_, posterior) = KfacScoring.LoadPosterior(lm, Fixtures.Path(model + ".kfac.safetensors"), 
+            lowRank > 0 ? new PosteriorOptions { PriorPrecision = prior, MemoryBudgetBytes = 20 << 10, Rank = lowRank } : new PosteriorOptions { PriorPrecision = prior },
+            context.Backend, TextWriter.Null);
+        Assert.Equal(lowRank > 0, posterior.Layers.Any(l => l.IsLowRank));
         var tokens = NpyFile.ReadInt64(Fixtures.Path(model + ".tokens.npy"));
         using var json = JsonDocument.Parse(File.ReadAllText(output));
         double diff = 0, norm = 0;

@@ -228,25 +228,65 @@ public class KfacPosteriorTests
         var rng = new Random(6);
         KroneckerBlock block = RandomBlock(rng, "w", 3, 4, true, 15);
         var posterior = new KfacPosterior(new KfacCurvature([block], "sampled", Hash, "t"), backend, new PosteriorOptions { PriorPrecision = 2 });
-        LayerPosterior layer = posterior["w"];
-        float[] probes = RandomMatrices(rng, 2, 16);
+        AssertSampleCovariance(posterior["w"], RandomMatrices(rng, 2, 16), probe => DenseQuadratic(ToDouble(block.A), 4, ToDouble(block.G), 4, 15, 2, probe));
+    }
+
+    /// <summary>
+    /// Sampling in the Woodbury form against the dense Σ: with the large factor of rank 3 ≤ r the low-rank form is the exact
+    /// posterior, so the draws must have the covariance of the dense solve of <c>M·A⊗G + τI</c>; with a full-rank large factor,
+    /// that of the diagonal-plus-low-rank precision it stands for.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void LowRankSampledPerturbationsHaveThePosteriorCovariance(bool largeIsA)
+    {
+        using IComputeBackend backend = new CpuBackend(threads: 2);
+        var rng = new Random(largeIsA ? 7 : 8);
+        int big = 10, small = 3, rank = 3, size = big * small;
+        var options = new PosteriorOptions { Rank = rank, MemoryBudgetBytes = 400, PriorPrecision = 0.5 };
+        KroneckerBlock exact = largeIsA
+            ? new KroneckerBlock("w", ToFloat(MeanOuter(RandomRows(rng, 3, big, 1), false)), ToFloat(MeanOuter(RandomRows(rng, 30, small, 0.5), false)), false, 30)
+            : RandomBlock(rng, "w", small, big, false, 30, gradientRows: 3);
+        var posterior = new KfacPosterior(new KfacCurvature([exact], "sampled", Hash, "t"), backend, options);
+        Assert.True(posterior["w"].IsLowRank);
+        AssertSampleCovariance(posterior["w"], RandomMatrices(rng, 2, size),
+                               probe => DenseQuadratic(ToDouble(exact.A), exact.ADim, ToDouble(exact.G), exact.GDim, 30, 0.5, probe));
+
+        KroneckerBlock full = RandomBlock(rng, "w", largeIsA ? big : small, largeIsA ? small : big, false, 30);
+        posterior = new KfacPosterior(new KfacCurvature([full], "sampled", Hash, "t"), backend, options);
+        Assert.True(posterior["w"].IsLowRank);
+        double[] approximation = DiagonalPlusLowRank(ToDouble(largeIsA ? full.A : full.G), big, rank);
+        AssertSampleCovariance(posterior["w"], RandomMatrices(rng, 2, size), probe => largeIsA
+            ? DenseQuadratic(approximation, big, ToDouble(full.G), small, 30, 0.5, probe)
+            : DenseQuadratic(ToDouble(full.A), small, approximation, big, 30, 0.5, probe));
+    }
+
+    /// <summary>
+    /// 4000 draws of δ (seed 11): for each probe X, and for the sum of the first two (the cross-covariance), the sample variance of
+    /// ⟨X, δ⟩ must be <c>vec(X)ᵀ Σ vec(X)</c> and its mean zero; a draw is a pure function of (seed, sample).
+    /// </summary>
+    static void AssertSampleCovariance(LayerPosterior layer, float[] probes, Func<float[], double> expectedVariance)
+    {
+        int size = layer.GDim * layer.ADim;
+        float[][] directions = [probes[..size], probes[size..(2 * size)], probes[..size].Zip(probes[size..(2 * size)], (x, y) => x + y).ToArray()];
         const int samples = 4000;
-        var projections = new double[2, samples];
-        var delta = new float[16];
+        var projections = new double[directions.Length, samples];
+        var delta = new float[size];
         for (int s = 0; s < samples; s++)
         {
             layer.SamplePerturbation(seed: 11, s, delta);
-            for (int c = 0; c < 2; c++)
-                for (int i = 0; i < 16; i++) projections[c, s] += delta[i] * probes[c * 16 + i];
+            for (int c = 0; c < directions.Length; c++)
+                for (int i = 0; i < size; i++) projections[c, s] += delta[i] * directions[c][i];
         }
-        var again = new float[16];
+        var again = new float[size];
         layer.SamplePerturbation(seed: 11, samples - 1, again);
         Assert.Equal(delta, again);
-        for (int c = 0; c < 2; c++)
+        for (int c = 0; c < directions.Length; c++)
         {
             double mean = 0, square = 0;
             for (int s = 0; s < samples; s++) { mean += projections[c, s] / samples; square += projections[c, s] * projections[c, s] / samples; }
-            double expected = DenseQuadratic(ToDouble(block.A), 4, ToDouble(block.G), 4, 15, 2, probes.AsSpan(c * 16, 16));
+            double expected = expectedVariance(directions[c]);
             // Sample variance of 4000 Gaussian draws: relative standard error √(2/4000) ≈ 2.2%; allow 5 of them.
             AssertRelative(expected, square - mean * mean, 0.11, $"probe {c}");
             Assert.True(Math.Abs(mean) < 5 * Math.Sqrt(expected / samples), $"probe {c}: mean {mean}");
