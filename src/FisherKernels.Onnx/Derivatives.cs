@@ -27,6 +27,16 @@ public static class Derivatives
     /// <summary>J·V of the logits for a direction over named float initializers (others fixed).</summary>
     public static NdArray<float> Jvp(LanguageModel lm, OpContext context, NdArray tokens, IReadOnlyDictionary<string, NdArray<float>> direction, string what = "direction")
     {
+        var (plan, tangent) = PrepareJvp(lm, context, tokens, direction, what);
+        tangent.Run(context);
+        var logits = (NdArray<float>)plan.Get(lm.LogitsOutput);
+        return tangent.Has(lm.LogitsOutput) ? Copy(tangent.Get(lm.LogitsOutput)) : new NdArray<float>(logits.Shape);
+    }
+
+    /// <summary>A keep-all plan with the direction's initializers as variables, run forward, and its tangent pass with the direction filled in (ready to run).</summary>
+    internal static (ExecutionPlan Plan, Tangent Tangent) PrepareJvp(LanguageModel lm, OpContext context, NdArray tokens,
+                                                                     IReadOnlyDictionary<string, NdArray<float>> direction, string what = "direction")
+    {
         var graph = lm.Model.Graph;
         foreach (var (name, value) in direction)
         {
@@ -43,9 +53,7 @@ public static class Derivatives
         var tangent = lm.Model.TangentFor(plan);
         plan.Run(context, inputs);
         foreach (var (name, value) in direction) value.Data.CopyTo(tangent.Direction(name).Data, 0);
-        tangent.Run(context);
-        var logits = (NdArray<float>)plan.Get(lm.LogitsOutput);
-        return tangent.Has(lm.LogitsOutput) ? Copy(tangent.Get(lm.LogitsOutput)) : new NdArray<float>(logits.Shape);
+        return (plan, tangent);
     }
 
     /// <summary>A keep-all plan with the parameters as variables, run forward; the backward pass seeded at the logits.</summary>

@@ -5,16 +5,25 @@ namespace FisherKernels.Onnx.Plan;
 /// <summary>
 /// Reverse mode over a plan built with variables and <c>keepAll</c>: given cotangents of some values
 /// (the seeds, e.g. the logits), accumulates the gradient of every value that depends on a variable and
-/// that the seeds depend on, through each operator's Vjp. Gradient buffers are allocated once; a run
-/// zeroes them and walks the steps backwards. Gradients of variables are total derivatives (a weight
+/// that the seeds depend on, through each operator's Vjp. Gradient buffers are allocated once. A run
+/// walks the steps backwards and zeroes each non-seed gradient just before the first step that adds into
+/// it (while that step's data is about to be in cache), so nothing is zeroed twice and a buffer's
+/// old contents never leak into the next run. Gradients of variables are total derivatives (a weight
 /// read twice, as a tied embedding is, sums both uses).
 /// </summary>
 public sealed class Backward
 {
-    private sealed record GradStep(ExecutionPlan.Step Step, NdArray<float>?[] OutputGrads, NdArray<float>?[] InputGrads);
+    /// <summary>
+    /// A step of the reverse walk. <paramref name="FirstWrites"/>: the input gradients this step is the first
+    /// to reach in the walk (zeroed just before it runs; a view copies into them instead of adding).
+    /// </summary>
+    private sealed record GradStep(ExecutionPlan.Step Step, NdArray<float>?[] OutputGrads, NdArray<float>?[] InputGrads, NdArray<float>[] FirstWrites);
 
     private readonly ExecutionPlan plan;
     private readonly NdArray<float>?[] gradients;
+    private readonly List<NdArray<float>> seeds = [];
+    /// <summary>Non-seed gradients no step writes (their value is zero): zeroed at the start of a run.</summary>
+    private readonly List<NdArray<float>> unwritten = [];
     private readonly List<GradStep> reverse = [];
 
     public Backward(ExecutionPlan plan, IEnumerable<string> seeds)
@@ -25,12 +34,14 @@ public sealed class Backward
 
         // Values the seeds depend on (walking the steps backwards).
         var needed = new bool[values.Count];
+        var seedIds = new HashSet<int>();
         foreach (var seed in seeds)
         {
             int id = plan.Id(seed);
             if (values[id].Info.Type != ElementType.Float32)
                 throw FisherKernelsException.Argument($"cannot differentiate with respect to '{seed}': it is {values[id].Info.Type}, not float");
             needed[id] = true;
+            seedIds.Add(id);
         }
         var steps = plan.Steps;
         for (int s = steps.Count - 1; s >= 0; s--)
@@ -44,6 +55,12 @@ public sealed class Backward
             if (needed[id] && values[id].DependsOnVariable && values[id].Info.Type == ElementType.Float32)
                 gradients[id] = new NdArray<float>(values[id].Info.Shape);
 
+        var written = new bool[values.Count];
+        foreach (int id in seedIds)
+        {
+            written[id] = true;
+            if (gradients[id] is { } g) this.seeds.Add(g);
+        }
         for (int s = steps.Count - 1; s >= 0; s--)
         {
             var step = steps[s];
@@ -51,8 +68,17 @@ public sealed class Backward
             if (outputGrads.All(g => g is null)) continue;
             var inputGrads = step.InputIds.Select((id, i) => id >= 0 && (step.Op.IsView ? i == 0 : step.Op.IsDifferentiable(i)) ? gradients[id] : null).ToArray();
             if (inputGrads.All(g => g is null)) continue;
-            reverse.Add(new GradStep(step, outputGrads, inputGrads));
+            var firstWrites = new List<NdArray<float>>();
+            for (int i = 0; i < inputGrads.Length; i++)
+                if (inputGrads[i] is { } g && !written[step.InputIds[i]])
+                {
+                    written[step.InputIds[i]] = true;
+                    firstWrites.Add(g);
+                }
+            reverse.Add(new GradStep(step, outputGrads, inputGrads, [.. firstWrites]));
         }
+        for (int id = 0; id < values.Count; id++)
+            if (gradients[id] is { } g && !written[id]) unwritten.Add(g);
     }
 
     public ExecutionPlan Plan => plan;
@@ -64,24 +90,30 @@ public sealed class Backward
     public NdArray<float> Gradient(string name) => gradients[plan.Id(name)]
         ?? throw FisherKernelsException.Argument($"'{name}' has no gradient here: it does not depend on the parameters or does not reach the differentiated output");
 
-    /// <summary>Zeroes every gradient buffer (seeds included).</summary>
+    /// <summary>Zeroes the seeds' gradient buffers, to be filled (in part or whole) before <see cref="Run"/>; <see cref="Run"/> resets every other gradient itself.</summary>
     public void Clear()
     {
-        foreach (var g in gradients) g?.Data.AsSpan().Clear();
+        foreach (var g in seeds) g.Span.Clear();
     }
 
-    /// <summary>Propagates the seeds' cotangents (already in their gradient buffers) back through the plan.</summary>
+    /// <summary>
+    /// Propagates the seeds' cotangents (already in their gradient buffers) back through the plan; every
+    /// other gradient is overwritten with its value for these cotangents.
+    /// </summary>
     public void Run(OpContext context)
     {
-        foreach (var (step, outputGrads, inputGrads) in reverse)
+        foreach (var g in unwritten) g.Span.Clear();
+        foreach (var (step, outputGrads, inputGrads, firstWrites) in reverse)
         {
             if (step.Op.IsView)
             {
                 // The elements did not move: the gradient passes through unchanged.
-                if (outputGrads[0] is { } g && inputGrads[0] is { } target)
-                    System.Numerics.Tensors.TensorPrimitives.Add(target.Data, g.Data, target.Data);
+                if (outputGrads[0] is not { } g || inputGrads[0] is not { } target) continue;
+                if (firstWrites.Length > 0) g.Span.CopyTo(target.Span);
+                else System.Numerics.Tensors.TensorPrimitives.Add(target.Span, g.Span, target.Span);
                 continue;
             }
+            foreach (var first in firstWrites) first.Span.Clear();
             step.Op.Vjp(context, step.Inputs, step.Outputs, outputGrads, inputGrads);
         }
     }

@@ -165,6 +165,43 @@ public class ExecutionPlanTests
         Assert.Equal(fd, forward, 2e-3 * Math.Abs(fd) + 1e-4);
     }
 
+    [Fact]
+    public void BackwardRunOverwritesEveryGradientWithoutAClear()
+    {
+        // The chain reuses b2 and reads a3 three times (Mul a3·a3, Sub): fan-out must sum, and a second run
+        // over the same seed (no Clear in between) must reproduce the first, not add to it.
+        using var temp = new TempFolder();
+        File.WriteAllBytes(temp.File("m.onnx"), ChainModel().ToByteArray());
+        var model = OnnxModel.Load(temp.File("m.onnx"));
+        var random = new Random(5);
+        var x = new NdArray<float>(2, 4);
+        for (int i = 0; i < x.Data.Length; i++) x.Data[i] = (float)(random.NextDouble() * 2 - 1);
+        string[] variables = ["w1", "b1", "w2", "b2"];
+        var plan = model.GetPlan(new Dictionary<string, int[]> { ["x"] = [2, 4] }, variables.ToHashSet(), keepAll: true);
+        var backward = new Backward(plan, ["y"]);
+        plan.Run(Context, new Dictionary<string, NdArray> { ["x"] = x });
+        var seed = backward.Gradient("y").Data;
+        backward.Clear();
+        for (int i = 0; i < seed.Length; i++) seed[i] = (float)(random.NextDouble() * 2 - 1);
+        var u = (float[])seed.Clone();
+        backward.Run(Context);
+        string[] names = [.. variables, "h", "r", "s1", "a3"];
+        var first = names.ToDictionary(n => n, n => (float[])backward.Gradient(n).Data.Clone());
+        Assert.All(first.Values, g => Assert.Contains(g, v => v != 0));
+
+        backward.Run(Context);
+        foreach (var n in names) Assert.Equal(first[n], backward.Gradient(n).Data);
+
+        // Another seed in between leaves nothing behind either.
+        backward.Clear();
+        seed[0] = 1;
+        backward.Run(Context);
+        backward.Clear();
+        u.CopyTo(seed, 0);
+        backward.Run(Context);
+        foreach (var n in names) Assert.Equal(first[n], backward.Gradient(n).Data);
+    }
+
     private static double Dot(float[] a, float[] b)
     {
         double s = 0;
