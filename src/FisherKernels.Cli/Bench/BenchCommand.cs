@@ -29,7 +29,7 @@ internal static class BenchCommand
         foreach (var backend in OpenBackends(options.Backend, options.Threads))
             using (backend)
             {
-                var context = new BenchContext(backend, options.Threads, options.Quick, options.Model, options.Tokens);
+                var context = new BenchContext(backend, options.Threads, options.Quick, options.Model, options.Tokens, options.Verbose ? Console.Error : null, options.ForwardOnly);
                 foreach (var suite in Suites.Where(s => s.NeedsModel == (options.Model is not null)))
                     results.AddRange(suite.Run(context));
             }
@@ -68,6 +68,7 @@ internal static class BenchCommand
                 json.WriteString("baseline", r.Baseline);
                 json.WriteNumber("baseline_median_ms", Math.Round(r.BaselineMedianMs, 4));
                 json.WriteNumber("ratio", Math.Round(r.Ratio, 4));
+                if (r.PeakWorkingSetBytes is long peak) json.WriteNumber("peak_working_set_mb", Math.Round(peak / 1048576.0, 1));
                 json.WriteEndObject();
             }
             json.WriteEndArray();
@@ -90,6 +91,8 @@ internal static class BenchCommand
         var widths = header.Select((_, c) => rows.Max(row => row[c].Length)).ToArray();
         foreach (var row in rows)
             stdout.WriteLine(string.Join("  ", row.Select((cell, c) => c < 3 || c == 6 ? cell.PadRight(widths[c]) : cell.PadLeft(widths[c]))).TrimEnd());
+        foreach (var r in results)
+            if (r.PeakWorkingSetBytes is long peak) stdout.WriteLine($"{r.Name}: peak working set {peak / 1048576.0:F1} MB");
     }
 
     private static string MachineDescription(int threads)
@@ -134,14 +137,14 @@ internal static class BenchCommand
     }
 }
 
-/// <summary>The options of `bench`; <c>--quick</c> (tiny shapes, for tests) is not advertised.</summary>
-internal sealed record BenchOptions(string Backend, int Threads, bool Json, bool Quick, string? Model, string? Tokens)
+/// <summary>The options of `bench`; <c>--quick</c> (tiny shapes, for tests) and <c>--forward-only</c> are not advertised.</summary>
+internal sealed record BenchOptions(string Backend, int Threads, bool Json, bool Quick, string? Model, string? Tokens, bool Verbose, bool ForwardOnly)
 {
     public static BenchOptions Parse(string[] args)
     {
         string backend = "cpu";
         int threads = Environment.ProcessorCount;
-        bool json = false, quick = false;
+        bool json = false, quick = false, verbose = false, forwardOnly = false;
         string? model = null, tokens = null;
         for (int i = 1; i < args.Length; i++)
         {
@@ -155,7 +158,8 @@ internal sealed record BenchOptions(string Backend, int Threads, bool Json, bool
                     break;
                 case "--json": json = true; break;
                 case "--quick": quick = true; break;
-                case "--verbose": break;
+                case "--verbose": verbose = true; break;
+                case "--forward-only": forwardOnly = true; break;
                 case "--model": model = Value(args, ref i); break;
                 case "--tokens": tokens = Value(args, ref i); break;
                 default: throw FisherKernelsException.Argument($"bench: unknown option '{args[i]}'");
@@ -164,7 +168,7 @@ internal sealed record BenchOptions(string Backend, int Threads, bool Json, bool
         if ((model is null) != (tokens is null)) throw FisherKernelsException.Argument("bench: --model and --tokens go together");
         if (model is not null && !BenchCommand.Suites.Any(s => s.NeedsModel))
             throw FisherKernelsException.Unsupported("bench --model: the model benchmarks are not in this build yet");
-        return new BenchOptions(backend, threads, json, quick, model, tokens);
+        return new BenchOptions(backend, threads, json, quick, model, tokens, verbose, forwardOnly);
 
     }
 

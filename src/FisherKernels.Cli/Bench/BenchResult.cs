@@ -5,6 +5,9 @@ internal sealed record BenchResult(
     string Name, string Backend, string Shape, double MedianMs, double? Gflops,
     string Baseline, double BaselineMedianMs)
 {
+    /// <summary>The process's peak working set when the figure was taken (model benches' forward), beyond SPEC §6's fields.</summary>
+    public long? PeakWorkingSetBytes { get; init; }
+
     /// <summary>Above 1 means faster than the baseline.</summary>
     public double Ratio => BaselineMedianMs / MedianMs;
 

@@ -4,6 +4,7 @@ using FisherKernels.IO;
 using FisherKernels.Onnx;
 using FisherKernels.Onnx.Graph;
 using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Plan;
 using FisherKernels.Onnx.Scoring;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
@@ -33,13 +34,19 @@ internal sealed class ModelBenches : IBenchSuite
         string backend = context.Backend.Name;
         int runs = context.Quick ? 5 : 10;
         void Forward() => lm.Forward(op, tokens);
+        if (context.Log is { } log) LogProfile(log, lm, op, inputs, runs);
+        // Our peak (model, plan buffers, packed weights, runtime) is read before ONNX Runtime loads its copy.
+        Forward();
+        long peakWorkingSet = PeakWorkingSet();
 
         using (var ort = OrtSession(modelPath, context.Threads, inputs))
         {
             var (session, feeds) = ort;
             yield return BenchResult.Timed("forward", backend, shape, null,
-                BenchTimer.MedianPairMs(Forward, () => session.Run(feeds).Dispose(), runs, warmup: 2), "onnxruntime");
+                BenchTimer.MedianPairMs(Forward, () => session.Run(feeds).Dispose(), runs, warmup: 2), "onnxruntime")
+                with { PeakWorkingSetBytes = peakWorkingSet };
         }
+        if (context.ForwardOnly) yield break;
 
         // backward and jvp time the pass itself on a forward already run (its values kept), as the issue's
         // "backward ≤ 2.5× forward" means; forward + backward costs the sum of the two rows.
@@ -76,6 +83,23 @@ internal sealed class ModelBenches : IBenchSuite
         var norm = PositionScorer.SquaredGradientNorm(parameters);
         yield return BenchResult.Timed("score", backend, shape, null,
             BenchTimer.MedianPairMs(() => PositionScorer.Score(lm, op, tokens, null, parameters, "isotropic", 1.0, norm), Forward, runs: 5, warmup: 1), "forward");
+    }
+
+    private static long PeakWorkingSet()
+    {
+        using var process = System.Diagnostics.Process.GetCurrentProcess();
+        return process.PeakWorkingSet64;
+    }
+
+    /// <summary>--verbose: where the forward pass spends its time, by operator type.</summary>
+    private static void LogProfile(TextWriter log, LanguageModel lm, OpContext op, Dictionary<string, NdArray> inputs, int runs)
+    {
+        var plan = lm.Model.GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape));
+        plan.Run(op, inputs);
+        var profile = new PlanProfile(plan);
+        for (int i = 0; i < 2 * runs; i++) plan.Run(op, inputs, profile);
+        log.WriteLine($"forward: time per operator type (sums of step medians over {profile.Runs} runs)");
+        log.WriteLine(profile.Format());
     }
 
     private sealed class Ort(InferenceSession session, SessionOptions options, List<NamedOnnxValue> feeds) : IDisposable

@@ -39,6 +39,9 @@ public sealed class OpContext(IComputeBackend backend)
 
     public IComputeBackend Backend { get; } = backend;
 
+    /// <summary>Threads an operator may split its work over: the CPU backend's, else every core.</summary>
+    public int Threads { get; } = backend is Backends.Cpu.CpuBackend cpu ? cpu.Threads : Environment.ProcessorCount;
+
     /// <summary>
     /// A buffer of at least <paramref name="length"/> floats (contents undefined), valid until the next
     /// call of <see cref="Scratch"/>. Grows once, then is reused: no allocation in steady state. An

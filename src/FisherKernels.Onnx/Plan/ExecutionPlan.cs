@@ -53,13 +53,15 @@ public sealed class ExecutionPlan
     /// Builds the plan for <paramref name="inputShapes"/> (every graph input given). Initializers in
     /// <paramref name="variables"/> are not folded into constants (derivatives are taken through them);
     /// with <paramref name="keepAll"/> every value survives the run (the backward pass reads them).
+    /// A plan with neither is an inference plan: unless <paramref name="fuse"/> is false, operator chains
+    /// are fused (<see cref="Fusion"/>) and their intermediate values are not computed.
     /// Unsupported operators and shape errors surface here, before anything runs.
     /// </summary>
     internal static ExecutionPlan Build(OnnxModel model, IReadOnlyDictionary<string, int[]> inputShapes,
-                                        IReadOnlySet<string> variables, bool keepAll)
+                                        IReadOnlySet<string> variables, bool keepAll, bool fuse = true)
     {
         var plan = new ExecutionPlan(model, inputShapes, variables);
-        plan.Bind(keepAll);
+        plan.Bind(keepAll, fuse && variables.Count == 0 && !keepAll);
         return plan;
     }
 
@@ -78,9 +80,13 @@ public sealed class ExecutionPlan
         return value.Array ?? throw new FisherKernelsException(ErrorKind.Internal, $"value '{name}' has no storage in this plan");
     }
 
-    /// <summary>Copies the graph inputs in and runs every step. Inputs must have the shapes the plan was built for.</summary>
-    public void Run(OpContext context, IReadOnlyDictionary<string, NdArray> inputs)
+    /// <summary>
+    /// Copies the graph inputs in and runs every step. Inputs must have the shapes the plan was built for.
+    /// With a <paramref name="profile"/> of this plan, each step's time is added to it.
+    /// </summary>
+    public void Run(OpContext context, IReadOnlyDictionary<string, NdArray> inputs, PlanProfile? profile = null)
     {
+        if (profile is not null && profile.Plan != this) throw FisherKernelsException.Argument("the profile belongs to another plan");
         foreach (var (id, buffer) in graphInputs)
         {
             var value = values[id];
@@ -90,11 +96,23 @@ public sealed class ExecutionPlan
                 throw FisherKernelsException.Argument($"input '{value.Name}' is {given.ElementType}[{ShapeUtil.Format(given.Shape)}], the plan expects {buffer.ElementType}[{ShapeUtil.Format(buffer.Shape)}]");
             Tensors.CopyElements(given, buffer);
         }
-        foreach (var step in steps)
-            if (!step.Op.IsView) step.Op.Forward(context, step.Inputs, step.Outputs);
+        if (profile is null)
+        {
+            foreach (var step in steps)
+                if (!step.Op.IsView) step.Op.Forward(context, step.Inputs, step.Outputs);
+            return;
+        }
+        profile.BeginRun();
+        for (int s = 0; s < steps.Count; s++)
+        {
+            if (steps[s].Op.IsView) continue;
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
+            steps[s].Op.Forward(context, steps[s].Inputs, steps[s].Outputs);
+            profile.Add(s, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+        }
     }
 
-    private void Bind(bool keepAll)
+    private void Bind(bool keepAll, bool fuse)
     {
         var graph = Model.Graph;
         foreach (var input in graph.Inputs)
@@ -151,6 +169,7 @@ public sealed class ExecutionPlan
             if (!folded) pending.Add((node, op));
         }
         foreach (var output in graph.Outputs) Id(output.Name);
+        if (fuse) pending = Fusion.Apply(this, pending);
         AllocateBuffers(pending, keepAll);
     }
 

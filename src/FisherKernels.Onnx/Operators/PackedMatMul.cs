@@ -1,0 +1,201 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace FisherKernels.Onnx.Operators;
+
+/// <summary>
+/// A constant right-hand matrix B [K×N] stored for <see cref="PackedGemm"/>: column panels of
+/// <see cref="PackedGemm.PanelWidth"/>, panel j holding B[k, 32j..32j+32) for k = 0..K-1 contiguously
+/// (the last panel zero-padded), so the kernel streams it linearly. Packed once per weight: plans for
+/// other input shapes share it.
+/// </summary>
+internal sealed class PackedWeights
+{
+    private static readonly ConditionalWeakTable<float[], PackedWeights> Cache = [];
+
+    private PackedWeights(float[] panels, int k, int n) => (Panels, K, N) = (panels, k, n);
+
+    public float[] Panels { get; }
+    public int K { get; }
+    public int N { get; }
+    public int PanelCount => (N + PackedGemm.PanelWidth - 1) / PackedGemm.PanelWidth;
+
+    /// <summary>The packed form of the row-major [<paramref name="k"/>×<paramref name="n"/>] matrix in <paramref name="b"/> (made on first use).</summary>
+    public static PackedWeights For(float[] b, int k, int n)
+    {
+        lock (Cache)
+        {
+            if (Cache.TryGetValue(b, out var packed) && packed.K == k && packed.N == n) return packed;
+            packed = Pack(b, k, n);
+            Cache.AddOrUpdate(b, packed);
+            return packed;
+        }
+    }
+
+    private static PackedWeights Pack(float[] b, int k, int n)
+    {
+        const int w = PackedGemm.PanelWidth;
+        int panelCount = (n + w - 1) / w;
+        var panels = new float[checked((long)panelCount * k * w)];
+        for (int j = 0; j < panelCount; j++)
+        {
+            int columns = Math.Min(w, n - j * w);
+            for (int row = 0; row < k; row++)
+                b.AsSpan(row * n + j * w, columns).CopyTo(panels.AsSpan((j * k + row) * w, columns));
+        }
+        return new PackedWeights(panels, k, n);
+    }
+}
+
+/// <summary>
+/// C [M×N] = A [M×K]·B (+ bias) for a packed constant B, with AVX-512 register tiles of 8 rows × 32
+/// columns: the weights are not repacked per call (as a BLAS sgemm must), the bias costs nothing (it
+/// seeds the accumulators), and column panels are split across the threads.
+/// </summary>
+internal static unsafe class PackedGemm
+{
+    public const int PanelWidth = 32;
+    private const int TileRows = 8;
+
+    /// <summary>Whether this machine runs the kernel (AVX-512); otherwise callers use the backend's GEMM.</summary>
+    public static bool IsSupported => Vector512.IsHardwareAccelerated;
+
+    /// <summary>
+    /// C = A·B + bias with A [m×K] row-major in <paramref name="a"/>, C [m×N] in <paramref name="c"/>,
+    /// <paramref name="bias"/> null or padded to the panels (PanelCount·32, zeros past N).
+    /// </summary>
+    public static void Multiply(float[] a, int m, PackedWeights b, float[]? bias, float[] c, int threads)
+    {
+        int panels = b.PanelCount;
+        long flops = 2L * m * b.N * b.K;
+        // Below ~1 MFLOP a second thread costs more to wake than it saves. One panel per work item: on a
+        // busy machine a thread that starts late takes fewer panels instead of holding the others up.
+        if (threads <= 1 || flops < 1 << 20 || panels == 1) { Panels(a, m, b, bias, c, 0, panels); return; }
+        ParallelWork.For(panels, threads, j => Panels(a, m, b, bias, c, j, j + 1));
+    }
+
+    private static void Panels(float[] a, int m, PackedWeights b, float[]? bias, float[] c, int from, int to)
+    {
+        int k = b.K, n = b.N;
+        float* tile = stackalloc float[TileRows * PanelWidth];
+        fixed (float* pa = a, pb = b.Panels, pc = c, pbias = bias)
+        {
+            for (int j = from; j < to; j++)
+            {
+                float* panel = pb + (long)j * k * PanelWidth;
+                float* panelBias = pbias == null ? null : pbias + j * PanelWidth;
+                int columns = Math.Min(PanelWidth, n - j * PanelWidth);
+                for (int i = 0; i < m; i += TileRows)
+                {
+                    int rows = Math.Min(TileRows, m - i);
+                    float* target = pc + (long)i * n + j * PanelWidth;
+                    if (rows == TileRows && columns == PanelWidth) { Tile8(pa + (long)i * k, k, panel, panelBias, target, n); continue; }
+                    // Edge tile: compute whole rows into the scratch tile, copy the valid part.
+                    for (int r = 0; r < rows; r++) Row(pa + (long)(i + r) * k, k, panel, panelBias, tile + r * PanelWidth);
+                    for (int r = 0; r < rows; r++) new ReadOnlySpan<float>(tile + r * PanelWidth, columns).CopyTo(new Span<float>(target + (long)r * n, columns));
+                }
+            }
+        }
+    }
+
+    /// <summary>One 8×32 tile: 16 accumulators, two B vectors per k, one broadcast of A per row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile8(float* a, int k, float* b, float* bias, float* c, int ldc)
+    {
+        Vector512<float> s0 = bias == null ? default : Vector512.Load(bias), s1 = bias == null ? default : Vector512.Load(bias + 16);
+        Vector512<float> c00 = s0, c01 = s1, c10 = s0, c11 = s1, c20 = s0, c21 = s1, c30 = s0, c31 = s1;
+        Vector512<float> c40 = s0, c41 = s1, c50 = s0, c51 = s1, c60 = s0, c61 = s1, c70 = s0, c71 = s1;
+        float* a1 = a + k, a2 = a1 + k, a3 = a2 + k, a4 = a3 + k, a5 = a4 + k, a6 = a5 + k, a7 = a6 + k;
+        for (int p = 0; p < k; p++, b += PanelWidth)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var x = Vector512.Create(a[p]); c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
+            x = Vector512.Create(a1[p]); c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
+            x = Vector512.Create(a2[p]); c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
+            x = Vector512.Create(a3[p]); c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
+            x = Vector512.Create(a4[p]); c40 = Vector512.FusedMultiplyAdd(x, b0, c40); c41 = Vector512.FusedMultiplyAdd(x, b1, c41);
+            x = Vector512.Create(a5[p]); c50 = Vector512.FusedMultiplyAdd(x, b0, c50); c51 = Vector512.FusedMultiplyAdd(x, b1, c51);
+            x = Vector512.Create(a6[p]); c60 = Vector512.FusedMultiplyAdd(x, b0, c60); c61 = Vector512.FusedMultiplyAdd(x, b1, c61);
+            x = Vector512.Create(a7[p]); c70 = Vector512.FusedMultiplyAdd(x, b0, c70); c71 = Vector512.FusedMultiplyAdd(x, b1, c71);
+        }
+        c00.Store(c); c01.Store(c + 16); c += ldc;
+        c10.Store(c); c11.Store(c + 16); c += ldc;
+        c20.Store(c); c21.Store(c + 16); c += ldc;
+        c30.Store(c); c31.Store(c + 16); c += ldc;
+        c40.Store(c); c41.Store(c + 16); c += ldc;
+        c50.Store(c); c51.Store(c + 16); c += ldc;
+        c60.Store(c); c61.Store(c + 16); c += ldc;
+        c70.Store(c); c71.Store(c + 16);
+    }
+
+    /// <summary>One row of a panel (edge tiles): two accumulator pairs over even and odd k hide the FMA latency.</summary>
+    private static void Row(float* a, int k, float* b, float* bias, float* c)
+    {
+        Vector512<float> e0 = bias == null ? default : Vector512.Load(bias), e1 = bias == null ? default : Vector512.Load(bias + 16);
+        Vector512<float> o0 = default, o1 = default;
+        int p = 0;
+        for (; p + 1 < k; p += 2, b += 2 * PanelWidth)
+        {
+            var x = Vector512.Create(a[p]);
+            e0 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b), e0); e1 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 16), e1);
+            x = Vector512.Create(a[p + 1]);
+            o0 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 32), o0); o1 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 48), o1);
+        }
+        if (p < k)
+        {
+            var x = Vector512.Create(a[p]);
+            e0 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b), e0); e1 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 16), e1);
+        }
+        (e0 + o0).Store(c);
+        (e1 + o1).Store(c + 16);
+    }
+}
+
+/// <summary>
+/// MatMul by a constant 2-D weight, plus an optional constant bias over the last axis (the Add after it
+/// folded in): made by plan-time fusion in inference plans only (no derivatives), inputs (A, W, bias?).
+/// The weight is packed once for <see cref="PackedGemm"/>; without AVX-512 the backend's GEMM runs.
+/// </summary>
+internal sealed class PackedMatMul : Operator
+{
+    private readonly NdArray<float> weight;
+    private readonly PackedWeights? packed;
+    private readonly float[]? bias; // padded to the panels when packed
+
+    public PackedMatMul(OperatorNode node, NdArray<float> weight, NdArray<float>? bias) : base(node)
+    {
+        if (weight.Rank != 2) throw new FisherKernelsException(ErrorKind.Internal, $"{node}: the weight must be 2-D");
+        this.weight = weight;
+        int n = weight.Shape[1];
+        if (bias is not null && bias.Length != n) throw new FisherKernelsException(ErrorKind.Internal, $"{node}: the bias must have {n} elements");
+        if (PackedGemm.IsSupported)
+        {
+            packed = PackedWeights.For(weight.Data, weight.Shape[0], n);
+            if (bias is not null)
+            {
+                this.bias = new float[packed.PanelCount * PackedGemm.PanelWidth];
+                bias.Data.CopyTo(this.bias, 0);
+            }
+        }
+        else this.bias = bias?.Data;
+    }
+
+    public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
+    {
+        var a = RequiredFloat(inputs, 0, "A");
+        if (a.Shape.Length < 2 || a.Shape[^1] != weight.Shape[0]) throw Error($"A [{ShapeUtil.Format(a.Shape)}] does not match the weight [{ShapeUtil.Format(weight.Shape)}]");
+        return [new TensorInfo(ElementType.Float32, [.. a.Shape[..^1], weight.Shape[1]])];
+    }
+
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        var a = Tensors.Float(inputs[0], Node, "A");
+        var y = Tensors.Float(outputs[0], Node, "Y");
+        int k = weight.Shape[0], n = weight.Shape[1], m = checked((int)(a.Length / k));
+        if (packed is not null) { PackedGemm.Multiply(a.Data, m, packed, bias, y.Data, context.Threads); return; }
+        context.Backend.Gemm(new Backends.GemmShape(m, n, k), a.Data, weight.Data, y.Data);
+        if (bias is not null)
+            for (int row = 0; row < m; row++) System.Numerics.Tensors.TensorPrimitives.Add(y.Data.AsSpan(row * n, n), bias, y.Data.AsSpan(row * n, n));
+    }
+}

@@ -1,0 +1,193 @@
+using FisherKernels.Backends.Cpu;
+using FisherKernels.IO;
+using FisherKernels.Onnx;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Plan;
+using FisherKernels.Onnx.Proto;
+using Google.Protobuf;
+
+namespace FisherKernels.Tests.Plan;
+
+/// <summary>
+/// Plan-time fusions of inference plans: the fused forward against the unfused plan of the same model
+/// and against ONNX Runtime (SPEC §7 logits tolerance), which chains fuse, and chains that must not
+/// (an intermediate needed elsewhere).
+/// </summary>
+public class FusionTests
+{
+    private static readonly OpContext Context = new(new CpuBackend(1));
+    private static readonly OpContext TwoThreads = new(new CpuBackend(2));
+
+    public static TheoryData<string, string[]> FixtureFusions() => new()
+    {
+        // gpt2: 2 LayerNorms per block + final, tanh GELU, every Linear with its bias, the tied head.
+        { "gpt2_tiny", ["LayerNormalization", "Gelu", "PackedMatMul"] },
+        // llama: RMSNorm (x · 1/√…), the projections without bias.
+        { "llama_tiny", ["SimplifiedLayerNormalization", "PackedMatMul"] },
+        // bert: erf GELU (x/√2), biased projections; its LayerNormalization nodes are already fused in the file.
+        { "bert_tiny", ["Gelu", "PackedMatMul"] },
+    };
+
+    [Theory]
+    [MemberData(nameof(FixtureFusions))]
+    public void FusedFixtureMatchesUnfusedAndOnnxRuntime(string model, string[] fusedTypes)
+    {
+        var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
+        var tokens = NpyFile.Read(Fixtures.Path(ForwardTests.TokensOf(model)));
+        var inputs = lm.Inputs(tokens);
+        var shapes = inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape);
+        var fused = ExecutionPlan.Build(lm.Model, shapes, new HashSet<string>(), keepAll: false);
+        var unfused = ExecutionPlan.Build(lm.Model, shapes, new HashSet<string>(), keepAll: false, fuse: false);
+        foreach (var type in fusedTypes) Assert.Contains(fused.Steps, s => s.Op.Node.OpType == type);
+        Assert.DoesNotContain(unfused.Steps, s => s.Op is PackedMatMul);
+        Assert.True(fused.Steps.Count < unfused.Steps.Count);
+
+        unfused.Run(Context, inputs);
+        var reference = (NdArray<float>)unfused.Get(lm.LogitsOutput);
+        var ort = OnnxRuntimeReference.Run(Fixtures.Path(model + ".onnx"), inputs)[lm.LogitsOutput];
+        foreach (var context in new[] { Context, TwoThreads })
+        {
+            fused.Run(context, inputs);
+            var logits = (NdArray<float>)fused.Get(lm.LogitsOutput);
+            ForwardTests.AssertLogits(reference.Shape, Array.ConvertAll(reference.Data, v => (double)v), logits);
+            ForwardTests.AssertLogits(ort.Shape, ort.Data, logits);
+        }
+    }
+
+    [Fact]
+    public void PlansWithVariablesOrKeptValuesAreNotFused()
+    {
+        var lm = LanguageModel.Load(Fixtures.Path("gpt2_tiny.onnx"));
+        var shapes = lm.Inputs(NpyFile.Read(Fixtures.Path("gpt2_tiny.tokens.npy"))).ToDictionary(kv => kv.Key, kv => kv.Value.Shape);
+        var weight = lm.Model.Layers[0].Id;
+        foreach (var plan in new[] { lm.Model.GetPlan(shapes, keepAll: true), lm.Model.GetPlan(shapes, new HashSet<string> { weight }) })
+            Assert.DoesNotContain(plan.Steps, s => s.Op is PackedMatMul || s.Op.Node.OpType is "LayerNormalization" or "Gelu");
+    }
+
+    /// <summary>
+    /// x [2, 5, 8] → MatMul W [8, 12] → Add b → tanh GELU (the GPT-2 export's 8 nodes) → decomposed LayerNorm
+    /// (9 nodes) → y. <paramref name="exposed"/> names intermediates that become graph outputs as well.
+    /// </summary>
+    private static ModelProto LayerModel(params string[] exposed)
+    {
+        var random = new Random(5);
+        var graph = new GraphProto
+        {
+            Name = "layer",
+            Initializer =
+            {
+                Floats(random, "w", 8, 12), Floats(random, "b", 12), Floats(random, "gamma", 12), Floats(random, "beta", 12),
+                Scalar("half", 0.5f), Scalar("three", 3), Scalar("c", 0.044715f), Scalar("k", 0.7978845608f), Scalar("one", 1),
+                Scalar("two", 2), Scalar("eps", 1e-5f),
+            },
+            Input = { new ValueInfoProto { Name = "x", Type = FloatType(2, 5, 8) } },
+            Output = { new ValueInfoProto { Name = "y", Type = FloatType(2, 5, 12) } },
+        };
+        foreach (var name in exposed) graph.Output.Add(new ValueInfoProto { Name = name });
+        graph.Node.Add(Node("MatMul", ["x", "w"], "xw"));
+        graph.Node.Add(Node("Add", ["b", "xw"], "h"));
+        graph.Node.Add(Node("Mul", ["h", "half"], "halfH"));
+        graph.Node.Add(Node("Pow", ["h", "three"], "cube"));
+        graph.Node.Add(Node("Mul", ["cube", "c"], "cubic"));
+        graph.Node.Add(Node("Add", ["h", "cubic"], "inner"));
+        graph.Node.Add(Node("Mul", ["inner", "k"], "u"));
+        graph.Node.Add(Node("Tanh", ["u"], "t"));
+        graph.Node.Add(Node("Add", ["t", "one"], "onePlusT"));
+        graph.Node.Add(Node("Mul", ["halfH", "onePlusT"], "g"));
+        var mean = Node("ReduceMean", ["g"], "mean");
+        mean.Attribute.Add(new AttributeProto { Name = "axes", Type = AttributeProto.Types.AttributeType.Ints, Ints = { -1 } });
+        graph.Node.Add(mean);
+        graph.Node.Add(Node("Sub", ["g", "mean"], "d"));
+        graph.Node.Add(Node("Pow", ["d", "two"], "d2"));
+        var variance = Node("ReduceMean", ["d2"], "var");
+        variance.Attribute.Add(new AttributeProto { Name = "axes", Type = AttributeProto.Types.AttributeType.Ints, Ints = { -1 } });
+        graph.Node.Add(variance);
+        graph.Node.Add(Node("Add", ["var", "eps"], "varEps"));
+        graph.Node.Add(Node("Sqrt", ["varEps"], "std"));
+        graph.Node.Add(Node("Div", ["d", "std"], "normalized"));
+        graph.Node.Add(Node("Mul", ["normalized", "gamma"], "scaled"));
+        graph.Node.Add(Node("Add", ["scaled", "beta"], "y"));
+        return new ModelProto { IrVersion = 8, OpsetImport = { new OperatorSetIdProto { Version = 17 } }, Graph = graph };
+    }
+
+    [Theory]
+    [InlineData(new string[0], new[] { "PackedMatMul", "Gelu", "LayerNormalization" }, new string[0])]
+    // d is read by the LayerNorm chain and is an output: the LayerNorm stays decomposed, the rest fuses.
+    [InlineData(new[] { "d" }, new[] { "PackedMatMul", "Gelu" }, new[] { "LayerNormalization" })]
+    // tanh's output is needed: no GELU; the MatMul keeps its bias Add, LayerNorm still fuses.
+    [InlineData(new[] { "t" }, new[] { "PackedMatMul", "LayerNormalization" }, new[] { "Gelu" })]
+    // The MatMul's own output is needed: it fuses without the bias, the Add stays.
+    [InlineData(new[] { "xw" }, new[] { "PackedMatMul", "Add", "Gelu", "LayerNormalization" }, new string[0])]
+    public void ChainsFuseOnlyWhenTheirIntermediatesStayInside(string[] exposed, string[] present, string[] absent)
+    {
+        using var temp = new TempFolder();
+        string path = temp.File("layer.onnx");
+        File.WriteAllBytes(path, LayerModel(exposed).ToByteArray());
+        var model = OnnxModel.Load(path);
+        var x = OpRandom(new Random(11), 2, 5, 8);
+        var inputs = new Dictionary<string, NdArray> { ["x"] = x };
+        var plan = model.GetPlan(new Dictionary<string, int[]> { ["x"] = x.Shape });
+        foreach (var type in present) Assert.Contains(plan.Steps, s => s.Op.Node.OpType == type);
+        foreach (var type in absent) Assert.DoesNotContain(plan.Steps, s => s.Op.Node.OpType == type);
+        plan.Run(Context, inputs);
+        var reference = OnnxRuntimeReference.Run(path, inputs);
+        foreach (var name in exposed.Append("y"))
+        {
+            var ours = (NdArray<float>)plan.Get(name);
+            Assert.Equal(reference[name].Shape, ours.Shape);
+            for (int i = 0; i < ours.Data.Length; i++) Assert.Equal(reference[name].Data[i], ours.Data[i], 1e-4);
+        }
+    }
+
+    [Theory]
+    [InlineData(8, 32, 16, true, 1)]
+    [InlineData(13, 37, 70, true, 2)]   // edge rows (13 = 8 + 5) and an edge panel (70 = 2·32 + 6)
+    [InlineData(3, 1, 5, false, 2)]
+    [InlineData(130, 64, 100, true, 2)] // enough work for the second thread
+    public void PackedMatMulMatchesFloat64(int m, int k, int n, bool withBias, int threads)
+    {
+        var random = new Random(m * 1000 + n);
+        var a = OpRandom(random, 1, m, k);
+        var w = OpRandom(random, k, n);
+        var bias = withBias ? OpRandom(random, n) : null;
+        var op = new PackedMatMul(new OperatorNode("linear", "PackedMatMul", "fisherkernels", 1, OperatorAttributes.Empty, withBias ? 3 : 2, 1), w, bias);
+        var y = new NdArray<float>(op.InferShapes([new TensorInfo(ElementType.Float32, a.Shape)])[0].Shape);
+        Assert.Equal(new[] { 1, m, n }, y.Shape);
+        op.Forward(new OpContext(new CpuBackend(threads)), [a, w, bias], [y]);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double expected = bias is null ? 0 : bias.Data[j];
+                for (int p = 0; p < k; p++) expected += (double)a.Data[i * k + p] * w.Data[p * n + j];
+                Assert.Equal(expected, y.Data[i * n + j], 1e-5 * Math.Sqrt(k));
+            }
+    }
+
+    private static NdArray<float> OpRandom(Random random, params int[] shape)
+    {
+        var array = new NdArray<float>(shape);
+        for (int i = 0; i < array.Data.Length; i++) array.Data[i] = (float)(random.NextDouble() * 2 - 1);
+        return array;
+    }
+
+    private static TensorProto Floats(Random random, string name, params int[] dims)
+    {
+        var t = new TensorProto { Name = name, DataType = 1 };
+        foreach (var d in dims) t.Dims.Add(d);
+        int count = dims.Aggregate(1, (a, b) => a * b);
+        for (int i = 0; i < count; i++) t.FloatData.Add((float)(random.NextDouble() * 2 - 1));
+        return t;
+    }
+
+    private static TensorProto Scalar(string name, float value) => new() { Name = name, DataType = 1, FloatData = { value } };
+
+    private static NodeProto Node(string op, string[] inputs, string output) =>
+        new() { Name = op + "_" + output, OpType = op, Input = { inputs }, Output = { output } };
+
+    private static TypeProto FloatType(params long[] dims)
+    {
+        var shape = new TensorShapeProto();
+        foreach (var d in dims) shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });
+        return new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = 1, Shape = shape } };
+    }
+}
