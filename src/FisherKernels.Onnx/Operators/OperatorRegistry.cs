@@ -27,6 +27,8 @@ public static class OperatorRegistry
         Microsoft("SkipLayerNormalization", n => new Normalization(n)),
         Microsoft("SkipSimplifiedLayerNormalization", n => new Normalization(n)),
         Microsoft("RotaryEmbedding", n => new RotaryEmbedding(n)),
+        Microsoft("Attention", n => new Attention(n)),
+        Microsoft("MultiHeadAttention", n => new MultiHeadAttention(n)),
         Onnx("CumSum", 11, n => new CumSum(n)),
         .. new[] { "ReduceSum", "ReduceMean", "ReduceMax" }.Select(op => Onnx(op, 1, n => new Reduce(n))),
         // Data movement

@@ -386,6 +386,74 @@ case("rotary_partial_dim", "RotaryEmbedding", [xq, pos, cos4, sin4], [rotary_ref
      attrs={"num_heads": 2, "rotary_embedding_dim": 4}, domain="com.microsoft", opset=1, ort=True)
 
 
+# ---- com.microsoft Attention and MultiHeadAttention (ONNX Runtime contrib schemas) ------------------
+def mha_ref(q, k, v, heads, mask=None, unidirectional=False, scale=None, filter_value=-10000.0):
+    """softmax(scale·Q Kᵀ + mask)·V per head; the mask adds filter_value where it is 0 (raw 2-D/3-D) or past
+    the valid length (1-D [batch]) or before the start (1-D [2·batch]); unidirectional excludes the keys after the
+    query outright (−inf, as ONNX Runtime's CPU kernel: a query whose visible keys are all padding still attends to them)."""
+    q, k, v = d(q), d(k), d(v)
+    b, s, hidden = q.shape; l = k.shape[1]; h = hidden // heads; hv = v.shape[2] // heads
+    qh = q.reshape(b, s, heads, h).transpose(0, 2, 1, 3)
+    kh = k.reshape(b, l, heads, h).transpose(0, 2, 1, 3)
+    vh = v.reshape(b, l, heads, hv).transpose(0, 2, 1, 3)
+    add = np.zeros((b, s, l))
+    if mask is not None:
+        m = np.asarray(mask)
+        j = np.arange(l)[None, None, :]
+        if m.ndim == 1 and m.size == b:
+            add += np.where(j >= m[:, None, None], filter_value, 0.0)
+        elif m.ndim == 1:
+            add += np.where((j >= m[:b, None, None]) | (j < np.minimum(m[b:], l)[:, None, None]), filter_value, 0.0)
+        elif m.ndim == 2:
+            add += np.where(m[:, None, :] == 0, filter_value, 0.0)
+        else:
+            add += np.where(m == 0, filter_value, 0.0)
+    if unidirectional and s > 1:
+        add = np.where(np.arange(l)[None, None, :] > np.arange(s)[None, :, None], -np.inf, add)
+    scores = (scale if scale else 1 / math.sqrt(h)) * qh @ kh.transpose(0, 1, 3, 2) + add[:, None]
+    p = np.exp(scores - scores.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
+    return (p @ vh).transpose(0, 2, 1, 3).reshape(b, s, heads * hv)
+
+def packed_attention_ref(x, w, bias, heads, sizes=None, **kw):
+    qkv = d(x) @ d(w) + (0 if bias is None else d(bias))
+    dq = sizes[0] if sizes else w.shape[1] // 3
+    return mha_ref(qkv[..., :dq], qkv[..., dq:2 * dq], qkv[..., 2 * dq:], heads, **kw)
+
+ms = "com.microsoft"
+x, w, bq = f32(2, 4, 8), f32(8, 24, scale=0.5), f32(24)
+m2 = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.int32)
+case("attention_raw_mask", "Attention", [x, w, bq, m2], [packed_attention_ref(x, w, bq, 2, mask=m2)],
+     attrs={"num_heads": 2}, domain=ms, opset=1, tol=1e-5, ort=True)
+xg = f32(1, 5, 8)
+case("attention_unidirectional", "Attention", [xg, w, bq], [packed_attention_ref(xg, w, bq, 2, unidirectional=True)],
+     attrs={"num_heads": 2, "unidirectional": 1}, domain=ms, opset=1, tol=1e-5, ort=True)
+ml = np.array([[0, 1, 1, 1], [1, 1, 1, 1]], np.int32)
+# Query 0 of batch 0 sees only a padded key: it attends to it alone (padding adds −10000, causality excludes).
+case("attention_left_padding_unidirectional", "Attention", [x, w, bq, ml], [packed_attention_ref(x, w, bq, 2, mask=ml, unidirectional=True)],
+     attrs={"num_heads": 2, "unidirectional": 1}, domain=ms, opset=1, tol=1e-5, ort=True)
+w20, b20 = f32(8, 20, scale=0.5), f32(20)
+lengths = np.array([3, 4], np.int32)
+case("attention_qkv_hidden_sizes_lengths", "Attention", [x, w20, b20, lengths], [packed_attention_ref(x, w20, b20, 2, sizes=[8, 8, 4], mask=lengths)],
+     attrs={"num_heads": 2, "qkv_hidden_sizes": [8, 8, 4]}, domain=ms, opset=1, tol=1e-5, ort=True)
+m3 = (rng.random((2, 4, 4)) > 0.3).astype(np.int64); m3[..., 0] = 1
+case("attention_no_bias_3d_mask_scale", "Attention", [x, w, None, m3], [packed_attention_ref(x, w, None, 4, mask=m3, scale=0.3)],
+     attrs={"num_heads": 4, "scale": 0.3}, domain=ms, opset=1, tol=1e-5)
+startend = np.array([4, 3, 1, 0], np.int32)
+case("attention_end_start_positions", "Attention", [x, w, bq, startend], [packed_attention_ref(x, w, bq, 2, mask=startend)],
+     attrs={"num_heads": 2}, domain=ms, opset=1, tol=1e-5, ort=True)
+q, k, v = f32(2, 3, 8), f32(2, 3, 8), f32(2, 3, 8)
+mb = f32(24)
+mm = np.array([[1, 1, 0], [1, 1, 1]], np.int32)
+case("mha_self_bias_mask", "MultiHeadAttention", [q, k, v, mb, mm], [mha_ref(d(q) + mb[:8], d(k) + mb[8:16], d(v) + mb[16:], 2, mask=mm)],
+     attrs={"num_heads": 2}, domain=ms, opset=1, tol=1e-5, ort=True)
+kc, vc = f32(2, 5, 8), f32(2, 5, 4)
+klen = np.array([5, 3], np.int32)
+case("mha_cross_lengths", "MultiHeadAttention", [q, kc, vc, None, klen], [mha_ref(q, kc, vc, 2, mask=klen)],
+     attrs={"num_heads": 2}, domain=ms, opset=1, tol=1e-5, ort=True)
+case("mha_unidirectional_scale", "MultiHeadAttention", [q, k, v], [mha_ref(q, k, v, 4, unidirectional=True, scale=0.5)],
+     attrs={"num_heads": 4, "unidirectional": 1, "scale": 0.5}, domain=ms, opset=1, tol=1e-5, ort=True)
+
+
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)
