@@ -19,14 +19,7 @@ public sealed partial class IlgpuBackend
     public void AccumulateFactor(ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
                                  float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default)
     {
-        if (rows < 0 || cols < 0) throw FisherKernelsException.Argument($"AccumulateFactor: invalid shape {rows}×{cols}");
-        int dim = cols + (appendOne ? 1 : 0);
-        if (x.Length < (long)rows * cols)
-            throw FisherKernelsException.Argument($"AccumulateFactor: X needs {(long)rows * cols} elements ({rows}×{cols}), got {x.Length}");
-        if (factor.Length != (long)dim * dim)
-            throw FisherKernelsException.Argument($"AccumulateFactor: the factor needs {(long)dim * dim} elements ({dim}²), got {factor.Length}");
-        if (!rowMask.IsEmpty && rowMask.Length != rows)
-            throw FisherKernelsException.Argument($"AccumulateFactor: the row mask has {rowMask.Length} entries for {rows} rows");
+        int dim = BackendArguments.CheckAccumulate(x.Length, rows, cols, appendOne, factor.Length, rowMask.Length);
         if (dim == 0) return;
 
         var stream = accelerator.DefaultStream;

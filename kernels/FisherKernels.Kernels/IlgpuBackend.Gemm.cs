@@ -107,7 +107,7 @@ public sealed partial class IlgpuBackend
     public void LinearJvp(ReadOnlySpan<float> x, ReadOnlySpan<float> dx, ReadOnlySpan<float> w, ReadOnlySpan<float> dw,
                           ReadOnlySpan<float> db, int rows, int inFeatures, int outFeatures, Span<float> dy)
     {
-        CheckLinearJvp(x.Length, dx.Length, w.Length, dw.Length, db.Length, rows, inFeatures, outFeatures, dy.Length);
+        BackendArguments.CheckLinearJvp(x.Length, dx.Length, w.Length, dw.Length, db.Length, dy.Length, rows, inFeatures, outFeatures);
         if (rows == 0 || outFeatures == 0) return;
         var stream = accelerator.DefaultStream;
         var output = gemmC.Take((long)rows * outFeatures);
@@ -124,22 +124,4 @@ public sealed partial class IlgpuBackend
     /// <summary>dst[i] = bias[i mod cols]: a bias broadcast over the rows of a row-major matrix.</summary>
     private static void BroadcastRowsKernel(Index1D index, ArrayView<float> bias, ArrayView<float> dst, int cols)
         => dst[index] = bias[index % cols];
-
-    private static void CheckLinearJvp(long x, long dx, long w, long dw, long db, int rows, int inFeatures, int outFeatures, long dy)
-    {
-        if (rows < 0 || inFeatures < 0 || outFeatures < 0)
-            throw FisherKernelsException.Argument($"LinearJvp: negative size (rows {rows}, in {inFeatures}, out {outFeatures})");
-        Need("x", (long)rows * inFeatures, x);
-        Need("dx", (long)rows * inFeatures, dx);
-        Need("W", (long)outFeatures * inFeatures, w);
-        Need("dW", (long)outFeatures * inFeatures, dw);
-        Need("dy", (long)rows * outFeatures, dy);
-        if (db != 0 && db != outFeatures)
-            throw FisherKernelsException.Argument($"LinearJvp: db has {db} elements for {outFeatures} outputs");
-
-        static void Need(string name, long needed, long length)
-        {
-            if (length < needed) throw FisherKernelsException.Argument($"LinearJvp: {name} needs {needed} elements, got {length}");
-        }
-    }
 }

@@ -30,14 +30,8 @@ public sealed partial class IlgpuBackend
 
     public void KronQuadratic(KronEigenbasis basis, ReadOnlySpan<float> xs, int count, Span<float> output)
     {
-        ArgumentNullException.ThrowIfNull(basis);
+        long each = BackendArguments.CheckKronQuadratic(basis, xs, count, output.Length);
         int g = basis.GDim, a = basis.ADim;
-        long each = (long)g * a;
-        if (count < 0) throw FisherKernelsException.Argument($"KronQuadratic: negative count {count}");
-        if (xs.Length != count * each)
-            throw FisherKernelsException.Argument($"KronQuadratic: {count} gradients [{g} × {a}] need {count * each} elements, got {xs.Length}");
-        if (output.Length != count) throw FisherKernelsException.Argument($"KronQuadratic: {count} gradients need {count} outputs, got {output.Length}");
-        Finite.Require(xs, "KronQuadratic: the gradients X");
         if (count == 0) return;
 
         var stream = accelerator.DefaultStream;

@@ -1,3 +1,5 @@
+using FisherKernels.Linalg;
+
 namespace FisherKernels.Backends;
 
 /// <summary>
@@ -18,6 +20,20 @@ internal static class BackendArguments
         if (maskLength != 0 && maskLength != rows)
             throw FisherKernelsException.Argument($"AccumulateFactor: the row mask has {maskLength} entries for {rows} rows");
         return n;
+    }
+
+    /// <summary>Checks a <see cref="IComputeBackend.KronQuadratic"/> call (count gradients of [G × A], finite); returns one gradient's size.</summary>
+    public static long CheckKronQuadratic(KronEigenbasis basis, ReadOnlySpan<float> xs, int count, int outputLength)
+    {
+        ArgumentNullException.ThrowIfNull(basis);
+        int g = basis.GDim, a = basis.ADim;
+        long size = (long)g * a;
+        if (count < 0) throw FisherKernelsException.Argument($"KronQuadratic: negative count {count}");
+        if (xs.Length != count * size)
+            throw FisherKernelsException.Argument($"KronQuadratic: {count} gradients [{g} × {a}] need {count * size} elements, got {xs.Length}");
+        if (outputLength != count) throw FisherKernelsException.Argument($"KronQuadratic: {count} gradients need {count} outputs, got {outputLength}");
+        Finite.Require(xs, "KronQuadratic: the gradients X");
+        return size;
     }
 
     /// <summary>Checks a <see cref="IComputeBackend.LinearJvp"/> call (db may be empty: no bias).</summary>

@@ -23,14 +23,8 @@ public sealed partial class CpuBackend
     /// </summary>
     public void KronQuadratic(KronEigenbasis basis, ReadOnlySpan<float> xs, int count, Span<float> output)
     {
-        ArgumentNullException.ThrowIfNull(basis);
+        long size = BackendArguments.CheckKronQuadratic(basis, xs, count, output.Length);
         int g = basis.GDim, a = basis.ADim;
-        long size = (long)g * a;
-        if (count < 0) throw FisherKernelsException.Argument($"KronQuadratic: negative count {count}");
-        if (xs.Length != count * size)
-            throw FisherKernelsException.Argument($"KronQuadratic: {count} gradients [{g} × {a}] need {count * size} elements, got {xs.Length}");
-        if (output.Length != count) throw FisherKernelsException.Argument($"KronQuadratic: {count} gradients need {count} outputs, got {output.Length}");
-        Finite.Require(xs, "KronQuadratic: the gradients X");
         if (count == 0) return;
 
         int batch = (int)Math.Clamp(KronScratchElements / size, 1, count);
