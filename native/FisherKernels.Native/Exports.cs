@@ -162,10 +162,11 @@ internal static unsafe class Exports
             var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
             if (parameters.Count == 0)
                 throw FisherKernelsException.Argument($"model '{lm.Model.Graph.Source}' has no layers (MatMul/Gemm with an initializer weight) to score");
-            // SPEC §4: isotropic without a curvature file, else the K-FAC Laplace posterior (default options, as the CLI).
+            // SPEC §4: isotropic without a curvature file, else the K-FAC Laplace posterior (default options, as the CLI),
+            // decomposed once per curvature file and options and reused by later calls.
             var (method, score) = curvaturePath == null
                 ? ("isotropic", PositionScorer.SquaredGradientNorm(parameters))
-                : ("kfac", KfacScoring.Epistemic(lm, KfacScoring.LoadPosterior(lm, Utf8(curvaturePath), new PosteriorOptions { PriorPrecision = priorPrecision }, model.Value.Context.Backend, TextWriter.Null).Posterior));
+                : ("kfac", KfacScoring.Epistemic(lm, model.Value.Posteriors.Get(Utf8(curvaturePath), new PosteriorOptions { PriorPrecision = priorPrecision })));
             var report = PositionScorer.Score(lm, model.Value.Context, ids, null, parameters, method, priorPrecision, score);
             pOut.Fill(float.NaN); aleatoricOut.Fill(float.NaN); epistemicOut.Fill(float.NaN);
             foreach (var sequence in report.Sequences)
@@ -293,6 +294,9 @@ internal sealed class Model(nint engineHandle, LanguageModel languageModel, OpCo
 
     /// <summary>Scratch buffers reused across calls (calls on one model are serialized).</summary>
     public OpContext Context { get; } = context;
+
+    /// <summary>The K-FAC posterior of the last curvature file fk_model_score used, reused while the file and options stay the same.</summary>
+    public PosteriorCache Posteriors { get; } = new(languageModel, context.Backend);
 
     public Handles.Lease<Engine> UseEngine() => Handles.Use<Engine>(engineHandle, "fk_engine (the one this model was loaded on)");
 }

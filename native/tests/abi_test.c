@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static atomic_int failures;
 static atomic_int checks;
@@ -332,6 +333,46 @@ static void check_jvp(fk_model* model)
     CHECK(err <= 1e-3, "jvp against the torch float64 golden: relative error %g > 1e-3", err);
 }
 
+/* Copies the file `from` over `to`; 0 on failure. */
+static int copy_file(const char* from, const char* to)
+{
+    FILE* in = fopen(from, "rb");
+    FILE* out = in != NULL ? fopen(to, "wb") : NULL;
+    int ok = in != NULL && out != NULL;
+    char buffer[1 << 16];
+    size_t n;
+    while (ok && (n = fread(buffer, 1, sizeof buffer, in)) > 0) ok = fwrite(buffer, 1, n, out) == n;
+    if (in != NULL) fclose(in);
+    if (out != NULL && fclose(out) != 0) ok = 0;
+    return ok;
+}
+
+/* The K-FAC posterior is built once per curvature file: a repeated call (served from the cache) gives the scores of a
+   fresh build bit for bit, and a file rewritten with other factors is reloaded rather than served stale. */
+static void check_curvature_reload(fk_model* model, const float* fresh_epistemic)
+{
+    char copy[] = "/tmp/fk_abi_curvature_XXXXXX";
+    int fd = mkstemp(copy);
+    CHECK(fd >= 0, "mkstemp failed");
+    if (fd < 0) return;
+    close(fd);
+    float p[BATCH * SEQ], aleatoric[BATCH * SEQ], first[BATCH * SEQ], repeat[BATCH * SEQ], reloaded[BATCH * SEQ];
+    CHECK(copy_file(FK_FIXTURES "/gpt2_tiny.kfac.safetensors", copy), "cannot write %s", copy);
+    EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, copy, 1.0, p, aleatoric, first), FK_OK, "");
+    EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, copy, 1.0, p, aleatoric, repeat), FK_OK, "");
+    CHECK(copy_file(FK_FIXTURES "/gpt2_tiny.kfac_targets.safetensors", copy), "cannot write %s", copy);
+    EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, copy, 1.0, p, aleatoric, reloaded), FK_OK, "");
+    int changed = 0;
+    for (int i = 0; i < BATCH * SEQ; i++) {
+        if (i % SEQ == SEQ - 1) continue;
+        CHECK(first[i] == fresh_epistemic[i] && repeat[i] == first[i], "K-FAC epistemic[%d]: %g, repeated %g, fresh %g", i,
+              first[i], repeat[i], fresh_epistemic[i]);
+        changed |= reloaded[i] != first[i];
+    }
+    CHECK(changed, "the rewritten curvature file %s was not reloaded", copy);
+    remove(copy);
+}
+
 /* Every model call and its error paths; the scores must repeat the single-threaded ones bit for bit. */
 static void test_models(fk_engine* engine)
 {
@@ -378,6 +419,7 @@ static void test_models(fk_engine* engine)
         CHECK(kfac_epistemic[i] > 0 && kfac_epistemic[i] < epistemic[i], "K-FAC epistemic[%d] = %g, isotropic %g", i,
               kfac_epistemic[i], epistemic[i]);
     }
+    if (scored) check_curvature_reload(model, kfac_epistemic);
     EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, FK_FIXTURES "/llama_tiny.kfac.safetensors", 1.0, p,
                                  aleatoric, epistemic),
                   FK_ERR_FORMAT, "llama_tiny.kfac.safetensors");
