@@ -15,11 +15,11 @@ internal interface IBinaryOp
     /// <summary>∂y/∂b at (a, b) where y = Apply(a, b).</summary>
     static abstract float DB(float a, float b, float y);
 
-    /// <summary>SIMD VJP of one broadcast run (see <see cref="RunMath"/>); false = use the elementwise rule.</summary>
-    static virtual bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] gy, float[]? ga, float[]? gb) => false;
+    /// <summary>SIMD VJP of one broadcast run (see <see cref="RunMath"/>; y is the forward output); false = use the elementwise rule.</summary>
+    static virtual bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] y, float[] gy, float[]? ga, float[]? gb) => false;
 
     /// <summary>SIMD JVP of one broadcast run; false = use the elementwise rule.</summary>
-    static virtual bool Jvp(in RunMath.Run r, float[] a, float[] b, float[]? ta, float[]? tb, float[] ty) => false;
+    static virtual bool Jvp(in RunMath.Run r, float[] a, float[] b, float[] y, float[]? ta, float[]? tb, float[] ty) => false;
 }
 
 /// <summary>
@@ -89,6 +89,68 @@ internal static class RunMath
     }
 }
 
+/// <summary>A slope ∂y/∂operand computed from one span x and the output y (constants inside), scalar and SIMD.</summary>
+internal interface ISlope
+{
+    float At(float x, float y);
+    Vector<float> At(Vector<float> x, Vector<float> y);
+}
+
+internal static class SlopeMath
+{
+    /// <summary>target (+)= v ⊙ slope(x, y), one pass.</summary>
+    public static void Chain<TSlope>(TSlope slope, ReadOnlySpan<float> v, ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> target, bool accumulate)
+        where TSlope : struct, ISlope
+    {
+        int n = target.Length, w = Vector<float>.Count, i = 0;
+        v = v[..n]; x = x[..n]; y = y[..n];
+        for (; i <= n - w; i += w)
+        {
+            var r = new Vector<float>(v[i..]) * slope.At(new Vector<float>(x[i..]), new Vector<float>(y[i..]));
+            if (accumulate) r += new Vector<float>(target[i..]);
+            r.CopyTo(target[i..]);
+        }
+        for (; i < n; i++) target[i] = (accumulate ? target[i] : 0) + v[i] * slope.At(x[i], y[i]);
+    }
+
+    /// <summary>Σ v ⊙ slope(x, y) (the gradient of an operand broadcast over the run).</summary>
+    public static float Dot<TSlope>(TSlope slope, ReadOnlySpan<float> v, ReadOnlySpan<float> x, ReadOnlySpan<float> y) where TSlope : struct, ISlope
+    {
+        int n = v.Length, w = Vector<float>.Count, i = 0;
+        x = x[..n]; y = y[..n];
+        var sum = Vector<float>.Zero;
+        for (; i <= n - w; i += w) sum += new Vector<float>(v[i..]) * slope.At(new Vector<float>(x[i..]), new Vector<float>(y[i..]));
+        float total = Vector.Sum(sum);
+        for (; i < n; i++) total += v[i] * slope.At(x[i], y[i]);
+        return total;
+    }
+}
+
+/// <summary>d(xᵉ)/dx for the exponents exporters write as constants: 2x, 3x², ½/√x (from y = √x).</summary>
+internal readonly struct PowerSlope(float exponent) : ISlope
+{
+    public static bool Handles(float exponent) => exponent is 2 or 3 or 0.5f;
+
+    public float At(float x, float y) => exponent == 2 ? 2 * x : exponent == 3 ? 3 * x * x : 0.5f / y;
+
+    public Vector<float> At(Vector<float> x, Vector<float> y) =>
+        exponent == 2 ? x + x : exponent == 3 ? new Vector<float>(3f) * x * x : new Vector<float>(0.5f) / y;
+}
+
+/// <summary>∂(a/b)/∂a = 1/b (x = b).</summary>
+internal readonly struct QuotientSlopeA : ISlope
+{
+    public float At(float x, float y) => 1 / x;
+    public Vector<float> At(Vector<float> x, Vector<float> y) => Vector<float>.One / x;
+}
+
+/// <summary>∂(a/b)/∂b = −y/b (x = b).</summary>
+internal readonly struct QuotientSlopeB : ISlope
+{
+    public float At(float x, float y) => -y / x;
+    public Vector<float> At(Vector<float> x, Vector<float> y) => -y / x;
+}
+
 internal struct AddOp : IBinaryOp
 {
     public static T Apply<T>(T a, T b) where T : INumber<T> => a + b;
@@ -98,7 +160,7 @@ internal struct AddOp : IBinaryOp
     public static float DA(float a, float b, float y) => 1;
     public static float DB(float a, float b, float y) => 1;
 
-    public static bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] gy, float[]? ga, float[]? gb)
+    public static bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] y, float[] gy, float[]? ga, float[]? gb)
     {
         var g = gy.AsSpan(r.Output, r.Length);
         if (ga is not null) RunMath.Accumulate(ga, r.A, r.StepA, g, null, 0, 0, 1);
@@ -106,11 +168,11 @@ internal struct AddOp : IBinaryOp
         return true;
     }
 
-    public static bool Jvp(in RunMath.Run r, float[] a, float[] b, float[]? ta, float[]? tb, float[] ty)
+    public static bool Jvp(in RunMath.Run r, float[] a, float[] b, float[] y, float[]? ta, float[]? tb, float[] ty)
     {
-        var y = ty.AsSpan(r.Output, r.Length);
-        RunMath.Write(y, ta, r.A, r.StepA, null, 0, 0, 1, false);
-        RunMath.Write(y, tb, r.B, r.StepB, null, 0, 0, 1, true);
+        var t = ty.AsSpan(r.Output, r.Length);
+        RunMath.Write(t, ta, r.A, r.StepA, null, 0, 0, 1, false);
+        RunMath.Write(t, tb, r.B, r.StepB, null, 0, 0, 1, true);
         return true;
     }
 }
@@ -124,7 +186,7 @@ internal struct SubOp : IBinaryOp
     public static float DA(float a, float b, float y) => 1;
     public static float DB(float a, float b, float y) => -1;
 
-    public static bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] gy, float[]? ga, float[]? gb)
+    public static bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] y, float[] gy, float[]? ga, float[]? gb)
     {
         var g = gy.AsSpan(r.Output, r.Length);
         if (ga is not null) RunMath.Accumulate(ga, r.A, r.StepA, g, null, 0, 0, 1);
@@ -132,11 +194,11 @@ internal struct SubOp : IBinaryOp
         return true;
     }
 
-    public static bool Jvp(in RunMath.Run r, float[] a, float[] b, float[]? ta, float[]? tb, float[] ty)
+    public static bool Jvp(in RunMath.Run r, float[] a, float[] b, float[] y, float[]? ta, float[]? tb, float[] ty)
     {
-        var y = ty.AsSpan(r.Output, r.Length);
-        RunMath.Write(y, ta, r.A, r.StepA, null, 0, 0, 1, false);
-        RunMath.Write(y, tb, r.B, r.StepB, null, 0, 0, -1, true);
+        var t = ty.AsSpan(r.Output, r.Length);
+        RunMath.Write(t, ta, r.A, r.StepA, null, 0, 0, 1, false);
+        RunMath.Write(t, tb, r.B, r.StepB, null, 0, 0, -1, true);
         return true;
     }
 }
@@ -150,7 +212,7 @@ internal struct MulOp : IBinaryOp
     public static float DA(float a, float b, float y) => b;
     public static float DB(float a, float b, float y) => a;
 
-    public static bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] gy, float[]? ga, float[]? gb)
+    public static bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] y, float[] gy, float[]? ga, float[]? gb)
     {
         var g = gy.AsSpan(r.Output, r.Length);
         if (ga is not null) RunMath.Accumulate(ga, r.A, r.StepA, g, b, r.B, r.StepB, 1);
@@ -158,11 +220,11 @@ internal struct MulOp : IBinaryOp
         return true;
     }
 
-    public static bool Jvp(in RunMath.Run r, float[] a, float[] b, float[]? ta, float[]? tb, float[] ty)
+    public static bool Jvp(in RunMath.Run r, float[] a, float[] b, float[] y, float[]? ta, float[]? tb, float[] ty)
     {
-        var y = ty.AsSpan(r.Output, r.Length);
-        RunMath.Write(y, ta, r.A, r.StepA, b, r.B, r.StepB, 1, false);
-        RunMath.Write(y, tb, r.B, r.StepB, a, r.A, r.StepA, 1, true);
+        var t = ty.AsSpan(r.Output, r.Length);
+        RunMath.Write(t, ta, r.A, r.StepA, b, r.B, r.StepB, 1, false);
+        RunMath.Write(t, tb, r.B, r.StepB, a, r.A, r.StepA, 1, true);
         return true;
     }
 }
@@ -176,6 +238,45 @@ internal struct DivOp : IBinaryOp
     public static void Apply(float a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Divide(a, b, y);
     public static float DA(float a, float b, float y) => 1 / b;
     public static float DB(float a, float b, float y) => -y / b;
+
+    public static bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] y, float[] gy, float[]? ga, float[]? gb)
+    {
+        var g = gy.AsSpan(r.Output, r.Length);
+        var ys = y.AsSpan(r.Output, r.Length);
+        if (r.StepB == 0)
+        {
+            // One divisor for the run (a normalization's scale, a constant): ga += g/b, gb −= ⟨g, y⟩/b.
+            float inverse = 1 / b[r.B];
+            if (ga is not null) RunMath.Accumulate(ga, r.A, r.StepA, g, null, 0, 0, inverse);
+            if (gb is not null) gb[r.B] -= inverse * TensorPrimitives.Dot(g, ys);
+            return true;
+        }
+        var bs = b.AsSpan(r.B, r.Length);
+        if (ga is not null && r.StepA == 0) ga[r.A] += SlopeMath.Dot(new QuotientSlopeA(), g, bs, ys);
+        else if (ga is not null) SlopeMath.Chain(new QuotientSlopeA(), g, bs, ys, ga.AsSpan(r.A, r.Length), accumulate: true);
+        if (gb is not null) SlopeMath.Chain(new QuotientSlopeB(), g, bs, ys, gb.AsSpan(r.B, r.Length), accumulate: true);
+        return true;
+    }
+
+    public static bool Jvp(in RunMath.Run r, float[] a, float[] b, float[] y, float[]? ta, float[]? tb, float[] ty)
+    {
+        // ty = ta/b − tb·y/b
+        var t = ty.AsSpan(r.Output, r.Length);
+        var ys = y.AsSpan(r.Output, r.Length);
+        if (r.StepB == 0)
+        {
+            float inverse = 1 / b[r.B];
+            RunMath.Write(t, ta, r.A, r.StepA, null, 0, 0, inverse, false);
+            if (tb is not null) TensorPrimitives.MultiplyAdd(ys, -inverse * tb[r.B], t, t);
+            return true;
+        }
+        var bs = b.AsSpan(r.B, r.Length);
+        if (ta is null) t.Clear();
+        else if (r.StepA == 0) TensorPrimitives.Divide(ta[r.A], bs, t);
+        else SlopeMath.Chain(new QuotientSlopeA(), ta.AsSpan(r.A, r.Length), bs, ys, t, accumulate: false);
+        if (tb is not null) SlopeMath.Chain(new QuotientSlopeB(), tb.AsSpan(r.B, r.Length), bs, ys, t, accumulate: true);
+        return true;
+    }
 }
 
 internal struct PowOp : IBinaryOp
@@ -203,6 +304,31 @@ internal struct PowOp : IBinaryOp
     };
     // d(a^b)/db = a^b·ln a; taken as 0 where a^b = 0 (a = 0), as torch does.
     public static float DB(float a, float b, float y) => y == 0 ? 0 : y * MathF.Log(a);
+
+    /// <summary>SIMD for a constant exponent of 1, 2, 3 or ½ over a span base (x², x³ of GELU and LayerNorm, √x).</summary>
+    private static bool Simple(in RunMath.Run r, float[] b, float[]? exponentDerivative) =>
+        exponentDerivative is null && r.StepA == 1 && r.StepB == 0 && (b[r.B] == 1 || PowerSlope.Handles(b[r.B]));
+
+    public static bool Vjp(in RunMath.Run r, float[] a, float[] b, float[] y, float[] gy, float[]? ga, float[]? gb)
+    {
+        if (!Simple(r, b, gb)) return false;
+        if (ga is null) return true;
+        var g = gy.AsSpan(r.Output, r.Length);
+        var target = ga.AsSpan(r.A, r.Length);
+        if (b[r.B] == 1) TensorPrimitives.Add(target, g, target);
+        else SlopeMath.Chain(new PowerSlope(b[r.B]), g, a.AsSpan(r.A, r.Length), y.AsSpan(r.Output, r.Length), target, accumulate: true);
+        return true;
+    }
+
+    public static bool Jvp(in RunMath.Run r, float[] a, float[] b, float[] y, float[]? ta, float[]? tb, float[] ty)
+    {
+        if (!Simple(r, b, tb)) return false;
+        var t = ty.AsSpan(r.Output, r.Length);
+        if (ta is null) t.Clear();
+        else if (b[r.B] == 1) ta.AsSpan(r.A, r.Length).CopyTo(t);
+        else SlopeMath.Chain(new PowerSlope(b[r.B]), ta.AsSpan(r.A, r.Length), a.AsSpan(r.A, r.Length), y.AsSpan(r.Output, r.Length), t, accumulate: false);
+        return true;
+    }
 }
 
 internal struct MaxOp : IBinaryOp
@@ -367,7 +493,7 @@ internal sealed class BinaryElementwise : Operator
 
         public readonly void Run(int output, int ia, int ib, int unused, int length)
         {
-            if (TOp.Vjp(new RunMath.Run(output, ia, stepA, ib, stepB, length), a, b, gy, ga, gb)) return;
+            if (TOp.Vjp(new RunMath.Run(output, ia, stepA, ib, stepB, length), a, b, y, gy, ga, gb)) return;
             for (int i = 0; i < length; i++, ia += stepA, ib += stepB)
             {
                 float g = gy[output + i];
@@ -389,7 +515,7 @@ internal sealed class BinaryElementwise : Operator
 
         public readonly void Run(int output, int ia, int ib, int unused, int length)
         {
-            if (TOp.Jvp(new RunMath.Run(output, ia, stepA, ib, stepB, length), a, b, ta, tb, ty)) return;
+            if (TOp.Jvp(new RunMath.Run(output, ia, stepA, ib, stepB, length), a, b, y, ta, tb, ty)) return;
             for (int i = 0; i < length; i++, ia += stepA, ib += stepB)
             {
                 float t = 0;

@@ -1,0 +1,116 @@
+using FisherKernels.Onnx.Operators;
+
+namespace FisherKernels.Tests.Operators;
+
+/// <summary>
+/// The SIMD derivative runs of Div and Pow against the elementwise rule (DA/DB) they replace, on random
+/// runs of every operand layout (span or broadcast scalar), lengths off the vector width, and with either
+/// gradient or tangent missing; then the whole operators against finite differences with those layouts.
+/// </summary>
+public sealed class DerivativeRunTests
+{
+    private const int Length = 37; // not a multiple of any vector width
+
+    public static TheoryData<int, int, bool, bool> Layouts()
+    {
+        var data = new TheoryData<int, int, bool, bool>();
+        foreach (int stepA in new[] { 0, 1 })
+            foreach (int stepB in new[] { 0, 1 })
+                foreach (bool first in new[] { true, false })
+                    foreach (bool second in new[] { true, false })
+                        data.Add(stepA, stepB, first, second);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Layouts))]
+    public void DivRunsMatchTheElementwiseRule(int stepA, int stepB, bool withA, bool withB)
+    {
+        var random = new Random(3 + 4 * stepA + 2 * stepB + (withA ? 1 : 0));
+        float[] a = Values(random, -1, 1), b = Values(random, 0.5, 1.5);
+        Check<DivOp>(random, a, b, stepA, stepB, withA, withB);
+    }
+
+    [Theory]
+    [InlineData(1f, true)]
+    [InlineData(2f, true)]
+    [InlineData(3f, true)]
+    [InlineData(0.5f, true)]
+    [InlineData(2f, false)]
+    public void PowRunsWithAConstantExponentMatchTheElementwiseRule(float exponent, bool withBase)
+    {
+        var random = new Random(5);
+        float[] a = Values(random, 0.5, 2), b = Enumerable.Repeat(exponent, Length).ToArray();
+        Check<PowOp>(random, a, b, stepA: 1, stepB: 0, withBase, false);
+    }
+
+    [Fact]
+    public void PowRunsLeaveOtherCasesToTheElementwiseRule()
+    {
+        float[] a = Values(new Random(6), 0.5, 2), b = Values(new Random(7), 1, 2), y = new float[Length], g = new float[Length];
+        Assert.False(PowOp.Vjp(new RunMath.Run(0, 0, 1, 0, 0, Length), a, [1.7f], y, g, new float[Length], null)); // exponent 1.7
+        Assert.False(PowOp.Vjp(new RunMath.Run(0, 0, 1, 0, 1, Length), a, b, y, g, new float[Length], null));      // exponent per element
+        Assert.False(PowOp.Vjp(new RunMath.Run(0, 0, 1, 0, 0, Length), a, [2f], y, g, null, new float[1]));     // exponent gradient
+    }
+
+    [Theory]
+    [InlineData(new[] { 2, 3, 17 }, new[] { 2, 3, 1 })]   // normalization: one divisor per row
+    [InlineData(new[] { 2, 3, 17 }, new int[0])]          // a constant scale
+    [InlineData(new[] { 2, 1, 17 }, new[] { 3, 17 })]     // both broadcast
+    [InlineData(new int[0], new[] { 3, 17 })]             // scalar over a span
+    public void DivDerivativesWithBroadcasting(int[] a, int[] b)
+    {
+        var random = new Random(8);
+        DerivativeChecker.Check(OpRunner.Create("Div", 2), [OpRunner.Random(random, a), OpRunner.Random(random, 0.5, 1.5, b)]);
+    }
+
+    [Theory]
+    [InlineData(1f)]
+    [InlineData(3f)]
+    [InlineData(0.5f)]
+    public void PowDerivativesWithAConstantExponent(float exponent) =>
+        DerivativeChecker.Check(OpRunner.Create("Pow", 2), [OpRunner.Random(new Random(9), 0.5, 2, 2, 3, 17), new NdArray<float>([], [exponent])]);
+
+    /// <summary>One run of <typeparamref name="TOp"/>: the SIMD VJP and JVP against DA/DB element by element (a step-0 operand's gradient sums the run).</summary>
+    private static void Check<TOp>(Random random, float[] a, float[] b, int stepA, int stepB, bool withA, bool withB) where TOp : IBinaryOp
+    {
+        int offsetA = stepA == 0 ? 5 : 0, offsetB = stepB == 0 ? 7 : 0;
+        var run = new RunMath.Run(0, offsetA, stepA, offsetB, stepB, Length);
+        var y = new float[Length];
+        for (int i = 0; i < Length; i++) y[i] = TOp.Apply(a[offsetA + i * stepA], b[offsetB + i * stepB]);
+        float[] g = Values(random, -1, 1), startA = Values(random, -1, 1), startB = Values(random, -1, 1);
+
+        float[]? ga = withA ? (float[])startA.Clone() : null, gb = withB ? (float[])startB.Clone() : null;
+        Assert.True(TOp.Vjp(run, a, b, y, g, ga, gb));
+        double[] expectedA = startA.Select(v => (double)v).ToArray(), expectedB = startB.Select(v => (double)v).ToArray();
+        for (int i = 0; i < Length; i++)
+        {
+            float ai = a[offsetA + i * stepA], bi = b[offsetB + i * stepB];
+            expectedA[offsetA + i * stepA] += (double)g[i] * TOp.DA(ai, bi, y[i]);
+            expectedB[offsetB + i * stepB] += (double)g[i] * TOp.DB(ai, bi, y[i]);
+        }
+        if (ga is not null) AssertClose(expectedA, ga);
+        if (gb is not null) AssertClose(expectedB, gb);
+
+        float[]? ta = withA ? Values(random, -1, 1) : null, tb = withB ? Values(random, -1, 1) : null;
+        var ty = Values(random, -1, 1); // overwritten
+        Assert.True(TOp.Jvp(run, a, b, y, ta, tb, ty));
+        var expectedT = new double[Length];
+        for (int i = 0; i < Length; i++)
+        {
+            float ai = a[offsetA + i * stepA], bi = b[offsetB + i * stepB];
+            if (ta is not null) expectedT[i] += (double)ta[offsetA + i * stepA] * TOp.DA(ai, bi, y[i]);
+            if (tb is not null) expectedT[i] += (double)tb[offsetB + i * stepB] * TOp.DB(ai, bi, y[i]);
+        }
+        AssertClose(expectedT, ty);
+    }
+
+    private static float[] Values(Random random, double low, double high) =>
+        Enumerable.Range(0, Length).Select(_ => (float)(low + (high - low) * random.NextDouble())).ToArray();
+
+    private static void AssertClose(double[] expected, float[] actual)
+    {
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-5 * (1 + Math.Abs(expected[i])), $"element {i}: {actual[i]} against {expected[i]}");
+    }
+}
