@@ -13,7 +13,8 @@ public sealed class AllocationTests
 
     public static TheoryData<string> Cases() => new(
         "MatMul", "MatMulShared", "Gemm", "AddBias", "MulSame", "PowScalar", "Softmax", "LayerNormalization", "Transpose",
-        "Where", "Gather", "Slice", "Split", "Concat", "ReduceMean", "Gelu", "Erf", "Tanh", "Reshape", "Expand");
+        "Where", "Gather", "Slice", "Split", "Concat", "ReduceMean", "Gelu", "Erf", "Tanh", "Reshape", "Expand",
+        "Pad", "Tile", "ScatterND", "RotaryEmbedding", "Attention", "MultiHeadAttention");
 
     [Theory]
     [MemberData(nameof(Cases))]
@@ -40,6 +41,14 @@ public sealed class AllocationTests
             "Erf" => (OpRunner.Create("Erf", 1), [R(2, 40)]),
             "Tanh" => (OpRunner.Create("Tanh", 1), [R(2, 40)]),
             "Reshape" => (OpRunner.Create("Reshape", 2), [R(2, 3, 4), OpRunner.Longs(6, -1)]),
+            "Pad" => (OpRunner.Create("Pad", 3, opset: 13), [R(2, 3), OpRunner.Longs(1, -1, 0, 2), new NdArray<float>([], [0.5f])]),
+            "Tile" => (OpRunner.Create("Tile", 2), [R(2, 3), OpRunner.Longs(2, 2)]),
+            "ScatterND" => (OpRunner.Create("ScatterND", 3), [R(4, 3), new NdArray<long>([2, 1], [2, 0]), R(2, 3)]),
+            "RotaryEmbedding" => (OpRunner.Create("RotaryEmbedding", 4, opset: 1, domain: OperatorRegistry.MicrosoftDomain), [R(1, 3, 8), OpRunner.Longs(0), R(4, 2), R(4, 2)]),
+            "Attention" => (OpRunner.Create("Attention", 4, attributes: A().Set("num_heads", 2L), opset: 1, domain: OperatorRegistry.MicrosoftDomain),
+                            [R(2, 3, 4), R(4, 12), R(12), new NdArray<int>([2, 3], [1, 1, 1, 1, 1, 0])]),
+            "MultiHeadAttention" => (OpRunner.Create("MultiHeadAttention", 3, attributes: A().Set("num_heads", 2L).Set("unidirectional", 1L), opset: 1, domain: OperatorRegistry.MicrosoftDomain),
+                                     [R(1, 3, 4), R(1, 3, 4), R(1, 3, 4)]),
             _ => (OpRunner.Create("Expand", 2), [R(3, 1), OpRunner.Longs(2, 3, 4)]),
         };
         var outputs = OpRunner.Allocate(op, inputs);
