@@ -18,7 +18,7 @@ internal sealed class PackedWeights
     public float[] Panels { get; }
     public int K { get; }
     public int N { get; }
-    public int PanelCount => (N + PackedGemm.PanelWidth - 1) / PackedGemm.PanelWidth;
+    public int PanelCount => PackedGemm.PanelCount(N);
 
     /// <summary>The packed form of the row-major [<paramref name="k"/>×<paramref name="n"/>] matrix in <paramref name="b"/> (made on first use).</summary>
     public static PackedWeights For(float[] b, int k, int n)
@@ -32,17 +32,10 @@ internal sealed class PackedWeights
         }
     }
 
-    private static PackedWeights Pack(float[] b, int k, int n)
+    private static unsafe PackedWeights Pack(float[] b, int k, int n)
     {
-        const int w = PackedGemm.PanelWidth;
-        int panelCount = (n + w - 1) / w;
-        var panels = new float[checked((long)panelCount * k * w)];
-        for (int j = 0; j < panelCount; j++)
-        {
-            int columns = Math.Min(w, n - j * w);
-            for (int row = 0; row < k; row++)
-                b.AsSpan(row * n + j * w, columns).CopyTo(panels.AsSpan((j * k + row) * w, columns));
-        }
+        var panels = new float[checked((long)PackedGemm.PanelCount(n) * k * PackedGemm.PanelWidth)];
+        fixed (float* pb = b, pp = panels) PackedGemm.Pack(pb, k, n, n, 1, pp);
         return new PackedWeights(panels, k, n);
     }
 }
@@ -76,36 +69,64 @@ internal static unsafe class PackedGemm
 
     private static void Panels(float[] a, int m, PackedWeights b, float[]? bias, float[] c, int from, int to)
     {
-        int k = b.K, n = b.N;
-        float* tile = stackalloc float[TileRows * PanelWidth];
         fixed (float* pa = a, pb = b.Panels, pc = c, pbias = bias)
+            MultiplyPanels(pa, b.K, m, b.K, pb, b.N, pbias, pc, b.N, from, to);
+    }
+
+    public static int PanelCount(int n) => (n + PanelWidth - 1) / PanelWidth;
+
+    /// <summary>
+    /// Packs B [k×n], element (r, c) at b[r·rowStride + c·columnStride], into <paramref name="panels"/>
+    /// (PanelCount(n)·k·32 floats, the last panel zero-padded).
+    /// </summary>
+    public static void Pack(float* b, int k, int n, long rowStride, long columnStride, float* panels)
+    {
+        for (int j = 0; j < PanelCount(n); j++)
         {
-            for (int j = from; j < to; j++)
+            int columns = Math.Min(PanelWidth, n - j * PanelWidth);
+            for (int row = 0; row < k; row++)
             {
-                float* panel = pb + (long)j * k * PanelWidth;
-                float* panelBias = pbias == null ? null : pbias + j * PanelWidth;
-                int columns = Math.Min(PanelWidth, n - j * PanelWidth);
-                for (int i = 0; i < m; i += TileRows)
-                {
-                    int rows = Math.Min(TileRows, m - i);
-                    float* target = pc + (long)i * n + j * PanelWidth;
-                    if (rows == TileRows && columns == PanelWidth) { Tile8(pa + (long)i * k, k, panel, panelBias, target, n); continue; }
-                    // Edge tile: compute whole rows into the scratch tile, copy the valid part.
-                    for (int r = 0; r < rows; r++) Row(pa + (long)(i + r) * k, k, panel, panelBias, tile + r * PanelWidth);
-                    for (int r = 0; r < rows; r++) new ReadOnlySpan<float>(tile + r * PanelWidth, columns).CopyTo(new Span<float>(target + (long)r * n, columns));
-                }
+                float* source = b + row * rowStride + (long)j * PanelWidth * columnStride;
+                float* target = panels + ((long)j * k + row) * PanelWidth;
+                if (columnStride == 1) new ReadOnlySpan<float>(source, columns).CopyTo(new Span<float>(target, columns));
+                else for (int c = 0; c < columns; c++) target[c] = source[c * columnStride];
+                new Span<float>(target + columns, PanelWidth - columns).Clear();
+            }
+        }
+    }
+
+    /// <summary>
+    /// C = A·B + bias over the panels [from, to): A [m×k] with row stride <paramref name="lda"/>, B packed
+    /// (n columns), C [m×n] with row stride <paramref name="ldc"/>, bias null or padded to the panels.
+    /// </summary>
+    public static void MultiplyPanels(float* a, int lda, int m, int k, float* panels, int n, float* bias, float* c, int ldc, int from, int to)
+    {
+        float* tile = stackalloc float[TileRows * PanelWidth];
+        for (int j = from; j < to; j++)
+        {
+            float* panel = panels + (long)j * k * PanelWidth;
+            float* panelBias = bias == null ? null : bias + j * PanelWidth;
+            int columns = Math.Min(PanelWidth, n - j * PanelWidth);
+            for (int i = 0; i < m; i += TileRows)
+            {
+                int rows = Math.Min(TileRows, m - i);
+                float* target = c + (long)i * ldc + j * PanelWidth;
+                if (rows == TileRows && columns == PanelWidth) { Tile8(a + (long)i * lda, lda, k, panel, panelBias, target, ldc); continue; }
+                // Edge tile: compute whole rows into the scratch tile, copy the valid part.
+                for (int r = 0; r < rows; r++) Row(a + (long)(i + r) * lda, k, panel, panelBias, tile + r * PanelWidth);
+                for (int r = 0; r < rows; r++) new ReadOnlySpan<float>(tile + r * PanelWidth, columns).CopyTo(new Span<float>(target + (long)r * ldc, columns));
             }
         }
     }
 
     /// <summary>One 8×32 tile: 16 accumulators, two B vectors per k, one broadcast of A per row.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile8(float* a, int k, float* b, float* bias, float* c, int ldc)
+    private static void Tile8(float* a, int lda, int k, float* b, float* bias, float* c, int ldc)
     {
         Vector512<float> s0 = bias == null ? default : Vector512.Load(bias), s1 = bias == null ? default : Vector512.Load(bias + 16);
         Vector512<float> c00 = s0, c01 = s1, c10 = s0, c11 = s1, c20 = s0, c21 = s1, c30 = s0, c31 = s1;
         Vector512<float> c40 = s0, c41 = s1, c50 = s0, c51 = s1, c60 = s0, c61 = s1, c70 = s0, c71 = s1;
-        float* a1 = a + k, a2 = a1 + k, a3 = a2 + k, a4 = a3 + k, a5 = a4 + k, a6 = a5 + k, a7 = a6 + k;
+        float* a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda, a6 = a5 + lda, a7 = a6 + lda;
         for (int p = 0; p < k; p++, b += PanelWidth)
         {
             var b0 = Vector512.Load(b);

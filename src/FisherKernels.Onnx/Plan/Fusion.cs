@@ -52,6 +52,7 @@ internal sealed class Fusion
                 case "Pow": fusion.TryRmsNorm(s); break;
                 case "Tanh": fusion.TryGeluTanh(s); break;
                 case "Erf": fusion.TryGeluErf(s); break;
+                case "Softmax": fusion.TryAttention(s); break;
             }
         }
         // After the GELUs, so that a MatMul's bias Add is not mistaken for part of one.
@@ -196,6 +197,100 @@ internal sealed class Fusion
         }
         return false;
     }
+
+    // ---- Attention: MatMul(Q, Kᵀ) → scale (Div or Mul by a scalar) → mask (Where or Add) → Softmax → MatMul(·, V),
+    //      with the Transposes that make Q, Kᵀ, V and the one after the output absorbed when only the chain reads them.
+
+    private void TryAttention(int softmax)
+    {
+        var node = Node(softmax);
+        string x = node.Inputs[0];
+        int rank = InfoOf(x).Shape.Length;
+        long axis = node.Attributes.GetInt("axis", node.Domain.Length == 0 && OpsetOf(softmax) >= 13 ? -1 : 1);
+        if (!PackedGemm.IsSupported || node.Domain.Length != 0 || rank != 4 || (axis != -1 && axis != rank - 1)) return;
+        if (Only(node.Outputs[0]) is not int pv || !Is(pv, "MatMul", node.Outputs[0], null)) return;
+        List<int> chain = [softmax];
+        string scaled = x, mask = "";
+        var kind = FusedAttention.MaskKind.None;
+        float fill = 0;
+        bool keepWhere = true;
+        if (Producer(x) is int masking && Node(masking).Domain.Length == 0)
+        {
+            var m = Node(masking);
+            if (m.OpType == "Where" && ScalarConstant(m.Inputs[2]) is float f2 && Constant(m.Inputs[1]) is null)
+                (scaled, mask, fill, kind, keepWhere) = (m.Inputs[1], m.Inputs[0], f2, FusedAttention.MaskKind.Select, true);
+            else if (m.OpType == "Where" && ScalarConstant(m.Inputs[1]) is float f1 && Constant(m.Inputs[2]) is null)
+                (scaled, mask, fill, kind, keepWhere) = (m.Inputs[2], m.Inputs[0], f1, FusedAttention.MaskKind.Select, false);
+            else if (m.OpType == "Add" && m.Inputs.Length == 2)
+            {
+                // The scores side is the one made by the scaling or the MatMul; the other is the additive mask.
+                int side = Array.FindIndex(m.Inputs, ComesFromMatMul);
+                if (side >= 0 && SameShape(masking, m.Inputs[side]) && InfoOf(m.Inputs[1 - side]).Type == ElementType.Float32)
+                    (scaled, mask, kind) = (m.Inputs[side], m.Inputs[1 - side], FusedAttention.MaskKind.Add);
+            }
+            if (kind != FusedAttention.MaskKind.None)
+            {
+                if (!SameShape(masking, scaled) || InfoOf(mask).Shape.Length > 4) return;
+                chain.Add(masking);
+            }
+        }
+        string scores = scaled;
+        float scale = 1;
+        if (Producer(scaled) is int scaling && Node(scaling).Domain.Length == 0 && Node(scaling).Inputs.Length == 2)
+        {
+            var sc = Node(scaling);
+            if (sc.OpType == "Div" && ScalarConstant(sc.Inputs[1]) is float divisor) (scores, scale) = (sc.Inputs[0], 1 / divisor);
+            else if (sc.OpType == "Mul" && ScalarConstant(sc.Inputs[1]) is float f) (scores, scale) = (sc.Inputs[0], f);
+            else if (sc.OpType == "Mul" && ScalarConstant(sc.Inputs[0]) is float f0) (scores, scale) = (sc.Inputs[1], f0);
+            if (scores != scaled) chain.Add(scaling);
+        }
+        if (Producer(scores) is not int qk || !Is(qk, "MatMul", Node(qk).Inputs[0], null)) return;
+        chain.Add(qk);
+        string q = Node(qk).Inputs[0], k = Node(qk).Inputs[1], v = Node(pv).Inputs[1];
+        if (new[] { q, k, v }.Any(i => Constant(i) is not null || InfoOf(i).Shape.Length != 4) || q == k || k == v || q == v) return;
+        var (qSource, qPerm) = Untransposed(q, qk, chain);
+        var (kSource, kPerm) = Untransposed(k, qk, chain);
+        var (vSource, vPerm) = Untransposed(v, pv, chain);
+        int[] outPerm = [0, 1, 2, 3];
+        chain.Add(pv);
+        if (Only(Node(pv).Outputs[0]) is int after && Node(after).OpType == "Transpose" && Node(after).Domain.Length == 0)
+        {
+            outPerm = Permutation(after);
+            chain.Add(after); // the chain's last step
+        }
+        string[] inputs = kind == FusedAttention.MaskKind.None ? [qSource, kSource, vSource] : [qSource, kSource, vSource, mask];
+        int[][] permutations = [qPerm, kPerm, vPerm, outPerm];
+        Replace(chain, "FusedAttention", "fisherkernels", 1, inputs, OperatorAttributes.Empty,
+                fused => new FusedAttention(fused, permutations, scale, kind, fill, keepWhere));
+    }
+
+    /// <summary>Made by a MatMul, directly or through a Div or Mul by a scalar.</summary>
+    private bool ComesFromMatMul(string value)
+    {
+        if (Producer(value) is not int p) return false;
+        var node = Node(p);
+        if (node.OpType == "MatMul") return true;
+        return node.OpType is "Div" or "Mul" && node.Inputs.Length == 2 && node.Inputs.Any(i => ScalarConstant(i) is not null)
+               && node.Inputs.Any(i => Producer(i) is int m && Node(m).OpType == "MatMul");
+    }
+
+    /// <summary>The tensor a rank-4 Transpose read only by <paramref name="reader"/> made from <paramref name="value"/> (the Transpose joins the chain), else the value itself.</summary>
+    private (string Source, int[] Permutation) Untransposed(string value, int reader, List<int> chain)
+    {
+        if (Producer(value) is int t && Node(t).OpType == "Transpose" && Node(t).Domain.Length == 0 && Only(value) == reader
+            && InfoOf(Node(t).Inputs[0]).Shape.Length == 4)
+        {
+            chain.Add(t);
+            return (Node(t).Inputs[0], Permutation(t));
+        }
+        return (value, [0, 1, 2, 3]);
+    }
+
+    /// <summary>A rank-4 Transpose's perm (default: reversed axes).</summary>
+    private int[] Permutation(int transpose) =>
+        Node(transpose).Attributes.GetInts("perm") is { } perm ? Array.ConvertAll(perm, p => (int)(p < 0 ? p + 4 : p)) : [3, 2, 1, 0];
+
+    private int OpsetOf(int step) => steps[step].Op.Node.Opset;
 
     // ---- MatMul by a constant weight (+ constant bias)
 

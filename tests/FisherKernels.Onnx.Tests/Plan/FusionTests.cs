@@ -20,12 +20,12 @@ public class FusionTests
 
     public static TheoryData<string, string[]> FixtureFusions() => new()
     {
-        // gpt2: 2 LayerNorms per block + final, tanh GELU, every Linear with its bias, the tied head.
-        { "gpt2_tiny", ["LayerNormalization", "Gelu", "PackedMatMul"] },
-        // llama: RMSNorm (x · 1/√…), the projections without bias.
-        { "llama_tiny", ["SimplifiedLayerNormalization", "PackedMatMul"] },
-        // bert: erf GELU (x/√2), biased projections; its LayerNormalization nodes are already fused in the file.
-        { "bert_tiny", ["Gelu", "PackedMatMul"] },
+        // gpt2: 2 LayerNorms per block + final, tanh GELU, every Linear with its bias, the tied head, causal attention (Where).
+        { "gpt2_tiny", ["LayerNormalization", "Gelu", "PackedMatMul", "FusedAttention"] },
+        // llama: RMSNorm (x · 1/√…), the projections without bias, attention after the rotary embedding.
+        { "llama_tiny", ["SimplifiedLayerNormalization", "PackedMatMul", "FusedAttention"] },
+        // bert: erf GELU (x/√2), biased projections, attention with an additive mask; its LayerNormalization nodes are already fused in the file.
+        { "bert_tiny", ["Gelu", "PackedMatMul", "FusedAttention"] },
     };
 
     [Theory]
@@ -137,6 +137,84 @@ public class FusionTests
             Assert.Equal(reference[name].Shape, ours.Shape);
             for (int i = 0; i < ours.Data.Length; i++) Assert.Equal(reference[name].Data[i], ours.Data[i], 1e-4);
         }
+    }
+
+    /// <summary>
+    /// Attention over q, k, v [1, 5, 2, 4] (batch, seq, heads, depth) as exports write it: Transposes to heads first
+    /// (Kᵀ directly), MatMul, Div by √depth, a mask (Where with a bool input, or Add of a float input), Softmax,
+    /// MatMul by V, Transpose back.
+    /// </summary>
+    private static ModelProto AttentionModel(bool additiveMask, params string[] exposed)
+    {
+        var graph = new GraphProto
+        {
+            Name = "attention",
+            Initializer = { Scalar("root", 2), Scalar("fill", -1e9f) },
+            Input =
+            {
+                new ValueInfoProto { Name = "q", Type = FloatType(1, 5, 2, 4) }, new ValueInfoProto { Name = "k", Type = FloatType(1, 5, 2, 4) },
+                new ValueInfoProto { Name = "v", Type = FloatType(1, 5, 2, 4) },
+                new ValueInfoProto { Name = "mask", Type = additiveMask ? FloatType(1, 1, 1, 5) : BoolType(1, 1, 5, 5) },
+            },
+            Output = { new ValueInfoProto { Name = "y", Type = FloatType(1, 5, 2, 4) } },
+        };
+        foreach (var name in exposed) graph.Output.Add(new ValueInfoProto { Name = name });
+        graph.Node.Add(Transpose("q", "qh", 0, 2, 1, 3));
+        graph.Node.Add(Transpose("k", "kt", 0, 2, 3, 1));
+        graph.Node.Add(Transpose("v", "vh", 0, 2, 1, 3));
+        graph.Node.Add(Node("MatMul", ["qh", "kt"], "scores"));
+        graph.Node.Add(Node("Div", ["scores", "root"], "scaled"));
+        graph.Node.Add(additiveMask ? Node("Add", ["scaled", "mask"], "masked") : Node("Where", ["mask", "scaled", "fill"], "masked"));
+        var softmax = Node("Softmax", ["masked"], "p");
+        softmax.Attribute.Add(new AttributeProto { Name = "axis", Type = AttributeProto.Types.AttributeType.Int, I = -1 });
+        graph.Node.Add(softmax);
+        graph.Node.Add(Node("MatMul", ["p", "vh"], "o"));
+        graph.Node.Add(Transpose("o", "y", 0, 2, 1, 3));
+        return new ModelProto { IrVersion = 8, OpsetImport = { new OperatorSetIdProto { Version = 17 } }, Graph = graph };
+    }
+
+    [Theory]
+    [InlineData(false, new string[0], true)]
+    [InlineData(true, new string[0], true)]
+    // The scores or the probabilities are needed elsewhere: no fusion (they would never be computed).
+    [InlineData(false, new[] { "scores" }, false)]
+    [InlineData(true, new[] { "p" }, false)]
+    // Only the Transpose of K is needed elsewhere: attention still fuses, reading that Transpose's output.
+    [InlineData(false, new[] { "kt" }, true)]
+    public void AttentionFusesOnlyWhenItsIntermediatesStayInside(bool additiveMask, string[] exposed, bool fuses)
+    {
+        using var temp = new TempFolder();
+        string path = temp.File("attention.onnx");
+        File.WriteAllBytes(path, AttentionModel(additiveMask, exposed).ToByteArray());
+        var model = OnnxModel.Load(path);
+        var random = new Random(2);
+        var inputs = new Dictionary<string, NdArray> { ["q"] = OpRandom(random, 1, 5, 2, 4), ["k"] = OpRandom(random, 1, 5, 2, 4), ["v"] = OpRandom(random, 1, 5, 2, 4) };
+        if (additiveMask) inputs["mask"] = new NdArray<float>([1, 1, 1, 5], [0, 0, -1e4f, 0, -1e4f]);
+        else inputs["mask"] = new NdArray<bool>([1, 1, 5, 5], Enumerable.Range(0, 25).Select(i => i % 5 <= i / 5).ToArray()); // causal
+        var plan = model.GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape));
+        Assert.Equal(fuses, plan.Steps.Any(s => s.Op is FusedAttention));
+        plan.Run(TwoThreads, inputs);
+        var reference = OnnxRuntimeReference.Run(path, inputs);
+        foreach (var name in exposed.Append("y"))
+        {
+            var ours = (NdArray<float>)plan.Get(name);
+            Assert.Equal(reference[name].Shape, ours.Shape);
+            for (int i = 0; i < ours.Data.Length; i++) Assert.Equal(reference[name].Data[i], ours.Data[i], 1e-5);
+        }
+    }
+
+    private static NodeProto Transpose(string input, string output, params long[] perm)
+    {
+        var node = Node("Transpose", [input], output);
+        node.Attribute.Add(new AttributeProto { Name = "perm", Type = AttributeProto.Types.AttributeType.Ints, Ints = { perm } });
+        return node;
+    }
+
+    private static TypeProto BoolType(params long[] dims)
+    {
+        var type = FloatType(dims);
+        type.TensorType.ElemType = 9;
+        return type;
     }
 
     [Theory]
