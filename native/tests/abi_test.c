@@ -422,7 +422,7 @@ static void test_models(fk_engine* engine)
     if (scored) check_curvature_reload(model, kfac_epistemic);
     EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, FK_FIXTURES "/llama_tiny.kfac.safetensors", 1.0, p,
                                  aleatoric, epistemic),
-                  FK_ERR_FORMAT, "llama_tiny.kfac.safetensors");
+                  FK_ERR_INVALID_ARGUMENT, "llama_tiny.kfac.safetensors' was fitted on a different model");
     EXPECT_STATUS(fk_model_score(model, fixture_tokens, BATCH, SEQ, FK_FIXTURES "/missing.safetensors", 1.0, p,
                                  aleatoric, epistemic),
                   FK_ERR_IO, "missing.safetensors");

@@ -104,7 +104,21 @@ public sealed class KfacCurvature
     /// layer of that name, provided A's size agrees with it. A file that states has_bias for any layer (every file this
     /// project writes) must state it for all.
     /// </summary>
-    public static KfacCurvature Load(string path, IReadOnlyCollection<LayerShape>? modelLayers)
+    public static KfacCurvature Load(string path, IReadOnlyCollection<LayerShape>? modelLayers) => Load(path, modelLayers, modelSha256: null);
+
+    /// <summary>
+    /// Loads the curvature for the model with <paramref name="modelSha256"/> and <paramref name="modelLayers"/>, refusing a file
+    /// made for another model: by its model_sha256 first (before any layer is read, so a file of another model is named as
+    /// such, not by its first unknown layer), then by layer names and shapes (<see cref="EnsureMatches"/>).
+    /// </summary>
+    public static KfacCurvature LoadFor(string path, string modelSha256, IReadOnlyCollection<LayerShape> modelLayers)
+    {
+        KfacCurvature curvature = Load(path, modelLayers, modelSha256);
+        curvature.EnsureMatches(modelSha256, modelLayers);
+        return curvature;
+    }
+
+    static KfacCurvature Load(string path, IReadOnlyCollection<LayerShape>? modelLayers, string? modelSha256)
     {
         SafetensorsFile file = SafetensorsFile.Read(path);
         var meta = file.Metadata;
@@ -117,6 +131,7 @@ public sealed class KfacCurvature
             throw FisherKernelsException.Format($"{path}: fisher type '{fisher}' is not one of {string.Join(", ", FisherTypes)}");
         string modelSha = Required(meta, "model_sha256", path);
         if (string.IsNullOrWhiteSpace(modelSha)) throw FisherKernelsException.Format($"{path}: metadata 'model_sha256' is empty");
+        if (modelSha256 is not null && !SameHash(modelSha, modelSha256)) throw DifferentModel($"curvature '{path}'", modelSha, modelSha256);
         double positions = ParsePositions(Required(meta, "positions", path), "positions", path);
 
         var layerNames = new List<string>();
@@ -202,8 +217,7 @@ public sealed class KfacCurvature
     public void EnsureMatches(string modelSha256, IReadOnlyCollection<LayerShape> layers)
     {
         ArgumentNullException.ThrowIfNull(layers);
-        if (!SameHash(ModelSha256, modelSha256))
-            throw FisherKernelsException.Argument($"{Describe()} was fitted on a different model (model_sha256 {ModelSha256}, this model has {modelSha256})");
+        if (!SameHash(ModelSha256, modelSha256)) throw DifferentModel(Describe(), ModelSha256, modelSha256);
         var expected = new HashSet<string>(StringComparer.Ordinal);
         foreach (LayerShape s in layers)
         {
@@ -219,6 +233,9 @@ public sealed class KfacCurvature
     }
 
     string Describe() => Source is null ? "curvature" : $"curvature '{Source}'";
+
+    static FisherKernelsException DifferentModel(string curvature, string fileSha256, string modelSha256) =>
+        FisherKernelsException.Argument($"{curvature} was fitted on a different model (model_sha256 {fileSha256}, this model has {modelSha256})");
 
     static bool SameHash(string x, string y) => string.Equals(x.Trim(), y.Trim(), StringComparison.OrdinalIgnoreCase);
 

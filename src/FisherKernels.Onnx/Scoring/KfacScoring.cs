@@ -20,8 +20,7 @@ public static class KfacScoring
                                                                                   IComputeBackend backend, TextWriter log)
     {
         LayerShape[] shapes = Shapes(lm.Model.Layers);
-        KfacCurvature curvature = KfacCurvature.Load(curvaturePath, shapes);
-        curvature.EnsureMatches(Sha256(lm.Model.Graph.Source), shapes);
+        KfacCurvature curvature = KfacCurvature.LoadFor(curvaturePath, Sha256(lm.Model.Graph.Source), shapes);
         var posterior = new KfacPosterior(curvature, backend, options);
         foreach (string line in posterior.Describe()) log.WriteLine(line);
         return (curvature, posterior);
