@@ -27,6 +27,7 @@ public static class OperatorRegistry
         Microsoft("SkipLayerNormalization", n => new Normalization(n)),
         Microsoft("SkipSimplifiedLayerNormalization", n => new Normalization(n)),
         Microsoft("RotaryEmbedding", n => new RotaryEmbedding(n)),
+        Onnx("RotaryEmbedding", 23, n => new RotaryEmbedding(n)),
         Microsoft("Attention", n => new Attention(n)),
         Microsoft("MultiHeadAttention", n => new MultiHeadAttention(n)),
         Onnx("CumSum", 11, n => new CumSum(n)),

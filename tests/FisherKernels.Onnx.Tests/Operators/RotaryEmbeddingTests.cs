@@ -31,7 +31,27 @@ public sealed class RotaryEmbeddingTests
         DerivativeChecker.Check(Rotary(), [R(1, 2, 3, 6), OpRunner.Longs(1), R(4, 3), R(4, 3)]);
 
     [Fact]
-    public void PositionIdsAreNotDifferentiable() => Assert.False(Rotary().IsDifferentiable(1));
+    public void PositionIdsAreNotDifferentiable()
+    {
+        Assert.False(Rotary().IsDifferentiable(1));
+        Assert.False(OpRunner.Create("RotaryEmbedding", 4, opset: 23).IsDifferentiable(3));
+        Assert.True(OpRunner.Create("RotaryEmbedding", 4, opset: 23).IsDifferentiable(1));
+    }
+
+    [Fact]
+    public void Opset23DerivativesWithPositionIdsAndWideCache() =>
+        DerivativeChecker.Check(OpRunner.Create("RotaryEmbedding", 4, opset: 23,
+                                                attributes: new OperatorAttributes().Set("num_heads", 2L).Set("rotary_embedding_dim", 4L)),
+                                [R(2, 3, 12), R(5, 3), R(5, 3), new NdArray<long>([2, 3], [0, 1, 1, 4, 2, 0])]);
+
+    [Fact]
+    public void Opset23DerivativesWithPerTokenCaches() =>
+        DerivativeChecker.Check(OpRunner.Create("RotaryEmbedding", 3, opset: 23, attributes: new OperatorAttributes().Set("interleaved", 1L)),
+                                [R(2, 2, 3, 6), R(2, 3, 3), R(2, 3, 3)]);
+
+    [Fact]
+    public void Opset23NeedsNumHeadsFor3DInput() =>
+        Assert.Contains("num_heads", Refused(() => OpRunner.Forward(OpRunner.Create("RotaryEmbedding", 3, opset: 23), R(1, 2, 6), R(1, 2, 3), R(1, 2, 3))).Message);
 
     private static FisherKernelsException Refused(Action action)
     {

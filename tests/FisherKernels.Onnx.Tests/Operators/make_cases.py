@@ -386,6 +386,34 @@ case("rotary_partial_dim", "RotaryEmbedding", [xq, pos, cos4, sin4], [rotary_ref
      attrs={"num_heads": 2, "rotary_embedding_dim": 4}, domain="com.microsoft", opset=1, ort=True)
 
 
+def rotary23_ref(x, cos, sin, pos=None, interleaved=False, num_heads=0, rotary_dim=0):
+    """ONNX RotaryEmbedding-23 (onnx/reference semantics): caches gathered by position_ids, or per token without them."""
+    x = d(x); shape = x.shape
+    xh = x.transpose(0, 2, 1, 3) if x.ndim == 4 else x.reshape(shape[0], shape[1], num_heads, shape[2] // num_heads)
+    r = rotary_dim or xh.shape[-1]; half = r // 2
+    c = (d(cos)[pos] if pos is not None else d(cos))[..., :half][:, :, None, :]
+    sn = (d(sin)[pos] if pos is not None else d(sin))[..., :half][:, :, None, :]
+    y = xh.copy()
+    if interleaved:
+        x1, x2 = xh[..., 0:r:2], xh[..., 1:r:2]
+        y[..., 0:r:2] = c * x1 - sn * x2; y[..., 1:r:2] = sn * x1 + c * x2
+    else:
+        x1, x2 = xh[..., :half], xh[..., half:r]
+        y[..., :half] = c * x1 - sn * x2; y[..., half:r] = sn * x1 + c * x2
+    return y.transpose(0, 2, 1, 3) if x.ndim == 4 else y.reshape(shape)
+
+case("rotary23_3d_position_ids", "RotaryEmbedding", [xq, cos8, sin8, pos], [rotary23_ref(xq, cos8, sin8, pos, num_heads=2)],
+     attrs={"num_heads": 2}, opset=23, ort=True)
+cb, sb = f32(2, 3, 4), f32(2, 3, 4)
+case("rotary23_4d_per_token_caches_interleaved", "RotaryEmbedding", [x4, cb, sb], [rotary23_ref(x4, cb, sb, interleaved=True)],
+     attrs={"interleaved": 1}, opset=23, ort=True)
+case("rotary23_partial", "RotaryEmbedding", [x4, cos4, sin4, pos], [rotary23_ref(x4, cos4, sin4, pos, rotary_dim=4)],
+     attrs={"rotary_embedding_dim": 4}, opset=23, ort=True)
+# The specification's caches may be head_size/2 wide with a smaller rotary dimension (the first R/2 columns are
+# used); ONNX Runtime 1.31 refuses that form, so numpy only.
+case("rotary23_partial_wide_cache", "RotaryEmbedding", [x4, cos8, sin8, pos], [rotary23_ref(x4, cos8, sin8, pos, rotary_dim=4)],
+     attrs={"rotary_embedding_dim": 4}, opset=23)
+
 # ---- com.microsoft Attention and MultiHeadAttention (ONNX Runtime contrib schemas) ------------------
 def mha_ref(q, k, v, heads, mask=None, unidirectional=False, scale=None, filter_value=-10000.0):
     """softmax(scale·Q Kᵀ + mask)·V per head; the mask adds filter_value where it is 0 (raw 2-D/3-D) or past
