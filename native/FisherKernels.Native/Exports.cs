@@ -165,7 +165,7 @@ internal static unsafe class Exports
             // SPEC §4: isotropic without a curvature file, else the K-FAC Laplace posterior (default options, as the CLI),
             // decomposed once per curvature file and options and reused by later calls.
             var (method, score) = curvaturePath == null
-                ? ("isotropic", PositionScorer.SquaredGradientNorm(parameters))
+                ? ("isotropic", EpistemicMetric.SquaredGradientNorm)
                 : ("kfac", KfacScoring.Epistemic(lm, model.Value.Posteriors.Get(Utf8(curvaturePath), new PosteriorOptions { PriorPrecision = priorPrecision })));
             var report = PositionScorer.Score(lm, model.Value.Context, ids, null, parameters, method, priorPrecision, score);
             pOut.Fill(float.NaN); aleatoricOut.Fill(float.NaN); epistemicOut.Fill(float.NaN);

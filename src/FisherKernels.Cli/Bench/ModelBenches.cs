@@ -80,7 +80,7 @@ internal sealed class ModelBenches : IBenchSuite
         yield return BenchResult.Timed("fit", backend, shape, null,
             BenchTimer.MedianPairMs(() => KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets), Forward, runs, warmup: 2), "forward");
 
-        var norm = PositionScorer.SquaredGradientNorm(parameters);
+        var norm = EpistemicMetric.SquaredGradientNorm;
         yield return BenchResult.Timed("score", backend, shape, null,
             BenchTimer.MedianPairMs(() => PositionScorer.Score(lm, op, tokens, null, parameters, "isotropic", 1.0, norm), Forward, runs: 5, warmup: 1), "forward");
     }

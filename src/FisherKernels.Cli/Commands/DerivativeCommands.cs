@@ -58,7 +58,7 @@ internal static class DerivativeCommands
         var posterior = method == "kfac"
             ? KfacScoring.LoadPosterior(lm, options.Required("--curvature"), KfacCommands.PosteriorOptionsOf(options, prior), context.Backend, Console.Error).Posterior
             : null;
-        var epistemic = posterior is not null ? KfacScoring.Epistemic(lm, posterior) : PositionScorer.SquaredGradientNorm(parameters);
+        var epistemic = posterior is not null ? KfacScoring.Epistemic(lm, posterior) : EpistemicMetric.SquaredGradientNorm;
         var report = PositionScorer.Score(lm, context, tokens, targets, parameters, method, prior, epistemic);
         if (samples is { } k) report = KfacScoring.AddSampling(report, lm, context, posterior!, tokens, k, seed);
         report.Write(outPath);

@@ -54,9 +54,9 @@ internal static class DemoCommand
         var context = ModelCommands.Context(options);
         var (_, posterior) = KfacScoring.LoadPosterior(lm, curvaturePath, new PosteriorOptions(), context.Backend, TextWriter.Null);
         var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
-        var estimators = new (string Name, Func<Backward, double> Epistemic)[]
+        var estimators = new (string Name, EpistemicMetric Epistemic)[]
         {
-            ("isotropic", PositionScorer.SquaredGradientNorm(parameters)),
+            ("isotropic", EpistemicMetric.SquaredGradientNorm),
             ("K-FAC", KfacScoring.Epistemic(lm, posterior)),
         };
         stdout.WriteLine($"K-FAC posterior: prior precision {posterior.PriorPrecision}, {posterior.Layers.Count} layers");

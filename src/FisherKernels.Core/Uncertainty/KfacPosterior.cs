@@ -163,6 +163,58 @@ public sealed class LayerPosterior
     }
 
     /// <summary>
+    /// The rows of Ã (<c>[rows × in(+1)]</c>, the layer's inputs with the homogeneous 1 when it has a bias) as
+    /// <see cref="OuterProductQuadratic"/> takes them: <c>Ã Q_A</c> for the dense form, Ã itself for the low-rank one.
+    /// Computed once per sequence and shared by all its positions.
+    /// </summary>
+    public void ProjectInputRows(ReadOnlySpan<float> homogeneousInputs, int rows, Span<float> projected)
+    {
+        if (homogeneousInputs.Length != (long)rows * ADim || projected.Length != (long)rows * ADim)
+            throw FisherKernelsException.Argument($"layer '{Layer}': {rows} input rows of {ADim} need {(long)rows * ADim} values in and out, got {homogeneousInputs.Length} and {projected.Length}");
+        if (rows == 0) return;
+        if (dense is not null) backend.Gemm(new GemmShape(rows, ADim, ADim), homogeneousInputs, dense.QA, projected);
+        else homogeneousInputs.CopyTo(projected);
+    }
+
+    /// <summary>Floats of workspace <see cref="OuterProductQuadratic"/> needs for <paramref name="rows"/> rows.</summary>
+    public long OuterProductWorkspace(int rows) => (long)GDim * ADim + (dense is null ? 0 : (long)rows * GDim);
+
+    /// <summary>
+    /// <c>vec(X)ᵀ Σ vec(X)</c> for a gradient that reaches the layer through its outputs, <c>X = Σ_m g_m ã_mᵀ = Gᵀ Ã</c>:
+    /// <paramref name="outputGradients"/> G <c>[rows × out]</c>, <paramref name="projectedInputs"/> the same rows of
+    /// <see cref="ProjectInputRows"/>. Dense form: <c>Q_Gᵀ X Q_A = (G Q_G)ᵀ (Ã Q_A)</c>, then the eigenvalue-weighted squares
+    /// (SPEC §4), 2·rows·out·(out + in) flops instead of the weight gradient's rotation on both sides.
+    /// </summary>
+    public double OuterProductQuadratic(ReadOnlySpan<float> outputGradients, ReadOnlySpan<float> projectedInputs, int rows, Span<float> workspace)
+    {
+        long size = (long)GDim * ADim;
+        if (outputGradients.Length != (long)rows * GDim || projectedInputs.Length != (long)rows * ADim || workspace.Length < OuterProductWorkspace(rows))
+            throw FisherKernelsException.Argument($"layer '{Layer}': {rows} rows need output gradients [{rows} × {GDim}], inputs [{rows} × {ADim}] and {OuterProductWorkspace(rows)} floats of workspace");
+        if (rows == 0) return 0;
+        Span<float> x = workspace[..(int)size];
+        if (dense is null)
+        {
+            backend.Gemm(new GemmShape(GDim, ADim, rows, TransA: true), outputGradients, projectedInputs, x);
+            var single = new float[1];
+            WoodburyQuadratic(lowRank!, x, 1, single);
+            return single[0];
+        }
+        Span<float> rotated = workspace.Slice((int)size, rows * GDim);
+        backend.Gemm(new GemmShape(rows, GDim, GDim), outputGradients, dense.QG, rotated);
+        backend.Gemm(new GemmShape(GDim, ADim, rows, TransA: true), rotated, projectedInputs, x);
+        // Σ x² w in float blocks summed in double: a million float products summed in float would lose digits.
+        const int Block = 4096;
+        double sum = 0;
+        for (int i = 0; i < x.Length; i += Block)
+        {
+            Span<float> block = x.Slice(i, Math.Min(Block, x.Length - i));
+            System.Numerics.Tensors.TensorPrimitives.Multiply(block, block, block);
+            sum += System.Numerics.Tensors.TensorPrimitives.Dot(block, dense.InverseDenominators.AsSpan(i, block.Length));
+        }
+        return sum;
+    }
+
+    /// <summary>
     /// Closed-form variance of every output <c>s_v = (W a + b)_v</c> of this layer under its own posterior, for
     /// <paramref name="rows"/> inputs a (<c>[rows × in]</c>): with <c>β = Q_Aᵀ ã</c>,
     /// <c>var s_v = Σ_ij Q_G[v,i]² β_j² / (M λ_G,i λ_A,j + τ)</c>; written to <paramref name="variance"/> <c>[rows × out]</c>.

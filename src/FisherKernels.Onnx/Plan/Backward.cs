@@ -26,7 +26,9 @@ public sealed class Backward
     private readonly List<NdArray<float>> unwritten = [];
     private readonly List<GradStep> reverse = [];
 
-    public Backward(ExecutionPlan plan, IEnumerable<string> seeds)
+    /// <param name="targets">When given, only the gradients of these values and of those on their way to the seeds are computed
+    /// (e.g. the layer outputs without the weight gradients, as a tap-only pass); otherwise every value's.</param>
+    public Backward(ExecutionPlan plan, IEnumerable<string> seeds, IEnumerable<string>? targets = null)
     {
         this.plan = plan;
         var values = plan.Values;
@@ -51,8 +53,19 @@ public sealed class Backward
             for (int i = 0; i < step.InputIds.Length; i++)
                 if (step.InputIds[i] >= 0 && (step.Op.IsView ? i == 0 : step.Op.IsDifferentiable(i))) needed[step.InputIds[i]] = true;
         }
+        var reached = new bool[values.Count];
+        if (targets is null) Array.Fill(reached, true);
+        else
+        {
+            // Values computed from a target (walking the steps forwards): only they lie between a target and a seed.
+            foreach (var target in targets) reached[plan.Id(target)] = true;
+            foreach (var step in steps)
+                for (int i = 0; i < step.InputIds.Length; i++)
+                    if (step.InputIds[i] >= 0 && reached[step.InputIds[i]] && (step.Op.IsView ? i == 0 : step.Op.IsDifferentiable(i)))
+                        foreach (int o in step.OutputIds) reached[o] = true;
+        }
         for (int id = 0; id < values.Count; id++)
-            if (needed[id] && values[id].DependsOnVariable && values[id].Info.Type == ElementType.Float32)
+            if (needed[id] && reached[id] && values[id].DependsOnVariable && values[id].Info.Type == ElementType.Float32)
                 gradients[id] = new NdArray<float>(values[id].Info.Shape);
 
         var written = new bool[values.Count];

@@ -26,36 +26,35 @@ public static class KfacScoring
         return (curvature, posterior);
     }
 
-    /// <summary>
-    /// The K-FAC epistemic score of one backward pass (SPEC §4): Σ over layers of <c>vec(X)ᵀ Σ vec(X)</c>, X = [∇W | ∇b]
-    /// as <c>[out × in(+1)]</c> whatever the weight's storage. The backward pass must have every layer weight and bias as parameters.
-    /// </summary>
-    public static Func<Backward, double> Epistemic(LanguageModel lm, KfacPosterior posterior)
+    /// <summary>The K-FAC epistemic score (SPEC §4) of <paramref name="posterior"/>, made for <paramref name="lm"/>'s layers.</summary>
+    public static EpistemicMetric Epistemic(LanguageModel lm, KfacPosterior posterior)
     {
-        IReadOnlyList<Layer> layers = lm.Model.Layers;
-        var buffers = layers.Select(l => new float[(long)l.Out * (l.In + (l.Bias is null ? 0 : 1))]).ToArray();
-        var result = new float[1];
-        return backward =>
+        foreach (Layer layer in lm.Model.Layers) _ = posterior[layer.Id];
+        return EpistemicMetric.Kfac(posterior);
+    }
+
+    /// <summary>
+    /// Σ over layers of <c>vec(X)ᵀ Σ vec(X)</c> from a backward pass that computed every layer's weight and bias gradient,
+    /// X = [∇W | ∇b] as <c>[out × in(+1)]</c> whatever the weight's storage.
+    /// </summary>
+    public static double GradientQuadratic(LanguageModel lm, KfacPosterior posterior, Backward backward) =>
+        lm.Model.Layers.Sum(layer => LayerGradientQuadratic(layer, posterior[layer.Id], backward, new float[(long)layer.Out * (layer.In + (layer.Bias is null ? 0 : 1))]));
+
+    /// <summary>One layer's <c>vec(X)ᵀ Σ vec(X)</c> of <see cref="GradientQuadratic"/>, X laid out in <paramref name="x"/>.</summary>
+    internal static double LayerGradientQuadratic(Layer layer, LayerPosterior posterior, Backward backward, float[] x)
+    {
+        int a = layer.In + (layer.Bias is null ? 0 : 1);
+        float[] w = backward.Gradient(layer.Id).Data;
+        for (int o = 0; o < layer.Out; o++)
+            for (int k = 0; k < layer.In; k++) x[o * a + k] = layer.StoredOutIn ? w[o * layer.In + k] : w[k * layer.Out + o];
+        if (layer.Bias is not null)
         {
-            double sum = 0;
-            for (int i = 0; i < layers.Count; i++)
-            {
-                Layer layer = layers[i];
-                float[] x = buffers[i];
-                int a = layer.In + (layer.Bias is null ? 0 : 1);
-                float[] w = backward.Gradient(layer.Id).Data;
-                for (int o = 0; o < layer.Out; o++)
-                    for (int k = 0; k < layer.In; k++) x[o * a + k] = layer.StoredOutIn ? w[o * layer.In + k] : w[k * layer.Out + o];
-                if (layer.Bias is not null)
-                {
-                    float[] b = backward.Gradient(layer.Bias).Data;
-                    for (int o = 0; o < layer.Out; o++) x[o * a + layer.In] = b[o];
-                }
-                posterior[layer.Id].Quadratic(x, 1, result);
-                sum += result[0];
-            }
-            return sum;
-        };
+            float[] b = backward.Gradient(layer.Bias).Data;
+            for (int o = 0; o < layer.Out; o++) x[o * a + layer.In] = b[o];
+        }
+        var result = new float[1];
+        posterior.Quadratic(x, 1, result);
+        return result[0];
     }
 
     /// <summary>

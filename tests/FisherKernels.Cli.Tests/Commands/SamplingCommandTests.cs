@@ -28,7 +28,7 @@ public class SamplingCommandTests
         backward.Clear();
         backward.Gradient(lm.LogitsOutput).Data[position * logits.Shape[2] + (int)target] = 1;
         backward.Run(context);
-        return KfacScoring.Epistemic(lm, posterior)(backward);
+        return KfacScoring.GradientQuadratic(lm, posterior, backward);
     }
 
     [Theory]

@@ -25,7 +25,7 @@ public class IsotropicScoreTests
         var tokens = NpyFile.Read(Fixtures.Path(model + ".tokens.npy"));
         NdArray? targets = givenTargets ? NpyFile.Read(Fixtures.Path(model + ".targets.npy")) : null;
         var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
-        var report = PositionScorer.Score(lm, Context, tokens, targets, parameters, "isotropic", 1.0, PositionScorer.SquaredGradientNorm(parameters));
+        var report = PositionScorer.Score(lm, Context, tokens, targets, parameters, "isotropic", 1.0, EpistemicMetric.SquaredGradientNorm);
         using var golden = JsonDocument.Parse(File.ReadAllText(Fixtures.Path(model + (givenTargets ? ".scores_targets.json" : ".scores.json"))));
         var expected = golden.RootElement.GetProperty("isotropic");
         var sequences = expected.GetProperty("sequences").EnumerateArray().ToList();
@@ -61,10 +61,10 @@ public class IsotropicScoreTests
         var tokens = NpyFile.Read(Fixtures.Path("gpt2_tiny.tokens.npy"));
         var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
         var wrongShape = new NdArray<long>(2, 5);
-        Assert.Contains("shape", Assert.Throws<FisherKernelsException>(() => PositionScorer.Score(lm, Context, tokens, wrongShape, parameters, "isotropic", 1, PositionScorer.SquaredGradientNorm(parameters))).Message);
+        Assert.Contains("shape", Assert.Throws<FisherKernelsException>(() => PositionScorer.Score(lm, Context, tokens, wrongShape, parameters, "isotropic", 1, EpistemicMetric.SquaredGradientNorm)).Message);
         var outside = new NdArray<long>(tokens.Shape);
         outside.Data[3] = 64;
-        Assert.Contains("target 64", Assert.Throws<FisherKernelsException>(() => PositionScorer.Score(lm, Context, tokens, outside, parameters, "isotropic", 1, PositionScorer.SquaredGradientNorm(parameters))).Message);
+        Assert.Contains("target 64", Assert.Throws<FisherKernelsException>(() => PositionScorer.Score(lm, Context, tokens, outside, parameters, "isotropic", 1, EpistemicMetric.SquaredGradientNorm)).Message);
     }
 
     /// <summary>SPEC §7: epistemic scores to relative error 1e-3.</summary>

@@ -1,0 +1,229 @@
+using System.Numerics.Tensors;
+using FisherKernels.Backends;
+using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Plan;
+using FisherKernels.Uncertainty;
+
+namespace FisherKernels.Onnx.Scoring;
+
+/// <summary>
+/// The epistemic score of one backward pass (SPEC §4) without the weight gradients. A layer's weight gradient is
+/// <c>X = Σ_m g_m ã_mᵀ = Gᵀ Ã</c>, with Ã its inputs (shared by every position of a sequence, prepared once) and G
+/// the gradients of its outputs, so the backward pass only needs to reach the layer outputs (the taps). Rows of G
+/// that are exactly zero add nothing and are dropped (a causal model leaves every row after the scored position
+/// zero; the rows are checked, not assumed). Isotropic: <c>‖X‖² = Σ_mm' (ã_m·ã_m')(g_m·g_m')</c> from the Gram of Ã
+/// when a layer has no more rows than inputs, else X itself. K-FAC: <see cref="LayerPosterior.OuterProductQuadratic"/>.
+/// A parameter that is not a layer weight or bias used by its layer alone (a tied embedding, a normalization scale
+/// under <c>--params all</c>) gets its whole gradient from the backward pass instead.
+/// </summary>
+internal sealed class TapScorer
+{
+    private sealed class Tap(Layer layer, bool withBias, LayerPosterior? posterior)
+    {
+        public Layer Layer { get; } = layer;
+        public bool WithBias { get; } = withBias;
+        public LayerPosterior? Posterior { get; } = posterior;
+        public int ADim => Layer.In + (WithBias ? 1 : 0);
+
+        /// <summary>M: the layer's rows in this sequence, over all its applications.</summary>
+        public int Rows { get; set; }
+
+        /// <summary>Ã [M × ADim].</summary>
+        public float[] Inputs { get; set; } = [];
+
+        /// <summary>Isotropic: Ã Ãᵀ [M × M] when M ≤ ADim, else empty; K-FAC: the posterior's projected rows [M × ADim].</summary>
+        public float[] Shared { get; set; } = [];
+    }
+
+    private static readonly HashSet<string> PassThrough = ["Transpose", "Identity", "Cast"];
+
+    private readonly IComputeBackend backend;
+    private readonly KfacPosterior? posterior;
+    private readonly List<Tap> taps = [];
+    private readonly List<string> wholeParameters = [];
+    private readonly List<(Layer Layer, float[] Buffer)> wholeLayers = [];
+    private float[] gathered = [], compactG = [], compactA = [], gram = [], workspace = [];
+    private int[] rowIndex = [];
+
+    public TapScorer(LanguageModel lm, IReadOnlyList<string> parameters, EpistemicMetric metric, IComputeBackend backend)
+    {
+        this.backend = backend;
+        posterior = metric.Posterior;
+        var graph = lm.Model.Graph;
+        var set = parameters.ToHashSet(StringComparer.Ordinal);
+        var covered = new HashSet<string>(StringComparer.Ordinal);
+        foreach (Layer layer in lm.Model.Layers)
+        {
+            if (posterior is not null && (!set.Contains(layer.Id) || layer.Bias is not null && !set.Contains(layer.Bias)))
+                throw FisherKernelsException.Argument($"K-FAC scores need every layer weight and bias as parameters; '{(set.Contains(layer.Id) ? layer.Bias : layer.Id)}' is not one");
+            if (!set.Contains(layer.Id) || !OnlyInLayer(graph, layer.Id, layer, weight: true)) continue;
+            bool withBias = layer.Bias is not null && set.Contains(layer.Bias) && OnlyInLayer(graph, layer.Bias, layer, weight: false);
+            if (posterior is not null && layer.Bias is not null && !withBias) continue;
+            taps.Add(new Tap(layer, withBias, posterior?[layer.Id]));
+            covered.Add(layer.Id);
+            if (withBias) covered.Add(layer.Bias!);
+        }
+        if (posterior is null)
+        {
+            wholeParameters.AddRange(parameters.Where(p => !covered.Contains(p)));
+            return;
+        }
+        var layerNames = lm.Model.Layers.SelectMany(l => l.Bias is null ? [l.Id] : new[] { l.Id, l.Bias }).ToHashSet(StringComparer.Ordinal);
+        if (parameters.FirstOrDefault(p => !layerNames.Contains(p)) is { } stray)
+            throw FisherKernelsException.Argument($"K-FAC scores cover the layers only; parameter '{stray}' is not a layer weight or bias");
+        foreach (Layer layer in lm.Model.Layers.Where(l => !covered.Contains(l.Id)))
+        {
+            wholeLayers.Add((layer, new float[(long)layer.Out * (layer.In + (layer.Bias is null ? 0 : 1))]));
+            wholeParameters.Add(layer.Id);
+            if (layer.Bias is not null) wholeParameters.Add(layer.Bias);
+        }
+    }
+
+    /// <summary>The values whose gradients the backward pass must compute: the tapped layer outputs and the whole parameters.</summary>
+    public IEnumerable<string> Targets => taps.SelectMany(t => t.Layer.Applications.Select(a => a.OutputValue)).Concat(wholeParameters);
+
+    /// <summary>Reads the layer inputs of the sequence the plan just ran forward and prepares what its positions share.</summary>
+    public void BeginSequence(ExecutionPlan plan)
+    {
+        foreach (Tap tap in taps)
+        {
+            int inF = tap.Layer.In, a = tap.ADim;
+            var inputs = tap.Layer.Applications.Select(app => (NdArray<float>)plan.Get(app.InputValue)).ToList();
+            int rows = checked((int)inputs.Sum(x => x.Length / inF));
+            tap.Rows = rows;
+            if (tap.Inputs.Length != rows * a) tap.Inputs = new float[rows * a];
+            int row = 0;
+            foreach (NdArray<float> x in inputs)
+                for (int r = 0; r < x.Length / inF; r++, row++)
+                {
+                    x.Data.AsSpan(r * inF, inF).CopyTo(tap.Inputs.AsSpan(row * a, inF));
+                    if (tap.WithBias) tap.Inputs[row * a + inF] = 1;
+                }
+
+            int shared = tap.Posterior is not null ? rows * a : rows <= a ? rows * rows : 0;
+            if (tap.Shared.Length != shared) tap.Shared = new float[shared];
+            if (tap.Posterior is not null) tap.Posterior.ProjectInputRows(tap.Inputs, rows, tap.Shared);
+            else if (shared > 0) backend.Gemm(new GemmShape(rows, rows, a, TransB: true), tap.Inputs, tap.Inputs, tap.Shared);
+
+            int outF = tap.Layer.Out;
+            long work = tap.Posterior?.OuterProductWorkspace(rows) ?? (long)outF * a;
+            Grow(ref gathered, tap.Layer.Applications.Count > 1 ? (long)rows * outF : 0);
+            Grow(ref compactG, (long)rows * outF);
+            Grow(ref compactA, (long)rows * a);
+            Grow(ref gram, (long)rows * rows);
+            Grow(ref workspace, work);
+            if (rowIndex.Length < rows) rowIndex = new int[rows];
+        }
+    }
+
+    /// <summary>The epistemic score of the gradient the backward pass just computed (seeded at the logits).</summary>
+    public double Score(Backward backward)
+    {
+        double sum = 0;
+        foreach (Tap tap in taps) sum += Score(tap, backward);
+        foreach (string name in wholeParameters)
+            if (posterior is null && backward.HasGradient(name)) sum += SumOfSquares(backward.Gradient(name).Data);
+        foreach (var (layer, buffer) in wholeLayers) sum += KfacScoring.LayerGradientQuadratic(layer, posterior![layer.Id], backward, buffer);
+        return sum;
+    }
+
+    private double Score(Tap tap, Backward backward)
+    {
+        int outF = tap.Layer.Out, a = tap.ADim, m = tap.Rows;
+        ReadOnlySpan<float> g;
+        if (tap.Layer.Applications.Count == 1)
+        {
+            string output = tap.Layer.Applications[0].OutputValue;
+            if (!backward.HasGradient(output)) return 0;
+            g = backward.Gradient(output).Data;
+        }
+        else
+        {
+            int offset = 0;
+            foreach (LayerApplication app in tap.Layer.Applications)
+            {
+                int length = (int)(backward.Plan.Get(app.InputValue).Length / tap.Layer.In * outF);
+                Span<float> target = gathered.AsSpan(offset, length);
+                if (backward.HasGradient(app.OutputValue)) backward.Gradient(app.OutputValue).Data.CopyTo(target);
+                else target.Clear();
+                offset += length;
+            }
+            g = gathered.AsSpan(0, m * outF);
+        }
+
+        int rows = 0;
+        for (int r = 0; r < m; r++)
+            if (g.Slice(r * outF, outF).IndexOfAnyExcept(0f) >= 0) rowIndex[rows++] = r;
+        if (rows == 0) return 0;
+        bool prefix = rowIndex[rows - 1] == rows - 1;
+        ReadOnlySpan<float> gc = prefix ? g[..(rows * outF)] : Gather(g, outF, rows, compactG);
+
+        if (tap.Posterior is not null)
+        {
+            ReadOnlySpan<float> projected = prefix ? tap.Shared.AsSpan(0, rows * a) : Gather(tap.Shared, a, rows, compactA);
+            return tap.Posterior.OuterProductQuadratic(gc, projected, rows, workspace);
+        }
+        if (tap.Shared.Length == 0)
+        {
+            ReadOnlySpan<float> ac = prefix ? tap.Inputs.AsSpan(0, rows * a) : Gather(tap.Inputs, a, rows, compactA);
+            Span<float> x = workspace.AsSpan(0, outF * a);
+            backend.Gemm(new GemmShape(outF, a, rows, TransA: true), gc, ac, x);
+            return SumOfSquares(x);
+        }
+        // ‖Gᵀ Ã‖² = Σ_ij (Ã Ãᵀ)_ij (G Gᵀ)_ij over the kept rows.
+        Span<float> gg = gram.AsSpan(0, rows * rows);
+        backend.Gemm(new GemmShape(rows, rows, outF, TransB: true), gc, gc, gg);
+        double sum = 0;
+        for (int i = 0; i < rows; i++)
+        {
+            ReadOnlySpan<float> kernel = tap.Shared.AsSpan(rowIndex[i] * m, m);
+            for (int j = 0; j < rows; j++) sum += (double)kernel[rowIndex[j]] * gg[i * rows + j];
+        }
+        return sum;
+    }
+
+    /// <summary>The rows of <paramref name="source"/> listed in rowIndex, packed into <paramref name="target"/>.</summary>
+    private ReadOnlySpan<float> Gather(ReadOnlySpan<float> source, int width, int rows, float[] target)
+    {
+        for (int i = 0; i < rows; i++) source.Slice(rowIndex[i] * width, width).CopyTo(target.AsSpan(i * width, width));
+        return target.AsSpan(0, rows * width);
+    }
+
+    /// <summary>Σ x² accumulated in double by blocks (float sums of a million squares would lose digits).</summary>
+    internal static double SumOfSquares(ReadOnlySpan<float> values)
+    {
+        const int Block = 1024;
+        double sum = 0;
+        for (int i = 0; i < values.Length; i += Block)
+            sum += TensorPrimitives.SumOfSquares(values.Slice(i, Math.Min(Block, values.Length - i)));
+        return sum;
+    }
+
+    private static void Grow(ref float[] buffer, long length)
+    {
+        if (length > Array.MaxLength) throw FisherKernelsException.Argument($"score: a workspace of {length} floats is too large");
+        if (buffer.Length < length) buffer = new float[length];
+    }
+
+    /// <summary>
+    /// Whether every use of <paramref name="value"/> (through Transpose/Identity/Cast) is the layer's own: the weight
+    /// operand of one of its MatMul/Gemm nodes, or its bias (Gemm's C, or the Add giving the layer output).
+    /// </summary>
+    private static bool OnlyInLayer(OnnxGraph graph, string value, Layer layer, bool weight)
+    {
+        if (graph.Outputs.Any(o => o.Name == value)) return false;
+        if (!graph.Consumers.TryGetValue(value, out var consumers)) return true;
+        foreach (Node node in consumers)
+            for (int i = 0; i < node.Inputs.Length; i++)
+            {
+                if (node.Inputs[i] != value) continue;
+                bool own = node.Domain.Length == 0 && PassThrough.Contains(node.OpType) && i == 0
+                    ? OnlyInLayer(graph, node.Outputs[0], layer, weight)
+                    : layer.Applications.Any(app => weight ? app.Node == node && i == 1
+                        : node.OpType == "Gemm" ? app.Node == node && i == 2
+                        : node is { OpType: "Add", Domain: "", Inputs.Length: 2 } && node.Outputs[0] == app.OutputValue && node.Inputs[1 - i] == app.Node.Outputs[0]);
+                if (!own) return false;
+            }
+        return true;
+    }
+}
