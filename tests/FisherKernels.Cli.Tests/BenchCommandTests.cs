@@ -68,5 +68,6 @@ public sealed class BenchCommandTests
             .ToDictionary(r => r.GetProperty("name").GetString()!, r => r.GetProperty("baseline").GetString());
         Assert.Equal("onnxruntime", results["forward"]);
         foreach (string name in new[] { "backward", "jvp", "fit", "score" }) Assert.Equal("forward", results[name]);
+        Assert.Equal("isotropic_score", results["score_kfac"]);
     }
 }

@@ -6,6 +6,7 @@ using FisherKernels.Onnx.Graph;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Plan;
 using FisherKernels.Onnx.Scoring;
+using FisherKernels.Uncertainty;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 
@@ -16,7 +17,8 @@ namespace FisherKernels.Cli.Bench;
 /// the same thread count) on the same model and tokens; <c>backward</c> (the backward pass of the summed
 /// next-token loss to every layer weight, after a forward pass that is not timed), <c>jvp</c> (the tangent pass
 /// along every layer weight, likewise), <c>fit</c> (one batch: forward, backward with taps, factor
-/// accumulation) and <c>score</c> (isotropic, the whole batch, forward included) against our forward pass.
+/// accumulation) and <c>score</c> (isotropic, the whole batch, forward included) against our forward pass;
+/// <c>score_kfac</c> (the fit batch's curvature as posterior) against the isotropic score.
 /// </summary>
 internal sealed class ModelBenches : IBenchSuite
 {
@@ -80,9 +82,13 @@ internal sealed class ModelBenches : IBenchSuite
         yield return BenchResult.Timed("fit", backend, shape, null,
             BenchTimer.MedianPairMs(() => KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets), Forward, runs, warmup: 2), "forward");
 
-        var norm = EpistemicMetric.SquaredGradientNorm;
-        yield return BenchResult.Timed("score", backend, shape, null,
-            BenchTimer.MedianPairMs(() => PositionScorer.Score(lm, op, tokens, null, parameters, "isotropic", 1.0, norm), Forward, runs: 5, warmup: 1), "forward");
+        void Isotropic() => PositionScorer.Score(lm, op, tokens, null, parameters, "isotropic", 1.0, EpistemicMetric.SquaredGradientNorm);
+        yield return BenchResult.Timed("score", backend, shape, null, BenchTimer.MedianPairMs(Isotropic, Forward, runs: 5, warmup: 1), "forward");
+
+        // K-FAC scores need a curvature: the fit batch's, accumulated above (issue 5: a K-FAC score against an isotropic one).
+        var kfac = EpistemicMetric.Kfac(new KfacPosterior(accumulator.ToCurvature("bench"), context.Backend));
+        yield return BenchResult.Timed("score_kfac", backend, shape, null,
+            BenchTimer.MedianPairMs(() => PositionScorer.Score(lm, op, tokens, null, parameters, "kfac", 1.0, kfac), Isotropic, runs: 5, warmup: 1), "isotropic_score");
     }
 
     private static long PeakWorkingSet()

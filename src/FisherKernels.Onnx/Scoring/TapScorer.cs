@@ -12,7 +12,7 @@ namespace FisherKernels.Onnx.Scoring;
 /// the gradients of its outputs, so the backward pass only needs to reach the layer outputs (the taps). Rows of G
 /// that are exactly zero add nothing and are dropped (a causal model leaves every row after the scored position
 /// zero; the rows are checked, not assumed). Isotropic: <c>‖X‖² = Σ_mm' (ã_m·ã_m')(g_m·g_m')</c> from the Gram of Ã
-/// when a layer has no more rows than inputs, else X itself. K-FAC: <see cref="LayerPosterior.OuterProductQuadratic"/>.
+/// when a layer has fewer rows than inputs, else X itself. K-FAC: <see cref="LayerPosterior.OuterProductQuadratic"/>.
 /// A parameter that is not a layer weight or bias used by its layer alone (a tied embedding, a normalization scale
 /// under <c>--params all</c>) gets its whole gradient from the backward pass instead.
 /// </summary>
@@ -31,7 +31,7 @@ internal sealed class TapScorer
         /// <summary>Ã [M × ADim].</summary>
         public float[] Inputs { get; set; } = [];
 
-        /// <summary>Isotropic: Ã Ãᵀ [M × M] when M ≤ ADim, else empty; K-FAC: the posterior's projected rows [M × ADim].</summary>
+        /// <summary>Isotropic: Ã Ãᵀ [M × M] while M is below ADim, else empty; K-FAC: the posterior's projected rows [M × ADim].</summary>
         public float[] Shared { get; set; } = [];
     }
 
@@ -100,7 +100,8 @@ internal sealed class TapScorer
                     if (tap.WithBias) tap.Inputs[row * a + inF] = 1;
                 }
 
-            int shared = tap.Posterior is not null ? rows * a : rows <= a ? rows * rows : 0;
+            // The Gram costs 2·M²·out flops a position, X itself 2·M·a·out: the Gram while M < a (it then also fits in an A factor's memory).
+            int shared = tap.Posterior is not null ? rows * a : rows < a ? rows * rows : 0;
             if (tap.Shared.Length != shared) tap.Shared = new float[shared];
             if (tap.Posterior is not null) tap.Posterior.ProjectInputRows(tap.Inputs, rows, tap.Shared);
             else if (shared > 0) backend.Gemm(new GemmShape(rows, rows, a, TransB: true), tap.Inputs, tap.Inputs, tap.Shared);
