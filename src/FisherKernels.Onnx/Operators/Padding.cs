@@ -75,10 +75,13 @@ internal sealed class Pad : MovementOperator
         int axisCount = axes is null ? rank : (int)axes.Length;
         if (count != 2 * axisCount)
             throw Error($"pads has {count} values, expected {2 * axisCount} (begin and end for {(axes is null ? $"each of the {rank} axes" : $"the {axisCount} axes given")})");
+        ulong seen = 0;
         for (int i = 0; i < axisCount; i++)
         {
             long axis = axes switch { null => i, NdArray<long> l => l.Data[i], _ => ((NdArray<int>)axes).Data[i] };
             int a = NormalizeAxis(axis, rank, "axes value");
+            if ((seen & (1UL << a)) != 0) throw Error($"axes names axis {a} twice");
+            seen |= 1UL << a;
             long b = padsAttribute?[i] ?? ((NdArray<long>)pads!).Data[i];
             long e = padsAttribute?[i + axisCount] ?? ((NdArray<long>)pads!).Data[i + axisCount];
             if (b is < int.MinValue or > int.MaxValue || e is < int.MinValue or > int.MaxValue) throw Error($"pad {b}, {e} of axis {a} is out of range");

@@ -76,6 +76,7 @@ public sealed class PadTileScatterTests
         var op = OpRunner.Create("Pad", 2, opset: 13);
         Assert.Contains("expected 4", Refused(() => OpRunner.Forward(op, R(2, 3), OpRunner.Longs(1, 1))).Message);
         Assert.Contains("remove more", Refused(() => OpRunner.Forward(op, R(2, 3), OpRunner.Longs(0, -2, 0, -2))).Message);
+        Assert.Contains("twice", Refused(() => OpRunner.Forward(OpRunner.Create("Pad", 4, opset: 18), R(2, 3), OpRunner.Longs(1, 1, 0, 0), null, OpRunner.Longs(1, -1))).Message);
         var edge = OpRunner.Create("Pad", 2, attributes: A().Set("mode", "edge"), opset: 13);
         Assert.Contains("empty axis", Refused(() => OpRunner.Forward(edge, new NdArray<float>(0, 2), OpRunner.Longs(1, 0, 0, 0))).Message);
     }
