@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics.X86;
 using FisherKernels.Backends;
 
 namespace FisherKernels.Onnx.Operators;
@@ -42,6 +43,12 @@ internal sealed class MatMul : Operator
         Dims.TryCreate(a.Shape, b.Shape, out var d);
         ReadOnlySpan<int> batch = d.Out[..d.Rank], batchA = d.A[..d.Rank], batchB = d.B[..d.Rank];
         // gA[M×K] += gY[M×N]·Bᵀ,  gB[K×N] += Aᵀ·gY[M×N]; batches broadcast into an operand add up there.
+        if (Packable(a, b, d, out int rows))
+        {
+            if (inputGrads[0] is { } pga) PackedInputGradient(context, gy.Data, b.Data, pga.Data, rows, d.K, d.N);
+            if (inputGrads[1] is { } pgb) PackedWeightGradient(context, a.Data, gy.Data, pgb.Data, rows, d.K, d.N);
+            return;
+        }
         if (inputGrads[0] is { } ga) Gemm(context.Backend, batch, gy.Data, batch, b.Data, batchB, ga.Data, batchA, d.M, d.K, d.N, false, true, 1);
         if (inputGrads[1] is { } gb) Gemm(context.Backend, batch, a.Data, batchA, gy.Data, batch, gb.Data, batchB, d.K, d.N, d.M, true, false, 1);
     }
@@ -52,11 +59,163 @@ internal sealed class MatMul : Operator
         if (outputTangents[0] is not { } ty) return;
         var (a, b, _) = Operands(inputs, outputs);
         Dims.TryCreate(a.Shape, b.Shape, out var d);
+        if (Packable(a, b, d, out int rows))
+        {
+            PackedTangent(context, a.Data, inputTangents[0]?.Data, b.Data, inputTangents[1]?.Data, ty.Data, rows, d.K, d.N);
+            return;
+        }
         ReadOnlySpan<int> batch = d.Out[..d.Rank], batchA = d.A[..d.Rank], batchB = d.B[..d.Rank];
         float beta = 0;
         if (inputTangents[0] is { } ta) { Gemm(context.Backend, batch, ta.Data, batchA, b.Data, batchB, ty.Data, batch, d.M, d.N, d.K, false, false, beta); beta = 1; }
         if (inputTangents[1] is { } tb) { Gemm(context.Backend, batch, a.Data, batchA, tb.Data, batchB, ty.Data, batch, d.M, d.N, d.K, false, false, beta); beta = 1; }
         if (beta == 0) ty.Span.Clear();
+    }
+
+    /// <summary>
+    /// Whether the derivatives go through the packed AVX-512 kernel (<see cref="PackedGemm"/>): B one
+    /// [K×N] matrix (a weight) shared by every batch of A, whose batches stack into <paramref name="rows"/>,
+    /// and enough work to pay for packing an operand per call.
+    /// </summary>
+    private static bool Packable(NdArray<float> a, NdArray<float> b, in Dims d, out int rows)
+    {
+        rows = a.Rank < 2 || d.K == 0 ? 0 : (int)(a.Length / d.K);
+        return PackedGemm.IsSupported && a.Rank >= 2 && b.Rank == 2 && 2L * rows * d.K * d.N >= 1 << 20;
+    }
+
+    /// <summary>tY = tA·B + A·tB as one product of the stacked operands [tA | A]·[B ; tB] (a missing tangent drops its half).</summary>
+    private static unsafe void PackedTangent(OpContext context, float[] a, float[]? ta, float[] b, float[]? tb, float[] ty, int rows, int k, int n)
+    {
+        if (ta is null && tb is null) { ty.AsSpan().Clear(); return; }
+        bool both = ta is not null && tb is not null;
+        int depth = both ? 2 * k : k, panels = PackedGemm.PanelCount(n);
+        long packedLength = (long)panels * depth * PackedGemm.PanelWidth;
+        var scratch = context.Scratch(packedLength + (both ? (long)rows * depth : 0));
+        fixed (float* s = scratch, pa = a, pta = ta, pb = b, ptb = tb)
+        {
+            float* packed = s, left = ta is null ? pa : pta;
+            if (ta is not null) PackedGemm.Pack(pb, k, n, n, 1, packed, depth);
+            if (tb is not null) PackedGemm.Pack(ptb, k, n, n, 1, packed + (ta is null ? 0 : k * PackedGemm.PanelWidth), depth);
+            if (both)
+            {
+                left = s + packedLength;
+                for (int i = 0; i < rows; i++)
+                {
+                    new ReadOnlySpan<float>(pta + (long)i * k, k).CopyTo(new Span<float>(left + (long)i * depth, k));
+                    new ReadOnlySpan<float>(pa + (long)i * k, k).CopyTo(new Span<float>(left + (long)i * depth + k, k));
+                }
+            }
+            MultiplyPacked(context, left, depth, rows, packed, n, ty, accumulate: false);
+        }
+    }
+
+    /// <summary>gA [rows×K] += gY [rows×N]·Bᵀ, Bᵀ packed straight from B by 8×8 transposes.</summary>
+    private static unsafe void PackedInputGradient(OpContext context, float[] gy, float[] b, float[] ga, int rows, int k, int n)
+    {
+        // B' = Bᵀ is [N×K]: its panel j (columns 32j.. of Bᵀ) is the transpose of rows 32j.. of B.
+        const int w = PackedGemm.PanelWidth;
+        int panels = PackedGemm.PanelCount(k);
+        var scratch = context.Scratch((long)panels * n * w);
+        fixed (float* packed = scratch, pb = b, pgy = gy)
+        {
+            for (int j = 0; j < panels; j++)
+            {
+                int columns = Math.Min(w, k - j * w);
+                float* panel = packed + (long)j * n * w;
+                Transpose(pb + (long)j * w * n, columns, n, n, panel, w);
+                if (columns < w)
+                    for (int r = 0; r < n; r++) new Span<float>(panel + (long)r * w + columns, w - columns).Clear();
+            }
+            MultiplyPacked(context, pgy, n, rows, packed, k, ga, accumulate: true);
+        }
+    }
+
+    /// <summary>gB [K×N] += Aᵀ·gY over the stacked rows: Aᵀ by 8×8 transposes, gY packed as B.</summary>
+    private static unsafe void PackedWeightGradient(OpContext context, float[] a, float[] gy, float[] gb, int rows, int k, int n)
+    {
+        long packedLength = (long)PackedGemm.PanelCount(n) * rows * PackedGemm.PanelWidth;
+        var scratch = context.Scratch(packedLength + (long)k * rows);
+        fixed (float* s = scratch, pa = a, pgy = gy)
+        {
+            float* packed = s, transposed = s + packedLength;
+            PackedGemm.Pack(pgy, rows, n, n, 1, packed);
+            Transpose(pa, rows, k, k, transposed, rows);
+            MultiplyPacked(context, transposed, rows, k, packed, n, gb, accumulate: true);
+        }
+    }
+
+    /// <summary>
+    /// C [m×n] = A·B (A [m×depth] row-major, B packed with depth rows per panel), panels split over the
+    /// threads; with <paramref name="accumulate"/>, C += A·B by way of rows of a per-panel tile.
+    /// </summary>
+    private static unsafe void MultiplyPacked(OpContext context, float* a, int depth, int m, float* packed, int n, float[] c, bool accumulate)
+    {
+        nint pa = (nint)a, pp = (nint)packed;
+        int panels = PackedGemm.PanelCount(n);
+        void Panel(int j)
+        {
+            const int w = PackedGemm.PanelWidth;
+            fixed (float* pc = c)
+            {
+                if (!accumulate) { PackedGemm.MultiplyPanels((float*)pa, depth, m, depth, (float*)pp, n, null, pc, n, j, j + 1); return; }
+                // The kernel overwrites: compute the panel's columns into a private block, then add.
+                int columns = Math.Min(w, n - j * w);
+                var block = System.Buffers.ArrayPool<float>.Shared.Rent(m * w);
+                try
+                {
+                    fixed (float* pblock = block)
+                    {
+                        PackedGemm.MultiplyPanels((float*)pa, depth, m, depth, (float*)pp + (long)j * depth * w, columns, null, pblock, w, 0, 1);
+                        for (int i = 0; i < m; i++)
+                        {
+                            var target = new Span<float>(pc + (long)i * n + j * w, columns);
+                            System.Numerics.Tensors.TensorPrimitives.Add(target, new ReadOnlySpan<float>(pblock + (long)i * w, columns), target);
+                        }
+                    }
+                }
+                finally { System.Buffers.ArrayPool<float>.Shared.Return(block); }
+            }
+        }
+        ParallelWork.For(panels, context.Threads, Panel);
+    }
+
+    /// <summary>dst[c·dstStride + r] = src[r·srcStride + c] for r &lt; rows, c &lt; cols: 8×8 blocks in AVX registers, scalar edges.</summary>
+    internal static unsafe void Transpose(float* src, int rows, int cols, long srcStride, float* dst, long dstStride)
+    {
+        int r = 0;
+        if (System.Runtime.Intrinsics.X86.Avx.IsSupported)
+            for (; r + 8 <= rows; r += 8)
+            {
+                int c = 0;
+                for (; c + 8 <= cols; c += 8) Transpose8x8(src + r * srcStride + c, srcStride, dst + c * dstStride + r, dstStride);
+                for (; c < cols; c++)
+                    for (int i = r; i < r + 8; i++) dst[c * dstStride + i] = src[i * srcStride + c];
+            }
+        for (; r < rows; r++)
+            for (int c = 0; c < cols; c++) dst[c * dstStride + r] = src[r * srcStride + c];
+    }
+
+    private static unsafe void Transpose8x8(float* src, long srcStride, float* dst, long dstStride)
+    {
+        var r0 = Avx.LoadVector256(src); var r1 = Avx.LoadVector256(src + srcStride);
+        var r2 = Avx.LoadVector256(src + 2 * srcStride); var r3 = Avx.LoadVector256(src + 3 * srcStride);
+        var r4 = Avx.LoadVector256(src + 4 * srcStride); var r5 = Avx.LoadVector256(src + 5 * srcStride);
+        var r6 = Avx.LoadVector256(src + 6 * srcStride); var r7 = Avx.LoadVector256(src + 7 * srcStride);
+        var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
+        var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
+        var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
+        var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
+        var s0 = Avx.Shuffle(t0, t2, 0x44); var s1 = Avx.Shuffle(t0, t2, 0xEE);
+        var s2 = Avx.Shuffle(t1, t3, 0x44); var s3 = Avx.Shuffle(t1, t3, 0xEE);
+        var s4 = Avx.Shuffle(t4, t6, 0x44); var s5 = Avx.Shuffle(t4, t6, 0xEE);
+        var s6 = Avx.Shuffle(t5, t7, 0x44); var s7 = Avx.Shuffle(t5, t7, 0xEE);
+        Avx.Store(dst, Avx.Permute2x128(s0, s4, 0x20));
+        Avx.Store(dst + dstStride, Avx.Permute2x128(s1, s5, 0x20));
+        Avx.Store(dst + 2 * dstStride, Avx.Permute2x128(s2, s6, 0x20));
+        Avx.Store(dst + 3 * dstStride, Avx.Permute2x128(s3, s7, 0x20));
+        Avx.Store(dst + 4 * dstStride, Avx.Permute2x128(s0, s4, 0x31));
+        Avx.Store(dst + 5 * dstStride, Avx.Permute2x128(s1, s5, 0x31));
+        Avx.Store(dst + 6 * dstStride, Avx.Permute2x128(s2, s6, 0x31));
+        Avx.Store(dst + 7 * dstStride, Avx.Permute2x128(s3, s7, 0x31));
     }
 
     private (NdArray<float> A, NdArray<float> B, NdArray<float> Y) Operands(ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs) =>

@@ -77,17 +77,19 @@ internal static unsafe class PackedGemm
 
     /// <summary>
     /// Packs B [k×n], element (r, c) at b[r·rowStride + c·columnStride], into <paramref name="panels"/>
-    /// (PanelCount(n)·k·32 floats, the last panel zero-padded).
+    /// (PanelCount(n)·k·32 floats, the last panel zero-padded). With <paramref name="panelRows"/> &gt; k the
+    /// panels are that deep and B fills k rows of each (stacked operands pack one after the other).
     /// </summary>
-    public static void Pack(float* b, int k, int n, long rowStride, long columnStride, float* panels)
+    public static void Pack(float* b, int k, int n, long rowStride, long columnStride, float* panels, int panelRows = 0)
     {
+        if (panelRows < k) panelRows = k;
         for (int j = 0; j < PanelCount(n); j++)
         {
             int columns = Math.Min(PanelWidth, n - j * PanelWidth);
             for (int row = 0; row < k; row++)
             {
                 float* source = b + row * rowStride + (long)j * PanelWidth * columnStride;
-                float* target = panels + ((long)j * k + row) * PanelWidth;
+                float* target = panels + ((long)j * panelRows + row) * PanelWidth;
                 if (columnStride == 1) new ReadOnlySpan<float>(source, columns).CopyTo(new Span<float>(target, columns));
                 else for (int c = 0; c < columns; c++) target[c] = source[c * columnStride];
                 new Span<float>(target + columns, PanelWidth - columns).Clear();

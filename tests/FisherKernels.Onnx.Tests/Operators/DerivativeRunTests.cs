@@ -114,3 +114,81 @@ public sealed class DerivativeRunTests
             Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-5 * (1 + Math.Abs(expected[i])), $"element {i}: {actual[i]} against {expected[i]}");
     }
 }
+
+/// <summary>
+/// MatMul by a 2-D B large enough for the packed AVX-512 derivatives (stacked tangents, Bᵀ and Aᵀ by 8×8
+/// transposes): VJP (which adds) and JVP (which overwrites) against float64 products, with sizes off the
+/// 8-row, 32-column and 8×8 blocks, on one and two threads. Elsewhere the same test covers the backend path.
+/// </summary>
+public sealed class PackedMatMulDerivativeTests
+{
+    [Theory]
+    [InlineData(new[] { 2, 45, 70 }, 100, 1)]
+    [InlineData(new[] { 96, 64 }, 96, 2)]
+    [InlineData(new[] { 1, 2, 33, 130 }, 67, 2)]
+    public void MatchFloat64Products(int[] aShape, int n, int threads)
+    {
+        var random = new Random(aShape.Sum() + n);
+        int k = aShape[^1], rows = aShape.Aggregate(1, (x, y) => x * y) / k;
+        Assert.True(2L * rows * k * n >= 1 << 20, "the case must be large enough for the packed path");
+        var a = OpRunner.Random(random, aShape);
+        var b = OpRunner.Random(random, k, n);
+        var op = OpRunner.Create("MatMul", 2);
+        var context = new OpContext(new FisherKernels.Backends.Cpu.CpuBackend(threads));
+        var y = (NdArray<float>)OpRunner.Allocate(op, [a, b])[0];
+        op.Forward(context, [a, b], [y]);
+        var gy = OpRunner.Random(random, y.Shape);
+
+        var ga = OpRunner.Random(random, aShape);
+        var gb = OpRunner.Random(random, k, n);
+        float[] ga0 = (float[])ga.Data.Clone(), gb0 = (float[])gb.Data.Clone();
+        op.Vjp(context, [a, b], [y], [gy], [ga, gb]);
+        AssertClose(Product(gy.Data, rows, n, b.Data, k, transposeB: true, ga0), ga.Data); // gY [rows×n]·Bᵀ, B stored [k×n]
+        AssertClose(ProductAtB(a.Data, gy.Data, rows, k, n, gb0), gb.Data);
+
+        var ta = OpRunner.Random(random, aShape);
+        var tb = OpRunner.Random(random, k, n);
+        foreach (var (withA, withB) in new[] { (true, true), (true, false), (false, true) })
+        {
+            var ty = OpRunner.Random(random, y.Shape); // overwritten
+            op.Jvp(context, [a, b], [y], [withA ? ta : null, withB ? tb : null], [ty]);
+            var expected = new double[rows * n];
+            if (withA) expected = Product(ta.Data, rows, k, b.Data, n, transposeB: false, null);
+            if (withB) expected = Add(expected, Product(a.Data, rows, k, tb.Data, n, transposeB: false, null));
+            AssertClose(expected, ty.Data);
+        }
+    }
+
+    /// <summary>start + X [rows×inner]·op(B), op(B) [inner×cols] (B stored [cols×inner] when transposed).</summary>
+    private static double[] Product(float[] x, int rows, int inner, float[] b, int cols, bool transposeB, float[]? start)
+    {
+        var result = new double[rows * cols];
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < cols; j++)
+            {
+                double sum = start is null ? 0 : start[i * cols + j];
+                for (int p = 0; p < inner; p++) sum += (double)x[i * inner + p] * (transposeB ? b[j * inner + p] : b[p * cols + j]);
+                result[i * cols + j] = sum;
+            }
+        return result;
+    }
+
+    /// <summary>start + Aᵀ·gY over the stacked rows ([k×n]).</summary>
+    private static double[] ProductAtB(float[] a, float[] gy, int rows, int k, int n, float[] start)
+    {
+        var result = start.Select(v => (double)v).ToArray();
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < k; i++)
+                for (int j = 0; j < n; j++) result[i * n + j] += (double)a[r * k + i] * gy[r * n + j];
+        return result;
+    }
+
+    private static double[] Add(double[] x, double[] y) => x.Select((v, i) => v + y[i]).ToArray();
+
+    private static void AssertClose(double[] expected, float[] actual)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-4 * (1 + Math.Abs(expected[i])), $"element {i}: {actual[i]} against {expected[i]}");
+    }
+}
