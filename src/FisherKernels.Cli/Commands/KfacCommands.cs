@@ -34,10 +34,14 @@ internal static class KfacCommands
         string modelPath = options.Required("--model");
         var lm = LanguageModel.Load(modelPath);
         string tokensPath = options.Required("--tokens");
-        var tokens = NpyFile.ReadInt64(tokensPath);
-        lm.Inputs(tokens, null, tokensPath);
+        // Token and target files are read a batch at a time: a fit holds one batch of them, whatever their length.
+        using NpyRows tokenRows = NpyFile.OpenRows(tokensPath);
+        if (tokenRows.Shape.Length != 2 || tokenRows.Shape[0] < 1 || tokenRows.Shape[1] < 1)
+            throw FisherKernelsException.Argument($"{tokensPath}: token ids must have shape [batch, seq] with both at least 1, got [{ShapeUtil.Format(tokenRows.Shape)}]");
         string? targetsPath = options.Optional("--targets");
-        NdArray? targetsFile = targetsPath is null ? null : NpyFile.Read(targetsPath);
+        using NpyRows? targetRows = targetsPath is null ? null : NpyFile.OpenRows(targetsPath);
+        if (targetRows is not null && !targetRows.Shape.AsSpan().SequenceEqual(tokenRows.Shape))
+            throw FisherKernelsException.Argument($"{targetsPath}: targets have shape [{ShapeUtil.Format(targetRows.Shape)}], the tokens [{ShapeUtil.Format(tokenRows.Shape)}]");
         var fitOptions = new KfacFitOptions
         {
             Fisher = options.Optional("--fisher") ?? "sampled",
@@ -53,15 +57,29 @@ internal static class KfacCommands
         LayerShape[] shapes = KfacScoring.Shapes(layers);
         var context = ModelCommands.Context(options);
 
-        int sequences = tokens.Shape[0], seq = tokens.Shape[1];
-        var allTargets = targetsFile is null ? Targets.NextToken(tokens) : Targets.Check(targetsFile, tokens.Shape, VocabularyOf(lm, context, tokens), targetsPath!);
+        int sequences = tokenRows.Shape[0];
+        int batches = (sequences + batchSize - 1) / batchSize;
+        (NdArray<long> Tokens, NdArray<long> Targets) ReadBatch(int batch)
+        {
+            int first = batch * batchSize, count = Math.Min(batchSize, sequences - first);
+            NdArray<long> batchTokens = tokenRows.ReadInt64(first, count);
+            return (batchTokens, targetRows is null ? Targets.NextToken(batchTokens) : targetRows.ReadInt64(first, count));
+        }
+        // Every id is checked before any work, so a bad one anywhere in the files stops the fit at once.
+        int vocabulary = targetRows is null ? 0 : VocabularyOf(lm, context, tokenRows.ReadInt64(0, 1));
+        for (int batch = 0; batch < batches; batch++)
+        {
+            var (batchTokens, batchTargets) = ReadBatch(batch);
+            string rows = $"rows {batch * batchSize}..{batch * batchSize + batchTokens.Shape[0] - 1}";
+            lm.Inputs(batchTokens, null, $"{tokensPath} ({rows})");
+            if (targetRows is not null) Targets.Check(batchTargets, batchTokens.Shape, vocabulary, $"{targetsPath} ({rows})");
+        }
         string modelSha = KfacScoring.Sha256(modelPath);
         string fingerprint = $"tokens {KfacScoring.Sha256(tokensPath)}, targets {(targetsPath is null ? "next-token" : KfacScoring.Sha256(targetsPath))}, batch-size {batchSize}";
         string checkpoint = outPath + ".checkpoint";
         KfacAccumulator accumulator = File.Exists(checkpoint)
             ? KfacAccumulator.Resume(checkpoint, context.Backend, shapes, fitOptions, modelSha, fingerprint)
             : new KfacAccumulator(context.Backend, shapes, fitOptions, modelSha);
-        int batches = (sequences + batchSize - 1) / batchSize;
         if (accumulator.BatchesDone > batches)
             throw FisherKernelsException.Argument($"fit: checkpoint '{checkpoint}' has {accumulator.BatchesDone} batches, the token file only {batches}; delete it");
 
@@ -70,9 +88,7 @@ internal static class KfacCommands
         bool stop = false;
         bool completed = WithProgress($"fit {Path.GetFileName(modelPath)}", batches, accumulator.BatchesDone, () => stop, batch =>
         {
-            int first = batch * batchSize, count = Math.Min(batchSize, sequences - first);
-            var batchTokens = new NdArray<long>([count, seq], tokens.Data[(first * seq)..((first + count) * seq)]);
-            var batchTargets = new NdArray<long>([count, seq], allTargets.Data[(first * seq)..((first + count) * seq)]);
+            var (batchTokens, batchTargets) = ReadBatch(batch);
             FitBatch(lm, context, accumulator, layers, parameters, batchTokens, batchTargets);
             stop = stopAfterBatch?.Invoke(batch) == true;
             if (lastSave.Elapsed.TotalSeconds >= 10 && batch + 1 < batches)
@@ -254,8 +270,8 @@ internal static class KfacCommands
         : throw FisherKernelsException.Argument("score: --params applies to --method isotropic; K-FAC scores every layer's weight and bias");
 
 
-    static int VocabularyOf(LanguageModel lm, OpContext context, NdArray<long> tokens) =>
-        lm.Forward(context, new NdArray<long>([1, tokens.Shape[1]], tokens.Data[..tokens.Shape[1]])).Shape[2];
+    /// <summary>The logits' last dimension, from a forward pass over one sequence.</summary>
+    static int VocabularyOf(LanguageModel lm, OpContext context, NdArray<long> sequence) => lm.Forward(context, sequence).Shape[2];
 
     static double Number(string text, string option) =>
         double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && double.IsFinite(v) ? v

@@ -25,6 +25,37 @@ public static class NpyFile
     /// <summary>Reads one array from a seekable <paramref name="stream"/>; it must end where the data ends. <paramref name="source"/> names it in errors.</summary>
     public static NdArray Read(Stream stream, string source = "npy stream")
     {
+        var (type, shape) = ReadHeader(stream, source);
+        NdArray array = RawArrays.Allocate(type, shape);
+        RawArrays.Read(stream, array, source, "data");
+        return array;
+    }
+
+    /// <summary>
+    /// Opens <paramref name="path"/> to read blocks of rows (of its first dimension) as int64: a token or target file read one
+    /// batch at a time, so memory does not grow with the file.
+    /// </summary>
+    public static NpyRows OpenRows(string path)
+    {
+        FileStream stream = RawArrays.OpenRead(path);
+        try
+        {
+            var (type, shape) = ReadHeader(stream, path);
+            if (type is not (ElementType.Int32 or ElementType.Int64))
+                throw FisherKernelsException.Format($"{path}: expected an int32 or int64 array, found {type}");
+            if (shape.Length == 0) throw FisherKernelsException.Format($"{path}: expected an array with rows, found a scalar");
+            return new NpyRows(stream, path, type, shape);
+        }
+        catch
+        {
+            stream.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Reads and checks the header; leaves <paramref name="stream"/> at the data, whose size is checked against the file.</summary>
+    static (ElementType Type, int[] Shape) ReadHeader(Stream stream, string source)
+    {
         RawArrays.EnsureLittleEndian();
         long remaining = RawArrays.Remaining(stream, source);
         if (remaining < 10) throw FisherKernelsException.Format($"{source}: not an .npy file (only {remaining} bytes)");
@@ -72,10 +103,7 @@ public static class NpyFile
         long available = remaining - prefixLength - headerLength;
         if (dataBytes != available)
             throw FisherKernelsException.Format($"{source}: shape ({ShapeUtil.Format(shape)}) of {descr} needs {dataBytes} data bytes, the file has {available}");
-
-        NdArray array = RawArrays.Allocate(type, shape);
-        RawArrays.Read(stream, array, source, "data");
-        return array;
+        return (type, shape);
     }
 
     /// <summary>Reads a floating-point array as float32 (float16 and float64 are converted).</summary>
@@ -279,4 +307,37 @@ public static class NpyFile
             return dims.ToArray();
         }
     }
+}
+
+/// <summary>An open .npy integer array read a block of rows at a time (<see cref="NpyFile.OpenRows"/>).</summary>
+public sealed class NpyRows : IDisposable
+{
+    readonly FileStream stream;
+    readonly string source;
+    readonly long dataStart, rowValues;
+
+    internal NpyRows(FileStream stream, string source, ElementType type, int[] shape)
+    {
+        (this.stream, this.source, ElementType, Shape) = (stream, source, type, shape);
+        dataStart = stream.Position;
+        rowValues = ShapeUtil.Product(shape.AsSpan(1));
+    }
+
+    public ElementType ElementType { get; }
+    public int[] Shape { get; }
+    public int Rows => Shape[0];
+
+    /// <summary>Rows [<paramref name="first"/>, <paramref name="first"/> + <paramref name="count"/>) as int64 (int32 widened), shape [count, ...].</summary>
+    public NdArray<long> ReadInt64(int first, int count)
+    {
+        if (first < 0 || count < 0 || first > Rows - count)
+            throw FisherKernelsException.Argument($"{source}: rows {first}..{first + count - 1} are outside its {Rows} rows");
+        int[] shape = [count, .. Shape.AsSpan(1)];
+        NdArray block = RawArrays.Allocate(ElementType, shape);
+        stream.Position = dataStart + first * rowValues * ElementTypes.SizeOf(ElementType);
+        RawArrays.Read(stream, block, source, "data");
+        return RawArrays.ToInt64(block, source);
+    }
+
+    public void Dispose() => stream.Dispose();
 }

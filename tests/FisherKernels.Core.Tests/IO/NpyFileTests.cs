@@ -56,6 +56,40 @@ public class NpyFileTests
         finally { Directory.Delete(dir, true); }
     }
 
+    /// <summary>Blocks of rows (a fit's batches) equal the same rows of the whole array, int32 widened; bad ranges and types are refused.</summary>
+    [Fact]
+    public void RowBlocksAreTheRowsOfTheWholeArray()
+    {
+        string dir = TestArrays.TempFolder();
+        try
+        {
+            string path = Path.Combine(dir, "t.npy");
+            var whole = new NdArray<int>([5, 3], Enumerable.Range(0, 15).Select(i => i * 7 - 20).ToArray());
+            NpyFile.Write(path, whole);
+            using (NpyRows rows = NpyFile.OpenRows(path))
+            {
+                Assert.Equal([5, 3], rows.Shape);
+                foreach (var (first, count) in new[] { (0, 2), (2, 2), (4, 1), (1, 4), (5, 0), (0, 5) })
+                {
+                    NdArray<long> block = rows.ReadInt64(first, count);
+                    Assert.Equal([count, 3], block.Shape);
+                    Assert.Equal(whole.Data[(first * 3)..((first + count) * 3)].Select(v => (long)v), block.Data);
+                }
+                Assert.Contains("rows 4..5 are outside its 5 rows", Assert.Throws<FisherKernelsException>(() => rows.ReadInt64(4, 2)).Message);
+                Assert.Contains(path, Assert.Throws<FisherKernelsException>(() => rows.ReadInt64(-1, 1)).Message);
+            }
+            NpyFile.Write(path, new NdArray<long>([2, 2], [long.MaxValue, -100, 0, 1]));
+            using (NpyRows rows = NpyFile.OpenRows(path)) Assert.Equal([0L, 1L], rows.ReadInt64(1, 1).Data);
+
+            NpyFile.Write(path, new NdArray<float>([2], [1, 2]));
+            var e = Assert.Throws<FisherKernelsException>(() => NpyFile.OpenRows(path));
+            Assert.Equal($"{path}: expected an int32 or int64 array, found Float32", e.Message);
+            File.WriteAllBytes(path, File.ReadAllBytes(path)[..^1]);
+            Assert.Contains("needs 8 data bytes, the file has 7", Assert.Throws<FisherKernelsException>(() => NpyFile.OpenRows(path)).Message);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     [Fact]
     public void HeaderIsWhatNumpyWrites()
     {
