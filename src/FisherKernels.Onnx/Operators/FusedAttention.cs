@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
 
 namespace FisherKernels.Onnx.Operators;
 
@@ -114,7 +115,10 @@ internal sealed unsafe class FusedAttention : Operator
             PackedGemm.MultiplyPanels(scores, sk, sq, sk, values, dv, null, result, dv, 0, PackedGemm.PanelCount(dv));
             float* target = po + b * s.OutputStrides[0] + h * s.OutputStrides[1];
             for (int i = 0; i < sq; i++)
-                for (int j = 0; j < dv; j++) target[i * s.OutputStrides[2] + j * s.OutputStrides[3]] = result[(long)i * dv + j];
+            {
+                if (s.OutputStrides[3] == 1) new ReadOnlySpan<float>(result + (long)i * dv, dv).CopyTo(new Span<float>(target + i * s.OutputStrides[2], dv));
+                else for (int j = 0; j < dv; j++) target[i * s.OutputStrides[2] + j * s.OutputStrides[3]] = result[(long)i * dv + j];
+            }
         }
     }
 
@@ -136,6 +140,20 @@ internal sealed unsafe class FusedAttention : Operator
             long start = b * s.MaskStrides[0] + h * s.MaskStrides[1] + i * s.MaskStrides[2], step = s.MaskStrides[3];
             switch (maskArray)
             {
+                case NdArray<bool> condition when step == 1:
+                    // Masks come in runs (causal, padding): find them with vectorized searches, fill the masked ones.
+                    var flags = MemoryMarshal.Cast<bool, byte>(condition.Data.AsSpan((int)start, row.Length));
+                    for (int j = 0; j < row.Length;)
+                    {
+                        int from = keepWhere ? flags[j..].IndexOf((byte)0) : flags[j..].IndexOfAnyExcept((byte)0);
+                        if (from < 0) break;
+                        j += from;
+                        int length = keepWhere ? flags[j..].IndexOfAnyExcept((byte)0) : flags[j..].IndexOf((byte)0);
+                        if (length < 0) length = row.Length - j;
+                        row.Slice(j, length).Fill(fill);
+                        j += length;
+                    }
+                    break;
                 case NdArray<bool> condition:
                     for (int j = 0; j < row.Length; j++)
                         if (condition.Data[start + j * step] != keepWhere) row[j] = fill;

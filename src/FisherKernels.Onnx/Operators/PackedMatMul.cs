@@ -45,6 +45,9 @@ internal sealed class PackedWeights
 /// columns: the weights are not repacked per call (as a BLAS sgemm must), the bias costs nothing (it
 /// seeds the accumulators), and column panels are split across the threads.
 /// </summary>
+/// <summary>A function applied to the GEMM's result in place (fused GELU of a feed-forward layer).</summary>
+internal enum Activation { None, GeluTanh, GeluErf }
+
 internal static unsafe class PackedGemm
 {
     public const int PanelWidth = 32;
@@ -54,23 +57,31 @@ internal static unsafe class PackedGemm
     public static bool IsSupported => Vector512.IsHardwareAccelerated;
 
     /// <summary>
-    /// C = A·B + bias with A [m×K] row-major in <paramref name="a"/>, C [m×N] in <paramref name="c"/>,
+    /// C = activation(A·B + bias) with A [m×K] row-major in <paramref name="a"/>, C [m×N] in <paramref name="c"/>,
     /// <paramref name="bias"/> null or padded to the panels (PanelCount·32, zeros past N).
     /// </summary>
-    public static void Multiply(float[] a, int m, PackedWeights b, float[]? bias, float[] c, int threads)
+    public static void Multiply(float[] a, int m, PackedWeights b, float[]? bias, Activation activation, float[] c, int threads)
     {
         int panels = b.PanelCount;
         long flops = 2L * m * b.N * b.K;
         // Below ~1 MFLOP a second thread costs more to wake than it saves. One panel per work item: on a
         // busy machine a thread that starts late takes fewer panels instead of holding the others up.
-        if (threads <= 1 || flops < 1 << 20 || panels == 1) { Panels(a, m, b, bias, c, 0, panels); return; }
-        ParallelWork.For(panels, threads, j => Panels(a, m, b, bias, c, j, j + 1));
+        if (threads <= 1 || flops < 1 << 20 || panels == 1) { Panels(a, m, b, bias, activation, c, 0, panels); return; }
+        ParallelWork.For(panels, threads, j => Panels(a, m, b, bias, activation, c, j, j + 1));
     }
 
-    private static void Panels(float[] a, int m, PackedWeights b, float[]? bias, float[] c, int from, int to)
+    private static void Panels(float[] a, int m, PackedWeights b, float[]? bias, Activation activation, float[] c, int from, int to)
     {
         fixed (float* pa = a, pb = b.Panels, pc = c, pbias = bias)
             MultiplyPanels(pa, b.K, m, b.K, pb, b.N, pbias, pc, b.N, from, to);
+        if (activation == Activation.None) return;
+        // While the panels' columns are still in cache.
+        int start = from * PanelWidth, width = Math.Min(to * PanelWidth, b.N) - start;
+        for (int row = 0; row < m; row++)
+        {
+            var y = c.AsSpan(row * b.N + start, width);
+            if (activation == Activation.GeluTanh) FastMath.GeluTanh(y, y); else FastMath.GeluErf(y, y);
+        }
     }
 
     public static int PanelCount(int n) => (n + PanelWidth - 1) / PanelWidth;
@@ -177,17 +188,22 @@ internal static unsafe class PackedGemm
 
 /// <summary>
 /// MatMul by a constant 2-D weight, plus an optional constant bias over the last axis (the Add after it
-/// folded in): made by plan-time fusion in inference plans only (no derivatives), inputs (A, W, bias?).
-/// The weight is packed once for <see cref="PackedGemm"/>; without AVX-512 the backend's GEMM runs.
+/// folded in) and an optional GELU of the result: made by plan-time fusion in inference plans only (no
+/// derivatives), inputs (A, W, bias?). The weight is packed once for <see cref="PackedGemm"/>; without
+/// AVX-512 the backend's GEMM runs.
 /// </summary>
 internal sealed class PackedMatMul : Operator
 {
     private readonly NdArray<float> weight;
     private readonly PackedWeights? packed;
     private readonly float[]? bias; // padded to the panels when packed
+    private readonly Activation activation;
 
-    public PackedMatMul(OperatorNode node, NdArray<float> weight, NdArray<float>? bias) : base(node)
+    public Activation Activation => activation;
+
+    public PackedMatMul(OperatorNode node, NdArray<float> weight, NdArray<float>? bias, Activation activation = Activation.None) : base(node)
     {
+        this.activation = activation;
         if (weight.Rank != 2) throw new FisherKernelsException(ErrorKind.Internal, $"{node}: the weight must be 2-D");
         this.weight = weight;
         int n = weight.Shape[1];
@@ -216,9 +232,11 @@ internal sealed class PackedMatMul : Operator
         var a = Tensors.Float(inputs[0], Node, "A");
         var y = Tensors.Float(outputs[0], Node, "Y");
         int k = weight.Shape[0], n = weight.Shape[1], m = checked((int)(a.Length / k));
-        if (packed is not null) { PackedGemm.Multiply(a.Data, m, packed, bias, y.Data, context.Threads); return; }
+        if (packed is not null) { PackedGemm.Multiply(a.Data, m, packed, bias, activation, y.Data, context.Threads); return; }
         context.Backend.Gemm(new Backends.GemmShape(m, n, k), a.Data, weight.Data, y.Data);
         if (bias is not null)
             for (int row = 0; row < m; row++) System.Numerics.Tensors.TensorPrimitives.Add(y.Data.AsSpan(row * n, n), bias, y.Data.AsSpan(row * n, n));
+        if (activation == Activation.GeluTanh) FastMath.GeluTanh(y.Data, y.Data);
+        else if (activation == Activation.GeluErf) FastMath.GeluErf(y.Data, y.Data);
     }
 }

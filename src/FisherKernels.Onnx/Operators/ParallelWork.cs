@@ -52,8 +52,9 @@ internal static class ParallelWork
         for (int t = 1; t < Math.Min(threads, count); t++) ThreadPool.UnsafeQueueUserWorkItem(Help, loop, preferLocal: false);
         loop.Work();
         Interlocked.Exchange(ref loop.Closed, 1);
+        // Spin, then yield, but never Sleep(1): a millisecond nap would cost more than the whole loop.
         var spin = new SpinWait();
-        while (Volatile.Read(ref loop.Active) != 0) spin.SpinOnce();
+        while (Volatile.Read(ref loop.Active) != 0) spin.SpinOnce(sleep1Threshold: -1);
         if (loop.Error is { } error) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(error);
     }
 }

@@ -8,7 +8,8 @@ namespace FisherKernels.Onnx.Plan;
 /// small operators that exporters emit for one layer become one operator that makes one pass over the
 /// data. Decomposed LayerNorm and RMSNorm become <see cref="Normalization"/>, tanh and erf GELU
 /// become the GELU of <see cref="UnaryElementwise"/>, MatMul by a constant weight (with the bias Add
-/// after it) becomes <see cref="PackedMatMul"/>. A chain fuses only when every intermediate value is
+/// and a GELU after it) becomes <see cref="PackedMatMul"/>, scaled dot-product attention becomes
+/// <see cref="FusedAttention"/>. A chain fuses only when every intermediate value is
 /// read inside the chain alone and is not a graph output; the fused step replaces the chain's last
 /// node, so the order stays topological.
 /// </summary>
@@ -309,8 +310,15 @@ internal sealed class Fusion
             chain.Add(add);
             inputs = [.. inputs, b];
             bias = (NdArray<float>)Constant(b)!;
+            y = Node(add).Outputs[0];
         }
-        Replace(chain, "PackedMatMul", "fisherkernels", 1, inputs, OperatorAttributes.Empty, fused => new PackedMatMul(fused, weight, bias));
+        var activation = Activation.None;
+        if (Only(y) is int gelu && Node(gelu).OpType == "Gelu" && Node(gelu).Domain.Length == 0)
+        {
+            chain.Add(gelu);
+            activation = Node(gelu).Attributes.GetString("approximate", "none") == "tanh" ? Activation.GeluTanh : Activation.GeluErf;
+        }
+        Replace(chain, "PackedMatMul", "fisherkernels", 1, inputs, OperatorAttributes.Empty, fused => new PackedMatMul(fused, weight, bias, activation));
     }
 
     // ---- helpers
@@ -397,7 +405,7 @@ internal sealed class Fusion
         int last = chain[^1];
         foreach (int s in chain)
             foreach (string output in Node(s).Outputs)
-                if (s != last && (graphOutputs.Contains(output) || (consumers.TryGetValue(output, out var readers) && readers.Any(r => !members.Contains(r)))))
+                if (s != last && (graphOutputs.Contains(output) || (consumers.TryGetValue(output, out var readers) && readers.Any(r => !removed[r] && !members.Contains(r)))))
                     return;
         var lastNode = Node(last);
         var node = new Node { Name = lastNode.Name, OpType = opType, Domain = domain, Inputs = inputs, Outputs = lastNode.Outputs, Attributes = attributes };
