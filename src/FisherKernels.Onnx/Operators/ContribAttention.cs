@@ -20,10 +20,10 @@ internal abstract class ContribAttention : Operator
     private readonly float scaleAttribute, maskFilter;
     private readonly bool unidirectional;
 
-    protected ContribAttention(OperatorNode node) : base(node)
+    protected ContribAttention(OperatorNode node, bool requireHeads = true) : base(node)
     {
         Heads = checked((int)node.Attributes.GetInt("num_heads", 0));
-        if (Heads <= 0) throw FisherKernelsException.Format("attribute 'num_heads' (a positive int) is required");
+        if (requireHeads && Heads <= 0) throw FisherKernelsException.Format("attribute 'num_heads' (a positive int) is required");
         scaleAttribute = node.Attributes.GetFloat("scale", 0f);
         maskFilter = node.Attributes.GetFloat("mask_filter_value", -10000f);
         unidirectional = node.Attributes.GetInt("unidirectional", 0) != 0;
@@ -62,22 +62,28 @@ internal abstract class ContribAttention : Operator
     protected abstract void ProjectTangent(OpContext context, in Dims d, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray<float>?> tangents,
                                            Span<float> work, Span<float> tq, Span<float> tk, Span<float> tv);
 
-    /// <summary>Adds the inputs' gradients given those of Q, K, V (head-major).</summary>
+    /// <summary>Adds the inputs' gradients given those of Q, K, V (head-major, scratch the override may only read).</summary>
     protected abstract void ProjectVjp(OpContext context, in Dims d, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray<float>?> inputGrads,
-                                       Span<float> work, ReadOnlySpan<float> gq, ReadOnlySpan<float> gk, ReadOnlySpan<float> gv);
+                                       Span<float> work, Span<float> gq, Span<float> gk, Span<float> gv);
+
+    /// <summary>True when the output is head-major [batch, heads, S, Hv] (4-D), false for [batch, S, heads·Hv].</summary>
+    protected virtual bool HeadMajorOutput(ReadOnlySpan<int> queryShape) => false;
 
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         Validate(inputs);
         var d = Measure(inputs[0]!.Shape, inputs[1]!.Shape, inputs.Length > 2 ? inputs[2]?.Shape ?? [] : []);
-        if (inputs.Length > MaskInput && inputs[MaskInput] is { } mask) CheckMask(mask.Type, mask.Shape, d);
-        return [new TensorInfo(ElementType.Float32, [d.Batch, d.Query, d.Heads * d.ValueHead])];
+        if (inputs.Length > MaskInput && inputs[MaskInput] is { } mask) CheckMask(mask, d);
+        int[] shape = HeadMajorOutput(inputs[0]!.Shape) ? [d.Batch, d.Heads, d.Query, d.ValueHead] : [d.Batch, d.Query, d.Heads * d.ValueHead];
+        return [new TensorInfo(ElementType.Float32, shape)];
     }
 
     private Dims Describe(ReadOnlySpan<NdArray?> inputs) => Measure(inputs[0]!.Shape, inputs[1]!.Shape, inputs.Length > 2 ? inputs[2]?.Shape ?? [] : []);
 
-    private void CheckMask(ElementType type, int[] shape, in Dims d)
+    /// <summary>Validates the mask input (default: the contrib forms).</summary>
+    protected virtual void CheckMask(TensorInfo mask, in Dims d)
     {
+        var (type, shape) = (mask.Type, mask.Shape);
         if (type is not (ElementType.Int32 or ElementType.Int64)) throw Error($"the mask must be int32 or int64, got {type}");
         bool ok = shape switch
         {
@@ -94,9 +100,10 @@ internal abstract class ContribAttention : Operator
 
     private static long MaskValue(NdArray mask, int index) => mask is NdArray<int> i ? i.Data[index] : ((NdArray<long>)mask).Data[index];
 
-    /// <summary>Adds the mask to one row of scores (batch b, query position i) in place.</summary>
-    private void AddMask(NdArray? mask, in Dims d, int b, int i, Span<float> row)
+    /// <summary>Adds the mask to one row of scores (batch b, head n, query position i) in place (default: the contrib forms).</summary>
+    protected virtual void AddMask(ReadOnlySpan<NdArray?> inputs, in Dims d, int b, int n, int i, Span<float> row)
     {
+        var mask = inputs.Length > MaskInput ? inputs[MaskInput] : null;
         if (mask is not null)
         {
             if (mask.Rank == 1)
@@ -113,6 +120,12 @@ internal abstract class ContribAttention : Operator
         if (unidirectional && d.Query > 1) row[Math.Min(i + 1, row.Length)..].Fill(float.NegativeInfinity);
     }
 
+    /// <summary>Adds the tangent of an additive (float) mask to one row of score tangents; none by default.</summary>
+    protected virtual void AddMaskTangent(ReadOnlySpan<NdArray<float>?> tangents, in Dims d, int b, int n, int i, Span<float> row) { }
+
+    /// <summary>Adds one row of score gradients into the gradient of an additive (float) mask; none by default.</summary>
+    protected virtual void AddMaskGradient(ReadOnlySpan<NdArray<float>?> grads, in Dims d, int b, int n, int i, ReadOnlySpan<float> row) { }
+
     /// <summary>Q, K, V and the attention probabilities P [batch, heads, S, L] into the scratch; returns the rest of it.</summary>
     private Span<float> Probabilities(OpContext context, in Dims d, ReadOnlySpan<NdArray?> inputs, int extra,
                                       out Span<float> q, out Span<float> k, out Span<float> v, out Span<float> p, out Span<float> work)
@@ -128,12 +141,11 @@ internal abstract class ContribAttention : Operator
         int blocks = d.Batch * d.Heads;
         context.Backend.Gemm(new GemmShape(d.Query, d.Keys, d.Head, TransB: true, Alpha: Scale(d), BatchCount: blocks,
                                            StrideA: (long)d.Query * d.Head, StrideB: (long)d.Keys * d.Head, StrideC: (long)d.Query * d.Keys), q, k, p);
-        var mask = inputs.Length > MaskInput ? inputs[MaskInput] : null;
         for (int bn = 0; bn < blocks; bn++)
             for (int i = 0; i < d.Query; i++)
             {
                 var row = p.Slice((bn * d.Query + i) * d.Keys, d.Keys);
-                AddMask(mask, d, bn / d.Heads, i, row);
+                AddMask(inputs, d, bn / d.Heads, bn % d.Heads, i, row);
                 float max = TensorPrimitives.Max(row);
                 TensorPrimitives.Subtract(row, max, row);
                 TensorPrimitives.Exp(row, row);
@@ -148,7 +160,13 @@ internal abstract class ContribAttention : Operator
         var rest = Probabilities(context, d, inputs, d.Out, out _, out _, out var v, out var p, out _);
         var o = rest[..d.Out];
         Gemm(context, d, p, v, o, d.Query, d.ValueHead, d.Keys, false, false, 1, 0);
-        FromHeads(o, ((NdArray<float>)outputs[0]).Data, d.Batch, d.Query, d.Heads, d.ValueHead, d.Heads * d.ValueHead, 0, accumulate: false);
+        WriteOutput(inputs, d, o, ((NdArray<float>)outputs[0]).Data);
+    }
+
+    private void WriteOutput(ReadOnlySpan<NdArray?> inputs, in Dims d, ReadOnlySpan<float> heads, Span<float> output)
+    {
+        if (HeadMajorOutput(inputs[0]!.Shape)) heads.CopyTo(output);
+        else FromHeads(heads, output, d.Batch, d.Query, d.Heads, d.ValueHead, d.Heads * d.ValueHead, 0, accumulate: false);
     }
 
     public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
@@ -162,7 +180,8 @@ internal abstract class ContribAttention : Operator
         var gq = rest[..d.Q]; rest = rest[d.Q..];
         var gk = rest[..d.K]; rest = rest[d.K..];
         var gv = rest[..d.V];
-        ToHeads(gy.Data, d.Heads * d.ValueHead, 0, default, go, d.Batch, d.Query, d.Heads, d.ValueHead);
+        if (HeadMajorOutput(inputs[0]!.Shape)) gy.Data.AsSpan().CopyTo(go);
+        else ToHeads(gy.Data, d.Heads * d.ValueHead, 0, default, go, d.Batch, d.Query, d.Heads, d.ValueHead);
         Gemm(context, d, p, go, gv, d.Keys, d.ValueHead, d.Query, true, false, 1, 0);      // gV = Pᵀ·gO
         Gemm(context, d, go, v, gp, d.Query, d.Keys, d.ValueHead, false, true, 1, 0);      // gP = gO·Vᵀ
         for (int r = 0; r < d.Batch * d.Heads * d.Query; r++)
@@ -172,6 +191,8 @@ internal abstract class ContribAttention : Operator
             var gr = gp.Slice(r * d.Keys, d.Keys);
             TensorPrimitives.Subtract(gr, TensorPrimitives.Dot(gr, pr), gr);
             TensorPrimitives.Multiply(gr, pr, gr);
+            int bn = r / d.Query;
+            AddMaskGradient(inputGrads, d, bn / d.Heads, bn % d.Heads, r % d.Query, gr);
         }
         float scale = Scale(d);
         Gemm(context, d, gp, k, gq, d.Query, d.Head, d.Keys, false, false, scale, 0);      // gQ = s·gS·K
@@ -199,12 +220,14 @@ internal abstract class ContribAttention : Operator
             // Softmax: tP = P ⊙ (tS − ⟨P, tS⟩)
             var pr = p.Slice(r * d.Keys, d.Keys);
             var tr = ts.Slice(r * d.Keys, d.Keys);
+            int bn = r / d.Query;
+            AddMaskTangent(inputTangents, d, bn / d.Heads, bn % d.Heads, r % d.Query, tr);
             TensorPrimitives.Subtract(tr, TensorPrimitives.Dot(tr, pr), tr);
             TensorPrimitives.Multiply(tr, pr, tr);
         }
         Gemm(context, d, ts, v, to, d.Query, d.ValueHead, d.Keys, false, false, 1, 0);     // tO = tP·V + P·tV
         Gemm(context, d, p, tv, to, d.Query, d.ValueHead, d.Keys, false, false, 1, 1);
-        FromHeads(to, ty.Data, d.Batch, d.Query, d.Heads, d.ValueHead, d.Heads * d.ValueHead, 0, accumulate: false);
+        WriteOutput(inputs, d, to, ty.Data);
     }
 
     /// <summary>One GEMM per (batch, head): C [m×n] = α·op(A)·op(B) + β·C, operands stored as op requires.</summary>
@@ -350,7 +373,7 @@ internal sealed class Attention : ContribAttention
     }
 
     protected override void ProjectVjp(OpContext context, in Dims d, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray<float>?> inputGrads,
-                                       Span<float> work, ReadOnlySpan<float> gq, ReadOnlySpan<float> gk, ReadOnlySpan<float> gv)
+                                       Span<float> work, Span<float> gq, Span<float> gk, Span<float> gv)
     {
         var x = (NdArray<float>)inputs[0]!;
         var w = (NdArray<float>)inputs[1]!;
@@ -431,7 +454,7 @@ internal sealed class MultiHeadAttention : ContribAttention
         AllToHeads(d, Data(tangents, 0), Data(tangents, 1), Data(tangents, 2), Data(tangents, 3), tq, tk, tv);
 
     protected override void ProjectVjp(OpContext context, in Dims d, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray<float>?> inputGrads,
-                                       Span<float> work, ReadOnlySpan<float> gq, ReadOnlySpan<float> gk, ReadOnlySpan<float> gv)
+                                       Span<float> work, Span<float> gq, Span<float> gk, Span<float> gv)
     {
         int hidden = d.Heads * d.Head, valueHidden = d.Heads * d.ValueHead;
         if (Data(inputGrads, 0) is { } gQuery) FromHeads(gq, gQuery, d.Batch, d.Query, d.Heads, d.Head, hidden, 0, accumulate: true);
@@ -443,5 +466,156 @@ internal sealed class MultiHeadAttention : ContribAttention
             AddColumnSums(gk, gBias.AsSpan(hidden, hidden), d.Batch, d.Keys, d.Heads, d.Head);
             AddColumnSums(gv, gBias.AsSpan(2 * hidden), d.Batch, d.Keys, d.Heads, d.ValueHead);
         }
+    }
+}
+
+/// <summary>
+/// ONNX Attention (opset 23+): Q, K, V as [batch, heads, seq, head] or [batch, seq, heads·head] (with
+/// <c>q_num_heads</c>/<c>kv_num_heads</c>); grouped-query attention when the query heads are a multiple of the
+/// key/value heads (each key/value head serves consecutive query heads); <c>attn_mask</c> bool (true = attend) or
+/// float (added), broadcast to [batch, q_heads, S, L] and padded with −inf when shorter than L; <c>is_causal</c>
+/// excludes the keys after the query (no past: top-left aligned). A float mask is differentiable. Past key/value,
+/// nonpad_kv_seqlen, softcap and the present/qk outputs are refused; softmax_precision is moot (float32 throughout).
+/// </summary>
+internal sealed class StandardAttention : ContribAttention
+{
+    private readonly int queryHeads, kvHeads;
+    private readonly bool causal;
+
+    public StandardAttention(OperatorNode node) : base(node, requireHeads: false)
+    {
+        RequireInputs(3, 7);
+        queryHeads = checked((int)node.Attributes.GetInt("q_num_heads", 0));
+        kvHeads = checked((int)node.Attributes.GetInt("kv_num_heads", 0));
+        causal = node.Attributes.GetInt("is_causal", 0) != 0;
+        if (node.Attributes.GetFloat("softcap", 0f) != 0f) throw FisherKernelsException.Unsupported("softcap is not supported");
+    }
+
+    protected override int MaskInput => 3;
+
+    public override bool IsDifferentiable(int input) => input <= 3;
+
+    protected override bool HeadMajorOutput(ReadOnlySpan<int> queryShape) => queryShape.Length == 4;
+
+    private static readonly string[] OptionalNames = ["past_key", "past_value", "nonpad_kv_seqlen"];
+
+    protected override void Validate(ReadOnlySpan<TensorInfo?> inputs)
+    {
+        for (int i = 4; i < inputs.Length; i++)
+            if (inputs[i] is not null) throw UnsupportedError($"optional input {i} ({OptionalNames[i - 4]}) is not supported");
+        var q = RequiredFloat(inputs, 0, "Q");
+        var k = RequiredFloat(inputs, 1, "K");
+        var v = RequiredFloat(inputs, 2, "V");
+        int rank = q.Shape.Length;
+        if (rank is not (3 or 4) || k.Shape.Length != rank || v.Shape.Length != rank)
+            throw Error($"Q [{ShapeUtil.Format(q.Shape)}], K [{ShapeUtil.Format(k.Shape)}] and V [{ShapeUtil.Format(v.Shape)}] must all be 3-D or all 4-D");
+        if (rank == 3 && (queryHeads <= 0 || kvHeads <= 0)) throw Error("3-D Q, K, V need the q_num_heads and kv_num_heads attributes");
+        int nq = rank == 4 ? q.Shape[1] : queryHeads, nkv = rank == 4 ? k.Shape[1] : kvHeads;
+        bool fits = k.Shape[0] == q.Shape[0] && v.Shape[0] == q.Shape[0] && (rank == 4
+            ? v.Shape[1] == nkv && k.Shape[2] == v.Shape[2] && k.Shape[3] == q.Shape[3]
+            : k.Shape[1] == v.Shape[1] && q.Shape[2] % nq == 0 && k.Shape[2] % nkv == 0 && v.Shape[2] % nkv == 0 && k.Shape[2] / nkv == q.Shape[2] / nq);
+        if (!fits || nkv == 0 || nq % nkv != 0)
+            throw Error($"Q [{ShapeUtil.Format(q.Shape)}], K [{ShapeUtil.Format(k.Shape)}] and V [{ShapeUtil.Format(v.Shape)}] do not fit together with {nq} query and {nkv} key/value heads");
+    }
+
+    protected override Dims Measure(int[] query, int[] key, int[] value) => query.Length == 4
+        ? new(query[0], query[2], key[2], query[1], query[3], value[3])
+        : new(query[0], query[1], key[1], queryHeads, query[2] / queryHeads, value[2] / kvHeads);
+
+    private int KvHeads(int[] keyShape) => keyShape.Length == 4 ? keyShape[1] : kvHeads;
+
+    protected override void CheckMask(TensorInfo mask, in Dims d)
+    {
+        if (mask.Type is not (ElementType.Bool or ElementType.Float32)) throw Error($"attn_mask must be bool or float, got {mask.Type}");
+        int[] shape = mask.Shape, full = [d.Batch, d.Heads, d.Query, d.Keys];
+        bool ok = shape.Length is >= 1 and <= 4 && shape[^1] <= d.Keys;
+        for (int a = 1; ok && a < shape.Length; a++) ok = shape[^(a + 1)] == 1 || shape[^(a + 1)] == full[^(a + 1)];
+        if (!ok) throw Error($"attn_mask [{ShapeUtil.Format(shape)}] does not broadcast to [{ShapeUtil.Format(full)}] (the last axis may be shorter)");
+    }
+
+    /// <summary>Offset of the mask row for (b, n, i) in the mask's elements (broadcast axes step 0).</summary>
+    private static int MaskRow(NdArray mask, in Dims d, int b, int n, int i)
+    {
+        ReadOnlySpan<int> index = [b, n, i];
+        int offset = 0, stride = mask.Shape[^1];
+        for (int a = 2; a >= 0; a--)
+        {
+            int axis = mask.Rank - 4 + a;
+            if (axis < 0) break;
+            if (mask.Shape[axis] != 1) offset += index[a] * stride;
+            stride *= mask.Shape[axis];
+        }
+        return offset;
+    }
+
+    protected override void AddMask(ReadOnlySpan<NdArray?> inputs, in Dims d, int b, int n, int i, Span<float> row)
+    {
+        if (inputs.Length > 3 && inputs[3] is { } mask)
+        {
+            int offset = MaskRow(mask, d, b, n, i), width = mask.Shape[^1];
+            if (mask is NdArray<bool> m) { for (int j = 0; j < width; j++) if (!m.Data[offset + j]) row[j] = float.NegativeInfinity; }
+            else TensorPrimitives.Add(row[..width], ((NdArray<float>)mask).Data.AsSpan(offset, width), row[..width]);
+            row[width..].Fill(float.NegativeInfinity);
+        }
+        if (causal) row[Math.Min(i + 1, row.Length)..].Fill(float.NegativeInfinity);
+    }
+
+    protected override void AddMaskTangent(ReadOnlySpan<NdArray<float>?> tangents, in Dims d, int b, int n, int i, Span<float> row)
+    {
+        if (tangents.Length > 3 && tangents[3] is { } t)
+        {
+            int width = t.Shape[^1];
+            TensorPrimitives.Add(row[..width], t.Data.AsSpan(MaskRow(t, d, b, n, i), width), row[..width]);
+        }
+    }
+
+    protected override void AddMaskGradient(ReadOnlySpan<NdArray<float>?> grads, in Dims d, int b, int n, int i, ReadOnlySpan<float> row)
+    {
+        if (grads.Length > 3 && grads[3] is { } g)
+        {
+            var to = g.Data.AsSpan(MaskRow(g, d, b, n, i), g.Shape[^1]);
+            TensorPrimitives.Add(to, row[..to.Length], to);
+        }
+    }
+
+    /// <summary>
+    /// Copies between an input laid out [batch, kv heads, seq, head] (4-D) or [batch, seq, kv heads·head] (3-D) and
+    /// head-major values with <see cref="Dims.Heads"/> heads, query head n reading kv head n / group: to the heads
+    /// (an empty source gives zeros), or back, adding (the groups' gradients sum).
+    /// </summary>
+    private static void MapHeads(Span<float> source, bool fourD, int kv, in Dims d, int sequence, int head, Span<float> heads, bool back)
+    {
+        int group = d.Heads / kv;
+        for (int b = 0; b < d.Batch; b++)
+            for (int n = 0; n < d.Heads; n++)
+                for (int s = 0; s < sequence; s++)
+                {
+                    var h = heads.Slice(((b * d.Heads + n) * sequence + s) * head, head);
+                    int offset = fourD ? ((b * kv + n / group) * sequence + s) * head : (b * sequence + s) * kv * head + n / group * head;
+                    if (back) { var to = source.Slice(offset, head); TensorPrimitives.Add(to, h, to); }
+                    else if (source.IsEmpty) h.Clear();
+                    else source.Slice(offset, head).CopyTo(h);
+                }
+    }
+
+    private void Map(in Dims d, int[] keyShape, bool fourD, float[]? q, float[]? k, float[]? v, Span<float> hq, Span<float> hk, Span<float> hv, bool back)
+    {
+        int kv = KvHeads(keyShape);
+        if (!back || q is not null) MapHeads(q, fourD, d.Heads, d, d.Query, d.Head, hq, back);
+        if (!back || k is not null) MapHeads(k, fourD, kv, d, d.Keys, d.Head, hk, back);
+        if (!back || v is not null) MapHeads(v, fourD, kv, d, d.Keys, d.ValueHead, hv, back);
+    }
+
+    protected override void Project(OpContext context, in Dims d, ReadOnlySpan<NdArray?> inputs, Span<float> work, Span<float> q, Span<float> k, Span<float> v) =>
+        Map(d, inputs[1]!.Shape, inputs[0]!.Rank == 4, ((NdArray<float>)inputs[0]!).Data, ((NdArray<float>)inputs[1]!).Data, ((NdArray<float>)inputs[2]!).Data, q, k, v, back: false);
+
+    protected override void ProjectTangent(OpContext context, in Dims d, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray<float>?> tangents,
+                                           Span<float> work, Span<float> tq, Span<float> tk, Span<float> tv) =>
+        Map(d, inputs[1]!.Shape, inputs[0]!.Rank == 4, tangents[0]?.Data, tangents[1]?.Data, tangents[2]?.Data, tq, tk, tv, back: false);
+
+    protected override void ProjectVjp(OpContext context, in Dims d, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray<float>?> inputGrads,
+                                       Span<float> work, Span<float> gq, Span<float> gk, Span<float> gv)
+    {
+        Map(d, inputs[1]!.Shape, inputs[0]!.Rank == 4, inputGrads[0]?.Data, inputGrads[1]?.Data, inputGrads[2]?.Data, gq, gk, gv, back: true);
     }
 }

@@ -14,7 +14,7 @@ public sealed class AllocationTests
     public static TheoryData<string> Cases() => new(
         "MatMul", "MatMulShared", "Gemm", "AddBias", "MulSame", "PowScalar", "Softmax", "LayerNormalization", "Transpose",
         "Where", "Gather", "Slice", "Split", "Concat", "ReduceMean", "Gelu", "Erf", "Tanh", "Reshape", "Expand",
-        "Pad", "Tile", "ScatterND", "RotaryEmbedding", "Attention", "MultiHeadAttention");
+        "Pad", "Tile", "ScatterND", "RotaryEmbedding", "Attention", "MultiHeadAttention", "OnnxAttention");
 
     [Theory]
     [MemberData(nameof(Cases))]
@@ -49,6 +49,7 @@ public sealed class AllocationTests
                             [R(2, 3, 4), R(4, 12), R(12), new NdArray<int>([2, 3], [1, 1, 1, 1, 1, 0])]),
             "MultiHeadAttention" => (OpRunner.Create("MultiHeadAttention", 3, attributes: A().Set("num_heads", 2L).Set("unidirectional", 1L), opset: 1, domain: OperatorRegistry.MicrosoftDomain),
                                      [R(1, 3, 4), R(1, 3, 4), R(1, 3, 4)]),
+            "OnnxAttention" => (OpRunner.Create("Attention", 4, attributes: A().Set("is_causal", 1L), opset: 23), [R(1, 2, 3, 4), R(1, 1, 3, 4), R(1, 1, 3, 4), R(1, 1, 3, 3)]),
             _ => (OpRunner.Create("Expand", 2), [R(3, 1), OpRunner.Longs(2, 3, 4)]),
         };
         var outputs = OpRunner.Allocate(op, inputs);

@@ -41,6 +41,16 @@ public sealed class ContribAttentionTests
         DerivativeChecker.Check(Create("MultiHeadAttention", 3, Heads(2).Set("unidirectional", 1L).Set("scale", 0.4f)), [R(1, 4, 4), R(1, 4, 4), R(1, 4, 4)]);
 
     [Fact]
+    public void OnnxAttentionGroupedCausalDerivatives() =>
+        DerivativeChecker.Check(OpRunner.Create("Attention", 3, opset: 23,
+                                                attributes: new OperatorAttributes().Set("q_num_heads", 4L).Set("kv_num_heads", 2L).Set("is_causal", 1L)),
+                                [R(2, 3, 8), R(2, 4, 4), R(2, 4, 6)]);
+
+    [Fact]
+    public void OnnxAttentionFloatMaskIsDifferentiable() =>
+        DerivativeChecker.Check(OpRunner.Create("Attention", 4, opset: 23), [R(2, 2, 3, 4), R(2, 1, 5, 4), R(2, 1, 5, 3), R(2, 1, 1, 5)]);
+
+    [Fact]
     public void MasksAreNotDifferentiable()
     {
         Assert.False(Create("Attention", 4, Heads(2)).IsDifferentiable(3));
@@ -67,6 +77,12 @@ public sealed class ContribAttentionTests
         e = Refused(() => OpRunner.Forward(mha, R(1, 2, 4), R(1, 2, 4), R(1, 2, 4), null, null, null, R(1, 2, 1, 2), R(1, 2, 1, 2)));
         Assert.Equal(ErrorKind.Unsupported, e.Kind);
         Assert.Contains("past_key", e.Message);
+        var onnx = OpRunner.Create("Attention", 5, opset: 23);
+        e = Refused(() => OpRunner.Forward(onnx, R(1, 2, 2, 4), R(1, 2, 2, 4), R(1, 2, 2, 4), null, R(1, 2, 1, 4)));
+        Assert.Equal(ErrorKind.Unsupported, e.Kind);
+        Assert.Contains("past_key", e.Message);
+        Assert.Equal(ErrorKind.Unsupported, Refused(() => OpRunner.Create("Attention", 3, opset: 23, attributes: new OperatorAttributes().Set("softcap", 30f))).Kind);
+        Assert.Contains("broadcast", Refused(() => OpRunner.Forward(OpRunner.Create("Attention", 4, opset: 23), R(1, 2, 2, 4), R(1, 2, 2, 4), R(1, 2, 2, 4), R(3, 2, 2))).Message);
     }
 
     [Fact]

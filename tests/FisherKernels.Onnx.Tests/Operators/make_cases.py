@@ -482,6 +482,46 @@ case("mha_unidirectional_scale", "MultiHeadAttention", [q, k, v], [mha_ref(q, k,
      attrs={"num_heads": 4, "unidirectional": 1, "scale": 0.5}, domain=ms, opset=1, tol=1e-5, ort=True)
 
 
+# ---- ONNX Attention (opset 23) ---------------------------------------------------------------------
+def attention23_ref(q, k, v, mask=None, is_causal=False, scale=None, q_heads=None, kv_heads=None):
+    """onnx/reference semantics without past state: 3-D inputs split into heads, GQA by repeating each kv head,
+    bool mask (True attends) or float mask added, shorter masks padded with −inf, causal top-left."""
+    q, k, v = d(q), d(k), d(v)
+    three = q.ndim == 3
+    if three:
+        split = lambda t, n: t.reshape(t.shape[0], t.shape[1], n, -1).transpose(0, 2, 1, 3)
+        q, k, v = split(q, q_heads), split(k, kv_heads), split(v, kv_heads)
+    b, nq, s, h = q.shape; l = k.shape[2]
+    k = np.repeat(k, nq // k.shape[1], axis=1); v = np.repeat(v, nq // v.shape[1], axis=1)
+    bias = np.zeros((s, l))
+    if mask is not None:
+        m = mask
+        if m.dtype == np.bool_:
+            m = np.where(m, 0.0, -np.inf)
+        m = d(m)
+        m = np.concatenate([m, np.full(m.shape[:-1] + (l - m.shape[-1],), -np.inf)], axis=-1)
+        bias = bias + m
+    if is_causal:
+        bias = bias + np.where(np.arange(l)[None, :] > np.arange(s)[:, None], -np.inf, 0.0)
+    scores = (scale if scale else 1 / math.sqrt(h)) * q @ k.transpose(0, 1, 3, 2) + bias
+    p = np.exp(scores - scores.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
+    y = p @ v
+    return y.transpose(0, 2, 1, 3).reshape(b, s, -1) if three else y
+
+qa, ka, va = f32(2, 4, 3, 4), f32(2, 2, 3, 4), f32(2, 2, 3, 6)
+case("attention23_4d_gqa_causal", "Attention", [qa, ka, va], [attention23_ref(qa, ka, va, is_causal=True)],
+     attrs={"is_causal": 1}, opset=23, tol=1e-5, ort=True)
+q3, k3, v3 = f32(2, 3, 8), f32(2, 5, 8), f32(2, 5, 4)
+mb3 = rng.random((2, 1, 3, 5)) > 0.4; mb3[..., 0] = True
+case("attention23_3d_bool_mask", "Attention", [q3, k3, v3, mb3], [attention23_ref(q3, k3, v3, mask=mb3, q_heads=2, kv_heads=2)],
+     attrs={"q_num_heads": 2, "kv_num_heads": 2}, opset=23, tol=1e-5, ort=True)
+q4, k4, v4 = f32(1, 2, 3, 4), f32(1, 2, 5, 4), f32(1, 2, 5, 4)
+mf, mf5 = f32(3, 4), f32(2, 3, 5)
+case("attention23_float_mask_scale", "Attention", [q4, k4, v4, mf5], [attention23_ref(q4, k4, v4, mask=mf5, scale=0.3)],
+     attrs={"scale": 0.3}, opset=23, tol=1e-5, ort=True)
+# The specification pads a mask shorter than the keys with −inf; ONNX Runtime 1.31 refuses that form, so numpy only.
+case("attention23_short_float_mask", "Attention", [q4, k4, v4, mf], [attention23_ref(q4, k4, v4, mask=mf)], opset=23, tol=1e-5)
+
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)
