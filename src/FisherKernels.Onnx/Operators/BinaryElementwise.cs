@@ -389,13 +389,13 @@ internal sealed class BinaryElementwise : Operator
         if (outputGrads[0] is not { } gy) return;
         switch (Node.OpType)
         {
-            case "Add": Derivative<AddOp, VjpRun<AddOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
-            case "Sub": Derivative<SubOp, VjpRun<SubOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
-            case "Mul": Derivative<MulOp, VjpRun<MulOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
-            case "Div": Derivative<DivOp, VjpRun<DivOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
-            case "Max": Derivative<MaxOp, VjpRun<MaxOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
-            case "Min": Derivative<MinOp, VjpRun<MinOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
-            default: Derivative<PowOp, VjpRun<PowOp>>(inputs, outputs, gy, inputGrads[0], inputGrads[1]); break;
+            case "Add": Derivative<AddOp, VjpRun<AddOp>>(context, inputs, outputs, gy, inputGrads[0], inputGrads[1], gradients: true); break;
+            case "Sub": Derivative<SubOp, VjpRun<SubOp>>(context, inputs, outputs, gy, inputGrads[0], inputGrads[1], gradients: true); break;
+            case "Mul": Derivative<MulOp, VjpRun<MulOp>>(context, inputs, outputs, gy, inputGrads[0], inputGrads[1], gradients: true); break;
+            case "Div": Derivative<DivOp, VjpRun<DivOp>>(context, inputs, outputs, gy, inputGrads[0], inputGrads[1], gradients: true); break;
+            case "Max": Derivative<MaxOp, VjpRun<MaxOp>>(context, inputs, outputs, gy, inputGrads[0], inputGrads[1], gradients: true); break;
+            case "Min": Derivative<MinOp, VjpRun<MinOp>>(context, inputs, outputs, gy, inputGrads[0], inputGrads[1], gradients: true); break;
+            default: Derivative<PowOp, VjpRun<PowOp>>(context, inputs, outputs, gy, inputGrads[0], inputGrads[1], gradients: true); break;
         }
     }
 
@@ -405,13 +405,13 @@ internal sealed class BinaryElementwise : Operator
         if (outputTangents[0] is not { } ty) return;
         switch (Node.OpType)
         {
-            case "Add": Derivative<AddOp, JvpRun<AddOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
-            case "Sub": Derivative<SubOp, JvpRun<SubOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
-            case "Mul": Derivative<MulOp, JvpRun<MulOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
-            case "Div": Derivative<DivOp, JvpRun<DivOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
-            case "Max": Derivative<MaxOp, JvpRun<MaxOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
-            case "Min": Derivative<MinOp, JvpRun<MinOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
-            default: Derivative<PowOp, JvpRun<PowOp>>(inputs, outputs, ty, inputTangents[0], inputTangents[1]); break;
+            case "Add": Derivative<AddOp, JvpRun<AddOp>>(context, inputs, outputs, ty, inputTangents[0], inputTangents[1], gradients: false); break;
+            case "Sub": Derivative<SubOp, JvpRun<SubOp>>(context, inputs, outputs, ty, inputTangents[0], inputTangents[1], gradients: false); break;
+            case "Mul": Derivative<MulOp, JvpRun<MulOp>>(context, inputs, outputs, ty, inputTangents[0], inputTangents[1], gradients: false); break;
+            case "Div": Derivative<DivOp, JvpRun<DivOp>>(context, inputs, outputs, ty, inputTangents[0], inputTangents[1], gradients: false); break;
+            case "Max": Derivative<MaxOp, JvpRun<MaxOp>>(context, inputs, outputs, ty, inputTangents[0], inputTangents[1], gradients: false); break;
+            case "Min": Derivative<MinOp, JvpRun<MinOp>>(context, inputs, outputs, ty, inputTangents[0], inputTangents[1], gradients: false); break;
+            default: Derivative<PowOp, JvpRun<PowOp>>(context, inputs, outputs, ty, inputTangents[0], inputTangents[1], gradients: false); break;
         }
     }
 
@@ -438,8 +438,16 @@ internal sealed class BinaryElementwise : Operator
         layout.ForEachRun(ref run);
     }
 
-    private void Derivative<TOp, TRun>(ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs, NdArray<float> gradOrTangent,
-                                       NdArray<float>? first, NdArray<float>? second)
+    /// <summary>Elements below which a derivative runs on one thread (waking a second costs more than it saves).</summary>
+    internal const int ParallelMinimum = 1 << 14;
+
+    /// <summary>
+    /// VJP (<paramref name="gradients"/>: first/second are input gradients, added into) or JVP (input
+    /// tangents, read). One broadcast run over the whole output is split across the threads when no
+    /// input gradient is reduced into (a broadcast operand's gradient sums over the run).
+    /// </summary>
+    private void Derivative<TOp, TRun>(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs, NdArray<float> gradOrTangent,
+                                       NdArray<float>? first, NdArray<float>? second, bool gradients)
         where TOp : IBinaryOp where TRun : struct, IDerivativeRun
     {
         var a = Tensors.Float(inputs[0], Node, "A");
@@ -447,8 +455,16 @@ internal sealed class BinaryElementwise : Operator
         var layout = Broadcast.Create(gradOrTangent.Shape, a.Shape, b.Shape);
         var run = new TRun();
         run.Bind(a.Data, b.Data, ((NdArray<float>)outputs[0]).Data, gradOrTangent.Data, first?.Data, second?.Data, layout.Step0, layout.Step1);
-        layout.ForEachRun(ref run);
+        int length = gradOrTangent.Data.Length;
+        bool split = layout.RunCount == 1 && length >= 2 * ParallelMinimum && context.Threads > 1
+                     && (!gradients || ((first is null || first.Data.Length == length) && (second is null || second.Data.Length == length)));
+        if (split) Split(run, length, layout.Step0, layout.Step1, context.Threads);
+        else layout.ForEachRun(ref run);
     }
+
+    /// <summary>One run of <paramref name="length"/> elements as ranges on the threads (kept apart: its closure allocates).</summary>
+    private static void Split<TRun>(TRun run, int length, int stepA, int stepB, int threads) where TRun : struct, IDerivativeRun =>
+        ParallelWork.ForRanges(length, threads, ParallelMinimum, (start, count) => run.Run(start, start * stepA, start * stepB, 0, count));
 
     private struct FloatRun<TOp> : IRunAction where TOp : IBinaryOp
     {

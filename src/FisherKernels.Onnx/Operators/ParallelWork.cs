@@ -57,4 +57,16 @@ internal static class ParallelWork
         while (Volatile.Read(ref loop.Active) != 0) spin.SpinOnce(sleep1Threshold: -1);
         if (loop.Error is { } error) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(error);
     }
+
+    /// <summary>
+    /// Runs <paramref name="body"/>(start, count) over disjoint ranges covering [0, <paramref name="length"/>), each
+    /// of at least <paramref name="minimum"/> elements (multiples of 64 but the last), as <see cref="For"/> does items.
+    /// </summary>
+    public static void ForRanges(int length, int threads, int minimum, Action<int, int> body)
+    {
+        int ranges = threads <= 1 ? 1 : Math.Clamp(length / Math.Max(1, minimum), 1, 4 * threads);
+        if (ranges == 1) { body(0, length); return; }
+        int size = ((length + ranges - 1) / ranges + 63) & ~63;
+        For((length + size - 1) / size, threads, i => body(i * size, Math.Min(size, length - i * size)));
+    }
 }

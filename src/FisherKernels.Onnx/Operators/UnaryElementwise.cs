@@ -276,6 +276,11 @@ internal sealed class UnaryElementwise : Operator
         if (outputGrads[0] is not { } gy) return;
         var gBias = hasBias && inputGrads.Length > 1 ? inputGrads[1] : null;
         if (inputGrads[0] is null && gBias is null) return;
+        if (gBias is null && Splits(context, gy.Data.Length))
+        {
+            Split(context, inputs, outputs, gy.Data, inputGrads[0]!.Data, accumulate: true);
+            return;
+        }
         var slopes = Slopes(context, inputs, outputs);
         TensorPrimitives.Multiply(gy.Span, slopes, slopes);
         if (inputGrads[0] is { } gx) TensorPrimitives.Add(gx.Span, slopes, gx.Span);
@@ -289,12 +294,42 @@ internal sealed class UnaryElementwise : Operator
         if (outputTangents[0] is not { } ty) return;
         var tBias = hasBias && inputTangents.Length > 1 ? inputTangents[1] : null;
         if (inputTangents[0] is null && tBias is null) { ty.Span.Clear(); return; }
+        if (tBias is null && Splits(context, ty.Data.Length))
+        {
+            Split(context, inputs, outputs, inputTangents[0]!.Data, ty.Data, accumulate: false);
+            return;
+        }
         var slopes = Slopes(context, inputs, outputs);
         // ty = slope · (tx + tbias)
         if (inputTangents[0] is { } tx) tx.Span.CopyTo(ty.Span); else ty.Span.Clear();
         if (tBias is not null)
             for (int row = 0, n = tBias.Data.Length; row < ty.Data.Length; row += n) TensorPrimitives.Add(ty.Span.Slice(row, n), tBias.Span, ty.Span.Slice(row, n));
         TensorPrimitives.Multiply(ty.Span, slopes, ty.Span);
+    }
+
+    /// <summary>Whether a derivative without a bias is long enough to split across the threads.</summary>
+    private bool Splits(OpContext context, int length) => !hasBias && context.Threads > 1 && length >= 2 * BinaryElementwise.ParallelMinimum;
+
+    /// <summary>
+    /// target (+)= source ⊙ dy/dx over ranges of the elements on the threads, each range's slopes in its own
+    /// part of the scratch (the VJP adds gy·slope into gx, the JVP writes tx·slope into ty).
+    /// </summary>
+    private unsafe void Split(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs, float[] source, float[] target, bool accumulate)
+    {
+        var x = Tensors.Float(inputs[0], Node, "X").Data;
+        var y = Tensors.Float(outputs[0], Node, "Y").Data;
+        fixed (float* scratch = context.Scratch(y.Length))
+        {
+            nint slopes = (nint)scratch;
+            ParallelWork.ForRanges(y.Length, context.Threads, BinaryElementwise.ParallelMinimum, (start, count) =>
+            {
+                var range = new Span<float>((float*)slopes + start, count);
+                Derivative(x.AsSpan(start, count), y.AsSpan(start, count), range);
+                var t = target.AsSpan(start, count);
+                if (accumulate) TensorPrimitives.MultiplyAdd(source.AsSpan(start, count), range, t, t);
+                else TensorPrimitives.Multiply(source.AsSpan(start, count), range, t);
+            });
+        }
     }
 }
 

@@ -192,3 +192,64 @@ public sealed class PackedMatMulDerivativeTests
             Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-4 * (1 + Math.Abs(expected[i])), $"element {i}: {actual[i]} against {expected[i]}");
     }
 }
+
+/// <summary>
+/// Long elementwise derivatives split across threads (ranges of the output) against the same operator on
+/// one thread: identical results, including a gradient reduced over a broadcast operand (which must not
+/// split) and x·x, whose two input gradients are one buffer.
+/// </summary>
+public sealed class SplitElementwiseDerivativeTests
+{
+    private static readonly int[] Shape = [3, 100, 131]; // 39300 elements: above the split threshold, off the 64-element ranges
+
+    public static TheoryData<string, int[], bool> Cases() => new()
+    {
+        { "Tanh", [], false },
+        { "Mul", [], false },          // scalar constant factor: only x's gradient
+        { "Mul", Shape, false },       // x · z, both gradients
+        { "Add", [131], false },       // bias broadcast: its gradient is a reduction
+        { "Div", [3, 100, 1], false }, // a divisor per row, reduced
+        { "Pow", [], false },
+        { "Mul", Shape, true },        // x · x
+    };
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void MatchOneThread(string opType, int[] secondShape, bool square)
+    {
+        var random = new Random(opType.Length + secondShape.Length);
+        bool unary = opType == "Tanh";
+        var x = OpRunner.Random(random, 0.5, 1.5, Shape);
+        var z = opType == "Pow" ? new NdArray<float>([], [3f]) : OpRunner.Random(random, 0.5, 1.5, secondShape);
+        NdArray?[] inputs = unary ? [x] : [x, square ? x : z];
+        var op = OpRunner.Create(opType, inputs.Length);
+        var one = new OpContext(new FisherKernels.Backends.Cpu.CpuBackend(1));
+        var two = new OpContext(new FisherKernels.Backends.Cpu.CpuBackend(2));
+        var y = (NdArray<float>)OpRunner.Allocate(op, inputs)[0];
+        op.Forward(one, inputs, [y]);
+        var g = OpRunner.Random(random, y.Shape);
+        bool secondHasGradient = !unary && opType != "Pow" && !square;
+
+        (float[] X, float[]? Z) Vjp(OpContext context)
+        {
+            var gx = new NdArray<float>(Shape, Enumerable.Repeat(0.25f, x.Data.Length).ToArray());
+            var gz = secondHasGradient ? new NdArray<float>(z.Shape, Enumerable.Repeat(-0.5f, z.Data.Length).ToArray()) : null;
+            op.Vjp(context, inputs, [y], [g], unary ? [gx] : [gx, square ? gx : gz]);
+            return (gx.Data, gz?.Data);
+        }
+        var (serialX, serialZ) = Vjp(one);
+        var (splitX, splitZ) = Vjp(two);
+        Assert.Equal(serialX, splitX);
+        Assert.Equal(serialZ, splitZ);
+
+        var tx = OpRunner.Random(random, Shape);
+        var tz = secondHasGradient ? OpRunner.Random(random, z.Shape) : null;
+        float[] Jvp(OpContext context)
+        {
+            var ty = OpRunner.Random(new Random(1), y.Shape);
+            op.Jvp(context, inputs, [y], unary ? [tx] : [tx, square ? tx : tz], [ty]);
+            return ty.Data;
+        }
+        Assert.Equal(Jvp(one), Jvp(two));
+    }
+}
