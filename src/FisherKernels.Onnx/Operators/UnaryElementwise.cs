@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Runtime.Intrinsics;
 using System.Numerics.Tensors;
 
 namespace FisherKernels.Onnx.Operators;
@@ -361,9 +362,20 @@ internal static class FastMath
         return Vector.ConditionalSelect(Vector.LessThan(x, Vector<float>.Zero), -r, r);
     }
 
+    private static Vector512<float> Erf(Vector512<float> x)
+    {
+        var a = Vector512.Abs(x);
+        var t = Vector512<float>.One / (Vector512<float>.One + Vector512.Create(P) * a);
+        var poly = ((((Vector512.Create(A5) * t + Vector512.Create(A4)) * t + Vector512.Create(A3)) * t + Vector512.Create(A2)) * t + Vector512.Create(A1)) * t;
+        var r = Vector512<float>.One - poly * Vector512.Exp(-(a * a));
+        return Vector512.ConditionalSelect(Vector512.LessThan(x, Vector512<float>.Zero), -r, r);
+    }
+
     public static void Erf(ReadOnlySpan<float> x, Span<float> y)
     {
         int i = 0, w = Vector<float>.Count;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= x.Length - 16; i += 16) Erf(Vector512.Create(x[i..])).CopyTo(y[i..]);
         for (; i <= x.Length - w; i += w) Erf(new Vector<float>(x[i..])).CopyTo(y[i..]);
         for (; i < x.Length; i++) y[i] = Erf(x[i]);
     }
@@ -371,6 +383,12 @@ internal static class FastMath
     public static void GeluErf(ReadOnlySpan<float> x, Span<float> y)
     {
         int i = 0, w = Vector<float>.Count;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= x.Length - 16; i += 16)
+            {
+                var v = Vector512.Create(x[i..]);
+                (Vector512.Create(0.5f) * v * (Vector512<float>.One + Erf(v * Vector512.Create(InvSqrt2)))).CopyTo(y[i..]);
+            }
         var half = new Vector<float>(0.5f);
         for (; i <= x.Length - w; i += w)
         {
@@ -384,6 +402,13 @@ internal static class FastMath
     {
         // tanh(u) = 1 − 2/(exp(2u) + 1), so ½x(1 + tanh u) = x − x/(exp(2u) + 1); exp saturates safely at ±∞.
         int i = 0, w = Vector<float>.Count;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= x.Length - 16; i += 16)
+            {
+                var v = Vector512.Create(x[i..]);
+                var u2 = Vector512.Create(2 * Sqrt2OverPi) * (v + Vector512.Create(0.044715f) * v * v * v);
+                (v - v / (Vector512.Exp(u2) + Vector512<float>.One)).CopyTo(y[i..]);
+            }
         for (; i <= x.Length - w; i += w)
         {
             var v = new Vector<float>(x[i..]);

@@ -144,7 +144,9 @@ public class FusionTests
     /// (Kᵀ directly), MatMul, Div by √depth, a mask (Where with a bool input, or Add of a float input), Softmax,
     /// MatMul by V, Transpose back.
     /// </summary>
-    private static ModelProto AttentionModel(bool additiveMask, params string[] exposed)
+    private static ModelProto AttentionModel(bool additiveMask, params string[] exposed) => AttentionModel(additiveMask, 1, 5, 2, 4, exposed);
+
+    private static ModelProto AttentionModel(bool additiveMask, int batch, int seq, int heads, int depth, params string[] exposed)
     {
         var graph = new GraphProto
         {
@@ -152,11 +154,11 @@ public class FusionTests
             Initializer = { Scalar("root", 2), Scalar("fill", -1e9f) },
             Input =
             {
-                new ValueInfoProto { Name = "q", Type = FloatType(1, 5, 2, 4) }, new ValueInfoProto { Name = "k", Type = FloatType(1, 5, 2, 4) },
-                new ValueInfoProto { Name = "v", Type = FloatType(1, 5, 2, 4) },
-                new ValueInfoProto { Name = "mask", Type = additiveMask ? FloatType(1, 1, 1, 5) : BoolType(1, 1, 5, 5) },
+                new ValueInfoProto { Name = "q", Type = FloatType(batch, seq, heads, depth) }, new ValueInfoProto { Name = "k", Type = FloatType(batch, seq, heads, depth) },
+                new ValueInfoProto { Name = "v", Type = FloatType(batch, seq, heads, depth) },
+                new ValueInfoProto { Name = "mask", Type = additiveMask ? FloatType(batch, 1, 1, seq) : BoolType(1, 1, seq, seq) },
             },
-            Output = { new ValueInfoProto { Name = "y", Type = FloatType(1, 5, 2, 4) } },
+            Output = { new ValueInfoProto { Name = "y", Type = FloatType(batch, seq, heads, depth) } },
         };
         foreach (var name in exposed) graph.Output.Add(new ValueInfoProto { Name = name });
         graph.Node.Add(Transpose("q", "qh", 0, 2, 1, 3));
@@ -200,6 +202,35 @@ public class FusionTests
             var ours = (NdArray<float>)plan.Get(name);
             Assert.Equal(reference[name].Shape, ours.Shape);
             for (int i = 0; i < ours.Data.Length; i++) Assert.Equal(reference[name].Data[i], ours.Data[i], 1e-5);
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void LargerAttentionRunsHeadsInParallel(bool additiveMask)
+    {
+        const int batch = 2, seq = 70, heads = 3, depth = 40; // 70 keys: two full panels and an edge one
+        using var temp = new TempFolder();
+        string path = temp.File("attention.onnx");
+        File.WriteAllBytes(path, AttentionModel(additiveMask, batch, seq, heads, depth).ToByteArray());
+        var model = OnnxModel.Load(path);
+        var random = new Random(4);
+        var inputs = new Dictionary<string, NdArray>
+        {
+            ["q"] = OpRandom(random, batch, seq, heads, depth), ["k"] = OpRandom(random, batch, seq, heads, depth), ["v"] = OpRandom(random, batch, seq, heads, depth),
+            ["mask"] = additiveMask
+                ? new NdArray<float>([batch, 1, 1, seq], Enumerable.Range(0, batch * seq).Select(i => i % seq >= seq - 3 * (i / seq + 1) ? -1e4f : 0f).ToArray())
+                : new NdArray<bool>([1, 1, seq, seq], Enumerable.Range(0, seq * seq).Select(i => i % seq <= i / seq).ToArray()),
+        };
+        var plan = model.GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape));
+        Assert.Contains(plan.Steps, s => s.Op is FusedAttention);
+        var reference = OnnxRuntimeReference.Run(path, inputs)["y"];
+        foreach (var context in new[] { Context, TwoThreads })
+        {
+            plan.Run(context, inputs);
+            var ours = (NdArray<float>)plan.Get("y");
+            for (int i = 0; i < ours.Data.Length; i++) Assert.Equal(reference.Data[i], ours.Data[i], 1e-5);
         }
     }
 
