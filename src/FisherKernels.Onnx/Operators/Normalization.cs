@@ -70,16 +70,7 @@ internal sealed class Normalization : Operator
         return buffer;
     }
 
-    /// <summary>Per row: x̂ = (s − μ)·r into <paramref name="normalized"/>; returns (μ, r) with r = 1/√(var + ε) (μ = 0 when not centered).</summary>
-    private (float Mean, float InvStd) Normalize(ReadOnlySpan<float> s, Span<float> normalized)
-    {
-        float mean = centered ? TensorPrimitives.Sum(s) / s.Length : 0;
-        TensorPrimitives.Subtract(s, mean, normalized);
-        float variance = TensorPrimitives.Dot(normalized, normalized) / s.Length;
-        float invStd = 1 / MathF.Sqrt(variance + epsilon);
-        TensorPrimitives.Multiply(normalized, invStd, normalized);
-        return (mean, invStd);
-    }
+    private (float Mean, float InvStd) Normalize(ReadOnlySpan<float> s, Span<float> normalized) => NormalizedRow.Normalize(s, normalized, centered, epsilon);
 
     public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
     {
@@ -126,17 +117,7 @@ internal sealed class Normalization : Operator
             var (_, invStd) = Normalize(s, xhat);
             g.Clear();
             if (gy is not null)
-            {
-                var gyr = gy.AsSpan(r * n, n);
-                if (At(inputGrads, scaleInput) is { } gGamma) TensorPrimitives.MultiplyAdd(gyr, xhat, gGamma.Span, gGamma.Span);
-                if (At(inputGrads, biasInput) is { } gBeta) TensorPrimitives.Add(gBeta.Span, gyr, gBeta.Span);
-                TensorPrimitives.Multiply(gyr, gamma, g);
-                float meanG = centered ? TensorPrimitives.Sum(g) / n : 0;
-                float meanGx = TensorPrimitives.Dot(g, xhat) / n;
-                TensorPrimitives.Subtract(g, meanG, g);
-                TensorPrimitives.MultiplyAdd(xhat, -meanGx, g, g);
-                TensorPrimitives.Multiply(g, invStd, g);
-            }
+                NormalizedRow.Backward(gy.AsSpan(r * n, n), xhat, invStd, gamma, centered, g, At(inputGrads, scaleInput)?.Data, At(inputGrads, biasInput)?.Data);
             // Statistics: dμ = mean(ds) (centered only), dr = −r²·mean(x̂·ds).
             if (gMean is not null && centered) TensorPrimitives.Add(g, gMean[r] / n, g);
             if (gInvStd is not null) TensorPrimitives.MultiplyAdd(xhat, -invStd * invStd * gInvStd[r] / n, g, g);
@@ -185,13 +166,58 @@ internal sealed class Normalization : Operator
             if (tMean is not null) tMean[r] = meanT;
             if (tInvStd is not null) tInvStd[r] = -invStd * invStd * meanTx;
             if (ty is null) continue;
-            var tyr = ty.AsSpan(r * n, n);
-            TensorPrimitives.Subtract(ts, meanT, tyr);
-            TensorPrimitives.MultiplyAdd(xhat, -meanTx, tyr, tyr);
-            TensorPrimitives.Multiply(tyr, invStd, tyr);
-            TensorPrimitives.Multiply(tyr, gamma, tyr);
-            if (tGamma is not null) TensorPrimitives.MultiplyAdd(xhat, tGamma, tyr, tyr);
-            if (tBeta is not null) TensorPrimitives.Add(tyr, tBeta, tyr);
+            NormalizedRow.Tangent(ts, xhat, invStd, gamma, meanT, meanTx, ty.AsSpan(r * n, n), tGamma, tBeta);
         }
+    }
+}
+
+/// <summary>
+/// The per-row math of (RMS) layer normalization, shared by <see cref="Normalization"/> and
+/// <see cref="EmbedLayerNormalization"/>: x̂ = (s − μ)·r, r = 1/√(var + ε), y = x̂·γ + β (μ = 0 when not centered).
+/// Empty spans stand for absent optional parameters and gradients.
+/// </summary>
+internal static class NormalizedRow
+{
+    /// <summary>x̂ into <paramref name="normalized"/>; returns (μ, r).</summary>
+    public static (float Mean, float InvStd) Normalize(ReadOnlySpan<float> s, Span<float> normalized, bool centered, float epsilon)
+    {
+        float mean = centered ? TensorPrimitives.Sum(s) / s.Length : 0;
+        TensorPrimitives.Subtract(s, mean, normalized);
+        float variance = TensorPrimitives.Dot(normalized, normalized) / s.Length;
+        float invStd = 1 / MathF.Sqrt(variance + epsilon);
+        TensorPrimitives.Multiply(normalized, invStd, normalized);
+        return (mean, invStd);
+    }
+
+    /// <summary>
+    /// VJP through y: WRITES gs = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = gy·γ (mean(ĝ) only when centered) into
+    /// <paramref name="gs"/>, and ADDS gy·x̂ into <paramref name="gGamma"/> and gy into <paramref name="gBeta"/> when given.
+    /// </summary>
+    public static void Backward(ReadOnlySpan<float> gy, ReadOnlySpan<float> xhat, float invStd, ReadOnlySpan<float> gamma, bool centered,
+                                Span<float> gs, Span<float> gGamma, Span<float> gBeta)
+    {
+        if (!gGamma.IsEmpty) TensorPrimitives.MultiplyAdd(gy, xhat, gGamma, gGamma);
+        if (!gBeta.IsEmpty) TensorPrimitives.Add(gBeta, gy, gBeta);
+        TensorPrimitives.Multiply(gy, gamma, gs);
+        float meanG = centered ? TensorPrimitives.Sum(gs) / gs.Length : 0;
+        float meanGx = TensorPrimitives.Dot(gs, xhat) / gs.Length;
+        TensorPrimitives.Subtract(gs, meanG, gs);
+        TensorPrimitives.MultiplyAdd(xhat, -meanGx, gs, gs);
+        TensorPrimitives.Multiply(gs, invStd, gs);
+    }
+
+    /// <summary>
+    /// JVP of y: WRITES ty = r·(ts − mean(ts) − x̂·mean(ts·x̂))·γ + x̂·tγ + tβ, given <paramref name="meanT"/> = mean(ts)
+    /// (0 when not centered) and <paramref name="meanTx"/> = mean(ts·x̂).
+    /// </summary>
+    public static void Tangent(ReadOnlySpan<float> ts, ReadOnlySpan<float> xhat, float invStd, ReadOnlySpan<float> gamma, float meanT, float meanTx,
+                               Span<float> ty, ReadOnlySpan<float> tGamma, ReadOnlySpan<float> tBeta)
+    {
+        TensorPrimitives.Subtract(ts, meanT, ty);
+        TensorPrimitives.MultiplyAdd(xhat, -meanTx, ty, ty);
+        TensorPrimitives.Multiply(ty, invStd, ty);
+        TensorPrimitives.Multiply(ty, gamma, ty);
+        if (!tGamma.IsEmpty) TensorPrimitives.MultiplyAdd(xhat, tGamma, ty, ty);
+        if (!tBeta.IsEmpty) TensorPrimitives.Add(ty, tBeta, ty);
     }
 }

@@ -18,6 +18,8 @@ public static class OperatorRegistry
         Onnx("Gelu", 20, n => new UnaryElementwise(n)),
         Microsoft("FastGelu", n => new UnaryElementwise(n)),
         Microsoft("BiasGelu", n => new UnaryElementwise(n)),
+        Microsoft("Gelu", n => new UnaryElementwise(n)),
+        Microsoft("QuickGelu", n => new UnaryElementwise(n)),
         // Normalization
         Onnx("Softmax", 1, n => new Softmax(n)),
         Onnx("LogSoftmax", 1, n => new Softmax(n)),
@@ -26,6 +28,7 @@ public static class OperatorRegistry
         Microsoft("SimplifiedLayerNormalization", n => new Normalization(n)),
         Microsoft("SkipLayerNormalization", n => new Normalization(n)),
         Microsoft("SkipSimplifiedLayerNormalization", n => new Normalization(n)),
+        Microsoft("EmbedLayerNormalization", n => new EmbedLayerNormalization(n)),
         Microsoft("RotaryEmbedding", n => new RotaryEmbedding(n)),
         Onnx("RotaryEmbedding", 23, n => new RotaryEmbedding(n)),
         Microsoft("Attention", n => new Attention(n)),

@@ -145,15 +145,17 @@ internal struct GeluTanhOp : IUnaryOp
 /// <summary>
 /// Elementwise float functions: Sqrt, Reciprocal, Neg, Exp, Log, Tanh, Erf, Sigmoid, Relu, Cos, Sin, Abs, Gelu
 /// (opset 20, approximate = none | tanh), and the com.microsoft fusions FastGelu (tanh GELU of x + bias)
-/// and BiasGelu (erf GELU of x + bias), whose optional bias is broadcast over the last axis.
+/// and BiasGelu (erf GELU of x + bias), whose optional bias is broadcast over the last axis, com.microsoft Gelu (erf form)
+/// and QuickGelu (x·sigmoid(αx), attribute alpha, default 1.702).
 /// Neg also takes int64/int32 (shape arithmetic).
 /// </summary>
 internal sealed class UnaryElementwise : Operator
 {
-    private enum Function { Sqrt, Reciprocal, Neg, Exp, Log, Tanh, Erf, Sigmoid, Relu, Cos, Sin, Abs, GeluErf, GeluTanh }
+    private enum Function { Sqrt, Reciprocal, Neg, Exp, Log, Tanh, Erf, Sigmoid, Relu, Cos, Sin, Abs, GeluErf, GeluTanh, QuickGelu }
 
     private readonly Function function;
     private readonly bool hasBias;
+    private readonly float alpha; // QuickGelu's
 
     public UnaryElementwise(OperatorNode node) : base(node)
     {
@@ -175,6 +177,7 @@ internal sealed class UnaryElementwise : Operator
             "Abs" => Function.Abs,
             "FastGelu" => Function.GeluTanh,
             "BiasGelu" => Function.GeluErf,
+            "QuickGelu" => Function.QuickGelu,
             "Gelu" => node.Attributes.GetString("approximate", "none") switch
             {
                 "none" => Function.GeluErf,
@@ -183,6 +186,7 @@ internal sealed class UnaryElementwise : Operator
             },
             _ => throw new FisherKernelsException(ErrorKind.Internal, $"{node}: not an elementwise unary operator"),
         };
+        alpha = node.Attributes.GetFloat("alpha", 1.702f);
     }
 
     public override bool IsDifferentiable(int input) => input == 0 || (hasBias && input == 1);
@@ -236,6 +240,11 @@ internal sealed class UnaryElementwise : Operator
             case Function.Sin: SinOp.Apply(x, y); break;
             case Function.Abs: AbsOp.Apply(x, y); break;
             case Function.GeluErf: GeluErfOp.Apply(x, y); break;
+            case Function.QuickGelu:
+                TensorPrimitives.Multiply(x, alpha, y);
+                TensorPrimitives.Sigmoid(y, y);
+                TensorPrimitives.Multiply(y, x, y);
+                break;
             default: GeluTanhOp.Apply(x, y); break;
         }
     }
@@ -257,6 +266,12 @@ internal sealed class UnaryElementwise : Operator
             case Function.Sin: SinOp.Derivative(x, y, d); break;
             case Function.Abs: AbsOp.Derivative(x, y, d); break;
             case Function.GeluErf: GeluErfOp.Derivative(x, y, d); break;
+            case Function.QuickGelu:
+                // σ(αx) + αx·σ(αx)(1 − σ(αx))
+                TensorPrimitives.Multiply(x, alpha, d);
+                TensorPrimitives.Sigmoid(d, d);
+                for (int i = 0; i < d.Length; i++) d[i] *= 1 + alpha * x[i] * (1 - d[i]);
+                break;
             default: GeluTanhOp.Derivative(x, y, d); break;
         }
     }

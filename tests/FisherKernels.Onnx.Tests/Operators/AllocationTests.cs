@@ -14,7 +14,8 @@ public sealed class AllocationTests
     public static TheoryData<string> Cases() => new(
         "MatMul", "MatMulShared", "Gemm", "AddBias", "MulSame", "PowScalar", "Softmax", "LayerNormalization", "Transpose",
         "Where", "Gather", "Slice", "Split", "Concat", "ReduceMean", "Gelu", "Erf", "Tanh", "Reshape", "Expand",
-        "Pad", "Tile", "ScatterND", "RotaryEmbedding", "Attention", "MultiHeadAttention", "OnnxAttention");
+        "Pad", "Tile", "ScatterND", "RotaryEmbedding", "Attention", "MultiHeadAttention", "OnnxAttention",
+        "EmbedLayerNormalization", "QuickGelu");
 
     [Theory]
     [MemberData(nameof(Cases))]
@@ -50,6 +51,9 @@ public sealed class AllocationTests
             "MultiHeadAttention" => (OpRunner.Create("MultiHeadAttention", 3, attributes: A().Set("num_heads", 2L).Set("unidirectional", 1L), opset: 1, domain: OperatorRegistry.MicrosoftDomain),
                                      [R(1, 3, 4), R(1, 3, 4), R(1, 3, 4)]),
             "OnnxAttention" => (OpRunner.Create("Attention", 4, attributes: A().Set("is_causal", 1L), opset: 23), [R(1, 2, 3, 4), R(1, 1, 3, 4), R(1, 1, 3, 4), R(1, 1, 3, 3)]),
+            "EmbedLayerNormalization" => (OpRunner.Create("EmbedLayerNormalization", 8, outputs: 3, opset: 1, domain: OperatorRegistry.MicrosoftDomain),
+                                          [new NdArray<int>([1, 3], [2, 0, 2]), new NdArray<int>([1, 3], [0, 1, 1]), R(3, 4), R(3, 4), R(2, 4), R(4), R(4), new NdArray<int>([1, 3], [1, 1, 0])]),
+            "QuickGelu" => (OpRunner.Create("QuickGelu", 1, opset: 1, domain: OperatorRegistry.MicrosoftDomain), [R(2, 40)]),
             _ => (OpRunner.Create("Expand", 2), [R(3, 1), OpRunner.Longs(2, 3, 4)]),
         };
         var outputs = OpRunner.Allocate(op, inputs);

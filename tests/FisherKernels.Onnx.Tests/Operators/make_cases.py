@@ -522,6 +522,42 @@ case("attention23_float_mask_scale", "Attention", [q4, k4, v4, mf5], [attention2
 # The specification pads a mask shorter than the keys with −inf; ONNX Runtime 1.31 refuses that form, so numpy only.
 case("attention23_short_float_mask", "Attention", [q4, k4, v4, mf], [attention23_ref(q4, k4, v4, mask=mf)], opset=23, tol=1e-5)
 
+# ---- com.microsoft EmbedLayerNormalization (ONNX Runtime contrib schema and CPU kernel) --------------
+def i32(values):
+    return np.array(values, dtype=np.int32)
+
+def embed_layer_norm_ref(ids, word, pos, gamma, beta, eps, seg_ids=None, seg=None, mask=None, pos_ids=None):
+    """Outputs (output, mask_index, embedding_sum): per token word[id] + position[pos] (+ segment[seg]), layer-normalized;
+    positions are 0..S-1 without position_ids ([1, S] ones broadcast over the batch); mask_index counts mask entries equal to 1."""
+    b, sq = ids.shape
+    p = np.broadcast_to(np.arange(sq), (b, sq)) if pos_ids is None else np.broadcast_to(pos_ids, (b, sq))
+    s = d(word)[ids] + d(pos)[p] + (0 if seg is None else d(seg)[seg_ids])
+    y = layer_norm(s, gamma, beta, -1, eps)[0]
+    mask_index = np.zeros(b, np.int32) if mask is None else (mask == 1).sum(axis=1).astype(np.int32)
+    return y, mask_index, s
+
+ids = i32([[1, 4, 2, 0], [3, 3, 5, 1]])
+segs = i32([[0, 0, 1, 1], [0, 1, 1, 1]])
+word, pos, seg, ge, be = f32(6, 8), f32(5, 8), f32(2, 8), f32(8), f32(8)
+mask = i32([[1, 1, 1, 0], [1, 1, 0, 0]])
+case("embed_layernorm_full", "EmbedLayerNormalization", [ids, segs, word, pos, seg, ge, be, mask],
+     list(embed_layer_norm_ref(ids, word, pos, ge, be, 1e-5, segs, seg, mask)), attrs={"epsilon": 1e-5}, domain=ms, opset=1, ort=True)
+pids1 = i32([[4, 0, 2, 1]])
+case("embed_layernorm_no_segments_broadcast_positions", "EmbedLayerNormalization", [ids, None, word, pos, None, ge, be, None, pids1],
+     list(embed_layer_norm_ref(ids, word, pos, ge, be, 1e-12, pos_ids=pids1)[:2]), domain=ms, opset=1, ort=True)
+pids = i32([[0, 1, 2, 3], [2, 3, 4, 0]])
+case("embed_layernorm_position_ids", "EmbedLayerNormalization", [ids, segs, word, pos, seg, ge, be, None, pids],
+     list(embed_layer_norm_ref(ids, word, pos, ge, be, 1e-12, segs, seg, pos_ids=pids)[:2]), domain=ms, opset=1, ort=True)
+# Output alone is the schema's minimum; ONNX Runtime 1.31's shape inference insists on mask_index, so numpy only.
+case("embed_layernorm_output_only", "EmbedLayerNormalization", [ids, segs, word, pos, seg, ge, be],
+     [embed_layer_norm_ref(ids, word, pos, ge, be, 1e-12, segs, seg)[0]], domain=ms, opset=1)
+
+# ---- com.microsoft Gelu (erf form) and QuickGelu (x·sigmoid(alpha·x)) ---------------------------------
+case("ms_gelu", "Gelu", [wide], [gelu_erf(wide)], domain=ms, opset=1, tol=1e-6, ort=True)
+quick = lambda v, alpha: d(v) / (1 + np.exp(-alpha * d(v)))
+case("quickgelu_default_alpha", "QuickGelu", [wide], [quick(wide, 1.702)], domain=ms, opset=1, tol=1e-6, ort=True)
+case("quickgelu_alpha", "QuickGelu", [wide], [quick(wide, 0.75)], attrs={"alpha": 0.75}, domain=ms, opset=1, tol=1e-6, ort=True)
+
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)
