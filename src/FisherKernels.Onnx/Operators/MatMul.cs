@@ -14,6 +14,8 @@ internal sealed class MatMul : Operator
 
     public override bool IsDifferentiable(int input) => input is 0 or 1;
 
+    public override bool WritesFreshGradients => true;
+
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var a = RequiredFloat(inputs, 0, "A");
@@ -43,12 +45,16 @@ internal sealed class MatMul : Operator
         Dims.TryCreate(a.Shape, b.Shape, out var d);
         ReadOnlySpan<int> batch = d.Out[..d.Rank], batchA = d.A[..d.Rank], batchB = d.B[..d.Rank];
         // gA[M×K] += gY[M×N]·Bᵀ,  gB[K×N] += Aᵀ·gY[M×N]; batches broadcast into an operand add up there.
+        // A fresh gradient (nothing in it yet, OpContext.FreshGradients) is written; the backend path zeroes it first.
+        bool freshA = (context.FreshGradients & 1) != 0, freshB = (context.FreshGradients & 2) != 0;
         if (Packable(a, b, d, out int rows))
         {
-            if (inputGrads[0] is { } pga) PackedInputGradient(context, gy.Data, b.Data, pga.Data, rows, d.K, d.N);
-            if (inputGrads[1] is { } pgb) PackedWeightGradient(context, a.Data, gy.Data, pgb.Data, rows, d.K, d.N);
+            if (inputGrads[0] is { } pga) PackedInputGradient(context, gy.Data, b.Data, pga.Data, rows, d.K, d.N, accumulate: !freshA);
+            if (inputGrads[1] is { } pgb) PackedWeightGradient(context, a.Data, gy.Data, pgb.Data, rows, d.K, d.N, accumulate: !freshB);
             return;
         }
+        if (freshA) inputGrads[0]?.Span.Clear();
+        if (freshB) inputGrads[1]?.Span.Clear();
         if (inputGrads[0] is { } ga) Gemm(context.Backend, batch, gy.Data, batch, b.Data, batchB, ga.Data, batchA, d.M, d.K, d.N, false, true, 1);
         if (inputGrads[1] is { } gb) Gemm(context.Backend, batch, a.Data, batchA, gy.Data, batch, gb.Data, batchB, d.K, d.N, d.M, true, false, 1);
     }
@@ -108,8 +114,8 @@ internal sealed class MatMul : Operator
         }
     }
 
-    /// <summary>gA [rows×K] += gY [rows×N]·Bᵀ, Bᵀ packed straight from B by 8×8 transposes.</summary>
-    private static unsafe void PackedInputGradient(OpContext context, float[] gy, float[] b, float[] ga, int rows, int k, int n)
+    /// <summary>gA [rows×K] (+)= gY [rows×N]·Bᵀ, Bᵀ packed straight from B by 8×8 transposes.</summary>
+    private static unsafe void PackedInputGradient(OpContext context, float[] gy, float[] b, float[] ga, int rows, int k, int n, bool accumulate)
     {
         // B' = Bᵀ is [N×K]: its panel j (columns 32j.. of Bᵀ) is the transpose of rows 32j.. of B.
         const int w = PackedGemm.PanelWidth;
@@ -125,12 +131,12 @@ internal sealed class MatMul : Operator
                 if (columns < w)
                     for (int r = 0; r < n; r++) new Span<float>(panel + (long)r * w + columns, w - columns).Clear();
             }
-            MultiplyPacked(context, pgy, n, rows, packed, k, ga, accumulate: true);
+            MultiplyPacked(context, pgy, n, rows, packed, k, ga, accumulate);
         }
     }
 
-    /// <summary>gB [K×N] += Aᵀ·gY over the stacked rows: Aᵀ by 8×8 transposes, gY packed as B.</summary>
-    private static unsafe void PackedWeightGradient(OpContext context, float[] a, float[] gy, float[] gb, int rows, int k, int n)
+    /// <summary>gB [K×N] (+)= Aᵀ·gY over the stacked rows: Aᵀ by 8×8 transposes, gY packed as B.</summary>
+    private static unsafe void PackedWeightGradient(OpContext context, float[] a, float[] gy, float[] gb, int rows, int k, int n, bool accumulate)
     {
         long packedLength = (long)PackedGemm.PanelCount(n) * rows * PackedGemm.PanelWidth;
         var scratch = context.Scratch(packedLength + (long)k * rows);
@@ -139,7 +145,7 @@ internal sealed class MatMul : Operator
             float* packed = s, transposed = s + packedLength;
             PackedGemm.Pack(pgy, rows, n, n, 1, packed);
             Transpose(pa, rows, k, k, transposed, rows);
-            MultiplyPacked(context, transposed, rows, k, packed, n, gb, accumulate: true);
+            MultiplyPacked(context, transposed, rows, k, packed, n, gb, accumulate);
         }
     }
 

@@ -43,6 +43,13 @@ public sealed class OpContext(IComputeBackend backend)
     public int Threads { get; } = backend is Backends.Cpu.CpuBackend cpu ? cpu.Threads : Environment.ProcessorCount;
 
     /// <summary>
+    /// Bit i set: input gradient i holds nothing yet in this backward run, so a Vjp that
+    /// <see cref="Operator.WritesFreshGradients"/> overwrites it instead of adding (saves zeroing it first).
+    /// Set by the backward pass around that call only; 0 everywhere else.
+    /// </summary>
+    internal int FreshGradients { get; set; }
+
+    /// <summary>
     /// A buffer of at least <paramref name="length"/> floats (contents undefined), valid until the next
     /// call of <see cref="Scratch"/>. Grows once, then is reused: no allocation in steady state. An
     /// operator that needs several scratch areas asks once for their total and slices.
@@ -102,6 +109,9 @@ public abstract class Operator
     /// are never called).
     /// </summary>
     public virtual bool IsDifferentiable(int input) => false;
+
+    /// <summary>Whether <see cref="Vjp"/> honours <see cref="OpContext.FreshGradients"/> (writes those input gradients whole).</summary>
+    public virtual bool WritesFreshGradients => false;
 
     /// <summary>
     /// Reverse mode. Given the forward's <paramref name="inputs"/> and <paramref name="outputs"/> and

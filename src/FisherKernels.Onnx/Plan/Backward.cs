@@ -16,8 +16,10 @@ public sealed class Backward
     /// <summary>
     /// A step of the reverse walk. <paramref name="FirstWrites"/>: the input gradients this step is the first
     /// to reach in the walk (zeroed just before it runs; a view copies into them instead of adding).
+    /// <paramref name="Fresh"/>: for an operator that <see cref="Operator.WritesFreshGradients"/>, the first writes as
+    /// input bits (passed in <see cref="OpContext.FreshGradients"/>, not zeroed).
     /// </summary>
-    private sealed record GradStep(ExecutionPlan.Step Step, NdArray<float>?[] OutputGrads, NdArray<float>?[] InputGrads, NdArray<float>[] FirstWrites);
+    private sealed record GradStep(ExecutionPlan.Step Step, NdArray<float>?[] OutputGrads, NdArray<float>?[] InputGrads, NdArray<float>[] FirstWrites, int Fresh);
 
     private readonly ExecutionPlan plan;
     private readonly NdArray<float>?[] gradients;
@@ -82,13 +84,15 @@ public sealed class Backward
             var inputGrads = step.InputIds.Select((id, i) => id >= 0 && (step.Op.IsView ? i == 0 : step.Op.IsDifferentiable(i)) ? gradients[id] : null).ToArray();
             if (inputGrads.All(g => g is null)) continue;
             var firstWrites = new List<NdArray<float>>();
+            int fresh = 0;
             for (int i = 0; i < inputGrads.Length; i++)
                 if (inputGrads[i] is { } g && !written[step.InputIds[i]])
                 {
                     written[step.InputIds[i]] = true;
-                    firstWrites.Add(g);
+                    if (step.Op.WritesFreshGradients && i < 32) fresh |= 1 << i;
+                    else firstWrites.Add(g);
                 }
-            reverse.Add(new GradStep(step, outputGrads, inputGrads, [.. firstWrites]));
+            reverse.Add(new GradStep(step, outputGrads, inputGrads, [.. firstWrites], fresh));
         }
         for (int id = 0; id < values.Count; id++)
             if (gradients[id] is { } g && !written[id]) unwritten.Add(g);
@@ -116,7 +120,7 @@ public sealed class Backward
     public void Run(OpContext context)
     {
         foreach (var g in unwritten) g.Span.Clear();
-        foreach (var (step, outputGrads, inputGrads, firstWrites) in reverse)
+        foreach (var (step, outputGrads, inputGrads, firstWrites, fresh) in reverse)
         {
             if (step.Op.IsView)
             {
@@ -127,7 +131,9 @@ public sealed class Backward
                 continue;
             }
             foreach (var first in firstWrites) first.Span.Clear();
-            step.Op.Vjp(context, step.Inputs, step.Outputs, outputGrads, inputGrads);
+            context.FreshGradients = fresh;
+            try { step.Op.Vjp(context, step.Inputs, step.Outputs, outputGrads, inputGrads); }
+            finally { context.FreshGradients = 0; }
         }
     }
 }

@@ -146,6 +146,13 @@ public sealed class PackedMatMulDerivativeTests
         AssertClose(Product(gy.Data, rows, n, b.Data, k, transposeB: true, ga0), ga.Data); // gY [rows×n]·Bᵀ, B stored [k×n]
         AssertClose(ProductAtB(a.Data, gy.Data, rows, k, n, gb0), gb.Data);
 
+        // Fresh gradients (the backward pass's first write) are overwritten, whatever they held.
+        context.FreshGradients = 3;
+        op.Vjp(context, [a, b], [y], [gy], [ga, gb]);
+        context.FreshGradients = 0;
+        AssertClose(Product(gy.Data, rows, n, b.Data, k, transposeB: true, null), ga.Data);
+        AssertClose(ProductAtB(a.Data, gy.Data, rows, k, n, new float[k * n]), gb.Data);
+
         var ta = OpRunner.Random(random, aShape);
         var tb = OpRunner.Random(random, k, n);
         foreach (var (withA, withB) in new[] { (true, true), (true, false), (false, true) })
