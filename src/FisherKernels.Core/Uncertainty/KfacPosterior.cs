@@ -97,6 +97,14 @@ public sealed class LayerPosterior
     readonly IComputeBackend backend;
     readonly int index;
     readonly KronEigenbasis? dense;
+    readonly CurvedSubspace? curved;
+
+    /// <summary>
+    /// The dense form's G eigenvectors with a non-zero eigenvalue, packed [out × k] (<see cref="Q"/>), and their rows of the
+    /// inverse denominators [k × in(+1)]. Along every other G eigenvector Σ is <see cref="FlatWeight"/> = 1/τ, whatever the
+    /// A direction, so a gradient needs no rotation there (a curvature fitted on fewer positions than the layer is wide).
+    /// </summary>
+    sealed record CurvedSubspace(float[] Q, float[] Weights, int K, float FlatWeight);
     readonly LowRankFactor? lowRank;
 
     /// <summary>The low-rank form: the small factor's eigenbasis, the large factor as diagonal plus low rank.</summary>
@@ -121,6 +129,7 @@ public sealed class LayerPosterior
                 dense = KronEigenbasis.Create(backend, block.A.Data, ADim, block.G.Data, GDim, Positions, PriorPrecision);
                 RangeA = RangeOf(dense.LambdaA);
                 RangeG = RangeOf(dense.LambdaG);
+                curved = CurvedSubspaceOf(dense);
             }
             else lowRank = BuildLowRank(block, options);
         }
@@ -177,13 +186,16 @@ public sealed class LayerPosterior
     }
 
     /// <summary>Floats of workspace <see cref="OuterProductQuadratic"/> needs for <paramref name="rows"/> rows.</summary>
-    public long OuterProductWorkspace(int rows) => (long)GDim * ADim + (dense is null ? 0 : (long)rows * GDim);
+    public long OuterProductWorkspace(int rows) => (long)GDim * ADim + (dense is null ? 0 : (long)rows * GDim)
+        + (curved is null ? 0 : (long)curved.K * (ADim + rows));
 
     /// <summary>
     /// <c>vec(X)ᵀ Σ vec(X)</c> for a gradient that reaches the layer through its outputs, <c>X = Σ_m g_m ã_mᵀ = Gᵀ Ã</c>:
     /// <paramref name="outputGradients"/> G <c>[rows × out]</c>, <paramref name="projectedInputs"/> the same rows of
     /// <see cref="ProjectInputRows"/>. Dense form: <c>Q_Gᵀ X Q_A = (G Q_G)ᵀ (Ã Q_A)</c>, then the eigenvalue-weighted squares
-    /// (SPEC §4), 2·rows·out·(out + in) flops instead of the weight gradient's rotation on both sides.
+    /// (SPEC §4), 2·rows·out·(out + in) flops instead of the weight gradient's rotation on both sides. When only k of
+    /// G's eigenvalues are non-zero and that is cheaper, the k curved directions are rotated and the rest is the plain
+    /// square norm of <c>(G − G Q_k Q_kᵀ)ᵀ (Ã Q_A)</c> times 1/τ: 2·rows·(2·out·k + k·in + out·in) flops.
     /// </summary>
     public double OuterProductQuadratic(ReadOnlySpan<float> outputGradients, ReadOnlySpan<float> projectedInputs, int rows, Span<float> workspace)
     {
@@ -200,18 +212,53 @@ public sealed class LayerPosterior
             return single[0];
         }
         Span<float> rotated = workspace.Slice((int)size, rows * GDim);
-        backend.Gemm(new GemmShape(rows, GDim, GDim), outputGradients, dense.QG, rotated);
+        if (curved is null)
+        {
+            backend.Gemm(new GemmShape(rows, GDim, GDim), outputGradients, dense.QG, rotated);
+            backend.Gemm(new GemmShape(GDim, ADim, rows, TransA: true), rotated, projectedInputs, x);
+            return WeightedSquares(x, dense.InverseDenominators);
+        }
+        int k = curved.K;
+        Span<float> inCurved = workspace.Slice((int)size + rows * GDim, rows * k), xCurved = workspace.Slice((int)size + rows * GDim + rows * k, k * ADim);
+        backend.Gemm(new GemmShape(rows, k, GDim), outputGradients, curved.Q, inCurved);
+        outputGradients.CopyTo(rotated);
+        backend.Gemm(new GemmShape(rows, GDim, k, TransB: true, Alpha: -1, Beta: 1), inCurved, curved.Q, rotated);
+        backend.Gemm(new GemmShape(k, ADim, rows, TransA: true), inCurved, projectedInputs, xCurved);
         backend.Gemm(new GemmShape(GDim, ADim, rows, TransA: true), rotated, projectedInputs, x);
-        // Σ x² w in float blocks summed in double: a million float products summed in float would lose digits.
+        return WeightedSquares(xCurved, curved.Weights) + curved.FlatWeight * WeightedSquares(x, default);
+    }
+
+    /// <summary>Σ x² w (Σ x² when <paramref name="w"/> is empty), in float blocks summed in double: a million float products summed in float would lose digits. Squares x in place.</summary>
+    static double WeightedSquares(Span<float> x, ReadOnlySpan<float> w)
+    {
         const int Block = 4096;
         double sum = 0;
         for (int i = 0; i < x.Length; i += Block)
         {
             Span<float> block = x.Slice(i, Math.Min(Block, x.Length - i));
+            if (w.IsEmpty) { sum += System.Numerics.Tensors.TensorPrimitives.SumOfSquares(block); continue; }
             System.Numerics.Tensors.TensorPrimitives.Multiply(block, block, block);
-            sum += System.Numerics.Tensors.TensorPrimitives.Dot(block, dense.InverseDenominators.AsSpan(i, block.Length));
+            sum += System.Numerics.Tensors.TensorPrimitives.Dot(block, w.Slice(i, block.Length));
         }
         return sum;
+    }
+
+    /// <summary>The curved subspace of G when rotating only it costs less than the full rotation: k·(2·out + in) below out².</summary>
+    static CurvedSubspace? CurvedSubspaceOf(KronEigenbasis basis)
+    {
+        int g = basis.GDim, a = basis.ADim;
+        int[] kept = Enumerable.Range(0, g).Where(i => basis.LambdaG[i] != 0).ToArray();
+        int k = kept.Length;
+        if (k == g || (long)k * (2L * g + a) >= (long)g * g) return null;
+        var q = new float[(long)g * k];
+        var weights = new float[(long)k * a];
+        for (int c = 0; c < k; c++)
+        {
+            for (int r = 0; r < g; r++) q[(long)r * k + c] = basis.QG[(long)r * g + kept[c]];
+            basis.InverseDenominators.AsSpan(kept[c] * a, a).CopyTo(weights.AsSpan(c * a, a));
+        }
+        int flat = Array.IndexOf(basis.LambdaG, 0.0);
+        return new CurvedSubspace(q, weights, k, basis.InverseDenominators[(long)flat * a]);
     }
 
     /// <summary>
