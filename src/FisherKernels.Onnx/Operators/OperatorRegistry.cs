@@ -33,6 +33,7 @@ public static class OperatorRegistry
         Onnx("RotaryEmbedding", 23, n => new RotaryEmbedding(n)),
         Microsoft("Attention", n => new Attention(n)),
         Microsoft("MultiHeadAttention", n => new MultiHeadAttention(n)),
+        Microsoft("GroupQueryAttention", n => new GroupQueryAttention(n)),
         Onnx("Attention", 23, n => new StandardAttention(n)),
         Onnx("CumSum", 11, n => new CumSum(n)),
         .. new[] { "ReduceSum", "ReduceMean", "ReduceMax" }.Select(op => Onnx(op, 1, n => new Reduce(n))),

@@ -558,6 +558,20 @@ quick = lambda v, alpha: d(v) / (1 + np.exp(-alpha * d(v)))
 case("quickgelu_default_alpha", "QuickGelu", [wide], [quick(wide, 1.702)], domain=ms, opset=1, tol=1e-6, ort=True)
 case("quickgelu_alpha", "QuickGelu", [wide], [quick(wide, 0.75)], attrs={"alpha": 0.75}, domain=ms, opset=1, tol=1e-6, ort=True)
 
+# ---- com.microsoft GroupQueryAttention, prompt without a cache (ONNX Runtime contrib schema and CPU kernel) -----
+def present(t, kv_heads):
+    return d(t).reshape(t.shape[0], t.shape[1], kv_heads, -1).transpose(0, 2, 1, 3)
+
+# ONNX Runtime needs head sizes that are multiples of 8.
+qg, kg, vg = f32(2, 4, 32), f32(2, 4, 16), f32(2, 4, 16)
+case("gqa_prompt_present", "GroupQueryAttention", [qg, kg, vg, None, None, i32([3, 3]), np.array(4, np.int32)],
+     [attention23_ref(qg, kg, vg, is_causal=True, q_heads=4, kv_heads=2), present(kg, 2), present(vg, 2)],
+     attrs={"num_heads": 4, "kv_num_heads": 2}, domain=ms, opset=1, tol=1e-5, ort=True)
+qm, km, vm = f32(1, 3, 16), f32(1, 3, 8), f32(1, 3, 8)
+case("gqa_multi_query_scale", "GroupQueryAttention", [qm, km, vm, None, None, i32([2]), np.array(3, np.int32)],
+     [attention23_ref(qm, km, vm, is_causal=True, scale=0.3, q_heads=2, kv_heads=1), present(km, 1), present(vm, 1)],
+     attrs={"num_heads": 2, "kv_num_heads": 1, "scale": 0.3}, domain=ms, opset=1, tol=1e-5, ort=True)
+
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)
