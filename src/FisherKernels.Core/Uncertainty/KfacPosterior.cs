@@ -274,13 +274,139 @@ public sealed class LayerPosterior
         if (inputs.Length != (long)rows * inF || variance.Length != (long)rows * GDim)
             throw FisherKernelsException.Argument($"layer '{Layer}': output variance of {rows} rows needs inputs [{rows} × {inF}] and variance [{rows} × {GDim}]");
         if (rows == 0) return;
-        float[] projected = ProjectInputs(basis, inputs, rows, inF);
+        float[] projected = ProjectInputs(basis.QA, inputs, rows, inF);
         // C[r, i] = Σ_j β_rj² / (M λ_G,i λ_A,j + τ), then var[r, v] = Σ_i C[r, i] Q_G[v, i]².
         var weights = new float[(long)rows * GDim];
         backend.Gemm(new GemmShape(rows, GDim, ADim, TransB: true), projected, basis.InverseDenominators, weights);
         var squaredQg = new float[basis.QG.Length];
         for (int i = 0; i < squaredQg.Length; i++) squaredQg[i] = basis.QG[i] * basis.QG[i];
         backend.Gemm(new GemmShape(rows, GDim, GDim, TransB: true), weights, squaredQg, variance);
+    }
+
+    /// <summary>
+    /// Closed-form variance of the target output <c>s_y = (W a + b)_y</c> under this layer's posterior (for the output layer,
+    /// the variance of the target logit from the last layer alone), in the dense and the low-rank form. Its gradient is the
+    /// rank-1 <c>e_y ãᵀ</c>, so <c>var s_y = vec(e_y ãᵀ)ᵀ Σ vec(e_y ãᵀ)</c>; dense: <c>Σ_ij Q_G[y,i]² β_j² / (M λ_G,i λ_A,j + τ)</c>
+    /// with <c>β = Q_Aᵀ ã</c>. <paramref name="inputs"/> <c>[rows × in]</c> (without the homogeneous 1); rows whose target is
+    /// -100 get NaN.
+    /// </summary>
+    public void TargetOutputVariance(ReadOnlySpan<float> inputs, ReadOnlySpan<long> targets, int rows, Span<double> variance)
+    {
+        int inF = HasBias ? ADim - 1 : ADim;
+        if (rows < 0 || inputs.Length != (long)rows * inF || targets.Length != rows || variance.Length != rows)
+            throw FisherKernelsException.Argument($"layer '{Layer}': target output variance of {rows} rows needs inputs [{rows} × {inF}], {rows} targets and outputs");
+        for (int r = 0; r < rows; r++)
+            if (targets[r] != -100 && (targets[r] < 0 || targets[r] >= GDim))
+                throw FisherKernelsException.Argument($"layer '{Layer}': target {targets[r]} at row {r} is outside the {GDim} outputs");
+        variance.Clear();
+        if (rows > 0)
+        {
+            if (dense is not null) DenseTargetVariance(dense, inputs, targets, rows, inF, variance);
+            else if (lowRank!.LargeIsA) LowRankTargetVarianceLargeA(lowRank, inputs, targets, rows, inF, variance);
+            else LowRankTargetVarianceLargeG(lowRank, inputs, targets, rows, inF, variance);
+        }
+        for (int r = 0; r < rows; r++)
+            if (targets[r] == -100) variance[r] = double.NaN;
+    }
+
+    void DenseTargetVariance(KronEigenbasis basis, ReadOnlySpan<float> inputs, ReadOnlySpan<long> targets, int rows, int inF, Span<double> variance)
+    {
+        float[] squared = ProjectInputs(basis.QA, inputs, rows, inF);
+        for (int r = 0; r < rows; r++)
+        {
+            if (targets[r] == -100) continue;
+            long y = targets[r];
+            ReadOnlySpan<float> beta2 = squared.AsSpan(r * ADim, ADim);
+            double sum = 0;
+            for (int i = 0; i < GDim; i++)
+            {
+                double q = basis.QG[y * GDim + i];
+                sum += q * q * System.Numerics.Tensors.TensorPrimitives.Dot(beta2, basis.InverseDenominators.AsSpan(i * ADim, ADim));
+            }
+            variance[r] = sum;
+        }
+    }
+
+    /// <summary>
+    /// Low rank with G (the outputs) large, the usual output layer. In A's eigenbasis <c>Y = X Q_A = e_y βᵀ</c>, so
+    /// <c>var s_y = Σ_j β_j² [P_j⁻¹]_yy</c>, P_j the Woodbury block of <see cref="WoodburyQuadratic"/>. In the scaled form
+    /// <c>V = D_j^-½ U S_j^½</c>, <c>P_j⁻¹ = D_j^-½ (I − V (I + VᵀV)⁻¹ Vᵀ) D_j^-½</c>, so <c>[P_j⁻¹]_yy = (1 − v_yᵀ C⁻¹ v_y) / d_y</c>
+    /// with v_y row y of V: one r×r capacitance per j and one small solve per distinct target, nothing of the vocabulary's size
+    /// beyond V.
+    /// </summary>
+    void LowRankTargetVarianceLargeG(LowRankFactor f, ReadOnlySpan<float> inputs, ReadOnlySpan<long> targets, int rows, int inF, Span<double> variance)
+    {
+        int n = f.LargeDim, m = f.SmallDim, r = f.Rank;
+        float[] squared = ProjectInputs(f.SmallQ, inputs, rows, inF);
+        var slots = new Dictionary<long, int>();
+        for (int t = 0; t < rows; t++)
+            if (targets[t] != -100) slots.TryAdd(targets[t], slots.Count);
+        int k = slots.Count;
+        if (k == 0) return;
+        long[] ys = new long[k];
+        foreach (var (y, slot) in slots) ys[slot] = y;
+
+        var v = new float[(long)n * r];
+        var vtv = new float[r * r];
+        var capacitance = new double[r * r];
+        var solved = new double[r * k];
+        var h = new double[k];
+        for (int j = 0; j < m; j++)
+        {
+            double scale = Positions * f.SmallLambda[j];
+            for (int i = 0; i < n; i++)
+            {
+                double invSqrtD = 1 / Math.Sqrt(scale * f.Diagonal[i] + PriorPrecision);
+                for (int c = 0; c < r; c++) v[(long)i * r + c] = (float)(f.U[(long)i * r + c] * Math.Sqrt(scale * f.Lambda[c]) * invSqrtD);
+            }
+            backend.Gemm(new GemmShape(r, r, n, TransA: true), v, v, vtv);
+            for (int a = 0; a < r; a++)
+                for (int b = 0; b < r; b++) capacitance[a * r + b] = (a == b ? 1 : 0) + 0.5 * ((double)vtv[a * r + b] + vtv[b * r + a]);
+            if (!Cholesky.TryFactor(capacitance, r, useNative: true))
+                throw FisherKernelsException.Backend($"layer '{Layer}': the Woodbury capacitance I + VᵀV [{r} × {r}] is not positive definite");
+            for (int a = 0; a < r; a++)
+                for (int s = 0; s < k; s++) solved[a * k + s] = v[ys[s] * r + a];
+            Cholesky.Solve(capacitance, r, solved, k);
+            for (int s = 0; s < k; s++)
+            {
+                double quadratic = 0;
+                for (int a = 0; a < r; a++) quadratic += solved[a * k + s] * v[ys[s] * r + a];
+                h[s] = (1 - quadratic) / (scale * f.Diagonal[ys[s]] + PriorPrecision);
+            }
+            for (int t = 0; t < rows; t++)
+                if (targets[t] != -100) variance[t] += squared[(long)t * m + j] * h[slots[targets[t]]];
+        }
+    }
+
+    /// <summary>
+    /// Low rank with A (the inputs) large. In G's eigenbasis <c>Y = Xᵀ Q_G = ã (Q_Gᵀ e_y)ᵀ</c>, so
+    /// <c>var s_y = Σ_j Q_G[y,j]² ãᵀ P_j⁻¹ ã</c>: one Woodbury solve per j for all rows at once.
+    /// </summary>
+    void LowRankTargetVarianceLargeA(LowRankFactor f, ReadOnlySpan<float> inputs, ReadOnlySpan<long> targets, int rows, int inF, Span<double> variance)
+    {
+        int n = f.LargeDim, m = f.SmallDim, r = f.Rank;
+        var columns = new float[(long)n * rows]; // Ã as columns [n × rows]
+        for (int t = 0; t < rows; t++)
+        {
+            for (int i = 0; i < inF; i++) columns[(long)i * rows + t] = inputs[t * inF + i];
+            if (HasBias) columns[(long)inF * rows + t] = 1;
+        }
+        var solved = new float[columns.Length];
+        var (d, s) = (new float[n], new float[r]);
+        for (int j = 0; j < m; j++)
+        {
+            double scale = Positions * f.SmallLambda[j];
+            for (int i = 0; i < n; i++) d[i] = (float)(scale * f.Diagonal[i] + PriorPrecision);
+            for (int c = 0; c < r; c++) s[c] = (float)(scale * f.Lambda[c]);
+            backend.WoodburyApply(d, f.U, s, n, r, columns, rows, solved);
+            for (int t = 0; t < rows; t++)
+            {
+                if (targets[t] == -100) continue;
+                double q = f.SmallQ[targets[t] * m + j], quadratic = 0;
+                for (int i = 0; i < n; i++) quadratic += (double)columns[(long)i * rows + t] * solved[(long)i * rows + t];
+                variance[t] += q * q * quadratic;
+            }
+        }
     }
 
     /// <summary>
@@ -295,7 +421,7 @@ public sealed class LayerPosterior
         if (inputs.Length != (long)rows * inF || logits.Length != (long)rows * GDim || targets.Length != rows || variance.Length != rows)
             throw FisherKernelsException.Argument($"layer '{Layer}': probability variance of {rows} rows needs inputs [{rows} × {inF}], logits [{rows} × {GDim}], {rows} targets and outputs");
         if (rows == 0) return;
-        float[] projected = ProjectInputs(basis, inputs, rows, inF);
+        float[] projected = ProjectInputs(basis.QA, inputs, rows, inF);
         var weights = new float[(long)rows * GDim];
         backend.Gemm(new GemmShape(rows, GDim, ADim, TransB: true), projected, basis.InverseDenominators, weights);
         var u = new float[(long)rows * GDim];
@@ -389,8 +515,8 @@ public sealed class LayerPosterior
     KronEigenbasis RequireDense(string what) => dense ?? throw FisherKernelsException.Unsupported(
         $"layer '{Layer}': {what} needs the dense eigenbasis ({DenseBytes} bytes), but the layer uses the low-rank form; raise the memory budget");
 
-    /// <summary>Rows of β = Q_Aᵀ ã: [rows × a].</summary>
-    float[] ProjectInputs(KronEigenbasis basis, ReadOnlySpan<float> inputs, int rows, int inF)
+    /// <summary>Rows of β² with β = Q_Aᵀ ã (<paramref name="qa"/>: A's eigenvectors as columns): [rows × a].</summary>
+    float[] ProjectInputs(float[] qa, ReadOnlySpan<float> inputs, int rows, int inF)
     {
         var homogeneous = new float[(long)rows * ADim];
         for (int r = 0; r < rows; r++)
@@ -399,7 +525,7 @@ public sealed class LayerPosterior
             if (HasBias) homogeneous[r * ADim + inF] = 1;
         }
         var projected = new float[homogeneous.Length];
-        backend.Gemm(new GemmShape(rows, ADim, ADim), homogeneous, basis.QA, projected);
+        backend.Gemm(new GemmShape(rows, ADim, ADim), homogeneous, qa, projected);
         for (int i = 0; i < projected.Length; i++) projected[i] *= projected[i];
         return projected;
     }

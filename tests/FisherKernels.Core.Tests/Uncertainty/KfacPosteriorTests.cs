@@ -171,7 +171,7 @@ public class KfacPosteriorTests
     }
 
     /// <summary>D + UΛUᵀ: U, Λ the top-r eigenpairs (float64 Jacobi), D = diag of the remainder.</summary>
-    static double[] DiagonalPlusLowRank(double[] f, int n, int r)
+    internal static double[] DiagonalPlusLowRank(double[] f, int n, int r)
     {
         var values = new double[n];
         var vectors = new double[n * n];
