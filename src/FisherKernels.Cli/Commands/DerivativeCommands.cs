@@ -60,6 +60,7 @@ internal static class DerivativeCommands
             : null;
         var epistemic = posterior is not null ? KfacScoring.Epistemic(lm, posterior) : EpistemicMetric.SquaredGradientNorm;
         var report = PositionScorer.Score(lm, context, tokens, targets, parameters, method, prior, epistemic);
+        if (posterior is not null) report = LastLayerVariance.Add(report, lm, context, posterior, tokens, Console.Error);
         if (samples is { } k) report = KfacScoring.AddSampling(report, lm, context, posterior!, tokens, k, seed);
         report.Write(outPath);
         return 0;

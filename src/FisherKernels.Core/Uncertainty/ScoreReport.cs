@@ -12,6 +12,9 @@ public sealed record TokenScore(int Position, long Target, double P, double Epis
 
     /// <summary>Linearized sampling's figures (<c>score --samples k</c>); null when not sampled.</summary>
     public SampledScore? Sampled { get; init; }
+
+    /// <summary>Closed-form variance of the target logit from the output layer's posterior alone (<c>--method kfac</c>); null otherwise.</summary>
+    public double? LastLayerLogitVariance { get; init; }
 }
 
 /// <summary>
@@ -38,9 +41,13 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
 {
     public const string CsvHeader = "sequence,position,target,p,epistemic,aleatoric";
     public const string SampledCsvColumns = ",logit_variance,p_low,p_high";
+    public const string LastLayerCsvColumn = ",last_layer_logit_variance";
 
     /// <summary>Whether the tokens carry linearized-sampling figures (extra JSON fields and CSV columns, else exactly SPEC §6).</summary>
     public bool IsSampled => Sequences.Any(s => s.Tokens.Any(t => t.Sampled is not null));
+
+    /// <summary>Whether the tokens carry the closed-form last-layer logit variance (an extra JSON field and CSV column, after aleatoric).</summary>
+    public bool HasLastLayer => Sequences.Any(s => s.Tokens.Any(t => t.LastLayerLogitVariance is not null));
 
     /// <summary>Writes JSON for a <c>.json</c> path and CSV for a <c>.csv</c> path; any other extension is an error naming <c>--out</c>.</summary>
     public void Write(string path)
@@ -72,12 +79,13 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
 
     public string ToCsv()
     {
-        bool sampled = IsSampled;
-        var text = new StringBuilder(CsvHeader).Append(sampled ? SampledCsvColumns : "").Append('\n');
+        bool sampled = IsSampled, lastLayer = HasLastLayer;
+        var text = new StringBuilder(CsvHeader).Append(lastLayer ? LastLayerCsvColumn : "").Append(sampled ? SampledCsvColumns : "").Append('\n');
         foreach (SequenceScore s in Sequences)
             foreach (TokenScore t in s.Tokens)
             {
                 text.Append(CultureInfo.InvariantCulture, $"{s.Index},{t.Position},{t.Target},{Number(t.P)},{Number(t.Epistemic)},{Number(t.Aleatoric)}");
+                if (lastLayer) text.Append(',').Append(Number(t.LastLayerLogitVariance!.Value));
                 if (sampled) text.Append(CultureInfo.InvariantCulture, $",{Number(t.Sampled!.LogitVariance)},{Number(t.Sampled.PLow)},{Number(t.Sampled.PHigh)}");
                 text.Append('\n');
             }
@@ -108,6 +116,7 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
                 json.WriteNumber("p", t.P);
                 json.WriteNumber("epistemic", t.Epistemic);
                 json.WriteNumber("aleatoric", t.Aleatoric);
+                if (t.LastLayerLogitVariance is { } lastLayer) json.WriteNumber("last_layer_logit_variance", lastLayer);
                 if (t.Sampled is { } sampled)
                 {
                     json.WriteNumber("logit_variance", sampled.LogitVariance);
@@ -134,6 +143,8 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
             {
                 if (!double.IsFinite(t.P) || !double.IsFinite(t.Epistemic))
                     throw FisherKernelsException.Argument($"{Method} score: sequence {s.Index} position {t.Position} has p {t.P}, epistemic {t.Epistemic}");
+                if (t.LastLayerLogitVariance is { } v && !double.IsFinite(v))
+                    throw FisherKernelsException.Argument($"{Method} score: sequence {s.Index} position {t.Position} has a non-finite last-layer logit variance {v}");
                 if (t.Sampled is { } x && !(double.IsFinite(x.LogitVariance) && double.IsFinite(x.PLow) && double.IsFinite(x.PHigh)))
                     throw FisherKernelsException.Argument($"{Method} score: sequence {s.Index} position {t.Position} has a non-finite sampled figure {x}");
             }

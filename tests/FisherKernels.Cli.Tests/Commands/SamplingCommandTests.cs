@@ -82,16 +82,16 @@ public class SamplingCommandTests
         using var temp = new TempFolder();
         var (code, _, stderr) = CliRunner.Run(ScoreArgs("gpt2_tiny", temp.File("plain.csv")));
         Assert.True(code == 0, stderr);
-        Assert.Equal(ScoreReport.CsvHeader, File.ReadLines(temp.File("plain.csv")).First());
+        Assert.Equal(ScoreReport.CsvHeader + ScoreReport.LastLayerCsvColumn, File.ReadLines(temp.File("plain.csv")).First());
         (code, _, stderr) = CliRunner.Run(ScoreArgs("gpt2_tiny", temp.File("plain.json")));
         Assert.True(code == 0, stderr);
-        Assert.DoesNotContain("logit_variance", File.ReadAllText(temp.File("plain.json")));
+        Assert.DoesNotContain("\"logit_variance\"", File.ReadAllText(temp.File("plain.json")));
 
         (code, _, stderr) = CliRunner.Run([.. ScoreArgs("gpt2_tiny", temp.File("sampled.csv")), "--samples", "8"]);
         Assert.True(code == 0, stderr);
         string[] lines = File.ReadAllLines(temp.File("sampled.csv"));
-        Assert.Equal(ScoreReport.CsvHeader + ",logit_variance,p_low,p_high", lines[0]);
-        Assert.All(lines.Skip(1), line => Assert.Equal(9, line.Split(',').Length));
+        Assert.Equal(ScoreReport.CsvHeader + ScoreReport.LastLayerCsvColumn + ",logit_variance,p_low,p_high", lines[0]);
+        Assert.All(lines.Skip(1), line => Assert.Equal(10, line.Split(',').Length));
         // Same seed, same figures; another seed, other figures.
         (code, _, _) = CliRunner.Run([.. ScoreArgs("gpt2_tiny", temp.File("again.csv")), "--samples", "8"]);
         Assert.Equal(0, code);
