@@ -79,6 +79,7 @@ internal sealed unsafe class FusedAttention : Operator
                 stride *= d;
             }
         }
+        if (shape.Keys == 0) { o.Span.Clear(); return; } // no keys: every output row is an empty sum
         var work = new Work(this, q.Data, k.Data, v.Data, maskArray, o.Data, shape);
         long flops = 4L * shape.Batch * shape.Heads * shape.Queries * shape.Keys * Math.Max(shape.Depth, shape.ValueDepth);
         ParallelWork.For(shape.Batch * shape.Heads, flops >= 1 << 20 ? context.Threads : 1, work.Head);
@@ -110,9 +111,16 @@ internal sealed unsafe class FusedAttention : Operator
             Gather(pq + b * s.QueryStrides[0] + h * s.QueryStrides[1], sq, d, s.QueryStrides[2], s.QueryStrides[3], queries);
             PackedGemm.Pack(pk + b * s.KeyStrides[0] + h * s.KeyStrides[1], d, sk, s.KeyStrides[2], s.KeyStrides[3], keys);
             PackedGemm.Pack(pv + b * s.ValueStrides[0] + h * s.ValueStrides[1], sk, dv, s.ValueStrides[2], s.ValueStrides[3], values);
-            PackedGemm.MultiplyPanels(queries, d, sq, d, keys, sk, null, scores, sk, 0, PackedGemm.PanelCount(sk));
-            for (int i = 0; i < sq; i++) NormalizeRow(new Span<float>(scores + (long)i * sk, sk), maskArray, s, b, h, i);
-            PackedGemm.MultiplyPanels(scores, sk, sq, sk, values, dv, null, result, dv, 0, PackedGemm.PanelCount(dv));
+            // Blocks of 8 query rows; with a selection mask only the keys up to the last one a row keeps are computed.
+            for (int i0 = 0; i0 < sq; i0 += 8)
+            {
+                int rows = Math.Min(8, sq - i0), needed = 0;
+                for (int i = i0; i < i0 + rows; i++) needed = Math.Max(needed, KeptKeys(maskArray, s, b, h, i));
+                float* block = scores + (long)i0 * sk;
+                PackedGemm.MultiplyPanels(queries + (long)i0 * d, d, rows, d, keys, needed, null, block, sk, 0, PackedGemm.PanelCount(needed));
+                for (int i = 0; i < rows; i++) NormalizeRow(new Span<float>(block + (long)i * sk, needed), maskArray, s, b, h, i0 + i);
+                PackedGemm.MultiplyPanels(block, sk, rows, needed, values, dv, null, result + (long)i0 * dv, dv, 0, PackedGemm.PanelCount(dv), packedDepth: sk);
+            }
             float* target = po + b * s.OutputStrides[0] + h * s.OutputStrides[1];
             for (int i = 0; i < sq; i++)
             {
@@ -129,6 +137,20 @@ internal sealed unsafe class FusedAttention : Operator
             if (columnStride == 1) new ReadOnlySpan<float>(source + r * rowStride, columns).CopyTo(new Span<float>(target + (long)r * columns, columns));
             else for (int c = 0; c < columns; c++) target[(long)r * columns + c] = source[r * rowStride + c * columnStride];
         }
+    }
+
+    /// <summary>
+    /// The keys [0, n) that row i of a head needs: all of them, unless a selection mask fills the rest with a value so
+    /// negative (≤ −1e4) that its softmax weight is exactly 0 next to any kept score: then up to the last kept key.
+    /// A row that keeps no key needs them all (its softmax is over the fill values alone).
+    /// </summary>
+    private int KeptKeys(NdArray? maskArray, Layout s, int b, int h, int i)
+    {
+        if (maskArray is not NdArray<bool> condition || fill > -1e4f || s.MaskStrides[3] != 1) return s.Keys;
+        long start = b * s.MaskStrides[0] + h * s.MaskStrides[1] + i * s.MaskStrides[2];
+        var flags = MemoryMarshal.Cast<bool, byte>(condition.Data.AsSpan((int)start, s.Keys));
+        int last = keepWhere ? flags.LastIndexOfAnyExcept((byte)0) : flags.LastIndexOf((byte)0);
+        return last < 0 ? s.Keys : last + 1;
     }
 
     /// <summary>One row of scores: scale, mask, softmax (max-subtracted, as the Softmax operator).</summary>

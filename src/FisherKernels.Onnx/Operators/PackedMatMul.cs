@@ -97,6 +97,14 @@ internal static unsafe class PackedGemm
         for (int j = 0; j < PanelCount(n); j++)
         {
             int columns = Math.Min(PanelWidth, n - j * PanelWidth);
+            if (rowStride == 1 && columnStride != 1)
+            {
+                // B is the transpose of a row-major matrix (Kᵀ in attention): each panel is a block transpose.
+                float* panel = panels + (long)j * panelRows * PanelWidth;
+                MatMul.Transpose(b + (long)j * PanelWidth * columnStride, columns, k, columnStride, panel, PanelWidth);
+                for (int row = 0; row < k && columns < PanelWidth; row++) new Span<float>(panel + (long)row * PanelWidth + columns, PanelWidth - columns).Clear();
+                continue;
+            }
             for (int row = 0; row < k; row++)
             {
                 float* source = b + row * rowStride + (long)j * PanelWidth * columnStride;
@@ -111,13 +119,16 @@ internal static unsafe class PackedGemm
     /// <summary>
     /// C = A·B + bias over the panels [from, to): A [m×k] with row stride <paramref name="lda"/>, B packed
     /// (n columns), C [m×n] with row stride <paramref name="ldc"/>, bias null or padded to the panels.
+    /// <paramref name="packedDepth"/> (0: k) is the rows each panel was packed with, when only the first k are used.
     /// </summary>
-    public static void MultiplyPanels(float* a, int lda, int m, int k, float* panels, int n, float* bias, float* c, int ldc, int from, int to)
+    public static void MultiplyPanels(float* a, int lda, int m, int k, float* panels, int n, float* bias, float* c, int ldc, int from, int to,
+                                      int packedDepth = 0)
     {
         float* tile = stackalloc float[TileRows * PanelWidth];
+        long panelLength = (long)(packedDepth == 0 ? k : packedDepth) * PanelWidth;
         for (int j = from; j < to; j++)
         {
-            float* panel = panels + (long)j * k * PanelWidth;
+            float* panel = panels + j * panelLength;
             float* panelBias = bias == null ? null : bias + j * PanelWidth;
             int columns = Math.Min(PanelWidth, n - j * PanelWidth);
             for (int i = 0; i < m; i += TileRows)
