@@ -14,11 +14,12 @@ namespace FisherKernels.Tests.Plan;
 /// </summary>
 public class ContribGraphTests
 {
-    private static readonly OpContext Context = new(new CpuBackend(1));
+    private readonly OpContext Context = new(new CpuBackend(1)); // per test: subclasses run in parallel and a context is not shareable
 
-    private static readonly string[] Variables = ["w_qkv", "b_qkv", "mha_bias", "cos", "fill", "update"];
+    /// <summary>The initializers the derivative test differentiates.</summary>
+    protected virtual string[] Variables => ["w_qkv", "b_qkv", "mha_bias", "cos", "fill", "update"];
 
-    private static ModelProto Model()
+    private protected virtual ModelProto Model()
     {
         var random = new Random(12);
         TensorProto Floats(string name, params int[] dims)
@@ -76,7 +77,7 @@ public class ContribGraphTests
         };
     }
 
-    private static TypeProto TensorType(int elementType, params object[] dims)
+    private protected static TypeProto TensorType(int elementType, params object[] dims)
     {
         var shape = new TensorShapeProto();
         foreach (var d in dims)
@@ -84,7 +85,7 @@ public class ContribGraphTests
         return new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = elementType, Shape = shape } };
     }
 
-    private static Dictionary<string, NdArray> Inputs(Random random, int batch, int seq)
+    protected virtual Dictionary<string, NdArray> Inputs(Random random, int batch, int seq)
     {
         var x = new NdArray<float>(batch, seq, 8);
         for (int i = 0; i < x.Data.Length; i++) x.Data[i] = (float)(random.NextDouble() * 2 - 1);
