@@ -47,10 +47,9 @@ internal sealed class MatMul : Operator
         // gA[M×K] += gY[M×N]·Bᵀ,  gB[K×N] += Aᵀ·gY[M×N]; batches broadcast into an operand add up there.
         // A fresh gradient (nothing in it yet, OpContext.FreshGradients) is written; the backend path zeroes it first.
         bool freshA = (context.FreshGradients & 1) != 0, freshB = (context.FreshGradients & 2) != 0;
-        if (Packable(a, b, d, out int rows))
+        if (Packable(a, b, d, out int rows, out int batches))
         {
-            if (inputGrads[0] is { } pga) PackedInputGradient(context, gy.Data, b.Data, pga.Data, rows, d.K, d.N, accumulate: !freshA);
-            if (inputGrads[1] is { } pgb) PackedWeightGradient(context, a.Data, gy.Data, pgb.Data, rows, d.K, d.N, accumulate: !freshB);
+            PackedVjp(context, a.Data, b.Data, gy.Data, inputGrads[0]?.Data, inputGrads[1]?.Data, batches, rows, d.K, d.N, freshA, freshB);
             return;
         }
         if (freshA) inputGrads[0]?.Span.Clear();
@@ -65,9 +64,9 @@ internal sealed class MatMul : Operator
         if (outputTangents[0] is not { } ty) return;
         var (a, b, _) = Operands(inputs, outputs);
         Dims.TryCreate(a.Shape, b.Shape, out var d);
-        if (Packable(a, b, d, out int rows))
+        if (Packable(a, b, d, out int rows, out int batches))
         {
-            PackedTangent(context, a.Data, inputTangents[0]?.Data, b.Data, inputTangents[1]?.Data, ty.Data, rows, d.K, d.N);
+            PackedJvp(context, a.Data, inputTangents[0]?.Data, b.Data, inputTangents[1]?.Data, ty.Data, batches, rows, d.K, d.N);
             return;
         }
         ReadOnlySpan<int> batch = d.Out[..d.Rank], batchA = d.A[..d.Rank], batchB = d.B[..d.Rank];
@@ -78,36 +77,70 @@ internal sealed class MatMul : Operator
     }
 
     /// <summary>
-    /// Whether the derivatives go through the packed AVX-512 kernel (<see cref="PackedGemm"/>): B one
-    /// [K×N] matrix (a weight) shared by every batch of A, whose batches stack into <paramref name="rows"/>,
-    /// and enough work to pay for packing an operand per call.
+    /// Whether the derivatives go through the packed AVX-512 kernel (<see cref="PackedGemm"/>), with enough
+    /// work per product to pay for packing an operand per call: B one [K×N] matrix (a weight) shared by
+    /// every batch of A, whose batches stack into <paramref name="rows"/> (one product), or A and B with the
+    /// same batches and no broadcasting (attention's products: one product of M rows per batch).
     /// </summary>
-    private static bool Packable(NdArray<float> a, NdArray<float> b, in Dims d, out int rows)
+    private static bool Packable(NdArray<float> a, NdArray<float> b, in Dims d, out int rows, out int batches)
     {
         rows = a.Rank < 2 || d.K == 0 ? 0 : (int)(a.Length / d.K);
-        return PackedGemm.IsSupported && a.Rank >= 2 && b.Rank == 2 && 2L * rows * d.K * d.N >= 1 << 20;
+        batches = 1;
+        if (!PackedGemm.IsSupported || a.Rank < 2) return false;
+        if (b.Rank == 2) return 2L * rows * d.K * d.N >= 1 << 20;
+        if (b.Rank < 3) return false;
+        for (int i = 0; i < d.Rank; i++)
+            if (d.A[i] != d.Out[i] || d.B[i] != d.Out[i]) return false;
+        batches = rows / d.M;
+        rows = d.M;
+        return 2L * d.M * d.K * d.N >= 1 << 20;
+    }
+
+    /// <summary>The packed VJP over <paramref name="batches"/> products of <paramref name="rows"/> rows (B per batch when there are several).</summary>
+    private static unsafe void PackedVjp(OpContext context, float[] a, float[] b, float[] gy, float[]? ga, float[]? gb,
+                                         int batches, int rows, int k, int n, bool freshA, bool freshB)
+    {
+        fixed (float* pa = a, pb = b, pgy = gy, pga = ga, pgb = gb)
+            for (int i = 0; i < batches; i++)
+            {
+                long offsetA = (long)i * rows * k, offsetB = (long)i * k * n, offsetY = (long)i * rows * n;
+                if (pga != null) PackedInputGradient(context, pgy + offsetY, pb + offsetB, pga + offsetA, rows, k, n, accumulate: !freshA);
+                if (pgb != null) PackedWeightGradient(context, pa + offsetA, pgy + offsetY, pgb + offsetB, rows, k, n, accumulate: !freshB);
+            }
+    }
+
+    /// <summary>The packed JVP over <paramref name="batches"/> products, as <see cref="PackedVjp"/>.</summary>
+    private static unsafe void PackedJvp(OpContext context, float[] a, float[]? ta, float[] b, float[]? tb, float[] ty, int batches, int rows, int k, int n)
+    {
+        if (ta is null && tb is null) { ty.AsSpan().Clear(); return; }
+        fixed (float* pa = a, pta = ta, pb = b, ptb = tb, pty = ty)
+            for (int i = 0; i < batches; i++)
+            {
+                long offsetA = (long)i * rows * k, offsetB = (long)i * k * n;
+                PackedTangent(context, pa + offsetA, pta == null ? null : pta + offsetA, pb + offsetB, ptb == null ? null : ptb + offsetB,
+                              pty + (long)i * rows * n, rows, k, n);
+            }
     }
 
     /// <summary>tY = tA·B + A·tB as one product of the stacked operands [tA | A]·[B ; tB] (a missing tangent drops its half).</summary>
-    private static unsafe void PackedTangent(OpContext context, float[] a, float[]? ta, float[] b, float[]? tb, float[] ty, int rows, int k, int n)
+    private static unsafe void PackedTangent(OpContext context, float* a, float* ta, float* b, float* tb, float* ty, int rows, int k, int n)
     {
-        if (ta is null && tb is null) { ty.AsSpan().Clear(); return; }
-        bool both = ta is not null && tb is not null;
+        bool both = ta != null && tb != null;
         int depth = both ? 2 * k : k, panels = PackedGemm.PanelCount(n);
         long packedLength = (long)panels * depth * PackedGemm.PanelWidth;
         var scratch = context.Scratch(packedLength + (both ? (long)rows * depth : 0));
-        fixed (float* s = scratch, pa = a, pta = ta, pb = b, ptb = tb)
+        fixed (float* s = scratch)
         {
-            float* packed = s, left = ta is null ? pa : pta;
-            if (ta is not null) PackedGemm.Pack(pb, k, n, n, 1, packed, depth);
-            if (tb is not null) PackedGemm.Pack(ptb, k, n, n, 1, packed + (ta is null ? 0 : k * PackedGemm.PanelWidth), depth);
+            float* packed = s, left = ta == null ? a : ta;
+            if (ta != null) PackedGemm.Pack(b, k, n, n, 1, packed, depth);
+            if (tb != null) PackedGemm.Pack(tb, k, n, n, 1, packed + (ta == null ? 0 : k * PackedGemm.PanelWidth), depth);
             if (both)
             {
                 left = s + packedLength;
                 for (int i = 0; i < rows; i++)
                 {
-                    new ReadOnlySpan<float>(pta + (long)i * k, k).CopyTo(new Span<float>(left + (long)i * depth, k));
-                    new ReadOnlySpan<float>(pa + (long)i * k, k).CopyTo(new Span<float>(left + (long)i * depth + k, k));
+                    new ReadOnlySpan<float>(ta + (long)i * k, k).CopyTo(new Span<float>(left + (long)i * depth, k));
+                    new ReadOnlySpan<float>(a + (long)i * k, k).CopyTo(new Span<float>(left + (long)i * depth + k, k));
                 }
             }
             MultiplyPacked(context, left, depth, rows, packed, n, ty, accumulate: false);
@@ -115,36 +148,36 @@ internal sealed class MatMul : Operator
     }
 
     /// <summary>gA [rows×K] (+)= gY [rows×N]·Bᵀ, Bᵀ packed straight from B by 8×8 transposes.</summary>
-    private static unsafe void PackedInputGradient(OpContext context, float[] gy, float[] b, float[] ga, int rows, int k, int n, bool accumulate)
+    private static unsafe void PackedInputGradient(OpContext context, float* gy, float* b, float* ga, int rows, int k, int n, bool accumulate)
     {
         // B' = Bᵀ is [N×K]: its panel j (columns 32j.. of Bᵀ) is the transpose of rows 32j.. of B.
         const int w = PackedGemm.PanelWidth;
         int panels = PackedGemm.PanelCount(k);
         var scratch = context.Scratch((long)panels * n * w);
-        fixed (float* packed = scratch, pb = b, pgy = gy)
+        fixed (float* packed = scratch)
         {
             for (int j = 0; j < panels; j++)
             {
                 int columns = Math.Min(w, k - j * w);
                 float* panel = packed + (long)j * n * w;
-                Transpose(pb + (long)j * w * n, columns, n, n, panel, w);
+                Transpose(b + (long)j * w * n, columns, n, n, panel, w);
                 if (columns < w)
                     for (int r = 0; r < n; r++) new Span<float>(panel + (long)r * w + columns, w - columns).Clear();
             }
-            MultiplyPacked(context, pgy, n, rows, packed, k, ga, accumulate);
+            MultiplyPacked(context, gy, n, rows, packed, k, ga, accumulate);
         }
     }
 
     /// <summary>gB [K×N] (+)= Aᵀ·gY over the stacked rows: Aᵀ by 8×8 transposes, gY packed as B.</summary>
-    private static unsafe void PackedWeightGradient(OpContext context, float[] a, float[] gy, float[] gb, int rows, int k, int n, bool accumulate)
+    private static unsafe void PackedWeightGradient(OpContext context, float* a, float* gy, float* gb, int rows, int k, int n, bool accumulate)
     {
         long packedLength = (long)PackedGemm.PanelCount(n) * rows * PackedGemm.PanelWidth;
         var scratch = context.Scratch(packedLength + (long)k * rows);
-        fixed (float* s = scratch, pa = a, pgy = gy)
+        fixed (float* s = scratch)
         {
             float* packed = s, transposed = s + packedLength;
-            PackedGemm.Pack(pgy, rows, n, n, 1, packed);
-            Transpose(pa, rows, k, k, transposed, rows);
+            PackedGemm.Pack(gy, rows, n, n, 1, packed);
+            Transpose(a, rows, k, k, transposed, rows);
             MultiplyPacked(context, transposed, rows, k, packed, n, gb, accumulate);
         }
     }
@@ -153,14 +186,14 @@ internal sealed class MatMul : Operator
     /// C [m×n] = A·B (A [m×depth] row-major, B packed with depth rows per panel), panels split over the
     /// threads; with <paramref name="accumulate"/>, C += A·B by way of rows of a per-panel tile.
     /// </summary>
-    private static unsafe void MultiplyPacked(OpContext context, float* a, int depth, int m, float* packed, int n, float[] c, bool accumulate)
+    private static unsafe void MultiplyPacked(OpContext context, float* a, int depth, int m, float* packed, int n, float* c, bool accumulate)
     {
-        nint pa = (nint)a, pp = (nint)packed;
+        nint pa = (nint)a, pp = (nint)packed, pcc = (nint)c;
         int panels = PackedGemm.PanelCount(n);
         void Panel(int j)
         {
             const int w = PackedGemm.PanelWidth;
-            fixed (float* pc = c)
+            float* pc = (float*)pcc;
             {
                 if (!accumulate) { PackedGemm.MultiplyPanels((float*)pa, depth, m, depth, (float*)pp, n, null, pc, n, j, j + 1); return; }
                 // The kernel overwrites: compute the panel's columns into a private block, then add.

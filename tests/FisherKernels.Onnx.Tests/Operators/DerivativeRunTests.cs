@@ -166,6 +166,40 @@ public sealed class PackedMatMulDerivativeTests
         }
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void BatchedProductsMatchFloat64PerBatch(int threads)
+    {
+        // Attention's shape of product: A [.., M, K] and B [.., K, N] with the same batches, one packed product per batch.
+        const int batches = 4, m = 64, k = 72, n = 120;
+        var random = new Random(threads);
+        var a = OpRunner.Random(random, 2, 2, m, k);
+        var b = OpRunner.Random(random, 2, 2, k, n);
+        var op = OpRunner.Create("MatMul", 2);
+        var context = new OpContext(new FisherKernels.Backends.Cpu.CpuBackend(threads));
+        var y = (NdArray<float>)OpRunner.Allocate(op, [a, b])[0];
+        op.Forward(context, [a, b], [y]);
+        var gy = OpRunner.Random(random, y.Shape);
+        var ga = OpRunner.Random(random, a.Shape);
+        var gb = OpRunner.Random(random, b.Shape);
+        float[] ga0 = (float[])ga.Data.Clone(), gb0 = (float[])gb.Data.Clone();
+        op.Vjp(context, [a, b], [y], [gy], [ga, gb]);
+        var ta = OpRunner.Random(random, a.Shape);
+        var tb = OpRunner.Random(random, b.Shape);
+        var ty = OpRunner.Random(random, y.Shape);
+        op.Jvp(context, [a, b], [y], [ta, tb], [ty]);
+        for (int i = 0; i < batches; i++)
+        {
+            float[] A(float[] x) => x[(i * m * k)..((i + 1) * m * k)];
+            float[] B(float[] x) => x[(i * k * n)..((i + 1) * k * n)];
+            float[] Y(float[] x) => x[(i * m * n)..((i + 1) * m * n)];
+            AssertClose(Product(Y(gy.Data), m, n, B(b.Data), k, transposeB: true, A(ga0)), A(ga.Data));
+            AssertClose(ProductAtB(A(a.Data), Y(gy.Data), m, k, n, B(gb0)), B(gb.Data));
+            AssertClose(Add(Product(A(ta.Data), m, k, B(b.Data), n, transposeB: false, null), Product(A(a.Data), m, k, B(tb.Data), n, transposeB: false, null)), Y(ty.Data));
+        }
+    }
+
     /// <summary>start + X [rows×inner]·op(B), op(B) [inner×cols] (B stored [cols×inner] when transposed).</summary>
     private static double[] Product(float[] x, int rows, int inner, float[] b, int cols, bool transposeB, float[]? start)
     {
