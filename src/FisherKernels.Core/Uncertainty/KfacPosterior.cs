@@ -187,7 +187,10 @@ public sealed class LayerPosterior
 
     /// <summary>Floats of workspace <see cref="OuterProductQuadratic"/> needs for <paramref name="rows"/> rows.</summary>
     public long OuterProductWorkspace(int rows) => (long)GDim * ADim + (dense is null ? 0 : (long)rows * GDim)
-        + (curved is null ? 0 : (long)curved.K * (ADim + rows));
+        + (curved is null ? 0 : (long)curved.K * (ADim + rows) + (long)rows * rows);
+
+    /// <summary>Whether <see cref="OuterProductQuadratic"/> uses the Gram <c>Ã Ãᵀ</c> of the rows when given one (only some G directions are curved).</summary>
+    public bool UsesInputGram => curved is not null;
 
     /// <summary>
     /// <c>vec(X)ᵀ Σ vec(X)</c> for a gradient that reaches the layer through its outputs, <c>X = Σ_m g_m ã_mᵀ = Gᵀ Ã</c>:
@@ -195,10 +198,15 @@ public sealed class LayerPosterior
     /// <see cref="ProjectInputRows"/>. Dense form: <c>Q_Gᵀ X Q_A = (G Q_G)ᵀ (Ã Q_A)</c>, then the eigenvalue-weighted squares
     /// (SPEC §4), 2·rows·out·(out + in) flops instead of the weight gradient's rotation on both sides. When only k of
     /// G's eigenvalues are non-zero and that is cheaper, the k curved directions are rotated and the rest is the plain
-    /// square norm of <c>(G − G Q_k Q_kᵀ)ᵀ (Ã Q_A)</c> times 1/τ: 2·rows·(2·out·k + k·in + out·in) flops.
+    /// square norm of <c>(G − G Q_k Q_kᵀ)ᵀ (Ã Q_A)</c> times 1/τ: 2·rows·(2·out·k + k·in + out·in) flops, or with
+    /// <paramref name="inputGram"/> (<c>Ã Ãᵀ</c> of the same rows, <c>[rows × rows]</c>, when <see cref="UsesInputGram"/>) that
+    /// norm as <c>Σ (Ã Ãᵀ) ⊙ (G⊥ G⊥ᵀ)</c>: out·in becomes rows·out.
     /// </summary>
-    public double OuterProductQuadratic(ReadOnlySpan<float> outputGradients, ReadOnlySpan<float> projectedInputs, int rows, Span<float> workspace)
+    public double OuterProductQuadratic(ReadOnlySpan<float> outputGradients, ReadOnlySpan<float> projectedInputs, int rows, Span<float> workspace,
+                                        ReadOnlySpan<float> inputGram = default)
     {
+        if (!inputGram.IsEmpty && (curved is null || inputGram.Length != (long)rows * rows))
+            throw FisherKernelsException.Argument($"layer '{Layer}': an input Gram of [{rows} × {rows}] is for a layer with a curved subspace, got {inputGram.Length} values");
         long size = (long)GDim * ADim;
         if (outputGradients.Length != (long)rows * GDim || projectedInputs.Length != (long)rows * ADim || workspace.Length < OuterProductWorkspace(rows))
             throw FisherKernelsException.Argument($"layer '{Layer}': {rows} rows need output gradients [{rows} × {GDim}], inputs [{rows} × {ADim}] and {OuterProductWorkspace(rows)} floats of workspace");
@@ -224,8 +232,17 @@ public sealed class LayerPosterior
         outputGradients.CopyTo(rotated);
         backend.Gemm(new GemmShape(rows, GDim, k, TransB: true, Alpha: -1, Beta: 1), inCurved, curved.Q, rotated);
         backend.Gemm(new GemmShape(k, ADim, rows, TransA: true), inCurved, projectedInputs, xCurved);
-        backend.Gemm(new GemmShape(GDim, ADim, rows, TransA: true), rotated, projectedInputs, x);
-        return WeightedSquares(xCurved, curved.Weights) + curved.FlatWeight * WeightedSquares(x, default);
+        double curvedPart = WeightedSquares(xCurved, curved.Weights);
+        if (inputGram.IsEmpty)
+        {
+            backend.Gemm(new GemmShape(GDim, ADim, rows, TransA: true), rotated, projectedInputs, x);
+            return curvedPart + curved.FlatWeight * WeightedSquares(x, default);
+        }
+        Span<float> outputGram = workspace.Slice((int)size + rows * GDim + rows * k + k * ADim, rows * rows);
+        backend.Gemm(new GemmShape(rows, rows, GDim, TransB: true), rotated, rotated, outputGram);
+        double flat = 0;
+        for (int i = 0; i < outputGram.Length; i++) flat += (double)outputGram[i] * inputGram[i];
+        return curvedPart + curved.FlatWeight * flat;
     }
 
     /// <summary>Σ x² w (Σ x² when <paramref name="w"/> is empty), in float blocks summed in double: a million float products summed in float would lose digits. Squares x in place.</summary>

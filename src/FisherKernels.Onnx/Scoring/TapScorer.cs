@@ -12,7 +12,8 @@ namespace FisherKernels.Onnx.Scoring;
 /// the gradients of its outputs, so the backward pass only needs to reach the layer outputs (the taps). Rows of G
 /// that are exactly zero add nothing and are dropped (a causal model leaves every row after the scored position
 /// zero; the rows are checked, not assumed). Isotropic: <c>‖X‖² = Σ_mm' (ã_m·ã_m')(g_m·g_m')</c> from the Gram of Ã
-/// when a layer has fewer rows than inputs, else X itself. K-FAC: <see cref="LayerPosterior.OuterProductQuadratic"/>.
+/// when a layer has fewer rows than inputs, else X itself. K-FAC: <see cref="LayerPosterior.OuterProductQuadratic"/>, given
+/// that Gram too when the posterior can use it.
 /// A parameter that is not a layer weight or bias used by its layer alone (a tied embedding, a normalization scale
 /// under <c>--params all</c>) gets its whole gradient from the backward pass instead.
 /// </summary>
@@ -33,6 +34,9 @@ internal sealed class TapScorer
 
         /// <summary>Isotropic: Ã Ãᵀ [M × M] while M is below ADim, else empty; K-FAC: the posterior's projected rows [M × ADim].</summary>
         public float[] Shared { get; set; } = [];
+
+        /// <summary>K-FAC: Ã Ãᵀ [M × M] while M is below ADim and the posterior uses it, else empty.</summary>
+        public float[] Gram { get; set; } = [];
     }
 
     private static readonly HashSet<string> PassThrough = ["Transpose", "Identity", "Cast"];
@@ -103,8 +107,11 @@ internal sealed class TapScorer
             // The Gram costs 2·M²·out flops a position, X itself 2·M·a·out: the Gram while M < a (it then also fits in an A factor's memory).
             int shared = tap.Posterior is not null ? rows * a : rows < a ? rows * rows : 0;
             if (tap.Shared.Length != shared) tap.Shared = new float[shared];
+            int gramLength = tap.Posterior is { UsesInputGram: true } && rows < a ? rows * rows : 0;
+            if (tap.Gram.Length != gramLength) tap.Gram = new float[gramLength];
             if (tap.Posterior is not null) tap.Posterior.ProjectInputRows(tap.Inputs, rows, tap.Shared);
-            else if (shared > 0) backend.Gemm(new GemmShape(rows, rows, a, TransB: true), tap.Inputs, tap.Inputs, tap.Shared);
+            float[] inputGram = tap.Posterior is null ? tap.Shared : tap.Gram;
+            if (inputGram.Length > 0) backend.Gemm(new GemmShape(rows, rows, a, TransB: true), tap.Inputs, tap.Inputs, inputGram);
 
             int outF = tap.Layer.Out;
             long work = tap.Posterior?.OuterProductWorkspace(rows) ?? (long)outF * a;
@@ -162,7 +169,10 @@ internal sealed class TapScorer
         if (tap.Posterior is not null)
         {
             ReadOnlySpan<float> projected = prefix ? tap.Shared.AsSpan(0, rows * a) : Gather(tap.Shared, a, rows, compactA);
-            return tap.Posterior.OuterProductQuadratic(gc, projected, rows, workspace);
+            Span<float> keptGram = tap.Gram.Length == 0 ? default : gram.AsSpan(0, rows * rows);
+            for (int i = 0; i < keptGram.Length / rows; i++)
+                for (int j = 0; j < rows; j++) keptGram[i * rows + j] = tap.Gram[rowIndex[i] * m + rowIndex[j]];
+            return tap.Posterior.OuterProductQuadratic(gc, projected, rows, workspace, keptGram);
         }
         if (tap.Shared.Length == 0)
         {

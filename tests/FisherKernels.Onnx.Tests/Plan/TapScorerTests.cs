@@ -14,7 +14,8 @@ namespace FisherKernels.Tests.Plan;
 /// The tap scorer (scores from layer inputs and output gradients, no weight gradients) against the whole-gradient path:
 /// a backward pass computing every parameter's gradient, then ‖∇θ‖² summed in float64, or the K-FAC quadratic form of
 /// [∇W | ∇b] (that path is checked against the torch goldens). Causal and bidirectional models, zero rows that form a
-/// prefix (causal), none (bidirectional) or holes (masked keys), rows above and below the layer widths, tied weights.
+/// prefix (causal), none (bidirectional) or holes (masked keys), rows above and below the layer widths, tied weights;
+/// K-FAC layers rotated whole and in their curved G directions only (the fixtures' curvatures come from 24 positions).
 /// </summary>
 public class TapScorerTests
 {
@@ -30,6 +31,7 @@ public class TapScorerTests
     [InlineData("bert_tiny", Metric.Isotropic, 12, false)]          // bidirectional: no zero rows
     [InlineData("bert_tiny", Metric.Kfac, 12, false)]
     [InlineData("bert_tiny", Metric.Isotropic, 12, true)]           // masked keys: zero rows inside the sequence
+    [InlineData("bert_tiny", Metric.Kfac, 12, true)]
     [InlineData("bert_tiny", Metric.KfacLowRank, 12, true)]
     [InlineData("llama_tiny", Metric.Isotropic, 32, false)]         // 32 rows: X itself for the 32-wide layers, the Gram for the 64-wide
     [InlineData("llama_tiny", Metric.Kfac, 32, false)]
