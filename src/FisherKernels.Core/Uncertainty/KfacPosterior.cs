@@ -364,6 +364,7 @@ public sealed class LayerPosterior
         foreach (var (y, slot) in slots) ys[slot] = y;
 
         var v = new float[(long)n * r];
+        var sqrtS = new double[r];
         var vtv = new float[r * r];
         var capacitance = new double[r * r];
         var solved = new double[r * k];
@@ -371,10 +372,11 @@ public sealed class LayerPosterior
         for (int j = 0; j < m; j++)
         {
             double scale = Positions * f.SmallLambda[j];
+            for (int c = 0; c < r; c++) sqrtS[c] = Math.Sqrt(scale * f.Lambda[c]);
             for (int i = 0; i < n; i++)
             {
                 double invSqrtD = 1 / Math.Sqrt(scale * f.Diagonal[i] + PriorPrecision);
-                for (int c = 0; c < r; c++) v[(long)i * r + c] = (float)(f.U[(long)i * r + c] * Math.Sqrt(scale * f.Lambda[c]) * invSqrtD);
+                for (int c = 0; c < r; c++) v[(long)i * r + c] = (float)(f.U[(long)i * r + c] * sqrtS[c] * invSqrtD);
             }
             backend.Gemm(new GemmShape(r, r, n, TransA: true), v, v, vtv);
             for (int a = 0; a < r; a++)
