@@ -20,6 +20,7 @@ public static class OperatorRegistry
         Microsoft("BiasGelu", n => new UnaryElementwise(n)),
         Microsoft("Gelu", n => new UnaryElementwise(n)),
         Microsoft("QuickGelu", n => new UnaryElementwise(n)),
+        Microsoft("BiasAdd", n => new BiasAdd(n)),
         // Normalization
         Onnx("Softmax", 1, n => new Softmax(n)),
         Onnx("LogSoftmax", 1, n => new Softmax(n)),

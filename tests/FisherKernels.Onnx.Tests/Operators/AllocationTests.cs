@@ -15,7 +15,7 @@ public sealed class AllocationTests
         "MatMul", "MatMulShared", "Gemm", "AddBias", "MulSame", "PowScalar", "Softmax", "LayerNormalization", "Transpose",
         "Where", "Gather", "Slice", "Split", "Concat", "ReduceMean", "Gelu", "Erf", "Tanh", "Reshape", "Expand",
         "Pad", "Tile", "ScatterND", "RotaryEmbedding", "Attention", "MultiHeadAttention", "OnnxAttention",
-        "EmbedLayerNormalization", "QuickGelu", "GroupQueryAttention");
+        "EmbedLayerNormalization", "QuickGelu", "GroupQueryAttention", "BiasAdd");
 
     [Theory]
     [MemberData(nameof(Cases))]
@@ -55,6 +55,7 @@ public sealed class AllocationTests
                                           [new NdArray<int>([1, 3], [2, 0, 2]), new NdArray<int>([1, 3], [0, 1, 1]), R(3, 4), R(3, 4), R(2, 4), R(4), R(4), new NdArray<int>([1, 3], [1, 1, 0])]),
             "GroupQueryAttention" => (OpRunner.Create("GroupQueryAttention", 7, outputs: 3, attributes: A().Set("num_heads", 4L).Set("kv_num_heads", 2L), opset: 1, domain: OperatorRegistry.MicrosoftDomain),
                                       [R(1, 3, 8), R(1, 3, 4), R(1, 3, 4), null, null, new NdArray<int>([1], [2]), new NdArray<int>([], [3])]),
+            "BiasAdd" => (OpRunner.Create("BiasAdd", 3, opset: 1, domain: OperatorRegistry.MicrosoftDomain), [R(2, 3, 4), R(4), R(2, 3, 4)]),
             "QuickGelu" => (OpRunner.Create("QuickGelu", 1, opset: 1, domain: OperatorRegistry.MicrosoftDomain), [R(2, 40)]),
             _ => (OpRunner.Create("Expand", 2), [R(3, 1), OpRunner.Longs(2, 3, 4)]),
         };

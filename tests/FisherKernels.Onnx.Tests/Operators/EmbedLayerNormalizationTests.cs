@@ -2,7 +2,7 @@ using FisherKernels.Onnx.Operators;
 
 namespace FisherKernels.Tests.Operators;
 
-/// <summary>com.microsoft EmbedLayerNormalization and the com.microsoft GELU forms: VJP and JVP against finite differences
+/// <summary>com.microsoft EmbedLayerNormalization, the com.microsoft GELU forms and BiasAdd: VJP and JVP against finite differences
 /// (DerivativeChecker) and refusals. Forward values are in cases.json (numpy and ONNX Runtime).</summary>
 public sealed class EmbedLayerNormalizationTests
 {
@@ -42,6 +42,14 @@ public sealed class EmbedLayerNormalizationTests
     public void QuickGeluDerivatives() =>
         DerivativeChecker.Check(OpRunner.Create("QuickGelu", 1, attributes: new OperatorAttributes().Set("alpha", 1.3f), opset: 1, domain: OperatorRegistry.MicrosoftDomain),
                                 [OpRunner.Random(rng, -3.0, 3.0, 2, 20)]);
+
+    [Fact]
+    public void BiasAddDerivatives() =>
+        DerivativeChecker.Check(OpRunner.Create("BiasAdd", 3, opset: 1, domain: OperatorRegistry.MicrosoftDomain), [R(2, 3, 4), R(4), R(2, 3, 4)]);
+
+    [Fact]
+    public void BiasAddRefusesMismatchedShapes() =>
+        Assert.Contains("bias [5]", Refused(() => OpRunner.Forward(OpRunner.Create("BiasAdd", 3, opset: 1, domain: OperatorRegistry.MicrosoftDomain), R(1, 2, 4), R(5), R(1, 2, 4))).Message);
 
     private static FisherKernelsException Refused(Action action)
     {

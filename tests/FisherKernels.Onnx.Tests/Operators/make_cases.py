@@ -572,6 +572,10 @@ case("gqa_multi_query_scale", "GroupQueryAttention", [qm, km, vm, None, None, i3
      [attention23_ref(qm, km, vm, is_causal=True, scale=0.3, q_heads=2, kv_heads=1), present(km, 1), present(vm, 1)],
      attrs={"num_heads": 2, "kv_num_heads": 1, "scale": 0.3}, domain=ms, opset=1, tol=1e-5, ort=True)
 
+# ---- com.microsoft BiasAdd: X + bias + skip (ONNX Runtime has only a CUDA kernel, so numpy only) ------------------
+xa, ba, sa = f32(2, 3, 5), f32(5), f32(2, 3, 5)
+case("biasadd", "BiasAdd", [xa, ba, sa], [d(xa) + d(ba) + d(sa)], domain=ms, opset=1)
+
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)
