@@ -46,7 +46,7 @@ internal sealed class Fusion
         var fusion = new Fusion(plan, steps);
         for (int s = 0; s < steps.Count; s++)
         {
-            if (fusion.removed[s]) continue;
+            if (fusion.removed[s] || steps[s].Node.Domain.Length != 0) continue;
             switch (steps[s].Node.OpType)
             {
                 case "ReduceMean": fusion.TryLayerNorm(s); break;
@@ -56,7 +56,8 @@ internal sealed class Fusion
                 case "Softmax": fusion.TryAttention(s); break;
             }
         }
-        // After the GELUs, so that a MatMul's bias Add is not mistaken for part of one.
+        // After the GELUs: a MatMul takes the GELU after its bias as its epilogue, and its bias Add is not
+        // mistaken for part of a GELU.
         for (int s = 0; s < steps.Count; s++)
             if (!fusion.removed[s] && steps[s].Node.OpType == "MatMul" && steps[s].Node.Domain.Length == 0) fusion.TryPackedMatMul(s);
         return steps.Where((_, s) => !fusion.removed[s]).ToList();
