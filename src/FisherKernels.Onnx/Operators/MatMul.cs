@@ -122,28 +122,22 @@ internal sealed class MatMul : Operator
             }
     }
 
-    /// <summary>tY = tA·B + A·tB as one product of the stacked operands [tA | A]·[B ; tB] (a missing tangent drops its half).</summary>
+    /// <summary>tY = tA·B + A·tB: two packed products, the second added (a missing tangent drops its product).</summary>
     private static unsafe void PackedTangent(OpContext context, float* a, float* ta, float* b, float* tb, float* ty, int rows, int k, int n)
     {
-        bool both = ta != null && tb != null;
-        int depth = both ? 2 * k : k, panels = PackedGemm.PanelCount(n);
-        long packedLength = (long)panels * depth * PackedGemm.PanelWidth;
-        var scratch = context.Scratch(packedLength + (both ? (long)rows * depth : 0));
-        fixed (float* s = scratch)
+        long packedLength = (long)PackedGemm.PanelCount(n) * k * PackedGemm.PanelWidth;
+        fixed (float* packed = context.Scratch(packedLength))
         {
-            float* packed = s, left = ta == null ? a : ta;
-            if (ta != null) PackedGemm.Pack(b, k, n, n, 1, packed, depth);
-            if (tb != null) PackedGemm.Pack(tb, k, n, n, 1, packed + (ta == null ? 0 : k * PackedGemm.PanelWidth), depth);
-            if (both)
+            if (ta != null)
             {
-                left = s + packedLength;
-                for (int i = 0; i < rows; i++)
-                {
-                    new ReadOnlySpan<float>(ta + (long)i * k, k).CopyTo(new Span<float>(left + (long)i * depth, k));
-                    new ReadOnlySpan<float>(a + (long)i * k, k).CopyTo(new Span<float>(left + (long)i * depth + k, k));
-                }
+                PackedGemm.Pack(b, k, n, n, 1, packed);
+                MultiplyPacked(context, ta, k, rows, packed, n, ty, accumulate: false);
             }
-            MultiplyPacked(context, left, depth, rows, packed, n, ty, accumulate: false);
+            if (tb != null)
+            {
+                PackedGemm.Pack(tb, k, n, n, 1, packed);
+                MultiplyPacked(context, a, k, rows, packed, n, ty, accumulate: ta != null);
+            }
         }
     }
 

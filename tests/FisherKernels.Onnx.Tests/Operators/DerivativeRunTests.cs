@@ -116,7 +116,7 @@ public sealed class DerivativeRunTests
 }
 
 /// <summary>
-/// MatMul by a 2-D B large enough for the packed AVX-512 derivatives (stacked tangents, Bᵀ and Aᵀ by 8×8
+/// MatMul by a 2-D B large enough for the packed AVX-512 derivatives (two products for the JVP, Bᵀ and Aᵀ by 8×8
 /// transposes): VJP (which adds) and JVP (which overwrites) against float64 products, with sizes off the
 /// 8-row, 32-column and 8×8 blocks, on one and two threads. Elsewhere the same test covers the backend path.
 /// </summary>
