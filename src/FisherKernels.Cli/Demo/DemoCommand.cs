@@ -25,7 +25,7 @@ internal static class DemoCommand
     /// Positions scored per window: the last ones, each predicted from at least 128 − 1 − this many bytes of
     /// context. Scoring a position costs one backward pass per estimator, so this bounds the demo's time.
     /// </summary>
-    public const int ScoredPositions = 16;
+    public const int ScoredPositions = 32;
 
     public static int Run(string[] args, TextWriter stdout)
     {

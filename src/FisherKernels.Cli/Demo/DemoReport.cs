@@ -68,8 +68,11 @@ internal static class DemoReport
     public static (double Epistemic, double Aleatoric, double Combined) OfLogP(TokenScore t) =>
         (t.Epistemic / (t.P * t.P), (1 - t.P) / t.P, Calibration.RelativeUncertainty(t.P, t.Epistemic));
 
+    /// <summary>Rows of the per-token table: the last scored positions.</summary>
+    public const int TableRows = 16;
+
     /// <summary>
-    /// One row per scored position of sequence 0: the bytes before it, the byte to predict (the target), its
+    /// One row per scored position of sequence 0 (the last <see cref="TableRows"/>): the bytes before it, the byte to predict (the target), its
     /// probability, the aleatoric score and each estimator's epistemic score.
     /// </summary>
     public static void PrintTokenTable(TextWriter stdout, string title, NdArray<long> tokens, IReadOnlyList<ScoreReport> estimators)
@@ -80,7 +83,7 @@ internal static class DemoReport
         stdout.WriteLine($"{"pos",4}  {"context",16}  {"next",-4}  {"p",6}  {"aleatoric",9}" +
                          string.Concat(estimators.Select(e => $"  {"epistemic " + e.Method,20}")));
         var rows = estimators[0].Sequences[0].Tokens;
-        for (int i = 0; i < rows.Count; i++)
+        for (int i = Math.Max(0, rows.Count - TableRows); i < rows.Count; i++)
         {
             var token = rows[i];
             int from = Math.Max(0, token.Position + 1 - 16);
