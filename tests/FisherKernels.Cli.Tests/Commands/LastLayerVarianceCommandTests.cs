@@ -57,19 +57,20 @@ public class LastLayerVarianceCommandTests
             var gv = new double[g * a];
             for (int i = 0; i < g; i++)
                 for (int k = 0; k < g; k++)
-                    if (fg[i * g + k] != 0)
-                        for (int j = 0; j < a; j++) gv[i * a + j] += fg[i * g + k] * v[k * a + j];
+                    for (int j = 0; j < a; j++) gv[i * a + j] += fg[i * g + k] * v[k * a + j];
             var result = new double[g * a];
             for (int i = 0; i < g; i++)
-                for (int j = 0; j < a; j++)
-                {
-                    double sum = 0;
-                    for (int l = 0; l < a; l++) sum += gv[i * a + l] * fa[l * a + j];
-                    result[i * a + j] = block.Positions * sum + tau * v[i * a + j];
-                }
+                for (int l = 0; l < a; l++)
+                    for (int j = 0; j < a; j++) result[i * a + j] += gv[i * a + l] * fa[l * a + j]; // G V A (A symmetric)
+            for (int i = 0; i < result.Length; i++) result[i] = block.Positions * result[i] + tau * v[i];
             return result;
         }
-        static double Dot(double[] u, double[] v) => u.Select((e, i) => e * v[i]).Sum();
+        static double Dot(double[] u, double[] v)
+        {
+            double sum = 0;
+            for (int i = 0; i < u.Length; i++) sum += u[i] * v[i];
+            return sum;
+        }
         var solution = new double[g * a];
         var residual = (double[])x.Clone();
         var direction = (double[])x.Clone();
@@ -93,7 +94,7 @@ public class LastLayerVarianceCommandTests
     /// </summary>
     [Theory]
     [InlineData("gpt2_tiny", 1.0, false)]
-    [InlineData("gpt2_tiny", 1e-2, true)]
+    [InlineData("gpt2_tiny", 0.1, true)]
     [InlineData("llama_tiny", 1.0, true)]
     [InlineData("bert_tiny", 0.5, false)] // a Gemm on [batch·seq, hidden] whose output is reshaped into the logits
     public void ClosedFormMatchesTheFloat64Reference(string model, double prior, bool lowRank)
