@@ -1,6 +1,10 @@
 """The issue-3 speed target's model: GPT-2-like, d = 256, 4 layers, 4 heads, MLP 1024, vocabulary 1000,
 128 positions (random weights; speed does not depend on training), and tokens [1, 128].
 
+Every matrix is drawn N(0, 0.02) as GPT-2 initializes them. torch's default initialization saturates the softmax of
+this model: p = 0 at every target, so every score cotangent p·(e_y − softmax) is exactly zero and `score` timings
+measure backward passes of zeros (the figures of perf/results/summary-2026-12-01.md's first table did).
+
     /usr/bin/python3 perf/models/make_gpt2_bench.py [OUT_DIR]      # default /tmp/fisherkernels-bench
     fisherkernels bench --model OUT_DIR/gpt2_bench.onnx --tokens OUT_DIR/gpt2_bench.tokens.npy --threads 2
 
@@ -24,6 +28,10 @@ def main():
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
     model = g.Gpt2Tiny().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.02)
     tokens = torch.randint(0, g.VOCAB, (1, 128), generator=torch.Generator().manual_seed(1))
     g.export(model, os.path.join(out, "gpt2_bench.onnx"), (tokens,), ["input_ids"], ["logits"], opset=14, fold=True)
     np.save(os.path.join(out, "gpt2_bench.tokens.npy"), tokens.numpy().astype(np.int64))
