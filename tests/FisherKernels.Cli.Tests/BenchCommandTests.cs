@@ -3,14 +3,6 @@ using FisherKernels.Cli.Bench;
 
 namespace FisherKernels.Tests.Cli;
 
-/// <summary>
-/// Runs alone: OpenBLAS's thread count is process-wide, and these benches set it to 1, which would change the
-/// rounding of GEMMs in commands other test classes run at the same time (they compare repeated runs bit for bit).
-/// </summary>
-[CollectionDefinition(nameof(ProcessWideThreads), DisableParallelization = true)]
-public sealed class ProcessWideThreads;
-
-[Collection(nameof(ProcessWideThreads))]
 public sealed class BenchCommandTests
 {
     [Fact]
