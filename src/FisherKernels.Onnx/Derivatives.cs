@@ -56,13 +56,17 @@ public static class Derivatives
         return (plan, tangent);
     }
 
-    /// <summary>A keep-all plan with the parameters as variables, run forward; the backward pass seeded at the logits.</summary>
-    internal static (ExecutionPlan Plan, Backward Backward, NdArray<float> Logits) Prepare(LanguageModel lm, OpContext context, NdArray tokens, IReadOnlyList<string> parameters)
+    /// <summary>
+    /// A keep-all plan with the parameters as variables, run forward; the backward pass seeded at the logits, computing
+    /// every gradient or, with <paramref name="layerOutputsOnly"/>, only those of the layer outputs (the K-FAC taps).
+    /// </summary>
+    internal static (ExecutionPlan Plan, Backward Backward, NdArray<float> Logits) Prepare(LanguageModel lm, OpContext context, NdArray tokens, IReadOnlyList<string> parameters,
+                                                                                           bool layerOutputsOnly = false)
     {
         var inputs = lm.Inputs(tokens);
         var plan = lm.Model.GetPlan(Shapes(inputs), parameters.ToHashSet(), keepAll: true);
         lm.CheckLogits(plan, tokens.Shape);
-        var backward = lm.Model.BackwardFor(plan, lm.LogitsOutput);
+        var backward = lm.Model.BackwardFor(plan, lm.LogitsOutput, layerOutputsOnly);
         plan.Run(context, inputs);
         return (plan, backward, (NdArray<float>)plan.Get(lm.LogitsOutput));
     }

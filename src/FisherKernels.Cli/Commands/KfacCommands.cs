@@ -111,11 +111,14 @@ internal static class KfacCommands
         return 0;
     }
 
-    /// <summary>One batch: the forward pass, the layer inputs, then one backward pass per label draw (SPEC §3 Fisher types).</summary>
+    /// <summary>
+    /// One batch: the forward pass, the layer inputs, then one backward pass per label draw (SPEC §3 Fisher types), each
+    /// computing only the layer outputs' gradients (no weight gradient: the factors need the taps alone).
+    /// </summary>
     internal static void FitBatch(LanguageModel lm, OpContext context, KfacAccumulator accumulator, IReadOnlyList<Layer> layers,
                          IReadOnlyList<string> parameters, NdArray<long> tokens, NdArray<long> targets)
     {
-        var (plan, backward, logits) = Derivatives.Prepare(lm, context, tokens, parameters);
+        var (plan, backward, logits) = Derivatives.Prepare(lm, context, tokens, parameters, layerOutputsOnly: true);
         int positions = tokens.Shape[0] * tokens.Shape[1], vocab = logits.Shape[2];
         accumulator.BeginBatch(positions);
         foreach (Layer layer in layers) accumulator.AddInputs(layer.Id, Rows(layer, a => (NdArray<float>)plan.Get(a.InputValue)));

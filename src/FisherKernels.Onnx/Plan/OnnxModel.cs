@@ -76,17 +76,18 @@ public sealed class OnnxModel
     }
 
     /// <summary>The backward pass for a keep-all plan, seeded at <paramref name="seed"/> (made once per plan).</summary>
-    internal Backward BackwardFor(ExecutionPlan plan, string seed)
+    internal Backward BackwardFor(ExecutionPlan plan, string seed, bool layerOutputsOnly = false)
     {
-        if (!backwards.TryGetValue((plan, seed), out var backward))
+        if (!backwards.TryGetValue((plan, seed, layerOutputsOnly), out var backward))
         {
             foreach (var key in backwards.Keys.Where(k => !plans.Any(p => p.Plan == k.Plan)).ToList()) backwards.Remove(key);
-            backwards[(plan, seed)] = backward = new Backward(plan, [seed]);
+            var targets = layerOutputsOnly ? Layers.SelectMany(l => l.Applications.Select(a => a.OutputValue)) : null;
+            backwards[(plan, seed, layerOutputsOnly)] = backward = new Backward(plan, [seed], targets);
         }
         return backward;
     }
 
-    private readonly Dictionary<(ExecutionPlan Plan, string Seed), Backward> backwards = [];
+    private readonly Dictionary<(ExecutionPlan Plan, string Seed, bool LayerOutputsOnly), Backward> backwards = [];
 
     /// <summary>The forward-mode pass for a keep-all plan (made once per plan: its tangent buffers are reused).</summary>
     internal Tangent TangentFor(ExecutionPlan plan)
