@@ -50,18 +50,8 @@ internal sealed class Reshape : Operator
             shape[inferred] = (int)(total / known);
         }
         else if (known != total) throw Error($"cannot reshape [{ShapeUtil.Format(data.Shape)}] ({total} elements) to [{ShapeUtil.Format(shape)}]");
-        return [new TensorInfo(data.Type, shape, data.Value is null ? null : ViewOf(data.Value, shape))];
+        return [new TensorInfo(data.Type, shape, data.Value is null ? null : Tensors.WithShape(data.Value, shape))];
     }
-
-    /// <summary>A known input stays known: the same elements under the new shape.</summary>
-    private static NdArray ViewOf(NdArray value, int[] shape) => value switch
-    {
-        NdArray<float> a => new NdArray<float>(shape, a.Data),
-        NdArray<long> a => new NdArray<long>(shape, a.Data),
-        NdArray<int> a => new NdArray<int>(shape, a.Data),
-        NdArray<bool> a => new NdArray<bool>(shape, a.Data),
-        _ => throw FisherKernelsException.Unsupported($"element type {value.ElementType} is not supported"),
-    };
 
     public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs) =>
         Tensors.CopyElements(inputs[0]!, outputs[0]);

@@ -24,6 +24,16 @@ internal static class Tensors
         _ => throw FisherKernelsException.Unsupported($"element type {type} is not supported by the operators"),
     };
 
+    /// <summary>The same elements (shared, not copied) under another shape of the same length: a known value through a view.</summary>
+    public static NdArray WithShape(NdArray value, int[] shape) => value switch
+    {
+        NdArray<float> a => new NdArray<float>(shape, a.Data),
+        NdArray<long> a => new NdArray<long>(shape, a.Data),
+        NdArray<int> a => new NdArray<int>(shape, a.Data),
+        NdArray<bool> a => new NdArray<bool>(shape, a.Data),
+        _ => throw FisherKernelsException.Unsupported($"element type {value.ElementType} is not supported"),
+    };
+
     /// <summary>Copies the elements of <paramref name="source"/> into <paramref name="destination"/> (same type and length).</summary>
     public static void CopyElements(NdArray source, NdArray destination)
     {

@@ -41,7 +41,7 @@ internal sealed class View : Operator
             "Squeeze" => SqueezeShape(x.Shape, Axes(inputs)),
             _ => UnsqueezeShape(x.Shape, Axes(inputs) ?? throw Error("axes are required")),
         };
-        var output = new TensorInfo(x.Type, shape, x.Value is null ? null : Reshaped(x.Value, shape));
+        var output = new TensorInfo(x.Type, shape, x.Value is null ? null : Tensors.WithShape(x.Value, shape));
         return Node.OpType == "Dropout" && Node.OutputCount > 1 ? [output, new TensorInfo(ElementType.Bool, x.Shape)] : [output];
     }
 
@@ -83,15 +83,6 @@ internal sealed class View : Operator
         for (int i = 0, j = 0; i < rank; i++) result[i] = inserted[i] ? 1 : shape[j++];
         return result;
     }
-
-    private static NdArray Reshaped(NdArray value, int[] shape) => value switch
-    {
-        NdArray<float> a => new NdArray<float>(shape, a.Data),
-        NdArray<long> a => new NdArray<long>(shape, a.Data),
-        NdArray<int> a => new NdArray<int>(shape, a.Data),
-        NdArray<bool> a => new NdArray<bool>(shape, a.Data),
-        _ => throw FisherKernelsException.Unsupported($"element type {value.ElementType} is not supported"),
-    };
 
     public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
     {

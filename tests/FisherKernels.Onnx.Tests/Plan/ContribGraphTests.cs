@@ -124,41 +124,7 @@ public class ContribGraphTests
         var random = new Random(6);
         var inputs = Inputs(random, 2, 3);
         var plan = model.GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape), Variables.ToHashSet(), keepAll: true);
-        var backward = new Backward(plan, ["y"]);
-        var tangent = new Tangent(plan);
-        plan.Run(Context, inputs);
-        var u = ((NdArray<float>)plan.Get("y")).Data.Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
-        backward.Clear();
-        u.CopyTo(backward.Gradient("y").Data, 0);
-        backward.Run(Context);
-        var v = Variables.ToDictionary(n => n, n => ((NdArray<float>)model.Graph.Initializers[n]).Data.Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray());
-        foreach (var n in Variables) v[n].CopyTo(tangent.Direction(n).Data, 0);
-        tangent.Run(Context);
-        double forward = Dot(u, tangent.Get("y").Data);
-        double reverse = Variables.Sum(n => Dot(backward.Gradient(n).Data, v[n]));
-        Assert.Equal(forward, reverse, 1e-4 * Math.Abs(forward) + 1e-6);
-
-        double F(float step)
-        {
-            var saved = Variables.ToDictionary(n => n, n => (float[])((NdArray<float>)model.Graph.Initializers[n]).Data.Clone());
-            foreach (var n in Variables)
-            {
-                var data = ((NdArray<float>)model.Graph.Initializers[n]).Data;
-                for (int i = 0; i < data.Length; i++) data[i] += step * v[n][i];
-            }
-            plan.Run(Context, inputs);
-            double f = Dot(u, ((NdArray<float>)plan.Get("y")).Data);
-            foreach (var n in Variables) saved[n].CopyTo(((NdArray<float>)model.Graph.Initializers[n]).Data, 0);
-            return f;
-        }
-        double fd = (F(1e-2f) - F(-1e-2f)) / 2e-2;
-        Assert.Equal(fd, forward, 2e-3 * Math.Abs(fd) + 1e-4);
+        PlanDerivativeCheck.ForwardReverseAndCentralDifferenceAgree(model, plan, Context, inputs, Variables, "y", random);
     }
 
-    private static double Dot(float[] a, float[] b)
-    {
-        double s = 0;
-        for (int i = 0; i < a.Length; i++) s += (double)a[i] * b[i];
-        return s;
-    }
 }

@@ -130,39 +130,7 @@ public class ExecutionPlanTests
         var inputs = new Dictionary<string, NdArray> { ["x"] = x };
         string[] variables = ["w1", "b1", "w2", "b2"];
         var plan = model.GetPlan(new Dictionary<string, int[]> { ["x"] = [2, 4] }, variables.ToHashSet(), keepAll: true);
-        var backward = new Backward(plan, ["y"]);
-        var tangent = new Tangent(plan);
-        plan.Run(Context, inputs);
-        var y = (NdArray<float>)plan.Get("y");
-        var u = new float[y.Data.Length];
-        for (int i = 0; i < u.Length; i++) u[i] = (float)(random.NextDouble() * 2 - 1);
-        backward.Clear();
-        u.CopyTo(backward.Gradient("y").Data, 0);
-        backward.Run(Context);
-
-        // ⟨u, J v⟩ from forward mode equals ⟨Jᵀ u, v⟩ from reverse mode, and both match a central difference of f(θ) = ⟨u, y(θ)⟩.
-        var v = variables.ToDictionary(n => n, n => ((NdArray<float>)model.Graph.Initializers[n]).Data.Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray());
-        foreach (var n in variables) v[n].CopyTo(tangent.Direction(n).Data, 0);
-        tangent.Run(Context);
-        double forward = Dot(u, tangent.Get("y").Data);
-        double reverse = variables.Sum(n => Dot(backward.Gradient(n).Data, v[n]));
-        Assert.Equal(forward, reverse, 1e-4 * Math.Abs(forward) + 1e-6);
-
-        double F(float step)
-        {
-            var saved = variables.ToDictionary(n => n, n => (float[])((NdArray<float>)model.Graph.Initializers[n]).Data.Clone());
-            foreach (var n in variables)
-            {
-                var data = ((NdArray<float>)model.Graph.Initializers[n]).Data;
-                for (int i = 0; i < data.Length; i++) data[i] += step * v[n][i];
-            }
-            plan.Run(Context, inputs);
-            double f = Dot(u, ((NdArray<float>)plan.Get("y")).Data);
-            foreach (var n in variables) saved[n].CopyTo(((NdArray<float>)model.Graph.Initializers[n]).Data, 0);
-            return f;
-        }
-        double fd = (F(1e-2f) - F(-1e-2f)) / 2e-2;
-        Assert.Equal(fd, forward, 2e-3 * Math.Abs(fd) + 1e-4);
+        PlanDerivativeCheck.ForwardReverseAndCentralDifferenceAgree(model, plan, Context, inputs, variables, "y", random);
     }
 
     [Fact]
@@ -200,13 +168,6 @@ public class ExecutionPlanTests
         u.CopyTo(seed, 0);
         backward.Run(Context);
         foreach (var n in names) Assert.Equal(first[n], backward.Gradient(n).Data);
-    }
-
-    private static double Dot(float[] a, float[] b)
-    {
-        double s = 0;
-        for (int i = 0; i < a.Length; i++) s += (double)a[i] * b[i];
-        return s;
     }
 
     private static NodeProto Node(string op, string[] inputs, string output) =>
