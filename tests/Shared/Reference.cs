@@ -217,4 +217,15 @@ public static class Reference
             }
         return dy;
     }
+
+    /// <summary>softmax(z) in float64, shifted by the maximum.</summary>
+    public static double[] Softmax(ReadOnlySpan<float> z)
+    {
+        double max = double.NegativeInfinity;
+        foreach (float v in z) max = Math.Max(max, v);
+        double[] e = new double[z.Length];
+        for (int i = 0; i < z.Length; i++) e[i] = Math.Exp(z[i] - max);
+        double s = e.Sum();
+        return e.Select(v => v / s).ToArray();
+    }
 }

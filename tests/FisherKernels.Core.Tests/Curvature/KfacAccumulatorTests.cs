@@ -283,7 +283,7 @@ public sealed class KfacAccumulatorTests : IDisposable
         for (int m = 0; m < positions; m++)
         {
             if (targets[m] == -100) continue;
-            double[] p = Softmax(logits.AsSpan(m * vocab, vocab));
+            double[] p = Reference.Softmax(logits.AsSpan(m * vocab, vocab));
             for (int i = 0; i < vocab; i++)
                 for (int j = 0; j < vocab; j++) exact[i * vocab + j] += ((i == j ? p[i] : 0) - p[i] * p[j]) / positions;
         }
@@ -300,7 +300,7 @@ public sealed class KfacAccumulatorTests : IDisposable
                 for (int m = 0; m < positions; m++)
                 {
                     if (labels[m] == -100) { Assert.Equal(-100, targets[m]); continue; }
-                    double[] p = Softmax(logits.AsSpan(m * vocab, vocab));
+                    double[] p = Reference.Softmax(logits.AsSpan(m * vocab, vocab));
                     for (int v = 0; v < vocab; v++) gradients[(d * positions + m) * vocab + v] = (float)(p[v] - (v == labels[m] ? 1 : 0));
                 }
             }
@@ -313,16 +313,6 @@ public sealed class KfacAccumulatorTests : IDisposable
         double few = ErrorWith(4), many = ErrorWith(4096);
         Assert.True(many < 0.05, $"relative error with 4096 draws {many}");
         Assert.True(many < few / 8, $"error with 4 draws {few}, with 4096 draws {many}: expected a ~32x reduction");
-    }
-
-    static double[] Softmax(ReadOnlySpan<float> z)
-    {
-        double max = double.NegativeInfinity;
-        foreach (float v in z) max = Math.Max(max, v);
-        double[] e = new double[z.Length];
-        for (int i = 0; i < z.Length; i++) e[i] = Math.Exp(z[i] - max);
-        double s = e.Sum();
-        return e.Select(v => v / s).ToArray();
     }
 }
 

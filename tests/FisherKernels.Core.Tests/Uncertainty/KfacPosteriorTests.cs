@@ -212,7 +212,7 @@ public class KfacPosteriorTests
                 AssertRelative(DenseQuadratic(a, inF + 1, g, vocab, 25, 0.7, x), variance[r * vocab + v], 1e-3, $"row {r}, output {v}");
             }
             if (targets[r] == -100) { Assert.True(double.IsNaN(pVariance[r])); continue; }
-            double[] p = Softmax(logits.AsSpan(r * vocab, vocab));
+            double[] p = Reference.Softmax(logits.AsSpan(r * vocab, vocab));
             int y = (int)targets[r];
             var gradient = new float[vocab * (inF + 1)]; // ∂p_y/∂[W | b] = p_y (e_y − p) ãᵀ
             for (int v = 0; v < vocab; v++)
@@ -308,15 +308,5 @@ public class KfacPosteriorTests
         Assert.Contains("'good.weight'", posterior.Describe().Single());
         Assert.Contains("[0.5, 4]", posterior.Describe().Single());
         Assert.Contains("--prior-precision", Assert.Throws<FisherKernelsException>(() => new KfacPosterior(new KfacCurvature([good], "sampled", Hash, "t"), backend, new PosteriorOptions { PriorPrecision = 0 })).Message);
-    }
-
-    static double[] Softmax(ReadOnlySpan<float> z)
-    {
-        double max = double.NegativeInfinity;
-        foreach (float v in z) max = Math.Max(max, v);
-        double[] e = new double[z.Length];
-        for (int i = 0; i < z.Length; i++) e[i] = Math.Exp(z[i] - max);
-        double s = e.Sum();
-        return e.Select(v => v / s).ToArray();
     }
 }
