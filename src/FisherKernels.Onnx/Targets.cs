@@ -17,6 +17,20 @@ public static class Targets
         return new NdArray<long>([batch, seq], targets);
     }
 
+    /// <summary>
+    /// The model's top-1 token at each position of <paramref name="logits"/> [batch, seq, vocab]; <see cref="Ignore"/> where
+    /// <paramref name="targeted"/> (when given) is <see cref="Ignore"/>.
+    /// </summary>
+    public static NdArray<long> Predicted(NdArray<float> logits, NdArray<long>? targeted = null)
+    {
+        int rows = logits.Shape[0] * logits.Shape[1], vocab = logits.Shape[2];
+        var predicted = new NdArray<long>(logits.Shape[0], logits.Shape[1]);
+        for (int r = 0; r < rows; r++)
+            predicted.Data[r] = targeted?.Data[r] == Ignore ? Ignore
+                : System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.Data.AsSpan(r * vocab, vocab));
+        return predicted;
+    }
+
     /// <summary>The targets as int64, checked against the tokens' shape and the vocabulary; errors name <paramref name="what"/>.</summary>
     public static NdArray<long> Check(NdArray targets, int[] tokenShape, int vocabulary, string what)
     {

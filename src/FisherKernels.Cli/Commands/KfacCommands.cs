@@ -228,11 +228,8 @@ internal static class KfacCommands
 
         // Score what the model predicts (its top-1 token): the confidence must be computable without knowing the truth;
         // the true targets only say which predictions were right.
-        int seq = tokens.Shape[1], rows = targets.Data.Length;
-        var predicted = new NdArray<long>(tokens.Shape[0], seq);
-        for (int row = 0; row < rows; row++)
-            predicted.Data[row] = targets.Data[row] == Targets.Ignore ? Targets.Ignore
-                : System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.Data.AsSpan(row * vocab, vocab));
+        int seq = tokens.Shape[1];
+        var predicted = Targets.Predicted(logits, targets);
         var report = Onnx.Scoring.PositionScorer.Score(lm, context, tokens, predicted, LayerDiscovery.DefaultParameters(lm.Model.Layers), "kfac",
                                                        posterior.PriorPrecision, KfacScoring.Epistemic(lm, posterior));
         var p = new List<double>();

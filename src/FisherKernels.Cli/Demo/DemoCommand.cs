@@ -75,7 +75,7 @@ internal static class DemoCommand
         //    which needs no knowledge of the true next byte; an error is argmax ≠ true next byte.
         var heldOut = sets[0].Tokens;
         var logits = lm.Forward(context, heldOut);
-        var predicted = Argmax(logits);
+        var predicted = Targets.Predicted(logits);
         var trueNext = LastTargets(heldOut, Targets.NextToken(heldOut));
         var predictions = new Dictionary<string, ScoreReport>();
         foreach (var (name, epistemic) in estimators)
@@ -118,16 +118,6 @@ internal static class DemoCommand
         stdout.WriteLine($"curvature: {curvaturePath}");
         stdout.WriteLine($"demo finished in {clock.Elapsed.TotalSeconds:F0} s");
         return 0;
-    }
-
-    /// <summary>Per position: the most probable next token.</summary>
-    static NdArray<long> Argmax(NdArray<float> logits)
-    {
-        int rows = logits.Shape[0] * logits.Shape[1], vocab = logits.Shape[2];
-        var predicted = new NdArray<long>(logits.Shape[0], logits.Shape[1]);
-        for (int r = 0; r < rows; r++)
-            predicted.Data[r] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.Data.AsSpan(r * vocab, vocab));
-        return predicted;
     }
 
     /// <summary><paramref name="targets"/> kept on the last <see cref="ScoredPositions"/> targeted positions of each row, -100 elsewhere.</summary>
