@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Plan;
 using FisherKernels.Uncertainty;
@@ -9,13 +10,31 @@ namespace FisherKernels.Onnx.Scoring;
 /// gradient of p_t (and of p̄ per sequence) under an <see cref="EpistemicMetric"/>. One forward run per sequence
 /// (batch-1 plan), then one backward pass per targeted position plus one for p̄, each reaching only the layer outputs
 /// (<see cref="TapScorer"/> turns them into the score without forming weight gradients).
+/// A causal model's p_t depends on the tokens up to t alone, so a position's pass can run on the shortest prefix
+/// that holds it: the positions are scored in <see cref="PrefixBlocks"/> blocks, each on its own prefix (about half
+/// the work over a sequence). That a model is causal is checked, not assumed: each prefix's logits must equal the
+/// whole sequence's rows to float rounding (<see cref="PrefixTolerance"/>); the first prefix that differs (a
+/// bidirectional encoder) or cannot be planned (a fixed sequence length) sends every later position to the whole
+/// sequence.
 /// </summary>
 public static class PositionScorer
 {
+    /// <summary>Prefix lengths per sequence: ⌈k·seq/4⌉, k = 1..4 (the last one the whole sequence; four keep-all plans in all).</summary>
+    internal const int PrefixBlocks = 4;
+
+    /// <summary>max |prefix logits − whole-sequence logits| allowed, relative to the rows' largest |logit|.</summary>
+    internal const float PrefixTolerance = 1e-5f;
+
     /// <summary>Scores every sequence of <paramref name="tokens"/> for the gradients of <paramref name="parameters"/>.</summary>
     public static ScoreReport Score(LanguageModel lm, OpContext context, NdArray tokens, NdArray? targets,
                                     IReadOnlyList<string> parameters, string method, double priorPrecision,
                                     EpistemicMetric epistemic)
+        => Score(lm, context, tokens, targets, parameters, method, priorPrecision, epistemic, passLengths: null);
+
+    /// <summary>As the public overload; <paramref name="passLengths"/> gets the sequence length of each position's backward pass.</summary>
+    internal static ScoreReport Score(LanguageModel lm, OpContext context, NdArray tokens, NdArray? targets,
+                                      IReadOnlyList<string> parameters, string method, double priorPrecision,
+                                      EpistemicMetric epistemic, List<int>? passLengths)
     {
         if (parameters.Count == 0) throw FisherKernelsException.Argument("score: the parameter set is empty");
         lm.Inputs(tokens);  // checks the token ids once for the whole batch
@@ -24,53 +43,105 @@ public static class PositionScorer
         int batch = tokens.Shape[0], seq = tokens.Shape[1];
         var ids = (NdArray<long>)(tokens.ElementType == ElementType.Int64 ? tokens : new NdArray<long>(tokens.Shape, Array.ConvertAll(((NdArray<int>)tokens).Data, v => (long)v)));
         NdArray<long>? checkedTargets = null;
-        Backward? backward = null;
+        var passes = new Dictionary<ExecutionPlan, Backward>();
+        bool causal = true;
         var sequences = new List<SequenceScore>();
         for (int b = 0; b < batch; b++)
         {
             var row = new NdArray<long>([1, seq], ids.Data[(b * seq)..((b + 1) * seq)]);
-            var inputs = lm.Inputs(row);
-            var plan = lm.Model.GetPlan(Derivatives.Shapes(inputs), variables, keepAll: true);
-            lm.CheckLogits(plan, row.Shape);
-            if (backward?.Plan != plan) backward = new Backward(plan, [lm.LogitsOutput], scorer.Targets);
-            plan.Run(context, inputs);
-            scorer.BeginSequence(plan);
-            var logits = (NdArray<float>)plan.Get(lm.LogitsOutput);
+            var whole = Run(lm, context, row, variables, passes, scorer)!;
+            var logits = (NdArray<float>)whole.Plan.Get(lm.LogitsOutput);
             int vocab = logits.Shape[2];
             checkedTargets ??= targets is null ? Targets.NextToken(tokens) : Targets.Check(targets, tokens.Shape, vocab, "targets");
-            var seed = backward.Gradient(lm.LogitsOutput);
+
+            // p_t and ∂p_t/∂z_t = p_t (onehot(y_t) − softmax(z_t)) of every targeted position.
             var probabilities = new float[vocab];
-            var tokenScores = new List<TokenScore>();
-            var cotangents = new List<(int Position, float[] Cotangent)>();
+            var positions = new List<(int T, long Y, double P, float[] Cotangent)>();
             for (int t = 0; t < seq; t++)
             {
                 long y = checkedTargets.Data[b * seq + t];
                 if (y == Targets.Ignore) continue;
                 Derivatives.Softmax(logits.Data.AsSpan(t * vocab, vocab), probabilities);
                 double p = probabilities[y];
-                // ∂p/∂z = p (onehot(y) − softmax(z)).
                 var cotangent = new float[vocab];
                 for (int k = 0; k < vocab; k++) cotangent[k] = (float)(-p * probabilities[k]);
                 cotangent[y] += (float)p;
-                backward.Clear();
-                cotangent.CopyTo(seed.Data, t * vocab);
-                backward.Run(context);
-                tokenScores.Add(new TokenScore(t, y, p, scorer.Score(backward)));
-                cotangents.Add((t, cotangent));
+                positions.Add((t, y, p, cotangent));
             }
+            var epistemics = new double[positions.Count];
             double sequenceEpistemic = double.NaN;
-            if (tokenScores.Count > 0)
+            if (positions.Count > 0)
             {
                 // ∇p̄ is the mean of the per-position gradients: one more backward pass with the mean cotangent.
-                backward.Clear();
-                float scale = 1f / tokenScores.Count;
-                foreach (var (t, cotangent) in cotangents)
+                float scale = 1f / positions.Count;
+                whole.Backward.Clear();
+                var seed = whole.Backward.Gradient(lm.LogitsOutput);
+                foreach (var (t, _, _, cotangent) in positions)
                     for (int k = 0; k < vocab; k++) seed.Data[t * vocab + k] = scale * cotangent[k];
-                backward.Run(context);
-                sequenceEpistemic = scorer.Score(backward);
+                whole.Backward.Run(context);
+                sequenceEpistemic = scorer.Score(whole.Backward);
             }
+
+            // The positions block by block, on the shortest prefix that holds each block; the scorer holds the taps of `taps`.
+            var taps = whole;
+            int done = 0;
+            for (int k = 1; k <= PrefixBlocks && done < positions.Count; k++)
+            {
+                int length = k == PrefixBlocks || !causal ? seq : (int)(((long)k * seq + PrefixBlocks - 1) / PrefixBlocks);
+                int end = done;
+                while (end < positions.Count && positions[end].T < length) end++;
+                if (end == done) continue;
+                var pass = length < seq ? Run(lm, context, new NdArray<long>([1, length], row.Data[..length]), variables, passes, scorer, logits) : whole;
+                if (pass is null)
+                {
+                    causal = false;
+                    (pass, end) = (whole, positions.Count);
+                }
+                if (pass != whole) taps = pass;
+                else if (taps != whole) scorer.BeginSequence((taps = whole).Plan);
+                for (int i = done; i < end; i++)
+                {
+                    var (t, _, _, cotangent) = positions[i];
+                    pass.Backward.Clear();
+                    cotangent.CopyTo(pass.Backward.Gradient(lm.LogitsOutput).Data, t * vocab);
+                    pass.Backward.Run(context);
+                    epistemics[i] = scorer.Score(pass.Backward);
+                    passLengths?.Add(pass.Plan.Info(lm.LogitsOutput).Shape[1]);
+                }
+                done = end;
+            }
+            var tokenScores = positions.Select((x, i) => new TokenScore(x.T, x.Y, x.P, epistemics[i])).ToList();
             sequences.Add(new SequenceScore(b, tokenScores, sequenceEpistemic));
         }
         return new ScoreReport(Path.GetFileName(lm.Model.Graph.Source), method, priorPrecision, sequences);
+    }
+
+    private sealed record Pass(ExecutionPlan Plan, Backward Backward);
+
+    /// <summary>
+    /// Runs the keep-all plan of <paramref name="row"/> forward and hands its taps to the scorer. With
+    /// <paramref name="wholeLogits"/> (the row is a prefix): null when the prefix cannot be planned or its logits
+    /// differ from the whole sequence's first rows (the model is not causal).
+    /// </summary>
+    private static Pass? Run(LanguageModel lm, OpContext context, NdArray<long> row, HashSet<string> variables,
+                             Dictionary<ExecutionPlan, Backward> passes, TapScorer scorer, NdArray<float>? wholeLogits = null)
+    {
+        var inputs = lm.Inputs(row);
+        ExecutionPlan plan;
+        try { plan = lm.Model.GetPlan(Derivatives.Shapes(inputs), variables, keepAll: true); }
+        catch (FisherKernelsException) when (wholeLogits is not null) { return null; }
+        lm.CheckLogits(plan, row.Shape);
+        if (!passes.TryGetValue(plan, out var backward)) passes[plan] = backward = new Backward(plan, [lm.LogitsOutput], scorer.Targets);
+        plan.Run(context, inputs);
+        if (wholeLogits is not null)
+        {
+            var logits = ((NdArray<float>)plan.Get(lm.LogitsOutput)).Data;
+            var reference = wholeLogits.Data.AsSpan(0, logits.Length);
+            float scale = TensorPrimitives.MaxMagnitude(reference);
+            for (int i = 0; i < logits.Length; i++)
+                if (!(MathF.Abs(logits[i] - reference[i]) <= PrefixTolerance * scale)) return null;
+        }
+        scorer.BeginSequence(plan);
+        return new Pass(plan, backward);
     }
 }

@@ -67,6 +67,26 @@ public class IsotropicScoreTests
         Assert.Contains("target 64", Assert.Throws<FisherKernelsException>(() => PositionScorer.Score(lm, Context, tokens, outside, parameters, "isotropic", 1, EpistemicMetric.SquaredGradientNorm)).Message);
     }
 
+    /// <summary>
+    /// A causal model scores each position on the shortest of the prefixes ⌈k·seq/4⌉ that holds it (the scores above
+    /// match torch that way); a bidirectional one fails the prefix check and scores every position on the whole sequence.
+    /// </summary>
+    [Theory]
+    [InlineData("gpt2_tiny", true)]
+    [InlineData("llama_tiny", true)]
+    [InlineData("bert_tiny", false)]
+    public void CausalModelsScoreOnPrefixes(string model, bool causal)
+    {
+        var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
+        var tokens = NpyFile.Read(Fixtures.Path(model + ".tokens.npy"));
+        int seq = tokens.Shape[1];
+        var lengths = new List<int>();
+        var report = PositionScorer.Score(lm, Context, tokens, null, LayerDiscovery.DefaultParameters(lm.Model.Layers), "isotropic", 1.0,
+                                          EpistemicMetric.SquaredGradientNorm, lengths);
+        var expected = report.Sequences.SelectMany(s => s.Tokens).Select(t => causal ? (t.Position / (seq / 4) + 1) * (seq / 4) : seq);
+        Assert.Equal(expected, lengths);
+    }
+
     /// <summary>SPEC §7: epistemic scores to relative error 1e-3.</summary>
     private static void Relative(double expected, double actual) =>
         Assert.True(Math.Abs(expected - actual) <= 1e-3 * Math.Abs(expected), $"{actual} vs {expected}");
