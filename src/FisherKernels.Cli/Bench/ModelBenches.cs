@@ -56,11 +56,26 @@ internal sealed class ModelBenches : IBenchSuite
         var (_, backward, logits) = Derivatives.Prepare(lm, op, tokens, parameters);
         var nextTokens = Targets.NextToken(tokens);
         var seed = backward.Gradient(lm.LogitsOutput);
-        void Backward()
+        void Seed()
         {
             backward.Clear();
             Derivatives.LossCotangent(logits, nextTokens, seed);
+        }
+        void Backward()
+        {
+            Seed();
             backward.Run(op);
+        }
+        if (context.Log is { } backwardLog)
+        {
+            LogBackwardProfile(backwardLog, op, "backward", backward, Seed, runs);
+            var (_, taps, _) = Derivatives.Prepare(lm, op, tokens, parameters, layerOutputsOnly: true);
+            var tapSeed = taps.Gradient(lm.LogitsOutput);
+            LogBackwardProfile(backwardLog, op, "taps-only backward (fit, score)", taps, () =>
+            {
+                taps.Clear();
+                Derivatives.LossCotangent(logits, nextTokens, tapSeed);
+            }, runs);
         }
         yield return BenchResult.Timed("backward", backend, shape, null, BenchTimer.MedianPairMs(Backward, Forward, runs, warmup: 2), "forward");
 
@@ -105,6 +120,19 @@ internal sealed class ModelBenches : IBenchSuite
         var profile = new PlanProfile(plan);
         for (int i = 0; i < 2 * runs; i++) plan.Run(op, inputs, profile);
         log.WriteLine($"forward: time per operator type (sums of step medians over {profile.Runs} runs)");
+        log.WriteLine(profile.Format());
+    }
+
+    /// <summary>--verbose: where a reverse pass spends its time, by operator type (<paramref name="seed"/> fills its cotangents).</summary>
+    private static void LogBackwardProfile(TextWriter log, OpContext op, string what, Backward backward, Action seed, int runs)
+    {
+        var profile = new PlanProfile(backward.Plan);
+        for (int i = 0; i < 2 * runs; i++)
+        {
+            seed();
+            backward.Run(op, profile);
+        }
+        log.WriteLine($"{what}: time per operator type (sums of step medians over {profile.Runs} runs)");
         log.WriteLine(profile.Format());
     }
 

@@ -19,7 +19,7 @@ public sealed class Backward
     /// <paramref name="Fresh"/>: for an operator that <see cref="Operator.WritesFreshGradients"/>, the first writes as
     /// input bits (passed in <see cref="OpContext.FreshGradients"/>, not zeroed).
     /// </summary>
-    private sealed record GradStep(ExecutionPlan.Step Step, NdArray<float>?[] OutputGrads, NdArray<float>?[] InputGrads, NdArray<float>[] FirstWrites, int Fresh);
+    private sealed record GradStep(int Index, ExecutionPlan.Step Step, NdArray<float>?[] OutputGrads, NdArray<float>?[] InputGrads, NdArray<float>[] FirstWrites, int Fresh);
 
     private readonly ExecutionPlan plan;
     private readonly NdArray<float>?[] gradients;
@@ -92,7 +92,7 @@ public sealed class Backward
                     if (step.Op.WritesFreshGradients && i < 32) fresh |= 1 << i;
                     else firstWrites.Add(g);
                 }
-            reverse.Add(new GradStep(step, outputGrads, inputGrads, [.. firstWrites], fresh));
+            reverse.Add(new GradStep(s, step, outputGrads, inputGrads, [.. firstWrites], fresh));
         }
         for (int id = 0; id < values.Count; id++)
             if (gradients[id] is { } g && !written[id]) unwritten.Add(g);
@@ -115,25 +115,36 @@ public sealed class Backward
 
     /// <summary>
     /// Propagates the seeds' cotangents (already in their gradient buffers) back through the plan; every
-    /// other gradient is overwritten with its value for these cotangents.
+    /// other gradient is overwritten with its value for these cotangents. With a <paramref name="profile"/> of
+    /// the plan, each step's time (its zeroing included) is added to it.
     /// </summary>
-    public void Run(OpContext context)
+    public void Run(OpContext context, PlanProfile? profile = null)
     {
+        if (profile is not null && profile.Plan != plan) throw FisherKernelsException.Argument("the profile belongs to another plan");
+        profile?.BeginRun();
         foreach (var g in unwritten) g.Span.Clear();
-        foreach (var (step, outputGrads, inputGrads, firstWrites, fresh) in reverse)
+        foreach (var gradStep in reverse)
         {
-            if (step.Op.IsView)
-            {
-                // The elements did not move: the gradient passes through unchanged.
-                if (outputGrads[0] is not { } g || inputGrads[0] is not { } target) continue;
-                if (firstWrites.Length > 0) g.Span.CopyTo(target.Span);
-                else System.Numerics.Tensors.TensorPrimitives.Add(target.Span, g.Span, target.Span);
-                continue;
-            }
-            foreach (var first in firstWrites) first.Span.Clear();
-            context.FreshGradients = fresh;
-            try { step.Op.Vjp(context, step.Inputs, step.Outputs, outputGrads, inputGrads); }
-            finally { context.FreshGradients = 0; }
+            long start = profile is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
+            RunStep(context, gradStep);
+            profile?.Add(gradStep.Index, System.Diagnostics.Stopwatch.GetTimestamp() - start);
         }
+    }
+
+    private static void RunStep(OpContext context, GradStep gradStep)
+    {
+        var (_, step, outputGrads, inputGrads, firstWrites, fresh) = gradStep;
+        if (step.Op.IsView)
+        {
+            // The elements did not move: the gradient passes through unchanged.
+            if (outputGrads[0] is not { } g || inputGrads[0] is not { } target) return;
+            if (firstWrites.Length > 0) g.Span.CopyTo(target.Span);
+            else System.Numerics.Tensors.TensorPrimitives.Add(target.Span, g.Span, target.Span);
+            return;
+        }
+        foreach (var first in firstWrites) first.Span.Clear();
+        context.FreshGradients = fresh;
+        try { step.Op.Vjp(context, step.Inputs, step.Outputs, outputGrads, inputGrads); }
+        finally { context.FreshGradients = 0; }
     }
 }

@@ -5,13 +5,15 @@ namespace FisherKernels.Onnx.Plan;
 
 /// <summary>
 /// The time of every step of an <see cref="ExecutionPlan"/> in each run it is passed to, reported by
-/// operator type as medians over the runs (robust to a busy machine): where a forward pass spends its
-/// time (bench --model --verbose).
+/// operator type as medians over the runs (robust to a busy machine): where a forward pass (or a
+/// <see cref="Backward"/> walk) spends its time (bench --model --verbose). Only steps that were timed
+/// are reported (a forward skips views; a reverse walk skips steps off its path).
 /// </summary>
 public sealed class PlanProfile(ExecutionPlan plan)
 {
     private readonly List<long[]> runs = [];
     private long[]? current;
+    private readonly bool[] timed = new bool[plan.Steps.Count];
 
     public ExecutionPlan Plan { get; } = plan;
 
@@ -19,7 +21,11 @@ public sealed class PlanProfile(ExecutionPlan plan)
 
     internal void BeginRun() => runs.Add(current = new long[Plan.Steps.Count]);
 
-    internal void Add(int step, long elapsedTicks) => current![step] += elapsedTicks;
+    internal void Add(int step, long elapsedTicks)
+    {
+        current![step] += elapsedTicks;
+        timed[step] = true;
+    }
 
     /// <summary>Median milliseconds of each step over the runs.</summary>
     private double[] StepMedians()
@@ -39,8 +45,8 @@ public sealed class PlanProfile(ExecutionPlan plan)
     public IReadOnlyList<(string OpType, int Steps, double Ms)> ByOperator()
     {
         var medians = StepMedians();
-        return Plan.Steps.Select((s, i) => (Type: s.Op.Node.OpType, Ms: medians[i], s.Op.IsView))
-            .Where(s => !s.IsView)
+        return Plan.Steps.Select((s, i) => (Type: s.Op.Node.OpType, Ms: medians[i], Timed: timed[i]))
+            .Where(s => s.Timed)
             .GroupBy(s => s.Type)
             .Select(g => (g.Key, g.Count(), g.Sum(s => s.Ms)))
             .OrderByDescending(r => r.Item3)
@@ -58,7 +64,7 @@ public sealed class PlanProfile(ExecutionPlan plan)
         double total = rows.Sum(r => r.Ms);
         var lines = rows.Select(r => Invariant($"{r.OpType,-28} {r.Steps,4} steps {r.Ms,8:F3} ms {100 * r.Ms / Math.Max(total, 1e-12),5:F1}%"))
             .Append(Invariant($"{"total",-28} {rows.Sum(r => r.Steps),4} steps {total,8:F3} ms"))
-            .Concat(Enumerable.Range(0, medians.Length).OrderByDescending(i => medians[i]).Take(slowest)
+            .Concat(Enumerable.Range(0, medians.Length).Where(i => timed[i]).OrderByDescending(i => medians[i]).Take(slowest)
                 .Select(i => Invariant($"  {medians[i],8:F3} ms  {Plan.Steps[i].Op.Node} -> [{string.Join(", ", Plan.Steps[i].Outputs.Select(o => ShapeUtil.Format(o.Shape)))}]")));
         return string.Join(Environment.NewLine, lines);
     }

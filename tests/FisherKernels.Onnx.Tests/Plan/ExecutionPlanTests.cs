@@ -170,6 +170,44 @@ public class ExecutionPlanTests
         foreach (var n in names) Assert.Equal(first[n], backward.Gradient(n).Data);
     }
 
+    [Fact]
+    public void ProfilesTimeTheStepsEachWalkRuns()
+    {
+        using var temp = new TempFolder();
+        File.WriteAllBytes(temp.File("m.onnx"), ChainModel().ToByteArray());
+        var model = OnnxModel.Load(temp.File("m.onnx"));
+        var x = new NdArray<float>(2, 4);
+        x.Data.AsSpan().Fill(0.5f);
+        var inputs = new Dictionary<string, NdArray> { ["x"] = x };
+        string[] variables = ["w1", "b1", "w2", "b2"];
+        var plan = model.GetPlan(new Dictionary<string, int[]> { ["x"] = [2, 4] }, variables.ToHashSet(), keepAll: true);
+        var forward = new PlanProfile(plan);
+        plan.Run(Context, inputs, forward);
+        var forwardRows = forward.ByOperator().ToDictionary(r => r.OpType, r => r.Steps);
+        Assert.Equal(3, forwardRows["MatMul"]);
+        Assert.False(forwardRows.ContainsKey("Reshape")); // a view costs the forward nothing
+
+        // The reverse walk from a3 (not y): Mul and Sub are off its path; the Reshape's gradient is a copy, timed.
+        var backward = new Backward(plan, ["a3"]);
+        var reverse = new PlanProfile(plan);
+        for (int run = 0; run < 3; run++)
+        {
+            backward.Clear();
+            backward.Gradient("a3").Data.AsSpan().Fill(1f);
+            backward.Run(Context, reverse);
+        }
+        Assert.Equal(3, reverse.Runs);
+        var rows = reverse.ByOperator().ToDictionary(r => r.OpType, r => r.Steps);
+        Assert.Equal(3, rows["MatMul"]);
+        Assert.Equal(2, rows["Softmax"]);
+        Assert.Equal(1, rows["Reshape"]);
+        Assert.False(rows.ContainsKey("Mul"));
+        Assert.Contains("MatMul", reverse.Format(), StringComparison.Ordinal);
+
+        var other = model.GetPlan(new Dictionary<string, int[]> { ["x"] = [3, 4] }, variables.ToHashSet(), keepAll: true);
+        Assert.Throws<FisherKernelsException>(() => backward.Run(Context, new PlanProfile(other)));
+    }
+
     private static NodeProto Node(string op, string[] inputs, string output) =>
         new() { Name = op + "_" + output, OpType = op, Input = { inputs }, Output = { output } };
 
