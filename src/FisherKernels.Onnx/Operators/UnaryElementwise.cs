@@ -116,30 +116,14 @@ internal struct ErfOp : IUnaryOp
 internal struct GeluErfOp : IUnaryOp
 {
     public static void Apply(ReadOnlySpan<float> x, Span<float> y) => FastMath.GeluErf(x, y);
-    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d)
-    {
-        // Φ(x) + x·φ(x)
-        for (int i = 0; i < x.Length; i++)
-        {
-            float v = x[i];
-            d[i] = 0.5f * (1 + FastMath.Erf(v * FastMath.InvSqrt2)) + v * FastMath.InvSqrt2Pi * MathF.Exp(-0.5f * v * v);
-        }
-    }
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d) => FastMath.GeluErfDerivative(x, d);
 }
 
 /// <summary>GELU with the tanh approximation: ½x(1 + tanh(√(2/π)(x + 0.044715x³))).</summary>
 internal struct GeluTanhOp : IUnaryOp
 {
     public static void Apply(ReadOnlySpan<float> x, Span<float> y) => FastMath.GeluTanh(x, y);
-    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d)
-    {
-        for (int i = 0; i < x.Length; i++)
-        {
-            float v = x[i];
-            float t = MathF.Tanh(FastMath.Sqrt2OverPi * (v + 0.044715f * v * v * v));
-            d[i] = 0.5f * (1 + t) + 0.5f * v * (1 - t * t) * FastMath.Sqrt2OverPi * (1 + 3 * 0.044715f * v * v);
-        }
-    }
+    public static void Derivative(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> d) => FastMath.GeluTanhDerivative(x, d);
 }
 
 /// <summary>
@@ -434,6 +418,64 @@ internal static class FastMath
         {
             float v = x[i];
             y[i] = 0.5f * v * (1 + MathF.Tanh(Sqrt2OverPi * (v + 0.044715f * v * v * v)));
+        }
+    }
+
+    /// <summary>d/dx of the erf GELU: Φ(x) + x·φ(x).</summary>
+    public static void GeluErfDerivative(ReadOnlySpan<float> x, Span<float> d)
+    {
+        int i = 0, w = Vector<float>.Count;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= x.Length - 16; i += 16)
+            {
+                var v = Vector512.Create(x[i..]);
+                var cdf = Vector512.Create(0.5f) * (Vector512<float>.One + Erf(v * Vector512.Create(InvSqrt2)));
+                (cdf + v * Vector512.Create(InvSqrt2Pi) * Vector512.Exp(Vector512.Create(-0.5f) * v * v)).CopyTo(d[i..]);
+            }
+        for (; i <= x.Length - w; i += w)
+        {
+            var v = new Vector<float>(x[i..]);
+            var cdf = new Vector<float>(0.5f) * (Vector<float>.One + Erf(v * new Vector<float>(InvSqrt2)));
+            (cdf + v * new Vector<float>(InvSqrt2Pi) * Vector.Exp(new Vector<float>(-0.5f) * v * v)).CopyTo(d[i..]);
+        }
+        for (; i < x.Length; i++)
+        {
+            float v = x[i];
+            d[i] = 0.5f * (1 + Erf(v * InvSqrt2)) + v * InvSqrt2Pi * MathF.Exp(-0.5f * v * v);
+        }
+    }
+
+    /// <summary>
+    /// d/dx of the tanh GELU: ½(1 + t) + ½x(1 − t²)·k(1 + 3c·x²) with t = tanh(u), u = k(x + c·x³). With
+    /// s = 1/(exp(2u) + 1) (so 1 + t = 2(1 − s), 1 − t² = 4s(1 − s)) it is (1 − s)(1 + 2k·x·s(1 + 3c·x²)),
+    /// which stays finite where exp saturates (s = 0 or 1).
+    /// </summary>
+    public static void GeluTanhDerivative(ReadOnlySpan<float> x, Span<float> d)
+    {
+        const float c = 0.044715f;
+        int i = 0, w = Vector<float>.Count;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= x.Length - 16; i += 16)
+            {
+                var v = Vector512.Create(x[i..]);
+                var v2 = v * v;
+                var s = Vector512<float>.One / (Vector512.Exp(Vector512.Create(2 * Sqrt2OverPi) * (v + Vector512.Create(c) * v2 * v)) + Vector512<float>.One);
+                var slope = Vector512.Create(2 * Sqrt2OverPi) * v * s * (Vector512<float>.One + Vector512.Create(3 * c) * v2);
+                ((Vector512<float>.One - s) * (Vector512<float>.One + slope)).CopyTo(d[i..]);
+            }
+        for (; i <= x.Length - w; i += w)
+        {
+            var v = new Vector<float>(x[i..]);
+            var v2 = v * v;
+            var s = Vector<float>.One / (Vector.Exp(new Vector<float>(2 * Sqrt2OverPi) * (v + new Vector<float>(c) * v2 * v)) + Vector<float>.One);
+            var slope = new Vector<float>(2 * Sqrt2OverPi) * v * s * (Vector<float>.One + new Vector<float>(3 * c) * v2);
+            ((Vector<float>.One - s) * (Vector<float>.One + slope)).CopyTo(d[i..]);
+        }
+        for (; i < x.Length; i++)
+        {
+            float v = x[i];
+            float t = MathF.Tanh(Sqrt2OverPi * (v + c * v * v * v));
+            d[i] = 0.5f * (1 + t) + 0.5f * v * (1 - t * t) * Sqrt2OverPi * (1 + 3 * c * v * v);
         }
     }
 }

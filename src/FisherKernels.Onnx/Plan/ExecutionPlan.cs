@@ -53,15 +53,15 @@ public sealed class ExecutionPlan
     /// Builds the plan for <paramref name="inputShapes"/> (every graph input given). Initializers in
     /// <paramref name="variables"/> are not folded into constants (derivatives are taken through them);
     /// with <paramref name="keepAll"/> every value survives the run (the backward pass reads them).
-    /// A plan with neither is an inference plan: unless <paramref name="fuse"/> is false, operator chains
-    /// are fused (<see cref="Fusion"/>) and their intermediate values are not computed.
+    /// Unless <paramref name="fuse"/> is false, operator chains are fused (<see cref="Fusion"/>; in a plan with
+    /// neither, an inference plan, also those without derivatives) and their intermediate values are not computed.
     /// Unsupported operators and shape errors surface here, before anything runs.
     /// </summary>
     internal static ExecutionPlan Build(OnnxModel model, IReadOnlyDictionary<string, int[]> inputShapes,
                                         IReadOnlySet<string> variables, bool keepAll, bool fuse = true)
     {
         var plan = new ExecutionPlan(model, inputShapes, variables);
-        plan.Bind(keepAll, fuse && variables.Count == 0 && !keepAll);
+        plan.Bind(keepAll, fuse);
         return plan;
     }
 
@@ -169,7 +169,7 @@ public sealed class ExecutionPlan
             if (!folded) pending.Add((node, op));
         }
         foreach (var output in graph.Outputs) Id(output.Name);
-        if (fuse) pending = Fusion.Apply(this, pending);
+        if (fuse) pending = Fusion.Apply(this, pending, derivatives: keepAll || Variables.Count > 0);
         AllocateBuffers(pending, keepAll);
     }
 

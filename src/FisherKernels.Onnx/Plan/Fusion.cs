@@ -4,14 +4,17 @@ using FisherKernels.Onnx.Operators;
 namespace FisherKernels.Onnx.Plan;
 
 /// <summary>
-/// Plan-time rewrites of inference plans (no variables, nothing kept for a backward pass): chains of
-/// small operators that exporters emit for one layer become one operator that makes one pass over the
-/// data. Decomposed LayerNorm and RMSNorm become <see cref="Normalization"/>, tanh and erf GELU
-/// become the GELU of <see cref="UnaryElementwise"/>, MatMul by a constant weight (with the bias Add
-/// and a GELU after it) becomes <see cref="PackedMatMul"/>, scaled dot-product attention becomes
-/// <see cref="FusedAttention"/>. A chain fuses only when every intermediate value is
-/// read inside the chain alone and is not a graph output; the fused step replaces the chain's last
-/// node, so the order stays topological.
+/// Plan-time rewrites: chains of small operators that exporters emit for one layer become one operator
+/// that makes one pass over the data. Decomposed LayerNorm and RMSNorm become <see cref="Normalization"/>,
+/// tanh and erf GELU become the GELU of <see cref="UnaryElementwise"/>; these have derivatives, so derivative
+/// plans (variables, values kept) get them too, with the normalization's scale and bias as its inputs
+/// (their gradients and tangents flow through it). A constant inside a chain (ε, ½, 0.044715, …) must
+/// be known at build time, so a variable there keeps its chain decomposed. Inference plans alone also get
+/// MatMul by a constant weight (with the bias Add and a GELU after it) as <see cref="PackedMatMul"/> and
+/// scaled dot-product attention as <see cref="FusedAttention"/> (neither has derivatives). A chain fuses only
+/// when every intermediate value is read inside the chain alone and is not a graph output (so a layer's
+/// input or output, read by its MatMul or the next one, is never fused away); the fused step replaces the
+/// chain's last node, so the order stays topological.
 /// </summary>
 internal sealed class Fusion
 {
@@ -40,8 +43,11 @@ internal sealed class Fusion
         }
     }
 
-    /// <summary>The steps with every recognised chain replaced by its fused operator.</summary>
-    public static List<(Node Node, Operator Op)> Apply(ExecutionPlan plan, List<(Node Node, Operator Op)> steps)
+    /// <summary>
+    /// The steps with every recognised chain replaced by its fused operator; with <paramref name="derivatives"/>
+    /// only the chains whose fused operator has derivatives (normalizations and GELUs).
+    /// </summary>
+    public static List<(Node Node, Operator Op)> Apply(ExecutionPlan plan, List<(Node Node, Operator Op)> steps, bool derivatives)
     {
         var fusion = new Fusion(plan, steps);
         for (int s = 0; s < steps.Count; s++)
@@ -53,9 +59,10 @@ internal sealed class Fusion
                 case "Pow": fusion.TryRmsNorm(s); break;
                 case "Tanh": fusion.TryGeluTanh(s); break;
                 case "Erf": fusion.TryGeluErf(s); break;
-                case "Softmax": fusion.TryAttention(s); break;
+                case "Softmax" when !derivatives: fusion.TryAttention(s); break;
             }
         }
+        if (derivatives) return steps.Where((_, s) => !fusion.removed[s]).ToList();
         // After the GELUs: a MatMul takes the GELU after its bias as its epilogue, and its bias Add is not
         // mistaken for part of a GELU.
         for (int s = 0; s < steps.Count; s++)
@@ -116,17 +123,18 @@ internal sealed class Fusion
     }
 
     /// <summary>
-    /// After the normalized value n (output of <paramref name="normalized"/>): Mul by a constant γ of
-    /// <paramref name="width"/> elements, then optionally Add of a constant β; <paramref name="affine"/> gets those steps.
+    /// After the normalized value n (output of <paramref name="normalized"/>): Mul by γ of <paramref name="width"/>
+    /// elements, then optionally Add of β; <paramref name="affine"/> gets those steps. γ and β need not be constants
+    /// (a variable's gradient flows through the fused operator's scale and bias).
     /// </summary>
     private bool TryAffine(int normalized, int width, out List<int> affine, out string gamma, out string? beta)
     {
         affine = []; gamma = ""; beta = null;
         string n = Node(normalized).Outputs[0];
-        if (Only(n) is not int mul || Node(mul).OpType != "Mul" || Other(mul, n) is not string g || !IsVector(g, width) || !SameShape(mul, n)) return false;
+        if (Only(n) is not int mul || Node(mul).OpType != "Mul" || Other(mul, n) is not string g || !IsRow(g, width) || !SameShape(mul, n)) return false;
         (affine, gamma) = ([mul], g);
         string scaled = Node(mul).Outputs[0];
-        if (Only(scaled) is int add && Node(add).OpType == "Add" && Other(add, scaled) is string b && IsVector(b, width) && SameShape(add, scaled))
+        if (Only(scaled) is int add && Node(add).OpType == "Add" && Other(add, scaled) is string b && IsRow(b, width) && SameShape(add, scaled))
         {
             affine.Add(add);
             beta = b;
@@ -333,9 +341,12 @@ internal sealed class Fusion
     /// <summary>The value of a float constant with one element, else null.</summary>
     private float? ScalarConstant(string value) => Constant(value) is NdArray<float> { Length: 1 } c ? c.Data[0] : null;
 
-    /// <summary>A float constant of <paramref name="width"/> elements laid along the last axis ([width] or [1, …, width]).</summary>
-    private bool IsVector(string value, int width) =>
-        Constant(value) is NdArray<float> c && c.Length == width && (c.Rank == 0 ? width == 1 : c.Shape[^1] == width);
+    /// <summary>A float value, known or not, of <paramref name="width"/> elements laid along the last axis ([width] or [1, …, width]).</summary>
+    private bool IsRow(string value, int width) =>
+        InfoOf(value) is { Type: ElementType.Float32 } info && info.Length == width && (info.Shape.Length == 0 ? width == 1 : info.Shape[^1] == width);
+
+    /// <summary>A float constant laid out as <see cref="IsRow"/> says.</summary>
+    private bool IsVector(string value, int width) => IsRow(value, width) && Constant(value) is NdArray<float>;
 
     /// <summary>The step's output has the shape of its input <paramref name="value"/> (the other operand only broadcasts).</summary>
     private bool SameShape(int step, string value) => InfoOf(Node(step).Outputs[0]).Shape.AsSpan().SequenceEqual(InfoOf(value).Shape);
