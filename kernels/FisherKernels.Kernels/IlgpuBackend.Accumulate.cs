@@ -17,8 +17,9 @@ public sealed partial class IlgpuBackend
     private readonly Lazy<Action<KernelConfig, ArrayView<float>, ArrayView<byte>, ArrayView<float>, AccumulateArgs>> accumulateKernel;
 
     public void AccumulateFactor(ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
-                                 float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default)
+                                 float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default, bool upperOnly = false)
     {
+        // Both triangles are always written (upperOnly allows the lower one to be anything).
         int dim = BackendArguments.CheckAccumulate(x.Length, rows, cols, appendOne, factor.Length, rowMask.Length);
         if (dim == 0) return;
 

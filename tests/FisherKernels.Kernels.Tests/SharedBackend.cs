@@ -13,8 +13,8 @@ internal sealed class SharedBackend(IComputeBackend inner) : IComputeBackend
     public string Device => inner.Device;
 
     public void AccumulateFactor(ReadOnlySpan<float> x, int rows, int cols, bool appendOne, float alpha, float beta,
-                                 Span<float> factor, ReadOnlySpan<byte> rowMask = default)
-        => inner.AccumulateFactor(x, rows, cols, appendOne, alpha, beta, factor, rowMask);
+                                 Span<float> factor, ReadOnlySpan<byte> rowMask = default, bool upperOnly = false)
+        => inner.AccumulateFactor(x, rows, cols, appendOne, alpha, beta, factor, rowMask, upperOnly);
 
     public void Gemm(in GemmShape shape, ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> c) => inner.Gemm(shape, a, b, c);
 

@@ -31,6 +31,28 @@ public abstract partial class BackendConformance
         }
     }
 
+    [Theory, MemberData(nameof(AccumulateShapes))]
+    public void Accumulate_upper_only_matches_reference_and_never_reads_the_lower_triangle(int rows, int cols, bool appendOne, Mask mask)
+    {
+        var rng = new Random(rows * 7919 + cols * 31 + (appendOne ? 1 : 0) + (int)mask * 5 + 1);
+        rows = Math.Min(rows, MaxAccumulateRows);
+        int n = cols + (appendOne ? 1 : 0);
+        var x = RandomArray(rng, rows * cols, scale: 3f);
+        var rowMask = MakeMask(rng, rows, mask);
+        foreach (var (alpha, beta) in new[] { (1f, 0f), (-0.25f, 0.7f) })
+        {
+            var symmetric = RandomSymmetricFactor(rng, n);
+            var expected = Reference.AccumulateFactor(x, rows, cols, appendOne, alpha, beta, symmetric, rowMask);
+            var factor = (float[])symmetric.Clone();
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < i; j++) factor[i * n + j] = float.NaN;
+            Backend.AccumulateFactor(x, rows, cols, appendOne, alpha, beta, factor, rowMask, upperOnly: true);
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < i; j++) factor[i * n + j] = factor[j * n + i];
+            AssertClose(expected, factor, rows, $"upper-only accumulate {rows}x{cols} appendOne={appendOne} mask={mask} α={alpha} β={beta}");
+        }
+    }
+
     [Fact]
     public void Accumulate_large_block_matches_reference()
     {

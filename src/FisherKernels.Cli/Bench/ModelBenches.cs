@@ -96,6 +96,13 @@ internal sealed class ModelBenches : IBenchSuite
         var targets = Targets.NextToken(ids);
         yield return BenchResult.Timed("fit", backend, shape, null,
             BenchTimer.MedianPairMs(() => KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets), Forward, runs, warmup: 2), "forward");
+        if (context.Log is { } fitLog)
+        {
+            var times = new StageTimes();
+            for (int i = 0; i < runs; i++) KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets, times);
+            fitLog.WriteLine($"fit: time per stage (medians over {runs} runs)");
+            fitLog.WriteLine(times.Format());
+        }
 
         void Isotropic() => PositionScorer.Score(lm, op, tokens, null, parameters, "isotropic", 1.0, EpistemicMetric.SquaredGradientNorm);
         yield return BenchResult.Timed("score", backend, shape, null, BenchTimer.MedianPairMs(Isotropic, Forward, runs: 5, warmup: 1), "forward");

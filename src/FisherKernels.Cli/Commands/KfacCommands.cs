@@ -1,5 +1,6 @@
 using System.Globalization;
 using FisherKernels.Backends;
+using FisherKernels.Cli.Bench;
 using FisherKernels.Curvature;
 using FisherKernels.IO;
 using FisherKernels.Onnx;
@@ -116,18 +117,24 @@ internal static class KfacCommands
     /// computing only the layer outputs' gradients (no weight gradient: the factors need the taps alone).
     /// </summary>
     internal static void FitBatch(LanguageModel lm, OpContext context, KfacAccumulator accumulator, IReadOnlyList<Layer> layers,
-                         IReadOnlyList<string> parameters, NdArray<long> tokens, NdArray<long> targets)
+                         IReadOnlyList<string> parameters, NdArray<long> tokens, NdArray<long> targets, StageTimes? times = null)
     {
+        times?.Start();
         var (plan, backward, logits) = Derivatives.Prepare(lm, context, tokens, parameters, layerOutputsOnly: true);
+        times?.Lap("forward");
         int positions = tokens.Shape[0] * tokens.Shape[1], vocab = logits.Shape[2];
         accumulator.BeginBatch(positions);
         foreach (Layer layer in layers) accumulator.AddInputs(layer.Id, Rows(layer, a => (NdArray<float>)plan.Get(a.InputValue)));
+        times?.Lap("A factors");
 
         NdArray<float> seed = backward.Gradient(lm.LogitsOutput);
         void Backpropagate(double weight)
         {
+            times?.Lap("labels");
             backward.Run(context);
+            times?.Lap("backward");
             foreach (Layer layer in layers) accumulator.AddOutputGradients(layer.Id, Rows(layer, a => backward.Gradient(a.OutputValue)), weight);
+            times?.Lap("G factors");
         }
 
         switch (accumulator.Options.Fisher)
@@ -167,6 +174,7 @@ internal static class KfacCommands
                 break;
         }
         accumulator.EndBatch();
+        times?.Lap("end");
     }
 
     /// <summary>The rows of a value at every application of a layer, applications one after the other.</summary>

@@ -32,10 +32,12 @@ public interface IComputeBackend : IDisposable
     /// Kernel family 1. <c>F ← β·F + α·X̃ᵀX̃</c> with X̃ = [X | 1] when <paramref name="appendOne"/>,
     /// over the rows whose <paramref name="rowMask"/> byte is non-zero (all rows when the mask is empty).
     /// <paramref name="x"/> is [rows × cols]; <paramref name="factor"/> is the full symmetric
-    /// [(cols+appendOne) × (cols+appendOne)] matrix, both triangles written.
+    /// [(cols+appendOne) × (cols+appendOne)] matrix, both triangles written; with <paramref name="upperOnly"/> only the
+    /// upper triangle (j ≥ i) is computed and the lower one is left unspecified (a caller that updates a factor many times
+    /// mirrors it once, when it is read).
     /// </summary>
     void AccumulateFactor(ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
-                          float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default);
+                          float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default, bool upperOnly = false);
 
     /// <summary>Batched row-major GEMM (see <see cref="GemmShape"/>).</summary>
     void Gemm(in GemmShape shape, ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> c);

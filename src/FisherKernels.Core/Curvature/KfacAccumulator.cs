@@ -159,7 +159,7 @@ public sealed class KfacAccumulator
         state.GradientCalls = 0;
         if (state.Kept == 0) return;
         var (alpha, beta) = Weights(state);
-        backend.AccumulateFactor(inputs, rows, inF, state.Shape.HasBias, (float)alpha, (float)beta, state.A, state.RowMask);
+        backend.AccumulateFactor(inputs, rows, inF, state.Shape.HasBias, (float)alpha, (float)beta, state.A, state.RowMask, upperOnly: true);
     }
 
     /// <summary>
@@ -179,7 +179,7 @@ public sealed class KfacAccumulator
         bool first = state.GradientCalls++ == 0;
         if (state.Kept == 0) return;
         var (alpha, beta) = Weights(state);
-        backend.AccumulateFactor(outputGradients, state.Rows, outF, false, (float)(alpha * weight), first ? (float)beta : 1f, state.G, state.RowMask);
+        backend.AccumulateFactor(outputGradients, state.Rows, outF, false, (float)(alpha * weight), first ? (float)beta : 1f, state.G, state.RowMask, upperOnly: true);
     }
 
     LayerState Layer(string layer)
@@ -354,10 +354,19 @@ public sealed class KfacAccumulator
 
     static int ADimOf(LayerShape s) => s.InFeatures + (s.HasBias ? 1 : 0);
 
-    static NdArray<float> Square(float[] data)
+    /// <summary>The symmetric factor whose upper triangle is <paramref name="upper"/> (the fit updates that triangle only).</summary>
+    static NdArray<float> Square(float[] upper)
     {
-        int n = (int)Math.Round(Math.Sqrt(data.Length));
-        return new NdArray<float>([n, n], (float[])data.Clone());
+        int n = (int)Math.Round(Math.Sqrt(upper.Length));
+        var full = (float[])upper.Clone();
+        // Blocks of rows and columns, so that the column-wise writes stay in cache.
+        const int block = 64;
+        for (int i0 = 0; i0 < n; i0 += block)
+            for (int j0 = i0; j0 < n; j0 += block)
+                for (int i = i0; i < Math.Min(i0 + block, n); i++)
+                    for (int j = Math.Max(j0, i + 1); j < Math.Min(j0 + block, n); j++)
+                        full[(long)j * n + i] = full[(long)i * n + j];
+        return new NdArray<float>([n, n], full);
     }
 }
 

@@ -14,7 +14,7 @@ public sealed class Float64Backend : IComputeBackend
     public void Dispose() { }
 
     public void AccumulateFactor(ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
-                                 float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default)
+                                 float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default, bool upperOnly = false)
     {
         int n = cols + (appendOne ? 1 : 0);
         var sum = new double[n * n];

@@ -26,10 +26,10 @@ public sealed partial class CpuBackend
 
     /// <summary>
     /// Kernel family 1: <c>F ← β·F + α·X̃ᵀX̃</c>. F is symmetric on entry and only its upper
-    /// triangle is read (as BLAS ssyrk); both triangles are written.
+    /// triangle is read (as BLAS ssyrk); both triangles are written unless <paramref name="upperOnly"/>.
     /// </summary>
     public void AccumulateFactor(ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
-                                 float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default)
+                                 float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default, bool upperOnly = false)
     {
         int n = BackendArguments.CheckAccumulate(x.Length, rows, cols, appendOne, factor.Length, rowMask.Length);
         if (n == 0) return;
@@ -38,12 +38,13 @@ public sealed partial class CpuBackend
         if (active == 0 || alpha == 0)
         {
             if (beta == 0) factor.Clear(); else if (beta != 1) TensorPrimitives.Multiply(factor, beta, factor);
-            if (beta != 0) MirrorUpper(factor, n); // β·F is symmetric only if F's lower triangle matched
+            if (beta != 0 && !upperOnly) MirrorUpper(factor, n); // β·F is symmetric only if F's lower triangle matched
             return;
         }
         var kernel = ChooseKernel(n);
         if (kernel == AccumulateKernel.Ssyrk) AccumulateWithSsyrk(x, rows, cols, appendOne, alpha, beta, factor, rowMask);
-        else AccumulateTiled(kernel, x, rows, cols, appendOne, active, alpha, beta, factor, rowMask);
+        else AccumulateTiled(kernel, x, rows, cols, appendOne, active, alpha, beta, factor, rowMask, mirror: !upperOnly);
+        if (!upperOnly && kernel == AccumulateKernel.Ssyrk) MirrorUpper(factor, n);
     }
 
     private unsafe AccumulateKernel ChooseKernel(int n)
@@ -69,10 +70,10 @@ public sealed partial class CpuBackend
     /// <summary>
     /// Blocks of <see cref="BlockRows"/> active rows are packed into column panels (mask, homogeneous
     /// column and zero padding applied while packing); then the upper-triangle tiles of F are updated in
-    /// parallel, α and β fused into the microkernel's store; the last block mirrors each finished tile.
+    /// parallel, α and β fused into the microkernel's store; the last block mirrors each finished tile (unless the caller keeps the upper triangle only).
     /// </summary>
     private unsafe void AccumulateTiled(AccumulateKernel kernel, ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
-                                        int active, float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask)
+                                        int active, float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask, bool mirror)
     {
         int n = cols + (appendOne ? 1 : 0);
         int panels = (n + PanelWidth - 1) / PanelWidth;
@@ -98,7 +99,7 @@ public sealed partial class CpuBackend
                         if (pm == null || pm[nextRow] != 0) blockRowIndex[count++] = nextRow;
                     job.BlockRowCount = count;
                     job.Beta = block == 0 ? beta : 1f;
-                    job.Mirror = block == blocks - 1;
+                    job.Mirror = mirror && block == blocks - 1;
                     if (parallel)
                     {
                         Parallel.For(0, panels, Parallelism, job.PackPanel);
@@ -380,7 +381,6 @@ public sealed partial class CpuBackend
                 finally { ArrayPool<float>.Shared.Return(scratch); }
             }
         }
-        MirrorUpper(factor, n);
     }
 
     /// <summary>
