@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using FisherKernels.Backends;
 
@@ -180,35 +181,127 @@ internal sealed class MatMul : Operator
     /// C [m×n] = A·B (A [m×depth] row-major, B packed with depth rows per panel), panels split over the
     /// threads; with <paramref name="accumulate"/>, C += A·B by way of rows of a per-panel tile.
     /// </summary>
+    /// <remarks>
+    /// Derivatives are often zero in whole blocks: a causal mask's upper triangle (in dS, P and their
+    /// transposes), and every row after the scored position in a score's reverse pass. Each 8-row tile of A
+    /// and each panel of B gets the depth range outside which it is exactly zero, and a tile·panel product
+    /// runs over the intersection only (an empty one writes zeros): the terms left out are 0·b, so the result
+    /// is the same for finite operands, on any thread count.
+    /// </remarks>
     private static unsafe void MultiplyPacked(OpContext context, float* a, int depth, int m, float* packed, int n, float* c, bool accumulate)
     {
-        nint pa = (nint)a, pp = (nint)packed, pcc = (nint)c;
-        int panels = PackedGemm.PanelCount(n);
-        void Panel(int j)
+        const int w = PackedGemm.PanelWidth;
+        int panels = PackedGemm.PanelCount(n), tiles = (m + TileRows - 1) / TileRows;
+        var ranges = System.Buffers.ArrayPool<int>.Shared.Rent(2 * (tiles + panels));
+        try
         {
-            const int w = PackedGemm.PanelWidth;
-            float* pc = (float*)pcc;
+            for (int t = 0; t < tiles; t++)
             {
-                if (!accumulate) { PackedGemm.MultiplyPanels((float*)pa, depth, m, depth, (float*)pp, n, null, pc, n, j, j + 1); return; }
-                // The kernel overwrites: compute the panel's columns into a private block, then add.
-                int columns = Math.Min(w, n - j * w);
-                var block = System.Buffers.ArrayPool<float>.Shared.Rent(m * w);
-                try
+                int lo = depth, hi = 0;
+                for (int r = t * TileRows; r < Math.Min(m, (t + 1) * TileRows); r++)
                 {
-                    fixed (float* pblock = block)
+                    float* row = a + (long)r * depth;
+                    int first = FirstNonzero(row, depth);
+                    if (first < 0) continue;
+                    lo = Math.Min(lo, first);
+                    hi = Math.Max(hi, LastNonzero(row, depth) + 1);
+                }
+                ranges[2 * t] = lo; ranges[2 * t + 1] = hi;
+            }
+            for (int j = 0; j < panels; j++)
+            {
+                float* panel = packed + (long)j * depth * w;
+                int first = FirstNonzero(panel, depth * w);
+                ranges[2 * (tiles + j)] = first < 0 ? depth : first / w;
+                ranges[2 * (tiles + j) + 1] = first < 0 ? 0 : LastNonzero(panel, depth * w) / w + 1;
+            }
+            nint pa = (nint)a, pp = (nint)packed, pcc = (nint)c;
+            void Panel(int j) => MultiplyPanel((float*)pa, depth, m, (float*)pp, n, (float*)pcc, accumulate, j, ranges, tiles);
+            ParallelWork.For(panels, context.Threads, Panel);
+        }
+        finally { System.Buffers.ArrayPool<int>.Shared.Return(ranges); }
+    }
+
+    private const int TileRows = 8;
+
+    /// <summary>Panel <paramref name="j"/> of <see cref="MultiplyPacked"/>: runs of tiles with one depth range each go to the kernel together.</summary>
+    private static unsafe void MultiplyPanel(float* a, int depth, int m, float* packed, int n, float* c, bool accumulate, int j, int[] ranges, int tiles)
+    {
+        const int w = PackedGemm.PanelWidth;
+        int columns = Math.Min(w, n - j * w);
+        int panelLo = ranges[2 * (tiles + j)], panelHi = ranges[2 * (tiles + j) + 1];
+        (int Lo, int Hi) Range(int t)
+        {
+            int lo = Math.Max(ranges[2 * t], panelLo), hi = Math.Min(ranges[2 * t + 1], panelHi);
+            return lo < hi ? (lo, hi) : (0, 0);
+        }
+        float[]? block = accumulate ? System.Buffers.ArrayPool<float>.Shared.Rent(m * w) : null;
+        try
+        {
+            for (int t = 0; t < tiles;)
+            {
+                var (lo, hi) = Range(t);
+                int end = t + 1;
+                while (end < tiles && Range(end) == (lo, hi)) end++;
+                int row0 = t * TileRows, rows = Math.Min(m, end * TileRows) - row0;
+                float* target = c + (long)row0 * n + j * w;
+                t = end;
+                if (lo == hi)
+                {
+                    // Every term is 0·b: C's rows are zero (or unchanged when adding).
+                    if (!accumulate)
+                        for (int r = 0; r < rows; r++) new Span<float>(target + (long)r * n, columns).Clear();
+                    continue;
+                }
+                float* tileA = a + (long)row0 * depth + lo;
+                if (!accumulate)
+                {
+                    PackedGemm.MultiplyPanels(tileA, depth, rows, hi - lo, packed + (long)lo * w, n, null, c + (long)row0 * n, n, j, j + 1, packedDepth: depth);
+                    continue;
+                }
+                // The kernel overwrites: compute the panel's columns into a private block, then add.
+                fixed (float* pblock = block)
+                {
+                    PackedGemm.MultiplyPanels(tileA, depth, rows, hi - lo, packed + ((long)j * depth + lo) * w, columns, null, pblock, w, 0, 1, packedDepth: depth);
+                    for (int r = 0; r < rows; r++)
                     {
-                        PackedGemm.MultiplyPanels((float*)pa, depth, m, depth, (float*)pp + (long)j * depth * w, columns, null, pblock, w, 0, 1);
-                        for (int i = 0; i < m; i++)
-                        {
-                            var target = new Span<float>(pc + (long)i * n + j * w, columns);
-                            System.Numerics.Tensors.TensorPrimitives.Add(target, new ReadOnlySpan<float>(pblock + (long)i * w, columns), target);
-                        }
+                        var sum = new Span<float>(target + (long)r * n, columns);
+                        System.Numerics.Tensors.TensorPrimitives.Add(sum, new ReadOnlySpan<float>(pblock + (long)r * w, columns), sum);
                     }
                 }
-                finally { System.Buffers.ArrayPool<float>.Shared.Return(block); }
             }
         }
-        ParallelWork.For(panels, context.Threads, Panel);
+        finally { if (block is not null) System.Buffers.ArrayPool<float>.Shared.Return(block); }
+    }
+
+    /// <summary>The index of the first element of x[0..n) that is not ±0 (NaN counts as non-zero), or −1.</summary>
+    private static unsafe int FirstNonzero(float* x, int n)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (var magnitude = Vector256.Create(0x7FFFFFFFu); i + 8 <= n; i += 8)
+            {
+                uint nonzero = ~Vector256.Equals(Vector256.Load((uint*)x + i) & magnitude, Vector256<uint>.Zero).ExtractMostSignificantBits() & 0xFF;
+                if (nonzero != 0) return i + System.Numerics.BitOperations.TrailingZeroCount(nonzero);
+            }
+        for (; i < n; i++)
+            if ((BitConverter.SingleToUInt32Bits(x[i]) & 0x7FFFFFFFu) != 0) return i;
+        return -1;
+    }
+
+    /// <summary>The index of the last element of x[0..n) that is not ±0, or −1.</summary>
+    private static unsafe int LastNonzero(float* x, int n)
+    {
+        int i = n;
+        if (Vector256.IsHardwareAccelerated)
+            for (var magnitude = Vector256.Create(0x7FFFFFFFu); i - 8 >= 0; i -= 8)
+            {
+                uint nonzero = ~Vector256.Equals(Vector256.Load((uint*)x + i - 8) & magnitude, Vector256<uint>.Zero).ExtractMostSignificantBits() & 0xFF;
+                if (nonzero != 0) return i - 8 + 31 - System.Numerics.BitOperations.LeadingZeroCount(nonzero);
+            }
+        for (i--; i >= 0; i--)
+            if ((BitConverter.SingleToUInt32Bits(x[i]) & 0x7FFFFFFFu) != 0) return i;
+        return -1;
     }
 
     /// <summary>dst[c·dstStride + r] = src[r·srcStride + c] for r &lt; rows, c &lt; cols: 8×8 blocks in AVX registers, scalar edges.</summary>

@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Runtime.Intrinsics;
 
 namespace FisherKernels.Onnx.Operators;
 
@@ -67,12 +68,47 @@ internal sealed class Where : Operator
 
         public readonly void Run(int output, int c, int x, int y, int length)
         {
+            if (Layout.Step0 == 1)
+            {
+                // The condition runs along (an attention mask): each side's contiguous gradient is a masked add.
+                var g = G.AsSpan(output, length);
+                var condition = C.AsSpan(c, length);
+                if (GX is not null && Layout.Step1 == 1) MaskedAdd(condition, g, GX.AsSpan(x, length), when: true);
+                if (GY is not null && Layout.Step2 == 1) MaskedAdd(condition, g, GY.AsSpan(y, length), when: false);
+                if ((GX is null || Layout.Step1 == 1) && (GY is null || Layout.Step2 == 1)) return;
+                for (int i = 0; i < length; i++)
+                {
+                    if (condition[i]) { if (GX is not null && Layout.Step1 == 0) GX[x] += g[i]; }
+                    else if (GY is not null && Layout.Step2 == 0) GY[y] += g[i];
+                }
+                return;
+            }
             for (int i = 0; i < length; i++, c += Layout.Step0, x += Layout.Step1, y += Layout.Step2)
             {
                 if (C[c]) { if (GX is not null) GX[x] += G[output + i]; }
                 else if (GY is not null) GY[y] += G[output + i];
             }
         }
+    }
+
+    /// <summary>target[i] += g[i] where condition[i] == <paramref name="when"/> (8 lanes at a time: bools widened to masks).</summary>
+    private static unsafe void MaskedAdd(ReadOnlySpan<bool> condition, ReadOnlySpan<float> g, Span<float> target, bool when)
+    {
+        int i = 0, n = g.Length;
+        if (System.Runtime.Intrinsics.X86.Avx2.IsSupported)
+        {
+            fixed (bool* pc = condition) fixed (float* pg = g, pt = target)
+                for (; i + 8 <= n; i += 8)
+                {
+                    var flags = System.Runtime.Intrinsics.X86.Avx2.ConvertToVector256Int32((byte*)pc + i);
+                    var isFalse = Vector256.Equals(flags, Vector256<int>.Zero).AsSingle();
+                    var v = Vector256.Load(pg + i);
+                    var picked = when ? Vector256.AndNot(v, isFalse) : v & isFalse;
+                    (Vector256.Load(pt + i) + picked).Store(pt + i);
+                }
+        }
+        for (; i < n; i++)
+            if (condition[i] == when) target[i] += g[i];
     }
 
     public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,

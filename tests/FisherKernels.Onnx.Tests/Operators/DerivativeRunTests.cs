@@ -200,6 +200,62 @@ public sealed class PackedMatMulDerivativeTests
         }
     }
 
+    [Fact]
+    public void ZeroBlocksAreSkippedWithoutChangingTheResult()
+    {
+        // Attention's derivatives under a causal mask, in a score's pass that stops at row 61: P·V with P lower
+        // triangular and dO zero after row 61 (dV = Pᵀ·dO: tiles of Pᵀ start late, panels of dO end early), and
+        // Q·Kᵀ with dS lower triangular (dQ = dS·K: tiles end early; dK = Qᵀ·dS: panels start late). Sizes off the
+        // 8-row tiles and 32-column panels; added and fresh gradients; float64 products; 1 and 2 threads identical.
+        const int m = 100, depth = 72;
+        var random = new Random(21);
+        NdArray<float> Masked(int[] shape, Func<int, int, bool> keep)
+        {
+            var x = OpRunner.Random(random, shape);
+            int rows = shape[^2], cols = shape[^1];
+            for (int i = 0; i < x.Data.Length; i++)
+                if (!keep(i / cols % rows, i % cols)) x.Data[i] = i % 2 == 0 ? 0f : -0f;
+            return x;
+        }
+        var p = Masked([2, 2, m, m], (r, c) => c <= r);
+        var v = OpRunner.Random(random, 2, 2, m, depth);
+        var dO = Masked([2, 2, m, depth], (r, c) => r <= 61);
+        var q = OpRunner.Random(random, 2, 2, m, depth);
+        var kT = OpRunner.Random(random, 2, 2, depth, m);
+        var dS = Masked([2, 2, m, m], (r, c) => c <= r && r <= 61);
+        foreach (var (a, b, gy) in new[] { (p, v, dO), (q, kT, dS) })
+        {
+            int k = a.Shape[^1], n = b.Shape[^1];
+            float[]? oneThread = null;
+            foreach (int threads in new[] { 1, 2 })
+                foreach (bool fresh in new[] { false, true })
+                {
+                    var op = OpRunner.Create("MatMul", 2);
+                    var context = new OpContext(new FisherKernels.Backends.Cpu.CpuBackend(threads));
+                    var y = (NdArray<float>)OpRunner.Allocate(op, [a, b])[0];
+                    op.Forward(context, [a, b], [y]);
+                    var ga = OpRunner.Random(new Random(1), a.Shape);
+                    var gb = OpRunner.Random(new Random(2), b.Shape);
+                    float[] ga0 = (float[])ga.Data.Clone(), gb0 = (float[])gb.Data.Clone();
+                    context.FreshGradients = fresh ? 3 : 0;
+                    op.Vjp(context, [a, b], [y], [gy], [ga, gb]);
+                    context.FreshGradients = 0;
+                    for (int i = 0; i < 4; i++)
+                    {
+                        float[] A(float[] x) => x[(i * m * k)..((i + 1) * m * k)];
+                        float[] B(float[] x) => x[(i * k * n)..((i + 1) * k * n)];
+                        float[] Y(float[] x) => x[(i * m * n)..((i + 1) * m * n)];
+                        AssertClose(Product(Y(gy.Data), m, n, B(b.Data), k, transposeB: true, fresh ? null : A(ga0)), A(ga.Data));
+                        AssertClose(ProductAtB(A(a.Data), Y(gy.Data), m, k, n, fresh ? new float[k * n] : B(gb0)), B(gb.Data));
+                    }
+                    if (!fresh) continue;
+                    float[] both = [.. ga.Data, .. gb.Data];
+                    if (oneThread is null) oneThread = both;
+                    else Assert.Equal(oneThread, both);
+                }
+        }
+    }
+
     /// <summary>start + X [rows×inner]·op(B), op(B) [inner×cols] (B stored [cols×inner] when transposed).</summary>
     private static double[] Product(float[] x, int rows, int inner, float[] b, int cols, bool transposeB, float[]? start)
     {

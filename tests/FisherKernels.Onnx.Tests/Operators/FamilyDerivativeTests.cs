@@ -165,6 +165,37 @@ public sealed class FamilyDerivativeTests
     }
 
     [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void WhereMaskGradientGoesOnlyToTheSelectedSide(bool fullY)
+    {
+        // An attention mask: the condition [1, 1, L, L] broadcast over heads, X full, Y a scalar fill or full;
+        // L = 5 leaves a tail after the 8-lane blocks. Each gradient element is one float addition, so exact.
+        var random = new Random(11);
+        int heads = 3, l = 5;
+        var condition = new NdArray<bool>([1, 1, l, l], Enumerable.Range(0, l * l).Select(i => i % l <= i / l).ToArray());
+        var x = R(1, heads, l, l);
+        NdArray<float> y = fullY ? R(1, heads, l, l) : new NdArray<float>([], [-1e9f]);
+        var op = OpRunner.Create("Where", 3);
+        var outputs = OpRunner.Forward(op, [condition, x, y]);
+        var g = OpRunner.Random(random, [1, heads, l, l]);
+        var gx = OpRunner.Random(random, x.Shape);
+        var gy = OpRunner.Random(random, y.Shape);
+        var gx0 = (float[])gx.Data.Clone();
+        var gy0 = (float[])gy.Data.Clone();
+        op.Vjp(OpRunner.Context, [condition, x, y], outputs, [g], [null, gx, gy]);
+        double fill = gy0[0];
+        for (int i = 0; i < g.Data.Length; i++)
+        {
+            bool c = condition.Data[i % (l * l)];
+            Assert.Equal(c ? gx0[i] + g.Data[i] : gx0[i], gx.Data[i]);
+            if (fullY) Assert.Equal(c ? gy0[i] : gy0[i] + g.Data[i], gy.Data[i]);
+            else if (!c) fill += g.Data[i];
+        }
+        if (!fullY) Assert.Equal(fill, gy.Data[0], 1e-5);
+    }
+
+    [Theory]
     [InlineData("Identity", 1)]
     [InlineData("Flatten", 1)]
     [InlineData("Dropout", 1)]
