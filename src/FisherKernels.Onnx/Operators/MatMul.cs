@@ -34,6 +34,11 @@ internal sealed class MatMul : Operator
     {
         var (a, b, y) = Operands(inputs, outputs);
         Dims.TryCreate(a.Shape, b.Shape, out var d);
+        if (Packable(a, b, d, out int rows, out int batches))
+        {
+            PackedForward(context, a.Data, b.Data, y.Data, batches, rows, d.K, d.N);
+            return;
+        }
         // y[M×N] = A[M×K]·B[K×N] per batch
         Gemm(context.Backend, d.Out[..d.Rank], a.Data, d.A[..d.Rank], b.Data, d.B[..d.Rank], y.Data, d.Out[..d.Rank], d.M, d.N, d.K, false, false, 0);
     }
@@ -78,7 +83,7 @@ internal sealed class MatMul : Operator
     }
 
     /// <summary>
-    /// Whether the derivatives go through the packed AVX-512 kernel (<see cref="PackedGemm"/>), with enough
+    /// Whether the products (forward and derivatives) go through the packed AVX-512 kernel (<see cref="PackedGemm"/>), with enough
     /// work per product to pay for packing an operand per call: B one [K×N] matrix (a weight) shared by
     /// every batch of A, whose batches stack into <paramref name="rows"/> (one product), or A and B with the
     /// same batches and no broadcasting (attention's products: one product of M rows per batch).
@@ -95,6 +100,31 @@ internal sealed class MatMul : Operator
         batches = rows / d.M;
         rows = d.M;
         return 2L * d.M * d.K * d.N >= 1 << 20;
+    }
+
+    /// <summary>
+    /// Y = A·B by the packed kernel over <paramref name="batches"/> products (B per batch when there are several):
+    /// each work item packs one column panel of one B and multiplies it at once, while the panel is in cache.
+    /// B is packed on every call, never cached: in a derivative plan a weight is a variable and may change
+    /// between runs (inference plans pack their constant weights once, in <see cref="PackedMatMul"/>).
+    /// </summary>
+    private static unsafe void PackedForward(OpContext context, float[] a, float[] b, float[] y, int batches, int rows, int k, int n)
+    {
+        const int w = PackedGemm.PanelWidth;
+        int panels = PackedGemm.PanelCount(n);
+        long panelLength = (long)k * w;
+        fixed (float* pa = a, pb = b, py = y, packed = context.Scratch(batches * panels * panelLength))
+        {
+            nint sa = (nint)pa, sb = (nint)pb, sy = (nint)py, sp = (nint)packed;
+            void Item(int item)
+            {
+                int i = item / panels, j = item % panels;
+                float* panel = (float*)sp + (long)i * panels * panelLength;
+                PackedGemm.Pack((float*)sb + (long)i * k * n + j * w, k, Math.Min(w, n - j * w), n, 1, panel + j * panelLength);
+                PackedGemm.MultiplyPanels((float*)sa + (long)i * rows * k, k, rows, k, panel, n, null, (float*)sy + (long)i * rows * n, n, j, j + 1);
+            }
+            ParallelWork.For(batches * panels, context.Threads, Item);
+        }
     }
 
     /// <summary>The packed VJP over <paramref name="batches"/> products of <paramref name="rows"/> rows (B per batch when there are several).</summary>

@@ -116,8 +116,8 @@ public sealed class DerivativeRunTests
 }
 
 /// <summary>
-/// MatMul by a 2-D B large enough for the packed AVX-512 derivatives (two products for the JVP, Bᵀ and Aᵀ by 8×8
-/// transposes): VJP (which adds) and JVP (which overwrites) against float64 products, with sizes off the
+/// MatMul by a 2-D B large enough for the packed AVX-512 kernel (two products for the JVP, Bᵀ and Aᵀ by 8×8
+/// transposes): forward, VJP (which adds) and JVP (which overwrites) against float64 products, with sizes off the
 /// 8-row, 32-column and 8×8 blocks, on one and two threads. Elsewhere the same test covers the backend path.
 /// </summary>
 public sealed class PackedMatMulDerivativeTests
@@ -137,6 +137,7 @@ public sealed class PackedMatMulDerivativeTests
         var context = new OpContext(new FisherKernels.Backends.Cpu.CpuBackend(threads));
         var y = (NdArray<float>)OpRunner.Allocate(op, [a, b])[0];
         op.Forward(context, [a, b], [y]);
+        AssertClose(Product(a.Data, rows, k, b.Data, n, transposeB: false, null), y.Data);
         var gy = OpRunner.Random(random, y.Shape);
 
         var ga = OpRunner.Random(random, aShape);
@@ -194,6 +195,7 @@ public sealed class PackedMatMulDerivativeTests
             float[] A(float[] x) => x[(i * m * k)..((i + 1) * m * k)];
             float[] B(float[] x) => x[(i * k * n)..((i + 1) * k * n)];
             float[] Y(float[] x) => x[(i * m * n)..((i + 1) * m * n)];
+            AssertClose(Product(A(a.Data), m, k, B(b.Data), n, transposeB: false, null), Y(y.Data));
             AssertClose(Product(Y(gy.Data), m, n, B(b.Data), k, transposeB: true, A(ga0)), A(ga.Data));
             AssertClose(ProductAtB(A(a.Data), Y(gy.Data), m, k, n, B(gb0)), B(gb.Data));
             AssertClose(Add(Product(A(ta.Data), m, k, B(b.Data), n, transposeB: false, null), Product(A(a.Data), m, k, B(tb.Data), n, transposeB: false, null)), Y(ty.Data));
