@@ -87,7 +87,8 @@ internal sealed class ModelBenches : IBenchSuite
             for (int i = 0; i < v.Data.Length; i++) v.Data[i] = (float)(random.NextDouble() - 0.5);
             return v;
         });
-        var (_, tangent) = Derivatives.PrepareJvp(lm, op, tokens, direction);
+        var (jvpPlan, tangent) = Derivatives.PrepareJvp(lm, op, tokens, direction);
+        if (context.Log is { } jvpLog) LogTangentProfile(jvpLog, jvpPlan, tangent, op, runs);
         yield return BenchResult.Timed("jvp", backend, shape, null, BenchTimer.MedianPairMs(() => tangent.Run(op), Forward, runs, warmup: 2), "forward");
 
         // One batch of `fit` (SPEC §3 default: sampled Fisher, one draw): forward, backward with the layer taps, factor accumulation.
@@ -145,6 +146,16 @@ internal sealed class ModelBenches : IBenchSuite
             backward.Run(op, profile);
         }
         log.WriteLine($"{what}: time per operator type (sums of step medians over {profile.Runs} runs)");
+        log.WriteLine(profile.Format());
+    }
+
+    /// <summary>--verbose: where the tangent pass spends its time, by operator type (steps with no tangent are not timed).</summary>
+    private static void LogTangentProfile(TextWriter log, ExecutionPlan plan, Tangent tangent, OpContext op, int runs)
+    {
+        tangent.Run(op);
+        var profile = new PlanProfile(plan);
+        for (int i = 0; i < 2 * runs; i++) tangent.Run(op, profile);
+        log.WriteLine($"jvp: tangent time per operator type (sums of step medians over {profile.Runs} runs)");
         log.WriteLine(profile.Format());
     }
 

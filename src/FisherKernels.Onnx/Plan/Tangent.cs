@@ -9,7 +9,7 @@ namespace FisherKernels.Onnx.Plan;
 /// </summary>
 public sealed class Tangent
 {
-    private sealed record TangentStep(ExecutionPlan.Step Step, NdArray<float>?[] InputTangents, NdArray<float>?[] OutputTangents);
+    private sealed record TangentStep(int Index, ExecutionPlan.Step Step, NdArray<float>?[] InputTangents, NdArray<float>?[] OutputTangents);
 
     private readonly ExecutionPlan plan;
     private readonly NdArray<float>?[] tangents;
@@ -25,8 +25,9 @@ public sealed class Tangent
             var v = values[plan.Id(variable)];
             if (v.Info.Type == ElementType.Float32) tangents[plan.Id(variable)] = new NdArray<float>(v.Info.Shape);
         }
-        foreach (var step in plan.Steps)
+        for (int s = 0; s < plan.Steps.Count; s++)
         {
+            var step = plan.Steps[s];
             var inputTangents = step.InputIds.Select((id, i) => id >= 0 && (step.Op.IsView ? i == 0 : step.Op.IsDifferentiable(i)) ? tangents[id] : null).ToArray();
             if (inputTangents.All(t => t is null)) continue;
             var outputTangents = new NdArray<float>?[step.OutputIds.Length];
@@ -39,7 +40,7 @@ public sealed class Tangent
                     : new NdArray<float>(v.Info.Shape);
                 tangents[step.OutputIds[j]] = outputTangents[j];
             }
-            if (!step.Op.IsView) forward.Add(new TangentStep(step, inputTangents, outputTangents));
+            if (!step.Op.IsView) forward.Add(new TangentStep(s, step, inputTangents, outputTangents));
         }
     }
 
@@ -52,10 +53,25 @@ public sealed class Tangent
 
     public bool Has(string name) => plan.HasValue(name) && tangents[plan.Id(name)] is not null;
 
-    /// <summary>Propagates the directions forward; the plan must have run on the same inputs just before.</summary>
-    public void Run(OpContext context)
+    /// <summary>
+    /// Propagates the directions forward; the plan must have run on the same inputs just before. With a
+    /// <paramref name="profile"/> of the plan, each step's tangent time is added to it (bench --model --verbose).
+    /// </summary>
+    public void Run(OpContext context, PlanProfile? profile = null)
     {
-        foreach (var (step, inputTangents, outputTangents) in forward)
+        if (profile is null)
+        {
+            foreach (var (_, step, inputTangents, outputTangents) in forward)
+                step.Op.Jvp(context, step.Inputs, step.Outputs, inputTangents, outputTangents);
+            return;
+        }
+        if (profile.Plan != plan) throw FisherKernelsException.Argument("the profile belongs to another plan");
+        profile.BeginRun();
+        foreach (var (index, step, inputTangents, outputTangents) in forward)
+        {
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
             step.Op.Jvp(context, step.Inputs, step.Outputs, inputTangents, outputTangents);
+            profile.Add(index, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+        }
     }
 }
