@@ -50,6 +50,12 @@ public sealed class OpContext(IComputeBackend backend)
     internal int FreshGradients { get; set; }
 
     /// <summary>
+    /// Bit i set: input i is an initializer, whose data stays the same from run to run (as the packed weights of
+    /// inference plans assume), so a Jvp may reuse a prepared form of it. Set by the tangent pass around that call only.
+    /// </summary>
+    internal int ConstantInputs { get; set; }
+
+    /// <summary>
     /// A buffer of at least <paramref name="length"/> floats (contents undefined), valid until the next
     /// call of <see cref="Scratch"/>. Grows once, then is reused: no allocation in steady state. An
     /// operator that needs several scratch areas asks once for their total and slices.

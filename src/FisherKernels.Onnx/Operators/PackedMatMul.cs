@@ -120,49 +120,72 @@ internal static unsafe class PackedGemm
     /// C = A·B + bias over the panels [from, to): A [m×k] with row stride <paramref name="lda"/>, B packed
     /// (n columns), C [m×n] with row stride <paramref name="ldc"/>, bias null or padded to the panels.
     /// <paramref name="packedDepth"/> (0: k) is the rows each panel was packed with, when only the first k are used.
+    /// A <paramref name="second"/> product (k2 &gt; 0) adds A2·B2 in the same registers: C is written once.
     /// </summary>
     public static void MultiplyPanels(float* a, int lda, int m, int k, float* panels, int n, float* bias, float* c, int ldc, int from, int to,
-                                      int packedDepth = 0)
+                                      int packedDepth = 0, SecondProduct second = default)
     {
         float* tile = stackalloc float[TileRows * PanelWidth];
         long panelLength = (long)(packedDepth == 0 ? k : packedDepth) * PanelWidth;
         for (int j = from; j < to; j++)
         {
-            float* panel = panels + j * panelLength;
+            var first = new SecondProduct(a, lda, k, panels + j * panelLength);
+            var other = second.Panel(j);
             float* panelBias = bias == null ? null : bias + j * PanelWidth;
             int columns = Math.Min(PanelWidth, n - j * PanelWidth);
             for (int i = 0; i < m; i += TileRows)
             {
                 int rows = Math.Min(TileRows, m - i);
                 float* target = c + (long)i * ldc + j * PanelWidth;
-                if (rows == TileRows && columns == PanelWidth) { Tile8(a + (long)i * lda, lda, k, panel, panelBias, target, ldc); continue; }
+                if (rows == TileRows && columns == PanelWidth) { Tile8(first.Rows(i), other.Rows(i), panelBias, target, ldc); continue; }
                 // Edge tile: compute whole rows into the scratch tile, copy the valid part.
-                for (int r = 0; r < rows; r++) Row(a + (long)(i + r) * lda, k, panel, panelBias, tile + r * PanelWidth);
+                for (int r = 0; r < rows; r++) Row(first.Rows(i + r), other.Rows(i + r), panelBias, tile + r * PanelWidth);
                 for (int r = 0; r < rows; r++) new ReadOnlySpan<float>(tile + r * PanelWidth, columns).CopyTo(new Span<float>(target + (long)r * ldc, columns));
             }
         }
     }
 
-    /// <summary>One 8×32 tile: 16 accumulators, two B vectors per k, one broadcast of A per row.</summary>
+    /// <summary>
+    /// A product A [m×K]·B added to another in one kernel pass: A with row stride <see cref="Lda"/>; B packed K rows
+    /// deep (<see cref="Ldb"/> = 32; for <see cref="MultiplyPanels"/>, all panels from panel 0, inside the kernel one
+    /// panel), or B row-major with row stride <see cref="Ldb"/> (not packed: only for panels of 32 whole columns).
+    /// </summary>
+    public readonly struct SecondProduct(float* a, int lda, int k, float* panels, int ldb = PanelWidth)
+    {
+        public readonly float* A = a, Panels = panels;
+        public readonly int Lda = lda, K = k, Ldb = ldb;
+
+        public SecondProduct Rows(int row) => new(A + (long)row * Lda, Lda, K, Panels, Ldb);
+
+        public SecondProduct Panel(int j) => new(A, Lda, K, Panels + (Ldb == PanelWidth ? (long)j * K * PanelWidth : (long)j * PanelWidth), Ldb);
+    }
+
+    /// <summary>One 8×32 tile: 16 accumulators, two B vectors per k, one broadcast of A per row; then the second product's terms.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile8(float* a, int lda, int k, float* b, float* bias, float* c, int ldc)
+    private static void Tile8(SecondProduct first, SecondProduct second, float* bias, float* c, int ldc)
     {
         Vector512<float> s0 = bias == null ? default : Vector512.Load(bias), s1 = bias == null ? default : Vector512.Load(bias + 16);
         Vector512<float> c00 = s0, c01 = s1, c10 = s0, c11 = s1, c20 = s0, c21 = s1, c30 = s0, c31 = s1;
         Vector512<float> c40 = s0, c41 = s1, c50 = s0, c51 = s1, c60 = s0, c61 = s1, c70 = s0, c71 = s1;
-        float* a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda, a6 = a5 + lda, a7 = a6 + lda;
-        for (int p = 0; p < k; p++, b += PanelWidth)
+        for (int term = 0; term < 2; term++)
         {
-            var b0 = Vector512.Load(b);
-            var b1 = Vector512.Load(b + 16);
-            var x = Vector512.Create(a[p]); c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
-            x = Vector512.Create(a1[p]); c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
-            x = Vector512.Create(a2[p]); c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
-            x = Vector512.Create(a3[p]); c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
-            x = Vector512.Create(a4[p]); c40 = Vector512.FusedMultiplyAdd(x, b0, c40); c41 = Vector512.FusedMultiplyAdd(x, b1, c41);
-            x = Vector512.Create(a5[p]); c50 = Vector512.FusedMultiplyAdd(x, b0, c50); c51 = Vector512.FusedMultiplyAdd(x, b1, c51);
-            x = Vector512.Create(a6[p]); c60 = Vector512.FusedMultiplyAdd(x, b0, c60); c61 = Vector512.FusedMultiplyAdd(x, b1, c61);
-            x = Vector512.Create(a7[p]); c70 = Vector512.FusedMultiplyAdd(x, b0, c70); c71 = Vector512.FusedMultiplyAdd(x, b1, c71);
+            var product = term == 0 ? first : second;
+            float* a = product.A, b = product.Panels;
+            int k = product.K, lda = product.Lda, ldb = product.Ldb;
+            float* a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda, a6 = a5 + lda, a7 = a6 + lda;
+            for (int p = 0; p < k; p++, b += ldb)
+            {
+                var b0 = Vector512.Load(b);
+                var b1 = Vector512.Load(b + 16);
+                var x = Vector512.Create(a[p]); c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
+                x = Vector512.Create(a1[p]); c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
+                x = Vector512.Create(a2[p]); c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
+                x = Vector512.Create(a3[p]); c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
+                x = Vector512.Create(a4[p]); c40 = Vector512.FusedMultiplyAdd(x, b0, c40); c41 = Vector512.FusedMultiplyAdd(x, b1, c41);
+                x = Vector512.Create(a5[p]); c50 = Vector512.FusedMultiplyAdd(x, b0, c50); c51 = Vector512.FusedMultiplyAdd(x, b1, c51);
+                x = Vector512.Create(a6[p]); c60 = Vector512.FusedMultiplyAdd(x, b0, c60); c61 = Vector512.FusedMultiplyAdd(x, b1, c61);
+                x = Vector512.Create(a7[p]); c70 = Vector512.FusedMultiplyAdd(x, b0, c70); c71 = Vector512.FusedMultiplyAdd(x, b1, c71);
+            }
         }
         c00.Store(c); c01.Store(c + 16); c += ldc;
         c10.Store(c); c11.Store(c + 16); c += ldc;
@@ -175,22 +198,27 @@ internal static unsafe class PackedGemm
     }
 
     /// <summary>One row of a panel (edge tiles): two accumulator pairs over even and odd k hide the FMA latency.</summary>
-    private static void Row(float* a, int k, float* b, float* bias, float* c)
+    private static void Row(SecondProduct first, SecondProduct second, float* bias, float* c)
     {
         Vector512<float> e0 = bias == null ? default : Vector512.Load(bias), e1 = bias == null ? default : Vector512.Load(bias + 16);
         Vector512<float> o0 = default, o1 = default;
-        int p = 0;
-        for (; p + 1 < k; p += 2, b += 2 * PanelWidth)
+        for (int term = 0; term < 2; term++)
         {
-            var x = Vector512.Create(a[p]);
-            e0 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b), e0); e1 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 16), e1);
-            x = Vector512.Create(a[p + 1]);
-            o0 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 32), o0); o1 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 48), o1);
-        }
-        if (p < k)
-        {
-            var x = Vector512.Create(a[p]);
-            e0 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b), e0); e1 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 16), e1);
+            var product = term == 0 ? first : second;
+            float* a = product.A, b = product.Panels;
+            int k = product.K, ldb = product.Ldb, p = 0;
+            for (; p + 1 < k; p += 2, b += 2 * ldb)
+            {
+                var x = Vector512.Create(a[p]);
+                e0 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b), e0); e1 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 16), e1);
+                x = Vector512.Create(a[p + 1]);
+                o0 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + ldb), o0); o1 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + ldb + 16), o1);
+            }
+            if (p < k)
+            {
+                var x = Vector512.Create(a[p]);
+                e0 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b), e0); e1 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 16), e1);
+            }
         }
         (e0 + o0).Store(c);
         (e1 + o1).Store(c + 16);

@@ -9,7 +9,7 @@ namespace FisherKernels.Onnx.Plan;
 /// </summary>
 public sealed class Tangent
 {
-    private sealed record TangentStep(int Index, ExecutionPlan.Step Step, NdArray<float>?[] InputTangents, NdArray<float>?[] OutputTangents);
+    private sealed record TangentStep(int Index, ExecutionPlan.Step Step, NdArray<float>?[] InputTangents, NdArray<float>?[] OutputTangents, int ConstantInputs);
 
     private readonly ExecutionPlan plan;
     private readonly NdArray<float>?[] tangents;
@@ -40,8 +40,17 @@ public sealed class Tangent
                     : new NdArray<float>(v.Info.Shape);
                 tangents[step.OutputIds[j]] = outputTangents[j];
             }
-            if (!step.Op.IsView) forward.Add(new TangentStep(s, step, inputTangents, outputTangents));
+            if (!step.Op.IsView) forward.Add(new TangentStep(s, step, inputTangents, outputTangents, ConstantInputs(step)));
         }
+    }
+
+    /// <summary>Bit i set: input i of the step is an initializer (<see cref="OpContext.ConstantInputs"/>).</summary>
+    private int ConstantInputs(ExecutionPlan.Step step)
+    {
+        int bits = 0;
+        for (int i = 0; i < step.InputIds.Length && i < 32; i++)
+            if (step.InputIds[i] >= 0 && plan.Model.Graph.Initializers.ContainsKey(plan.Values[step.InputIds[i]].Name)) bits |= 1 << i;
+        return bits;
     }
 
     /// <summary>The tangent buffer of a variable, to fill with the direction before <see cref="Run"/>.</summary>
@@ -59,19 +68,15 @@ public sealed class Tangent
     /// </summary>
     public void Run(OpContext context, PlanProfile? profile = null)
     {
-        if (profile is null)
-        {
-            foreach (var (_, step, inputTangents, outputTangents) in forward)
-                step.Op.Jvp(context, step.Inputs, step.Outputs, inputTangents, outputTangents);
-            return;
-        }
-        if (profile.Plan != plan) throw FisherKernelsException.Argument("the profile belongs to another plan");
-        profile.BeginRun();
-        foreach (var (index, step, inputTangents, outputTangents) in forward)
+        if (profile is not null && profile.Plan != plan) throw FisherKernelsException.Argument("the profile belongs to another plan");
+        profile?.BeginRun();
+        foreach (var (index, step, inputTangents, outputTangents, constantInputs) in forward)
         {
             long start = System.Diagnostics.Stopwatch.GetTimestamp();
-            step.Op.Jvp(context, step.Inputs, step.Outputs, inputTangents, outputTangents);
-            profile.Add(index, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+            context.ConstantInputs = constantInputs;
+            try { step.Op.Jvp(context, step.Inputs, step.Outputs, inputTangents, outputTangents); }
+            finally { context.ConstantInputs = 0; }
+            profile?.Add(index, System.Diagnostics.Stopwatch.GetTimestamp() - start);
         }
     }
 }

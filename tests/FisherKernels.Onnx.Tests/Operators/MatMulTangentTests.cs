@@ -1,0 +1,56 @@
+using FisherKernels.Backends.Cpu;
+using FisherKernels.Onnx.Operators;
+
+namespace FisherKernels.Tests.Operators;
+
+/// <summary>
+/// The packed MatMul JVP, tY = tA·B + A·tB in one kernel pass, against float64 products: every choice of its
+/// B operands (B packed per call or the constant weight packed once; tB read in place, packed in whole for rows
+/// 1 KB apart, or only its last, narrower panel), each tangent alone and both, on one and two threads (the
+/// same bits: each panel is computed the same way on either).
+/// </summary>
+public sealed class MatMulTangentTests
+{
+    [Theory]
+    [InlineData(new[] { 3, 40, 70 }, 100)] // tB in place, last panel of 4 columns packed
+    [InlineData(new[] { 96, 64 }, 128)] // tB in place, whole panels only
+    [InlineData(new[] { 1, 8, 260 }, 256)] // rows 1 KB apart in a tB over 256 KB: packed
+    [InlineData(new[] { 2, 9, 257 }, 512)] // packed, rows not a multiple of the 8-row tile
+    public void MatchFloat64Products(int[] aShape, int n)
+    {
+        var random = new Random(aShape.Sum() + n);
+        int k = aShape[^1], rows = aShape.Aggregate(1, (x, y) => x * y) / k;
+        Assert.True(2L * rows * k * n >= 1 << 20, "the case must be large enough for the packed path");
+        var a = OpRunner.Random(random, aShape);
+        var b = OpRunner.Random(random, k, n);
+        var ta = OpRunner.Random(random, aShape);
+        var tb = OpRunner.Random(random, k, n);
+        var op = OpRunner.Create("MatMul", 2);
+        var y = (NdArray<float>)OpRunner.Allocate(op, [a, b])[0];
+        foreach (var (withA, withB) in new[] { (true, true), (true, false), (false, true) })
+        {
+            var expected = new double[rows * n];
+            for (int i = 0; i < rows; i++)
+                for (int j = 0; j < n; j++)
+                {
+                    double sum = 0;
+                    for (int p = 0; p < k; p++)
+                        sum += (withA ? (double)ta.Data[i * k + p] * b.Data[p * n + j] : 0) + (withB ? (double)a.Data[i * k + p] * tb.Data[p * n + j] : 0);
+                    expected[i * n + j] = sum;
+                }
+            float[]? oneThread = null;
+            foreach (int threads in new[] { 1, 2 })
+                foreach (int constantInputs in new[] { 0, 2 })
+                {
+                    var context = new OpContext(new CpuBackend(threads)) { ConstantInputs = constantInputs };
+                    var ty = OpRunner.Random(random, y.Shape); // overwritten
+                    op.Jvp(context, [a, b], [y], [withA ? ta : null, withB ? tb : null], [ty]);
+                    for (int i = 0; i < expected.Length; i++)
+                        Assert.True(Math.Abs(expected[i] - ty.Data[i]) <= 1e-4 * (1 + Math.Abs(expected[i])),
+                                    $"({withA}, {withB}) threads {threads} constant {constantInputs}: element {i}: {ty.Data[i]} against {expected[i]}");
+                    oneThread ??= ty.Data;
+                    Assert.Equal(oneThread, ty.Data);
+                }
+        }
+    }
+}
