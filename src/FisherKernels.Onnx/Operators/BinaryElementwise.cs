@@ -369,6 +369,8 @@ internal sealed class BinaryElementwise : Operator
 
     public override bool IsDifferentiable(int input) => input is 0 or 1;
 
+    public override bool PassesGradientUnchanged(int input) => Node.OpType == "Add" || (Node.OpType == "Sub" && input == 0);
+
     public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
     {
         switch (Node.OpType)

@@ -116,6 +116,12 @@ public abstract class Operator
     /// </summary>
     public virtual bool IsDifferentiable(int input) => false;
 
+    /// <summary>
+    /// Whether output 0's gradient passes to input <paramref name="input"/> unchanged when the two have one
+    /// shape (views; Add): the backward pass may then give both one buffer instead of adding one into the other.
+    /// </summary>
+    public virtual bool PassesGradientUnchanged(int input) => IsView && input == 0;
+
     /// <summary>Whether <see cref="Vjp"/> honours <see cref="OpContext.FreshGradients"/> (writes those input gradients whole).</summary>
     public virtual bool WritesFreshGradients => false;
 

@@ -66,9 +66,14 @@ public sealed class Backward
                     if (step.InputIds[i] >= 0 && reached[step.InputIds[i]] && (step.Op.IsView ? i == 0 : step.Op.IsDifferentiable(i)))
                         foreach (int o in step.OutputIds) reached[o] = true;
         }
+        var hasGradient = new bool[values.Count];
         for (int id = 0; id < values.Count; id++)
-            if (needed[id] && reached[id] && values[id].DependsOnVariable && values[id].Info.Type == ElementType.Float32)
-                gradients[id] = new NdArray<float>(values[id].Info.Shape);
+            hasGradient[id] = needed[id] && reached[id] && values[id].DependsOnVariable && values[id].Info.Type == ElementType.Float32;
+        var aliasOf = Aliases(steps, hasGradient, seedIds);
+        // Top down, so that a shared buffer exists before the values below it take it (an alias is a later step's output).
+        for (int id = values.Count - 1; id >= 0; id--)
+            if (hasGradient[id])
+                gradients[id] = aliasOf[id] > id ? new NdArray<float>(values[id].Info.Shape, gradients[aliasOf[id]]!.Data) : new NdArray<float>(values[id].Info.Shape);
 
         var written = new bool[values.Count];
         foreach (int id in seedIds)
@@ -82,6 +87,13 @@ public sealed class Backward
             var outputGrads = step.OutputIds.Select(o => gradients[o]).ToArray();
             if (outputGrads.All(g => g is null)) continue;
             var inputGrads = step.InputIds.Select((id, i) => id >= 0 && (step.Op.IsView ? i == 0 : step.Op.IsDifferentiable(i)) ? gradients[id] : null).ToArray();
+            for (int i = 0; i < inputGrads.Length; i++)
+                if (inputGrads[i] is not null && aliasOf[step.InputIds[i]] > step.InputIds[i])
+                {
+                    // Shares the output's buffer, which already holds it: nothing to add.
+                    written[step.InputIds[i]] = true;
+                    inputGrads[i] = null;
+                }
             if (inputGrads.All(g => g is null)) continue;
             var firstWrites = new List<NdArray<float>>();
             int fresh = 0;
@@ -96,6 +108,41 @@ public sealed class Backward
         }
         for (int id = 0; id < values.Count; id++)
             if (gradients[id] is { } g && !written[id]) unwritten.Add(g);
+    }
+
+    /// <summary>
+    /// For each value, the output whose gradient buffer it shares (−1: its own). An input that an operator
+    /// passes through unchanged (a view, a residual or bias Add's full-shape operand) and that nothing else
+    /// reads has exactly the output's gradient: sharing the buffer saves the copy. At most one input per
+    /// step shares, so each shared buffer is a chain of values whose gradients are all equal and written
+    /// once, before the chain's consumers read it; seeds (filled by the caller) keep their own.
+    /// </summary>
+    private int[] Aliases(IReadOnlyList<ExecutionPlan.Step> steps, bool[] hasGradient, HashSet<int> seedIds)
+    {
+        var values = plan.Values;
+        var readers = new int[values.Count];
+        foreach (var step in steps)
+        {
+            if (!step.OutputIds.Any(o => hasGradient[o])) continue;
+            for (int i = 0; i < step.InputIds.Length; i++)
+                if (step.InputIds[i] >= 0 && (step.Op.IsView ? i == 0 : step.Op.IsDifferentiable(i))) readers[step.InputIds[i]]++;
+        }
+        var aliasOf = new int[values.Count];
+        Array.Fill(aliasOf, -1);
+        foreach (var step in steps)
+        {
+            int output = step.OutputIds[0];
+            if (!hasGradient[output] || seedIds.Contains(output)) continue;
+            for (int i = 0; i < step.InputIds.Length; i++)
+            {
+                int id = step.InputIds[i];
+                if (id < 0 || id >= output || !hasGradient[id] || readers[id] != 1 || seedIds.Contains(id) || !step.Op.PassesGradientUnchanged(i)) continue;
+                if (!(step.Op.IsView ? values[id].Info.Length == values[output].Info.Length : values[id].Info.Shape.AsSpan().SequenceEqual(values[output].Info.Shape))) continue;
+                aliasOf[id] = output;
+                break;
+            }
+        }
+        return aliasOf;
     }
 
     public ExecutionPlan Plan => plan;

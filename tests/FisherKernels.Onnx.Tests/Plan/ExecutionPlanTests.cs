@@ -187,7 +187,8 @@ public class ExecutionPlanTests
         Assert.Equal(3, forwardRows["MatMul"]);
         Assert.False(forwardRows.ContainsKey("Reshape")); // a view costs the forward nothing
 
-        // The reverse walk from a3 (not y): Mul and Sub are off its path; the Reshape's gradient is a copy, timed.
+        // The reverse walk from a3 (not y): Mul and Sub are off its path, and the Reshape costs nothing (its input's
+        // gradient is its output's buffer).
         var backward = new Backward(plan, ["a3"]);
         var reverse = new PlanProfile(plan);
         for (int run = 0; run < 3; run++)
@@ -200,12 +201,81 @@ public class ExecutionPlanTests
         var rows = reverse.ByOperator().ToDictionary(r => r.OpType, r => r.Steps);
         Assert.Equal(3, rows["MatMul"]);
         Assert.Equal(2, rows["Softmax"]);
-        Assert.Equal(1, rows["Reshape"]);
+        Assert.Equal(3, rows["Add"]); // the bias gradients
+        Assert.False(rows.ContainsKey("Reshape"));
         Assert.False(rows.ContainsKey("Mul"));
         Assert.Contains("MatMul", reverse.Format(), StringComparison.Ordinal);
 
         var other = model.GetPlan(new Dictionary<string, int[]> { ["x"] = [3, 4] }, variables.ToHashSet(), keepAll: true);
         Assert.Throws<FisherKernelsException>(() => backward.Run(Context, new PlanProfile(other)));
+    }
+
+    [Fact]
+    public void PassThroughGradientsShareBuffersOnlyWhereExact()
+    {
+        // m = x·w; r = Reshape(m); r2 = Reshape(r); s = r2 + m (m read twice: its gradient is a sum, not shared);
+        // y = s·s − s. r and r2 share s's gradient buffer (views, then Add); every gradient against float64 by hand,
+        // on two runs without a Clear, and the taps-only pass (targets m) agrees.
+        var w = new TensorProto { Name = "w", DataType = 1, Dims = { 3, 4 } };
+        var random = new Random(8);
+        for (int i = 0; i < 12; i++) w.FloatData.Add((float)(random.NextDouble() * 2 - 1));
+        var graph = new GraphProto
+        {
+            Name = "alias",
+            Initializer = { w },
+            Input = { new ValueInfoProto { Name = "x", Type = FloatType(2, 3) } },
+            Output = { new ValueInfoProto { Name = "y", Type = FloatType(2, 4) } },
+        };
+        NodeProto Shape(string name, params long[] dims) => new()
+        {
+            OpType = "Constant", Name = name, Output = { name },
+            Attribute = { new AttributeProto { Name = "value_ints", Type = AttributeProto.Types.AttributeType.Ints, Ints = { dims } } },
+        };
+        graph.Node.Add(Shape("s42", 4, 2));
+        graph.Node.Add(Shape("s24", 2, 4));
+        graph.Node.Add(Node("MatMul", ["x", "w"], "m"));
+        graph.Node.Add(Node("Reshape", ["m", "s42"], "r"));
+        graph.Node.Add(Node("Reshape", ["r", "s24"], "r2"));
+        graph.Node.Add(Node("Add", ["r2", "m"], "s"));
+        graph.Node.Add(Node("Mul", ["s", "s"], "t"));
+        graph.Node.Add(Node("Sub", ["t", "s"], "y"));
+        using var temp = new TempFolder();
+        File.WriteAllBytes(temp.File("m.onnx"), new ModelProto { IrVersion = 8, OpsetImport = { new OperatorSetIdProto { Version = 17 } }, Graph = graph }.ToByteArray());
+        var model = OnnxModel.Load(temp.File("m.onnx"));
+        var x = new NdArray<float>(2, 3);
+        for (int i = 0; i < x.Data.Length; i++) x.Data[i] = (float)(random.NextDouble() * 2 - 1);
+        var plan = model.GetPlan(new Dictionary<string, int[]> { ["x"] = [2, 3] }, new HashSet<string> { "w" }, keepAll: true);
+        plan.Run(Context, new Dictionary<string, NdArray> { ["x"] = x });
+        var u = Enumerable.Range(0, 8).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
+        var sValues = ((NdArray<float>)plan.Get("s")).Data;
+        var gs = sValues.Select((v, i) => (double)u[i] * 2 * v - u[i]).ToArray();
+        var gm = gs.Select(g => 2 * g).ToArray();
+        var wData = ((NdArray<float>)model.Graph.Initializers["w"]).Data;
+        var gw = new double[12];
+        for (int r = 0; r < 2; r++)
+            for (int k = 0; k < 3; k++)
+                for (int j = 0; j < 4; j++) gw[k * 4 + j] += (double)x.Data[r * 3 + k] * gm[r * 4 + j];
+
+        var backward = new Backward(plan, ["y"]);
+        var taps = new Backward(plan, ["y"], targets: ["m"]);
+        foreach (var pass in new[] { backward, backward, taps })
+        {
+            pass.Clear();
+            u.CopyTo(pass.Gradient("y").Data, 0);
+            pass.Run(Context);
+            void Near(double[] expected, string name)
+            {
+                var actual = pass.Gradient(name).Data;
+                for (int i = 0; i < expected.Length; i++) Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-5 * (1 + Math.Abs(expected[i])), $"{name}[{i}]: {actual[i]} against {expected[i]}");
+            }
+            Near(gm, "m");
+            if (pass == taps) continue;
+            Near(gs, "s");
+            Near(gs, "r2");
+            Near(gs, "r");
+            Near(gw, "w");
+            Assert.Equal([4, 2], pass.Gradient("r").Shape);
+        }
     }
 
     private static NodeProto Node(string op, string[] inputs, string output) =>
