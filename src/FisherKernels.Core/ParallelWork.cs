@@ -1,7 +1,7 @@
-namespace FisherKernels.Onnx.Operators;
+namespace FisherKernels;
 
 /// <summary>
-/// Fork-join for the operators' short parallel loops (tens to hundreds of microseconds). Unlike
+/// Fork-join for short parallel loops (operators, the accumulation kernel) (tens to hundreds of microseconds). Unlike
 /// Parallel.For, the calling thread never waits for a helper that has not started yet: it claims every
 /// item the helpers have not, and waits only for items a helper is running. On a busy machine, where a
 /// pool thread may take milliseconds to be scheduled, the loop then costs at most its serial time.
