@@ -417,6 +417,14 @@ internal sealed class BinaryElementwise : Operator
         }
     }
 
+    /// <summary>x + c, c + x, x − c: output 0's tangent is x's when x alone has one and has the output's shape.</summary>
+    public override int TangentPassesThrough(ReadOnlySpan<NdArray<float>?> inputTangents, int[] outputShape)
+    {
+        int only = inputTangents[0] is null ? inputTangents[1] is null ? -1 : 1 : inputTangents[1] is null ? 0 : -1;
+        bool passes = Node.OpType == "Add" || (Node.OpType == "Sub" && only == 0);
+        return passes && only >= 0 && inputTangents[only]!.Shape.AsSpan().SequenceEqual(outputShape) ? only : -1;
+    }
+
     private static void Forward<TOp>(NdArray a, NdArray b, NdArray y) where TOp : IBinaryOp
     {
         var layout = Broadcast.Create(y.Shape, a.Shape, b.Shape);

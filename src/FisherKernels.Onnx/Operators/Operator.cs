@@ -144,6 +144,13 @@ public abstract class Operator
                             ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents) =>
         throw NotDifferentiable();
 
+    /// <summary>
+    /// The input whose tangent is output 0's tangent, element for element, when only the inputs with a non-null
+    /// <paramref name="inputTangents"/> have one (x + c for a constant c of x's shape or broadcast into it: the
+    /// tangent of x), or −1. The tangent pass then shares that input's tangent buffer and skips <see cref="Jvp"/>.
+    /// </summary>
+    public virtual int TangentPassesThrough(ReadOnlySpan<NdArray<float>?> inputTangents, int[] outputShape) => -1;
+
     /// <summary>VJP of an operator whose first output holds its first input's elements unchanged (reshapes, casts, copies).</summary>
     protected static void PassThroughVjp(ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
     {

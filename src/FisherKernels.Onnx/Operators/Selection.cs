@@ -127,9 +127,38 @@ internal sealed class Where : Operator
 
         public readonly void Run(int output, int c, int x, int y, int length)
         {
+            if (Layout.Step0 == 1 && (TX is null || Layout.Step1 == 1) && (TY is null || Layout.Step2 == 1))
+            {
+                // The condition runs along with each side that has a tangent (an attention mask): a masked select.
+                MaskedSelect(C.AsSpan(c, length), TX is null ? default : TX.AsSpan(x, length), TY is null ? default : TY.AsSpan(y, length), T.AsSpan(output, length));
+                return;
+            }
             for (int i = 0; i < length; i++, c += Layout.Step0, x += Layout.Step1, y += Layout.Step2)
                 T[output + i] = C[c] ? (TX is null ? 0 : TX[x]) : (TY is null ? 0 : TY[y]);
         }
+    }
+
+    /// <summary>
+    /// target[i] = condition[i] ? whenTrue[i] : whenFalse[i], an empty side counting as zeros (8 lanes at a time:
+    /// bools widened to masks).
+    /// </summary>
+    private static unsafe void MaskedSelect(ReadOnlySpan<bool> condition, ReadOnlySpan<float> whenTrue, ReadOnlySpan<float> whenFalse, Span<float> target)
+    {
+        int i = 0, n = target.Length;
+        bool hasTrue = !whenTrue.IsEmpty, hasFalse = !whenFalse.IsEmpty;
+        if (System.Runtime.Intrinsics.X86.Avx2.IsSupported)
+        {
+            fixed (bool* pc = condition) fixed (float* pt = whenTrue, pf = whenFalse, po = target)
+                for (; i + 8 <= n; i += 8)
+                {
+                    var flags = System.Runtime.Intrinsics.X86.Avx2.ConvertToVector256Int32((byte*)pc + i);
+                    var isTrue = ~Vector256.Equals(flags, Vector256<int>.Zero).AsSingle();
+                    var t = hasTrue ? Vector256.Load(pt + i) : Vector256<float>.Zero;
+                    var f = hasFalse ? Vector256.Load(pf + i) : Vector256<float>.Zero;
+                    Vector256.ConditionalSelect(isTrue, t, f).Store(po + i);
+                }
+        }
+        for (; i < n; i++) target[i] = condition[i] ? (hasTrue ? whenTrue[i] : 0) : (hasFalse ? whenFalse[i] : 0);
     }
 }
 

@@ -111,7 +111,27 @@ internal sealed class Softmax : Operator
     {
         if (outputTangents[0] is not { } ty) return;
         if (inputTangents[0] is not { } tx) { ty.Span.Clear(); return; }
-        Derivative(context, Tensors.Float(outputs[0], Node, "output"), tx.Data, ty.Data, reverse: false);
+        var y = Tensors.Float(outputs[0], Node, "output");
+        var (outer, length, inner) = Layout(y.Shape);
+        if (log || inner != 1 || length == 0) { Derivative(context, y, tx.Data, ty.Data, reverse: false); return; }
+        // Softmax over contiguous rows (attention): ty = y ⊙ (tx − ⟨tx, y⟩) in one pass a row, rows split over the threads.
+        int minimumRows = Math.Max(1, BinaryElementwise.ParallelMinimum / length);
+        if (context.Threads > 1 && outer >= 2 * minimumRows) SplitRows(y.Data, tx.Data, ty.Data, length, outer, minimumRows, context.Threads);
+        else RowTangents(y.Data, tx.Data, ty.Data, length, 0, outer);
+    }
+
+    /// <summary>The rows as ranges on the threads (kept apart: its closure allocates).</summary>
+    private static void SplitRows(float[] y, float[] tx, float[] ty, int length, int rows, int minimumRows, int threads) =>
+        ParallelWork.ForRanges(rows, threads, minimumRows, (start, count) => RowTangents(y, tx, ty, length, start, count));
+
+    private static void RowTangents(float[] y, float[] tx, float[] ty, int length, int start, int count)
+    {
+        for (int row = start; row < start + count; row++)
+        {
+            var p = y.AsSpan(row * length, length);
+            var t = tx.AsSpan(row * length, length);
+            TensorPrimitives.AddMultiply(t, -TensorPrimitives.Dot(t, p), p, ty.AsSpan(row * length, length));
+        }
     }
 
     /// <summary>Reverse: target += Jᵀ·source. Forward: target = J·source. Per normalized slice.</summary>

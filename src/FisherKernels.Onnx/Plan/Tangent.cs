@@ -5,7 +5,8 @@ namespace FisherKernels.Onnx.Plan;
 /// <summary>
 /// Forward mode over a plan built with variables and <c>keepAll</c>: given a tangent for each variable
 /// (a direction), computes the tangent of every value that depends on one, through each operator's
-/// Jvp, after the plan's forward run. Tangent buffers are allocated once; views share their input's.
+/// Jvp, after the plan's forward run. Tangent buffers are allocated once; views, and steps whose output's
+/// tangent is an input's (<see cref="Operator.TangentPassesThrough"/>), share their input's.
 /// </summary>
 public sealed class Tangent
 {
@@ -31,16 +32,18 @@ public sealed class Tangent
             var inputTangents = step.InputIds.Select((id, i) => id >= 0 && (step.Op.IsView ? i == 0 : step.Op.IsDifferentiable(i)) ? tangents[id] : null).ToArray();
             if (inputTangents.All(t => t is null)) continue;
             var outputTangents = new NdArray<float>?[step.OutputIds.Length];
+            // A view's output, or x + c's, has its input's tangent: the same buffer, no step.
+            int passedThrough = step.Op.IsView ? 0 : step.Op.TangentPassesThrough(inputTangents, values[step.OutputIds[0]].Info.Shape);
             for (int j = 0; j < outputTangents.Length; j++)
             {
                 var v = values[step.OutputIds[j]];
                 if (v.Info.Type != ElementType.Float32) continue;
-                outputTangents[j] = step.Op.IsView && j == 0
-                    ? new NdArray<float>(v.Info.Shape, inputTangents[0]!.Data)
+                outputTangents[j] = passedThrough >= 0 && j == 0
+                    ? new NdArray<float>(v.Info.Shape, inputTangents[passedThrough]!.Data)
                     : new NdArray<float>(v.Info.Shape);
                 tangents[step.OutputIds[j]] = outputTangents[j];
             }
-            if (!step.Op.IsView) forward.Add(new TangentStep(s, step, inputTangents, outputTangents, ConstantInputs(step)));
+            if (passedThrough < 0) forward.Add(new TangentStep(s, step, inputTangents, outputTangents, ConstantInputs(step)));
         }
     }
 
