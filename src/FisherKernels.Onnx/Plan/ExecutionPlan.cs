@@ -173,6 +173,13 @@ public sealed class ExecutionPlan
         AllocateBuffers(pending, keepAll);
     }
 
+    /// <summary>A value a fused step adds (e.g. a slope kept for the derivative passes), with the type, shape and dependence of <paramref name="like"/>.</summary>
+    internal void AddFusedValue(string name, string like)
+    {
+        var source = values[Id(like)];
+        Add(name, source.Info).DependsOnVariable = source.DependsOnVariable;
+    }
+
     /// <summary>Runs a node whose inputs are all known, at build time: its outputs become constants.</summary>
     private TensorInfo[] Fold(Operator op, Node node, TensorInfo?[] inputs, TensorInfo[] outputs)
     {

@@ -6,9 +6,10 @@ namespace FisherKernels.Onnx.Plan;
 /// <summary>
 /// Plan-time rewrites: chains of small operators that exporters emit for one layer become one operator
 /// that makes one pass over the data. Decomposed LayerNorm and RMSNorm become <see cref="Normalization"/>,
-/// tanh and erf GELU become the GELU of <see cref="UnaryElementwise"/>; these have derivatives, so derivative
-/// plans (variables, values kept) get them too, with the normalization's scale and bias as its inputs
-/// (their gradients and tangents flow through it). A constant inside a chain (ε, ½, 0.044715, …) must
+/// tanh and erf GELU become the GELU of <see cref="UnaryElementwise"/> (in derivative plans <see cref="GeluWithSlope"/>,
+/// which keeps its slope for the derivative passes); these have derivatives, so derivative plans (variables,
+/// values kept) get them too, with the normalization's scale and bias as its inputs (their gradients and
+/// tangents flow through it). A constant inside a chain (ε, ½, 0.044715, …) must
 /// be known at build time, so a variable there keeps its chain decomposed. Inference plans alone also get
 /// MatMul by a constant weight (with the bias Add and a GELU after it) as <see cref="PackedMatMul"/> and
 /// scaled dot-product attention as <see cref="FusedAttention"/> (neither has derivatives). A chain fuses only
@@ -24,11 +25,13 @@ internal sealed class Fusion
     private readonly Dictionary<string, int> producers = [];
     private readonly HashSet<string> graphOutputs;
     private readonly bool[] removed;
+    private readonly bool derivatives;
 
-    private Fusion(ExecutionPlan plan, List<(Node Node, Operator Op)> steps)
+    private Fusion(ExecutionPlan plan, List<(Node Node, Operator Op)> steps, bool derivatives)
     {
         this.plan = plan;
         this.steps = steps;
+        this.derivatives = derivatives;
         removed = new bool[steps.Count];
         graphOutputs = plan.Model.Graph.Outputs.Select(o => o.Name).ToHashSet();
         for (int s = 0; s < steps.Count; s++)
@@ -49,7 +52,7 @@ internal sealed class Fusion
     /// </summary>
     public static List<(Node Node, Operator Op)> Apply(ExecutionPlan plan, List<(Node Node, Operator Op)> steps, bool derivatives)
     {
-        var fusion = new Fusion(plan, steps);
+        var fusion = new Fusion(plan, steps, derivatives);
         for (int s = 0; s < steps.Count; s++)
         {
             if (fusion.removed[s] || steps[s].Node.Domain.Length != 0) continue;
@@ -164,8 +167,7 @@ internal sealed class Fusion
         // Forwards: Add(tanh, 1), then ½x times it (Mul(Mul(x, ½), ·), or ½ applied last).
         if (Only(Node(tanh).Outputs[0]) is not int plusOne || Node(plusOne).OpType != "Add" || !HasScalar(plusOne, 1, out _)) return;
         if (!TryHalfXTimes(x, plusOne, out var tail)) return;
-        Replace([cube, cubic, add, scale, tanh, plusOne, .. tail], "Gelu", "", 20, [x], OperatorAttributes.Empty.Set("approximate", "tanh"),
-                node => new UnaryElementwise(node));
+        ReplaceGelu([cube, cubic, add, scale, tanh, plusOne, .. tail], x, tanh: true);
     }
 
     // ---- GELU (erf): x · ½ · (1 + erf(x / √2))
@@ -181,7 +183,20 @@ internal sealed class Fusion
         else return;
         if (Only(Node(erf).Outputs[0]) is not int plusOne || Node(plusOne).OpType != "Add" || !HasScalar(plusOne, 1, out _)) return;
         if (!TryHalfXTimes(x, plusOne, out var tail)) return;
-        Replace([scale, erf, plusOne, .. tail], "Gelu", "", 20, [x], OperatorAttributes.Empty, node => new UnaryElementwise(node));
+        ReplaceGelu([scale, erf, plusOne, .. tail], x, tanh: false);
+    }
+
+    /// <summary>The GELU chain as one operator: ONNX Gelu in an inference plan, <see cref="GeluWithSlope"/> (a second output, the slope) in a derivative plan.</summary>
+    private void ReplaceGelu(List<int> chain, string x, bool tanh)
+    {
+        var attributes = tanh ? OperatorAttributes.Empty.Set("approximate", "tanh") : OperatorAttributes.Empty;
+        if (!derivatives)
+        {
+            Replace(chain, "Gelu", "", 20, [x], attributes, node => new UnaryElementwise(node));
+            return;
+        }
+        string y = Node(chain[^1]).Outputs[0];
+        Replace(chain, "Gelu", "fisherkernels", 1, [x], attributes, node => new GeluWithSlope(node, tanh), [y, $"\0{y}:slope"]);
     }
 
     /// <summary>
@@ -409,8 +424,9 @@ internal sealed class Fusion
     }
 
     /// <summary>Replaces <paramref name="chain"/> (its last step ends it) with one fused step, if its intermediates stay inside it.</summary>
+    /// <param name="outputs">The fused step's outputs when they are not the last node's: new ones (after those) become values of the plan.</param>
     private void Replace(IReadOnlyList<int> chain, string opType, string domain, int opset, string[] inputs, OperatorAttributes attributes,
-                         Func<OperatorNode, Operator> create)
+                         Func<OperatorNode, Operator> create, string[]? outputs = null)
     {
         var members = chain.ToHashSet();
         if (members.Count != chain.Count || members.Any(s => removed[s])) return;
@@ -420,8 +436,10 @@ internal sealed class Fusion
                 if (s != last && (graphOutputs.Contains(output) || (consumers.TryGetValue(output, out var readers) && readers.Any(r => !removed[r] && !members.Contains(r)))))
                     return;
         var lastNode = Node(last);
-        var node = new Node { Name = lastNode.Name, OpType = opType, Domain = domain, Inputs = inputs, Outputs = lastNode.Outputs, Attributes = attributes };
-        var op = create(new OperatorNode($"{lastNode.Name} (fused)", opType, domain, opset, attributes, inputs.Length, lastNode.Outputs.Length));
+        outputs ??= lastNode.Outputs;
+        foreach (var output in outputs.Skip(lastNode.Outputs.Length)) plan.AddFusedValue(output, lastNode.Outputs[0]);
+        var node = new Node { Name = lastNode.Name, OpType = opType, Domain = domain, Inputs = inputs, Outputs = outputs, Attributes = attributes };
+        var op = create(new OperatorNode($"{lastNode.Name} (fused)", opType, domain, opset, attributes, inputs.Length, outputs.Length));
         foreach (int s in chain) removed[s] = s != last;
         steps[last] = (node, op);
         foreach (var input in inputs)

@@ -160,6 +160,59 @@ public class DerivativeFusionTests
         }
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void GeluWithSlopeMatchesFloat64OnTheThreads(bool tanh)
+    {
+        // Long enough to split across two threads; the input gradient both fresh (written over garbage) and accumulated.
+        var random = new Random(3);
+        var x = OpRandom(random, 1, 64, 1024);
+        for (int i = 0; i < x.Data.Length; i++) x.Data[i] *= 4;
+        var gy = OpRandom(random, 1, 64, 1024);
+        var op = new GeluWithSlope(new OperatorNode("gelu", "Gelu", "fisherkernels", 1, OperatorAttributes.Empty, 1, 2), tanh);
+        double[] expectedY = new double[x.Length], slope = new double[x.Length];
+        for (int i = 0; i < x.Length; i++)
+        {
+            double v = x.Data[i];
+            if (tanh)
+            {
+                double t = Math.Tanh(Math.Sqrt(2 / Math.PI) * (v + 0.044715 * v * v * v));
+                expectedY[i] = 0.5 * v * (1 + t);
+                slope[i] = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * Math.Sqrt(2 / Math.PI) * (1 + 3 * 0.044715 * v * v);
+            }
+            else
+            {
+                double cdf = 0.5 * (1 + Erf(v / Math.Sqrt(2)));
+                expectedY[i] = v * cdf;
+                slope[i] = cdf + v * Math.Exp(-0.5 * v * v) / Math.Sqrt(2 * Math.PI);
+            }
+        }
+        foreach (var context in new[] { Context, TwoThreads })
+        {
+            var y = new NdArray<float>(x.Shape);
+            var kept = new NdArray<float>(x.Shape);
+            op.Forward(context, [x], [y, kept]);
+            var fresh = new NdArray<float>(x.Shape);
+            Array.Fill(fresh.Data, float.NaN);
+            context.FreshGradients = 1;
+            try { op.Vjp(context, [x], [y, kept], [gy, null], [fresh]); }
+            finally { context.FreshGradients = 0; }
+            var accumulated = new NdArray<float>(x.Shape);
+            Array.Fill(accumulated.Data, 1f);
+            op.Vjp(context, [x], [y, kept], [gy, null], [accumulated]);
+            var ty = new NdArray<float>(x.Shape);
+            op.Jvp(context, [x], [y, kept], [gy], [ty, null]);
+            for (int i = 0; i < x.Length; i++)
+            {
+                Assert.Equal(expectedY[i], y.Data[i], 1e-5 * (1 + Math.Abs(expectedY[i])));
+                Assert.Equal(gy.Data[i] * slope[i], fresh.Data[i], 4e-6);
+                Assert.Equal(1 + gy.Data[i] * slope[i], accumulated.Data[i], 4e-6);
+                Assert.Equal(gy.Data[i] * slope[i], ty.Data[i], 4e-6);
+            }
+        }
+    }
+
     // ---- the layer: x [2, 5, 8] → MatMul w [8, 12] → Add b → GELU (tanh or erf, as exporters decompose it) → LayerNorm or RMSNorm → y
 
     private static ModelProto LayerModel(string gelu, string norm)
