@@ -137,7 +137,12 @@ internal static unsafe class PackedGemm
             {
                 int rows = Math.Min(TileRows, m - i);
                 float* target = c + (long)i * ldc + j * PanelWidth;
-                if (rows == TileRows && columns == PanelWidth) { Tile8(first.Rows(i), other.Rows(i), panelBias, target, ldc); continue; }
+                if (rows == TileRows && columns == PanelWidth)
+                {
+                    if (other.K == 0) Tile8(a + (long)i * lda, lda, k, first.Panels, panelBias, target, ldc);
+                    else Tile8(first.Rows(i), other.Rows(i), panelBias, target, ldc);
+                    continue;
+                }
                 // Edge tile: compute whole rows into the scratch tile, copy the valid part.
                 for (int r = 0; r < rows; r++) Row(first.Rows(i + r), other.Rows(i + r), panelBias, tile + r * PanelWidth);
                 for (int r = 0; r < rows; r++) new ReadOnlySpan<float>(tile + r * PanelWidth, columns).CopyTo(new Span<float>(target + (long)r * ldc, columns));
@@ -158,6 +163,41 @@ internal static unsafe class PackedGemm
         public SecondProduct Rows(int row) => new(A + (long)row * Lda, Lda, K, Panels, Ldb);
 
         public SecondProduct Panel(int j) => new(A, Lda, K, Panels + (Ldb == PanelWidth ? (long)j * K * PanelWidth : (long)j * PanelWidth), Ldb);
+    }
+
+    /// <summary>
+    /// One 8×32 tile of a single product: 16 accumulators, two B vectors per k, one broadcast of A per row. Kept
+    /// apart from the two-product tile: its constant panel stride and fewer live pointers keep the loop in
+    /// registers (the general tile runs the forward's GEMMs 15–30% slower, measured).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile8(float* a, int lda, int k, float* b, float* bias, float* c, int ldc)
+    {
+        Vector512<float> s0 = bias == null ? default : Vector512.Load(bias), s1 = bias == null ? default : Vector512.Load(bias + 16);
+        Vector512<float> c00 = s0, c01 = s1, c10 = s0, c11 = s1, c20 = s0, c21 = s1, c30 = s0, c31 = s1;
+        Vector512<float> c40 = s0, c41 = s1, c50 = s0, c51 = s1, c60 = s0, c61 = s1, c70 = s0, c71 = s1;
+        float* a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda, a6 = a5 + lda, a7 = a6 + lda;
+        for (int p = 0; p < k; p++, b += PanelWidth)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var x = Vector512.Create(a[p]); c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
+            x = Vector512.Create(a1[p]); c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
+            x = Vector512.Create(a2[p]); c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
+            x = Vector512.Create(a3[p]); c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
+            x = Vector512.Create(a4[p]); c40 = Vector512.FusedMultiplyAdd(x, b0, c40); c41 = Vector512.FusedMultiplyAdd(x, b1, c41);
+            x = Vector512.Create(a5[p]); c50 = Vector512.FusedMultiplyAdd(x, b0, c50); c51 = Vector512.FusedMultiplyAdd(x, b1, c51);
+            x = Vector512.Create(a6[p]); c60 = Vector512.FusedMultiplyAdd(x, b0, c60); c61 = Vector512.FusedMultiplyAdd(x, b1, c61);
+            x = Vector512.Create(a7[p]); c70 = Vector512.FusedMultiplyAdd(x, b0, c70); c71 = Vector512.FusedMultiplyAdd(x, b1, c71);
+        }
+        c00.Store(c); c01.Store(c + 16); c += ldc;
+        c10.Store(c); c11.Store(c + 16); c += ldc;
+        c20.Store(c); c21.Store(c + 16); c += ldc;
+        c30.Store(c); c31.Store(c + 16); c += ldc;
+        c40.Store(c); c41.Store(c + 16); c += ldc;
+        c50.Store(c); c51.Store(c + 16); c += ldc;
+        c60.Store(c); c61.Store(c + 16); c += ldc;
+        c70.Store(c); c71.Store(c + 16);
     }
 
     /// <summary>One 8×32 tile: 16 accumulators, two B vectors per k, one broadcast of A per row; then the second product's terms.</summary>
