@@ -193,44 +193,51 @@ internal sealed class MatMul : Operator
         }
     }
 
-    /// <summary>gA [rows×K] (+)= gY [rows×N]·Bᵀ, Bᵀ packed straight from B by 8×8 transposes.</summary>
+    /// <summary>gA [rows×K] (+)= gY [rows×N]·Bᵀ, each panel of Bᵀ packed straight from B by 8×8 transposes on the thread that multiplies it.</summary>
     private static unsafe void PackedInputGradient(OpContext context, float* gy, float* b, float* ga, int rows, int k, int n, bool accumulate)
     {
         // B' = Bᵀ is [N×K]: its panel j (columns 32j.. of Bᵀ) is the transpose of rows 32j.. of B.
         const int w = PackedGemm.PanelWidth;
-        int panels = PackedGemm.PanelCount(k);
-        var scratch = context.Scratch((long)panels * n * w);
+        var scratch = context.Scratch((long)PackedGemm.PanelCount(k) * n * w);
         fixed (float* packed = scratch)
         {
-            for (int j = 0; j < panels; j++)
+            nint pb = (nint)b, pp = (nint)packed;
+            void Pack(int j)
             {
                 int columns = Math.Min(w, k - j * w);
-                float* panel = packed + (long)j * n * w;
-                Transpose(b + (long)j * w * n, columns, n, n, panel, w);
+                float* panel = (float*)pp + (long)j * n * w;
+                Transpose((float*)pb + (long)j * w * n, columns, n, n, panel, w);
                 if (columns < w)
                     for (int r = 0; r < n; r++) new Span<float>(panel + (long)r * w + columns, w - columns).Clear();
             }
-            MultiplyPacked(context, gy, n, rows, packed, k, ga, accumulate);
+            MultiplyPacked(context, gy, n, rows, packed, k, ga, accumulate, Pack);
         }
     }
 
-    /// <summary>gB [K×N] (+)= Aᵀ·gY over the stacked rows: Aᵀ by 8×8 transposes, gY packed as B.</summary>
+    /// <summary>gB [K×N] (+)= Aᵀ·gY over the stacked rows: Aᵀ by 8×8 transposes (row blocks on the threads), each panel of gY packed by the thread that multiplies it.</summary>
     private static unsafe void PackedWeightGradient(OpContext context, float* a, float* gy, float* gb, int rows, int k, int n, bool accumulate)
     {
-        long packedLength = (long)PackedGemm.PanelCount(n) * rows * PackedGemm.PanelWidth;
+        const int w = PackedGemm.PanelWidth, block = 64;
+        long packedLength = (long)PackedGemm.PanelCount(n) * rows * w;
         var scratch = context.Scratch(packedLength + (long)k * rows);
         fixed (float* s = scratch)
         {
-            float* packed = s, transposed = s + packedLength;
-            PackedGemm.Pack(gy, rows, n, n, 1, packed);
-            Transpose(a, rows, k, k, transposed, rows);
-            MultiplyPacked(context, transposed, rows, k, packed, n, gb, accumulate);
+            nint pa = (nint)a, pgy = (nint)gy, pp = (nint)s, pt = (nint)(s + packedLength);
+            void TransposeRows(int i)
+            {
+                int first = i * block;
+                Transpose((float*)pa + (long)first * k, Math.Min(block, rows - first), k, k, (float*)pt + first, rows);
+            }
+            ParallelWork.For((rows + block - 1) / block, (long)rows * k >= 1 << 15 ? context.Threads : 1, TransposeRows);
+            void Pack(int j) => PackedGemm.Pack((float*)pgy + j * w, rows, Math.Min(w, n - j * w), n, 1, (float*)pp + (long)j * rows * w);
+            MultiplyPacked(context, (float*)pt, rows, k, s, n, gb, accumulate, Pack);
         }
     }
 
     /// <summary>
     /// C [m×n] = A·B (A [m×depth] row-major, B packed with depth rows per panel), panels split over the
-    /// threads; with <paramref name="accumulate"/>, C += A·B by way of rows of a per-panel tile.
+    /// threads, each packed by <paramref name="pack"/>(j) on the thread that multiplies it (while in cache);
+    /// with <paramref name="accumulate"/>, C += A·B by way of rows of a per-panel tile.
     /// </summary>
     /// <remarks>
     /// Derivatives are often zero in whole blocks: a causal mask's upper triangle (in dS, P and their
@@ -239,11 +246,10 @@ internal sealed class MatMul : Operator
     /// runs over the intersection only (an empty one writes zeros): the terms left out are 0·b, so the result
     /// is the same for finite operands, on any thread count.
     /// </remarks>
-    private static unsafe void MultiplyPacked(OpContext context, float* a, int depth, int m, float* packed, int n, float* c, bool accumulate)
+    private static unsafe void MultiplyPacked(OpContext context, float* a, int depth, int m, float* packed, int n, float* c, bool accumulate, Action<int> pack)
     {
-        const int w = PackedGemm.PanelWidth;
         int panels = PackedGemm.PanelCount(n), tiles = (m + TileRows - 1) / TileRows;
-        var ranges = System.Buffers.ArrayPool<int>.Shared.Rent(2 * (tiles + panels));
+        var ranges = System.Buffers.ArrayPool<int>.Shared.Rent(2 * tiles);
         try
         {
             for (int t = 0; t < tiles; t++)
@@ -259,15 +265,12 @@ internal sealed class MatMul : Operator
                 }
                 ranges[2 * t] = lo; ranges[2 * t + 1] = hi;
             }
-            for (int j = 0; j < panels; j++)
-            {
-                float* panel = packed + (long)j * depth * w;
-                int first = FirstNonzero(panel, depth * w);
-                ranges[2 * (tiles + j)] = first < 0 ? depth : first / w;
-                ranges[2 * (tiles + j) + 1] = first < 0 ? 0 : LastNonzero(panel, depth * w) / w + 1;
-            }
             nint pa = (nint)a, pp = (nint)packed, pcc = (nint)c;
-            void Panel(int j) => MultiplyPanel((float*)pa, depth, m, (float*)pp, n, (float*)pcc, accumulate, j, ranges, tiles);
+            void Panel(int j)
+            {
+                pack(j);
+                MultiplyPanel((float*)pa, depth, m, (float*)pp, n, (float*)pcc, accumulate, j, ranges, tiles);
+            }
             ParallelWork.For(panels, context.Threads, Panel);
         }
         finally { System.Buffers.ArrayPool<int>.Shared.Return(ranges); }
@@ -280,7 +283,9 @@ internal sealed class MatMul : Operator
     {
         const int w = PackedGemm.PanelWidth;
         int columns = Math.Min(w, n - j * w);
-        int panelLo = ranges[2 * (tiles + j)], panelHi = ranges[2 * (tiles + j) + 1];
+        float* panel = packed + (long)j * depth * w;
+        int first = FirstNonzero(panel, depth * w);
+        int panelLo = first < 0 ? depth : first / w, panelHi = first < 0 ? 0 : LastNonzero(panel, depth * w) / w + 1;
         (int Lo, int Hi) Range(int t)
         {
             int lo = Math.Max(ranges[2 * t], panelLo), hi = Math.Min(ranges[2 * t + 1], panelHi);
