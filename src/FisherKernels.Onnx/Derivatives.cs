@@ -87,11 +87,11 @@ public static class Derivatives
 
     internal static void Softmax(ReadOnlySpan<float> z, Span<float> p)
     {
-        float max = System.Numerics.Tensors.TensorPrimitives.Max(z);
+        System.Numerics.Tensors.TensorPrimitives.Subtract(z, System.Numerics.Tensors.TensorPrimitives.Max(z), p);
+        System.Numerics.Tensors.TensorPrimitives.Exp(p, p);
         double sum = 0;
-        for (int i = 0; i < z.Length; i++) sum += p[i] = MathF.Exp(z[i] - max);
-        float inv = (float)(1 / sum);
-        for (int i = 0; i < p.Length; i++) p[i] *= inv;
+        foreach (float v in p) sum += v;
+        System.Numerics.Tensors.TensorPrimitives.Multiply(p, (float)(1 / sum), p);
     }
 
     internal static Dictionary<string, int[]> Shapes(Dictionary<string, NdArray> inputs) => inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape);

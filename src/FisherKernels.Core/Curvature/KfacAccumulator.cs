@@ -1,4 +1,6 @@
+using System.Buffers;
 using System.Globalization;
+using System.Numerics.Tensors;
 using FisherKernels.Backends;
 using FisherKernels.IO;
 
@@ -233,24 +235,31 @@ public sealed class KfacAccumulator
             throw FisherKernelsException.Argument($"K-FAC fit: sampling labels needs logits [{positions} × {vocab}] and {positions} targets and labels");
         int batch = batchPositions >= 0 ? BatchesDone : throw new InvalidOperationException("K-FAC fit: SampleLabels called outside a batch");
         var rng = new SplitMix64(Options.Seed, batch, stream: 1 + draw);
-        for (int m = 0; m < positions; m++)
+        float[] weights = ArrayPool<float>.Shared.Rent(vocab);
+        try
         {
-            double u = rng.NextDouble();
-            if (targets[m] == -100) { labels[m] = -100; continue; }
-            ReadOnlySpan<float> z = logits.Slice(m * vocab, vocab);
-            float max = float.NegativeInfinity;
-            foreach (float v in z) max = Math.Max(max, v);
-            double total = 0;
-            foreach (float v in z) total += Math.Exp(v - max);
-            double threshold = u * total, cumulative = 0;
-            int label = vocab - 1;
-            for (int y = 0; y < vocab; y++)
+            Span<float> e = weights.AsSpan(0, vocab);
+            for (int m = 0; m < positions; m++)
             {
-                cumulative += Math.Exp(z[y] - max);
-                if (cumulative > threshold) { label = y; break; }
+                double u = rng.NextDouble();
+                if (targets[m] == -100) { labels[m] = -100; continue; }
+                // exp(z − max) in SIMD once; the sums in float64, so the label is the inverse CDF of the softmax.
+                ReadOnlySpan<float> z = logits.Slice(m * vocab, vocab);
+                TensorPrimitives.Subtract(z, TensorPrimitives.Max(z), e);
+                TensorPrimitives.Exp(e, e);
+                double total = 0;
+                foreach (float v in e) total += v;
+                double threshold = u * total, cumulative = 0;
+                int label = vocab - 1;
+                for (int y = 0; y < vocab; y++)
+                {
+                    cumulative += e[y];
+                    if (cumulative > threshold) { label = y; break; }
+                }
+                labels[m] = label;
             }
-            labels[m] = label;
         }
+        finally { ArrayPool<float>.Shared.Return(weights); }
     }
 
     /// <summary>The fitted curvature (copies of the factors) with the SPEC §5 metadata.</summary>
