@@ -140,56 +140,51 @@ internal sealed class MatMul : Operator
             }
     }
 
-    /// <summary>The packed JVP over <paramref name="batches"/> products, as <see cref="PackedVjp"/>.</summary>
+    /// <summary>
+    /// The packed JVP over <paramref name="batches"/> products (B per batch when there are several): per batch,
+    /// tY = tA·B + A·tB in one kernel pass (both products add up in its registers, tY is written once); a missing
+    /// tangent drops its product. One work item per batch and column panel, so the heads of attention share one
+    /// fork-join. B is a constant weight's packing (bit 1 of <see cref="OpContext.ConstantInputs"/>, shared with
+    /// the inference plans' PackedMatMul) or its panel is packed by the item that multiplies it (still in cache).
+    /// tB is read in place where it can be: not a last panel of fewer than 32 columns, and not rows a multiple of
+    /// 1 KB apart in a tB over 256 KB (their panel maps to few cache sets and streams from memory for every tile:
+    /// 10–15% slower, measured); those panels are packed too.
+    /// </summary>
     private static unsafe void PackedJvp(OpContext context, float[] a, float[]? ta, float[] b, float[]? tb, float[] ty, int batches, int rows, int k, int n)
     {
         if (ta is null && tb is null) { ty.AsSpan().Clear(); return; }
-        // A constant weight (bit 1) is packed once, shared with the inference plans' PackedMatMul.
-        float[]? packedB = ta is not null && batches == 1 && (context.ConstantInputs & 2) != 0 ? PackedWeights.For(b, k, n).Panels : null;
-        fixed (float* pa = a, pta = ta, pb = b, ptb = tb, pty = ty, ppb = packedB)
-            for (int i = 0; i < batches; i++)
-            {
-                long offsetA = (long)i * rows * k, offsetB = (long)i * k * n;
-                PackedTangent(context, pa + offsetA, pta == null ? null : pta + offsetA, pb + offsetB, ppb, ptb == null ? null : ptb + offsetB,
-                              pty + (long)i * rows * n, rows, k, n);
-            }
-    }
-
-    /// <summary>
-    /// tY = tA·B + A·tB in one kernel pass (both products add up in its registers, tY is written once); a
-    /// missing tangent drops its product. B comes <paramref name="packedB"/> or is packed a panel at a time by
-    /// the thread that multiplies it (still in cache for the product). tB is read in place where it can be:
-    /// not a last panel of fewer than 32 columns, and not rows a multiple of 1 KB apart in a tB over 256 KB
-    /// (their panel maps to few cache sets and streams from memory for every tile: 10–15% slower, measured);
-    /// those panels are packed too.
-    /// </summary>
-    private static unsafe void PackedTangent(OpContext context, float* a, float* ta, float* b, float* packedB, float* tb, float* ty, int rows, int k, int n)
-    {
         const int w = PackedGemm.PanelWidth;
         int panels = PackedGemm.PanelCount(n);
-        bool packB = ta != null && packedB == null, packTb = n % 256 == 0 && (long)k * n > 1 << 16;
-        long panelsLength = (long)panels * k * w;
-        fixed (float* scratch = context.Scratch((packB ? panelsLength : 0) + (packTb ? panelsLength : k * w)))
+        float[]? constantB = ta is not null && batches == 1 && (context.ConstantInputs & 2) != 0 ? PackedWeights.For(b, k, n).Panels : null;
+        bool packB = ta is not null && constantB is null, packTb = n % 256 == 0 && (long)k * n > 1 << 16;
+        long panel = (long)k * w, slot = (packB ? panel : 0) + (tb is null ? 0 : panel);
+        fixed (float* pa = a, pta = ta, pb = b, ptb = tb, pty = ty, pconstant = constantB, scratch = context.Scratch(batches * panels * slot))
         {
-            float* packedTb = scratch;
-            if (packB) packedB = scratch + (packTb ? panelsLength : k * w);
-            nint pa = (nint)a, pta = (nint)ta, pb = (nint)b, ppb = (nint)packedB, ptb = (nint)tb, pptb = (nint)packedTb, pty = (nint)ty;
-            void Panel(int j)
+            nint na = (nint)pa, nta = (nint)pta, nb = (nint)pb, ntb = (nint)ptb, nty = (nint)pty, nconstant = (nint)pconstant, nscratch = (nint)scratch;
+            void Item(int item)
             {
-                int columns = Math.Min(w, n - j * w);
-                if (packB) PackedGemm.Pack((float*)pb + j * w, k, columns, n, 1, (float*)ppb + (long)j * k * w);
-                var tangentProduct = default(PackedGemm.SecondProduct);
-                if (ptb != 0 && (packTb || columns < w))
+                int i = item / panels, j = item % panels, columns = Math.Min(w, n - j * w);
+                float* own = (float*)nscratch + item * slot;
+                float* ai = (float*)na + (long)i * rows * k, tai = nta == 0 ? null : (float*)nta + (long)i * rows * k;
+                float* bi = (float*)nb + (long)i * k * n, tbi = ntb == 0 ? null : (float*)ntb + (long)i * k * n;
+                // MultiplyPanels and SecondProduct address panel j from the start of all panels.
+                float* bPanels = (float*)nconstant;
+                if (packB)
                 {
-                    // Packed into panel j's place (or, for the only packed panel, the start of the scratch).
-                    float* panel = (float*)pptb + (packTb ? (long)j * k * w : 0);
-                    PackedGemm.Pack((float*)ptb + j * w, k, columns, n, 1, panel);
-                    tangentProduct = new PackedGemm.SecondProduct((float*)pa, k, k, panel - (long)j * k * w);
+                    PackedGemm.Pack(bi + j * w, k, columns, n, 1, own);
+                    bPanels = own - j * panel;
+                    own += panel;
                 }
-                else if (ptb != 0) tangentProduct = new PackedGemm.SecondProduct((float*)pa, k, k, (float*)ptb, ldb: n);
-                PackedGemm.MultiplyPanels((float*)pta, k, rows, pta == 0 ? 0 : k, (float*)ppb, n, null, (float*)pty, n, j, j + 1, second: tangentProduct);
+                var tangentProduct = default(PackedGemm.SecondProduct);
+                if (tbi != null && (packTb || columns < w))
+                {
+                    PackedGemm.Pack(tbi + j * w, k, columns, n, 1, own);
+                    tangentProduct = new PackedGemm.SecondProduct(ai, k, k, own - j * panel);
+                }
+                else if (tbi != null) tangentProduct = new PackedGemm.SecondProduct(ai, k, k, tbi, ldb: n);
+                PackedGemm.MultiplyPanels(tai, k, rows, tai == null ? 0 : k, bPanels, n, null, (float*)nty + (long)i * rows * n, n, j, j + 1, second: tangentProduct);
             }
-            ParallelWork.For(panels, context.Threads, Panel);
+            ParallelWork.For(batches * panels, context.Threads, Item);
         }
     }
 

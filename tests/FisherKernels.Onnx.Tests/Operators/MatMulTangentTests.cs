@@ -53,4 +53,44 @@ public sealed class MatMulTangentTests
                 }
         }
     }
+
+    [Theory]
+    [InlineData(64, 72, 120)] // the last panel of 24 columns packed, the others read in place
+    [InlineData(40, 64, 256)] // whole panels in place
+    public void BatchedProductsMatchFloat64PerBatch(int m, int k, int n)
+    {
+        // Attention's products: A [2, 2, M, K]·B [2, 2, K, N], one work item per batch and panel.
+        const int batches = 4;
+        var random = new Random(m + k + n);
+        var a = OpRunner.Random(random, 2, 2, m, k);
+        var b = OpRunner.Random(random, 2, 2, k, n);
+        var ta = OpRunner.Random(random, a.Shape);
+        var tb = OpRunner.Random(random, b.Shape);
+        var op = OpRunner.Create("MatMul", 2);
+        var y = (NdArray<float>)OpRunner.Allocate(op, [a, b])[0];
+        foreach (var (withA, withB) in new[] { (true, true), (true, false), (false, true) })
+        {
+            float[]? oneThread = null;
+            foreach (int threads in new[] { 1, 2 })
+            {
+                var ty = OpRunner.Random(random, y.Shape); // overwritten
+                op.Jvp(new OpContext(new CpuBackend(threads)), [a, b], [y], [withA ? ta : null, withB ? tb : null], [ty]);
+                for (int batch = 0; batch < batches; batch++)
+                    for (int i = 0; i < m; i++)
+                        for (int j = 0; j < n; j++)
+                        {
+                            double expected = 0;
+                            for (int p = 0; p < k; p++)
+                            {
+                                int ia = (batch * m + i) * k + p, ib = (batch * k + p) * n + j;
+                                expected += (withA ? (double)ta.Data[ia] * b.Data[ib] : 0) + (withB ? (double)a.Data[ia] * tb.Data[ib] : 0);
+                            }
+                            float actual = ty.Data[(batch * m + i) * n + j];
+                            Assert.True(Math.Abs(expected - actual) <= 1e-4 * (1 + Math.Abs(expected)), $"({withA}, {withB}) batch {batch} ({i}, {j}): {actual} against {expected}");
+                        }
+                oneThread ??= ty.Data;
+                Assert.Equal(oneThread, ty.Data);
+            }
+        }
+    }
 }
