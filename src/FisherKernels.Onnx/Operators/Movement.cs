@@ -190,6 +190,40 @@ internal sealed class Transpose : MovementOperator
         return [new TensorInfo(x.Type, Array.ConvertAll(p, a => x.Shape[a]))];
     }
 
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
+    {
+        if (outputs[0] is NdArray<float> y && SwapsLastTwoAxes(y.Rank)) SwapLastTwoAxes((NdArray<float>)inputs[0]!, y);
+        else base.Forward(context, inputs, outputs);
+    }
+
+    public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                             ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents)
+    {
+        if (outputTangents[0] is { } ty && inputTangents[0] is { } tx && SwapsLastTwoAxes(ty.Rank)) SwapLastTwoAxes(tx, ty);
+        else base.Jvp(context, inputs, outputs, inputTangents, outputTangents);
+    }
+
+    /// <summary>Whether the permutation swaps the last two axes and keeps the others (Kᵀ in attention).</summary>
+    private bool SwapsLastTwoAxes(int rank)
+    {
+        if (rank < 2) return false;
+        for (int i = 0; i < rank; i++)
+        {
+            long axis = perm is null ? rank - 1 - i : perm[i];
+            if (axis != (i < rank - 2 ? i : 2 * rank - 3 - i)) return false;
+        }
+        return true;
+    }
+
+    /// <summary>Each [R×C] matrix of the batch by 8×8 register transposes (the strided copies read one element per cache line).</summary>
+    private static unsafe void SwapLastTwoAxes(NdArray<float> x, NdArray<float> y)
+    {
+        int rows = x.Shape[^2], cols = x.Shape[^1];
+        long matrix = (long)rows * cols, batches = matrix == 0 ? 0 : x.Length / matrix;
+        fixed (float* px = x.Data, py = y.Data)
+            for (long i = 0; i < batches; i++) MatMul.Transpose(px + i * matrix, rows, cols, cols, py + i * matrix, rows);
+    }
+
     protected override void Runs<TSink>(ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs, ref TSink sink)
     {
         var x = inputs[0]!;

@@ -105,4 +105,32 @@ public sealed class TangentFastPathTests
         var context = new OpContext(new CpuBackend(1));
         Assert.Equal(Derivatives.Jvp(lm, context, tokens, withBiases).Data, Derivatives.Jvp(lm, context, tokens, weights).Data);
     }
+
+    [Theory]
+    [InlineData(new[] { 2, 3, 13, 21 }, new long[] { 0, 1, 3, 2 })] // Kᵀ: 8×8 blocks and their edges
+    [InlineData(new[] { 16, 24 }, null)] // rank 2, the default (reversed) permutation
+    [InlineData(new[] { 2, 8, 16 }, new long[] { 1, 0, 2 })] // not a swap of the last two: the strided copies
+    public void TransposeForwardAndTangentMoveEveryElementWhereThePermutationSays(int[] shape, long[]? perm)
+    {
+        var random = new Random(shape.Sum());
+        var attributes = new OperatorAttributes();
+        if (perm is not null) attributes.Set("perm", perm);
+        var op = OpRunner.Create("Transpose", 1, attributes: attributes);
+        var x = R(random, shape);
+        var y = (NdArray<float>)OpRunner.Forward(op, [x])[0];
+        var tx = R(random, shape);
+        var ty = R(random, y.Shape); // overwritten
+        op.Jvp(OpRunner.Context, [x], [y], [tx], [ty]);
+        int rank = shape.Length;
+        var axes = perm?.Select(a => (int)a).ToArray() ?? Enumerable.Range(0, rank).Reverse().ToArray();
+        var index = new int[rank];
+        for (int i = 0; i < x.Data.Length; i++)
+        {
+            for (int d = rank - 1, rest = i; d >= 0; d--) { index[d] = rest % shape[d]; rest /= shape[d]; }
+            int target = 0;
+            for (int d = 0; d < rank; d++) target = target * y.Shape[d] + index[axes[d]];
+            Assert.Equal(x.Data[i], y.Data[target]);
+            Assert.Equal(tx.Data[i], ty.Data[target]);
+        }
+    }
 }
