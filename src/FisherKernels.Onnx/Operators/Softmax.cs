@@ -103,7 +103,42 @@ internal sealed class Softmax : Operator
                              ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
     {
         if (outputGrads[0] is not { } gy || inputGrads[0] is not { } gx) return;
-        Derivative(context, Tensors.Float(outputs[0], Node, "output"), gy.Data, gx.Data, reverse: true);
+        var y = Tensors.Float(outputs[0], Node, "output");
+        bool fresh = (context.FreshGradients & 1) != 0;
+        var (outer, length, inner) = Layout(y.Shape);
+        if (!log && inner == 1 && length is > 0 and <= MaxRowGradient)
+        {
+            // Softmax over contiguous rows (attention): gx (+)= y ⊙ (gy − ⟨gy, y⟩), rows split over the threads.
+            int minimumRows = Math.Max(1, BinaryElementwise.ParallelMinimum / length);
+            if (context.Threads > 1 && outer >= 2 * minimumRows) SplitRowGradients(y.Data, gy.Data, gx.Data, length, outer, minimumRows, context.Threads, fresh);
+            else RowGradients(y.Data, gy.Data, gx.Data, length, 0, outer, fresh);
+            return;
+        }
+        if (fresh) gx.Span.Clear();
+        Derivative(context, y, gy.Data, gx.Data, reverse: true);
+    }
+
+    public override bool WritesFreshGradients => true;
+
+    /// <summary>Longest row whose gradient goes through <see cref="RowGradients"/> (its per-row buffer is on the stack).</summary>
+    private const int MaxRowGradient = 4096;
+
+    /// <summary>The rows as ranges on the threads (kept apart: its closure allocates).</summary>
+    private static void SplitRowGradients(float[] y, float[] gy, float[] gx, int length, int rows, int minimumRows, int threads, bool fresh) =>
+        ParallelWork.ForRanges(rows, threads, minimumRows, (start, count) => RowGradients(y, gy, gx, length, start, count, fresh));
+
+    private static void RowGradients(float[] y, float[] gy, float[] gx, int length, int start, int count, bool fresh)
+    {
+        Span<float> t = fresh ? default : stackalloc float[length];
+        for (int row = start; row < start + count; row++)
+        {
+            var p = y.AsSpan(row * length, length);
+            var g = gy.AsSpan(row * length, length);
+            var target = gx.AsSpan(row * length, length);
+            if (fresh) { TensorPrimitives.AddMultiply(g, -TensorPrimitives.Dot(g, p), p, target); continue; }
+            TensorPrimitives.AddMultiply(g, -TensorPrimitives.Dot(g, p), p, t);
+            TensorPrimitives.Add(target, t, target);
+        }
     }
 
     public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,

@@ -293,6 +293,50 @@ public sealed class PackedMatMulDerivativeTests
 }
 
 /// <summary>
+/// Softmax's VJP over contiguous rows (attention's): gx (+)= y ⊙ (g − ⟨g, y⟩) against float64, added and fresh
+/// (overwritten, whatever the buffer held), rows split over two threads identical to one.
+/// </summary>
+public sealed class SoftmaxRowGradientTests
+{
+    [Fact]
+    public void MatchFloat64OnOneAndTwoThreads()
+    {
+        const int length = 130;
+        var random = new Random(31);
+        var x = OpRunner.Random(random, -4.0, 4.0, 3, 97, length); // 291 rows, above the split threshold
+        var op = OpRunner.Create("Softmax", 1);
+        var y = (NdArray<float>)OpRunner.Allocate(op, [x])[0];
+        op.Forward(OpRunner.Context, [x], [y]);
+        var g = OpRunner.Random(random, y.Shape);
+        var start = OpRunner.Random(random, y.Shape);
+
+        float[] Gradient(int threads, bool fresh)
+        {
+            var context = new OpContext(new FisherKernels.Backends.Cpu.CpuBackend(threads)) { FreshGradients = fresh ? 1 : 0 };
+            var gx = new NdArray<float>(y.Shape, (float[])start.Data.Clone());
+            op.Vjp(context, [x], [y], [g], [gx]);
+            return gx.Data;
+        }
+        foreach (bool fresh in new[] { false, true })
+        {
+            var one = Gradient(1, fresh);
+            Assert.Equal(one, Gradient(2, fresh));
+            for (int row = 0; row < y.Data.Length / length; row++)
+            {
+                double dot = 0;
+                for (int k = 0; k < length; k++) dot += (double)g.Data[row * length + k] * y.Data[row * length + k];
+                for (int k = 0; k < length; k++)
+                {
+                    int i = row * length + k;
+                    double expected = (fresh ? 0 : start.Data[i]) + y.Data[i] * (g.Data[i] - dot);
+                    Assert.True(Math.Abs(expected - one[i]) <= 1e-5 * (1 + Math.Abs(expected)), $"fresh {fresh}, element {i}: {one[i]} against {expected}");
+                }
+            }
+        }
+    }
+}
+
+/// <summary>
 /// Long elementwise derivatives split across threads (ranges of the output) against the same operator on
 /// one thread: identical results, including a gradient reduced over a broadcast operand (which must not
 /// split) and x·x, whose two input gradients are one buffer.
