@@ -59,7 +59,7 @@ internal abstract class MovementOperator(OperatorNode node) : Operator(node)
     public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
                              ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
     {
-        var sink = new GradientSink { InputGrads = inputGrads, OutputGrads = outputGrads };
+        var sink = new GradientSink { InputGrads = inputGrads, OutputGrads = outputGrads, Fresh = WritesFreshGradients ? context.FreshGradients : 0 };
         Runs(inputs, outputs, ref sink);
     }
 
@@ -90,10 +90,24 @@ internal abstract class MovementOperator(OperatorNode node) : Operator(node)
     {
         public ReadOnlySpan<NdArray<float>?> InputGrads;
         public ReadOnlySpan<NdArray<float>?> OutputGrads;
+        /// <summary>Input gradients to write rather than add into (only for operators that reach each input element once).</summary>
+        public int Fresh;
 
         public readonly void Run(int input, int source, int sourceStride, int output, int destination, int length)
         {
-            if (input >= InputGrads.Length || InputGrads[input] is not { } g || OutputGrads[output] is not { } gy) return;
+            if (input >= InputGrads.Length || InputGrads[input] is not { } g) return;
+            if ((Fresh >> input & 1) != 0)
+            {
+                // Every element of this input is reached once: copy (zero where the output has no gradient).
+                var from = OutputGrads[output] is { } cotangent ? cotangent.Data.AsSpan(destination, length) : default;
+                if (sourceStride == 1)
+                {
+                    if (from.IsEmpty) g.Data.AsSpan(source, length).Clear(); else from.CopyTo(g.Data.AsSpan(source, length));
+                }
+                else for (int i = 0; i < length; i++) g.Data[source + i * sourceStride] = from.IsEmpty ? 0 : from[i];
+                return;
+            }
+            if (OutputGrads[output] is not { } gy) return;
             if (sourceStride == 1) TensorPrimitives.Add(g.Data.AsSpan(source, length), gy.Data.AsSpan(destination, length), g.Data.AsSpan(source, length));
             else if (sourceStride == 0) g.Data[source] += TensorPrimitives.Sum(gy.Data.AsSpan(destination, length));
             else for (int i = 0; i < length; i++) g.Data[source + i * sourceStride] += gy.Data[destination + i];
@@ -172,6 +186,9 @@ internal sealed class Transpose : MovementOperator
         RequireInputs(1, 1);
         perm = node.Attributes.GetInts("perm");
     }
+
+    /// <summary>A permutation reaches each input element once: a first gradient is copied, not zeroed and added.</summary>
+    public override bool WritesFreshGradients => true;
 
     private int[] Permutation(int rank)
     {
@@ -430,6 +447,9 @@ internal sealed class Split : MovementOperator
         RequireInputs(1, node.Opset >= 13 ? 2 : 1);
         axis = node.Attributes.GetInt("axis", 0);
     }
+
+    /// <summary>The parts cover the input once: a first gradient is copied, not zeroed and added.</summary>
+    public override bool WritesFreshGradients => true;
 
     private int[] Sizes(int dim, ReadOnlySpan<TensorInfo?> inputs)
     {

@@ -195,6 +195,28 @@ public sealed class FamilyDerivativeTests
         if (!fullY) Assert.Equal(fill, gy.Data[0], 1e-5);
     }
 
+    [Fact]
+    public void TransposeAndSplitWriteFreshGradientsWhole()
+    {
+        // A fresh gradient (OpContext.FreshGradients) holds garbage: the VJP must equal the one added onto zeros,
+        // exactly, including a Split part without a cotangent (its slice becomes zero).
+        var transpose = OpRunner.Create("Transpose", 1, attributes: A().Set("perm", new long[] { 0, 2, 3, 1 }));
+        var split = OpRunner.Create("Split", 2, outputs: 3, attributes: A().Set("axis", -1L));
+        var x = R(1, 9, 3, 10);
+        foreach (var (op, inputs, dropped) in new[] { (transpose, new NdArray?[] { x }, -1), (split, new NdArray?[] { R(2, 7, 12), OpRunner.Longs(4, 3, 5) }, 1) })
+        {
+            var outputs = OpRunner.Forward(op, inputs);
+            var cotangents = outputs.Select((o, j) => j == dropped ? null : OpRunner.Random(rng, o.Shape)).ToArray();
+            var added = new NdArray<float>(inputs[0]!.Shape);
+            op.Vjp(OpRunner.Context, inputs, outputs, cotangents, [added, null]);
+            var fresh = R(inputs[0]!.Shape);
+            var context = new OpContext(OpRunner.Context.Backend) { FreshGradients = 1 };
+            op.Vjp(context, inputs, outputs, cotangents, [fresh, null]);
+            Assert.Equal(added.Data, fresh.Data);
+            if (dropped >= 0) Assert.Contains(added.Data, v => v == 0);
+        }
+    }
+
     [Theory]
     [InlineData("Identity", 1)]
     [InlineData("Flatten", 1)]
