@@ -142,13 +142,11 @@ internal sealed class MatMul : Operator
 
     /// <summary>
     /// The packed JVP over <paramref name="batches"/> products (B per batch when there are several): per batch,
-    /// tY = tA·B + A·tB in one kernel pass (both products add up in its registers, tY is written once); a missing
-    /// tangent drops its product. One work item per batch and column panel, so the heads of attention share one
-    /// fork-join. B is a constant weight's packing (bit 1 of <see cref="OpContext.ConstantInputs"/>, shared with
-    /// the inference plans' PackedMatMul) or its panel is packed by the item that multiplies it (still in cache).
-    /// tB is read in place where it can be: not a last panel of fewer than 32 columns, and not rows a multiple of
-    /// 1 KB apart in a tB over 256 KB (their panel maps to few cache sets and streams from memory for every tile:
-    /// 10–15% slower, measured); those panels are packed too.
+    /// tY = tA·B + A·tB in one kernel pass (the second product's tiles start from the first's, tY is written once);
+    /// a missing tangent drops its product. One work item per batch and column panel, so the heads of attention
+    /// share one fork-join. B is a constant weight's packing (bit 1 of <see cref="OpContext.ConstantInputs"/>,
+    /// shared with the inference plans' PackedMatMul) or its panel is packed by the item that multiplies it, as
+    /// tB's always is (still in cache for the product).
     /// </summary>
     private static unsafe void PackedJvp(OpContext context, float[] a, float[]? ta, float[] b, float[]? tb, float[] ty, int batches, int rows, int k, int n)
     {
@@ -156,7 +154,7 @@ internal sealed class MatMul : Operator
         const int w = PackedGemm.PanelWidth;
         int panels = PackedGemm.PanelCount(n);
         float[]? constantB = ta is not null && batches == 1 && (context.ConstantInputs & 2) != 0 ? PackedWeights.For(b, k, n).Panels : null;
-        bool packB = ta is not null && constantB is null, packTb = n % 256 == 0 && (long)k * n > 1 << 16;
+        bool packB = ta is not null && constantB is null;
         long panel = (long)k * w, slot = (packB ? panel : 0) + (tb is null ? 0 : panel);
         fixed (float* pa = a, pta = ta, pb = b, ptb = tb, pty = ty, pconstant = constantB, scratch = context.Scratch(batches * panels * slot))
         {
@@ -166,22 +164,20 @@ internal sealed class MatMul : Operator
                 int i = item / panels, j = item % panels, columns = Math.Min(w, n - j * w);
                 float* own = (float*)nscratch + item * slot;
                 float* ai = (float*)na + (long)i * rows * k, tai = nta == 0 ? null : (float*)nta + (long)i * rows * k;
-                float* bi = (float*)nb + (long)i * k * n, tbi = ntb == 0 ? null : (float*)ntb + (long)i * k * n;
                 // MultiplyPanels and SecondProduct address panel j from the start of all panels.
                 float* bPanels = (float*)nconstant;
                 if (packB)
                 {
-                    PackedGemm.Pack(bi + j * w, k, columns, n, 1, own);
+                    PackedGemm.Pack((float*)nb + (long)i * k * n + j * w, k, columns, n, 1, own);
                     bPanels = own - j * panel;
                     own += panel;
                 }
                 var tangentProduct = default(PackedGemm.SecondProduct);
-                if (tbi != null && (packTb || columns < w))
+                if (ntb != 0)
                 {
-                    PackedGemm.Pack(tbi + j * w, k, columns, n, 1, own);
+                    PackedGemm.Pack((float*)ntb + (long)i * k * n + j * w, k, columns, n, 1, own);
                     tangentProduct = new PackedGemm.SecondProduct(ai, k, k, own - j * panel);
                 }
-                else if (tbi != null) tangentProduct = new PackedGemm.SecondProduct(ai, k, k, tbi, ldb: n);
                 PackedGemm.MultiplyPanels(tai, k, rows, tai == null ? 0 : k, bPanels, n, null, (float*)nty + (long)i * rows * n, n, j, j + 1, second: tangentProduct);
             }
             ParallelWork.For(batches * panels, context.Threads, Item);

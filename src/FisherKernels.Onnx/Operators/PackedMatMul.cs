@@ -105,6 +105,17 @@ internal static unsafe class PackedGemm
                 for (int row = 0; row < k && columns < PanelWidth; row++) new Span<float>(panel + (long)row * PanelWidth + columns, PanelWidth - columns).Clear();
                 continue;
             }
+            if (columnStride == 1 && columns == PanelWidth)
+            {
+                // A whole panel row is two vectors (a copy call per row costs as much as the copy).
+                float* source = b + (long)j * PanelWidth, target = panels + (long)j * panelRows * PanelWidth;
+                for (int row = 0; row < k; row++, source += rowStride, target += PanelWidth)
+                {
+                    Vector512.Store(Vector512.Load(source), target);
+                    Vector512.Store(Vector512.Load(source + 16), target + 16);
+                }
+                continue;
+            }
             for (int row = 0; row < k; row++)
             {
                 float* source = b + row * rowStride + (long)j * PanelWidth * columnStride;
@@ -139,8 +150,9 @@ internal static unsafe class PackedGemm
                 float* target = c + (long)i * ldc + j * PanelWidth;
                 if (rows == TileRows && columns == PanelWidth)
                 {
-                    if (other.K == 0) Tile8(a + (long)i * lda, lda, k, first.Panels, panelBias, target, ldc);
-                    else Tile8(first.Rows(i), other.Rows(i), panelBias, target, ldc);
+                    // The second product's tile starts from the first's, still in L1: each runs the one-product loop.
+                    if (k > 0 || other.K == 0) Tile8(a + (long)i * lda, lda, k, first.Panels, panelBias, target, ldc);
+                    if (other.K > 0) Tile8(other.A + (long)i * other.Lda, other.Lda, other.K, other.Panels, k > 0 ? null : panelBias, target, ldc, accumulate: k > 0);
                     continue;
                 }
                 // Edge tile: compute whole rows into the scratch tile, copy the valid part.
@@ -151,31 +163,42 @@ internal static unsafe class PackedGemm
     }
 
     /// <summary>
-    /// A product A [m×K]·B added to another in one kernel pass: A with row stride <see cref="Lda"/>; B packed K rows
-    /// deep (<see cref="Ldb"/> = 32; for <see cref="MultiplyPanels"/>, all panels from panel 0, inside the kernel one
-    /// panel), or B row-major with row stride <see cref="Ldb"/> (not packed: only for panels of 32 whole columns).
+    /// A product A [m×K]·B added to another in one kernel pass: A with row stride <see cref="Lda"/>, B packed K rows
+    /// deep (for <see cref="MultiplyPanels"/>, all panels from panel 0; inside the kernel, one panel).
     /// </summary>
-    public readonly struct SecondProduct(float* a, int lda, int k, float* panels, int ldb = PanelWidth)
+    public readonly struct SecondProduct(float* a, int lda, int k, float* panels)
     {
         public readonly float* A = a, Panels = panels;
-        public readonly int Lda = lda, K = k, Ldb = ldb;
+        public readonly int Lda = lda, K = k;
 
-        public SecondProduct Rows(int row) => new(A + (long)row * Lda, Lda, K, Panels, Ldb);
+        public SecondProduct Rows(int row) => new(A + (long)row * Lda, Lda, K, Panels);
 
-        public SecondProduct Panel(int j) => new(A, Lda, K, Panels + (Ldb == PanelWidth ? (long)j * K * PanelWidth : (long)j * PanelWidth), Ldb);
+        public SecondProduct Panel(int j) => new(A, Lda, K, Panels + (long)j * K * PanelWidth);
     }
 
     /// <summary>
-    /// One 8×32 tile of a single product: 16 accumulators, two B vectors per k, one broadcast of A per row. Kept
-    /// apart from the two-product tile: its constant panel stride and fewer live pointers keep the loop in
-    /// registers (the general tile runs the forward's GEMMs 15–30% slower, measured).
+    /// One 8×32 tile of a single product: 16 accumulators, two B vectors per k, one broadcast of A per row; with
+    /// <paramref name="accumulate"/> they start from C (a second product added). One loop for every product: its
+    /// constant panel stride and few live pointers keep it in registers (a two-product loop ran 15–30% slower, measured).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile8(float* a, int lda, int k, float* b, float* bias, float* c, int ldc)
+    private static void Tile8(float* a, int lda, int k, float* b, float* bias, float* c, int ldc, bool accumulate = false)
     {
         Vector512<float> s0 = bias == null ? default : Vector512.Load(bias), s1 = bias == null ? default : Vector512.Load(bias + 16);
         Vector512<float> c00 = s0, c01 = s1, c10 = s0, c11 = s1, c20 = s0, c21 = s1, c30 = s0, c31 = s1;
         Vector512<float> c40 = s0, c41 = s1, c50 = s0, c51 = s1, c60 = s0, c61 = s1, c70 = s0, c71 = s1;
+        if (accumulate)
+        {
+            float* r = c;
+            c00 = Vector512.Load(r); c01 = Vector512.Load(r + 16); r += ldc;
+            c10 = Vector512.Load(r); c11 = Vector512.Load(r + 16); r += ldc;
+            c20 = Vector512.Load(r); c21 = Vector512.Load(r + 16); r += ldc;
+            c30 = Vector512.Load(r); c31 = Vector512.Load(r + 16); r += ldc;
+            c40 = Vector512.Load(r); c41 = Vector512.Load(r + 16); r += ldc;
+            c50 = Vector512.Load(r); c51 = Vector512.Load(r + 16); r += ldc;
+            c60 = Vector512.Load(r); c61 = Vector512.Load(r + 16); r += ldc;
+            c70 = Vector512.Load(r); c71 = Vector512.Load(r + 16);
+        }
         float* a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda, a6 = a5 + lda, a7 = a6 + lda;
         for (int p = 0; p < k; p++, b += PanelWidth)
         {
@@ -200,43 +223,6 @@ internal static unsafe class PackedGemm
         c70.Store(c); c71.Store(c + 16);
     }
 
-    /// <summary>One 8×32 tile: 16 accumulators, two B vectors per k, one broadcast of A per row; then the second product's terms.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile8(SecondProduct first, SecondProduct second, float* bias, float* c, int ldc)
-    {
-        Vector512<float> s0 = bias == null ? default : Vector512.Load(bias), s1 = bias == null ? default : Vector512.Load(bias + 16);
-        Vector512<float> c00 = s0, c01 = s1, c10 = s0, c11 = s1, c20 = s0, c21 = s1, c30 = s0, c31 = s1;
-        Vector512<float> c40 = s0, c41 = s1, c50 = s0, c51 = s1, c60 = s0, c61 = s1, c70 = s0, c71 = s1;
-        for (int term = 0; term < 2; term++)
-        {
-            var product = term == 0 ? first : second;
-            float* a = product.A, b = product.Panels;
-            int k = product.K, lda = product.Lda, ldb = product.Ldb;
-            float* a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda, a6 = a5 + lda, a7 = a6 + lda;
-            for (int p = 0; p < k; p++, b += ldb)
-            {
-                var b0 = Vector512.Load(b);
-                var b1 = Vector512.Load(b + 16);
-                var x = Vector512.Create(a[p]); c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
-                x = Vector512.Create(a1[p]); c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
-                x = Vector512.Create(a2[p]); c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
-                x = Vector512.Create(a3[p]); c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
-                x = Vector512.Create(a4[p]); c40 = Vector512.FusedMultiplyAdd(x, b0, c40); c41 = Vector512.FusedMultiplyAdd(x, b1, c41);
-                x = Vector512.Create(a5[p]); c50 = Vector512.FusedMultiplyAdd(x, b0, c50); c51 = Vector512.FusedMultiplyAdd(x, b1, c51);
-                x = Vector512.Create(a6[p]); c60 = Vector512.FusedMultiplyAdd(x, b0, c60); c61 = Vector512.FusedMultiplyAdd(x, b1, c61);
-                x = Vector512.Create(a7[p]); c70 = Vector512.FusedMultiplyAdd(x, b0, c70); c71 = Vector512.FusedMultiplyAdd(x, b1, c71);
-            }
-        }
-        c00.Store(c); c01.Store(c + 16); c += ldc;
-        c10.Store(c); c11.Store(c + 16); c += ldc;
-        c20.Store(c); c21.Store(c + 16); c += ldc;
-        c30.Store(c); c31.Store(c + 16); c += ldc;
-        c40.Store(c); c41.Store(c + 16); c += ldc;
-        c50.Store(c); c51.Store(c + 16); c += ldc;
-        c60.Store(c); c61.Store(c + 16); c += ldc;
-        c70.Store(c); c71.Store(c + 16);
-    }
-
     /// <summary>One row of a panel (edge tiles): two accumulator pairs over even and odd k hide the FMA latency.</summary>
     private static void Row(SecondProduct first, SecondProduct second, float* bias, float* c)
     {
@@ -246,13 +232,13 @@ internal static unsafe class PackedGemm
         {
             var product = term == 0 ? first : second;
             float* a = product.A, b = product.Panels;
-            int k = product.K, ldb = product.Ldb, p = 0;
-            for (; p + 1 < k; p += 2, b += 2 * ldb)
+            int k = product.K, p = 0;
+            for (; p + 1 < k; p += 2, b += 2 * PanelWidth)
             {
                 var x = Vector512.Create(a[p]);
                 e0 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b), e0); e1 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 16), e1);
                 x = Vector512.Create(a[p + 1]);
-                o0 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + ldb), o0); o1 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + ldb + 16), o1);
+                o0 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 32), o0); o1 = Vector512.FusedMultiplyAdd(x, Vector512.Load(b + 48), o1);
             }
             if (p < k)
             {

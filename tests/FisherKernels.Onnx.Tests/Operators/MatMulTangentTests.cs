@@ -4,18 +4,17 @@ using FisherKernels.Onnx.Operators;
 namespace FisherKernels.Tests.Operators;
 
 /// <summary>
-/// The packed MatMul JVP, tY = tA·B + A·tB in one kernel pass, against float64 products: every choice of its
-/// B operands (B packed per call or the constant weight packed once; tB read in place, packed in whole for rows
-/// 1 KB apart, or only its last, narrower panel), each tangent alone and both, on one and two threads (the
-/// same bits: each panel is computed the same way on either).
+/// The packed MatMul JVP, tY = tA·B + A·tB in one kernel pass, against float64 products: B packed per call or the
+/// constant weight packed once, whole and narrower last panels, tiles of 8 rows and edge rows, each tangent alone
+/// and both, on one and two threads (the same bits: each panel is computed the same way on either).
 /// </summary>
 public sealed class MatMulTangentTests
 {
     [Theory]
-    [InlineData(new[] { 3, 40, 70 }, 100)] // tB in place, last panel of 4 columns packed
-    [InlineData(new[] { 96, 64 }, 128)] // tB in place, whole panels only
-    [InlineData(new[] { 1, 8, 260 }, 256)] // rows 1 KB apart in a tB over 256 KB: packed
-    [InlineData(new[] { 2, 9, 257 }, 512)] // packed, rows not a multiple of the 8-row tile
+    [InlineData(new[] { 3, 40, 70 }, 100)] // a last panel of 4 columns
+    [InlineData(new[] { 96, 64 }, 128)] // whole panels and tiles only
+    [InlineData(new[] { 1, 8, 260 }, 256)] // one tile of rows, a deep product
+    [InlineData(new[] { 2, 9, 257 }, 512)] // rows not a multiple of the 8-row tile
     public void MatchFloat64Products(int[] aShape, int n)
     {
         var random = new Random(aShape.Sum() + n);
@@ -55,8 +54,8 @@ public sealed class MatMulTangentTests
     }
 
     [Theory]
-    [InlineData(64, 72, 120)] // the last panel of 24 columns packed, the others read in place
-    [InlineData(40, 64, 256)] // whole panels in place
+    [InlineData(64, 72, 120)] // a last panel of 24 columns
+    [InlineData(40, 64, 256)] // whole panels
     public void BatchedProductsMatchFloat64PerBatch(int m, int k, int n)
     {
         // Attention's products: A [2, 2, M, K]·B [2, 2, K, N], one work item per batch and panel.
