@@ -99,12 +99,14 @@ internal abstract class MovementOperator(OperatorNode node) : Operator(node)
             if ((Fresh >> input & 1) != 0)
             {
                 // Every element of this input is reached once: copy (zero where the output has no gradient).
-                var from = OutputGrads[output] is { } cotangent ? cotangent.Data.AsSpan(destination, length) : default;
-                if (sourceStride == 1)
+                float[] target = g.Data;
+                if (OutputGrads[output] is not { } cotangent)
                 {
-                    if (from.IsEmpty) g.Data.AsSpan(source, length).Clear(); else from.CopyTo(g.Data.AsSpan(source, length));
+                    for (int i = 0; i < length; i++) target[source + i * sourceStride] = 0;
+                    return;
                 }
-                else for (int i = 0; i < length; i++) g.Data[source + i * sourceStride] = from.IsEmpty ? 0 : from[i];
+                if (sourceStride == 1) cotangent.Data.AsSpan(destination, length).CopyTo(target.AsSpan(source, length));
+                else for (int i = 0; i < length; i++) target[source + i * sourceStride] = cotangent.Data[destination + i];
                 return;
             }
             if (OutputGrads[output] is not { } gy) return;
@@ -186,9 +188,6 @@ internal sealed class Transpose : MovementOperator
         RequireInputs(1, 1);
         perm = node.Attributes.GetInts("perm");
     }
-
-    /// <summary>A permutation reaches each input element once: a first gradient is copied, not zeroed and added.</summary>
-    public override bool WritesFreshGradients => true;
 
     private int[] Permutation(int rank)
     {
