@@ -14,9 +14,17 @@ internal static unsafe class Blas
     private static readonly delegate* unmanaged<int, void> SetNumThreads =
         (delegate* unmanaged<int, void>)OpenBlasLibrary.Export("openblas_set_num_threads");
 
-    /// <summary>OpenBLAS's thread pool is process-wide: the last backend to ask sets it.</summary>
+    private static int current;
+
+    /// <summary>
+    /// OpenBLAS's thread count is process-wide and a product's rounding depends on it, so each backend sets its own
+    /// before every native call (a no-op while it is already set): one backend's results never depend on what
+    /// another backend in the process asked for before.
+    /// </summary>
     public static void SetThreads(int threads)
     {
-        if (SetNumThreads != null && threads > 0) SetNumThreads(threads);
+        if (SetNumThreads == null || threads <= 0 || Volatile.Read(ref current) == threads) return;
+        SetNumThreads(threads);
+        Volatile.Write(ref current, threads);
     }
 }

@@ -358,6 +358,7 @@ public sealed partial class CpuBackend
                                             float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask)
     {
         int n = cols + (appendOne ? 1 : 0);
+        UseNativeThreads();
         fixed (float* px = x, pf = factor)
         {
             if (!appendOne && rowMask.IsEmpty)

@@ -15,7 +15,10 @@ public sealed partial class CpuBackend
     private const long KronScratchElements = 1 << 16;
 
     public void SymmetricEigen(ReadOnlySpan<double> a, int n, Span<double> eigenvalues, Span<double> eigenvectors)
-        => SymmetricEigensolver.Decompose(a, n, eigenvalues, eigenvectors, UsesNativeBlas);
+    {
+        UseNativeThreads();
+        SymmetricEigensolver.Decompose(a, n, eigenvalues, eigenvectors, UsesNativeBlas);
+    }
 
     /// <summary>
     /// Two GEMMs per batch of X — T = X·Q_A with all X stacked as one tall matrix, then Y_i = Q_Gᵀ·T_i batched with
@@ -102,6 +105,7 @@ public sealed partial class CpuBackend
             for (int i = 0; i < r; i++)
                 for (int j = 0; j <= i; j++)
                     capacitance[i * r + j] = (i == j ? 1 : 0) + 0.5 * ((double)vtv[i * r + j] + vtv[j * r + i]);
+            UseNativeThreads();
             if (!Cholesky.TryFactor(capacitance.AsSpan(0, r * r), r, UsesNativeBlas))
                 throw FisherKernelsException.Backend($"Woodbury: the capacitance matrix I + VᵀV [{r} × {r}] is not positive definite (overflow in U, s or 1/d?)");
 

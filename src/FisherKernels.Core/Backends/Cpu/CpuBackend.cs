@@ -30,5 +30,11 @@ public sealed partial class CpuBackend : IComputeBackend
 
     private ParallelOptions Parallelism { get; }
 
+    /// <summary>Before each OpenBLAS/LAPACK call: this backend's thread count (see <see cref="Blas.SetThreads"/>).</summary>
+    private void UseNativeThreads()
+    {
+        if (UsesNativeBlas) Blas.SetThreads(Threads);
+    }
+
     public void Dispose() { }
 }
