@@ -102,8 +102,8 @@ public sealed partial class CpuBackend
                     job.Mirror = mirror && block == blocks - 1;
                     if (parallel)
                     {
-                        ParallelWork.For(panels, Threads, job.PackPanel);
-                        ParallelWork.For(tileCount, Threads, job.UpdateTile);
+                        Parallel.For(0, panels, Parallelism, job.PackPanel);
+                        Parallel.For(0, tileCount, Parallelism, job.UpdateTile);
                     }
                     else
                     {
@@ -168,10 +168,6 @@ public sealed partial class CpuBackend
                 {
                     if (jb + nr <= ib) continue; // wholly below the diagonal
                     float* a = Panel(ib);
-                    // The next row block's part of F, while this one computes: F streams from memory (K-FAC
-                    // factors are far larger than the caches) and its rows lie n floats apart, which the
-                    // hardware prefetcher does not follow.
-                    if (Sse.IsSupported && Beta != 0 && ib + 2 * mr <= i1) PrefetchRows(factor + (long)(ib + mr) * n + jb, n, mr, nr);
                     if (ib + mr <= n && jb + nr <= n) Run(a, b, factor + (long)ib * n + jb, n, alpha, Beta);
                     else
                     {
@@ -181,15 +177,6 @@ public sealed partial class CpuBackend
                 }
             }
             if (Mirror) MirrorTile(factor, n, i0, i1, j0, j1);
-        }
-
-        private static void PrefetchRows(float* f, int n, int rows, int columns)
-        {
-            for (int r = 0; r < rows; r++, f += n)
-            {
-                for (int c = 0; c < columns; c += 16) Sse.Prefetch0(f + c);
-                Sse.Prefetch0(f + columns - 1);
-            }
         }
 
         private float* Panel(int column) =>
