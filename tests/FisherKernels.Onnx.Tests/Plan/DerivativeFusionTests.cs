@@ -234,14 +234,7 @@ public class DerivativeFusionTests
         if (gelu == "tanh")
         {
             graph.Initializer.Add([Scalar("three", 3), Scalar("c", 0.044715f), Scalar("k", 0.7978845608f)]);
-            graph.Node.Add(Node("Mul", ["h", "half"], "halfH"));
-            graph.Node.Add(Node("Pow", ["h", "three"], "cube"));
-            graph.Node.Add(Node("Mul", ["cube", "c"], "cubic"));
-            graph.Node.Add(Node("Add", ["h", "cubic"], "inner"));
-            graph.Node.Add(Node("Mul", ["inner", "k"], "u"));
-            graph.Node.Add(Node("Tanh", ["u"], "t"));
-            graph.Node.Add(Node("Add", ["t", "one"], "onePlusT"));
-            graph.Node.Add(Node("Mul", ["halfH", "onePlusT"], "g"));
+            AddTanhGelu(graph);
         }
         else
         {

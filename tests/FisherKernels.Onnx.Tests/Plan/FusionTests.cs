@@ -76,14 +76,7 @@ public class FusionTests
         foreach (var name in exposed) graph.Output.Add(new ValueInfoProto { Name = name });
         graph.Node.Add(Node("MatMul", ["x", "w"], "xw"));
         graph.Node.Add(Node("Add", ["b", "xw"], "h"));
-        graph.Node.Add(Node("Mul", ["h", "half"], "halfH"));
-        graph.Node.Add(Node("Pow", ["h", "three"], "cube"));
-        graph.Node.Add(Node("Mul", ["cube", "c"], "cubic"));
-        graph.Node.Add(Node("Add", ["h", "cubic"], "inner"));
-        graph.Node.Add(Node("Mul", ["inner", "k"], "u"));
-        graph.Node.Add(Node("Tanh", ["u"], "t"));
-        graph.Node.Add(Node("Add", ["t", "one"], "onePlusT"));
-        graph.Node.Add(Node("Mul", ["halfH", "onePlusT"], "g"));
+        AddTanhGelu(graph);
         var mean = Node("ReduceMean", ["g"], "mean");
         mean.Attribute.Add(new AttributeProto { Name = "axes", Type = AttributeProto.Types.AttributeType.Ints, Ints = { -1 } });
         graph.Node.Add(mean);
@@ -268,6 +261,19 @@ public class FusionTests
         int count = dims.Aggregate(1, (a, b) => a * b);
         for (int i = 0; i < count; i++) t.FloatData.Add((float)(random.NextDouble() * 2 - 1));
         return t;
+    }
+
+    /// <summary>GPT-2's tanh GELU as exporters decompose it, from value "h" to "g" (initializers half, three, c, k, one).</summary>
+    internal static void AddTanhGelu(GraphProto graph)
+    {
+        graph.Node.Add(Node("Mul", ["h", "half"], "halfH"));
+        graph.Node.Add(Node("Pow", ["h", "three"], "cube"));
+        graph.Node.Add(Node("Mul", ["cube", "c"], "cubic"));
+        graph.Node.Add(Node("Add", ["h", "cubic"], "inner"));
+        graph.Node.Add(Node("Mul", ["inner", "k"], "u"));
+        graph.Node.Add(Node("Tanh", ["u"], "t"));
+        graph.Node.Add(Node("Add", ["t", "one"], "onePlusT"));
+        graph.Node.Add(Node("Mul", ["halfH", "onePlusT"], "g"));
     }
 
     internal static TensorProto Scalar(string name, float value) => new() { Name = name, DataType = 1, FloatData = { value } };
