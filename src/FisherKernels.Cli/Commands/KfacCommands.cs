@@ -124,7 +124,7 @@ internal static class KfacCommands
         times?.Lap("forward");
         int positions = tokens.Shape[0] * tokens.Shape[1], vocab = logits.Shape[2];
         accumulator.BeginBatch(positions);
-        foreach (Layer layer in layers) accumulator.AddInputs(layer.Id, Rows(layer, a => (NdArray<float>)plan.Get(a.InputValue)));
+        accumulator.AddInputs(layers.Select(l => (l.Id, Rows(l, a => (NdArray<float>)plan.Get(a.InputValue)))).ToList());
         times?.Lap("A factors");
 
         NdArray<float> seed = backward.Gradient(lm.LogitsOutput);
@@ -133,7 +133,7 @@ internal static class KfacCommands
             times?.Lap("labels");
             backward.Run(context);
             times?.Lap("backward");
-            foreach (Layer layer in layers) accumulator.AddOutputGradients(layer.Id, Rows(layer, a => backward.Gradient(a.OutputValue)), weight);
+            accumulator.AddOutputGradients(layers.Select(l => (l.Id, Rows(l, a => backward.Gradient(a.OutputValue)))).ToList(), weight);
             times?.Lap("G factors");
         }
 

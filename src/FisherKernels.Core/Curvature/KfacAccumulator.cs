@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Globalization;
 using System.Numerics.Tensors;
 using FisherKernels.Backends;
+using FisherKernels.Backends.Cpu;
 using FisherKernels.IO;
 
 namespace FisherKernels.Curvature;
@@ -65,6 +66,9 @@ public sealed class KfacAccumulator
     public const string CheckpointFormat = "fisherkernels-checkpoint/1";
 
     readonly IComputeBackend backend;
+    /// <summary>A one-thread twin of a multi-threaded CPU backend, for factor updates run side by side; null otherwise.</summary>
+    readonly CpuBackend? serialBackend;
+    readonly int sideBySideThreads;
     readonly LayerState[] layers;
     readonly Dictionary<string, int> indexOf = new(StringComparer.Ordinal);
     byte[] mask = [];
@@ -93,6 +97,7 @@ public sealed class KfacAccumulator
         if (layers.Count == 0) throw FisherKernelsException.Argument("K-FAC fit: the model has no layers (SPEC §2)");
         if (string.IsNullOrWhiteSpace(modelSha256)) throw FisherKernelsException.Argument("K-FAC fit: model_sha256 is empty");
         this.backend = backend;
+        if (backend is CpuBackend { Threads: > 1 } cpu) (serialBackend, sideBySideThreads) = (new CpuBackend(1, cpu.UsesNativeBlas), cpu.Threads);
         Options = options;
         ModelSha256 = modelSha256;
         this.layers = new LayerState[layers.Count];
@@ -147,21 +152,31 @@ public sealed class KfacAccumulator
     /// R is the batch's positions times the number of times the layer is applied (applications one after the other).
     /// Once per layer and batch, before its output gradients.
     /// </summary>
-    public void AddInputs(string layer, ReadOnlySpan<float> inputs)
+    public void AddInputs(string layer, ReadOnlySpan<float> inputs) => PrepareInputs(layer, inputs.Length)?.Run(backend, inputs);
+
+    /// <summary>
+    /// <see cref="AddInputs(string, ReadOnlySpan{float})"/> for several layers. On a multi-threaded CPU backend their factors
+    /// update side by side, one layer a thread, largest first: a batch of a few hundred rows gives one factor too little work
+    /// to split well across threads. The factors are the same either way (each tile is computed alike).
+    /// </summary>
+    public void AddInputs(IReadOnlyList<(string Layer, float[] Inputs)> inputs) =>
+        RunSideBySide(inputs.Select(x => (PrepareInputs(x.Layer, x.Inputs.Length), x.Inputs)).ToList());
+
+    FactorUpdate? PrepareInputs(string layer, int length)
     {
         LayerState state = Layer(layer);
         if (state.Rows >= 0) throw FisherKernelsException.Argument($"K-FAC fit: the inputs of layer '{layer}' were given twice in batch {BatchesDone}");
         int inF = state.Shape.InFeatures;
-        if (inputs.Length % inF != 0 || batchPositions == 0 || inputs.Length / inF % batchPositions != 0)
-            throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}' inputs have {inputs.Length} values, expected a multiple of {batchPositions} positions × {inF}");
-        int rows = inputs.Length / inF;
+        if (length % inF != 0 || batchPositions == 0 || length / inF % batchPositions != 0)
+            throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}' inputs have {length} values, expected a multiple of {batchPositions} positions × {inF}");
+        int rows = length / inF;
         state.Rows = rows;
         state.RowMask = ExpandMask(rows);
         state.Kept = mask.Length == 0 ? rows : keptInBatch * (rows / batchPositions);
         state.GradientCalls = 0;
-        if (state.Kept == 0) return;
+        if (state.Kept == 0) return null;
         var (alpha, beta) = Weights(state);
-        backend.AccumulateFactor(inputs, rows, inF, state.Shape.HasBias, (float)alpha, (float)beta, state.A, state.RowMask, upperOnly: true);
+        return new FactorUpdate(rows, inF, state.Shape.HasBias, (float)alpha, (float)beta, state.A, state.RowMask);
     }
 
     /// <summary>
@@ -170,18 +185,45 @@ public sealed class KfacAccumulator
     /// with weight 1/k (the average over draws); the exact Fisher once per (position, label) with rows already scaled by
     /// √p(y) and weight 1; the empirical Fisher once with weight 1.
     /// </summary>
-    public void AddOutputGradients(string layer, ReadOnlySpan<float> outputGradients, double weight = 1)
+    public void AddOutputGradients(string layer, ReadOnlySpan<float> outputGradients, double weight = 1) =>
+        PrepareOutputGradients(layer, outputGradients.Length, weight)?.Run(backend, outputGradients);
+
+    /// <summary><see cref="AddOutputGradients(string, ReadOnlySpan{float}, double)"/> for several layers, side by side as <see cref="AddInputs(IReadOnlyList{ValueTuple{string, float[]}})"/>.</summary>
+    public void AddOutputGradients(IReadOnlyList<(string Layer, float[] OutputGradients)> outputGradients, double weight = 1) =>
+        RunSideBySide(outputGradients.Select(x => (PrepareOutputGradients(x.Layer, x.OutputGradients.Length, weight), x.OutputGradients)).ToList());
+
+    FactorUpdate? PrepareOutputGradients(string layer, int length, double weight)
     {
         LayerState state = Layer(layer);
         if (state.Rows < 0) throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}': output gradients before its inputs in batch {BatchesDone}");
         int outF = state.Shape.OutFeatures;
-        if (outputGradients.Length != (long)state.Rows * outF)
-            throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}' output gradients have {outputGradients.Length} values, expected {state.Rows} rows × {outF}");
+        if (length != (long)state.Rows * outF)
+            throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}' output gradients have {length} values, expected {state.Rows} rows × {outF}");
         if (!(weight > 0) || !double.IsFinite(weight)) throw FisherKernelsException.Argument($"K-FAC fit: layer '{layer}': gradient weight must be positive, got {weight}");
         bool first = state.GradientCalls++ == 0;
-        if (state.Kept == 0) return;
+        if (state.Kept == 0) return null;
         var (alpha, beta) = Weights(state);
-        backend.AccumulateFactor(outputGradients, state.Rows, outF, false, (float)(alpha * weight), first ? (float)beta : 1f, state.G, state.RowMask, upperOnly: true);
+        return new FactorUpdate(state.Rows, outF, false, (float)(alpha * weight), first ? (float)beta : 1f, state.G, state.RowMask);
+    }
+
+    /// <summary>One factor update <c>F ← β·F + α·Σ x̃ x̃ᵀ</c> (upper triangle), checked and weighed, waiting for its rows.</summary>
+    sealed record FactorUpdate(int Rows, int Columns, bool AppendOne, float Alpha, float Beta, float[] Factor, byte[] RowMask)
+    {
+        public long Cost => (long)(Columns + (AppendOne ? 1 : 0)) * (Columns + (AppendOne ? 1 : 0));
+
+        public void Run(IComputeBackend backend, ReadOnlySpan<float> rows) =>
+            backend.AccumulateFactor(rows, Rows, Columns, AppendOne, Alpha, Beta, Factor, RowMask, upperOnly: true);
+    }
+
+    void RunSideBySide(List<(FactorUpdate? Update, float[] Rows)> updates)
+    {
+        var work = updates.Where(u => u.Update is not null).OrderByDescending(u => u.Update!.Cost).ToArray();
+        if (serialBackend is null || work.Length < 2)
+        {
+            foreach (var (update, rows) in work) update!.Run(backend, rows);
+            return;
+        }
+        ParallelWork.For(work.Length, sideBySideThreads, i => work[i].Update!.Run(serialBackend, work[i].Rows));
     }
 
     LayerState Layer(string layer)

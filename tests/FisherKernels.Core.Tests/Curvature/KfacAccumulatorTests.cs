@@ -61,6 +61,44 @@ public sealed class KfacAccumulatorTests : IDisposable
 
     public static TheoryData<string> BackendNames => ["float64", "cpu"];
 
+    /// <summary>
+    /// The list forms of AddInputs/AddOutputGradients run the layers side by side on a multi-threaded CPU backend (one
+    /// layer a thread); the factors must be bit for bit those of the one-layer calls, here with factors large enough for
+    /// the tiled kernel to split across threads (300², 301²), a middle one and a small one (OpenBLAS ssyrk).
+    /// </summary>
+    [Fact]
+    public void LayersSideBySideGiveTheFactorsOfOneLayerAtATime()
+    {
+        LayerShape[] shapes = [new("big", 300, 300, true), new("mid", 90, 120, false), new("small", 7, 5, true)];
+        var rng = new Random(11);
+        var batches = Enumerable.Range(0, 2).Select(_ => shapes.Select(s => (Inputs: Flat(RandomRows(rng, 64, s.InFeatures, 2.0)),
+            Draws: Enumerable.Range(0, 2).Select(_ => Flat(RandomRows(rng, 64, s.OutFeatures, 0.05))).ToArray())).ToArray()).ToArray();
+        var options = new KfacFitOptions { Samples = 2 };
+        var oneByOne = new KfacAccumulator(new Backends.Cpu.CpuBackend(threads: 2), shapes, options, Hash);
+        var sideBySide = new KfacAccumulator(new Backends.Cpu.CpuBackend(threads: 2), shapes, options, Hash);
+        foreach (var layers in batches)
+        {
+            oneByOne.BeginBatch(64);
+            for (int l = 0; l < shapes.Length; l++)
+            {
+                oneByOne.AddInputs(shapes[l].Layer, layers[l].Inputs);
+                foreach (float[] draw in layers[l].Draws) oneByOne.AddOutputGradients(shapes[l].Layer, draw, 0.5);
+            }
+            oneByOne.EndBatch();
+            sideBySide.BeginBatch(64);
+            sideBySide.AddInputs(shapes.Select((s, l) => (s.Layer, layers[l].Inputs)).ToList());
+            for (int d = 0; d < 2; d++) sideBySide.AddOutputGradients(shapes.Select((s, l) => (s.Layer, layers[l].Draws[d])).ToList(), 0.5);
+            sideBySide.EndBatch();
+        }
+        var expected = oneByOne.ToCurvature("test").Layers;
+        var actual = sideBySide.ToCurvature("test").Layers;
+        for (int l = 0; l < shapes.Length; l++)
+        {
+            Assert.Equal(expected[l].A.Data, actual[l].A.Data);
+            Assert.Equal(expected[l].G.Data, actual[l].G.Data);
+        }
+    }
+
     [Theory]
     [InlineData(1, "float64")]
     [InlineData(3, "float64")]
