@@ -39,6 +39,15 @@ public interface IComputeBackend : IDisposable
     void AccumulateFactor(ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
                           float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default, bool upperOnly = false);
 
+    /// <summary>
+    /// Several <see cref="AccumulateFactor"/> calls on distinct factors (a K-FAC batch's layers). The results are those of
+    /// the calls one after another; a backend may run them side by side.
+    /// </summary>
+    void AccumulateFactors(IReadOnlyList<FactorAccumulation> updates)
+    {
+        foreach (var u in updates) AccumulateFactor(u.X, u.Rows, u.Cols, u.AppendOne, u.Alpha, u.Beta, u.Factor, u.RowMask, u.UpperOnly);
+    }
+
     /// <summary>Batched row-major GEMM (see <see cref="GemmShape"/>).</summary>
     void Gemm(in GemmShape shape, ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> c);
 
@@ -68,4 +77,11 @@ public interface IComputeBackend : IDisposable
     /// </summary>
     void WoodburyApply(ReadOnlySpan<float> d, ReadOnlySpan<float> u, ReadOnlySpan<float> s, int n, int r,
                        ReadOnlySpan<float> b, int k, Span<float> output);
+}
+
+/// <summary>The arguments of one <see cref="IComputeBackend.AccumulateFactor"/> call, for <see cref="IComputeBackend.AccumulateFactors"/>.</summary>
+public sealed record FactorAccumulation(float[] X, int Rows, int Cols, bool AppendOne, float Alpha, float Beta, float[] Factor, byte[] RowMask, bool UpperOnly)
+{
+    /// <summary>Elements of the factor: its share of the work.</summary>
+    public long Size => (long)(Cols + (AppendOne ? 1 : 0)) * (Cols + (AppendOne ? 1 : 0));
 }

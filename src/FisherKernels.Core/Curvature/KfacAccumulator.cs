@@ -2,7 +2,6 @@ using System.Buffers;
 using System.Globalization;
 using System.Numerics.Tensors;
 using FisherKernels.Backends;
-using FisherKernels.Backends.Cpu;
 using FisherKernels.IO;
 
 namespace FisherKernels.Curvature;
@@ -66,9 +65,6 @@ public sealed class KfacAccumulator
     public const string CheckpointFormat = "fisherkernels-checkpoint/1";
 
     readonly IComputeBackend backend;
-    /// <summary>A one-thread twin of a multi-threaded CPU backend, for factor updates run side by side; null otherwise.</summary>
-    readonly CpuBackend? serialBackend;
-    readonly int sideBySideThreads;
     readonly LayerState[] layers;
     readonly Dictionary<string, int> indexOf = new(StringComparer.Ordinal);
     byte[] mask = [];
@@ -97,7 +93,6 @@ public sealed class KfacAccumulator
         if (layers.Count == 0) throw FisherKernelsException.Argument("K-FAC fit: the model has no layers (SPEC §2)");
         if (string.IsNullOrWhiteSpace(modelSha256)) throw FisherKernelsException.Argument("K-FAC fit: model_sha256 is empty");
         this.backend = backend;
-        if (backend is CpuBackend { Threads: > 1 } cpu) (serialBackend, sideBySideThreads) = (new CpuBackend(1, cpu.UsesNativeBlas), cpu.Threads);
         Options = options;
         ModelSha256 = modelSha256;
         this.layers = new LayerState[layers.Count];
@@ -155,12 +150,11 @@ public sealed class KfacAccumulator
     public void AddInputs(string layer, ReadOnlySpan<float> inputs) => PrepareInputs(layer, inputs.Length)?.Run(backend, inputs);
 
     /// <summary>
-    /// <see cref="AddInputs(string, ReadOnlySpan{float})"/> for several layers. On a multi-threaded CPU backend their factors
-    /// update side by side, one layer a thread, largest first: a batch of a few hundred rows gives one factor too little work
-    /// to split well across threads. The factors are the same either way (each tile is computed alike).
+    /// <see cref="AddInputs(string, ReadOnlySpan{float})"/> for several layers, through <see cref="IComputeBackend.AccumulateFactors"/>
+    /// (the CPU backend updates them side by side; the factors are the same as one layer at a time).
     /// </summary>
     public void AddInputs(IReadOnlyList<(string Layer, float[] Inputs)> inputs) =>
-        RunSideBySide(inputs.Select(x => (PrepareInputs(x.Layer, x.Inputs.Length), x.Inputs)).ToList());
+        Accumulate(inputs.Select(x => PrepareInputs(x.Layer, x.Inputs.Length)?.With(x.Inputs)).ToList());
 
     FactorUpdate? PrepareInputs(string layer, int length)
     {
@@ -188,9 +182,9 @@ public sealed class KfacAccumulator
     public void AddOutputGradients(string layer, ReadOnlySpan<float> outputGradients, double weight = 1) =>
         PrepareOutputGradients(layer, outputGradients.Length, weight)?.Run(backend, outputGradients);
 
-    /// <summary><see cref="AddOutputGradients(string, ReadOnlySpan{float}, double)"/> for several layers, side by side as <see cref="AddInputs(IReadOnlyList{ValueTuple{string, float[]}})"/>.</summary>
+    /// <summary><see cref="AddOutputGradients(string, ReadOnlySpan{float}, double)"/> for several layers, as <see cref="AddInputs(IReadOnlyList{ValueTuple{string, float[]}})"/>.</summary>
     public void AddOutputGradients(IReadOnlyList<(string Layer, float[] OutputGradients)> outputGradients, double weight = 1) =>
-        RunSideBySide(outputGradients.Select(x => (PrepareOutputGradients(x.Layer, x.OutputGradients.Length, weight), x.OutputGradients)).ToList());
+        Accumulate(outputGradients.Select(x => PrepareOutputGradients(x.Layer, x.OutputGradients.Length, weight)?.With(x.OutputGradients)).ToList());
 
     FactorUpdate? PrepareOutputGradients(string layer, int length, double weight)
     {
@@ -209,22 +203,13 @@ public sealed class KfacAccumulator
     /// <summary>One factor update <c>F ← β·F + α·Σ x̃ x̃ᵀ</c> (upper triangle), checked and weighed, waiting for its rows.</summary>
     sealed record FactorUpdate(int Rows, int Columns, bool AppendOne, float Alpha, float Beta, float[] Factor, byte[] RowMask)
     {
-        public long Cost => (long)(Columns + (AppendOne ? 1 : 0)) * (Columns + (AppendOne ? 1 : 0));
-
         public void Run(IComputeBackend backend, ReadOnlySpan<float> rows) =>
             backend.AccumulateFactor(rows, Rows, Columns, AppendOne, Alpha, Beta, Factor, RowMask, upperOnly: true);
+
+        public FactorAccumulation With(float[] rows) => new(rows, Rows, Columns, AppendOne, Alpha, Beta, Factor, RowMask, UpperOnly: true);
     }
 
-    void RunSideBySide(List<(FactorUpdate? Update, float[] Rows)> updates)
-    {
-        var work = updates.Where(u => u.Update is not null).OrderByDescending(u => u.Update!.Cost).ToArray();
-        if (serialBackend is null || work.Length < 2)
-        {
-            foreach (var (update, rows) in work) update!.Run(backend, rows);
-            return;
-        }
-        ParallelWork.For(work.Length, sideBySideThreads, i => work[i].Update!.Run(serialBackend, work[i].Rows));
-    }
+    void Accumulate(List<FactorAccumulation?> updates) => backend.AccumulateFactors(updates.OfType<FactorAccumulation>().ToList());
 
     LayerState Layer(string layer)
     {

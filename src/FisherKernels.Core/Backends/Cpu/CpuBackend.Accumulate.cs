@@ -30,6 +30,26 @@ public sealed partial class CpuBackend
     /// </summary>
     public void AccumulateFactor(ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
                                  float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask = default, bool upperOnly = false)
+        => Accumulate(x, rows, cols, appendOne, alpha, beta, factor, rowMask, upperOnly, Threads);
+
+    /// <summary>
+    /// Side by side, one factor a thread, largest first: a batch of a few hundred rows gives one factor too little work to
+    /// split well across threads. Each factor is exactly what <see cref="AccumulateFactor"/> gives (a tile's result does
+    /// not depend on the thread count).
+    /// </summary>
+    public void AccumulateFactors(IReadOnlyList<FactorAccumulation> updates)
+    {
+        var order = updates.OrderByDescending(u => u.Size).ToArray();
+        int threads = order.Length > 1 ? 1 : Threads;
+        ParallelWork.For(order.Length, Threads, i =>
+        {
+            var u = order[i];
+            Accumulate(u.X, u.Rows, u.Cols, u.AppendOne, u.Alpha, u.Beta, u.Factor, u.RowMask, u.UpperOnly, threads);
+        });
+    }
+
+    private void Accumulate(ReadOnlySpan<float> x, int rows, int cols, bool appendOne, float alpha, float beta,
+                            Span<float> factor, ReadOnlySpan<byte> rowMask, bool upperOnly, int threads)
     {
         int n = BackendArguments.CheckAccumulate(x.Length, rows, cols, appendOne, factor.Length, rowMask.Length);
         if (n == 0) return;
@@ -42,8 +62,8 @@ public sealed partial class CpuBackend
             return;
         }
         var kernel = ChooseKernel(n);
-        if (kernel == AccumulateKernel.Ssyrk) AccumulateWithSsyrk(x, rows, cols, appendOne, alpha, beta, factor, rowMask);
-        else AccumulateTiled(kernel, x, rows, cols, appendOne, active, alpha, beta, factor, rowMask, mirror: !upperOnly);
+        if (kernel == AccumulateKernel.Ssyrk) AccumulateWithSsyrk(x, rows, cols, appendOne, alpha, beta, factor, rowMask, threads);
+        else AccumulateTiled(kernel, x, rows, cols, appendOne, active, alpha, beta, factor, rowMask, mirror: !upperOnly, threads);
         if (!upperOnly && kernel == AccumulateKernel.Ssyrk) MirrorUpper(factor, n);
     }
 
@@ -73,7 +93,7 @@ public sealed partial class CpuBackend
     /// parallel, α and β fused into the microkernel's store; the last block mirrors each finished tile (unless the caller keeps the upper triangle only).
     /// </summary>
     private unsafe void AccumulateTiled(AccumulateKernel kernel, ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
-                                        int active, float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask, bool mirror)
+                                        int active, float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask, bool mirror, int threads)
     {
         int n = cols + (appendOne ? 1 : 0);
         int panels = (n + PanelWidth - 1) / PanelWidth;
@@ -83,7 +103,7 @@ public sealed partial class CpuBackend
         var packed = ArrayPool<float>.Shared.Rent(panels * BlockRows * PanelWidth);
         var blockRowIndex = ArrayPool<int>.Shared.Rent(BlockRows);
         // Small problems run on one thread: the fork/join costs more than it saves.
-        bool parallel = Threads > 1 && (long)active * n * n > 1L << 22;
+        bool parallel = threads > 1 && (long)active * n * n > 1L << 22;
         try
         {
             fixed (float* px = x, pf = factor, pp = packed)
@@ -342,10 +362,10 @@ public sealed partial class CpuBackend
     /// is; with a mask or the homogeneous column, X̃ is built block by block in a scratch buffer.
     /// </summary>
     private unsafe void AccumulateWithSsyrk(ReadOnlySpan<float> x, int rows, int cols, bool appendOne,
-                                            float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask)
+                                            float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask, int threads)
     {
         int n = cols + (appendOne ? 1 : 0);
-        UseNativeThreads();
+        UseNativeThreads(threads);
         fixed (float* px = x, pf = factor)
         {
             if (!appendOne && rowMask.IsEmpty)

@@ -30,10 +30,10 @@ public sealed partial class CpuBackend : IComputeBackend
 
     private ParallelOptions Parallelism { get; }
 
-    /// <summary>Before each OpenBLAS/LAPACK call: this backend's thread count (see <see cref="Blas.SetThreads"/>).</summary>
-    private void UseNativeThreads()
+    /// <summary>Before each OpenBLAS/LAPACK call: the call's thread count, this backend's unless given (see <see cref="Blas.SetThreads"/>).</summary>
+    private void UseNativeThreads(int threads = 0)
     {
-        if (UsesNativeBlas) Blas.SetThreads(Threads);
+        if (UsesNativeBlas) Blas.SetThreads(threads > 0 ? threads : Threads);
     }
 
     public void Dispose() { }
