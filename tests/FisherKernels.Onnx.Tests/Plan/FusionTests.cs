@@ -113,7 +113,7 @@ public class FusionTests
         foreach (var type in present) Assert.Contains(plan.Steps, s => Kind(s.Op) == type);
         foreach (var type in absent) Assert.DoesNotContain(plan.Steps, s => Kind(s.Op) == type);
         plan.Run(Context, inputs);
-        AssertOutputsMatchOnnxRuntime(plan, path, inputs, exposed.Append("y"), 1e-4);
+        OnnxRuntimeReference.AssertPlanMatches(plan, path, inputs, exposed.Append("y"), 1e-4);
     }
 
     /// <summary>
@@ -173,7 +173,7 @@ public class FusionTests
         var plan = model.GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape));
         Assert.Equal(fuses, plan.Steps.Any(s => s.Op is FusedAttention));
         plan.Run(TwoThreads, inputs);
-        AssertOutputsMatchOnnxRuntime(plan, path, inputs, exposed.Append("y"), 1e-5);
+        OnnxRuntimeReference.AssertPlanMatches(plan, path, inputs, exposed.Append("y"), 1e-5);
     }
 
     [Theory]
@@ -286,17 +286,5 @@ public class FusionTests
         var shape = new TensorShapeProto();
         foreach (var d in dims) shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });
         return new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = 1, Shape = shape } };
-    }
-
-    /// <summary>Each named value of the plan (already run) against ONNX Runtime's run of the same model and inputs.</summary>
-    private static void AssertOutputsMatchOnnxRuntime(ExecutionPlan plan, string path, Dictionary<string, NdArray> inputs, IEnumerable<string> names, double tolerance)
-    {
-        var reference = OnnxRuntimeReference.Run(path, inputs);
-        foreach (var name in names)
-        {
-            var ours = (NdArray<float>)plan.Get(name);
-            Assert.Equal(reference[name].Shape, ours.Shape);
-            for (int i = 0; i < ours.Data.Length; i++) Assert.Equal(reference[name].Data[i], ours.Data[i], tolerance);
-        }
     }
 }

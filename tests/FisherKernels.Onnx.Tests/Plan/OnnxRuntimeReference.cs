@@ -6,6 +6,18 @@ namespace FisherKernels.Tests.Plan;
 /// <summary>ONNX Runtime as the reference executor for forward outputs.</summary>
 internal static class OnnxRuntimeReference
 {
+    /// <summary>Each named value of the plan (already run) against ONNX Runtime's run of the same model and inputs.</summary>
+    public static void AssertPlanMatches(Onnx.Plan.ExecutionPlan plan, string path, IReadOnlyDictionary<string, NdArray> inputs, IEnumerable<string> names, double tolerance)
+    {
+        var reference = Run(path, inputs);
+        foreach (var name in names)
+        {
+            var ours = (NdArray<float>)plan.Get(name);
+            Assert.Equal(reference[name].Shape, ours.Shape);
+            for (int i = 0; i < ours.Data.Length; i++) Assert.Equal(reference[name].Data[i], ours.Data[i], tolerance);
+        }
+    }
+
     /// <summary>Every graph output, as float arrays (ints widened), for the given named inputs.</summary>
     public static Dictionary<string, (int[] Shape, double[] Data)> Run(string modelPath, IReadOnlyDictionary<string, NdArray> inputs)
     {
