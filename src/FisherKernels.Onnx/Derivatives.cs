@@ -48,7 +48,7 @@ public static class Derivatives
                 throw FisherKernelsException.Argument($"{what}: '{name}' has shape [{ShapeUtil.Format(value.Shape)}], the initializer [{ShapeUtil.Format(init.Shape)}]");
         }
         var inputs = lm.Inputs(tokens);
-        var plan = lm.Model.GetPlan(Shapes(inputs), direction.Keys.ToHashSet(), keepAll: true);
+        var plan = lm.Model.GetPlan(inputs, direction.Keys.ToHashSet(), keepAll: true);
         lm.CheckLogits(plan, tokens.Shape);
         var tangent = lm.Model.TangentFor(plan);
         plan.Run(context, inputs);
@@ -64,7 +64,7 @@ public static class Derivatives
                                                                                            bool layerOutputsOnly = false)
     {
         var inputs = lm.Inputs(tokens);
-        var plan = lm.Model.GetPlan(Shapes(inputs), parameters.ToHashSet(), keepAll: true);
+        var plan = lm.Model.GetPlan(inputs, parameters.ToHashSet(), keepAll: true);
         lm.CheckLogits(plan, tokens.Shape);
         var backward = lm.Model.BackwardFor(plan, lm.LogitsOutput, layerOutputsOnly);
         plan.Run(context, inputs);

@@ -14,6 +14,7 @@ public sealed class LanguageModel
     public LanguageModel(OnnxModel model)
     {
         Model = model;
+        model.CheckSupported();
         var graph = model.Graph;
         var token = graph.Inputs.FirstOrDefault(i => i.Name == "input_ids")
                     ?? graph.Inputs.FirstOrDefault(i => i.ElementType is ElementType.Int64 or ElementType.Int32)
@@ -63,7 +64,7 @@ public sealed class LanguageModel
     public NdArray<float> Forward(OpContext context, NdArray tokens, IReadOnlyDictionary<string, NdArray>? given = null, string what = "tokens")
     {
         var inputs = Inputs(tokens, given, what);
-        var plan = Model.GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape));
+        var plan = Model.GetPlan(inputs);
         CheckLogits(plan, tokens.Shape);
         plan.Run(context, inputs);
         var logits = (NdArray<float>)plan.Get(LogitsOutput);

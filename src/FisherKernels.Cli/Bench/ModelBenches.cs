@@ -128,7 +128,7 @@ internal sealed class ModelBenches : IBenchSuite
     /// <summary>--verbose: where the forward pass spends its time, by operator type.</summary>
     private static void LogProfile(TextWriter log, LanguageModel lm, OpContext op, Dictionary<string, NdArray> inputs, int runs)
     {
-        var plan = lm.Model.GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape));
+        var plan = lm.Model.GetPlan(inputs);
         plan.Run(op, inputs);
         var profile = new PlanProfile(plan);
         for (int i = 0; i < 2 * runs; i++) plan.Run(op, inputs, profile);

@@ -11,11 +11,11 @@ namespace FisherKernels.Cli.Commands;
 /// <summary>The model verbs of SPEC §6 that need only the forward executor: inspect, forward, run.</summary>
 internal static class ModelCommands
 {
-    /// <summary>`inspect --model M [--json]`: inputs, outputs, layers with in/out/bias/parameters, totals.</summary>
+    /// <summary>`inspect --model M [--json]`: inputs, outputs, layers with in/out/bias/parameters, totals, and the nodes whose operator is unsupported.</summary>
     public static int Inspect(string[] args, TextWriter stdout)
     {
         var options = CommandOptions.Parse("inspect", args.AsSpan(1), ["--model", "--backend", "--threads"], ["--json"]);
-        var model = OnnxModel.Load(options.Required("--model"));
+        var model = OnnxModel.Open(options.Required("--model"));
         var graph = model.Graph;
         var layers = model.Layers;
         long layerParameters = layers.Sum(l => l.Parameters);
@@ -54,6 +54,17 @@ internal static class ModelCommands
                 json.WriteEndArray();
                 json.WriteNumber("layer_parameters", layerParameters);
                 json.WriteNumber("total_parameters", allParameters);
+                json.WriteStartArray("unsupported");
+                foreach (var (node, error) in model.Unsupported)
+                {
+                    json.WriteStartObject();
+                    json.WriteString("node", node.Name);
+                    json.WriteString("op", node.OpType);
+                    json.WriteString("domain", node.Domain.Length == 0 ? "ai.onnx" : node.Domain);
+                    json.WriteString("error", error.Message);
+                    json.WriteEndObject();
+                }
+                json.WriteEndArray();
                 json.WriteEndObject();
             }
             stdout.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
@@ -69,6 +80,12 @@ internal static class ModelCommands
             stdout.WriteLine($"{l.Id.PadRight(width)}  {l.Op,-6} {l.In,7} {l.Out,7}  {(l.Bias is null ? "no" : "yes"),-5} {l.Parameters,12:N0}");
         stdout.WriteLine();
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{layers.Count} layers, {layerParameters:N0} layer parameters; {allParameters:N0} float parameters in all"));
+        if (model.Unsupported.Count > 0)
+        {
+            stdout.WriteLine();
+            foreach (var (_, error) in model.Unsupported) stdout.WriteLine($"unsupported  {error.Message}");
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{model.Unsupported.Count} unsupported node(s): the other verbs refuse this model"));
+        }
         return 0;
     }
 
@@ -106,7 +123,7 @@ internal static class ModelCommands
         foreach (var i in graph.Inputs)
             if (!inputs.ContainsKey(i.Name)) throw FisherKernelsException.Argument($"run: input '{i.Name}' is required (--input {i.Name}=FILE.npy)");
 
-        var plan = model.GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape));
+        var plan = model.GetPlan(inputs);
         plan.Run(Context(options), inputs);
         var files = graph.Outputs.Select(o => (Path: Path.Combine(outDir, SafeFileName(o.Name) + ".npy"), Value: plan.Get(o.Name))).ToList();
         Directory.CreateDirectory(outDir);

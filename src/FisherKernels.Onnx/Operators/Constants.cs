@@ -60,6 +60,8 @@ internal sealed class ConstantOfShape : Operator
         if (fill.Length != 1) throw FisherKernelsException.Format($"attribute 'value' must hold one element, got {fill.Length}");
     }
 
+    public override bool NeedsValue(int input) => input == 0;
+
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var shape = ConstantInts(Required(inputs, 0, "input"), "input");
@@ -84,6 +86,8 @@ internal sealed class ConstantOfShape : Operator
 internal sealed class Range : Operator
 {
     public Range(OperatorNode node) : base(node) => RequireInputs(3, 3);
+
+    public override bool NeedsValue(int input) => true;
 
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {

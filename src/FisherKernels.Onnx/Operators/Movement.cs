@@ -257,6 +257,8 @@ internal sealed class Expand : MovementOperator
 {
     public Expand(OperatorNode node) : base(node) => RequireInputs(2, 2);
 
+    public override bool NeedsValue(int input) => input == 1;
+
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var x = Required(inputs, 0, "input");
@@ -348,6 +350,8 @@ internal sealed class Slice : MovementOperator
             start[axis] = (int)b; step[axis] = (int)Math.Clamp(st, -dim - 1, dim + 1); count[axis] = (int)Math.Max(0, n);
         }
     }
+
+    public override bool NeedsValue(int input) => Node.Opset >= 10 && input >= 1;
 
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
@@ -450,6 +454,8 @@ internal sealed class Split : MovementOperator
     /// <summary>The parts cover the input once: a first gradient is copied, not zeroed and added.</summary>
     public override bool WritesFreshGradients => true;
 
+    public override bool NeedsValue(int input) => Node.Opset >= 13 && input == 1;
+
     private int[] Sizes(int dim, ReadOnlySpan<TensorInfo?> inputs)
     {
         int parts = Node.OutputCount;
@@ -551,6 +557,8 @@ internal sealed class Trilu : MovementOperator
     }
 
     protected override bool CoversOutputs => false;
+
+    public override bool NeedsValue(int input) => input == 1;
 
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {

@@ -117,6 +117,13 @@ public abstract class Operator
     public virtual bool IsDifferentiable(int input) => false;
 
     /// <summary>
+    /// Whether input <paramref name="input"/>'s value, not only its shape, is read when the plan is built (a shape,
+    /// axes, starts, pads, repeats…). A graph input whose value reaches such an operand is folded by value into
+    /// each plan (<see cref="Plan.OnnxModel.ValueInputs"/>).
+    /// </summary>
+    public virtual bool NeedsValue(int input) => false;
+
+    /// <summary>
     /// Whether output 0's gradient passes to input <paramref name="input"/> unchanged when the two have one
     /// shape (views; Add): the backward pass may then give both one buffer instead of adding one into the other.
     /// </summary>

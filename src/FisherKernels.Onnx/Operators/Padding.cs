@@ -37,6 +37,8 @@ internal sealed class Pad : MovementOperator
 
     public override bool IsDifferentiable(int input) => input == 0 || (input == 2 && mode == Mode.Constant);
 
+    public override bool NeedsValue(int input) => Node.Opset >= 11 && input is 1 or 3;
+
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var data = Required(inputs, 0, "data");
@@ -236,6 +238,8 @@ internal sealed class Pad : MovementOperator
 internal sealed class Tile : MovementOperator
 {
     public Tile(OperatorNode node) : base(node) => RequireInputs(2, 2);
+
+    public override bool NeedsValue(int input) => input == 1;
 
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {

@@ -27,6 +27,8 @@ internal sealed class Reduce : Operator
 
     public override bool IsDifferentiable(int input) => input == 0;
 
+    public override bool NeedsValue(int input) => axesAsInput && input == 1;
+
     private ReadOnlySpan<long> Axes(NdArray? axesInput) => axesAsInput
         ? axesInput switch { null => default, NdArray<long> l => l.Data, _ => throw Error($"axes must be int64, got {axesInput.ElementType}") }
         : axesAttribute;

@@ -18,6 +18,8 @@ internal sealed class Reshape : Operator
 
     public override bool IsDifferentiable(int input) => input == 0;
 
+    public override bool NeedsValue(int input) => input == 1;
+
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var data = Required(inputs, 0, "data");

@@ -29,6 +29,8 @@ internal sealed class View : Operator
 
     public override bool IsDifferentiable(int input) => input == 0;
 
+    public override bool NeedsValue(int input) => Node.OpType is "Squeeze" or "Unsqueeze" ? Node.Opset >= 13 && input == 1 : Node.OpType == "Dropout" && input == 2;
+
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var x = Required(inputs, 0, "input");

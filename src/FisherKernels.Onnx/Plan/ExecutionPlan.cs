@@ -32,6 +32,8 @@ public sealed class ExecutionPlan
     private readonly List<Value> values = [];
     private readonly List<Step> steps = [];
     private readonly List<(int Id, NdArray Buffer)> graphInputs = [];
+    /// <summary>Graph inputs folded by value (<see cref="OnnxModel.ValueInputs"/>): a run must give these same values.</summary>
+    private readonly List<(int Id, NdArray Value)> foldedInputs = [];
 
     public OnnxModel Model { get; }
     public IReadOnlyDictionary<string, int[]> InputShapes { get; }
@@ -50,7 +52,8 @@ public sealed class ExecutionPlan
     }
 
     /// <summary>
-    /// Builds the plan for <paramref name="inputShapes"/> (every graph input given). Initializers in
+    /// Builds the plan for <paramref name="inputShapes"/> (every graph input given); the graph inputs in
+    /// <paramref name="values"/> are folded as those constants (a run must give the same values). Initializers in
     /// <paramref name="variables"/> are not folded into constants (derivatives are taken through them);
     /// with <paramref name="keepAll"/> every value survives the run (the backward pass reads them).
     /// Unless <paramref name="fuse"/> is false, operator chains are fused (<see cref="Fusion"/>; in a plan with
@@ -58,10 +61,11 @@ public sealed class ExecutionPlan
     /// Unsupported operators and shape errors surface here, before anything runs.
     /// </summary>
     internal static ExecutionPlan Build(OnnxModel model, IReadOnlyDictionary<string, int[]> inputShapes,
-                                        IReadOnlySet<string> variables, bool keepAll, bool fuse = true)
+                                        IReadOnlySet<string> variables, bool keepAll, bool fuse = true,
+                                        IReadOnlyDictionary<string, NdArray>? values = null)
     {
         var plan = new ExecutionPlan(model, inputShapes, variables);
-        plan.Bind(keepAll, fuse);
+        plan.Bind(keepAll, fuse, values ?? new Dictionary<string, NdArray>());
         return plan;
     }
 
@@ -87,6 +91,13 @@ public sealed class ExecutionPlan
     public void Run(OpContext context, IReadOnlyDictionary<string, NdArray> inputs, PlanProfile? profile = null)
     {
         if (profile is not null && profile.Plan != this) throw FisherKernelsException.Argument("the profile belongs to another plan");
+        foreach (var (id, value) in foldedInputs)
+        {
+            string name = values[id].Name;
+            if (!inputs.TryGetValue(name, out var given)) throw FisherKernelsException.Argument($"input '{name}' is not given");
+            if (!SameValue(given, value))
+                throw FisherKernelsException.Argument($"input '{name}' differs from the value this plan was built for (it sets a shape: get the plan for these inputs)");
+        }
         foreach (var (id, buffer) in graphInputs)
         {
             var value = values[id];
@@ -112,7 +123,7 @@ public sealed class ExecutionPlan
         }
     }
 
-    private void Bind(bool keepAll, bool fuse)
+    private void Bind(bool keepAll, bool fuse, IReadOnlyDictionary<string, NdArray> inputValues)
     {
         var graph = Model.Graph;
         foreach (var input in graph.Inputs)
@@ -120,7 +131,19 @@ public sealed class ExecutionPlan
             if (!InputShapes.TryGetValue(input.Name, out var shape))
                 throw FisherKernelsException.Argument($"model '{graph.Source}': input '{input.Name}' is required");
             var type = input.ElementType ?? throw FisherKernelsException.Unsupported($"model '{graph.Source}': input '{input.Name}' has an unsupported element type");
-            Add(input.Name, new TensorInfo(type, shape));
+            if (!inputValues.TryGetValue(input.Name, out var given))
+            {
+                Add(input.Name, new TensorInfo(type, shape));
+                continue;
+            }
+            if (given.ElementType != type || !given.Shape.AsSpan().SequenceEqual(shape))
+                throw FisherKernelsException.Argument($"input '{input.Name}' is {given.ElementType}[{ShapeUtil.Format(given.Shape)}], the model declares {type}");
+            var value = Tensors.Allocate(type, (int[])shape.Clone());
+            Tensors.CopyElements(given, value);
+            var folded = Add(input.Name, new TensorInfo(type, value.Shape, value));
+            folded.Array = value;
+            folded.IsConstant = true;
+            foldedInputs.Add((Id(input.Name), value));
         }
         foreach (var (name, array) in graph.Initializers)
         {
@@ -215,7 +238,8 @@ public sealed class ExecutionPlan
         // Storage ids: one per non-view computed value; a view output takes its input's.
         var storageOf = new Dictionary<int, int>();
         int storageCount = 0;
-        foreach (var input in graph.Inputs) values[Id(input.Name)].Storage = storageCount++;
+        var runInputs = graph.Inputs.Where(i => !values[Id(i.Name)].IsConstant).ToList();
+        foreach (var input in runInputs) values[Id(input.Name)].Storage = storageCount++;
         foreach (var (node, op) in pending)
             for (int j = 0; j < node.Outputs.Length; j++)
             {
@@ -250,7 +274,7 @@ public sealed class ExecutionPlan
             free.Push(storages[storage]!);
         }
 
-        foreach (var input in graph.Inputs)
+        foreach (var input in runInputs)
         {
             var v = values[Id(input.Name)];
             storages[v.Storage] = Take(v.Info);
@@ -282,6 +306,15 @@ public sealed class ExecutionPlan
             }
         }
     }
+
+    private static bool SameValue(NdArray a, NdArray b) => a.Shape.AsSpan().SequenceEqual(b.Shape) && (a, b) switch
+    {
+        (NdArray<long> x, NdArray<long> y) => x.Data.AsSpan().SequenceEqual(y.Data),
+        (NdArray<int> x, NdArray<int> y) => x.Data.AsSpan().SequenceEqual(y.Data),
+        (NdArray<bool> x, NdArray<bool> y) => x.Data.AsSpan().SequenceEqual(y.Data),
+        (NdArray<float> x, NdArray<float> y) => x.Data.AsSpan().SequenceEqual(y.Data),
+        _ => false,
+    };
 
     private static Array Storage(NdArray array) => array switch
     {

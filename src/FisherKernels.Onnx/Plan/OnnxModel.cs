@@ -6,8 +6,9 @@ using FisherKernels.Onnx.Operators;
 namespace FisherKernels.Onnx.Plan;
 
 /// <summary>
-/// An imported model ready to execute: operators made once per node (from the registry, on first
-/// use), the nodes in a topological order, and a small cache of plans per input shape.
+/// An imported model ready to execute: operators made once per node when the model is opened (an unsupported
+/// operator or a malformed graph is found then, before any input is read), the nodes in a topological order,
+/// and a small cache of plans per input shape (and per value of the <see cref="ValueInputs"/>).
 /// </summary>
 public sealed class OnnxModel
 {
@@ -18,9 +19,33 @@ public sealed class OnnxModel
     private IReadOnlyList<Node>? topologicalOrder;
     private OpContext? foldingContext;
 
-    public OnnxModel(OnnxGraph graph) => Graph = graph;
+    /// <summary>
+    /// Opens an imported graph: orders its nodes (a cycle is an error now) and makes every node's operator,
+    /// recording those that cannot be made in <see cref="Unsupported"/> (<see cref="CheckSupported"/> throws for them).
+    /// </summary>
+    public OnnxModel(OnnxGraph graph)
+    {
+        Graph = graph;
+        var unsupported = new List<(Node, FisherKernelsException)>();
+        foreach (var node in TopologicalOrder)
+        {
+            try { OperatorFor(node); }
+            catch (FisherKernelsException e) when (e.Kind != ErrorKind.Internal) { unsupported.Add((node, e)); }
+        }
+        Unsupported = unsupported;
+        ValueInputs = FindValueInputs();
+    }
 
-    public static OnnxModel Load(string path) => new(OnnxImporter.Load(path));
+    /// <summary>Loads a model and refuses it when some node's operator is unsupported or invalid (<see cref="CheckSupported"/>).</summary>
+    public static OnnxModel Load(string path)
+    {
+        var model = new OnnxModel(OnnxImporter.Load(path));
+        model.CheckSupported();
+        return model;
+    }
+
+    /// <summary>Loads a model whatever operators it has (for <c>inspect</c>, which lists the <see cref="Unsupported"/> ones).</summary>
+    public static OnnxModel Open(string path) => new(OnnxImporter.Load(path));
 
     public OnnxGraph Graph { get; }
 
@@ -33,13 +58,24 @@ public sealed class OnnxModel
     /// <summary>Backend for constant folding (plan build): single-threaded CPU.</summary>
     internal OpContext FoldingContext => foldingContext ??= new OpContext(new Backends.Cpu.CpuBackend(1));
 
+    /// <summary>The nodes whose operator is outside the supported set or whose attributes are invalid, each with the error naming it.</summary>
+    public IReadOnlyList<(Node Node, FisherKernelsException Error)> Unsupported { get; }
+
     /// <summary>
-    /// Every node's operator, made now: an operator outside the supported set is reported here,
-    /// naming its type, domain and node.
+    /// Graph inputs whose values, not only their shapes, the plan needs: those that reach an operand read when the plan
+    /// is built (<see cref="Operator.NeedsValue"/>: a Reshape's shape, a Slice's starts, …) other than through
+    /// <c>Shape</c>/<c>Size</c>. Plans fold them as constants, one plan per value.
     /// </summary>
+    public IReadOnlySet<string> ValueInputs { get; }
+
+    /// <summary>Throws the first <see cref="Unsupported"/> node's error (naming its type, domain and node), counting the others.</summary>
     public void CheckSupported()
     {
-        foreach (var node in TopologicalOrder) OperatorFor(node);
+        if (Unsupported.Count == 0) return;
+        var (_, first) = Unsupported[0];
+        if (Unsupported.Count == 1) throw first;
+        string others = string.Join(", ", Unsupported.Skip(1).Select(u => u.Node.OpType).Distinct());
+        throw new FisherKernelsException(first.Kind, $"model '{Graph.Source}': {first.Message} (and {Unsupported.Count - 1} more unsupported node(s): {others})", first);
     }
 
     internal Operator OperatorFor(Node node)
@@ -53,13 +89,31 @@ public sealed class OnnxModel
     }
 
     /// <summary>
-    /// The plan for these input shapes (built and cached on first use). All operators are checked first,
-    /// so an unsupported one fails before any shape work or compute.
+    /// The plan for these inputs' shapes and for the values of the <see cref="ValueInputs"/> among them (built and
+    /// cached on first use). All operators are checked first, so an unsupported one fails before any shape work or compute.
     /// </summary>
-    public ExecutionPlan GetPlan(IReadOnlyDictionary<string, int[]> inputShapes, IReadOnlySet<string>? variables = null, bool keepAll = false)
+    public ExecutionPlan GetPlan(IReadOnlyDictionary<string, NdArray> inputs, IReadOnlySet<string>? variables = null, bool keepAll = false) =>
+        GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape), variables, keepAll, inputs);
+
+    /// <summary>The plan for these input shapes; for a model without <see cref="ValueInputs"/> only (else pass the inputs).</summary>
+    public ExecutionPlan GetPlan(IReadOnlyDictionary<string, int[]> inputShapes, IReadOnlySet<string>? variables = null, bool keepAll = false) =>
+        GetPlan(inputShapes, variables, keepAll, null);
+
+    private ExecutionPlan GetPlan(IReadOnlyDictionary<string, int[]> inputShapes, IReadOnlySet<string>? variables, bool keepAll,
+                                  IReadOnlyDictionary<string, NdArray>? inputs)
     {
         variables ??= new HashSet<string>();
+        var values = new Dictionary<string, NdArray>();
+        foreach (var name in ValueInputs.Order(StringComparer.Ordinal))
+        {
+            if (inputs is null || !inputs.TryGetValue(name, out var value))
+                throw FisherKernelsException.Argument(inputs is not null && !inputShapes.ContainsKey(name)
+                    ? $"model '{Graph.Source}': input '{name}' is required"
+                    : $"model '{Graph.Source}': the plan needs the value of input '{name}' (it sets a shape, axes or the like), not only its shape");
+            values[name] = value;
+        }
         string key = string.Join(";", inputShapes.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $"{kv.Key}=[{ShapeUtil.Format(kv.Value)}]"))
+                     + "|" + string.Join(";", values.Select(kv => $"{kv.Key}={ValueKey(kv.Value)}"))
                      + "|" + string.Join(",", variables.Order(StringComparer.Ordinal)) + "|" + keepAll;
         for (var n = plans.First; n is not null; n = n.Next)
             if (n.Value.Key == key)
@@ -69,7 +123,7 @@ public sealed class OnnxModel
                 return n.Value.Plan;
             }
         CheckSupported();
-        var plan = ExecutionPlan.Build(this, inputShapes, variables, keepAll);
+        var plan = ExecutionPlan.Build(this, inputShapes, variables, keepAll, values: values);
         plans.AddFirst((key, plan));
         if (plans.Count > CachedPlans) plans.RemoveLast();
         return plan;
@@ -101,6 +155,36 @@ public sealed class OnnxModel
     }
 
     private readonly Dictionary<ExecutionPlan, Tangent> tangents = [];
+
+    /// <summary>A value as text for the plan cache key (element type and every element, floats by their bits).</summary>
+    private static string ValueKey(NdArray value) => value.ElementType + ":" + value switch
+    {
+        NdArray<float> f => string.Join(",", f.Data.Select(BitConverter.SingleToInt32Bits)),
+        NdArray<bool> b => string.Join(",", b.Data.Select(x => x ? 1 : 0)),
+        _ => string.Join(",", Tensors.ToLongs(value) ?? throw FisherKernelsException.Unsupported($"a {value.ElementType} input cannot set a shape")),
+    };
+
+    private HashSet<string> FindValueInputs()
+    {
+        var graphInputs = Graph.Inputs.Select(i => i.Name).ToHashSet();
+        var found = new HashSet<string>();
+        var seen = new HashSet<string>();
+        var pending = new Stack<string>();
+        foreach (var node in Graph.Nodes)
+            if (operators.TryGetValue(node, out var op))
+                for (int i = 0; i < node.Inputs.Length; i++)
+                    if (node.Inputs[i].Length > 0 && op.NeedsValue(i)) pending.Push(node.Inputs[i]);
+        while (pending.TryPop(out var value))
+        {
+            if (!seen.Add(value)) continue;
+            if (graphInputs.Contains(value)) found.Add(value);
+            // Shape and Size read only their input's shape, which every plan knows.
+            else if (Graph.Producers.TryGetValue(value, out var producer) && producer.OpType is not ("Shape" or "Size"))
+                foreach (var input in producer.Inputs)
+                    if (input.Length > 0) pending.Push(input);
+        }
+        return found;
+    }
 
     private List<Node> Sort()
     {

@@ -86,20 +86,30 @@ public class ExecutionPlanTests
     }
 
     [Fact]
-    public void UnsupportedOperatorIsFoundWhenThePlanIsBuilt()
+    public void UnsupportedOperatorsAreFoundWhenTheModelLoads()
     {
         using var temp = new TempFolder();
         var model = ChainModel();
         model.Graph.Node.Add(new NodeProto { Name = "mystery", OpType = "FrobnicateTensor", Domain = "com.example", Input = { "y" }, Output = { "z" } });
+        model.Graph.Node.Add(new NodeProto { Name = "bad_concat", OpType = "Concat", Input = { "y", "y" }, Output = { "c" } });
         model.Graph.Output.Add(new ValueInfoProto { Name = "z" });
+        model.Graph.Output.Add(new ValueInfoProto { Name = "c" });
         model.OpsetImport.Add(new OperatorSetIdProto { Domain = "com.example", Version = 1 });
         File.WriteAllBytes(temp.File("m.onnx"), model.ToByteArray());
-        var loaded = OnnxModel.Load(temp.File("m.onnx"));
-        var e = Assert.Throws<FisherKernelsException>(() => loaded.GetPlan(new Dictionary<string, int[]> { ["x"] = [2, 4] }));
-        Assert.Equal(ErrorKind.Unsupported, e.Kind);
-        Assert.Contains("FrobnicateTensor", e.Message);
-        Assert.Contains("com.example", e.Message);
-        Assert.Contains("mystery", e.Message);
+        // Before any input is read: the loader refuses the model (a language model's token check never runs).
+        foreach (var load in new Action[] { () => OnnxModel.Load(temp.File("m.onnx")), () => Onnx.LanguageModel.Load(temp.File("m.onnx")) })
+        {
+            var e = Assert.Throws<FisherKernelsException>(load);
+            Assert.Equal(ErrorKind.Unsupported, e.Kind);
+            Assert.Contains("FrobnicateTensor", e.Message);
+            Assert.Contains("com.example", e.Message);
+            Assert.Contains("mystery", e.Message);
+            Assert.Contains("1 more", e.Message);
+        }
+        // Opened for inspection, the model lists every node it cannot run.
+        var opened = OnnxModel.Open(temp.File("m.onnx"));
+        Assert.Equal(["mystery", "bad_concat"], opened.Unsupported.Select(u => u.Node.Name));
+        Assert.Contains("'axis'", opened.Unsupported[1].Error.Message);
     }
 
     [Fact]
