@@ -21,8 +21,12 @@ public sealed class BenchCommandTests
         Assert.Contains(results, r => r.GetProperty("name").GetString() == "woodbury_apply");
         foreach (var r in results)
         {
-            Assert.Subset(new HashSet<string> { "name", "backend", "shape", "median_ms", "gflops", "baseline", "baseline_median_ms", "ratio" },
+            Assert.Subset(new HashSet<string> { "name", "backend", "shape", "median_ms", "min_ms", "max_ms", "gflops", "baseline",
+                                                "baseline_median_ms", "baseline_min_ms", "baseline_max_ms", "ratio" },
                           r.EnumerateObject().Select(p => p.Name).ToHashSet());
+            Assert.InRange(r.GetProperty("median_ms").GetDouble(), r.GetProperty("min_ms").GetDouble(), r.GetProperty("max_ms").GetDouble());
+            Assert.InRange(r.GetProperty("baseline_median_ms").GetDouble(), r.GetProperty("baseline_min_ms").GetDouble(),
+                           r.GetProperty("baseline_max_ms").GetDouble());
             Assert.Equal("cpu", r.GetProperty("backend").GetString());
             // SPEC §6 writes block shapes as rows x cols and the Woodbury case as "n = 4096, r = 64".
             string expectedShape = r.GetProperty("name").GetString() == "woodbury_apply" ? @"^n=\d+,r=\d+$" : @"^\d+(x\d+)+$";
@@ -32,6 +36,51 @@ public sealed class BenchCommandTests
             Assert.Equal(baselineMs / ms, r.GetProperty("ratio").GetDouble(), 0.02 * baselineMs / ms + 1e-3);
             Assert.False(string.IsNullOrEmpty(r.GetProperty("baseline").GetString()));
         }
+    }
+
+    [Fact]
+    public void Machine_names_the_openblas_kernels_and_the_load()
+    {
+        var stdout = new StringWriter();
+        BenchCommand.Run(["bench", "--quick", "--json", "--threads", "1"], stdout);
+        using var document = JsonDocument.Parse(stdout.ToString());
+        string machine = document.RootElement.GetProperty("machine").GetString()!;
+        Assert.Matches(@"(OpenBLAS \w+ kernels|no OpenBLAS)", machine);
+        if (File.Exists("/proc/loadavg")) Assert.Matches(@"load \d+\.\d+ \d+\.\d+ \d+\.\d+$", machine);
+    }
+
+    [Theory]
+    [InlineData(5, 2, 1)] [InlineData(7, 3, 2)]
+    public void Each_side_is_timed_in_blocks_of_its_own_never_run_by_run(int runs, int blocks, int warmup)
+    {
+        // SPEC §6: warm-up, then ≥ 5 runs of one side, then of the other, the blocks repeated.
+        var calls = new List<char>();
+        var (ours, baseline) = BenchTimer.Blocks(() => calls.Add('o'), () => calls.Add('b'), runs, blocks, warmup);
+        // Block by block, the leading side swapping each round (o b, b o, ...) so that neither always runs first.
+        string expected = string.Concat(Enumerable.Range(0, blocks).Select(round =>
+        {
+            string o = new('o', warmup + runs), b = new('b', warmup + runs);
+            return round % 2 == 0 ? o + b : b + o;
+        }));
+        Assert.Equal(expected, new string(calls.ToArray()));
+        foreach (var t in new[] { ours, baseline })
+            Assert.True(t.MinMs >= 0 && t.MinMs <= t.MedianMs && t.MedianMs <= t.MaxMs, t.ToString());
+    }
+
+    [Fact]
+    public void Fewer_than_five_runs_or_two_blocks_are_raised_to_the_minimum()
+    {
+        int ours = 0, baseline = 0;
+        BenchTimer.Blocks(() => ours++, () => baseline++, runs: 1, blocks: 1, warmup: 0);
+        Assert.Equal(10, ours);
+        Assert.Equal(10, baseline);
+    }
+
+    [Fact]
+    public void Timing_reports_the_median_and_the_extremes()
+    {
+        Assert.Equal(new Timing(3, 1, 9), Timing.Of([9, 1, 3, 2, 4]));
+        Assert.Equal(new Timing(2.5, 1, 4), Timing.Of([4, 1, 2, 3]));
     }
 
     [Fact]

@@ -25,6 +25,8 @@ internal static class BenchCommand
     public static int Run(string[] args, TextWriter stdout)
     {
         var options = BenchOptions.Parse(args);
+        // Described (with the load average) before the suites run, so the load is other processes', not ours.
+        string machine = MachineDescription(options.Threads);
         var results = new List<BenchResult>();
         foreach (var backend in OpenBackends(options.Backend, options.Threads))
             using (backend)
@@ -33,7 +35,6 @@ internal static class BenchCommand
                 foreach (var suite in Suites.Where(s => s.NeedsModel == (options.Model is not null)))
                     results.AddRange(suite.Run(context));
             }
-        string machine = MachineDescription(options.Threads);
         if (options.Json) WriteJson(stdout, machine, results);
         else WriteTable(stdout, machine, results, MeasuredPeakGflops(options.Threads, options.Quick));
         return 0;
@@ -64,9 +65,13 @@ internal static class BenchCommand
                 json.WriteString("backend", r.Backend);
                 json.WriteString("shape", r.Shape);
                 json.WriteNumber("median_ms", Math.Round(r.MedianMs, 4));
+                json.WriteNumber("min_ms", Math.Round(r.Ours.MinMs, 4));
+                json.WriteNumber("max_ms", Math.Round(r.Ours.MaxMs, 4));
                 if (r.Gflops is double gflops) json.WriteNumber("gflops", Math.Round(gflops, 2));
                 json.WriteString("baseline", r.Baseline);
                 json.WriteNumber("baseline_median_ms", Math.Round(r.BaselineMedianMs, 4));
+                json.WriteNumber("baseline_min_ms", Math.Round(r.BaselineTiming.MinMs, 4));
+                json.WriteNumber("baseline_max_ms", Math.Round(r.BaselineTiming.MaxMs, 4));
                 json.WriteNumber("ratio", Math.Round(r.Ratio, 4));
                 if (r.PeakWorkingSetBytes is long peak) json.WriteNumber("peak_working_set_mb", Math.Round(peak / 1048576.0, 1));
                 json.WriteEndObject();
@@ -80,17 +85,18 @@ internal static class BenchCommand
     private static void WriteTable(TextWriter stdout, string machine, List<BenchResult> results, double peakGflops)
     {
         stdout.WriteLine($"machine: {machine}; FMA peak measured now: {peakGflops:F0} GFLOP/s");
-        string[] header = ["name", "backend", "shape", "ms", "GFLOP/s", "% peak", "baseline", "baseline ms", "baseline GFLOP/s", "ratio"];
+        string[] header = ["name", "backend", "shape", "ms", "min-max", "GFLOP/s", "% peak", "baseline", "baseline ms", "min-max", "baseline GFLOP/s", "ratio"];
         var rows = new List<string[]> { header };
         foreach (var r in results)
         {
             double? baselineGflops = r.Gflops * r.MedianMs / r.BaselineMedianMs;
-            rows.Add([r.Name, r.Backend, r.Shape, $"{r.MedianMs:F2}", $"{r.Gflops:F1}", r.Gflops is double g ? $"{100 * g / peakGflops:F0}%" : "",
-                      r.Baseline, $"{r.BaselineMedianMs:F2}", $"{baselineGflops:F1}", $"{r.Ratio:F2}x"]);
+            rows.Add([r.Name, r.Backend, r.Shape, $"{r.MedianMs:F2}", $"{r.Ours.MinMs:F2}-{r.Ours.MaxMs:F2}", $"{r.Gflops:F1}",
+                      r.Gflops is double g ? $"{100 * g / peakGflops:F0}%" : "", r.Baseline, $"{r.BaselineMedianMs:F2}",
+                      $"{r.BaselineTiming.MinMs:F2}-{r.BaselineTiming.MaxMs:F2}", $"{baselineGflops:F1}", $"{r.Ratio:F2}x"]);
         }
         var widths = header.Select((_, c) => rows.Max(row => row[c].Length)).ToArray();
         foreach (var row in rows)
-            stdout.WriteLine(string.Join("  ", row.Select((cell, c) => c < 3 || c == 6 ? cell.PadRight(widths[c]) : cell.PadLeft(widths[c]))).TrimEnd());
+            stdout.WriteLine(string.Join("  ", row.Select((cell, c) => c < 3 || c == 7 ? cell.PadRight(widths[c]) : cell.PadLeft(widths[c]))).TrimEnd());
         foreach (var r in results)
             if (r.PeakWorkingSetBytes is long peak) stdout.WriteLine($"{r.Name}: peak working set {peak / 1048576.0:F1} MB");
     }
@@ -101,7 +107,10 @@ internal static class BenchCommand
         if (File.Exists("/proc/cpuinfo"))
             cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? cpu;
         string simd = Avx512F.IsSupported ? "AVX-512" : Avx2.IsSupported ? "AVX2" : Vector128.IsHardwareAccelerated ? "128-bit SIMD" : "no SIMD";
-        return $"{cpu}, {Environment.ProcessorCount} cores, {simd}, {threads} threads";
+        string blas = FisherKernels.Native.Blas.CoreName is { } core ? $"OpenBLAS {core} kernels" : "no OpenBLAS";
+        // The load when the figures were taken: on a shared machine only same-process ratios compare.
+        string load = File.Exists("/proc/loadavg") ? $", load {string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3))}" : "";
+        return $"{cpu}, {Environment.ProcessorCount} cores, {simd}, {threads} threads, {blas}{load}";
     }
 
     /// <summary>

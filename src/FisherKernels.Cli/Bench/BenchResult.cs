@@ -2,17 +2,20 @@ namespace FisherKernels.Cli.Bench;
 
 /// <summary>One row of `bench --json` (SPEC §6): a figure and its baseline, timed in the same process.</summary>
 internal sealed record BenchResult(
-    string Name, string Backend, string Shape, double MedianMs, double? Gflops,
-    string Baseline, double BaselineMedianMs)
+    string Name, string Backend, string Shape, Timing Ours, double? Gflops, string Baseline, Timing BaselineTiming)
 {
     /// <summary>The process's peak working set when the figure was taken (model benches' forward), beyond SPEC §6's fields.</summary>
     public long? PeakWorkingSetBytes { get; init; }
+
+    public double MedianMs => Ours.MedianMs;
+
+    public double BaselineMedianMs => BaselineTiming.MedianMs;
 
     /// <summary>Above 1 means faster than the baseline.</summary>
     public double Ratio => BaselineMedianMs / MedianMs;
 
     /// <summary>A result whose figure does <paramref name="flops"/> floating-point operations (null: not a flop count).</summary>
     public static BenchResult Timed(string name, string backend, string shape, double? flops,
-                                    (double OursMs, double BaselineMs) times, string baseline) =>
-        new(name, backend, shape, times.OursMs, flops / (times.OursMs * 1e6), baseline, times.BaselineMs);
+                                    (Timing Ours, Timing Baseline) times, string baseline) =>
+        new(name, backend, shape, times.Ours, flops / (times.Ours.MedianMs * 1e6), baseline, times.Baseline);
 }

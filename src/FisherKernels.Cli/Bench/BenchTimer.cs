@@ -2,35 +2,56 @@ using System.Diagnostics;
 
 namespace FisherKernels.Cli.Bench;
 
+/// <summary>One side's run times: median, fastest and slowest, in milliseconds.</summary>
+internal sealed record Timing(double MedianMs, double MinMs, double MaxMs)
+{
+    public static Timing Of(IReadOnlyCollection<double> times)
+    {
+        var sorted = times.Order().ToArray();
+        int half = sorted.Length / 2;
+        double median = sorted.Length % 2 == 1 ? sorted[half] : (sorted[half - 1] + sorted[half]) / 2;
+        return new Timing(median, sorted[0], sorted[^1]);
+    }
+}
+
 /// <summary>
-/// Times a figure and its baseline in the same process (SPEC §6): both warmed up, then runs
-/// alternate ours/baseline so that load from other processes hits both alike; medians of ≥ 5 runs.
+/// Times a figure and its baseline in the same process the way SPEC §6 asks: each side in blocks of its own
+/// (warm-up, then <c>runs</c> timed runs of one side, then the same for the other), never alternating run by run, so
+/// that neither side runs on caches, thread pools or spinning threads the other left behind; the blocks are repeated,
+/// the leading side swapping each round, so that load from other processes falls on both alike.
 /// </summary>
 internal static class BenchTimer
 {
-    public static (double OursMs, double BaselineMs) MedianPairMs(Action ours, Action baseline, int runs = 5, int warmup = 1)
+    /// <summary>The pause between blocks: long enough for a thread pool that spins after its work (ONNX Runtime's does) to park.</summary>
+    private static readonly TimeSpan Settle = TimeSpan.FromMilliseconds(20);
+
+    /// <param name="runs">Timed runs per block (at least 5).</param>
+    /// <param name="blocks">Blocks per side (at least 2).</param>
+    /// <param name="warmup">Untimed runs at the start of every block.</param>
+    public static (Timing Ours, Timing Baseline) Blocks(Action ours, Action baseline, int runs = 5, int blocks = 2, int warmup = 1)
     {
-        for (int i = 0; i < warmup; i++) { ours(); baseline(); }
-        var oursTimes = new double[Math.Max(5, runs)];
-        var baselineTimes = new double[oursTimes.Length];
-        for (int i = 0; i < oursTimes.Length; i++)
+        runs = Math.Max(5, runs);
+        blocks = Math.Max(2, blocks);
+        var oursTimes = new List<double>(runs * blocks);
+        var baselineTimes = new List<double>(runs * blocks);
+        for (int round = 0; round < blocks; round++)
         {
-            oursTimes[i] = TimeMs(ours);
-            baselineTimes[i] = TimeMs(baseline);
+            bool oursFirst = round % 2 == 0;
+            Block(oursFirst ? ours : baseline, oursFirst ? oursTimes : baselineTimes, runs, warmup);
+            Block(oursFirst ? baseline : ours, oursFirst ? baselineTimes : oursTimes, runs, warmup);
         }
-        return (Median(oursTimes), Median(baselineTimes));
+        return (Timing.Of(oursTimes), Timing.Of(baselineTimes));
     }
 
-    private static double TimeMs(Action action)
+    private static void Block(Action action, List<double> times, int runs, int warmup)
     {
-        long start = Stopwatch.GetTimestamp();
-        action();
-        return Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-    }
-
-    private static double Median(double[] times)
-    {
-        Array.Sort(times);
-        return times.Length % 2 == 1 ? times[times.Length / 2] : (times[times.Length / 2 - 1] + times[times.Length / 2]) / 2;
+        Thread.Sleep(Settle);
+        for (int i = 0; i < warmup; i++) action();
+        for (int i = 0; i < runs; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            action();
+            times.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+        }
     }
 }

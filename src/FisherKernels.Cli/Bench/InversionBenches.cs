@@ -28,7 +28,7 @@ internal sealed class KronQuadraticBench : IBenchSuite
             var baseline = new float[count];
             int size = g * a;
             float[] t = new float[size], y = new float[size];
-            var times = BenchTimer.MedianPairMs(
+            var times = BenchTimer.Blocks(
                 () => backend.KronQuadratic(basis, xs, count, ours),
                 () =>
                 {
@@ -67,7 +67,7 @@ internal sealed class WoodburyBench : IBenchSuite
         var b = BenchData.Random((long)n * k, seed: 7);
         var output = new float[n * k];
         var dense = DenseSolve.Create(d, u, s, n, r, b, k, context.Threads);
-        var times = BenchTimer.MedianPairMs(() => context.Backend.WoodburyApply(d, u, s, n, r, b, k, output), dense.Run);
+        var times = BenchTimer.Blocks(() => context.Backend.WoodburyApply(d, u, s, n, r, b, k, output), dense.Run);
         for (int i = 0; i < n; i++)
             for (int c = 0; c < k; c++) BenchCheck.Agree("woodbury_apply", output[i * k + c], dense.Solution(i, c), scale: dense.MaxAbsSolution);
         double flops = 2.0 * n * r * r + 4.0 * n * r * k;

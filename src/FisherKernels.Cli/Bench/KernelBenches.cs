@@ -25,7 +25,7 @@ internal sealed class AccumulateBench : IBenchSuite
             float alpha = (1 - lambda) / rows;
             var baseline = SyrkBaseline.Create(context.Threads);
             using var cublas = CublasBaseline.TryCreate(context.Backend);
-            var times = BenchTimer.MedianPairMs(
+            var times = BenchTimer.Blocks(
                 () => context.Backend.AccumulateFactor(x, rows, cols, false, alpha, lambda, ours),
                 cublas is null ? () => baseline.Run(x, rows, cols, alpha, lambda, baselineFactor)
                                : () => cublas.Syrk(x, rows, cols, alpha, lambda, baselineFactor));
@@ -37,16 +37,17 @@ internal sealed class AccumulateBench : IBenchSuite
     }
 
     /// <summary>OpenBLAS ssyrk, or the managed kernel (so the bench still runs) where OpenBLAS is missing.</summary>
-    private sealed class SyrkBaseline(CpuBackend? managed)
+    private sealed class SyrkBaseline(CpuBackend? managed, int threads)
     {
-        public static SyrkBaseline Create(int threads) => OpenBlasLibrary.IsAvailable ? new SyrkBaseline(null)
-            : new SyrkBaseline(new CpuBackend(threads, useNativeBlas: false) { AccumulateKernel = AccumulateKernel.Scalar });
+        public static SyrkBaseline Create(int threads) => OpenBlasLibrary.IsAvailable ? new SyrkBaseline(null, threads)
+            : new SyrkBaseline(new CpuBackend(threads, useNativeBlas: false) { AccumulateKernel = AccumulateKernel.Scalar }, threads);
 
         public string Name => managed is null ? "openblas_ssyrk" : "managed_syrk";
 
         public unsafe void Run(float[] x, int rows, int cols, float alpha, float beta, float[] factor)
         {
             if (managed is not null) { managed.AccumulateFactor(x, rows, cols, false, alpha, beta, factor); return; }
+            Blas.SetThreads(threads);
             fixed (float* px = x, pf = factor)
                 Blas.Ssyrk(Blas.RowMajor, Blas.Upper, Blas.Trans, cols, rows, alpha, px, cols, beta, pf, cols);
         }
@@ -73,7 +74,7 @@ internal sealed class LinearJvpBench : IBenchSuite
         var first = new GemmShape(rows, outFeatures, inFeatures, TransB: true);
         var second = first with { Beta = 1f };
         using var cublas = CublasBaseline.TryCreate(context.Backend);
-        var times = BenchTimer.MedianPairMs(
+        var times = BenchTimer.Blocks(
             () => context.Backend.LinearJvp(x, dx, w, dw, db, rows, inFeatures, outFeatures, dy),
             cublas is not null ? () => cublas.LinearJvp(x, dx, w, dw, db, rows, inFeatures, outFeatures, baselineDy) : () =>
             {

@@ -13,8 +13,8 @@ using Microsoft.ML.OnnxRuntime.Tensors;
 namespace FisherKernels.Cli.Bench;
 
 /// <summary>
-/// `bench --model M --tokens T` (SPEC §6): <c>forward</c> against ONNX Runtime (all graph optimizations,
-/// the same thread count) on the same model and tokens; <c>backward</c> (the backward pass of the summed
+/// `bench --model M --tokens T` (SPEC §6): <c>forward</c> against ONNX Runtime (its default session settings but
+/// for the same thread count) on the same model and tokens; <c>backward</c> (the backward pass of the summed
 /// next-token loss to every layer weight, after a forward pass that is not timed), <c>jvp</c> (the tangent pass
 /// along every layer weight, likewise), <c>fit</c> (one batch: forward, backward with taps, factor
 /// accumulation) and <c>score</c> (isotropic, the whole batch, forward included) against our forward pass;
@@ -45,7 +45,7 @@ internal sealed class ModelBenches : IBenchSuite
         {
             var (session, feeds) = ort;
             yield return BenchResult.Timed("forward", backend, shape, null,
-                BenchTimer.MedianPairMs(Forward, () => session.Run(feeds).Dispose(), runs, warmup: 2), "onnxruntime")
+                BenchTimer.Blocks(Forward, () => session.Run(feeds).Dispose(), runs, blocks: context.Quick ? 2 : 4, warmup: 2), "onnxruntime")
                 with { PeakWorkingSetBytes = peakWorkingSet };
         }
         if (context.ForwardOnly) yield break;
@@ -77,7 +77,7 @@ internal sealed class ModelBenches : IBenchSuite
                 Derivatives.LossCotangent(logits, nextTokens, tapSeed);
             }, runs);
         }
-        yield return BenchResult.Timed("backward", backend, shape, null, BenchTimer.MedianPairMs(Backward, Forward, runs, warmup: 2), "forward");
+        yield return BenchResult.Timed("backward", backend, shape, null, BenchTimer.Blocks(Backward, Forward, runs, warmup: 2), "forward");
 
         var random = new Random(7);
         var direction = lm.Model.Layers.ToDictionary(l => l.Id, l =>
@@ -89,14 +89,14 @@ internal sealed class ModelBenches : IBenchSuite
         });
         var (jvpPlan, tangent) = Derivatives.PrepareJvp(lm, op, tokens, direction);
         if (context.Log is { } jvpLog) LogTangentProfile(jvpLog, jvpPlan, tangent, op, runs);
-        yield return BenchResult.Timed("jvp", backend, shape, null, BenchTimer.MedianPairMs(() => tangent.Run(op), Forward, runs, warmup: 2), "forward");
+        yield return BenchResult.Timed("jvp", backend, shape, null, BenchTimer.Blocks(() => tangent.Run(op), Forward, runs, warmup: 2), "forward");
 
         // One batch of `fit` (SPEC §3 default: sampled Fisher, one draw): forward, backward with the layer taps, factor accumulation.
         var accumulator = new KfacAccumulator(context.Backend, KfacScoring.Shapes(lm.Model.Layers), new KfacFitOptions(), modelSha256: "bench");
         var ids = NpyFile.ReadInt64(tokensPath);
         var targets = Targets.NextToken(ids);
         yield return BenchResult.Timed("fit", backend, shape, null,
-            BenchTimer.MedianPairMs(() => KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets), Forward, runs, warmup: 2), "forward");
+            BenchTimer.Blocks(() => KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets), Forward, runs, warmup: 2), "forward");
         if (context.Log is { } fitLog)
         {
             var times = new StageTimes();
@@ -106,7 +106,7 @@ internal sealed class ModelBenches : IBenchSuite
         }
 
         void Isotropic() => PositionScorer.Score(lm, op, tokens, null, parameters, "isotropic", 1.0, EpistemicMetric.SquaredGradientNorm);
-        yield return BenchResult.Timed("score", backend, shape, null, BenchTimer.MedianPairMs(Isotropic, Forward, runs: 5, warmup: 1), "forward");
+        yield return BenchResult.Timed("score", backend, shape, null, BenchTimer.Blocks(Isotropic, Forward, runs: 5, warmup: 1), "forward");
 
         // K-FAC scores need a curvature (issue 5: a K-FAC score against an isotropic one): the bench batch fitted with 16
         // label draws a position, so that every G has full rank as after a fit over many positions. (The fit row's one
@@ -116,7 +116,7 @@ internal sealed class ModelBenches : IBenchSuite
         KfacCommands.FitBatch(lm, op, curvature, lm.Model.Layers, parameters, ids, targets);
         var kfac = EpistemicMetric.Kfac(new KfacPosterior(curvature.ToCurvature("bench"), context.Backend));
         yield return BenchResult.Timed("score_kfac", backend, shape, null,
-            BenchTimer.MedianPairMs(() => PositionScorer.Score(lm, op, tokens, null, parameters, "kfac", 1.0, kfac), Isotropic, runs: 5, warmup: 1), "isotropic_score");
+            BenchTimer.Blocks(() => PositionScorer.Score(lm, op, tokens, null, parameters, "kfac", 1.0, kfac), Isotropic, runs: 5, warmup: 1), "isotropic_score");
     }
 
     private static long PeakWorkingSet()
@@ -168,16 +168,9 @@ internal sealed class ModelBenches : IBenchSuite
 
     private static Ort OrtSession(string modelPath, int threads, Dictionary<string, NdArray> inputs)
     {
-        var options = new SessionOptions
-        {
-            GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL,
-            IntraOpNumThreads = threads > 0 ? threads : Environment.ProcessorCount,
-            InterOpNumThreads = 1,
-            ExecutionMode = ExecutionMode.ORT_SEQUENTIAL,
-        };
-        // ORT's pool threads spin after each Run by default; in alternating pairs they would steal the
-        // cores from the next run of ours, so the comparison turns them off (ORT's own latency barely moves).
-        options.AddSessionConfigEntry("session.intra_op.allow_spinning", "0");
+        // SPEC §6: ONNX Runtime at its own defaults (all graph optimizations, sequential execution, pool threads that
+        // spin between runs) but for the thread count, which both sides share.
+        var options = new SessionOptions { IntraOpNumThreads = threads > 0 ? threads : Environment.ProcessorCount };
         var feeds = inputs.Select(kv => kv.Value switch
         {
             NdArray<long> v => NamedOnnxValue.CreateFromTensor(kv.Key, new DenseTensor<long>(v.Data, v.Shape)),

@@ -14,7 +14,15 @@ internal static unsafe class Blas
     private static readonly delegate* unmanaged<int, void> SetNumThreads =
         (delegate* unmanaged<int, void>)OpenBlasLibrary.Export("openblas_set_num_threads");
 
+    private static readonly delegate* unmanaged<byte*> GetCoreName = (delegate* unmanaged<byte*>)OpenBlasLibrary.Export("openblas_get_corename");
+
     private static int current;
+
+    /// <summary>
+    /// The kernel family OpenBLAS chose at load time ("SkylakeX" for its AVX-512 kernels, "Haswell" or "Zen" for AVX2), or
+    /// null without OpenBLAS: benchmarks name it beside their baselines.
+    /// </summary>
+    public static string? CoreName => GetCoreName == null ? null : System.Runtime.InteropServices.Marshal.PtrToStringAnsi((nint)GetCoreName());
 
     /// <summary>
     /// OpenBLAS's thread count is process-wide and a product's rounding depends on it, so each backend sets its own
