@@ -38,6 +38,7 @@ Task("Deps").Does(() =>
     if (!HasCommand("c++")) missing.Add("g++"); // libstdc++ for nethost (C ABI shim)
     if (StartProcess("sh", new ProcessSettings { Arguments = "-c \"/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1\"" }) != 0)
         missing.Add("python3-numpy"); // the C ABI's Python ctypes test
+    if (!HasLibrary("libicuuc.so")) missing.Add("libicu-dev"); // Unicode normalization of tokenizers (NFC/NFKC, BERT's accents)
     if (missing.Count > 0) AptInstall(missing.ToArray());
 });
 
