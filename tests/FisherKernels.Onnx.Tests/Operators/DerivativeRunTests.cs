@@ -253,7 +253,8 @@ public sealed class PackedMatMulDerivativeTests
                     if (!fresh) continue;
                     float[] both = [.. ga.Data, .. gb.Data];
                     if (oneThread is null) oneThread = both;
-                    else Assert.Equal(oneThread, both);
+                    // The packed AVX-512 kernel splits work by panels, the same on any thread count; without it the products are OpenBLAS's, whose split (and rounding) depends on the threads.
+                    else if (PackedGemm.IsSupported) Assert.Equal(oneThread, both);
                 }
         }
     }

@@ -48,7 +48,8 @@ public sealed class MatMulTangentTests
                         Assert.True(Math.Abs(expected[i] - ty.Data[i]) <= 1e-4 * (1 + Math.Abs(expected[i])),
                                     $"({withA}, {withB}) threads {threads} constant {constantInputs}: element {i}: {ty.Data[i]} against {expected[i]}");
                     oneThread ??= ty.Data;
-                    Assert.Equal(oneThread, ty.Data);
+                    // The packed AVX-512 kernel splits work by panels, the same on any thread count; without it the products are OpenBLAS's, whose split (and rounding) depends on the threads.
+                    if (PackedGemm.IsSupported) Assert.Equal(oneThread, ty.Data);
                 }
         }
     }
@@ -88,7 +89,8 @@ public sealed class MatMulTangentTests
                             Assert.True(Math.Abs(expected - actual) <= 1e-4 * (1 + Math.Abs(expected)), $"({withA}, {withB}) batch {batch} ({i}, {j}): {actual} against {expected}");
                         }
                 oneThread ??= ty.Data;
-                Assert.Equal(oneThread, ty.Data);
+                // The packed AVX-512 kernel splits work by panels, the same on any thread count; without it the products are OpenBLAS's, whose split (and rounding) depends on the threads.
+                if (PackedGemm.IsSupported) Assert.Equal(oneThread, ty.Data);
             }
         }
     }

@@ -38,9 +38,11 @@ public class FusionTests
         var shapes = inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape);
         var fused = ExecutionPlan.Build(lm.Model, shapes, new HashSet<string>(), keepAll: false);
         var unfused = ExecutionPlan.Build(lm.Model, shapes, new HashSet<string>(), keepAll: false, fuse: false);
-        foreach (var type in fusedTypes) Assert.Contains(fused.Steps, s => Kind(s.Op) == type);
+        // Packed MatMuls and fused attention need the AVX-512 kernel (PackedGemm.IsSupported); the normalizations fuse anywhere.
+        string[] expected = fusedTypes.Where(t => PackedGemm.IsSupported || !(t.StartsWith("PackedMatMul", StringComparison.Ordinal) || t == "FusedAttention")).ToArray();
+        foreach (var type in expected) Assert.Contains(fused.Steps, s => Kind(s.Op) == type);
         Assert.DoesNotContain(unfused.Steps, s => s.Op is PackedMatMul);
-        Assert.True(fused.Steps.Count < unfused.Steps.Count);
+        if (expected.Length > 0) Assert.True(fused.Steps.Count < unfused.Steps.Count);
 
         unfused.Run(Context, inputs);
         var reference = (NdArray<float>)unfused.Get(lm.LogitsOutput);
@@ -171,7 +173,7 @@ public class FusionTests
         if (additiveMask) inputs["mask"] = new NdArray<float>([1, 1, 1, 5], [0, 0, -1e4f, 0, -1e4f]);
         else inputs["mask"] = new NdArray<bool>([1, 1, 5, 5], Enumerable.Range(0, 25).Select(i => i % 5 <= i / 5).ToArray()); // causal
         var plan = model.GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape));
-        Assert.Equal(fuses, plan.Steps.Any(s => s.Op is FusedAttention));
+        Assert.Equal(fuses && PackedGemm.IsSupported, plan.Steps.Any(s => s.Op is FusedAttention)); // fused attention needs the AVX-512 kernel
         plan.Run(TwoThreads, inputs);
         OnnxRuntimeReference.AssertPlanMatches(plan, path, inputs, exposed.Append("y"), 1e-5);
     }
@@ -195,7 +197,7 @@ public class FusionTests
                 : new NdArray<bool>([1, 1, seq, seq], Enumerable.Range(0, seq * seq).Select(i => i % seq <= i / seq).ToArray()),
         };
         var plan = model.GetPlan(inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape));
-        Assert.Contains(plan.Steps, s => s.Op is FusedAttention);
+        Assert.Equal(PackedGemm.IsSupported, plan.Steps.Any(s => s.Op is FusedAttention)); // fused attention needs the AVX-512 kernel
         var reference = OnnxRuntimeReference.Run(path, inputs)["y"];
         foreach (var context in new[] { Context, TwoThreads })
         {
