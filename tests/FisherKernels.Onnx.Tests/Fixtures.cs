@@ -7,6 +7,26 @@ internal static class Fixtures
 
     public static string Path(string file) => System.IO.Path.Combine(Folder, file);
 
+    /// <summary>A file of this test project's source folder (case tables written by the scripts beside them).</summary>
+    public static string ProjectFile(params string[] parts) =>
+        System.IO.Path.Combine([System.IO.Path.GetDirectoryName(Folder)!, "FisherKernels.Onnx.Tests", .. parts]);
+
+    /// <summary>Every array of an .npz file by its name (without ".npy").</summary>
+    public static Dictionary<string, NdArray> ReadNpz(string path)
+    {
+        using var zip = System.IO.Compression.ZipFile.OpenRead(path);
+        var result = new Dictionary<string, NdArray>();
+        foreach (var entry in zip.Entries)
+        {
+            using var stream = entry.Open();
+            var memory = new MemoryStream();
+            stream.CopyTo(memory);
+            memory.Position = 0;
+            result[entry.FullName[..^".npy".Length]] = FisherKernels.IO.NpyFile.Read(memory, entry.FullName);
+        }
+        return result;
+    }
+
     private static string FindFolder()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)

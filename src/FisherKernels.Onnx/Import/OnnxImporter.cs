@@ -5,10 +5,10 @@ using Google.Protobuf;
 
 namespace FisherKernels.Onnx.Import;
 
-/// <summary>Reads an ONNX file into an <see cref="OnnxGraph"/> (SPEC §1): opsets 13–21, inline and external initializers, Constant nodes as constants.</summary>
+/// <summary>Reads an ONNX file into an <see cref="OnnxGraph"/> (SPEC §1): opsets 11–23, inline and external initializers, Constant nodes as constants.</summary>
 public static class OnnxImporter
 {
-    public const int MinOpset = 13, MaxOpset = 21;
+    public const int MinOpset = 11, MaxOpset = 23;
 
     public static OnnxGraph Load(string path)
     {
@@ -66,11 +66,13 @@ public static class OnnxImporter
                 constants.Add(proto.Output[0]);
                 continue;
             }
-            nodes.Add(new Node
+            var node = new Node
             {
                 Name = name, OpType = proto.OpType, Domain = domain,
                 Inputs = [.. proto.Input], Outputs = [.. proto.Output], Attributes = attributes,
-            });
+            };
+            if (domain.Length == 0 && node.OpType is "Max" or "Min" && node.Inputs.Length != 2 && node.Outputs.Length == 1) nodes.AddRange(Pairwise(node));
+            else nodes.Add(node);
         }
 
         var inputs = graph.Input.Where(v => !initializers.ContainsKey(v.Name)).Select(ToValueInfo).ToList();
@@ -82,6 +84,28 @@ public static class OnnxImporter
         };
         CheckComplete(result);
         return result;
+    }
+
+    /// <summary>
+    /// Variadic Max/Min (opset 8+) as the two-input operator: one input is the identity, n inputs a chain of n − 1
+    /// nodes (broadcasting is associative, and so are max and min).
+    /// </summary>
+    private static IEnumerable<Node> Pairwise(Node node)
+    {
+        if (node.Inputs.Length == 0) throw FisherKernelsException.Format($"{node.Describe()} has no inputs");
+        if (node.Inputs.Length == 1)
+        {
+            yield return new Node { Name = node.Name, OpType = "Identity", Domain = "", Inputs = node.Inputs, Outputs = node.Outputs, Attributes = node.Attributes };
+            yield break;
+        }
+        string left = node.Inputs[0];
+        for (int i = 1; i < node.Inputs.Length; i++)
+        {
+            string output = i == node.Inputs.Length - 1 ? node.Outputs[0] : $"{node.Outputs[0]}::{node.OpType}{i}";
+            yield return new Node { Name = i == 1 ? node.Name : $"{node.Name}::{i}", OpType = node.OpType, Domain = "",
+                                    Inputs = [left, node.Inputs[i]], Outputs = [output], Attributes = node.Attributes };
+            left = output;
+        }
     }
 
     /// <summary>Every value read must be produced somewhere: a truncated file often still parses but loses nodes or initializers.</summary>

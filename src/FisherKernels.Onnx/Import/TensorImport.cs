@@ -5,7 +5,7 @@ using DataType = FisherKernels.Onnx.Proto.TensorProto.Types.DataType;
 namespace FisherKernels.Onnx.Import;
 
 /// <summary>
-/// Converts a TensorProto to an owned array: float32, float16 and bfloat16 become float32;
+/// Converts a TensorProto to an owned array: float32, float16, bfloat16 and float64 become float32;
 /// int64, int32 and bool keep their type. Data comes from raw_data, the typed fields, or an
 /// external file (through <see cref="ExternalData"/>).
 /// </summary>
@@ -55,6 +55,11 @@ internal static class TensorImport
                 }
                 return new NdArray<float>(shape, result);
             }
+            case DataType.Double:
+            {
+                var values = hasRaw ? MemoryMarshal.Cast<byte, double>(raw).ToArray() : Checked(tensor.DoubleData.ToArray(), count, what);
+                return new NdArray<float>(shape, Array.ConvertAll(values, v => (float)v));
+            }
             case DataType.Int64:
                 return new NdArray<long>(shape, hasRaw ? MemoryMarshal.Cast<byte, long>(raw).ToArray() : Checked(tensor.Int64Data.ToArray(), count, what));
             case DataType.Int32:
@@ -71,7 +76,7 @@ internal static class TensorImport
                 return new NdArray<bool>(shape, result);
             }
             default:
-                throw FisherKernelsException.Unsupported($"{what}: element type {type} is not supported (float32, float16, bfloat16, int64, int32 and bool are)");
+                throw FisherKernelsException.Unsupported($"{what}: element type {type} is not supported (float32, float16, bfloat16, float64, int64, int32 and bool are)");
         }
     }
 
@@ -82,7 +87,8 @@ internal static class TensorImport
         DataType.Int64 => ElementType.Int64,
         DataType.Int32 => ElementType.Int32,
         DataType.Bool => ElementType.Bool,
-        DataType.Double => ElementType.Float64,
+        // The engine computes in float32 (as Cast to DOUBLE does): a float64 input arrives as float32.
+        DataType.Double => ElementType.Float32,
         _ => null,
     };
 
@@ -103,16 +109,17 @@ internal static class TensorImport
     {
         DataType.Float or DataType.Int32 => 4,
         DataType.Float16 or DataType.Bfloat16 => 2,
-        DataType.Int64 => 8,
+        DataType.Int64 or DataType.Double => 8,
         DataType.Bool => 1,
         DataType.Undefined => throw FisherKernelsException.Format($"{what}: element type is not set (corrupt model?)"),
-        _ => throw FisherKernelsException.Unsupported($"{what}: element type {type} is not supported (float32, float16, bfloat16, int64, int32 and bool are)"),
+        _ => throw FisherKernelsException.Unsupported($"{what}: element type {type} is not supported (float32, float16, bfloat16, float64, int64, int32 and bool are)"),
     };
 
     private static int TypedCount(TensorProto tensor, DataType type) => type switch
     {
         DataType.Float => tensor.FloatData.Count,
         DataType.Int64 => tensor.Int64Data.Count,
+        DataType.Double => tensor.DoubleData.Count,
         _ => tensor.Int32Data.Count,
     };
 

@@ -25,17 +25,20 @@ internal sealed class View : Operator
             throw FisherKernelsException.Unsupported("training_mode = 1 is not supported (inference only)");
     }
 
-    public override bool IsView => true;
+    /// <summary>A Dropout whose mask output is wanted runs (to write the mask); every other node is a view.</summary>
+    public override bool IsView => !(Node.OpType == "Dropout" && Node.OutputCount > 1);
 
     public override bool IsDifferentiable(int input) => input == 0;
 
-    public override bool NeedsValue(int input) => Node.OpType is "Squeeze" or "Unsqueeze" ? Node.Opset >= 13 && input == 1 : Node.OpType == "Dropout" && input == 2;
+    public override bool NeedsValue(int input) => Node.OpType is "Squeeze" or "Unsqueeze" ? Node.Opset >= 13 && input == 1 : Node.OpType == "Dropout" && input is 1 or 2;
 
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var x = Required(inputs, 0, "input");
-        if (Node.OpType == "Dropout" && inputs.Length > 2 && inputs[2]?.Value is NdArray<bool> { Data: [true] })
-            throw UnsupportedError("training_mode = true is not supported (inference only)");
+        // Training mode drops at random unless the ratio is 0 (then it is the identity, as in inference).
+        if (Node.OpType == "Dropout" && inputs.Length > 2 && inputs[2]?.Value is NdArray<bool> { Data: [true] }
+            && !(inputs[1]?.Value is NdArray<float> { Data: [0f] }))
+            throw UnsupportedError("training_mode = true is not supported (inference only, or ratio 0)");
         int[] shape = Node.OpType switch
         {
             "Identity" or "Dropout" => x.Shape,

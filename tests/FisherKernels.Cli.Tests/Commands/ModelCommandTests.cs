@@ -1,5 +1,7 @@
 using System.Text.Json;
 using FisherKernels.IO;
+using FisherKernels.Onnx.Proto;
+using Google.Protobuf;
 
 namespace FisherKernels.Tests.Commands;
 
@@ -29,6 +31,78 @@ public class ModelCommandTests
         Assert.Equal(0, code);
         Assert.Contains("transformer.h.0.attn.c_attn.weight", stdout);
         Assert.Contains("9 layers", stdout);
+    }
+
+    /// <summary>gpt2_tiny with one more output made by an operator outside the set.</summary>
+    private static string WithUnsupportedNode(TempFolder temp)
+    {
+        var proto = ModelProto.Parser.ParseFrom(File.ReadAllBytes(Fixtures.Path("gpt2_tiny.onnx")));
+        proto.Graph.Node.Add(new NodeProto { Name = "top", OpType = "TopK", Input = { "logits", "k" }, Output = { "values", "indices" } });
+        proto.Graph.Initializer.Add(new TensorProto { Name = "k", DataType = 7, Dims = { 1 }, Int64Data = { 2 } });
+        proto.Graph.Output.Add(new ValueInfoProto { Name = "values" });
+        string path = temp.File("topk.onnx");
+        File.WriteAllBytes(path, proto.ToByteArray());
+        return path;
+    }
+
+    [Fact]
+    public void InspectListsUnsupportedNodesAndTheOtherVerbsRefuseThemBeforeReadingTokens()
+    {
+        using var temp = new TempFolder();
+        string model = WithUnsupportedNode(temp);
+        var (code, stdout, stderr) = CliRunner.Run("inspect", "--model", model);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("unsupported  operator 'TopK' (domain 'ai.onnx') at node 'top' is not supported", stdout);
+        Assert.Contains("9 layers", stdout);
+        (code, stdout, stderr) = CliRunner.Run("inspect", "--model", model, "--json");
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(stdout);
+        Assert.Equal("top", Assert.Single(json.RootElement.GetProperty("unsupported").EnumerateArray()).GetProperty("node").GetString());
+
+        // Tokens outside the vocabulary (64 rows): the operator is the error, found first.
+        string tokens = temp.File("oov.npy");
+        NpyFile.Write(tokens, new NdArray<long>([1, 3], [1, 500, 2]));
+        string output = temp.File("logits.npy");
+        (code, _, stderr) = CliRunner.Run("forward", "--model", model, "--tokens", tokens, "--out", output);
+        Assert.NotEqual(0, code);
+        Assert.Contains("'TopK'", stderr);
+        Assert.DoesNotContain("vocabulary", stderr);
+        Assert.False(File.Exists(output));
+    }
+
+    [Fact]
+    public void RunTakesShapesAsInputs()
+    {
+        // y = Reshape(x, shape): the shape arrives as a graph input, as in ONNX's node tests.
+        var graph = new GraphProto
+        {
+            Name = "reshape",
+            Input = { Input("x", 1, 2), Input("shape", 7, 1) },
+            Output = { new ValueInfoProto { Name = "y" } },
+            Node = { new NodeProto { Name = "r", OpType = "Reshape", Input = { "x", "shape" }, Output = { "y" } } },
+        };
+        using var temp = new TempFolder();
+        string model = temp.File("reshape.onnx");
+        File.WriteAllBytes(model, new ModelProto { IrVersion = 8, OpsetImport = { new OperatorSetIdProto { Version = 14 } }, Graph = graph }.ToByteArray());
+        var x = new NdArray<float>([2, 6], Enumerable.Range(0, 12).Select(i => (float)i).ToArray());
+        NpyFile.Write(temp.File("x.npy"), x);
+        foreach (long[] shape in new[] { new long[] { 3, 4 }, [4, -1, 1] })
+        {
+            NpyFile.Write(temp.File("shape.npy"), new NdArray<long>([shape.Length], shape));
+            string dir = temp.File($"out{shape.Length}");
+            var (code, _, stderr) = CliRunner.Run("run", "--model", model, "--input", "x=" + temp.File("x.npy"), "--input", "shape=" + temp.File("shape.npy"), "--out-dir", dir);
+            Assert.True(code == 0, stderr);
+            var y = (NdArray<float>)NpyFile.Read(Path.Combine(dir, "y.npy"));
+            Assert.Equal(shape.Length == 2 ? [3, 4] : new[] { 4, 3, 1 }, y.Shape);
+            Assert.Equal(x.Data, y.Data);
+        }
+    }
+
+    private static ValueInfoProto Input(string name, int type, int rank)
+    {
+        var shape = new TensorShapeProto();
+        for (int d = 0; d < rank; d++) shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimParam = $"{name}_{d}" });
+        return new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = type, Shape = shape } } };
     }
 
     [Fact]

@@ -152,14 +152,17 @@ public class OnnxImporterTests
         Assert.Equal(new[] { 0.5f, 1.5f, 2.5f, 3.5f }, ((NdArray<float>)graph.Initializers["w"]).Data);
     }
 
-    [Fact]
-    public void UnsupportedOpsetIsRefused()
+    [Theory]
+    [InlineData(10)]
+    [InlineData(24)]
+    public void OpsetsOutside11To23AreRefused(int opset)
     {
         using var temp = new TempFolder();
-        WriteModel(temp.File("m.onnx"), new TensorProto { Name = "w", DataType = 1, Dims = { 1 }, FloatData = { 1f } }, opset: 11);
+        WriteModel(temp.File("m.onnx"), new TensorProto { Name = "w", DataType = 1, Dims = { 1 }, FloatData = { 1f } }, opset: opset);
         var e = Assert.Throws<FisherKernelsException>(() => OnnxImporter.Load(temp.File("m.onnx")));
         Assert.Equal(ErrorKind.Unsupported, e.Kind);
-        Assert.Contains("opset 11", e.Message);
+        Assert.Contains($"opset {opset}", e.Message);
+        Assert.Contains("11–23", e.Message);
     }
 
     [Fact]

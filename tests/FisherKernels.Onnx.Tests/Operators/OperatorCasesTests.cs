@@ -1,4 +1,3 @@
-using System.IO.Compression;
 using System.Text.Json;
 using FisherKernels.IO;
 using FisherKernels.Onnx.Operators;
@@ -102,20 +101,7 @@ public sealed class OperatorCasesTests
     private static NdArray Engine(NdArray a) => a is NdArray<double> d
         ? new NdArray<float>(d.Shape, Array.ConvertAll(d.Data, v => (float)v)) : a;
 
-    private static Dictionary<string, NdArray> LoadArrays()
-    {
-        using var zip = ZipFile.OpenRead(Path.Combine(Folder, "cases.npz"));
-        var result = new Dictionary<string, NdArray>();
-        foreach (var entry in zip.Entries)
-        {
-            using var stream = entry.Open();
-            var memory = new MemoryStream();
-            stream.CopyTo(memory);
-            memory.Position = 0;
-            result[entry.FullName[..^".npy".Length]] = NpyFile.Read(memory, entry.FullName);
-        }
-        return result;
-    }
+    private static Dictionary<string, NdArray> LoadArrays() => Fixtures.ReadNpz(Path.Combine(Folder, "cases.npz"));
 
     private static string FindFolder()
     {

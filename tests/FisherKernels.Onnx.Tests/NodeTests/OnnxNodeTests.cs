@@ -1,0 +1,120 @@
+using System.Text.Json;
+using FisherKernels.Backends.Cpu;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Plan;
+
+namespace FisherKernels.Tests.NodeTests;
+
+/// <summary>
+/// ONNX's own backend node tests (the onnx package's test-case generators, written by make_node_tests.py beside this
+/// file) for every case whose operators the engine supports: the model loaded from its bytes, run by the plan on the
+/// case's inputs, each output within ONNX's tolerance (|Δ| ≤ atol + rtol·|expected|) of the case's expected output.
+/// A case listed in <see cref="Refused"/> must instead be refused with a clear error (never a wrong answer).
+/// </summary>
+public sealed class OnnxNodeTests
+{
+    private static readonly OpContext Context = new(new CpuBackend(1));
+    private static readonly Lazy<Dictionary<string, NdArray>> Arrays = new(() => Fixtures.ReadNpz(Fixtures.ProjectFile("NodeTests", "node_tests.npz")));
+    private static readonly Lazy<Dictionary<string, JsonElement>> Cases = new(() =>
+        JsonDocument.Parse(File.ReadAllText(Fixtures.ProjectFile("NodeTests", "node_tests.json"))).RootElement
+            .GetProperty("cases").EnumerateArray().ToDictionary(c => c.GetProperty("name").GetString()!));
+
+    /// <summary>Cases the engine refuses, each with what its error must say (besides every case below opset 11, SPEC §1's floor).</summary>
+    private static readonly Dictionary<string, string> Refused = new()
+    {
+        // 8-bit integers: no such element type in the engine.
+        ["test_add_uint8"] = "unsupported element type", ["test_sub_uint8"] = "unsupported element type",
+        ["test_mul_uint8"] = "unsupported element type", ["test_div_uint8"] = "unsupported element type",
+        ["test_max_int8"] = "unsupported element type", ["test_max_uint8"] = "unsupported element type",
+        ["test_min_int8"] = "unsupported element type", ["test_min_uint8"] = "unsupported element type",
+        // Optional and sequence values (the control-flow issue's).
+        ["test_identity_opt"] = "unsupported element type", ["test_identity_sequence"] = "unsupported element type",
+        // Training-mode dropout with a non-zero ratio is random.
+        ["test_training_dropout"] = "training_mode", ["test_training_dropout_default"] = "training_mode",
+        ["test_training_dropout_default_mask"] = "training_mode", ["test_training_dropout_mask"] = "training_mode",
+        // An integer base with a float exponent; ScatterND's multiplying reduction.
+        ["test_pow_types_int32_float32"] = "Int32 and Float32 operands", ["test_pow_types_int64_float32"] = "Int64 and Float32 operands",
+        ["test_scatternd_multiply"] = "reduction 'mul'",
+    };
+
+    public static TheoryData<string> Names()
+    {
+        var data = new TheoryData<string>();
+        foreach (var name in Cases.Value.Keys) data.Add(name);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void MatchesTheOnnxReference(string name)
+    {
+        string? reason = Cases.Value[name].GetProperty("opset").GetInt32() < 11 ? "opsets 11–23" : Refused.GetValueOrDefault(name);
+        if (reason is not null)
+        {
+            var e = Assert.Throws<FisherKernelsException>(() => Run(name));
+            Assert.NotEqual(ErrorKind.Internal, e.Kind);
+            Assert.Contains(reason, e.Message);
+            return;
+        }
+        Run(name);
+    }
+
+    private static void Run(string name)
+    {
+        var c = Cases.Value[name];
+        using var temp = new TempFolder();
+        string path = temp.File(name + ".onnx");
+        File.WriteAllBytes(path, ((NdArray<byte>)Arrays.Value[$"{name}/model"]).Data);
+        var model = OnnxModel.Load(path);
+        var inputNames = c.GetProperty("inputs").EnumerateArray().Select(e => e.GetString()!).ToArray();
+        var inputs = new Dictionary<string, NdArray>();
+        for (int i = 0; i < inputNames.Length; i++)
+        {
+            var declared = model.Graph.Inputs.Single(v => v.Name == inputNames[i]);
+            inputs[inputNames[i]] = AsEngineInput(Arrays.Value[$"{name}/in{i}"], declared.ElementType);
+        }
+        var plan = model.GetPlan(inputs);
+        plan.Run(Context, inputs);
+        double rtol = c.GetProperty("rtol").GetDouble(), atol = c.GetProperty("atol").GetDouble();
+        var outputNames = c.GetProperty("outputs").EnumerateArray().Select(e => e.GetString()!).ToArray();
+        for (int j = 0; j < outputNames.Length; j++)
+        {
+            var expected = Arrays.Value[$"{name}/out{j}"];
+            var ours = plan.Get(outputNames[j]);
+            Assert.Equal(expected.Shape, ours.Shape);
+            Assert.True(Kind(expected.ElementType) == Kind(ours.ElementType), $"{name} output '{outputNames[j]}': {ours.ElementType}, expected {expected.ElementType}");
+            double[] e = Doubles(expected), a = Doubles(ours);
+            for (int k = 0; k < e.Length; k++)
+                Assert.True(Math.Abs(a[k] - e[k]) <= atol + rtol * Math.Abs(e[k]) || a[k].Equals(e[k]),
+                            $"{name} output '{outputNames[j]}'[{k}]: got {a[k]}, expected {e[k]} (rtol {rtol}, atol {atol})");
+        }
+    }
+
+    /// <summary>The engine computes in float32: float64 and float16 inputs arrive as float32, as the CLI's run converts them.</summary>
+    private static NdArray AsEngineInput(NdArray value, ElementType? declared) => (value, declared) switch
+    {
+        (NdArray<double> d, ElementType.Float32) => new NdArray<float>(d.Shape, Array.ConvertAll(d.Data, v => (float)v)),
+        (NdArray<Half> h, ElementType.Float32) => new NdArray<float>(h.Shape, Array.ConvertAll(h.Data, v => (float)v)),
+        _ => value,
+    };
+
+    private static char Kind(ElementType type) => type switch
+    {
+        ElementType.Float32 or ElementType.Float64 or ElementType.Float16 or ElementType.BFloat16 => 'f',
+        ElementType.Bool => 'b',
+        _ => 'i',
+    };
+
+    private static double[] Doubles(NdArray value) => value switch
+    {
+        NdArray<float> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<double> a => a.Data,
+        NdArray<Half> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<long> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<int> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<sbyte> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<byte> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<bool> a => Array.ConvertAll(a.Data, v => v ? 1.0 : 0.0),
+        _ => throw new InvalidOperationException(value.ElementType.ToString()),
+    };
+}

@@ -1,0 +1,75 @@
+#!/usr/bin/python3
+"""ONNX's own backend node tests for the operators the engine supports, from the onnx package's test-case generators.
+
+Run with Debian's Python (python3-onnx 1.12, numpy 1.24):
+    /usr/bin/python3 tests/FisherKernels.Onnx.Tests/NodeTests/make_node_tests.py
+Writes node_tests.json (per case: name, op types, opset, input and output names, rtol/atol as ONNX's runner uses them)
+and node_tests.npz (per case: the model's bytes as uint8 "<name>/model", inputs "<name>/in<i>", expected outputs
+"<name>/out<i>") beside this script. A case is kept when every node of its graph is a default-domain operator the
+engine's registry lists (OperatorRegistry.cs is read for the names); "_expanded" cases (a function's body) included.
+"""
+import json, os, re, sys
+import numpy as np
+
+# onnx 1.12's generators still use the aliases numpy 1.24 removed.
+for alias, value in {"float": float, "int": int, "bool": bool, "object": object, "complex": complex}.items():
+    if not hasattr(np, alias):
+        setattr(np, alias, value)
+import onnx
+import onnx.backend.test.case.node as node_cases
+
+# The .npy types FisherKernels.IO.NpyFile reads.
+NPY_TYPES = {"f2", "f4", "f8", "i1", "i4", "i8", "u1", "b1"}
+HERE = os.path.dirname(os.path.abspath(__file__))
+REGISTRY = os.path.join(HERE, "..", "..", "..", "src", "FisherKernels.Onnx", "Operators", "OperatorRegistry.cs")
+
+
+def supported_ops():
+    src = open(REGISTRY).read()
+    ops = set(re.findall(r'Onnx\("(\w+)"', src))
+    for group in re.findall(r'new\[\] \{([^}]*)\}\.Select\(op => Onnx', src):
+        ops |= set(re.findall(r'"(\w+)"', group))
+    return ops
+
+
+def main():
+    ops = supported_ops()
+    np.random.seed(0)
+    cases, arrays, left_out = [], {}, {}
+    seen = {}
+    for case in node_cases.collect_testcases(None):
+        # onnx 1.12 gives a few different cases one name: number the repeats.
+        seen[case.name] = seen.get(case.name, 0) + 1
+        name = case.name if seen[case.name] == 1 else f"{case.name}_{seen[case.name]}"
+        graph = case.model.graph
+        types = sorted({n.op_type for n in graph.node})
+        if not set(types) <= ops or any(n.domain not in ("", "ai.onnx") for n in graph.node):
+            continue
+        inputs, outputs = case.data_sets[0]
+        arrs = [np.asarray(a) for a in list(inputs) + list(outputs)]
+        odd = sorted({a.dtype.name for a in arrs if a.dtype.str[1:] not in NPY_TYPES})
+        if odd:
+            # Neither the engine nor the tests' .npy reader has these element types.
+            left_out[name] = "element type " + ", ".join(odd)
+            continue
+        initializers = {t.name for t in graph.initializer}
+        names_in = [v.name for v in graph.input if v.name not in initializers]
+        names_out = [v.name for v in graph.output]
+        assert len(names_in) == len(inputs) and len(names_out) == len(outputs), name
+        arrays[f"{name}/model"] = np.frombuffer(case.model.SerializeToString(), dtype=np.uint8)
+        for i, a in enumerate(inputs):
+            arrays[f"{name}/in{i}"] = np.require(a, requirements="C")
+        for i, a in enumerate(outputs):
+            arrays[f"{name}/out{i}"] = np.require(a, requirements="C")
+        opset = next(o.version for o in case.model.opset_import if o.domain in ("", "ai.onnx"))
+        cases.append({"name": name, "ops": types, "opset": opset, "inputs": names_in, "outputs": names_out,
+                      "rtol": case.rtol, "atol": case.atol})
+    cases.sort(key=lambda c: c["name"])
+    with open(os.path.join(HERE, "node_tests.json"), "w") as f:
+        json.dump({"onnx": onnx.__version__, "cases": cases, "left_out": left_out}, f, indent=1, sort_keys=True)
+    np.savez_compressed(os.path.join(HERE, "node_tests.npz"), **arrays)
+    print(f"{len(cases)} cases, {len(left_out)} left out", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
