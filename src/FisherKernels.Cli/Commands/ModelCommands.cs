@@ -3,6 +3,7 @@ using System.Text.Json;
 using FisherKernels.Backends.Cpu;
 using FisherKernels.IO;
 using FisherKernels.Onnx;
+using FisherKernels.Onnx.Graph;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Plan;
 
@@ -11,10 +12,14 @@ namespace FisherKernels.Cli.Commands;
 /// <summary>The model verbs of SPEC §6 that need only the forward executor: inspect, forward, run.</summary>
 internal static class ModelCommands
 {
-    /// <summary>`inspect --model M [--json]`: inputs, outputs, layers with in/out/bias/parameters, totals, and the nodes whose operator is unsupported.</summary>
+    /// <summary>
+    /// `inspect --model M [--json] [--memory-budget SIZE] [--rank r] [--batch-size N] [--seq S] [layer selection]`: inputs,
+    /// outputs, layers with in/out/bias/parameters, totals, the nodes whose operator is unsupported; with --json also the memory plan of a fit with those options (SPEC §3).
+    /// </summary>
     public static int Inspect(string[] args, TextWriter stdout)
     {
-        var options = CommandOptions.Parse("inspect", args.AsSpan(1), ["--model", "--backend", "--threads"], ["--json"]);
+        var options = CommandOptions.Parse("inspect", args.AsSpan(1),
+            ["--model", "--backend", "--threads", "--memory-budget", "--rank", "--batch-size", "--seq", "--layers", "--exclude-layers"], ["--json", "--last-layer"]);
         var model = OnnxModel.Open(options.Required("--model"));
         var graph = model.Graph;
         var layers = model.Layers;
@@ -65,6 +70,8 @@ internal static class ModelCommands
                     json.WriteEndObject();
                 }
                 json.WriteEndArray();
+                // The plan needs every operator's shape rule: a model with unsupported ones has none.
+                if (model.Unsupported.Count == 0) PlanOf(new LanguageModel(model), options).WriteJson(json);
                 json.WriteEndObject();
             }
             stdout.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
@@ -87,6 +94,36 @@ internal static class ModelCommands
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{model.Unsupported.Count} unsupported node(s): the other verbs refuse this model"));
         }
         return 0;
+    }
+
+    /// <summary>The layer selection options of SPEC §2 (fit, score, calibrate, inspect).</summary>
+    internal static LayerSelection Selection(CommandOptions options) =>
+        new(options.Optional("--layers"), options.Optional("--exclude-layers"), options.Has("--last-layer"));
+
+    /// <summary>The selected layers of <paramref name="lm"/> (SPEC §2).</summary>
+    internal static IReadOnlyList<Layer> SelectLayers(LanguageModel lm, LayerSelection selection)
+    {
+        string reason = "";
+        string? output = selection.LastLayer ? Onnx.Scoring.LastLayerVariance.OutputLayer(lm, out reason)?.Layer.Id : null;
+        return selection.Apply(lm.Model.Layers, output, reason);
+    }
+
+    /// <summary>
+    /// The memory plan of a fit with the command's options (--memory-budget, --rank, --batch-size, --seq, the selection). Without
+    /// --seq: 128 tokens, or the longest power of two below it that the model takes (a model with fewer positions).
+    /// </summary>
+    internal static MemoryPlan PlanOf(LanguageModel lm, CommandOptions options)
+    {
+        var layers = SelectLayers(lm, Selection(options));
+        int batch = options.Int("--batch-size", 8, 1);
+        long budget = options.Bytes("--memory-budget", Curvature.FactorPlan.DefaultBudgetBytes, 1);
+        int rank = options.Int("--rank", Curvature.FactorPlan.DefaultRank, 1);
+        if (options.Optional("--seq") is not null) return MemoryPlan.ForFit(lm, layers, batch, options.Int("--seq", 128, 1), budget, rank);
+        for (int seq = 128; ; seq /= 2)
+        {
+            try { return MemoryPlan.ForFit(lm, layers, batch, seq, budget, rank); }
+            catch (FisherKernelsException e) when (seq > 1 && e.Message.StartsWith("node ", StringComparison.Ordinal)) { }
+        }
     }
 
     /// <summary>`forward --model M --tokens T.npy --out logits.npy`.</summary>

@@ -24,6 +24,12 @@ public sealed record KfacFitOptions
     /// <summary><c>--sample-positions p</c> in (0, 1]: each position is kept with probability p.</summary>
     public double SamplePositions { get; init; } = 1.0;
 
+    /// <summary><c>--memory-budget</c>: what one layer may hold dense (SPEC §3); sides past it are sketched (<see cref="FactorSketch"/>).</summary>
+    public long MemoryBudgetBytes { get; init; } = FactorPlan.DefaultBudgetBytes;
+
+    /// <summary><c>--rank</c> of low-rank sides; their sketches have rank + 8 columns.</summary>
+    public int Rank { get; init; } = FactorPlan.DefaultRank;
+
     /// <summary>An error naming the option that is out of range, or nothing.</summary>
     public void Validate()
     {
@@ -33,6 +39,8 @@ public sealed record KfacFitOptions
         if (Ema is double l && !(l >= 0 && l < 1)) throw FisherKernelsException.Argument($"--ema must be in [0, 1), got {l}");
         if (!(SamplePositions > 0 && SamplePositions <= 1))
             throw FisherKernelsException.Argument($"--sample-positions must be in (0, 1], got {SamplePositions}");
+        if (MemoryBudgetBytes < 1) throw FisherKernelsException.Argument($"--memory-budget must be positive, got {MemoryBudgetBytes}");
+        if (Rank < 1) throw FisherKernelsException.Argument($"--rank must be at least 1, got {Rank}");
     }
 }
 
@@ -71,11 +79,12 @@ public sealed class KfacAccumulator
     int batchPositions = -1;
     int keptInBatch;
 
-    sealed class LayerState(LayerShape shape)
+    sealed class LayerState(LayerShape shape, LayerPlan plan)
     {
         public readonly LayerShape Shape = shape;
-        public readonly float[] A = new float[ADimOf(shape) * ADimOf(shape)];
-        public readonly float[] G = new float[(long)shape.OutFeatures * shape.OutFeatures];
+        public readonly LayerPlan Plan = plan;
+        public readonly SideState A = new(shape.Layer, 'A', plan.A);
+        public readonly SideState G = new(shape.Layer, 'G', plan.G);
         public double Positions;
         // This batch: rows given (-1 before the inputs), their mask, how many are kept, gradient calls so far.
         public int Rows = -1;
@@ -102,9 +111,13 @@ public sealed class KfacAccumulator
             if (s.InFeatures < 1 || s.OutFeatures < 1)
                 throw FisherKernelsException.Argument($"K-FAC fit: layer '{s.Layer}' has in {s.InFeatures}, out {s.OutFeatures}");
             if (!indexOf.TryAdd(s.Layer, i)) throw FisherKernelsException.Argument($"K-FAC fit: layer '{s.Layer}' is given twice");
-            this.layers[i] = new LayerState(s);
         }
+        Plan = FactorPlan.Create(layers, options.MemoryBudgetBytes, options.Rank);
+        for (int i = 0; i < layers.Count; i++) this.layers[i] = new LayerState(layers[i], Plan.Layers[i]);
     }
+
+    /// <summary>Each layer's factor forms and bytes (SPEC §3), decided by the options' memory budget and rank.</summary>
+    public FactorPlan Plan { get; }
 
     public KfacFitOptions Options { get; }
     public string ModelSha256 { get; }
@@ -200,16 +213,29 @@ public sealed class KfacAccumulator
         return new FactorUpdate(state.Rows, outF, false, (float)(alpha * weight), first ? (float)beta : 1f, state.G, state.RowMask);
     }
 
-    /// <summary>One factor update <c>F ← β·F + α·Σ x̃ x̃ᵀ</c> (upper triangle), checked and weighed, waiting for its rows.</summary>
-    sealed record FactorUpdate(int Rows, int Columns, bool AppendOne, float Alpha, float Beta, float[] Factor, byte[] RowMask)
+    /// <summary>One factor update <c>F ← β·F + α·Σ x̃ x̃ᵀ</c> (upper triangle, or the side's sketch), checked and weighed, waiting for its rows.</summary>
+    sealed record FactorUpdate(int Rows, int Columns, bool AppendOne, float Alpha, float Beta, SideState Side, byte[] RowMask)
     {
-        public void Run(IComputeBackend backend, ReadOnlySpan<float> rows) =>
-            backend.AccumulateFactor(rows, Rows, Columns, AppendOne, Alpha, Beta, Factor, RowMask, upperOnly: true);
+        public void Run(IComputeBackend backend, ReadOnlySpan<float> rows)
+        {
+            if (Side.Dense is float[] dense) backend.AccumulateFactor(rows, Rows, Columns, AppendOne, Alpha, Beta, dense, RowMask, upperOnly: true);
+            else Side.Sketch!.Add(backend, rows, Rows, Columns, AppendOne, Alpha, Beta, RowMask);
+        }
 
-        public FactorAccumulation With(float[] rows) => new(rows, Rows, Columns, AppendOne, Alpha, Beta, Factor, RowMask, UpperOnly: true);
+        public (FactorUpdate Update, float[] Rows) With(float[] rows) => (this, rows);
     }
 
-    void Accumulate(List<FactorAccumulation?> updates) => backend.AccumulateFactors(updates.OfType<FactorAccumulation>().ToList());
+    /// <summary>Dense updates side by side through the backend (<see cref="IComputeBackend.AccumulateFactors"/>), then the sketches, each a pair of GEMMs using every thread.</summary>
+    void Accumulate(List<(FactorUpdate Update, float[] Rows)?> updates)
+    {
+        var dense = new List<FactorAccumulation>();
+        foreach (var item in updates)
+            if (item is var (u, rows) && u.Side.Dense is float[] f)
+                dense.Add(new FactorAccumulation(rows, u.Rows, u.Columns, u.AppendOne, u.Alpha, u.Beta, f, u.RowMask, UpperOnly: true));
+        backend.AccumulateFactors(dense);
+        foreach (var item in updates)
+            if (item is var (u, rows) && u.Side.Sketch is not null) u.Run(backend, rows);
+    }
 
     LayerState Layer(string layer)
     {
@@ -294,12 +320,12 @@ public sealed class KfacAccumulator
     {
         foreach (LayerState s in layers)
             if (s.Positions == 0) throw FisherKernelsException.Argument($"K-FAC fit: layer '{s.Shape.Layer}' saw no positions (empty token file, or every position dropped by --sample-positions)");
-        return new KfacCurvature(layers.Select(s => new KroneckerBlock(s.Shape.Layer, Square(s.A), Square(s.G), s.Shape.HasBias, s.Positions)),
+        return new KfacCurvature(layers.Select(s => new KroneckerBlock(s.Shape.Layer, s.A.ToSide(), s.G.ToSide(), s.Shape.HasBias, s.Positions)),
                                  Options.Fisher, ModelSha256, createdBy);
     }
 
     /// <summary>
-    /// Bytes a fit and its posterior need for <paramref name="layer"/>: the float32 factors, and their dense eigenbasis
+    /// Bytes a fit and its posterior need for <paramref name="layer"/> with both sides dense: the float32 factors, and their dense eigenbasis
     /// (float32 Q_A and Q_G, float64 eigenvalues, the float32 [g × a] inverse denominators 1/(M λ_G λ_A + τ)).
     /// </summary>
     public static LayerMemory EstimateMemory(LayerShape layer)
@@ -328,8 +354,8 @@ public sealed class KfacAccumulator
         {
             metadata[s.Shape.Layer + ".positions"] = s.Positions.ToString("R", CultureInfo.InvariantCulture);
             metadata[s.Shape.Layer + ".shape"] = $"{s.Shape.InFeatures},{s.Shape.OutFeatures},{(s.Shape.HasBias ? "bias" : "nobias")}";
-            tensors.Add(new(s.Shape.Layer + ".A", Square(s.A)));
-            tensors.Add(new(s.Shape.Layer + ".G", Square(s.G)));
+            KfacCurvature.AddSide(tensors, metadata, s.Shape.Layer + ".A", s.A.ToSide());
+            KfacCurvature.AddSide(tensors, metadata, s.Shape.Layer + ".G", s.G.ToSide());
         }
         SafetensorsFile.Write(path, tensors, metadata);
     }
@@ -354,8 +380,9 @@ public sealed class KfacAccumulator
             throw FisherKernelsException.Argument($"{path}: checkpoint belongs to another run ({Meta("fingerprint")}; this run is {runFingerprint}); use the same arguments or delete the checkpoint");
         if (!int.TryParse(Meta("batches"), NumberStyles.None, CultureInfo.InvariantCulture, out int batches))
             throw FisherKernelsException.Format($"{path}: checkpoint metadata 'batches' is not a count: '{Meta("batches")}'");
-        if (file.Names.Count != 2 * acc.layers.Length)
-            throw FisherKernelsException.Argument($"{path}: checkpoint has {file.Names.Count / 2} layers, the model has {acc.layers.Length}");
+        int expectedTensors = acc.layers.Sum(l => (l.A.Dense is null ? 2 : 1) + (l.G.Dense is null ? 2 : 1));
+        if (file.Names.Count != expectedTensors)
+            throw FisherKernelsException.Argument($"{path}: checkpoint has {file.Names.Count} tensors, this fit's layers and factor forms need {expectedTensors}; use the same arguments or delete the checkpoint");
         foreach (LayerState s in acc.layers)
         {
             string expectedShape = $"{s.Shape.InFeatures},{s.Shape.OutFeatures},{(s.Shape.HasBias ? "bias" : "nobias")}";
@@ -364,8 +391,8 @@ public sealed class KfacAccumulator
             if (!double.TryParse(Meta(s.Shape.Layer + ".positions"), NumberStyles.Float, CultureInfo.InvariantCulture, out double positions) || !(positions >= 0))
                 throw FisherKernelsException.Format($"{path}: checkpoint metadata '{s.Shape.Layer}.positions' is not a count");
             s.Positions = positions;
-            CopyFactor(file, s.Shape.Layer + ".A", s.A, path);
-            CopyFactor(file, s.Shape.Layer + ".G", s.G, path);
+            s.A.Restore(file, path);
+            s.G.Restore(file, path);
         }
         acc.BatchesDone = batches;
         return acc;
@@ -379,21 +406,113 @@ public sealed class KfacAccumulator
         yield return ("seed", Options.Seed.ToString(CultureInfo.InvariantCulture));
         yield return ("ema", Options.Ema is double l ? l.ToString("R", CultureInfo.InvariantCulture) : "none");
         yield return ("sample_positions", Options.SamplePositions.ToString("R", CultureInfo.InvariantCulture));
+        yield return ("memory_budget", Options.MemoryBudgetBytes.ToString(CultureInfo.InvariantCulture));
+        yield return ("rank", Options.Rank.ToString(CultureInfo.InvariantCulture));
     }
 
     static void CopyFactor(SafetensorsFile file, string name, float[] target, string path)
     {
-        if (!file.Tensors.TryGetValue(name, out NdArray? array) || array is not NdArray<float> f || f.Length != target.Length)
-            throw FisherKernelsException.Format($"{path}: checkpoint tensor '{name}' is missing or not F32 of {target.Length} values");
+        if (!file.Tensors.TryGetValue(name, out NdArray? array) || array is not NdArray<float> f || f.Length != target.LongLength)
+            throw FisherKernelsException.Format($"{path}: checkpoint tensor '{name}' is missing or not F32 of {target.LongLength} values");
         f.Data.CopyTo(target, 0);
     }
 
     static int ADimOf(LayerShape s) => s.InFeatures + (s.HasBias ? 1 : 0);
 
+    /// <summary>One side's running state: the upper triangle of a dense factor, or a <see cref="SketchState"/>.</summary>
+    sealed class SideState
+    {
+        readonly string key;
+
+        public SideState(string layer, char side, SidePlan plan)
+        {
+            key = layer + "." + side;
+            if (plan.Form == FactorForm.Dense) Dense = new float[(long)plan.Size * plan.Size];
+            else Sketch = new SketchState(plan.Size, plan.SketchColumns, FactorSketch.DefaultSeed(layer, side));
+        }
+
+        public float[]? Dense { get; }
+        public SketchState? Sketch { get; }
+
+        public FactorSide ToSide() => Dense is not null ? FactorSide.Dense(Square(Dense)) : FactorSide.LowRank(Sketch!.ToSketch());
+
+        public void Restore(SafetensorsFile file, string path)
+        {
+            if (Dense is not null) { CopyFactor(file, key, Dense, path); return; }
+            CopyFactor(file, key + ".Y", Sketch!.Y, path);
+            CopyFactor(file, key + ".diag", Sketch.Diagonal, path);
+        }
+    }
+
+    /// <summary>
+    /// A side accumulated as <c>Y = F·Ω</c> and <c>diag(F)</c> (SPEC §3): for rows X̃ (masked, with the bias column when it
+    /// applies), <c>Y ← β·Y + α·X̃ᵀ(X̃Ω)</c> by two GEMMs and <c>diag ← β·diag + α·Σ x̃²</c>. Memory O(n·k): Ω, Y and the
+    /// <c>[rows × k]</c> product; never <c>[n, n]</c>.
+    /// </summary>
+    internal sealed class SketchState
+    {
+        public SketchState(int n, int k, ulong seed)
+        {
+            N = n;
+            K = k;
+            Seed = seed;
+            Omega = FactorSketch.Omega(n, k, seed);
+            Y = new float[(long)n * k];
+            Diagonal = new float[n];
+        }
+
+        public int N { get; }
+        public int K { get; }
+        public ulong Seed { get; }
+        public float[] Omega { get; }
+        public float[] Y { get; }
+        public float[] Diagonal { get; }
+
+        public FactorSketch ToSketch() =>
+            new(new NdArray<float>([N, K], (float[])Y.Clone()), new NdArray<float>([N], (float[])Diagonal.Clone()), Seed);
+
+        /// <summary><paramref name="x"/> is <c>[rows × columns]</c>; n = columns + 1 with <paramref name="appendOne"/> (the last coordinate is 1).</summary>
+        public void Add(IComputeBackend backend, ReadOnlySpan<float> x, int rows, int columns, bool appendOne, float alpha, float beta, ReadOnlySpan<byte> rowMask)
+        {
+            int k = K;
+            long xk = (long)columns * k;
+            // T = X̃ Ω [rows × k]: the product over the data columns, plus Ω's last row for the bias coordinate.
+            var t = new float[(long)rows * k];
+            backend.Gemm(new GemmShape(rows, k, columns), x, Omega.AsSpan(0, (int)xk), t);
+            int kept = 0;
+            for (int r = 0; r < rows; r++)
+            {
+                Span<float> tr = t.AsSpan(r * k, k);
+                if (rowMask.Length != 0 && rowMask[r] == 0) { tr.Clear(); continue; }
+                kept++;
+                if (appendOne) TensorPrimitives.Add(tr, Omega.AsSpan((int)xk, k), tr);
+            }
+            // Y[:columns] ← β·Y + α·Xᵀ T; the bias row: β·Y + α·Σ_r T[r].
+            backend.Gemm(new GemmShape(columns, k, rows, TransA: true, Alpha: alpha, Beta: beta), x, t, Y.AsSpan(0, (int)xk));
+            if (appendOne)
+            {
+                Span<float> last = Y.AsSpan((int)xk, k);
+                var sums = new double[k];
+                for (int r = 0; r < rows; r++)
+                    for (int c = 0; c < k; c++) sums[c] += t[(long)r * k + c];
+                for (int c = 0; c < k; c++) last[c] = (float)(beta * last[c] + alpha * sums[c]);
+                Diagonal[columns] = (float)(beta * Diagonal[columns] + (double)alpha * kept);
+            }
+            var squares = new float[columns];
+            for (int r = 0; r < rows; r++)
+            {
+                if (rowMask.Length != 0 && rowMask[r] == 0) continue;
+                ReadOnlySpan<float> xr = x.Slice(r * columns, columns);
+                TensorPrimitives.MultiplyAdd(xr, xr, squares, squares);
+            }
+            for (int j = 0; j < columns; j++) Diagonal[j] = (float)(beta * Diagonal[j] + (double)alpha * squares[j]);
+        }
+    }
+
     /// <summary>The symmetric factor whose upper triangle is <paramref name="upper"/> (the fit updates that triangle only).</summary>
     static NdArray<float> Square(float[] upper)
     {
-        int n = (int)Math.Round(Math.Sqrt(upper.Length));
+        int n = (int)Math.Round(Math.Sqrt(upper.LongLength));
         var full = (float[])upper.Clone();
         // Blocks of rows and columns, so that the column-wise writes stay in cache.
         const int block = 64;

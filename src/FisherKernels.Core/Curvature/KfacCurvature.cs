@@ -54,11 +54,17 @@ public sealed class KfacCurvature
     /// <summary>β of the calibrated confidence <c>1/(1+β·u)</c> (metadata <c>calibration_beta</c>), or null when not calibrated.</summary>
     public double? CalibrationBeta { get; private init; }
 
+    /// <summary>
+    /// The layer selection the curvature was fitted with (metadata <c>layers</c>, SPEC §5), as the Onnx layer's
+    /// <c>LayerSelection.ToMetadata</c> writes it; null when the file states none (every layer).
+    /// </summary>
+    public string? LayerSelection { get; init; }
+
     /// <summary>This curvature with <paramref name="beta"/> as its calibration (same blocks, no copy).</summary>
     public KfacCurvature WithCalibrationBeta(double beta)
     {
         if (!double.IsFinite(beta) || beta < 0) throw FisherKernelsException.Argument($"calibration β must be finite and non-negative, got {beta}");
-        return new KfacCurvature(Layers, Fisher, ModelSha256, CreatedBy) { Source = Source, CalibrationBeta = beta };
+        return new KfacCurvature(Layers, Fisher, ModelSha256, CreatedBy) { Source = Source, CalibrationBeta = beta, LayerSelection = LayerSelection };
     }
 
     /// <summary>M: the largest per-layer position count.</summary>
@@ -84,15 +90,56 @@ public sealed class KfacCurvature
             ["created_by"] = CreatedBy,
         };
         if (CalibrationBeta is double beta) metadata["calibration_beta"] = FormatNumber(beta);
+        if (LayerSelection is not null) metadata["layers"] = LayerSelection;
         var tensors = new List<KeyValuePair<string, NdArray>>(2 * Layers.Count);
         foreach (KroneckerBlock b in Layers)
         {
             metadata[b.Layer + ".has_bias"] = b.HasBias ? "true" : "false";
             if (b.Positions != positions) metadata[b.Layer + ".positions"] = FormatNumber(b.Positions);
-            tensors.Add(new(b.Layer + ".A", b.A));
-            tensors.Add(new(b.Layer + ".G", b.G));
+            AddSide(tensors, metadata, b.Layer + ".A", b.ASide);
+            AddSide(tensors, metadata, b.Layer + ".G", b.GSide);
         }
         SafetensorsFile.Write(path, tensors, metadata);
+    }
+
+    /// <summary>A dense side as <c>&lt;key&gt;</c>; a low-rank one as <c>&lt;key&gt;.Y</c>, <c>&lt;key&gt;.diag</c> and the metadata <c>&lt;key&gt;.sketch_seed</c>, <c>sketch_generator</c> (SPEC §5).</summary>
+    internal static void AddSide(List<KeyValuePair<string, NdArray>> tensors, Dictionary<string, string> metadata, string key, FactorSide side)
+    {
+        if (side.Sketch is not FactorSketch sketch)
+        {
+            tensors.Add(new(key, side.Matrix!));
+            return;
+        }
+        tensors.Add(new(key + ".Y", sketch.Y));
+        tensors.Add(new(key + ".diag", sketch.Diagonal));
+        metadata[key + ".sketch_seed"] = sketch.Seed.ToString(CultureInfo.InvariantCulture);
+        metadata["sketch_generator"] = FactorSketch.Generator;
+    }
+
+    /// <summary>The side stored under <paramref name="key"/> (dense, or the sketch keys of <see cref="AddSide"/>); null when neither is there.</summary>
+    internal static FactorSide? ReadSide(SafetensorsFile file, string key, string path)
+    {
+        var meta = file.Metadata;
+        if (file.Tensors.ContainsKey(key)) return FactorSide.Dense(file.GetFloat32(key));
+        if (!file.Tensors.ContainsKey(key + ".Y")) return null;
+        if (!file.Tensors.ContainsKey(key + ".diag")) throw FisherKernelsException.Format($"{path}: '{key}.Y' has no '{key}.diag' beside it");
+        if (!meta.TryGetValue("sketch_generator", out string? generator) || generator != FactorSketch.Generator)
+            throw FisherKernelsException.Unsupported($"{path}: sketch generator '{generator}' is not supported (expected '{FactorSketch.Generator}')");
+        if (!meta.TryGetValue(key + ".sketch_seed", out string? seedText) || !ulong.TryParse(seedText, NumberStyles.None, CultureInfo.InvariantCulture, out ulong seed))
+            throw FisherKernelsException.Format($"{path}: metadata '{key}.sketch_seed' is missing or not an unsigned integer");
+        NdArray<float> y = file.GetFloat32(key + ".Y"), d = file.GetFloat32(key + ".diag");
+        if (y.Rank != 2 || d.Rank != 1 || d.Shape[0] != y.Shape[0] || y.Shape[1] < 1)
+            throw FisherKernelsException.Format($"{path}: '{key}.Y' [{ShapeUtil.Format(y.Shape)}] and '{key}.diag' [{ShapeUtil.Format(d.Shape)}] must be [n, k] and [n]");
+        return FactorSide.LowRank(new FactorSketch(y, d, seed));
+    }
+
+    /// <summary>The layer and side a curvature tensor belongs to (<c>&lt;layer&gt;.A</c>, <c>.A.Y</c>, <c>.A.diag</c>, likewise G), or null.</summary>
+    static (string Layer, char Side)? SideOf(string name)
+    {
+        foreach (string suffix in (string[])[".A", ".G", ".A.Y", ".G.Y", ".A.diag", ".G.diag"])
+            if (name.EndsWith(suffix, StringComparison.Ordinal) && name.Length > suffix.Length)
+                return (name[..^suffix.Length], suffix[1]);
+        return null;
     }
 
     /// <summary>Loads and validates a curvature file; every problem is an error naming the file and, where it applies, the layer.</summary>
@@ -137,28 +184,26 @@ public sealed class KfacCurvature
         var layerNames = new List<string>();
         foreach (string name in file.Names)
         {
-            if (name.EndsWith(".A", StringComparison.Ordinal)) layerNames.Add(name[..^2]);
-            else if (!name.EndsWith(".G", StringComparison.Ordinal))
-                throw FisherKernelsException.Format($"{path}: unexpected tensor '{name}' (curvature tensors are '<layer>.A' and '<layer>.G')");
+            if (SideOf(name) is not var (layer, side))
+                throw FisherKernelsException.Format($"{path}: unexpected tensor '{name}' (curvature tensors are '<layer>.A' and '<layer>.G', or their '.Y' and '.diag' sketches)");
+            if (!layerNames.Contains(layer)) layerNames.Add(layer);
         }
-        foreach (string name in file.Names)
-            if (name.EndsWith(".G", StringComparison.Ordinal) && !file.Tensors.ContainsKey(name[..^2] + ".A"))
-                throw FisherKernelsException.Format($"{path}: layer '{name[..^2]}' has G but no A");
         if (layerNames.Count == 0) throw FisherKernelsException.Format($"{path}: curvature has no layers");
 
         var blocks = new List<KroneckerBlock>(layerNames.Count);
         if (meta.Keys.Any(k => k.EndsWith(".has_bias", StringComparison.Ordinal))) modelLayers = null;
         foreach (string layer in layerNames)
         {
-            if (!file.Tensors.ContainsKey(layer + ".G")) throw FisherKernelsException.Format($"{path}: layer '{layer}' has A but no G");
-            NdArray<float> a = file.GetFloat32(layer + ".A"), g = file.GetFloat32(layer + ".G");
-            string biasFlag = meta.TryGetValue(layer + ".has_bias", out string? flag) ? flag : InferBias(layer, a, modelLayers, path);
+            FactorSide? aSide = ReadSide(file, layer + ".A", path), gSide = ReadSide(file, layer + ".G", path);
+            if (aSide is null) throw FisherKernelsException.Format($"{path}: layer '{layer}' has G but no A");
+            if (gSide is null) throw FisherKernelsException.Format($"{path}: layer '{layer}' has A but no G");
+            string biasFlag = meta.TryGetValue(layer + ".has_bias", out string? flag) ? flag : InferBias(layer, aSide.Size, modelLayers, path);
             if (biasFlag is not ("true" or "false"))
                 throw FisherKernelsException.Format($"{path}: metadata '{layer}.has_bias' must be 'true' or 'false', found '{biasFlag}'");
             double layerPositions = meta.TryGetValue(layer + ".positions", out string? p) ? ParsePositions(p, layer + ".positions", path) : positions;
-            string? problem = KroneckerBlock.Check(layer, a, g, biasFlag == "true", layerPositions);
+            string? problem = KroneckerBlock.Check(layer, aSide, gSide, biasFlag == "true", layerPositions);
             if (problem is not null) throw FisherKernelsException.Format($"{path}: {problem}");
-            blocks.Add(new KroneckerBlock(layer, a, g, biasFlag == "true", layerPositions));
+            blocks.Add(new KroneckerBlock(layer, aSide, gSide, biasFlag == "true", layerPositions));
         }
         meta.TryGetValue("created_by", out string? createdBy);
         double? beta = null;
@@ -168,19 +213,20 @@ public sealed class KfacCurvature
                 throw FisherKernelsException.Format($"{path}: metadata 'calibration_beta' must be a non-negative number, found '{betaText}'");
             beta = b;
         }
-        return new KfacCurvature(blocks, fisher, modelSha, createdBy ?? "") { Source = path, CalibrationBeta = beta };
+        meta.TryGetValue("layers", out string? selection);
+        return new KfacCurvature(blocks, fisher, modelSha, createdBy ?? "") { Source = path, CalibrationBeta = beta, LayerSelection = selection };
     }
 
     /// <summary>"true"/"false" for a layer without has_bias metadata, from the model's layer of that name.</summary>
-    static string InferBias(string layer, NdArray<float> a, IReadOnlyCollection<LayerShape>? modelLayers, string path)
+    static string InferBias(string layer, int aDim, IReadOnlyCollection<LayerShape>? modelLayers, string path)
     {
         if (modelLayers is null) throw FisherKernelsException.Format($"{path}: metadata '{layer}.has_bias' is missing");
         foreach (LayerShape s in modelLayers)
         {
             if (s.Layer != layer) continue;
             int expected = s.InFeatures + (s.HasBias ? 1 : 0);
-            if (a.Rank != 2 || a.Shape[0] != expected)
-                throw FisherKernelsException.Format($"{path}: layer '{layer}' has A of shape [{ShapeUtil.Format(a.Shape)}] and no has_bias metadata; the model's layer needs [{expected}, {expected}] (in {s.InFeatures}, bias {s.HasBias})");
+            if (aDim != expected)
+                throw FisherKernelsException.Format($"{path}: layer '{layer}' has A of size {aDim} and no has_bias metadata; the model's layer needs [{expected}, {expected}] (in {s.InFeatures}, bias {s.HasBias})");
             return s.HasBias ? "true" : "false";
         }
         throw FisherKernelsException.Format($"{path}: metadata '{layer}.has_bias' is missing and the model has no layer '{layer}'");
@@ -207,7 +253,9 @@ public sealed class KfacCurvature
                 throw FisherKernelsException.Argument($"cannot merge: layer '{b.Layer}' is in {Describe()} but not in {other.Describe()}");
             merged.Add(b.Merge(o));
         }
-        return new KfacCurvature(merged, Fisher, ModelSha256, createdBy ?? CreatedBy);
+        if (LayerSelection != other.LayerSelection)
+            throw FisherKernelsException.Argument($"cannot merge curvatures of different layer selections: {Describe()} has {LayerSelection ?? "every layer"}, {other.Describe()} has {other.LayerSelection ?? "every layer"}");
+        return new KfacCurvature(merged, Fisher, ModelSha256, createdBy ?? CreatedBy) { LayerSelection = LayerSelection };
     }
 
     /// <summary>

@@ -6,6 +6,8 @@ namespace FisherKernels.Curvature;
 /// <c>G = (1/M) Σ g gᵀ</c> (<c>[out]²</c>), both full symmetric float32 matrices, row-major.
 /// The block takes ownership of A and G (no copy) and never changes them; the constructor checks shapes,
 /// finiteness (a non-finite value is an error naming the layer) and symmetry (to float32 rounding).
+/// A side too large to hold dense is a <see cref="FactorSketch"/> instead (SPEC §3 <c>lowrank</c>): <see cref="ASketch"/> or
+/// <see cref="GSketch"/> is set and <see cref="A"/> or <see cref="G"/> is an error naming the layer.
 /// </summary>
 public sealed class KroneckerBlock
 {
@@ -13,14 +15,17 @@ public sealed class KroneckerBlock
     const double SymmetryTolerance = 1e-4;
 
     public KroneckerBlock(string layer, NdArray<float> a, NdArray<float> g, bool hasBias, double positions)
+        : this(layer, FactorSide.Dense(a), FactorSide.Dense(g), hasBias, positions) { }
+
+    public KroneckerBlock(string layer, FactorSide a, FactorSide g, bool hasBias, double positions)
     {
         ArgumentNullException.ThrowIfNull(a);
         ArgumentNullException.ThrowIfNull(g);
         string? problem = Check(layer, a, g, hasBias, positions);
         if (problem is not null) throw FisherKernelsException.Argument(problem);
         Layer = layer;
-        A = a;
-        G = g;
+        ASide = a;
+        GSide = g;
         HasBias = hasBias;
         Positions = positions;
     }
@@ -28,11 +33,26 @@ public sealed class KroneckerBlock
     /// <summary>The layer id: the weight initializer's name (SPEC §2).</summary>
     public string Layer { get; }
 
-    /// <summary>Input factor, <c>[ADim, ADim]</c>.</summary>
-    public NdArray<float> A { get; }
+    public FactorSide ASide { get; }
+    public FactorSide GSide { get; }
 
-    /// <summary>Output-gradient factor, <c>[GDim, GDim]</c>.</summary>
-    public NdArray<float> G { get; }
+    /// <summary>Input factor, <c>[ADim, ADim]</c>; an error naming the layer when A is low rank.</summary>
+    public NdArray<float> A => ASide.Matrix ?? throw LowRank("A");
+
+    /// <summary>Output-gradient factor, <c>[GDim, GDim]</c>; an error naming the layer when G is low rank.</summary>
+    public NdArray<float> G => GSide.Matrix ?? throw LowRank("G");
+
+    /// <summary>A's sketch when A is low rank, else null.</summary>
+    public FactorSketch? ASketch => ASide.Sketch;
+
+    /// <summary>G's sketch when G is low rank, else null.</summary>
+    public FactorSketch? GSketch => GSide.Sketch;
+
+    /// <summary>Whether both sides are dense.</summary>
+    public bool IsDense => ASide.Matrix is not null && GSide.Matrix is not null;
+
+    FisherKernelsException LowRank(string side) => FisherKernelsException.Unsupported(
+        $"layer '{Layer}': factor {side} [{(side == "A" ? ADim : GDim)}]² is stored low rank (a sketch, SPEC §3), and this needs it dense: fit with a larger --memory-budget or leave the layer out (--exclude-layers)");
 
     /// <summary>Whether A carries the homogeneous coordinate for the bias (as its last row and column).</summary>
     public bool HasBias { get; }
@@ -40,8 +60,8 @@ public sealed class KroneckerBlock
     /// <summary>M, the number of positions the means A and G were taken over (a count, or an effective count after EMA).</summary>
     public double Positions { get; }
 
-    public int ADim => A.Shape[0];
-    public int GDim => G.Shape[0];
+    public int ADim => ASide.Size;
+    public int GDim => GSide.Size;
     public int InFeatures => HasBias ? ADim - 1 : ADim;
     public int OutFeatures => GDim;
 
@@ -58,26 +78,22 @@ public sealed class KroneckerBlock
             throw FisherKernelsException.Argument($"layer '{Layer}': cannot merge A [{ADim}]² G [{GDim}]² (bias {HasBias}) with A [{other.ADim}]² G [{other.GDim}]² (bias {other.HasBias})");
         double total = Positions + other.Positions;
         double w1 = total > 0 ? Positions / total : 0.5, w2 = total > 0 ? other.Positions / total : 0.5;
-        return new KroneckerBlock(Layer, WeightedMean(A, w1, other.A, w2), WeightedMean(G, w1, other.G, w2), HasBias, total);
-    }
-
-    static NdArray<float> WeightedMean(NdArray<float> x, double wx, NdArray<float> y, double wy)
-    {
-        var r = new NdArray<float>((int[])x.Shape.Clone());
-        float[] xd = x.Data, yd = y.Data, rd = r.Data;
-        for (int i = 0; i < rd.Length; i++) rd[i] = (float)(wx * xd[i] + wy * yd[i]);
-        return r;
+        return new KroneckerBlock(Layer, ASide.WeightedMean(w1, other.ASide, w2, $"layer '{Layer}' A"),
+                                  GSide.WeightedMean(w1, other.GSide, w2, $"layer '{Layer}' G"), HasBias, total);
     }
 
     /// <summary>What is wrong with the parts of a block, or null; shared by the constructor and the file loader.</summary>
-    internal static string? Check(string layer, NdArray<float> a, NdArray<float> g, bool hasBias, double positions)
+    internal static string? Check(string layer, FactorSide a, FactorSide g, bool hasBias, double positions)
     {
         if (string.IsNullOrEmpty(layer)) return "a curvature block needs a layer name";
         if (!double.IsFinite(positions) || positions < 0) return $"layer '{layer}': positions must be finite and non-negative, got {positions}";
-        return CheckFactor(layer, "A", a, hasBias ? 2 : 1) ?? CheckFactor(layer, "G", g, 1);
+        return a.Check(layer, "A", hasBias ? 2 : 1) ?? g.Check(layer, "G", 1);
     }
 
-    static string? CheckFactor(string layer, string name, NdArray<float> m, int minDim)
+    internal static string? Check(string layer, NdArray<float> a, NdArray<float> g, bool hasBias, double positions) =>
+        Check(layer, FactorSide.Dense(a), FactorSide.Dense(g), hasBias, positions);
+
+    internal static string? CheckDense(string layer, string name, NdArray<float> m, int minDim)
     {
         if (m.Rank != 2 || m.Shape[0] != m.Shape[1])
             return $"layer '{layer}': factor {name} must be a square matrix, got shape [{ShapeUtil.Format(m.Shape)}]";
@@ -85,16 +101,66 @@ public sealed class KroneckerBlock
         if (n < minDim) return $"layer '{layer}': factor {name} must be at least {minDim}x{minDim}, got {n}x{n}";
         float[] d = m.Data;
         double maxAbs = 0;
-        for (int i = 0; i < d.Length; i++)
+        for (long i = 0; i < d.LongLength; i++)
         {
             if (!float.IsFinite(d[i])) return $"layer '{layer}': factor {name} has a non-finite value {d[i]} at [{i / n}, {i % n}]";
             maxAbs = Math.Max(maxAbs, Math.Abs(d[i]));
         }
         double tolerance = SymmetryTolerance * maxAbs;
-        for (int i = 0; i < n; i++)
-            for (int j = i + 1; j < n; j++)
+        for (long i = 0; i < n; i++)
+            for (long j = i + 1; j < n; j++)
                 if (Math.Abs((double)d[i * n + j] - d[j * n + i]) > tolerance)
                     return $"layer '{layer}': factor {name} is not symmetric ([{i}, {j}] = {d[i * n + j]}, [{j}, {i}] = {d[j * n + i]})";
         return null;
+    }
+}
+
+/// <summary>One factor side of a layer: a dense symmetric matrix or a <see cref="FactorSketch"/> (SPEC §3 factor forms).</summary>
+public sealed class FactorSide
+{
+    FactorSide(NdArray<float>? matrix, FactorSketch? sketch)
+    {
+        Matrix = matrix;
+        Sketch = sketch;
+    }
+
+    public static FactorSide Dense(NdArray<float> matrix) => new(matrix ?? throw new ArgumentNullException(nameof(matrix)), null);
+    public static FactorSide LowRank(FactorSketch sketch) => new(null, sketch ?? throw new ArgumentNullException(nameof(sketch)));
+
+    /// <summary>The dense <c>[n, n]</c> matrix, or null when low rank.</summary>
+    public NdArray<float>? Matrix { get; }
+
+    /// <summary>The sketch, or null when dense.</summary>
+    public FactorSketch? Sketch { get; }
+
+    /// <summary>"dense" or "lowrank" (SPEC §3).</summary>
+    public string Form => Matrix is not null ? "dense" : "lowrank";
+
+    /// <summary>n: the side's dimension.</summary>
+    public int Size => Matrix is not null ? Matrix.Shape[0] : Sketch!.N;
+
+    internal string? Check(string layer, string name, int minDim)
+    {
+        if (Matrix is not null) return KroneckerBlock.CheckDense(layer, name, Matrix, minDim);
+        if (Sketch!.N < minDim) return $"layer '{layer}': factor {name} must be at least {minDim}x{minDim}, got {Sketch.N}x{Sketch.N}";
+        return Sketch.Check(layer, name);
+    }
+
+    /// <summary>
+    /// <c>w₁·this + w₂·other</c> in float64: dense with dense stays dense; a dense side meeting a sketch is sketched first
+    /// with the other's Ω (exact: the sketch is linear), so the result is low rank.
+    /// </summary>
+    internal FactorSide WeightedMean(double w1, FactorSide other, double w2, string what)
+    {
+        if (Matrix is not null && other.Matrix is not null)
+        {
+            var r = new NdArray<float>((int[])Matrix.Shape.Clone());
+            float[] xd = Matrix.Data, yd = other.Matrix.Data, rd = r.Data;
+            for (long i = 0; i < rd.LongLength; i++) rd[i] = (float)(w1 * xd[i] + w2 * yd[i]);
+            return Dense(r);
+        }
+        FactorSketch x = Sketch ?? FactorSketch.FromDense(Matrix!.Data, Size, other.Sketch!.K, other.Sketch.Seed);
+        FactorSketch y = other.Sketch ?? FactorSketch.FromDense(other.Matrix!.Data, other.Size, x.K, x.Seed);
+        return LowRank(x.WeightedSum(w1, y, w2, what));
     }
 }

@@ -69,6 +69,19 @@ public sealed class ExecutionPlan
         return plan;
     }
 
+    /// <summary>
+    /// <see cref="BufferBytes"/> of the plan <see cref="Build"/> would make, without allocating its buffers (the memory plan
+    /// of SPEC §3 states a batch's activations before any runs; in 64 bits, as a long batch's logits pass 2³¹ bytes).
+    /// </summary>
+    internal static long MeasureBuffers(OnnxModel model, IReadOnlyDictionary<string, int[]> inputShapes, IReadOnlySet<string> variables, bool keepAll)
+    {
+        var plan = new ExecutionPlan(model, inputShapes, variables) { measureOnly = true };
+        plan.Bind(keepAll, fuse: true, new Dictionary<string, NdArray>());
+        return plan.BufferBytes;
+    }
+
+    private bool measureOnly;
+
     /// <summary>The index of a value by name; throws naming it when the graph has no such value.</summary>
     internal int Id(string name) => ids.TryGetValue(name, out int id) ? id
         : throw FisherKernelsException.Argument($"model '{Model.Graph.Source}' has no value named '{name}'");
@@ -266,6 +279,7 @@ public sealed class ExecutionPlan
         {
             if (pool.TryGetValue((info.Type, info.Length), out var free) && free.Count > 0) return free.Pop();
             BufferBytes += info.Length * ElementTypes.SizeOf(info.Type);
+            if (measureOnly) return Array.Empty<byte>();
             return Storage(Tensors.Allocate(info.Type, [checked((int)info.Length)]));
         }
         void Release(int storage, TensorInfo info)
@@ -278,6 +292,7 @@ public sealed class ExecutionPlan
         {
             var v = values[Id(input.Name)];
             storages[v.Storage] = Take(v.Info);
+            if (measureOnly) continue;
             v.Array = Wrap(storages[v.Storage]!, v.Info);
             graphInputs.Add((Id(input.Name), v.Array));
         }
@@ -289,9 +304,9 @@ public sealed class ExecutionPlan
             {
                 var v = values[Id(name)];
                 if (v.Storage >= 0 && storages[v.Storage] is null) storages[v.Storage] = Take(v.Info);
-                v.Array = v.Storage >= 0 ? Wrap(storages[v.Storage]!, v.Info) : Wrap(Storage(values[-2 - v.Storage].Array!), v.Info);
+                if (!measureOnly) v.Array = v.Storage >= 0 ? Wrap(storages[v.Storage]!, v.Info) : Wrap(Storage(values[-2 - v.Storage].Array!), v.Info);
             }
-            steps.Add(new Step(node, op,
+            if (!measureOnly) steps.Add(new Step(node, op,
                 node.Inputs.Select(n => n.Length == 0 ? null : values[Id(n)].Array).ToArray(),
                 outputNames.Select(n => values[Id(n)].Array!).ToArray(),
                 node.Inputs.Select(n => n.Length == 0 ? -1 : Id(n)).ToArray(),

@@ -24,6 +24,41 @@ public class ModelCommandTests
         Assert.Equal(layers.Sum(l => l.GetProperty("parameters").GetInt64()), json.RootElement.GetProperty("layer_parameters").GetInt64());
     }
 
+    /// <summary>
+    /// SPEC §3's memory plan in inspect --json: under a budget the 64-entry vocabulary side misses, the head's G is low rank
+    /// and its bytes are the sketch's; activations are twice the keep-all derivative plan's buffers, measured here by
+    /// building that plan for real; the total adds up; a bad --layers pattern is one line.
+    /// </summary>
+    [Fact]
+    public void InspectJsonStatesTheMemoryPlan()
+    {
+        string model = Fixtures.Path("gpt2_tiny.onnx");
+        var (code, stdout, stderr) = CliRunner.Run("inspect", "--model", model, "--json", "--memory-budget", "40000", "--rank", "4", "--batch-size", "2", "--seq", "12");
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(stdout);
+        var plan = json.RootElement.GetProperty("memory_plan");
+        var layers = plan.GetProperty("layers").EnumerateArray().ToList();
+        Assert.Equal(9, layers.Count);
+        var head = Assert.Single(layers, l => l.GetProperty("id").GetString() == "transformer.wte.weight");
+        Assert.Equal("dense", head.GetProperty("a_form").GetString());
+        Assert.Equal("lowrank", head.GetProperty("g_form").GetString());
+        Assert.Equal(4L * 32 * 32 + 4L * 64 * (12 + 1) + 4L * 64 * 12, head.GetProperty("factor_bytes").GetInt64()); // A dense, G's Y and diag, Ω
+        var lm = Onnx.LanguageModel.Load(model);
+        var shapes = new Dictionary<string, int[]> { ["input_ids"] = [2, 12] };
+        long buffers = lm.Model.GetPlan(shapes, Onnx.Graph.LayerDiscovery.DefaultParameters(lm.Model.Layers).ToHashSet(), keepAll: true).BufferBytes;
+        Assert.Equal(2 * buffers, plan.GetProperty("activation_bytes").GetInt64());
+        Assert.Equal(plan.GetProperty("factor_bytes").GetInt64() + plan.GetProperty("eigenbasis_bytes").GetInt64() + plan.GetProperty("activation_bytes").GetInt64()
+                     + plan.GetProperty("model_bytes").GetInt64(), plan.GetProperty("total_bytes").GetInt64());
+        Assert.Equal(layers.Sum(l => l.GetProperty("factor_bytes").GetInt64()), plan.GetProperty("factor_bytes").GetInt64());
+
+        var (badCode, _, badErr) = CliRunner.Run("inspect", "--model", model, "--json", "--layers", "(");
+        Assert.NotEqual(0, badCode);
+        Assert.StartsWith("fisherkernels: --layers '(' is not a valid .NET regular expression", badErr.Trim());
+        var (smallCode, _, smallErr) = CliRunner.Run("inspect", "--model", model, "--json", "--memory-budget", "100");
+        Assert.NotEqual(0, smallCode);
+        Assert.Contains("over --memory-budget 100 B: raise --memory-budget, lower --rank, or leave the layer out with --exclude-layers", smallErr);
+    }
+
     [Fact]
     public void InspectTable()
     {
