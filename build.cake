@@ -39,6 +39,7 @@ Task("Deps").Does(() =>
     if (StartProcess("sh", new ProcessSettings { Arguments = "-c \"/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1\"" }) != 0)
         missing.Add("python3-numpy"); // the C ABI's Python ctypes test
     if (!HasLibrary("libicuuc.so")) missing.Add("libicu-dev"); // Unicode normalization of tokenizers (NFC/NFKC, BERT's accents)
+    if (!HasCommand("chromium")) missing.Add("chromium"); // the score page's browser tests (headless)
     if (missing.Count > 0) AptInstall(missing.ToArray());
 });
 
