@@ -7,7 +7,9 @@ namespace FisherKernels.Onnx;
 /// <summary>
 /// A causal or masked language model as SPEC §1 sees an ONNX graph: the token input (<c>input_ids</c>,
 /// else the first int input), defaults for the other known inputs, and the logits as the first output
-/// <c>[batch, seq, vocab]</c>.
+/// <c>[batch, seq, vocab]</c>. A graph with a KV cache (Optimum's "with past" exports) runs as a plain forward
+/// pass: every <c>past_key_values.*</c> input empty (past length 0), <c>use_cache_branch</c> false; the
+/// <c>present.*</c> outputs are computed but not used.
 /// </summary>
 public sealed class LanguageModel
 {
@@ -21,13 +23,37 @@ public sealed class LanguageModel
                     ?? throw FisherKernelsException.Argument($"model '{graph.Source}' has no token input (no 'input_ids' and no int32/int64 input)");
         TokenInput = token.Name;
         foreach (var input in graph.Inputs)
-            if (input.Name != TokenInput && input.Name is not ("attention_mask" or "token_type_ids" or "position_ids"))
-                throw FisherKernelsException.Argument($"model '{graph.Source}': input '{input.Name}' is required and has no default (SPEC §1 fills only attention_mask, token_type_ids and position_ids)");
+        {
+            if (IsPast(input.Name)) CheckPast(input, graph.Source);
+            else if (input.Name != TokenInput && input.Name is not ("attention_mask" or "token_type_ids" or "position_ids" or UseCacheBranch))
+                throw FisherKernelsException.Argument($"model '{graph.Source}': input '{input.Name}' is required and has no default (SPEC §1 fills only attention_mask, token_type_ids, position_ids, past_key_values.* and use_cache_branch)");
+        }
         LogitsOutput = graph.Outputs[0].Name;
         EmbeddingRows = FindEmbeddingRows(graph, TokenInput);
     }
 
     public static LanguageModel Load(string path) => new(OnnxModel.Load(path));
+
+    private const string UseCacheBranch = "use_cache_branch";
+
+    private static bool IsPast(string name) => name.StartsWith("past_key_values.", StringComparison.Ordinal);
+
+    /// <summary>An empty past needs the declared rank and one dimension that can be 0 (the past length).</summary>
+    private static void CheckPast(ValueInfo input, string source)
+    {
+        if (input.Shape is not { Length: >= 2 } shape || input.ElementType != ElementType.Float32 || shape.Skip(1).All(d => d is not null))
+            throw FisherKernelsException.Unsupported($"model '{source}': KV-cache input {input.Describe()} needs a declared float shape with a symbolic past length to be filled with an empty past");
+    }
+
+    /// <summary>
+    /// An empty past for a KV-cache input: its declared dimensions, the first (batch) set to the batch when symbolic,
+    /// every other symbolic one (the past length) 0.
+    /// </summary>
+    private static NdArray EmptyPast(ValueInfo input, int batch)
+    {
+        var shape = input.Shape!.Select((d, i) => d ?? (i == 0 ? batch : 0)).ToArray();
+        return new NdArray<float>(shape);
+    }
 
     public OnnxModel Model { get; }
     public string TokenInput { get; }
@@ -49,6 +75,8 @@ public sealed class LanguageModel
         {
             var type = input.ElementType ?? ElementType.Int64;
             if (input.Name == TokenInput) result[input.Name] = ConvertInts(ids, type, input.Name);
+            else if (IsPast(input.Name)) result[input.Name] = EmptyPast(input, batch);
+            else if (input.Name == UseCacheBranch) result[input.Name] = new NdArray<bool>([1], [false]);
             else if (given is not null && given.TryGetValue(input.Name, out var value))
             {
                 if (value.Rank != 2 || value.Shape[0] != batch || value.Shape[1] != seq)

@@ -36,6 +36,18 @@ public class LayerDiscoveryTests
         }
     }
 
+    /// <summary>Other exports of gpt2_tiny's weights (older opset, KV cache): the same layers, whatever the graph's names.</summary>
+    [Theory]
+    [InlineData("gpt2_tiny_opset11")]
+    [InlineData("gpt2_tiny_past")]
+    public void OtherExportsHaveGpt2TinysLayers(string model)
+    {
+        static string Describe(Layer l) => $"{l.Id} {l.Op} {l.In}x{l.Out} bias={l.Bias} out_in={l.StoredOutIn} uses={l.Applications.Count}";
+        var expected = LayerDiscovery.Discover(OnnxImporter.Load(Fixtures.Path("gpt2_tiny.onnx"))).Select(Describe).Order(StringComparer.Ordinal);
+        var actual = LayerDiscovery.Discover(OnnxImporter.Load(Fixtures.Path(model + ".onnx"))).Select(Describe).Order(StringComparer.Ordinal);
+        Assert.Equal(expected, actual);
+    }
+
     [Theory]
     [InlineData("gpt2_tiny")]
     [InlineData("llama_tiny")]

@@ -16,6 +16,10 @@ public class DerivativeTests
     [InlineData("gpt2_tiny", "gpt2_tiny.grads_targets", true, false)]
     [InlineData("gpt2_tiny", "gpt2_tiny.grads_all", false, true)]
     [InlineData("gpt2_tiny_external", "gpt2_tiny.grads", false, false)]
+    [InlineData("gpt2_tiny_opset11", "gpt2_tiny.grads", false, false)]
+    [InlineData("gpt2_tiny_opset11", "gpt2_tiny.grads_all", false, true)]
+    [InlineData("gpt2_tiny_past", "gpt2_tiny.grads_targets", true, false)]
+    [InlineData("gpt2_tiny_past", "gpt2_tiny.grads_all", false, true)]
     [InlineData("llama_tiny", "llama_tiny.grads", false, false)]
     [InlineData("llama_tiny", "llama_tiny.grads_targets", true, false)]
     [InlineData("llama_tiny", "llama_tiny.grads_all", false, true)]
@@ -37,17 +41,19 @@ public class DerivativeTests
     }
 
     [Theory]
-    [InlineData("gpt2_tiny")]
-    [InlineData("llama_tiny")]
-    [InlineData("bert_tiny")]
-    public void JvpMatchesTorch(string model)
+    [InlineData("gpt2_tiny", "gpt2_tiny")]
+    [InlineData("gpt2_tiny_opset11", "gpt2_tiny")]
+    [InlineData("gpt2_tiny_past", "gpt2_tiny")]
+    [InlineData("llama_tiny", "llama_tiny")]
+    [InlineData("bert_tiny", "bert_tiny")]
+    public void JvpMatchesTorch(string model, string golden)
     {
         var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
         var tokens = NpyFile.Read(Fixtures.Path(ForwardTests.TokensOf(model)));
-        var file = SafetensorsFile.Read(Fixtures.Path(model + ".direction.safetensors"));
+        var file = SafetensorsFile.Read(Fixtures.Path(golden + ".direction.safetensors"));
         var direction = file.Names.ToDictionary(n => n, file.GetFloat32);
         var jvp = Derivatives.Jvp(lm, Context, tokens, direction);
-        var reference = (NdArray<double>)NpyFile.Read(Fixtures.Path(model + ".jvp.npy"));
+        var reference = (NdArray<double>)NpyFile.Read(Fixtures.Path(golden + ".jvp.npy"));
         Assert.Equal(reference.Shape, jvp.Shape);
         Assert.True(RelativeError(reference.Data, jvp.Data) <= 1e-3, $"relative error {RelativeError(reference.Data, jvp.Data):G3}");
 

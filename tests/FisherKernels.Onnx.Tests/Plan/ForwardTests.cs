@@ -13,6 +13,8 @@ public class ForwardTests
     [Theory]
     [InlineData("gpt2_tiny", "gpt2_tiny")]
     [InlineData("gpt2_tiny_external", "gpt2_tiny")]
+    [InlineData("gpt2_tiny_opset11", "gpt2_tiny")]
+    [InlineData("gpt2_tiny_past", "gpt2_tiny")]
     [InlineData("llama_tiny", "llama_tiny")]
     [InlineData("llama_tiny_fp16", "llama_tiny_fp16")]
     [InlineData("llama_tiny_bf16", "llama_tiny_bf16")]
@@ -28,6 +30,8 @@ public class ForwardTests
 
     [Theory]
     [InlineData("gpt2_tiny")]
+    [InlineData("gpt2_tiny_opset11")]
+    [InlineData("gpt2_tiny_past")]
     [InlineData("llama_tiny")]
     [InlineData("llama_tiny_bf16")]
     [InlineData("bert_tiny")]
