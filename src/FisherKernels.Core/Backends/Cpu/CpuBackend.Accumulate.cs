@@ -20,6 +20,13 @@ public sealed partial class CpuBackend
     // BlockRows: 512 measured faster than 128/256/384/768 on Zen 5 (fewer passes over F, still L2-resident).
     private const int PanelWidth = 48, TileSize = 2 * PanelWidth, BlockRows = 512;
 
+    // The AVX2 kernel's block: its 16-column side (kc × 16 floats, one cache line a row) stays in a 32 KB L1 while
+    // the 6-row slivers stream past it from L2.
+    private const int BlockRowsAvx2 = 256, SliverWidth = 6;
+
+    /// <summary>A sliver's length, 8 past its rows: the copy's last 8-wide store runs 2 past them, not into the next sliver (another thread's).</summary>
+    private static int SliverStride(int blockRows) => blockRows * SliverWidth + 8;
+
     // Below this many columns the 48-wide panels are largely padding and OpenBLAS ssyrk measured faster
     // (0.5–0.8× at 32–64 columns, 1.4× at 96, on Zen 5).
     private const int SsyrkBelowColumns = 80;
@@ -99,9 +106,12 @@ public sealed partial class CpuBackend
         int panels = (n + PanelWidth - 1) / PanelWidth;
         int tilesPerSide = (n + TileSize - 1) / TileSize;
         int tileCount = tilesPerSide * (tilesPerSide + 1) / 2;
-        int blocks = (active + BlockRows - 1) / BlockRows;
-        var packed = ArrayPool<float>.Shared.Rent(panels * BlockRows * PanelWidth);
-        var blockRowIndex = ArrayPool<int>.Shared.Rent(BlockRows);
+        int blockRows = kernel == AccumulateKernel.Avx2 ? BlockRowsAvx2 : BlockRows;
+        int blocks = (active + blockRows - 1) / blockRows;
+        // The AVX2 kernel also reads its 6-row side from slivers of 6 columns, contiguous over the block's rows.
+        int sliverLength = kernel == AccumulateKernel.Avx2 ? panels * (PanelWidth / SliverWidth) * SliverStride(blockRows) : 0;
+        var packed = ArrayPool<float>.Shared.Rent(panels * blockRows * PanelWidth + 8 + sliverLength);
+        var blockRowIndex = ArrayPool<int>.Shared.Rent(blockRows);
         // Small problems run on one thread: the fork/join costs more than it saves.
         bool parallel = threads > 1 && (long)active * n * n > 1L << 22;
         try
@@ -110,12 +120,13 @@ public sealed partial class CpuBackend
             fixed (byte* pm = rowMask)
             fixed (int* pr = blockRowIndex)
             {
-                var job = new TiledJob(kernel, px, cols, appendOne, n, pp, pf, alpha, tilesPerSide, pr);
+                float* slivers = sliverLength > 0 ? pp + panels * blockRows * PanelWidth + 8 : null;
+                var job = new TiledJob(kernel, px, cols, appendOne, n, pp, pf, alpha, tilesPerSide, pr, blockRows, slivers);
                 int nextRow = 0;
                 for (int block = 0; block < blocks; block++)
                 {
                     int count = 0;
-                    for (; count < BlockRows && nextRow < rows; nextRow++)
+                    for (; count < blockRows && nextRow < rows; nextRow++)
                         if (pm == null || pm[nextRow] != 0) blockRowIndex[count++] = nextRow;
                     job.BlockRowCount = count;
                     job.Beta = block == 0 ? beta : 1f;
@@ -142,7 +153,8 @@ public sealed partial class CpuBackend
 
     /// <summary>The state of one tiled accumulation, shared by the workers of each block.</summary>
     private sealed unsafe class TiledJob(AccumulateKernel kernel, float* x, int cols, bool appendOne, int n,
-                                         float* packed, float* factor, float alpha, int tilesPerSide, int* rowIndex)
+                                         float* packed, float* factor, float alpha, int tilesPerSide, int* rowIndex, int blockRows,
+                                         float* slivers)
     {
         /// <summary>Active rows in this block; their indices into X are rowIndex[0..BlockRowCount).</summary>
         public int BlockRowCount;
@@ -155,7 +167,7 @@ public sealed partial class CpuBackend
             int c0 = panel * PanelWidth;
             int copy = Math.Clamp(cols - c0, 0, PanelWidth); // 0 for a panel holding only the ones column
             int onesAt = appendOne ? cols - c0 : -1;
-            float* dst = packed + (long)panel * BlockRows * PanelWidth;
+            float* dst = packed + (long)panel * blockRows * PanelWidth;
             for (int k = 0; k < BlockRowCount; k++, dst += PanelWidth)
             {
                 Buffer.MemoryCopy(x + (long)rowIndex[k] * cols + c0, dst, PanelWidth * sizeof(float), copy * sizeof(float));
@@ -163,6 +175,7 @@ public sealed partial class CpuBackend
                 new Span<float>(dst + copy, PanelWidth - copy).Clear();
                 if ((uint)onesAt < PanelWidth) dst[onesAt] = 1;
             }
+            if (slivers != null) SplitIntoSlivers(panel);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -177,7 +190,7 @@ public sealed partial class CpuBackend
             var (mr, nr) = kernel switch
             {
                 AccumulateKernel.Avx512 => (8, 48),
-                AccumulateKernel.Avx2 => (4, 24),
+                AccumulateKernel.Avx2 => (6, 16),
                 _ => (8, 48),
             };
             float* edge = stackalloc float[8 * 48];
@@ -187,7 +200,7 @@ public sealed partial class CpuBackend
                 for (int ib = i0; ib < i1; ib += mr)
                 {
                     if (jb + nr <= ib) continue; // wholly below the diagonal
-                    float* a = Panel(ib);
+                    float* a = slivers != null ? Sliver(ib) : Panel(ib);
                     if (ib + mr <= n && jb + nr <= n) Run(a, b, factor + (long)ib * n + jb, n, alpha, Beta);
                     else
                     {
@@ -199,15 +212,31 @@ public sealed partial class CpuBackend
             if (Mirror) MirrorTile(factor, n, i0, i1, j0, j1);
         }
 
+        /// <summary>
+        /// The panel's 8 slivers of 6 columns, each contiguous over the block's rows, copied while the panel is in cache.
+        /// Each row is one 8-wide load and store: the 2 extra floats land where the next row's copy overwrites them.
+        /// </summary>
+        private void SplitIntoSlivers(int panel)
+        {
+            float* source = packed + (long)panel * blockRows * PanelWidth;
+            for (int q = 0; q < PanelWidth / SliverWidth; q++)
+            {
+                float* src = source + q * SliverWidth, dst = Sliver(panel * PanelWidth + q * SliverWidth);
+                for (int k = 0; k < BlockRowCount; k++, src += PanelWidth, dst += SliverWidth) Vector256.Store(Vector256.Load(src), dst);
+            }
+        }
+
+        private float* Sliver(int column) => slivers + (long)(column / SliverWidth) * SliverStride(blockRows);
+
         private float* Panel(int column) =>
-            packed + (long)(column / PanelWidth) * BlockRows * PanelWidth + column % PanelWidth;
+            packed + (long)(column / PanelWidth) * blockRows * PanelWidth + column % PanelWidth;
 
         private void Run(float* a, float* b, float* c, int ldc, float scale, float beta)
         {
             switch (kernel)
             {
                 case AccumulateKernel.Avx512: Kernel8x48Avx512(a, b, BlockRowCount, c, ldc, scale, beta); break;
-                case AccumulateKernel.Avx2: Kernel4x24Avx2(a, b, BlockRowCount, c, ldc, scale, beta); break;
+                case AccumulateKernel.Avx2: Kernel6x16Avx2(a, b, BlockRowCount, c, ldc, scale, beta); break;
                 default: Kernel8x48Scalar(a, b, BlockRowCount, c, ldc, scale, beta); break;
             }
         }
@@ -281,44 +310,52 @@ public sealed partial class CpuBackend
         }
     }
 
-    /// <summary>The AVX2 variant: 4 rows × 24 columns, 12 ymm accumulators (16 registers in all).</summary>
+    /// <summary>
+    /// The AVX2 variant: 6 rows × 16 columns, 12 ymm accumulators, 2 loads and 6 broadcasts a row step (16 registers in
+    /// all). The 16 columns come from a 48-wide panel (one cache line a row), the 6 rows from a contiguous sliver.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static unsafe void Kernel4x24Avx2(float* a, float* b, int kc, float* c, int ldc, float scale, float beta)
+    private static unsafe void Kernel6x16Avx2(float* a, float* b, int kc, float* c, int ldc, float scale, float beta)
     {
-        Vector256<float> c00 = default, c01 = default, c02 = default, c10 = default, c11 = default, c12 = default;
-        Vector256<float> c20 = default, c21 = default, c22 = default, c30 = default, c31 = default, c32 = default;
-        for (int k = 0; k < kc; k++, a += PanelWidth, b += PanelWidth)
+        Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
+        Vector256<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        for (int k = 0; k < kc; k++, a += SliverWidth, b += PanelWidth)
         {
-            var b0 = Vector256.Load(b); var b1 = Vector256.Load(b + 8); var b2 = Vector256.Load(b + 16);
+            var b0 = Vector256.Load(b); var b1 = Vector256.Load(b + 8);
             var s = Vector256.Create(a[0]);
-            c00 = Vector256.FusedMultiplyAdd(s, b0, c00); c01 = Vector256.FusedMultiplyAdd(s, b1, c01); c02 = Vector256.FusedMultiplyAdd(s, b2, c02);
+            c00 = Vector256.FusedMultiplyAdd(s, b0, c00); c01 = Vector256.FusedMultiplyAdd(s, b1, c01);
             s = Vector256.Create(a[1]);
-            c10 = Vector256.FusedMultiplyAdd(s, b0, c10); c11 = Vector256.FusedMultiplyAdd(s, b1, c11); c12 = Vector256.FusedMultiplyAdd(s, b2, c12);
+            c10 = Vector256.FusedMultiplyAdd(s, b0, c10); c11 = Vector256.FusedMultiplyAdd(s, b1, c11);
             s = Vector256.Create(a[2]);
-            c20 = Vector256.FusedMultiplyAdd(s, b0, c20); c21 = Vector256.FusedMultiplyAdd(s, b1, c21); c22 = Vector256.FusedMultiplyAdd(s, b2, c22);
+            c20 = Vector256.FusedMultiplyAdd(s, b0, c20); c21 = Vector256.FusedMultiplyAdd(s, b1, c21);
             s = Vector256.Create(a[3]);
-            c30 = Vector256.FusedMultiplyAdd(s, b0, c30); c31 = Vector256.FusedMultiplyAdd(s, b1, c31); c32 = Vector256.FusedMultiplyAdd(s, b2, c32);
+            c30 = Vector256.FusedMultiplyAdd(s, b0, c30); c31 = Vector256.FusedMultiplyAdd(s, b1, c31);
+            s = Vector256.Create(a[4]);
+            c40 = Vector256.FusedMultiplyAdd(s, b0, c40); c41 = Vector256.FusedMultiplyAdd(s, b1, c41);
+            s = Vector256.Create(a[5]);
+            c50 = Vector256.FusedMultiplyAdd(s, b0, c50); c51 = Vector256.FusedMultiplyAdd(s, b1, c51);
         }
         var vs = Vector256.Create(scale); var vb = Vector256.Create(beta);
-        StoreRow256(c, vs, vb, beta, c00, c01, c02); c += ldc;
-        StoreRow256(c, vs, vb, beta, c10, c11, c12); c += ldc;
-        StoreRow256(c, vs, vb, beta, c20, c21, c22); c += ldc;
-        StoreRow256(c, vs, vb, beta, c30, c31, c32);
+        StoreRow256(c, vs, vb, beta, c00, c01); c += ldc;
+        StoreRow256(c, vs, vb, beta, c10, c11); c += ldc;
+        StoreRow256(c, vs, vb, beta, c20, c21); c += ldc;
+        StoreRow256(c, vs, vb, beta, c30, c31); c += ldc;
+        StoreRow256(c, vs, vb, beta, c40, c41); c += ldc;
+        StoreRow256(c, vs, vb, beta, c50, c51);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void StoreRow256(float* c, Vector256<float> scale, Vector256<float> vBeta, float beta,
-                                           Vector256<float> x0, Vector256<float> x1, Vector256<float> x2)
+                                           Vector256<float> x0, Vector256<float> x1)
     {
         if (beta == 0)
         {
-            (x0 * scale).Store(c); (x1 * scale).Store(c + 8); (x2 * scale).Store(c + 16);
+            (x0 * scale).Store(c); (x1 * scale).Store(c + 8);
         }
         else
         {
             Vector256.FusedMultiplyAdd(x0, scale, vBeta * Vector256.Load(c)).Store(c);
             Vector256.FusedMultiplyAdd(x1, scale, vBeta * Vector256.Load(c + 8)).Store(c + 8);
-            Vector256.FusedMultiplyAdd(x2, scale, vBeta * Vector256.Load(c + 16)).Store(c + 16);
         }
     }
 
