@@ -135,6 +135,7 @@ public sealed class KfacAccumulator
     public ReadOnlySpan<byte> BeginBatch(int positions)
     {
         if (batchPositions >= 0) throw new InvalidOperationException("K-FAC fit: BeginBatch called twice without EndBatch");
+        EnsureNotFinished();
         ArgumentOutOfRangeException.ThrowIfNegative(positions);
         batchPositions = positions;
         if (Options.SamplePositions >= 1)
@@ -315,13 +316,27 @@ public sealed class KfacAccumulator
         finally { ArrayPool<float>.Shared.Return(weights); }
     }
 
-    /// <summary>The fitted curvature (copies of the factors) with the SPEC §5 metadata.</summary>
+    /// <summary>
+    /// The fitted curvature with the SPEC §5 metadata. It takes over the dense factors (each mirrored into a full symmetric
+    /// matrix in place, not copied: the copies would double the fit's largest memory), so this ends the fit: no batch or
+    /// checkpoint may follow.
+    /// </summary>
     public KfacCurvature ToCurvature(string createdBy)
     {
+        EnsureNotFinished();
         foreach (LayerState s in layers)
             if (s.Positions == 0) throw FisherKernelsException.Argument($"K-FAC fit: layer '{s.Shape.Layer}' saw no positions (empty token file, or every position dropped by --sample-positions)");
-        return new KfacCurvature(layers.Select(s => new KroneckerBlock(s.Shape.Layer, s.A.ToSide(), s.G.ToSide(), s.Shape.HasBias, s.Positions)),
-                                 Options.Fisher, ModelSha256, createdBy);
+        var curvature = new KfacCurvature(layers.Select(s => new KroneckerBlock(s.Shape.Layer, s.A.ToSide(), s.G.ToSide(), s.Shape.HasBias, s.Positions)),
+                                          Options.Fisher, ModelSha256, createdBy);
+        finished = true;
+        return curvature;
+    }
+
+    bool finished;
+
+    void EnsureNotFinished()
+    {
+        if (finished) throw new InvalidOperationException("K-FAC fit: ToCurvature ended this fit; its factors belong to the curvature now");
     }
 
     /// <summary>
@@ -342,6 +357,7 @@ public sealed class KfacAccumulator
     public void SaveCheckpoint(string path, string runFingerprint)
     {
         if (batchPositions >= 0) throw new InvalidOperationException("K-FAC fit: checkpoint in the middle of a batch");
+        EnsureNotFinished();
         var metadata = new Dictionary<string, string>(StringComparer.Ordinal)
         {
             ["format"] = CheckpointFormat,
@@ -509,11 +525,14 @@ public sealed class KfacAccumulator
         }
     }
 
-    /// <summary>The symmetric factor whose upper triangle is <paramref name="upper"/> (the fit updates that triangle only).</summary>
+    /// <summary>
+    /// The symmetric factor whose upper triangle is <paramref name="upper"/> (the fit updates that triangle only), mirrored in
+    /// place: the lower triangle is never read by the updates, so the fit may go on after a checkpoint.
+    /// </summary>
     static NdArray<float> Square(float[] upper)
     {
         int n = (int)Math.Round(Math.Sqrt(upper.LongLength));
-        var full = (float[])upper.Clone();
+        float[] full = upper;
         // Blocks of rows and columns, so that the column-wise writes stay in cache.
         const int block = 64;
         for (int i0 = 0; i0 < n; i0 += block)

@@ -12,18 +12,22 @@ public static class OnnxImporter
 
     public static OnnxGraph Load(string path)
     {
-        byte[] bytes;
-        try { bytes = File.ReadAllBytes(path); }
+        // Parsed from the file as a stream, not from a byte[] copy of it: a 124M-parameter model is 0.5-0.65 GB, and the
+        // file's bytes, the parsed tensors and the float arrays would otherwise all be resident at once.
+        ModelProto model;
+        try
+        {
+            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 20);
+            model = ModelProto.Parser.ParseFrom(stream);
+        }
+        catch (InvalidProtocolBufferException e) // an IOException: first
+        {
+            throw FisherKernelsException.Format($"'{path}' is not a valid ONNX model (truncated or not a protobuf file: {e.Message})");
+        }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
             string why = e is FileNotFoundException or DirectoryNotFoundException ? "file not found" : e.Message;
             throw FisherKernelsException.Io($"cannot read model '{path}': {why}", e);
-        }
-        ModelProto model;
-        try { model = ModelProto.Parser.ParseFrom(bytes); }
-        catch (InvalidProtocolBufferException e)
-        {
-            throw FisherKernelsException.Format($"'{path}' is not a valid ONNX model (truncated or not a protobuf file: {e.Message})");
         }
         if (model.Graph is null || model.IrVersion <= 0 || model.Graph.Output.Count == 0)
             throw FisherKernelsException.Format($"'{path}' is not a valid ONNX model (no graph, IR version or outputs; truncated or not an ONNX file?)");
@@ -43,10 +47,20 @@ public static class OnnxImporter
             throw FisherKernelsException.Unsupported($"model '{path}': sparse initializers are not supported ('{graph.SparseInitializer[0].Values?.Name}')");
         var initializers = new Dictionary<string, NdArray>();
         var order = new List<string>();
+        long sinceCollect = 0;
         foreach (var tensor in graph.Initializer)
         {
             if (string.IsNullOrEmpty(tensor.Name)) throw FisherKernelsException.Format($"model '{path}': an initializer has no name (corrupt model?)");
             initializers[tensor.Name] = TensorImport.ToArray(tensor, $"model '{path}', initializer '{tensor.Name}'", external);
+            // Converted: the parsed bytes go, and every 64 MB the collector reclaims them so that the next arrays reuse
+            // that memory; without it a model is resident twice (parsed and converted) until the collector gets to it.
+            sinceCollect += tensor.RawData.Length;
+            tensor.RawData = ByteString.Empty;
+            if (sinceCollect >= 64 << 20)
+            {
+                GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true);
+                sinceCollect = 0;
+            }
             order.Add(tensor.Name);
         }
 
