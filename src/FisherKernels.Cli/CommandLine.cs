@@ -1,3 +1,5 @@
+using System.Globalization;
+
 namespace FisherKernels.Cli;
 
 /// <summary>Dispatches `fisherkernels VERB ...` (SPEC §6) and turns every failure into one line on stderr.</summary>
@@ -6,6 +8,9 @@ internal static class CommandLine
     public static int Run(string[] args)
     {
         bool verbose = Array.IndexOf(args, "--verbose") >= 0;
+        // Globalization is on for the tokenizers' Unicode normalization only: numbers and text format alike on every machine.
+        CultureInfo.DefaultThreadCurrentCulture = CultureInfo.DefaultThreadCurrentUICulture = CultureInfo.InvariantCulture;
+        CultureInfo.CurrentCulture = CultureInfo.CurrentUICulture = CultureInfo.InvariantCulture;
         try
         {
             if (args.Length == 0 || args[0] is "-h" or "--help")

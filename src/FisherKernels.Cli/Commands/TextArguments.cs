@@ -1,0 +1,91 @@
+using FisherKernels.Onnx;
+using FisherKernels.Text;
+using FisherKernels.Text.Tokenization;
+
+namespace FisherKernels.Cli.Commands;
+
+/// <summary>
+/// The text options every token-reading verb takes (SPEC §1, §6): <c>--text FILE|-</c> instead of <c>--tokens</c>, with
+/// <c>--tokenizer</c>, <c>--document</c>, <c>--no-special-tokens</c>, <c>--context</c> and <c>--stride</c>. Reads, tokenizes
+/// and checks everything before any model work: the text's UTF-8, that there is a tokenizer, that its ids fit the model's
+/// vocabulary.
+/// </summary>
+internal sealed class TextArguments
+{
+    public static readonly string[] ValueOptions = ["--text", "--tokenizer", "--context", "--stride"];
+    public static readonly string[] FlagOptions = ["--document", "--no-special-tokens"];
+
+    private TextArguments(TextTokenizer tokenizer, IReadOnlyList<TokenizedText> sequences, int? context, int? stride, string source)
+    {
+        Tokenizer = tokenizer;
+        Sequences = sequences;
+        Context = context;
+        Stride = stride;
+        Source = source;
+    }
+
+    public TextTokenizer Tokenizer { get; }
+    /// <summary>One tokenized text per sequence (line, or the whole document).</summary>
+    public IReadOnlyList<TokenizedText> Sequences { get; }
+    /// <summary>The window length (null: unlimited) and the stride (null: half the context).</summary>
+    public int? Context { get; }
+    public int? Stride { get; }
+    /// <summary>The text file's name for messages ("standard input" for "-").</summary>
+    public string Source { get; }
+
+    /// <summary>The windows of sequence <paramref name="index"/> (one window when it fits the context).</summary>
+    public IReadOnlyList<Window> Windows(int index)
+    {
+        int n = Sequences[index].Count;
+        int context = Context ?? n;
+        return WindowPlan.Plan(n, context, Stride ?? Math.Max(1, context / 2));
+    }
+
+    /// <summary>The model of <c>--model FILE|DIR</c> (SPEC §1 folders).</summary>
+    public static ModelFolder Model(CommandOptions options) => ModelFolder.Resolve(options.Required("--model"));
+
+    /// <summary>
+    /// The text input of a verb, or null when it reads <c>--tokens</c>. Text options without <c>--text</c>, or <c>--text</c>
+    /// with <c>--tokens</c>, are errors naming them.
+    /// </summary>
+    public static TextArguments? Read(string verb, CommandOptions options, ModelFolder model, LanguageModel lm, bool tokensAllowed = true)
+    {
+        string? textPath = options.Optional("--text");
+        if (textPath is null)
+        {
+            foreach (string option in ValueOptions.Concat(FlagOptions))
+                if (option != "--context" && option != "--stride" && (options.Optional(option) is not null || options.Has(option)))
+                    throw FisherKernelsException.Argument($"{verb}: {option} applies to --text input");
+            return null;
+        }
+        if (tokensAllowed && options.Optional("--tokens") is not null) throw FisherKernelsException.Argument($"{verb}: give --tokens or --text, not both");
+        string? tokenizerPath = options.Optional("--tokenizer");
+        TextTokenizer tokenizer = tokenizerPath is not null ? TokenizerLoader.Load(tokenizerPath)
+            : model.Tokenizer ?? throw FisherKernelsException.Argument(
+                $"{verb}: --text needs a tokenizer: pass --model as a model folder with one ({string.Join(", ", TokenizerLoader.FolderFiles)}) or --tokenizer PATH");
+        if (lm.EmbeddingRows is int rows && tokenizer.VocabularySize > rows)
+            throw FisherKernelsException.Argument(
+                $"{verb}: the tokenizer ({tokenizer.Description}) has ids up to {tokenizer.VocabularySize - 1}, but model '{model.ModelPath}' has an embedding table of {rows} rows");
+        int? context = options.Optional("--context") is null ? model.Context : options.Int("--context", 0, 1);
+        int? stride = options.Optional("--stride") is null ? null : options.Int("--stride", 0, 1);
+        if (stride is not null && context is null) throw FisherKernelsException.Argument($"{verb}: --stride needs a context (--context N, or a model folder whose config.json gives one)");
+        if (stride > context) throw FisherKernelsException.Argument($"{verb}: --stride {stride} is larger than the context {context}");
+        string name = textPath == "-" ? "standard input" : $"'{textPath}'";
+        string text = TextInput.Read(textPath);
+        bool special = !options.Has("--no-special-tokens");
+        var sequences = TextInput.Sequences(text, options.Has("--document"), textPath).Select(s => tokenizer.Encode(s, special)).ToList();
+        for (int i = 0; i < sequences.Count; i++)
+            if (sequences[i].Count == 0) throw FisherKernelsException.Argument($"{verb}: --text {name}: sequence {i} has no tokens");
+        return new TextArguments(tokenizer, sequences, context, stride, name);
+    }
+
+    /// <summary>Sequence <paramref name="index"/>'s tokens [1, n] (or the window <paramref name="window"/> of them).</summary>
+    public NdArray<long> Tokens(int index, Window? window = null)
+    {
+        var ids = Sequences[index].Ids;
+        var (start, length) = window is { } w ? (w.Start, w.Length) : (0, ids.Length);
+        var tokens = new NdArray<long>(1, length);
+        for (int i = 0; i < length; i++) tokens.Data[i] = ids[start + i];
+        return tokens;
+    }
+}
