@@ -461,7 +461,9 @@ internal sealed class BinaryElementwise : Operator
         where TOp : IBinaryOp where TRun : struct, IDerivativeRun
     {
         var a = Tensors.Float(inputs[0], Node, "A");
-        var b = Tensors.Float(inputs[1], Node, "B");
+        // Pow's integer exponent (opset 12+; it gets no derivative) as floats: a copy, as rare as such exports are.
+        var b = inputs[1] is NdArray<float> floats ? floats
+            : new NdArray<float>(inputs[1]!.Shape, Array.ConvertAll(Tensors.ToLongs(inputs[1]!) ?? throw Error($"B of type {inputs[1]!.ElementType} is not supported"), v => (float)v));
         var layout = Broadcast.Create(gradOrTangent.Shape, a.Shape, b.Shape);
         var run = new TRun();
         run.Bind(a.Data, b.Data, ((NdArray<float>)outputs[0]).Data, gradOrTangent.Data, first?.Data, second?.Data, layout.Step0, layout.Step1);

@@ -16,6 +16,7 @@ public static class OperatorRegistry
         .. new[] { "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min" }.Select(op => Onnx(op, 7, n => new BinaryElementwise(n))),
         .. new[] { "Sqrt", "Reciprocal", "Neg", "Exp", "Log", "Tanh", "Erf", "Sigmoid", "Relu", "Cos", "Sin", "Abs" }.Select(op => Onnx(op, 6, n => new UnaryElementwise(n))),
         Onnx("Gelu", 20, n => new UnaryElementwise(n)),
+        Onnx("Clip", 11, n => new Clip(n)),
         Microsoft("FastGelu", n => new UnaryElementwise(n)),
         Microsoft("BiasGelu", n => new UnaryElementwise(n)),
         Microsoft("Gelu", n => new UnaryElementwise(n)),
