@@ -94,6 +94,25 @@ public sealed class BenchCommandTests
         Assert.Contains(lines, l => l.StartsWith("linear_jvp") && l.Contains("two_gemms"));
     }
 
+    /// <summary>SPEC §6: a row that fails is reported as failed (one line, the error's message) and the table goes on.</summary>
+    [Fact]
+    public void A_failing_row_is_reported_and_the_next_rows_still_print()
+    {
+        var stdout = new StringWriter();
+        var table = new BenchCommand.TableWriter(stdout, "test machine", 10);
+        var failed = ModelBenches.Row("score_kfac", "cpu", "8x128", "isotropic_score",
+                                      () => throw FisherKernelsException.Unsupported("layer 'head': factor G is stored low rank"));
+        Assert.Equal("layer 'head': factor G is stored low rank", failed.Error);
+        table.Row(failed);
+        table.Row(ModelBenches.Row("score", "cpu", "8x128", "forward", () => BenchResult.Timed("score", "cpu", "8x128", null,
+            (new Timing(2, 1, 3), new Timing(1, 1, 1)), "forward")));
+        var lines = stdout.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Contains(lines, l => l.StartsWith("score_kfac") && l.Contains("failed: layer 'head': factor G is stored low rank"));
+        Assert.Contains(lines, l => l.StartsWith("score ") && l.Contains("0.50x"));
+        // An error that is not a user-facing one (a bug) is not swallowed.
+        Assert.Throws<NullReferenceException>(() => ModelBenches.Row("x", "cpu", "1", "forward", () => throw new NullReferenceException()));
+    }
+
     [Theory]
     [InlineData("--backend", "tpu", "unknown backend 'tpu'")]
     [InlineData("--threads", "0", "--threads must be")]

@@ -28,16 +28,39 @@ internal static class BenchCommand
         // Described (with the load average) before the suites run, so the load is other processes', not ours.
         string machine = MachineDescription(options.Threads);
         var results = new List<BenchResult>();
+        // Each row is printed as it finishes (the table on stdout; with --json, one progress line a row on stderr and the
+        // JSON object at the end), so a long model bench shows its figures as they come and a failure keeps the rows before it.
+        var table = options.Json ? null : new TableWriter(stdout, machine, MeasuredPeakGflops(options.Threads, options.Quick));
+        void Report(BenchResult r)
+        {
+            results.Add(r);
+            if (table is not null) table.Row(r);
+            else Console.Error.WriteLine(r.Error is null ? $"bench: {r.Name} {r.Backend} {r.Shape}: {r.MedianMs:F2} ms, {r.Baseline} {r.BaselineMedianMs:F2} ms"
+                                                         : $"bench: {r.Name} {r.Backend} {r.Shape}: failed: {r.Error}");
+        }
         foreach (var backend in OpenBackends(options.Backend, options.Threads))
             using (backend)
             {
                 var context = new BenchContext(backend, options.Threads, options.Quick, options.Model, options.Tokens, options.Verbose ? Console.Error : null, options.ForwardOnly);
                 foreach (var suite in Suites.Where(s => s.NeedsModel == (options.Model is not null)))
-                    results.AddRange(suite.Run(context));
+                {
+                    // A suite that fails between its rows (its setup) is reported as one failed row; the other suites run.
+                    using var rows = suite.Run(context).GetEnumerator();
+                    while (true)
+                    {
+                        try { if (!rows.MoveNext()) break; }
+                        catch (Exception e) when (e is FisherKernelsException or InvalidOperationException or OutOfMemoryException or OverflowException or ArgumentException)
+                        {
+                            Report(BenchResult.Failed(suite.GetType().Name, backend.Name, "", "", e.Message));
+                            break;
+                        }
+                        Report(rows.Current);
+                    }
+                }
             }
         if (options.Json) WriteJson(stdout, machine, results);
-        else WriteTable(stdout, machine, results, MeasuredPeakGflops(options.Threads, options.Quick));
-        return 0;
+        else table!.End(results);
+        return results.Any(r => r.Error is not null) ? 1 : 0;
     }
 
     /// <summary>
@@ -64,6 +87,12 @@ internal static class BenchCommand
                 json.WriteString("name", r.Name);
                 json.WriteString("backend", r.Backend);
                 json.WriteString("shape", r.Shape);
+                if (r.Error is not null)
+                {
+                    json.WriteString("failed", r.Error);
+                    json.WriteEndObject();
+                    continue;
+                }
                 json.WriteNumber("median_ms", Math.Round(r.MedianMs, 4));
                 json.WriteNumber("min_ms", Math.Round(r.Ours.MinMs, 4));
                 json.WriteNumber("max_ms", Math.Round(r.Ours.MaxMs, 4));
@@ -82,23 +111,46 @@ internal static class BenchCommand
         stdout.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
     }
 
-    private static void WriteTable(TextWriter stdout, string machine, List<BenchResult> results, double peakGflops)
+    /// <summary>The human table, a row at a time: fixed column widths, so that each row prints as soon as it is timed.</summary>
+    internal sealed class TableWriter
     {
-        stdout.WriteLine($"machine: {machine}; FMA peak measured now: {peakGflops:F0} GFLOP/s");
-        string[] header = ["name", "backend", "shape", "ms", "min-max", "GFLOP/s", "% peak", "baseline", "baseline ms", "min-max", "baseline GFLOP/s", "ratio"];
-        var rows = new List<string[]> { header };
-        foreach (var r in results)
+        static readonly string[] Header = ["name", "backend", "shape", "ms", "min-max", "GFLOP/s", "% peak", "baseline", "baseline ms", "min-max", "baseline GFLOP/s", "ratio"];
+        static readonly int[] Widths = [16, 9, 16, 10, 19, 8, 6, 16, 11, 19, 16, 8];
+        readonly TextWriter stdout;
+        readonly double peakGflops;
+
+        public TableWriter(TextWriter stdout, string machine, double peakGflops)
         {
-            double? baselineGflops = r.Gflops * r.MedianMs / r.BaselineMedianMs;
-            rows.Add([r.Name, r.Backend, r.Shape, $"{r.MedianMs:F2}", $"{r.Ours.MinMs:F2}-{r.Ours.MaxMs:F2}", $"{r.Gflops:F1}",
-                      r.Gflops is double g ? $"{100 * g / peakGflops:F0}%" : "", r.Baseline, $"{r.BaselineMedianMs:F2}",
-                      $"{r.BaselineTiming.MinMs:F2}-{r.BaselineTiming.MaxMs:F2}", $"{baselineGflops:F1}", $"{r.Ratio:F2}x"]);
+            this.stdout = stdout;
+            this.peakGflops = peakGflops;
+            stdout.WriteLine($"machine: {machine}; FMA peak measured now: {peakGflops:F0} GFLOP/s");
+            Write(Header);
         }
-        var widths = header.Select((_, c) => rows.Max(row => row[c].Length)).ToArray();
-        foreach (var row in rows)
-            stdout.WriteLine(string.Join("  ", row.Select((cell, c) => c < 3 || c == 7 ? cell.PadRight(widths[c]) : cell.PadLeft(widths[c]))).TrimEnd());
-        foreach (var r in results)
-            if (r.PeakWorkingSetBytes is long peak) stdout.WriteLine($"{r.Name}: peak working set {peak / 1048576.0:F1} MB");
+
+        public void Row(BenchResult r)
+        {
+            if (r.Error is not null)
+            {
+                stdout.WriteLine($"{r.Name.PadRight(Widths[0])}  {r.Backend.PadRight(Widths[1])}  {r.Shape.PadRight(Widths[2])}  failed: {r.Error}");
+                return;
+            }
+            double? baselineGflops = r.Gflops * r.MedianMs / r.BaselineMedianMs;
+            Write([r.Name, r.Backend, r.Shape, $"{r.MedianMs:F2}", $"{r.Ours.MinMs:F2}-{r.Ours.MaxMs:F2}", $"{r.Gflops:F1}",
+                   r.Gflops is double g ? $"{100 * g / peakGflops:F0}%" : "", r.Baseline, $"{r.BaselineMedianMs:F2}",
+                   $"{r.BaselineTiming.MinMs:F2}-{r.BaselineTiming.MaxMs:F2}", $"{baselineGflops:F1}", $"{r.Ratio:F2}x"]);
+        }
+
+        public void End(List<BenchResult> results)
+        {
+            foreach (var r in results)
+                if (r.PeakWorkingSetBytes is long peak) stdout.WriteLine($"{r.Name}: peak working set {peak / 1048576.0:F1} MB");
+        }
+
+        void Write(string[] row)
+        {
+            stdout.WriteLine(string.Join("  ", row.Select((cell, c) => c < 3 || c == 7 ? cell.PadRight(Widths[c]) : cell.PadLeft(Widths[c]))).TrimEnd());
+            stdout.Flush();
+        }
     }
 
     private static string MachineDescription(int threads)

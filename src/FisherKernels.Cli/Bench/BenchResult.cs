@@ -11,6 +11,13 @@ internal sealed record BenchResult(
 
     public double BaselineMedianMs => BaselineTiming.MedianMs;
 
+    /// <summary>Why the row failed (SPEC §6: reported, the other rows still run), or null.</summary>
+    public string? Error { get; init; }
+
+    /// <summary>A row that could not be timed, with the error in one line.</summary>
+    public static BenchResult Failed(string name, string backend, string shape, string baseline, string error) =>
+        new(name, backend, shape, new Timing(0, 0, 0), null, baseline, new Timing(0, 0, 0)) { Error = error.ReplaceLineEndings(" ") };
+
     /// <summary>Above 1 means faster than the baseline.</summary>
     public double Ratio => BaselineMedianMs / MedianMs;
 

@@ -50,73 +50,98 @@ internal sealed class ModelBenches : IBenchSuite
         }
         if (context.ForwardOnly) yield break;
 
+        // Each row below runs through Row: one that fails (out of memory, a curvature the posterior cannot use) is reported
+        // as failed and the others still run.
         // backward and jvp time the pass itself on a forward already run (its values kept), as the issue's
         // "backward ≤ 2.5× forward" means; forward + backward costs the sum of the two rows.
         var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
-        var (_, backward, logits) = Derivatives.Prepare(lm, op, tokens, parameters);
-        var nextTokens = Targets.NextToken(tokens);
-        var seed = backward.Gradient(lm.LogitsOutput);
-        void Seed()
+        var ids = NpyFile.ReadInt64(tokensPath);
+        var targets = Targets.NextToken(ids);
+        yield return Row("backward", backend, shape, "forward", () =>
         {
-            backward.Clear();
-            Derivatives.LossCotangent(logits, nextTokens, seed);
-        }
-        void Backward()
-        {
-            Seed();
-            backward.Run(op);
-        }
-        if (context.Log is { } backwardLog)
-        {
-            LogBackwardProfile(backwardLog, op, "backward", backward, Seed, runs);
-            var (_, taps, _) = Derivatives.Prepare(lm, op, tokens, parameters, layerOutputsOnly: true);
-            var tapSeed = taps.Gradient(lm.LogitsOutput);
-            LogBackwardProfile(backwardLog, op, "taps-only backward (fit, score)", taps, () =>
+            var (_, backward, logits) = Derivatives.Prepare(lm, op, tokens, parameters);
+            var nextTokens = Targets.NextToken(tokens);
+            var seed = backward.Gradient(lm.LogitsOutput);
+            void Seed()
             {
-                taps.Clear();
-                Derivatives.LossCotangent(logits, nextTokens, tapSeed);
-            }, runs);
-        }
-        yield return BenchResult.Timed("backward", backend, shape, null, BenchTimer.Blocks(Backward, Forward, runs, warmup: 2), "forward");
+                backward.Clear();
+                Derivatives.LossCotangent(logits, nextTokens, seed);
+            }
+            void Backward()
+            {
+                Seed();
+                backward.Run(op);
+            }
+            if (context.Log is { } backwardLog)
+            {
+                LogBackwardProfile(backwardLog, op, "backward", backward, Seed, runs);
+                var (_, taps, _) = Derivatives.Prepare(lm, op, tokens, parameters, layerOutputsOnly: true);
+                var tapSeed = taps.Gradient(lm.LogitsOutput);
+                LogBackwardProfile(backwardLog, op, "taps-only backward (fit, score)", taps, () =>
+                {
+                    taps.Clear();
+                    Derivatives.LossCotangent(logits, nextTokens, tapSeed);
+                }, runs);
+            }
+            return BenchResult.Timed("backward", backend, shape, null, BenchTimer.Blocks(Backward, Forward, runs, warmup: 2), "forward");
+        });
 
-        var random = new Random(7);
-        var direction = lm.Model.Layers.ToDictionary(l => l.Id, l =>
+        yield return Row("jvp", backend, shape, "forward", () =>
         {
-            var w = (NdArray<float>)lm.Model.Graph.Initializers[l.Id];
-            var v = new NdArray<float>((int[])w.Shape.Clone());
-            for (int i = 0; i < v.Data.Length; i++) v.Data[i] = (float)(random.NextDouble() - 0.5);
-            return v;
+            var random = new Random(7);
+            var direction = lm.Model.Layers.ToDictionary(l => l.Id, l =>
+            {
+                var w = (NdArray<float>)lm.Model.Graph.Initializers[l.Id];
+                var v = new NdArray<float>((int[])w.Shape.Clone());
+                for (int i = 0; i < v.Data.Length; i++) v.Data[i] = (float)(random.NextDouble() - 0.5);
+                return v;
         });
         var (jvpPlan, tangent) = Derivatives.PrepareJvp(lm, op, tokens, direction);
         if (context.Log is { } jvpLog) LogTangentProfile(jvpLog, jvpPlan, tangent, op, runs);
-        yield return BenchResult.Timed("jvp", backend, shape, null, BenchTimer.Blocks(() => tangent.Run(op), Forward, runs, warmup: 2), "forward");
+        return BenchResult.Timed("jvp", backend, shape, null, BenchTimer.Blocks(() => tangent.Run(op), Forward, runs, warmup: 2), "forward");
+        });
 
         // One batch of `fit` (SPEC §3 default: sampled Fisher, one draw): forward, backward with the layer taps, factor accumulation.
-        var accumulator = new KfacAccumulator(context.Backend, KfacScoring.Shapes(lm.Model.Layers), new KfacFitOptions(), modelSha256: "bench");
-        var ids = NpyFile.ReadInt64(tokensPath);
-        var targets = Targets.NextToken(ids);
-        yield return BenchResult.Timed("fit", backend, shape, null,
-            BenchTimer.Blocks(() => KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets), Forward, runs, warmup: 2), "forward");
-        if (context.Log is { } fitLog)
+        yield return Row("fit", backend, shape, "forward", () =>
         {
-            var times = new StageTimes();
-            for (int i = 0; i < runs; i++) KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets, times);
-            fitLog.WriteLine($"fit: time per stage (medians over {runs} runs)");
-            fitLog.WriteLine(times.Format());
-        }
+            var accumulator = new KfacAccumulator(context.Backend, KfacScoring.Shapes(lm.Model.Layers), new KfacFitOptions(), modelSha256: "bench");
+            var result = BenchResult.Timed("fit", backend, shape, null,
+                BenchTimer.Blocks(() => KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets), Forward, runs, warmup: 2), "forward");
+            if (context.Log is { } fitLog)
+            {
+                var times = new StageTimes();
+                for (int i = 0; i < runs; i++) KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets, times);
+                fitLog.WriteLine($"fit: time per stage (medians over {runs} runs)");
+                fitLog.WriteLine(times.Format());
+            }
+            return result;
+        });
 
         void Isotropic() => PositionScorer.Score(lm, op, tokens, null, parameters, "isotropic", 1.0, EpistemicMetric.SquaredGradientNorm);
-        yield return BenchResult.Timed("score", backend, shape, null, BenchTimer.Blocks(Isotropic, Forward, runs: 5, warmup: 1), "forward");
+        yield return Row("score", backend, shape, "forward", () => BenchResult.Timed("score", backend, shape, null, BenchTimer.Blocks(Isotropic, Forward, runs: 5, warmup: 1), "forward"));
 
         // K-FAC scores need a curvature (issue 5: a K-FAC score against an isotropic one): the bench batch fitted with 16
         // label draws a position, so that every G has full rank as after a fit over many positions. (The fit row's one
         // draw over 128 positions leaves G of rank ≤ 128, and a score would rotate only those directions: cheaper, but
         // not what a user's curvature costs.)
-        var curvature = new KfacAccumulator(context.Backend, KfacScoring.Shapes(lm.Model.Layers), new KfacFitOptions { Samples = 16 }, modelSha256: "bench");
-        KfacCommands.FitBatch(lm, op, curvature, lm.Model.Layers, parameters, ids, targets);
-        var kfac = EpistemicMetric.Kfac(new KfacPosterior(curvature.ToCurvature("bench"), context.Backend));
-        yield return BenchResult.Timed("score_kfac", backend, shape, null,
-            BenchTimer.Blocks(() => PositionScorer.Score(lm, op, tokens, null, parameters, "kfac", 1.0, kfac), Isotropic, runs: 5, warmup: 1), "isotropic_score");
+        yield return Row("score_kfac", backend, shape, "isotropic_score", () =>
+        {
+                var curvature = new KfacAccumulator(context.Backend, KfacScoring.Shapes(lm.Model.Layers), new KfacFitOptions { Samples = 16 }, modelSha256: "bench");
+                KfacCommands.FitBatch(lm, op, curvature, lm.Model.Layers, parameters, ids, targets);
+                var kfac = EpistemicMetric.Kfac(new KfacPosterior(curvature.ToCurvature("bench"), context.Backend));
+                return BenchResult.Timed("score_kfac", backend, shape, null,
+                    BenchTimer.Blocks(() => PositionScorer.Score(lm, op, tokens, null, parameters, "kfac", 1.0, kfac), Isotropic, runs: 5, warmup: 1), "isotropic_score");
+        });
+    }
+
+    /// <summary>One row, or a failed row naming the error when it throws (SPEC §6: the other rows still run).</summary>
+    internal static BenchResult Row(string name, string backend, string shape, string baseline, Func<BenchResult> run)
+    {
+        try { return run(); }
+        catch (Exception e) when (e is FisherKernelsException or InvalidOperationException or OutOfMemoryException or OverflowException or ArgumentException)
+        {
+            return BenchResult.Failed(name, backend, shape, baseline, e.Message);
+        }
     }
 
     private static long PeakWorkingSet()
