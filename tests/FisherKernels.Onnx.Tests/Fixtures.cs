@@ -27,6 +27,10 @@ internal static class Fixtures
         return result;
     }
 
+    /// <summary>The engine's view of a file array: float64 would be float32 after import.</summary>
+    public static NdArray Engine(NdArray a) => a is NdArray<double> d
+        ? new NdArray<float>(d.Shape, Array.ConvertAll(d.Data, v => (float)v)) : a;
+
     private static string FindFolder()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)

@@ -19,9 +19,32 @@ public sealed class Node
     public required string[] Inputs { get; init; }
     public required string[] Outputs { get; init; }
     public required OperatorAttributes Attributes { get; init; }
+    /// <summary>GRAPH attributes (Loop's body, If's branches) by attribute name.</summary>
+    public IReadOnlyDictionary<string, Subgraph> Subgraphs { get; init; } = NoSubgraphs;
+    /// <summary>Values of enclosing scopes that the sub-graphs read: inputs of this node in all but name (ordering, consumers).</summary>
+    public string[] ImplicitInputs { get; init; } = [];
+
+    /// <summary>The declared inputs followed by the implicit ones.</summary>
+    public IEnumerable<string> AllInputs => ImplicitInputs.Length == 0 ? Inputs : Inputs.Concat(ImplicitInputs);
+
+    private static readonly Dictionary<string, Subgraph> NoSubgraphs = [];
 
     /// <summary>"op type 'X' (domain d) at node 'n'" — how errors name a node.</summary>
     public string Describe() => $"{OpType}{(Domain.Length == 0 ? "" : $" (domain {Domain})")} node '{Name}'";
+}
+
+/// <summary>
+/// A GRAPH attribute: its formal inputs and outputs, nodes in file order, and its own constants (initializers
+/// and Constant nodes). Names it reads but does not define (<see cref="OuterValues"/>) come from enclosing scopes.
+/// </summary>
+public sealed class Subgraph
+{
+    public required string Name { get; init; }
+    public required IReadOnlyList<string> Inputs { get; init; }
+    public required IReadOnlyList<string> Outputs { get; init; }
+    public required IReadOnlyList<Node> Nodes { get; init; }
+    public required IReadOnlyDictionary<string, NdArray> Constants { get; init; }
+    public required IReadOnlyList<string> OuterValues { get; init; }
 }
 
 /// <summary>
@@ -66,7 +89,7 @@ public sealed class OnnxGraph
     {
         var map = new Dictionary<string, List<Node>>();
         foreach (var node in Nodes)
-            foreach (var input in node.Inputs.Distinct())
+            foreach (var input in node.AllInputs.Distinct())
             {
                 if (input.Length == 0) continue;
                 if (!map.TryGetValue(input, out var list)) map[input] = list = [];

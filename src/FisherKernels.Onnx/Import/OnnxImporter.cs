@@ -5,7 +5,7 @@ using Google.Protobuf;
 
 namespace FisherKernels.Onnx.Import;
 
-/// <summary>Reads an ONNX file into an <see cref="OnnxGraph"/> (SPEC §1): opsets 11–23, inline and external initializers, Constant nodes as constants.</summary>
+/// <summary>Reads an ONNX file into an <see cref="OnnxGraph"/> (SPEC §1): opsets 11–23, inline and external initializers, Constant nodes as constants, Loop/If sub-graphs.</summary>
 public static class OnnxImporter
 {
     public const int MinOpset = 11, MaxOpset = 23;
@@ -64,30 +64,8 @@ public static class OnnxImporter
             order.Add(tensor.Name);
         }
 
-        var nodes = new List<Node>();
         var constants = new HashSet<string>();
-        for (int index = 0; index < graph.Node.Count; index++)
-        {
-            var proto = graph.Node[index];
-            string name = proto.Name.Length > 0 ? proto.Name : $"{proto.OpType}_{index}";
-            string domain = NormalizeDomain(proto.Domain);
-            string what = $"model '{path}', {proto.OpType} node '{name}'";
-            var attributes = new OperatorAttributes();
-            foreach (var a in proto.Attribute) SetAttribute(attributes, a, what, external);
-            if (proto.OpType == "Constant" && domain.Length == 0 && proto.Output.Count == 1)
-            {
-                initializers[proto.Output[0]] = ConstantValue(attributes, what);
-                constants.Add(proto.Output[0]);
-                continue;
-            }
-            var node = new Node
-            {
-                Name = name, OpType = proto.OpType, Domain = domain,
-                Inputs = [.. proto.Input], Outputs = [.. proto.Output], Attributes = attributes,
-            };
-            if (domain.Length == 0 && node.OpType is "Max" or "Min" && node.Inputs.Length != 2 && node.Outputs.Length == 1) nodes.AddRange(Pairwise(node));
-            else nodes.Add(node);
-        }
+        var nodes = ConvertNodes(graph.Node, path, external, initializers, constants);
 
         var inputs = graph.Input.Where(v => !initializers.ContainsKey(v.Name)).Select(ToValueInfo).ToList();
         var outputs = graph.Output.Select(ToValueInfo).ToList();
@@ -122,6 +100,61 @@ public static class OnnxImporter
         }
     }
 
+    /// <summary>
+    /// The nodes of a graph or sub-graph; Constant nodes become entries of <paramref name="constantValues"/> (their
+    /// names also go to <paramref name="constantNames"/>), GRAPH attributes become <see cref="Subgraph"/>s.
+    /// </summary>
+    private static List<Node> ConvertNodes(IList<NodeProto> protos, string path, ExternalData external,
+                                           Dictionary<string, NdArray> constantValues, HashSet<string> constantNames)
+    {
+        var nodes = new List<Node>();
+        for (int index = 0; index < protos.Count; index++)
+        {
+            var proto = protos[index];
+            string name = proto.Name.Length > 0 ? proto.Name : $"{proto.OpType}_{index}";
+            string domain = NormalizeDomain(proto.Domain);
+            string what = $"model '{path}', {proto.OpType} node '{name}'";
+            var attributes = new OperatorAttributes();
+            var subgraphs = new Dictionary<string, Subgraph>();
+            foreach (var a in proto.Attribute)
+            {
+                if (a.Type == AttributeProto.Types.AttributeType.Graph && a.G is not null)
+                    subgraphs[a.Name] = ConvertSubgraph(a.G, $"{what}, attribute '{a.Name}'", path, external);
+                else SetAttribute(attributes, a, what, external);
+            }
+            if (proto.OpType == "Constant" && domain.Length == 0 && proto.Output.Count == 1)
+            {
+                constantValues[proto.Output[0]] = ConstantValue(attributes, what);
+                constantNames.Add(proto.Output[0]);
+                continue;
+            }
+            var node = new Node
+            {
+                Name = name, OpType = proto.OpType, Domain = domain,
+                Inputs = [.. proto.Input], Outputs = [.. proto.Output], Attributes = attributes,
+                Subgraphs = subgraphs,
+                ImplicitInputs = subgraphs.Values.SelectMany(g => g.OuterValues).Distinct().ToArray(),
+            };
+            if (domain.Length == 0 && node.OpType is "Max" or "Min" && node.Inputs.Length != 2 && node.Outputs.Length == 1) nodes.AddRange(Pairwise(node));
+            else nodes.Add(node);
+        }
+        return nodes;
+    }
+
+    /// <summary>A Loop body or If branch: its constants, nodes, formal inputs and outputs, and the outer values it reads.</summary>
+    private static Subgraph ConvertSubgraph(GraphProto graph, string what, string path, ExternalData external)
+    {
+        var constants = new Dictionary<string, NdArray>();
+        foreach (var tensor in graph.Initializer)
+            constants[tensor.Name] = TensorImport.ToArray(tensor, $"{what}, initializer '{tensor.Name}'", external);
+        var nodes = ConvertNodes(graph.Node, path, external, constants, []);
+        var inputs = graph.Input.Select(v => v.Name).ToList();
+        var outputs = graph.Output.Select(v => v.Name).ToList();
+        var defined = new HashSet<string>(inputs.Concat(constants.Keys).Concat(nodes.SelectMany(n => n.Outputs)));
+        var outer = nodes.SelectMany(n => n.AllInputs).Concat(outputs).Where(v => v.Length > 0 && !defined.Contains(v)).Distinct().ToList();
+        return new Subgraph { Name = graph.Name, Inputs = inputs, Outputs = outputs, Nodes = nodes, Constants = constants, OuterValues = outer };
+    }
+
     /// <summary>Every value read must be produced somewhere: a truncated file often still parses but loses nodes or initializers.</summary>
     private static void CheckComplete(OnnxGraph graph)
     {
@@ -130,7 +163,7 @@ public static class OnnxImporter
         foreach (var node in graph.Nodes)
             foreach (var output in node.Outputs) known.Add(output);
         foreach (var node in graph.Nodes)
-            foreach (var input in node.Inputs)
+            foreach (var input in node.AllInputs)
                 if (input.Length > 0 && !known.Contains(input))
                     throw FisherKernelsException.Format($"model '{graph.Source}': value '{input}' read by {node.Describe()} is never produced (truncated or corrupt model?)");
         foreach (var output in graph.Outputs)
@@ -151,7 +184,7 @@ public static class OnnxImporter
             case AttributeProto.Types.AttributeType.Floats: attributes.Set(a.Name, a.Floats.ToArray()); break;
             case AttributeProto.Types.AttributeType.Ints: attributes.Set(a.Name, a.Ints.ToArray()); break;
             case AttributeProto.Types.AttributeType.Strings: attributes.Set(a.Name, a.Strings.Select(v => v.ToStringUtf8()).ToArray()); break;
-            // Sub-graphs and other kinds are left out: no supported operator takes them.
+            // GRAPH attributes are read by ConvertNodes; other kinds (sparse tensors, type protos) no supported operator takes.
         }
     }
 

@@ -61,6 +61,11 @@ public static class OperatorRegistry
         Onnx("Range", 11, n => new Range(n)),
         .. new[] { "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor" }.Select(op => Onnx(op, 7, n => new Compare(n))),
         Onnx("Not", 1, n => new Not(n)),
+        // Control flow and sequences: rewritten into the operators above when the plan is built
+        Onnx("Loop", 11, n => new ExpandedAtPlanBuild(n)),
+        Onnx("If", 11, n => new ExpandedAtPlanBuild(n)),
+        .. new[] { "SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt", "SequenceLength", "SplitToSequence", "ConcatFromSequence" }
+            .Select(op => Onnx(op, 11, n => new ExpandedAtPlanBuild(n))),
     ];
 
     private static readonly Dictionary<(string Domain, string OpType), Entry[]> ByName =

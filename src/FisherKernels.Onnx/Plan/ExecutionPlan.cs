@@ -168,45 +168,62 @@ public sealed class ExecutionPlan
         }
 
         var pending = new List<(Node Node, Operator Op)>();
-        foreach (var node in Model.TopologicalOrder)
-        {
-            var op = Model.OperatorFor(node);
-            var inputInfos = new TensorInfo?[node.Inputs.Length];
-            bool allConstant = true, dependsOnVariable = false;
-            for (int i = 0; i < node.Inputs.Length; i++)
-            {
-                if (node.Inputs[i].Length == 0) continue;
-                var v = values[Id(node.Inputs[i])];
-                inputInfos[i] = v.Info;
-                allConstant &= v.IsConstant;
-                dependsOnVariable |= v.DependsOnVariable;
-            }
-            TensorInfo[] outputs;
-            try { outputs = op.InferShapes(inputInfos); }
-            catch (FisherKernelsException e) when (!e.Message.Contains(node.Name, StringComparison.Ordinal))
-            {
-                throw new FisherKernelsException(e.Kind, $"{op.Node}: {e.Message}", e);
-            }
-            if (outputs.Length != node.Outputs.Length)
-                throw new FisherKernelsException(ErrorKind.Internal, $"{op.Node}: shape inference gave {outputs.Length} outputs for {node.Outputs.Length}");
-
-            // Inputs that are not constant carry no value here (variables included), so an output value that
-            // shape inference still knows (Shape, Size, …) does not depend on their data: it folds too.
-            bool folded = allConstant || outputs.All(o => o.Value is not null);
-            if (folded && allConstant && outputs.Any(o => o.Value is null))
-                outputs = Fold(op, node, inputInfos, outputs);
-            for (int j = 0; j < outputs.Length; j++)
-            {
-                var v = Add(OutputName(node, j), folded ? outputs[j] : outputs[j] with { Value = null });
-                v.IsConstant = folded;
-                v.DependsOnVariable = dependsOnVariable && !folded;
-                if (folded) v.Array = outputs[j].Value;
-            }
-            if (!folded) pending.Add((node, op));
-        }
-        foreach (var output in graph.Outputs) Id(output.Name);
+        var expansion = new Expansion(this, pending);
+        foreach (var node in Model.TopologicalOrder) expansion.Bind(node, Model.OperatorFor(node));
+        foreach (var output in graph.Outputs) expansion.CheckTensor(output.Name, $"graph output '{output.Name}'");
         if (fuse) pending = Fusion.Apply(this, pending, derivatives: keepAll || Variables.Count > 0);
         AllocateBuffers(pending, keepAll);
+    }
+
+    /// <summary>
+    /// Binds one plain node: shapes inferred, folded to constants when its inputs are known (or its outputs follow
+    /// from their shapes alone), else added to <paramref name="pending"/> to run.
+    /// </summary>
+    internal void BindNode(Node node, Operator op, List<(Node Node, Operator Op)> pending)
+    {
+        var inputInfos = new TensorInfo?[node.Inputs.Length];
+        bool allConstant = true, dependsOnVariable = false;
+        for (int i = 0; i < node.Inputs.Length; i++)
+        {
+            if (node.Inputs[i].Length == 0) continue;
+            var v = values[Id(node.Inputs[i])];
+            inputInfos[i] = v.Info;
+            allConstant &= v.IsConstant;
+            dependsOnVariable |= v.DependsOnVariable;
+        }
+        TensorInfo[] outputs;
+        try { outputs = op.InferShapes(inputInfos); }
+        catch (FisherKernelsException e) when (!e.Message.Contains(node.Name, StringComparison.Ordinal))
+        {
+            throw new FisherKernelsException(e.Kind, $"{op.Node}: {e.Message}", e);
+        }
+        if (outputs.Length != node.Outputs.Length)
+            throw new FisherKernelsException(ErrorKind.Internal, $"{op.Node}: shape inference gave {outputs.Length} outputs for {node.Outputs.Length}");
+
+        // Inputs that are not constant carry no value here (variables included), so an output value that
+        // shape inference still knows (Shape, Size, …) does not depend on their data: it folds too.
+        bool folded = allConstant || outputs.All(o => o.Value is not null);
+        if (folded && allConstant && outputs.Any(o => o.Value is null))
+            outputs = Fold(op, node, inputInfos, outputs);
+        for (int j = 0; j < outputs.Length; j++)
+        {
+            var v = Add(OutputName(node, j), folded ? outputs[j] : outputs[j] with { Value = null });
+            v.IsConstant = folded;
+            v.DependsOnVariable = dependsOnVariable && !folded;
+            if (folded) v.Array = outputs[j].Value;
+        }
+        if (!folded) pending.Add((node, op));
+    }
+
+    /// <summary>The value of <paramref name="name"/> when it is known at plan build (a constant or folded), else null.</summary>
+    internal NdArray? KnownValue(string name) => values[Id(name)] is { IsConstant: true } v ? v.Array : null;
+
+    /// <summary>Adds a value known at plan build (a loop's iteration number, a sequence's length, a split's sizes).</summary>
+    internal void AddConstant(string name, NdArray value)
+    {
+        var v = Add(name, new TensorInfo(value.ElementType, value.Shape, value));
+        v.Array = value;
+        v.IsConstant = true;
     }
 
     /// <summary>A value a fused step adds (e.g. a slope kept for the derivative passes), with the type, shape and dependence of <paramref name="like"/>.</summary>

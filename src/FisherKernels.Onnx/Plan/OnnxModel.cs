@@ -81,11 +81,20 @@ public sealed class OnnxModel
     internal Operator OperatorFor(Node node)
     {
         if (operators.TryGetValue(node, out var op)) return op;
-        long opset = Graph.Opsets.TryGetValue(node.Domain, out long v) ? v : node.Domain.Length == 0 ? Graph.DefaultOpset : 1;
-        op = OperatorRegistry.Create(new OperatorNode(node.Name, node.OpType, node.Domain, (int)opset, node.Attributes,
-                                                      node.Inputs.Length, node.Outputs.Length));
+        op = CreateOperator(node);
         operators[node] = op;
         return op;
+    }
+
+    /// <summary>
+    /// A new operator for <paramref name="node"/> (not cached: also for the nodes a plan makes while unrolling), at
+    /// the model's opset of its domain unless <paramref name="opset"/> is given.
+    /// </summary>
+    internal Operator CreateOperator(Node node, int? opset = null)
+    {
+        long version = opset ?? (Graph.Opsets.TryGetValue(node.Domain, out long v) ? v : node.Domain.Length == 0 ? Graph.DefaultOpset : 1);
+        return OperatorRegistry.Create(new OperatorNode(node.Name, node.OpType, node.Domain, (int)version, node.Attributes,
+                                                        node.Inputs.Length, node.Outputs.Length));
     }
 
     /// <summary>
@@ -188,9 +197,20 @@ public sealed class OnnxModel
 
     private List<Node> Sort()
     {
-        var available = new HashSet<string>(Graph.Initializers.Keys);
-        foreach (var input in Graph.Inputs) available.Add(input.Name);
-        var remaining = new List<Node>(Graph.Nodes);
+        var given = new HashSet<string>(Graph.Initializers.Keys);
+        foreach (var input in Graph.Inputs) given.Add(input.Name);
+        return Topological(Graph.Nodes, given.Contains,
+            node => FisherKernelsException.Format($"model '{Graph.Source}': the graph has a cycle or an unproduced value at {node.Describe()}"));
+    }
+
+    /// <summary>
+    /// <paramref name="nodes"/> ordered so that each reads only values that are <paramref name="given"/> or made by an
+    /// earlier node, keeping file order where it can (ONNX files usually are ordered already).
+    /// </summary>
+    internal static List<Node> Topological(IReadOnlyList<Node> nodes, Func<string, bool> given, Func<Node, FisherKernelsException> stuck)
+    {
+        var made = new HashSet<string>();
+        var remaining = new List<Node>(nodes);
         var order = new List<Node>(remaining.Count);
         while (remaining.Count > 0)
         {
@@ -198,15 +218,14 @@ public sealed class OnnxModel
             var next = new List<Node>();
             foreach (var node in remaining)
             {
-                if (node.Inputs.All(i => i.Length == 0 || available.Contains(i)))
+                if (node.AllInputs.All(i => i.Length == 0 || given(i) || made.Contains(i)))
                 {
                     order.Add(node);
-                    foreach (var o in node.Outputs) if (o.Length > 0) available.Add(o);
+                    foreach (var o in node.Outputs) if (o.Length > 0) made.Add(o);
                 }
                 else next.Add(node);
             }
-            if (order.Count == before)
-                throw FisherKernelsException.Format($"model '{Graph.Source}': the graph has a cycle or an unproduced value at {next[0].Describe()}");
+            if (order.Count == before) throw stuck(next[0]);
             remaining = next;
         }
         return order;

@@ -97,9 +97,7 @@ public sealed class OperatorCasesTests
         }
     }
 
-    /// <summary>The engine's view of a file array: float64 inputs would be float32 after import.</summary>
-    private static NdArray Engine(NdArray a) => a is NdArray<double> d
-        ? new NdArray<float>(d.Shape, Array.ConvertAll(d.Data, v => (float)v)) : a;
+    private static NdArray Engine(NdArray a) => Fixtures.Engine(a);
 
     private static Dictionary<string, NdArray> LoadArrays() => Fixtures.ReadNpz(Path.Combine(Folder, "cases.npz"));
 

@@ -28,6 +28,9 @@ public class DerivativeTests
     [InlineData("bert_tiny", "bert_tiny.grads", false, false)]
     [InlineData("bert_tiny", "bert_tiny.grads_targets", true, false)]
     [InlineData("bert_tiny", "bert_tiny.grads_all", false, true)]
+    [InlineData("llama_gqa_tiny", "llama_gqa_tiny.grads", false, false)]
+    [InlineData("llama_gqa_tiny", "llama_gqa_tiny.grads_targets", true, false)]
+    [InlineData("llama_gqa_tiny", "llama_gqa_tiny.grads_all", false, true)]
     public void LossGradientsMatchTorch(string model, string golden, bool givenTargets, bool all)
     {
         var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
@@ -46,6 +49,7 @@ public class DerivativeTests
     [InlineData("gpt2_tiny_past", "gpt2_tiny")]
     [InlineData("llama_tiny", "llama_tiny")]
     [InlineData("bert_tiny", "bert_tiny")]
+    [InlineData("llama_gqa_tiny", "llama_gqa_tiny")]
     public void JvpMatchesTorch(string model, string golden)
     {
         var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));

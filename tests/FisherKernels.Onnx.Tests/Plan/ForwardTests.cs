@@ -19,6 +19,7 @@ public class ForwardTests
     [InlineData("llama_tiny_fp16", "llama_tiny_fp16")]
     [InlineData("llama_tiny_bf16", "llama_tiny_bf16")]
     [InlineData("bert_tiny", "bert_tiny")]
+    [InlineData("llama_gqa_tiny", "llama_gqa_tiny")]
     public void LogitsMatchTheFloat64Golden(string model, string golden)
     {
         var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
@@ -35,6 +36,7 @@ public class ForwardTests
     [InlineData("llama_tiny")]
     [InlineData("llama_tiny_bf16")]
     [InlineData("bert_tiny")]
+    [InlineData("llama_gqa_tiny")]
     public void LogitsMatchOnnxRuntime(string model)
     {
         var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
@@ -105,7 +107,7 @@ public class ForwardTests
     }
 
     internal static string TokensOf(string model) =>
-        (model.StartsWith("llama", StringComparison.Ordinal) ? "llama_tiny" : model.StartsWith("gpt2", StringComparison.Ordinal) ? "gpt2_tiny" : "bert_tiny") + ".tokens.npy";
+        (model == "llama_gqa_tiny" ? model : model.StartsWith("llama", StringComparison.Ordinal) ? "llama_tiny" : model.StartsWith("gpt2", StringComparison.Ordinal) ? "gpt2_tiny" : "bert_tiny") + ".tokens.npy";
 
     /// <summary>SPEC §7: max|Δ| ≤ 1e-4 · max|ref|.</summary>
     internal static void AssertLogits(int[] shape, double[] reference, NdArray<float> logits)

@@ -1,0 +1,249 @@
+#!/usr/bin/python3
+"""ONNX's own backend tests for Loop, If and the sequence operators, made runnable by the engine.
+
+Run with Debian's Python (python3-onnx 1.12):
+    /usr/bin/python3 tests/FisherKernels.Onnx.Tests/ControlFlow/make_onnx_tests.py
+
+The cases and their expected outputs come from the onnx package's generators (onnx.backend.test.case: the node
+tests of Loop, If and SequenceInsert, and the sequence model tests test_sequence_model1-8, which cover
+SequenceConstruct, SequenceEmpty, SequenceInsert, SequenceAt, SequenceErase, SequenceLength, SplitToSequence and
+ConcatFromSequence), nothing is computed here. The engine takes tensors only at the graph's edges, so each model is
+rewritten at its edges alone: a sequence input becomes one tensor input per element and a SequenceConstruct (an
+empty one a SequenceEmpty), a sequence output one SequenceAt output per expected element; models older than opset 13
+are converted to it (see at_opset_13). Cases with optional
+values (Optional types are not supported) are left out and listed in skipped.txt with the reason.
+Integer and bool inputs (trip counts, conditions, positions, split sizes) become constants, as they are in
+exported models, and double tensors float. Writes <case>.onnx and onnx_tests.npz (<case>/in<i>, <case>/out<i>)
+beside this script, and three models of our own
+for the derivative and refusal tests (see derivative_model).
+"""
+import importlib
+import io
+import os
+import zipfile
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, version_converter
+from onnx.backend.test.case import node as node_cases
+from onnx.backend.test.case import model as model_cases
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def collect():
+    # Importing a case module runs its generators (onnx's own collect_testcases imports every module, and some
+    # no longer import under numpy 1.24).
+    for module in ("loop", "if", "sequenceinsert"):
+        importlib.import_module("onnx.backend.test.case.node." + module)
+    importlib.import_module("onnx.backend.test.case.model.sequence")
+    cases = [c for c in node_cases._NodeTestCases if c.name.startswith(("test_loop", "test_if", "test_sequence_insert"))]
+    cases += [c for c in model_cases._SimpleModelTestCases if c.name.startswith("test_sequence_model")]
+    unique = {}
+    for c in cases:
+        unique[c.name] = c
+    return [unique[n] for n in sorted(unique)]
+
+
+def is_sequence(value_info):
+    return value_info.type.HasField("sequence_type")
+
+
+def has_optional(graph):
+    """Optional values anywhere (graph edges, sub-graphs, Optional* nodes)."""
+    for v in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if v.type.HasField("optional_type") or (is_sequence(v) and v.type.sequence_type.elem_type.HasField("optional_type")):
+            return True
+    for n in graph.node:
+        if n.op_type.startswith("Optional"):
+            return True
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH and has_optional(a.g):
+                return True
+    return False
+
+
+def tensor_input(name, array):
+    return helper.make_tensor_value_info(name, onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[array.dtype], array.shape)
+
+
+def const(name, value):
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value)))
+
+
+def as_float32(info):
+    """A double tensor's value info as float (the engine computes in float32; the values are converted with it)."""
+    if info.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE:
+        info = onnx.ValueInfoProto.FromString(info.SerializeToString())
+        info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return info
+
+
+def rewrite(case, inputs, outputs):
+    """The case's model with tensors at its edges; returns (model, input arrays, output arrays)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    graph = model.graph
+    new_inputs, feeds, front = [], [], []
+    for info, value in zip(list(graph.input), inputs):
+        if not is_sequence(info) and np.asarray(value).dtype.kind in "biu":
+            # Trip counts, conditions, positions and split sizes: known when a plan is built, as in exported models.
+            front.append(const(info.name, np.asarray(value)))
+            continue
+        if not is_sequence(info):
+            new_inputs.append(as_float32(info))
+            feeds.append(np.asarray(value).astype(np.float32))
+            continue
+        names = ["%s_%d" % (info.name, i) for i in range(len(value))]
+        for n, v in zip(names, value):
+            new_inputs.append(tensor_input(n, v))
+            feeds.append(v)
+        elem = info.type.sequence_type.elem_type.tensor_type.elem_type
+        front.append(helper.make_node("SequenceConstruct", names, [info.name]) if names
+                     else helper.make_node("SequenceEmpty", [], [info.name], dtype=elem))
+    new_outputs, expected, back = [], [], []
+    for info, value in zip(list(graph.output), outputs):
+        if not is_sequence(info):
+            new_outputs.append(as_float32(info))
+            value = np.asarray(value).astype(np.float32) if np.asarray(value).dtype == np.float64 else np.asarray(value)
+            expected.append(value)
+            continue
+        for i, v in enumerate(value):
+            name = "%s_%d" % (info.name, i)
+            position = "%s_position_%d" % (info.name, i)
+            back.append(helper.make_node("Constant", [], [position], value=numpy_helper.from_array(np.array(i, dtype=np.int64))))
+            back.append(helper.make_node("SequenceAt", [info.name, position], [name]))
+            v = np.asarray(v).astype(np.float32) if np.asarray(v).dtype == np.float64 else np.asarray(v)
+            new_outputs.append(tensor_input(name, v))
+            expected.append(v)
+    nodes = front + list(graph.node) + back
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.input[:]
+    graph.input.extend(new_inputs)
+    del graph.output[:]
+    graph.output.extend(new_outputs)
+    onnx.checker.check_model(model)
+    return model, feeds, expected
+
+
+def axes_as_inputs(graph):
+    """Opset 13 moved Squeeze/Unsqueeze's axes from an attribute to an input; the version converter does not
+    rewrite sub-graphs, so their nodes are rewritten here."""
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                axes_as_inputs(a.g)
+    nodes = []
+    for n in graph.node:
+        axes = [a for a in n.attribute if a.name == "axes"]
+        if n.op_type in ("Squeeze", "Unsqueeze") and axes:
+            name = n.output[0] + "_axes"
+            nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(axes[0].ints, dtype=np.int64))))
+            n.attribute.remove(axes[0])
+            n.input.append(name)
+        nodes.append(n)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def at_opset_13(model):
+    """The engine reads opsets 13-21: older cases are converted (their operators mean the same at 13)."""
+    if model.opset_import[0].version >= 13:
+        return model
+    model = version_converter.convert_version(model, 13)
+    axes_as_inputs(model.graph)
+    onnx.checker.check_model(model)
+    return model
+
+
+def derivative_model(data_dependent=None):
+    """Floats through every construct at once, for the derivative tests (the expected values come from ONNX Runtime
+    and finite differences in the C# test, not from here). Parameters w [3, 4] and s [4]:
+        seq = SplitToSequence(x * w, [1, 2])             two parts [1, 4], [2, 4]
+        Loop over SequenceLength(seq) iterations, carrying a sequence:
+            t = ReduceSum(SequenceAt(seq, i), axis 0) * s  (seq and s from the outer scope)
+            carried: SequenceInsert(acc, t); scanned: Tanh(t)
+        z = ConcatFromSequence(carried, new_axis) + scanned   [2, 1, 4]
+        y = If(SequenceLength(seq) > 1) then z * z else -z
+    With data_dependent "if", the If's condition is ReduceSum(x) > 0 instead, and with "loop" the trip count is
+    Cast(ReduceSum(x) > 0) + 1: values the plan cannot know when it is built."""
+    f = onnx.TensorProto.FLOAT
+    body = helper.make_graph(
+        [helper.make_node("SequenceAt", ["seq", "i"], ["e"]),
+         const("axes0", np.array([0], dtype=np.int64)),
+         helper.make_node("ReduceSum", ["e", "axes0"], ["r"], keepdims=1),
+         helper.make_node("Mul", ["r", "s"], ["t"]),
+         helper.make_node("SequenceInsert", ["acc", "t"], ["acc_out"]),
+         helper.make_node("Identity", ["c"], ["c_out"]),
+         helper.make_node("Tanh", ["t"], ["scan"])],
+        "body",
+        [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_sequence_value_info("acc", f, None)],
+        [helper.make_tensor_value_info("c_out", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_sequence_value_info("acc_out", f, None),
+         helper.make_tensor_value_info("scan", f, [1, 4])])
+    then_branch = helper.make_graph([helper.make_node("Mul", ["z", "z"], ["then_y"])], "then",
+                                    [], [helper.make_tensor_value_info("then_y", f, [2, 1, 4])])
+    else_branch = helper.make_graph([helper.make_node("Neg", ["z"], ["else_y"])], "else",
+                                    [], [helper.make_tensor_value_info("else_y", f, [2, 1, 4])])
+    positive = [helper.make_node("ReduceSum", ["x"], ["x_sum"], keepdims=0), const("zero", np.float32(0)),
+                helper.make_node("Greater", ["x_sum", "zero"], ["positive"])]
+    condition = ([helper.make_node("Identity", ["positive"], ["flag"])] if data_dependent == "if" else
+                 [const("one", np.int64(1)), helper.make_node("Greater", ["n", "one"], ["flag"])])
+    trips = ([helper.make_node("Cast", ["positive"], ["positive_int"], to=onnx.TensorProto.INT64),
+              helper.make_node("Add", ["positive_int", "n"], ["trips"])] if data_dependent == "loop" else
+             [helper.make_node("Identity", ["n"], ["trips"])])
+    nodes = [helper.make_node("Mul", ["x", "w"], ["h"]),
+             helper.make_node("SplitToSequence", ["h", "splits"], ["seq"], axis=0),
+             helper.make_node("SequenceLength", ["seq"], ["n"]),
+             helper.make_node("SequenceEmpty", [], ["empty"], dtype=f),
+             const("true", True)] + positive + trips + [
+             helper.make_node("Loop", ["trips", "true", "empty"], ["carried", "scanned"], name="loop", body=body),
+             helper.make_node("ConcatFromSequence", ["carried"], ["stacked"], axis=0, new_axis=1),
+             helper.make_node("Add", ["stacked", "scanned"], ["z"])] + condition + [
+             helper.make_node("If", ["flag"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch)]
+    rng = np.random.default_rng(16)
+    graph = helper.make_graph(
+        nodes, "flow_derivatives", [helper.make_tensor_value_info("x", f, [3, 4])],
+        [helper.make_tensor_value_info("y", f, [2, 1, 4])],
+        [numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "s"),
+         numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "splits")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def main():
+    arrays, skipped, written = {}, [], []
+    for case in collect():
+        (inputs, outputs), = case.data_sets
+        if has_optional(case.model.graph):
+            skipped.append("%s: Optional values are not supported" % case.name)
+            continue
+        model, feeds, expected = rewrite(case, inputs, outputs)
+        model = at_opset_13(model)
+        onnx.save(model, os.path.join(HERE, case.name + ".onnx"))
+        for i, v in enumerate(feeds):
+            arrays["%s/in%d" % (case.name, i)] = np.asarray(v)
+        for i, v in enumerate(expected):
+            arrays["%s/out%d" % (case.name, i)] = np.asarray(v)
+        written.append(case.name)
+    onnx.save(derivative_model(), os.path.join(HERE, "flow_derivatives.onnx"))
+    onnx.save(derivative_model("if"), os.path.join(HERE, "flow_data_dependent_if.onnx"))
+    onnx.save(derivative_model("loop"), os.path.join(HERE, "flow_data_dependent_loop.onnx"))
+    # A zip written by hand with fixed timestamps, so that a rerun gives the same bytes.
+    with zipfile.ZipFile(os.path.join(HERE, "onnx_tests.npz"), "w", zipfile.ZIP_DEFLATED) as z:
+        for key in sorted(arrays):
+            buffer = io.BytesIO()
+            np.save(buffer, np.require(arrays[key], requirements="C"))  # keeps 0-d arrays 0-d
+            z.writestr(zipfile.ZipInfo(key + ".npy", date_time=(2026, 1, 1, 0, 0, 0)), buffer.getvalue())
+    with open(os.path.join(HERE, "skipped.txt"), "w") as f:
+        f.write("".join(line + "\n" for line in skipped))
+    print("wrote %d cases (%s); skipped %d" % (len(written), ", ".join(written), len(skipped)))
+
+
+if __name__ == "__main__":
+    main()
