@@ -187,8 +187,9 @@ public sealed class OnnxModel
         {
             if (!seen.Add(value)) continue;
             if (graphInputs.Contains(value)) found.Add(value);
-            // Shape and Size read only their input's shape, which every plan knows.
-            else if (Graph.Producers.TryGetValue(value, out var producer) && producer.OpType is not ("Shape" or "Size"))
+            // Shape and Size read only their input's shape, which every plan knows; SequenceLength only how the sequence
+            // was built (whose positions and split sizes are traced from their own operators).
+            else if (Graph.Producers.TryGetValue(value, out var producer) && producer.OpType is not ("Shape" or "Size" or "SequenceLength"))
                 foreach (var input in producer.Inputs)
                     if (input.Length > 0) pending.Push(input);
         }

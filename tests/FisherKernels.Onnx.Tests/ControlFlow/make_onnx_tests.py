@@ -166,8 +166,8 @@ def derivative_model(data_dependent=None):
             carried: SequenceInsert(acc, t); scanned: Tanh(t)
         z = ConcatFromSequence(carried, new_axis) + scanned   [2, 1, 4]
         y = If(SequenceLength(seq) > 1) then z * z else -z
-    With data_dependent "if", the If's condition is ReduceSum(x) > 0 instead, and with "loop" the trip count is
-    Cast(ReduceSum(x) > 0) + 1: values the plan cannot know when it is built."""
+    With data_dependent "if", the If's condition is ReduceSum(w) > 0 instead, and with "loop" the trip count is
+    n - Cast(ReduceSum(w) > 0): values a plan that differentiates with respect to w cannot know when it is built."""
     f = onnx.TensorProto.FLOAT
     body = helper.make_graph(
         [helper.make_node("SequenceAt", ["seq", "i"], ["e"]),
@@ -188,12 +188,12 @@ def derivative_model(data_dependent=None):
                                     [], [helper.make_tensor_value_info("then_y", f, [2, 1, 4])])
     else_branch = helper.make_graph([helper.make_node("Neg", ["z"], ["else_y"])], "else",
                                     [], [helper.make_tensor_value_info("else_y", f, [2, 1, 4])])
-    positive = [helper.make_node("ReduceSum", ["x"], ["x_sum"], keepdims=0), const("zero", np.float32(0)),
-                helper.make_node("Greater", ["x_sum", "zero"], ["positive"])]
+    positive = [helper.make_node("ReduceSum", ["w"], ["w_sum"], keepdims=0), const("zero", np.float32(0)),
+                helper.make_node("Greater", ["w_sum", "zero"], ["positive"])]
     condition = ([helper.make_node("Identity", ["positive"], ["flag"])] if data_dependent == "if" else
                  [const("one", np.int64(1)), helper.make_node("Greater", ["n", "one"], ["flag"])])
     trips = ([helper.make_node("Cast", ["positive"], ["positive_int"], to=onnx.TensorProto.INT64),
-              helper.make_node("Add", ["positive_int", "n"], ["trips"])] if data_dependent == "loop" else
+              helper.make_node("Sub", ["n", "positive_int"], ["trips"])] if data_dependent == "loop" else
              [helper.make_node("Identity", ["n"], ["trips"])])
     nodes = [helper.make_node("Mul", ["x", "w"], ["h"]),
              helper.make_node("SplitToSequence", ["h", "splits"], ["seq"], axis=0),
