@@ -126,17 +126,59 @@ internal static class ModelCommands
         }
     }
 
-    /// <summary>`forward --model M --tokens T.npy --out logits.npy`.</summary>
+    /// <summary>
+    /// `forward --model M --tokens T.npy --out logits.npy`, or `--text F` (SPEC §1): one file per sequence when there are
+    /// several (the sequence index before the extension), each [1, seq, vocab]; a sequence longer than the context runs in
+    /// windows, each position's logits from the window that gives it the most left context.
+    /// </summary>
     public static int Forward(string[] args)
     {
-        var options = CommandOptions.Parse("forward", args.AsSpan(1), ["--model", "--tokens", "--out", "--backend", "--threads"], []);
+        var options = CommandOptions.Parse("forward", args.AsSpan(1), ["--model", "--tokens", "--out", "--backend", "--threads", .. TextArguments.ValueOptions], TextArguments.FlagOptions);
         string outPath = options.Required("--out");
-        var lm = LanguageModel.Load(options.Required("--model"));
-        string tokensPath = options.Required("--tokens");
-        var tokens = NpyFile.Read(tokensPath);
-        var logits = lm.Forward(Context(options), tokens, null, tokensPath);
-        NpyFile.Write(outPath, logits);
+        var folder = TextArguments.Model(options);
+        var lm = LanguageModel.Load(folder.ModelPath);
+        var text = TextArguments.Read("forward", options, folder, lm);
+        var context = Context(options);
+        if (text is null)
+        {
+            string tokensPath = options.Required("--tokens");
+            var tokens = NpyFile.Read(tokensPath);
+            NpyFile.Write(outPath, lm.Forward(context, tokens, null, tokensPath));
+            return 0;
+        }
+        var paths = Enumerable.Range(0, text.Sequences.Count).Select(i => text.Sequences.Count == 1 ? outPath
+            : Path.Combine(Path.GetDirectoryName(outPath) ?? "", $"{Path.GetFileNameWithoutExtension(outPath)}.{i}{Path.GetExtension(outPath)}")).ToList();
+        var logits = Enumerable.Range(0, text.Sequences.Count).Select(i => WindowedLogits(lm, context, text, i)).ToList();
+        var written = new List<string>();
+        try
+        {
+            for (int i = 0; i < paths.Count; i++)
+            {
+                NpyFile.Write(paths[i], logits[i]);
+                written.Add(paths[i]);
+            }
+        }
+        catch
+        {
+            foreach (string path in written) File.Delete(path);
+            throw;
+        }
         return 0;
+    }
+
+    /// <summary>Logits [1, n, vocab] of text sequence <paramref name="index"/>, window by window (SPEC §1 long sequences).</summary>
+    internal static NdArray<float> WindowedLogits(LanguageModel lm, OpContext context, TextArguments text, int index)
+    {
+        NdArray<float>? result = null;
+        foreach (var window in text.Windows(index))
+        {
+            var logits = lm.Forward(context, text.Tokens(index, window), null, $"--text {text.Source} (sequence {index})");
+            int vocab = logits.Shape[2];
+            result ??= new NdArray<float>(1, text.Sequences[index].Count, vocab);
+            logits.Data.AsSpan((window.ScoredFrom - window.Start) * vocab, (window.ScoredTo - window.ScoredFrom) * vocab)
+                .CopyTo(result.Data.AsSpan(window.ScoredFrom * vocab));
+        }
+        return result!;
     }
 
     /// <summary>`run --model M --input NAME=FILE.npy ... --out-dir DIR`: each graph output as DIR/&lt;name&gt;.npy in its element type.</summary>
