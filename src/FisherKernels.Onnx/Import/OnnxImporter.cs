@@ -161,7 +161,9 @@ public static class OnnxImporter
         var known = new HashSet<string>(graph.Initializers.Keys);
         foreach (var input in graph.Inputs) known.Add(input.Name);
         foreach (var node in graph.Nodes)
-            foreach (var output in node.Outputs) known.Add(output);
+            foreach (var output in node.Outputs)
+                if (output.Length > 0 && !known.Add(output))
+                    throw FisherKernelsException.Format($"model '{graph.Source}': value '{output}' written by {node.Describe()} already has a producer (a node, graph input or initializer; each value has one)");
         foreach (var node in graph.Nodes)
             foreach (var input in node.AllInputs)
                 if (input.Length > 0 && !known.Contains(input))

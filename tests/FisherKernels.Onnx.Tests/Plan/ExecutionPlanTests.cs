@@ -112,6 +112,29 @@ public class ExecutionPlanTests
         Assert.Contains("'axis'", opened.Unsupported[1].Error.Message);
     }
 
+    [Theory]
+    [InlineData("duplicate", "value 'h' written by Mul node 'again' already has a producer")]
+    [InlineData("cycle", "cycle")]
+    [InlineData("unproduced", "value 'nowhere' read by Add node 'lost' is never produced")]
+    public void MalformedGraphsAreRefusedWhenTheModelLoads(string fault, string message)
+    {
+        using var temp = new TempFolder();
+        var model = ChainModel();
+        switch (fault)
+        {
+            case "duplicate": model.Graph.Node.Add(new NodeProto { Name = "again", OpType = "Mul", Input = { "y", "y" }, Output = { "h" } }); break;
+            case "cycle":
+                model.Graph.Node.Add(new NodeProto { Name = "c1", OpType = "Add", Input = { "y", "c2out" }, Output = { "c1out" } });
+                model.Graph.Node.Add(new NodeProto { Name = "c2", OpType = "Neg", Input = { "c1out" }, Output = { "c2out" } });
+                break;
+            case "unproduced": model.Graph.Node.Add(new NodeProto { Name = "lost", OpType = "Add", Input = { "y", "nowhere" }, Output = { "z" } }); break;
+        }
+        File.WriteAllBytes(temp.File("m.onnx"), model.ToByteArray());
+        var e = Assert.Throws<FisherKernelsException>(() => OnnxModel.Open(temp.File("m.onnx")));
+        Assert.Equal(ErrorKind.Format, e.Kind);
+        Assert.Contains(message, e.Message);
+    }
+
     [Fact]
     public void MissingInputIsNamed()
     {
