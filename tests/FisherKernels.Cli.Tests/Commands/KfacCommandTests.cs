@@ -30,6 +30,8 @@ public class KfacCommandTests
     [InlineData("gpt2_tiny", "empirical", true, "1")]
     [InlineData("llama_tiny", "empirical", false, "2")]
     [InlineData("bert_tiny", "exact", false, "2")]
+    [InlineData("llama_gqa_tiny", "empirical", true, "2")]  // keys and values repeated by Loops over sequences
+    [InlineData("llama_gqa_tiny", "exact", false, "1")]
     public void FitMatchesTheTorchGoldens(string model, string fisher, bool withTargets, string batchSize)
     {
         using var temp = new TempFolder();
@@ -54,6 +56,7 @@ public class KfacCommandTests
     [InlineData("llama_tiny", true)]
     [InlineData("bert_tiny", false)]
     [InlineData("bert_tiny", true)]
+    [InlineData("llama_gqa_tiny", false)]
     public void KfacScoresMatchTheTorchGoldens(string model, bool withTargets)
     {
         using var temp = new TempFolder();

@@ -9,13 +9,11 @@ tests of Loop, If and SequenceInsert, and the sequence model tests test_sequence
 SequenceConstruct, SequenceEmpty, SequenceInsert, SequenceAt, SequenceErase, SequenceLength, SplitToSequence and
 ConcatFromSequence), nothing is computed here. The engine takes tensors only at the graph's edges, so each model is
 rewritten at its edges alone: a sequence input becomes one tensor input per element and a SequenceConstruct (an
-empty one a SequenceEmpty), a sequence output one SequenceAt output per expected element; models older than opset 13
-are converted to it (see at_opset_13). Cases with optional
+empty one a SequenceEmpty), a sequence output one SequenceAt output per expected element. Cases with optional
 values (Optional types are not supported) are left out and listed in skipped.txt with the reason.
-Integer and bool inputs (trip counts, conditions, positions, split sizes) become constants, as they are in
-exported models, and double tensors float. Writes <case>.onnx and onnx_tests.npz (<case>/in<i>, <case>/out<i>)
-beside this script, and three models of our own
-for the derivative and refusal tests (see derivative_model).
+Double tensors become float. Integer and bool inputs (trip counts, conditions, positions, split sizes) stay
+inputs: the engine folds such inputs by value when it builds a plan. Writes <case>.onnx and onnx_tests.npz (<case>/in<i>, <case>/out<i>)
+beside this script, and three models of our own for the derivative and refusal tests (see derivative_model).
 """
 import importlib
 import io
@@ -24,7 +22,7 @@ import zipfile
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, version_converter
+from onnx import helper, numpy_helper
 from onnx.backend.test.case import node as node_cases
 from onnx.backend.test.case import model as model_cases
 
@@ -79,6 +77,11 @@ def as_float32(info):
     return info
 
 
+def as_float32_array(value):
+    value = np.asarray(value)
+    return value.astype(np.float32) if value.dtype == np.float64 else value
+
+
 def rewrite(case, inputs, outputs):
     """The case's model with tensors at its edges; returns (model, input arrays, output arrays)."""
     model = onnx.ModelProto()
@@ -86,13 +89,9 @@ def rewrite(case, inputs, outputs):
     graph = model.graph
     new_inputs, feeds, front = [], [], []
     for info, value in zip(list(graph.input), inputs):
-        if not is_sequence(info) and np.asarray(value).dtype.kind in "biu":
-            # Trip counts, conditions, positions and split sizes: known when a plan is built, as in exported models.
-            front.append(const(info.name, np.asarray(value)))
-            continue
         if not is_sequence(info):
             new_inputs.append(as_float32(info))
-            feeds.append(np.asarray(value).astype(np.float32))
+            feeds.append(as_float32_array(value))
             continue
         names = ["%s_%d" % (info.name, i) for i in range(len(value))]
         for n, v in zip(names, value):
@@ -105,7 +104,7 @@ def rewrite(case, inputs, outputs):
     for info, value in zip(list(graph.output), outputs):
         if not is_sequence(info):
             new_outputs.append(as_float32(info))
-            value = np.asarray(value).astype(np.float32) if np.asarray(value).dtype == np.float64 else np.asarray(value)
+            value = as_float32_array(value)
             expected.append(value)
             continue
         for i, v in enumerate(value):
@@ -113,7 +112,7 @@ def rewrite(case, inputs, outputs):
             position = "%s_position_%d" % (info.name, i)
             back.append(helper.make_node("Constant", [], [position], value=numpy_helper.from_array(np.array(i, dtype=np.int64))))
             back.append(helper.make_node("SequenceAt", [info.name, position], [name]))
-            v = np.asarray(v).astype(np.float32) if np.asarray(v).dtype == np.float64 else np.asarray(v)
+            v = as_float32_array(v)
             new_outputs.append(tensor_input(name, v))
             expected.append(v)
     nodes = front + list(graph.node) + back
@@ -125,36 +124,6 @@ def rewrite(case, inputs, outputs):
     graph.output.extend(new_outputs)
     onnx.checker.check_model(model)
     return model, feeds, expected
-
-
-def axes_as_inputs(graph):
-    """Opset 13 moved Squeeze/Unsqueeze's axes from an attribute to an input; the version converter does not
-    rewrite sub-graphs, so their nodes are rewritten here."""
-    for n in graph.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                axes_as_inputs(a.g)
-    nodes = []
-    for n in graph.node:
-        axes = [a for a in n.attribute if a.name == "axes"]
-        if n.op_type in ("Squeeze", "Unsqueeze") and axes:
-            name = n.output[0] + "_axes"
-            nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(axes[0].ints, dtype=np.int64))))
-            n.attribute.remove(axes[0])
-            n.input.append(name)
-        nodes.append(n)
-    del graph.node[:]
-    graph.node.extend(nodes)
-
-
-def at_opset_13(model):
-    """The engine reads opsets 13-21: older cases are converted (their operators mean the same at 13)."""
-    if model.opset_import[0].version >= 13:
-        return model
-    model = version_converter.convert_version(model, 13)
-    axes_as_inputs(model.graph)
-    onnx.checker.check_model(model)
-    return model
 
 
 def derivative_model(data_dependent=None):
@@ -224,7 +193,6 @@ def main():
             skipped.append("%s: Optional values are not supported" % case.name)
             continue
         model, feeds, expected = rewrite(case, inputs, outputs)
-        model = at_opset_13(model)
         onnx.save(model, os.path.join(HERE, case.name + ".onnx"))
         for i, v in enumerate(feeds):
             arrays["%s/in%d" % (case.name, i)] = np.asarray(v)

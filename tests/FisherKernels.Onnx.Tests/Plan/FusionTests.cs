@@ -26,6 +26,9 @@ public class FusionTests
         { "llama_tiny", ["SimplifiedLayerNormalization", "PackedMatMul", "FusedAttention"] },
         // bert: biased projections (the MLP's with its erf GELU, x/√2), attention with an additive mask; its LayerNormalization nodes are already fused in the file.
         { "bert_tiny", ["PackedMatMul+GeluErf", "PackedMatMul", "FusedAttention"] },
+        // llama with grouped-query attention: the key/value repeats (Loops over sequences in the file) are unrolled into
+        // Split/Expand/Reshape/Concat first, so the same chains fuse; attention reads the repeated keys and values.
+        { "llama_gqa_tiny", ["SimplifiedLayerNormalization", "PackedMatMul", "FusedAttention"] },
     };
 
     [Theory]

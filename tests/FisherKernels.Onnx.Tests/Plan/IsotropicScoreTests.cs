@@ -19,6 +19,7 @@ public class IsotropicScoreTests
     [InlineData("gpt2_tiny", true)]
     [InlineData("llama_tiny", false)]
     [InlineData("bert_tiny", true)]
+    [InlineData("llama_gqa_tiny", true)]
     public void MatchTorch(string model, bool givenTargets)
     {
         var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
