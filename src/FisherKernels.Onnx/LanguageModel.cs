@@ -30,6 +30,7 @@ public sealed class LanguageModel
         }
         LogitsOutput = graph.Outputs[0].Name;
         EmbeddingRows = FindEmbeddingRows(graph, TokenInput);
+        PositionRows = FindPositionRows(graph, TokenInput);
     }
 
     public static LanguageModel Load(string path) => new(OnnxModel.Load(path));
@@ -58,6 +59,13 @@ public sealed class LanguageModel
     public OnnxModel Model { get; }
     public string TokenInput { get; }
     public string LogitsOutput { get; }
+
+    /// <summary>
+    /// Rows of a learned position-embedding table (the longest sequence the model can run, SPEC §1's default context): the
+    /// largest table of more than two rows that a Gather reads with indices other than the tokens (two rows or fewer are
+    /// token-type tables). Null when there is none (rotary or sinusoidal positions).
+    /// </summary>
+    public int? PositionRows { get; }
 
     /// <summary>Rows of the table the token input indexes (the limit on token ids), when a Gather reads it directly.</summary>
     public int? EmbeddingRows { get; }
@@ -166,6 +174,21 @@ public sealed class LanguageModel
             frontier = next;
         }
         return null;
+    }
+
+    private static int? FindPositionRows(OnnxGraph graph, string tokenInput)
+    {
+        var fromTokens = new HashSet<string> { tokenInput };
+        for (int depth = 0; depth < 3; depth++)
+            foreach (var value in fromTokens.ToList())
+                if (graph.Consumers.TryGetValue(value, out var consumers))
+                    foreach (var node in consumers.Where(n => n.OpType is "Cast" or "Identity")) fromTokens.Add(node.Outputs[0]);
+        int? rows = null;
+        foreach (var node in graph.Nodes)
+            if (node.OpType == "Gather" && node.Inputs.Length > 1 && !fromTokens.Contains(node.Inputs[1])
+                && graph.Initializers.TryGetValue(node.Inputs[0], out var table) && table.Rank == 2 && table.Shape[0] > 2)
+                rows = Math.Max(rows ?? 0, table.Shape[0]);
+        return rows;
     }
 
     private static int? Table(OnnxGraph graph, string value)

@@ -66,7 +66,7 @@ internal sealed class TextArguments
         if (lm.EmbeddingRows is int rows && tokenizer.VocabularySize > rows)
             throw FisherKernelsException.Argument(
                 $"{verb}: the tokenizer ({tokenizer.Description}) has ids up to {tokenizer.VocabularySize - 1}, but model '{model.ModelPath}' has an embedding table of {rows} rows");
-        int? context = options.Optional("--context") is null ? model.Context : options.Int("--context", 0, 1);
+        int? context = options.Optional("--context") is null ? model.Context ?? lm.PositionRows : options.Int("--context", 0, 1);
         int? stride = options.Optional("--stride") is null ? null : options.Int("--stride", 0, 1);
         if (stride is not null && context is null) throw FisherKernelsException.Argument($"{verb}: --stride needs a context (--context N, or a model folder whose config.json gives one)");
         if (stride > context) throw FisherKernelsException.Argument($"{verb}: --stride {stride} is larger than the context {context}");
