@@ -55,7 +55,7 @@ public sealed class BenchCommandTests
     {
         // SPEC §6: warm-up, then ≥ 5 runs of one side, then of the other, the blocks repeated.
         var calls = new List<char>();
-        var (ours, baseline) = BenchTimer.Blocks(() => calls.Add('o'), () => calls.Add('b'), runs, blocks, warmup);
+        var (ours, baseline) = BenchTimer.Blocks(() => calls.Add('o'), () => calls.Add('b'), runs, blocks, warmup, firstWarmup: TimeSpan.Zero);
         // Block by block, the leading side swapping each round (o b, b o, ...) so that neither always runs first.
         string expected = string.Concat(Enumerable.Range(0, blocks).Select(round =>
         {
@@ -71,9 +71,32 @@ public sealed class BenchCommandTests
     public void Fewer_than_five_runs_or_two_blocks_are_raised_to_the_minimum()
     {
         int ours = 0, baseline = 0;
-        BenchTimer.Blocks(() => ours++, () => baseline++, runs: 1, blocks: 1, warmup: 0);
+        BenchTimer.Blocks(() => ours++, () => baseline++, runs: 1, blocks: 1, warmup: 0, firstWarmup: TimeSpan.Zero);
         Assert.Equal(10, ours);
         Assert.Equal(10, baseline);
+    }
+
+    [Fact]
+    public void Each_sides_first_block_warms_up_for_the_time_asked()
+    {
+        // A side's first block runs until the warm-up time has passed (the JIT's optimized code); later blocks warm up by count.
+        var calls = new List<(char Side, long At)>();
+        BenchTimer.Blocks(() => calls.Add(('o', System.Diagnostics.Stopwatch.GetTimestamp())),
+                          () => calls.Add(('b', System.Diagnostics.Stopwatch.GetTimestamp())),
+                          runs: 5, blocks: 2, warmup: 1, firstWarmup: TimeSpan.FromMilliseconds(50));
+        var stretches = new List<List<long>>();
+        char last = ' ';
+        foreach (var (side, at) in calls)
+        {
+            if (side != last) stretches.Add([]);
+            stretches[^1].Add(at);
+            last = side;
+        }
+        // o-block, then b b (round 0's b-block and round 1's), then o-block; each first block's 5 timed runs start after its warm-up time.
+        Assert.Equal(3, stretches.Count);
+        foreach (var first in new[] { stretches[0], stretches[1][..^6] })
+            Assert.True(System.Diagnostics.Stopwatch.GetElapsedTime(first[0], first[^5]) >= TimeSpan.FromMilliseconds(50));
+        Assert.Equal(6, stretches[2].Count);
     }
 
     [Fact]

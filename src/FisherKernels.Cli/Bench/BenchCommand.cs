@@ -25,6 +25,7 @@ internal static class BenchCommand
     public static int Run(string[] args, TextWriter stdout)
     {
         var options = BenchOptions.Parse(args);
+        BenchTimer.FirstWarmup = options.Quick ? TimeSpan.Zero : TimeSpan.FromSeconds(1);
         // Described (with the load average) before the suites run, so the load is other processes', not ours.
         string machine = MachineDescription(options.Threads);
         var results = new List<BenchResult>();

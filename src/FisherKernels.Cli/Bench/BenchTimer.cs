@@ -25,10 +25,19 @@ internal static class BenchTimer
     /// <summary>The pause between blocks: long enough for a thread pool that spins after its work (ONNX Runtime's does) to park.</summary>
     private static readonly TimeSpan Settle = TimeSpan.FromMilliseconds(20);
 
+    /// <summary>
+    /// The least time each side's first block warms up for (beyond its warm-up runs): .NET compiles a method first
+    /// quickly and recompiles it optimized after about 30 calls, so a forward pass reaches its speed only after tens of
+    /// runs (measured: 3-5x slower for its first 15). The command sets it from --quick (tests: zero).
+    /// </summary>
+    public static TimeSpan FirstWarmup { get; set; } = TimeSpan.FromSeconds(1);
+
     /// <param name="runs">Timed runs per block (at least 5).</param>
     /// <param name="blocks">Blocks per side (at least 2).</param>
     /// <param name="warmup">Untimed runs at the start of every block.</param>
-    public static (Timing Ours, Timing Baseline) Blocks(Action ours, Action baseline, int runs = 5, int blocks = 2, int warmup = 1)
+    /// <param name="firstWarmup">The least warm-up time of each side's first block (null: <see cref="FirstWarmup"/>).</param>
+    public static (Timing Ours, Timing Baseline) Blocks(Action ours, Action baseline, int runs = 5, int blocks = 2, int warmup = 1,
+                                                        TimeSpan? firstWarmup = null)
     {
         runs = Math.Max(5, runs);
         blocks = Math.Max(2, blocks);
@@ -37,16 +46,18 @@ internal static class BenchTimer
         for (int round = 0; round < blocks; round++)
         {
             bool oursFirst = round % 2 == 0;
-            Block(oursFirst ? ours : baseline, oursFirst ? oursTimes : baselineTimes, runs, warmup);
-            Block(oursFirst ? baseline : ours, oursFirst ? baselineTimes : oursTimes, runs, warmup);
+            var warmupTime = round == 0 ? firstWarmup ?? FirstWarmup : TimeSpan.Zero;
+            Block(oursFirst ? ours : baseline, oursFirst ? oursTimes : baselineTimes, runs, warmup, warmupTime);
+            Block(oursFirst ? baseline : ours, oursFirst ? baselineTimes : oursTimes, runs, warmup, warmupTime);
         }
         return (Timing.Of(oursTimes), Timing.Of(baselineTimes));
     }
 
-    private static void Block(Action action, List<double> times, int runs, int warmup)
+    private static void Block(Action action, List<double> times, int runs, int warmup, TimeSpan warmupTime)
     {
         Thread.Sleep(Settle);
-        for (int i = 0; i < warmup; i++) action();
+        long warmupStart = Stopwatch.GetTimestamp();
+        for (int i = 0; i < warmup || Stopwatch.GetElapsedTime(warmupStart) < warmupTime; i++) action();
         for (int i = 0; i < runs; i++)
         {
             long start = Stopwatch.GetTimestamp();
