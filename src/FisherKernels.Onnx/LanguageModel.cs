@@ -8,15 +8,15 @@ namespace FisherKernels.Onnx;
 /// A causal or masked language model as SPEC §1 sees an ONNX graph: the token input (<c>input_ids</c>,
 /// else the first int input), defaults for the other known inputs, and the logits as the first output
 /// <c>[batch, seq, vocab]</c>. A graph with a KV cache (Optimum's "with past" exports) runs as a plain forward
-/// pass: every <c>past_key_values.*</c> input empty (past length 0), <c>use_cache_branch</c> false; the
-/// <c>present.*</c> outputs are computed but not used.
+/// pass: every <c>past_key_values.*</c> input empty (past length 0), <c>use_cache_branch</c> false (a merged
+/// decoder's <c>If</c> on it is replaced by its else-branch); the <c>present.*</c> outputs are computed but not used.
 /// </summary>
 public sealed class LanguageModel
 {
     public LanguageModel(OnnxModel model)
     {
-        Model = model;
         model.CheckSupported();
+        Model = model = WithoutCacheBranch(model);
         var graph = model.Graph;
         var token = graph.Inputs.FirstOrDefault(i => i.Name == "input_ids")
                     ?? graph.Inputs.FirstOrDefault(i => i.ElementType is ElementType.Int64 or ElementType.Int32)
@@ -38,6 +38,47 @@ public sealed class LanguageModel
     private const string UseCacheBranch = "use_cache_branch";
 
     private static bool IsPast(string name) => name.StartsWith("past_key_values.", StringComparison.Ordinal);
+
+    /// <summary>
+    /// A merged decoder (Optimum) runs the decoder with a past or the one without behind <c>If(use_cache_branch)</c>.
+    /// SPEC §1 runs it with use_cache_branch = false, so every If on that input is replaced by its else-branch, inlined
+    /// (its constants become initializers, its outputs Identity nodes): layer discovery, plans and derivatives then see
+    /// one plain graph.
+    /// </summary>
+    private static OnnxModel WithoutCacheBranch(OnnxModel model)
+    {
+        var graph = model.Graph;
+        if (!graph.Nodes.Any(IsCacheBranch)) return model;
+        var nodes = new List<Node>();
+        var initializers = new Dictionary<string, NdArray>(graph.Initializers);
+        var order = new List<string>(graph.InitializerOrder);
+        foreach (var node in graph.Nodes)
+        {
+            if (!IsCacheBranch(node)) { nodes.Add(node); continue; }
+            var branch = node.Subgraphs["else_branch"];
+            foreach (var (name, value) in branch.Constants)
+            {
+                if (!initializers.TryAdd(name, value))
+                    throw FisherKernelsException.Format($"model '{graph.Source}': {node.Describe()}: the else-branch's constant '{name}' has the name of a value outside it");
+                order.Add(name);
+            }
+            nodes.AddRange(branch.Nodes);
+            for (int j = 0; j < node.Outputs.Length; j++)
+                if (node.Outputs[j].Length > 0)
+                    nodes.Add(new Node { Name = $"{node.Name}/else:{j}", OpType = "Identity", Domain = "", Inputs = [branch.Outputs[j]], Outputs = [node.Outputs[j]], Attributes = new OperatorAttributes() });
+        }
+        var inlined = new OnnxModel(new OnnxGraph
+        {
+            Source = graph.Source, Nodes = nodes, Initializers = initializers, InitializerOrder = order,
+            ConstantNodeValues = graph.ConstantNodeValues, Inputs = graph.Inputs, Outputs = graph.Outputs, Opsets = graph.Opsets,
+        });
+        inlined.CheckSupported();
+        return inlined;
+    }
+
+    private static bool IsCacheBranch(Node node) =>
+        node.OpType == "If" && node.Domain.Length == 0 && node.Inputs is [UseCacheBranch] && node.Subgraphs.TryGetValue("else_branch", out var branch)
+        && branch.Inputs.Count == 0 && branch.Outputs.Count == node.Outputs.Length;
 
     /// <summary>An empty past needs the declared rank and one dimension that can be 0 (the past length).</summary>
     private static void CheckPast(ValueInfo input, string source)

@@ -36,15 +36,19 @@ public class LayerDiscoveryTests
         }
     }
 
-    /// <summary>Other exports of gpt2_tiny's weights (older opset, KV cache): the same layers, whatever the graph's names.</summary>
+    /// <summary>
+    /// Other exports of gpt2_tiny's weights (older opset, KV cache, merged decoder): as language models they have the
+    /// same layers, whatever the graph's names (the merged decoder's through its else-branch, SPEC §1).
+    /// </summary>
     [Theory]
     [InlineData("gpt2_tiny_opset11")]
     [InlineData("gpt2_tiny_past")]
+    [InlineData("gpt2_tiny_merged")]
     public void OtherExportsHaveGpt2TinysLayers(string model)
     {
         static string Describe(Layer l) => $"{l.Id} {l.Op} {l.In}x{l.Out} bias={l.Bias} out_in={l.StoredOutIn} uses={l.Applications.Count}";
         var expected = LayerDiscovery.Discover(OnnxImporter.Load(Fixtures.Path("gpt2_tiny.onnx"))).Select(Describe).Order(StringComparer.Ordinal);
-        var actual = LayerDiscovery.Discover(OnnxImporter.Load(Fixtures.Path(model + ".onnx"))).Select(Describe).Order(StringComparer.Ordinal);
+        var actual = Onnx.LanguageModel.Load(Fixtures.Path(model + ".onnx")).Model.Layers.Select(Describe).Order(StringComparer.Ordinal);
         Assert.Equal(expected, actual);
     }
 
