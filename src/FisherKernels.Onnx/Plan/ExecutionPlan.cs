@@ -295,6 +295,8 @@ public sealed class ExecutionPlan
         Array Take(TensorInfo info)
         {
             if (pool.TryGetValue((info.Type, info.Length), out var free) && free.Count > 0) return free.Pop();
+            if (info.Length > Array.MaxLength)
+                throw FisherKernelsException.Unsupported($"a value of shape [{ShapeUtil.Format(info.Shape)}] ({info.Length} elements) is more than one array holds ({Array.MaxLength}): lower --batch-size or the sequence length");
             BufferBytes += info.Length * ElementTypes.SizeOf(info.Type);
             if (measureOnly) return Array.Empty<byte>();
             return Storage(Tensors.Allocate(info.Type, [checked((int)info.Length)]));
