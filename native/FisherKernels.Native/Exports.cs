@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 using FisherKernels.Backends;
 using FisherKernels.IO;
 using FisherKernels.Onnx;
-using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Jobs;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Scoring;
 using FisherKernels.Uncertainty;
@@ -158,16 +158,15 @@ internal static unsafe class Exports
             var epistemicOut = Out(epistemic, "epistemic", batch, seq);
             using var model = Handles.Use<Model>(handle, "fk_model");
             using var engine = model.Value.UseEngine();
-            var lm = model.Value.LanguageModel;
-            var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
-            if (parameters.Count == 0)
-                throw FisherKernelsException.Argument($"model '{lm.Model.Graph.Source}' has no layers (MatMul/Gemm with an initializer weight) to score");
             // SPEC §4: isotropic without a curvature file, else the K-FAC Laplace posterior (default options, as the CLI),
             // decomposed once per curvature file and options and reused by later calls.
-            var (method, score) = curvaturePath == null
-                ? ("isotropic", EpistemicMetric.SquaredGradientNorm)
-                : ("kfac", KfacScoring.Epistemic(lm, model.Value.Posteriors.Get(Utf8(curvaturePath), new PosteriorOptions { PriorPrecision = priorPrecision })));
-            var report = PositionScorer.Score(lm, model.Value.Context, ids, null, parameters, method, priorPrecision, score);
+            var report = model.Value.Scores.Score(ids, null, new ScoreOptions
+            {
+                Method = curvaturePath == null ? ScoreMethod.Isotropic : ScoreMethod.Kfac,
+                CurvaturePath = curvaturePath == null ? null : Utf8(curvaturePath),
+                Posterior = new PosteriorOptions { PriorPrecision = priorPrecision },
+                LastLayerVariance = false,
+            });
             pOut.Fill(float.NaN); aleatoricOut.Fill(float.NaN); epistemicOut.Fill(float.NaN);
             foreach (var sequence in report.Sequences)
                 foreach (var token in sequence.Tokens)
@@ -193,11 +192,7 @@ internal static unsafe class Exports
             var outSpan = Out(output, "out", outLength);
             using var model = Handles.Use<Model>(handle, "fk_model");
             using var engine = model.Value.UseEngine();
-            string path = Utf8(directionPath);
-            var file = SafetensorsFile.Read(path);
-            if (file.Names.Count == 0) throw FisherKernelsException.Argument($"direction '{path}' holds no tensor");
-            var direction = file.Names.ToDictionary(n => n, file.GetFloat32);
-            var jvp = Derivatives.Jvp(model.Value.LanguageModel, model.Value.Context, ids, direction, $"direction '{path}'");
+            var jvp = JvpService.Jvp(model.Value.LanguageModel, model.Value.Context, ids, Utf8(directionPath));
             if (jvp.Data.Length > outSpan.Length)
                 throw new FisherKernelsException(ErrorKind.BufferTooSmall,
                     $"out holds {outSpan.Length} floats; J·V needs {jvp.Data.Length} ([batch × seq × vocab] = [{string.Join(" × ", jvp.Shape)}])");
@@ -295,8 +290,8 @@ internal sealed class Model(nint engineHandle, LanguageModel languageModel, OpCo
     /// <summary>Scratch buffers reused across calls (calls on one model are serialized).</summary>
     public OpContext Context { get; } = context;
 
-    /// <summary>The K-FAC posterior of the last curvature file fk_model_score used, reused while the file and options stay the same.</summary>
-    public PosteriorCache Posteriors { get; } = new(languageModel, context.Backend);
+    /// <summary>Its scores; the K-FAC posterior of the last curvature file fk_model_score used is reused while the file and options stay the same.</summary>
+    public ScoreService Scores { get; } = new(languageModel, context);
 
     public Handles.Lease<Engine> UseEngine() => Handles.Use<Engine>(engineHandle, "fk_engine (the one this model was loaded on)");
 }

@@ -2,6 +2,7 @@ using FisherKernels.Cli.Commands;
 using FisherKernels.Curvature;
 using FisherKernels.IO;
 using FisherKernels.Onnx;
+using FisherKernels.Onnx.Jobs;
 using FisherKernels.Onnx.Graph;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Plan;
@@ -106,11 +107,11 @@ internal sealed class ModelBenches : IBenchSuite
         {
             var accumulator = new KfacAccumulator(context.Backend, KfacScoring.Shapes(lm.Model.Layers), new KfacFitOptions(), modelSha256: "bench");
             var result = BenchResult.Timed("fit", backend, shape, null,
-                BenchTimer.Blocks(() => KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets), Forward, runs, warmup: 2), "forward");
+                BenchTimer.Blocks(() => FitService.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets), Forward, runs, warmup: 2), "forward");
             if (context.Log is { } fitLog)
             {
                 var times = new StageTimes();
-                for (int i = 0; i < runs; i++) KfacCommands.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets, times);
+                for (int i = 0; i < runs; i++) FitService.FitBatch(lm, op, accumulator, lm.Model.Layers, parameters, ids, targets, times);
                 fitLog.WriteLine($"fit: time per stage (medians over {runs} runs)");
                 fitLog.WriteLine(times.Format());
             }
@@ -127,7 +128,7 @@ internal sealed class ModelBenches : IBenchSuite
         yield return Row("score_kfac", backend, shape, "isotropic_score", () =>
         {
                 var curvature = new KfacAccumulator(context.Backend, KfacScoring.Shapes(lm.Model.Layers), new KfacFitOptions { Samples = 16 }, modelSha256: "bench");
-                KfacCommands.FitBatch(lm, op, curvature, lm.Model.Layers, parameters, ids, targets);
+                FitService.FitBatch(lm, op, curvature, lm.Model.Layers, parameters, ids, targets);
                 var kfac = EpistemicMetric.Kfac(new KfacPosterior(curvature.ToCurvature("bench"), context.Backend));
                 return BenchResult.Timed("score_kfac", backend, shape, null,
                     BenchTimer.Blocks(() => PositionScorer.Score(lm, op, tokens, null, parameters, "kfac", 1.0, kfac), Isotropic, runs: 5, warmup: 1), "isotropic_score");

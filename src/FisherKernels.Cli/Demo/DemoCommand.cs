@@ -2,7 +2,7 @@ using System.Diagnostics;
 using FisherKernels.Cli.Commands;
 using FisherKernels.IO;
 using FisherKernels.Onnx;
-using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Jobs;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Plan;
 using FisherKernels.Onnx.Scoring;
@@ -52,23 +52,26 @@ internal static class DemoCommand
 
         var lm = LanguageModel.Load(model.ModelPath);
         var context = ModelCommands.Context(options);
-        var (_, posterior) = KfacScoring.LoadPosterior(lm, curvaturePath, new PosteriorOptions(), context.Backend, TextWriter.Null);
-        var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
-        var estimators = new (string Name, EpistemicMetric Epistemic)[]
+        var service = new ScoreService(lm, context);
+        var kfacOptions = new ScoreOptions { Method = ScoreMethod.Kfac, CurvaturePath = curvaturePath, LastLayerVariance = false };
+        var estimators = new (string Name, ScoreOptions Options)[]
         {
-            ("isotropic", EpistemicMetric.SquaredGradientNorm),
-            ("K-FAC", KfacScoring.Epistemic(lm, posterior)),
+            ("isotropic", new ScoreOptions { Method = ScoreMethod.Isotropic }),
+            ("K-FAC", kfacOptions),
         };
+        var posterior = service.Posterior(kfacOptions);
         stdout.WriteLine($"K-FAC posterior: prior precision {posterior.PriorPrecision}, {posterior.Layers.Count} layers");
+        // Each report is labelled by its estimator's name as the tables print it.
+        ScoreReport Score(string name, ScoreOptions scoreOptions, NdArray<long> tokens, NdArray<long>? targets) =>
+            service.Score(tokens, targets, scoreOptions) with { Method = name };
 
         // 2. Every text, next-byte targets on the last positions, with both estimators.
         var scores = new Dictionary<(string Set, string Estimator), ScoreReport>();
         foreach (var set in sets)
         {
             var targets = LastTargets(set.Tokens, Targets.NextToken(set.Tokens));
-            foreach (var (name, epistemic) in estimators)
-                scores[(set.Name, name)] = Timed(stdout, $"score {set.Name} ({name})",
-                    () => PositionScorer.Score(lm, context, set.Tokens, targets, parameters, name, posterior.PriorPrecision, epistemic));
+            foreach (var (name, scoreOptions) in estimators)
+                scores[(set.Name, name)] = Timed(stdout, $"score {set.Name} ({name})", () => Score(name, scoreOptions, set.Tokens, targets));
         }
 
         // 3. Next-token errors on held-out text: the uncertainty of the token the model predicts (its argmax),
@@ -78,14 +81,12 @@ internal static class DemoCommand
         var predicted = Targets.Predicted(logits);
         var trueNext = LastTargets(heldOut, Targets.NextToken(heldOut));
         var predictions = new Dictionary<string, ScoreReport>();
-        foreach (var (name, epistemic) in estimators)
-            predictions[name] = Timed(stdout, $"score held-out predictions ({name})",
-                () => PositionScorer.Score(lm, context, heldOut, LastTargets(heldOut, predicted), parameters, name, posterior.PriorPrecision, epistemic));
+        foreach (var (name, scoreOptions) in estimators)
+            predictions[name] = Timed(stdout, $"score held-out predictions ({name})", () => Score(name, scoreOptions, heldOut, LastTargets(heldOut, predicted)));
 
         // 4. One text that switches from held-out English to German halfway, every position scored.
         var (mixed, part) = DemoTexts.Mixed(sets[0].Tokens, sets.First(s => s.Name == "german").Tokens);
-        var mixedScores = estimators.Select(e => Timed(stdout, $"score example text ({e.Name})",
-            () => PositionScorer.Score(lm, context, mixed, null, parameters, e.Name, posterior.PriorPrecision, e.Epistemic))).ToArray();
+        var mixedScores = estimators.Select(e => Timed(stdout, $"score example text ({e.Name})", () => Score(e.Name, e.Options, mixed, null))).ToArray();
 
         // Report.
         stdout.WriteLine();

@@ -6,11 +6,37 @@ using FisherKernels.IO;
 
 namespace FisherKernels.Curvature;
 
+/// <summary>Which labels the output gradients of a fit use (SPEC §3 Fisher types).</summary>
+public enum FisherType
+{
+    /// <summary>y drawn from the model's softmax (the true Fisher; the default).</summary>
+    Sampled,
+    /// <summary>y = the given targets.</summary>
+    Empirical,
+    /// <summary>The expectation over the whole vocabulary (small vocabularies only).</summary>
+    Exact,
+}
+
+/// <summary>The names of <see cref="FisherType"/> as files and the command line write them.</summary>
+public static class FisherTypes
+{
+    public static string Name(this FisherType fisher) => fisher switch
+    {
+        FisherType.Sampled => "sampled",
+        FisherType.Empirical => "empirical",
+        FisherType.Exact => "exact",
+        _ => throw new ArgumentOutOfRangeException(nameof(fisher), fisher, "not a Fisher type"),
+    };
+
+    /// <summary>The type named <paramref name="name"/>, or null.</summary>
+    public static FisherType? TryParse(string name) =>
+        Enum.GetValues<FisherType>().Select(f => (FisherType?)f).FirstOrDefault(f => f!.Value.Name() == name);
+}
+
 /// <summary>Options of a K-FAC fit (SPEC §3 and the <c>fit</c> command of §6).</summary>
 public sealed record KfacFitOptions
 {
-    /// <summary><c>sampled</c> (default), <c>empirical</c> or <c>exact</c>.</summary>
-    public string Fisher { get; init; } = "sampled";
+    public FisherType Fisher { get; init; } = FisherType.Sampled;
 
     /// <summary>Label draws per position for the sampled Fisher (<c>--samples</c>).</summary>
     public int Samples { get; init; } = 1;
@@ -33,7 +59,7 @@ public sealed record KfacFitOptions
     /// <summary>An error naming the option that is out of range, or nothing.</summary>
     public void Validate()
     {
-        if (!KfacCurvature.FisherTypes.Contains(Fisher))
+        if (!Enum.IsDefined(Fisher))
             throw FisherKernelsException.Argument($"--fisher '{Fisher}' is not one of {string.Join(", ", KfacCurvature.FisherTypes)}");
         if (Samples < 1) throw FisherKernelsException.Argument($"--samples must be at least 1, got {Samples}");
         if (Ema is double l && !(l >= 0 && l < 1)) throw FisherKernelsException.Argument($"--ema must be in [0, 1), got {l}");
@@ -327,7 +353,7 @@ public sealed class KfacAccumulator
         foreach (LayerState s in layers)
             if (s.Positions == 0) throw FisherKernelsException.Argument($"K-FAC fit: layer '{s.Shape.Layer}' saw no positions (empty token file, or every position dropped by --sample-positions)");
         var curvature = new KfacCurvature(layers.Select(s => new KroneckerBlock(s.Shape.Layer, s.A.ToSide(), s.G.ToSide(), s.Shape.HasBias, s.Positions)),
-                                          Options.Fisher, ModelSha256, createdBy);
+                                          Options.Fisher.Name(), ModelSha256, createdBy);
         finished = true;
         return curvature;
     }
@@ -417,7 +443,7 @@ public sealed class KfacAccumulator
     IEnumerable<(string, string)> DescribeOptions()
     {
         yield return ("model_sha256", ModelSha256);
-        yield return ("fisher", Options.Fisher);
+        yield return ("fisher", Options.Fisher.Name());
         yield return ("samples", Options.Samples.ToString(CultureInfo.InvariantCulture));
         yield return ("seed", Options.Seed.ToString(CultureInfo.InvariantCulture));
         yield return ("ema", Options.Ema is double l ? l.ToString("R", CultureInfo.InvariantCulture) : "none");

@@ -22,7 +22,7 @@ public readonly record struct LayerShape(string Layer, int InFeatures, int OutFe
 public sealed class KfacCurvature
 {
     public const string FormatName = "fisherkernels/1";
-    public static readonly IReadOnlyList<string> FisherTypes = ["sampled", "empirical", "exact"];
+    public static readonly IReadOnlyList<string> FisherTypes = Enum.GetValues<FisherType>().Select(f => f.Name()).ToArray();
 
     readonly Dictionary<string, KroneckerBlock> byLayer;
 

@@ -1,10 +1,13 @@
+using FisherKernels.Backends;
+using FisherKernels.Onnx.Graph;
 using FisherKernels.Uncertainty;
 
 namespace FisherKernels.Onnx.Scoring;
 
 /// <summary>
-/// What <see cref="PositionScorer"/> makes of a parameter gradient ∇θ p (SPEC §4): its squared norm (the isotropic
-/// gradient-norm estimator, Σ = I) or its quadratic form under a K-FAC Laplace posterior.
+/// The covariance Σ under which <see cref="PositionScorer"/> scores a parameter gradient ∇θ p (SPEC §4): Σ = I on every
+/// parameter (the isotropic gradient-norm estimator), or a K-FAC Laplace posterior, block-diagonal over the layers and
+/// covering only their weights and biases. Each layer's block is a <see cref="LayerPosterior"/>.
 /// </summary>
 public sealed class EpistemicMetric
 {
@@ -16,6 +19,13 @@ public sealed class EpistemicMetric
     /// <summary><c>∇θ pᵀ Σ ∇θ p</c> with Σ block-diagonal over the layers (<c>--method kfac</c>); the parameters must be every layer's weight and bias.</summary>
     public static EpistemicMetric Kfac(KfacPosterior posterior) => new(posterior ?? throw new ArgumentNullException(nameof(posterior)));
 
-    /// <summary>The K-FAC posterior, null for the isotropic metric.</summary>
+    /// <summary>The K-FAC posterior; none for the isotropic Σ = I.</summary>
     public KfacPosterior? Posterior { get; }
+
+    /// <summary>Whether Σ covers the layers' weights and biases only (K-FAC), rather than every parameter (Σ = I).</summary>
+    public bool CoversLayersOnly => Posterior is not null;
+
+    /// <summary>The block of Σ on <paramref name="layer"/>'s weight, with its bias when <paramref name="withBias"/>.</summary>
+    public LayerPosterior For(Layer layer, bool withBias, IComputeBackend backend) =>
+        Posterior?[layer.Id] ?? new IsotropicLayerPosterior(layer.Id, layer.In, layer.Out, withBias, backend);
 }

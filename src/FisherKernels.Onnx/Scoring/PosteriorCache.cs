@@ -9,9 +9,9 @@ namespace FisherKernels.Onnx.Scoring;
 /// The key is the file's full path, length and last write time and the posterior options (τ, rank, memory budget), so a
 /// rewritten file or other options build a new posterior. One entry only: a posterior can be large (up to the memory
 /// budget per layer), and a caller that alternates files or options pays a rebuild instead of holding several.
-/// Not thread-safe: calls on one model are serialized by its caller.
+/// Each build's eigenvalue lines go to the log. Not thread-safe: calls on one model are serialized by its caller.
 /// </summary>
-public sealed class PosteriorCache(LanguageModel lm, IComputeBackend backend)
+public sealed class PosteriorCache(LanguageModel lm, IComputeBackend backend, TextWriter? log = null)
 {
     readonly record struct Key(string Path, long Length, DateTime LastWriteUtc, PosteriorOptions Options);
 
@@ -30,7 +30,7 @@ public sealed class PosteriorCache(LanguageModel lm, IComputeBackend backend)
         var current = file.Exists ? new Key(file.FullName, file.Length, file.LastWriteTimeUtc, options) : (Key?)null;
         if (posterior is not null && current is not null && key == current) return posterior;
         (key, posterior) = (null, null); // drop the old posterior before building the next one
-        posterior = KfacScoring.LoadPosterior(lm, curvaturePath, options, backend, TextWriter.Null).Posterior;
+        posterior = KfacScoring.LoadPosterior(lm, curvaturePath, options, backend, log ?? TextWriter.Null).Posterior;
         key = current;
         Builds++;
         return posterior;

@@ -12,18 +12,18 @@ namespace FisherKernels.Onnx.Scoring;
 /// the gradients of its outputs, so the backward pass only needs to reach the layer outputs (the taps). Rows of G
 /// that are exactly zero add nothing and are dropped (a causal model leaves every row after the scored position
 /// zero; the rows are checked, not assumed). Isotropic: <c>‖X‖² = Σ_mm' (ã_m·ã_m')(g_m·g_m')</c> from the Gram of Ã
-/// when a layer has fewer rows than inputs, else X itself. K-FAC: <see cref="LayerPosterior.OuterProductQuadratic"/>, given
-/// that Gram too when the posterior can use it.
+/// when a layer has fewer rows than inputs, else X itself; K-FAC in the layer's eigenbases: each is
+/// <see cref="LayerPosterior.OuterProductQuadratic"/> of the layer's block of Σ, given that Gram when it can use it.
 /// A parameter that is not a layer weight or bias used by its layer alone (a tied embedding, a normalization scale
 /// under <c>--params all</c>) gets its whole gradient from the backward pass instead.
 /// </summary>
 internal sealed class TapScorer
 {
-    private sealed class Tap(Layer layer, bool withBias, LayerPosterior? posterior)
+    private sealed class Tap(Layer layer, bool withBias, LayerPosterior posterior)
     {
         public Layer Layer { get; } = layer;
         public bool WithBias { get; } = withBias;
-        public LayerPosterior? Posterior { get; } = posterior;
+        public LayerPosterior Posterior { get; } = posterior;
         public int ADim => Layer.In + (WithBias ? 1 : 0);
 
         /// <summary>M: the layer's rows in this sequence, over all its applications.</summary>
@@ -32,17 +32,17 @@ internal sealed class TapScorer
         /// <summary>Ã [M × ADim].</summary>
         public float[] Inputs { get; set; } = [];
 
-        /// <summary>Isotropic: Ã Ãᵀ [M × M] while M is below ADim, else empty; K-FAC: the posterior's projected rows [M × ADim].</summary>
-        public float[] Shared { get; set; } = [];
+        /// <summary>The posterior's projected rows [M × ADim] (<see cref="LayerPosterior.ProjectInputRows"/>).</summary>
+        public float[] Projected { get; set; } = [];
 
-        /// <summary>K-FAC: Ã Ãᵀ [M × M] while M is below ADim and the posterior uses it, else empty.</summary>
+        /// <summary>Ã Ãᵀ [M × M] while M is below ADim and the posterior uses it, else empty.</summary>
         public float[] Gram { get; set; } = [];
     }
 
     private static readonly HashSet<string> PassThrough = ["Transpose", "Identity", "Cast"];
 
     private readonly IComputeBackend backend;
-    private readonly KfacPosterior? posterior;
+    private readonly EpistemicMetric metric;
     private readonly List<Tap> taps = [];
     private readonly List<string> wholeParameters = [];
     private readonly List<(Layer Layer, float[] Buffer)> wholeLayers = [];
@@ -52,22 +52,23 @@ internal sealed class TapScorer
     public TapScorer(LanguageModel lm, IReadOnlyList<string> parameters, EpistemicMetric metric, IComputeBackend backend)
     {
         this.backend = backend;
-        posterior = metric.Posterior;
+        this.metric = metric;
+        bool layersOnly = metric.CoversLayersOnly;
         var graph = lm.Model.Graph;
         var set = parameters.ToHashSet(StringComparer.Ordinal);
         var covered = new HashSet<string>(StringComparer.Ordinal);
         foreach (Layer layer in lm.Model.Layers)
         {
-            if (posterior is not null && (!set.Contains(layer.Id) || layer.Bias is not null && !set.Contains(layer.Bias)))
+            if (layersOnly && (!set.Contains(layer.Id) || layer.Bias is not null && !set.Contains(layer.Bias)))
                 throw FisherKernelsException.Argument($"K-FAC scores need every layer weight and bias as parameters; '{(set.Contains(layer.Id) ? layer.Bias : layer.Id)}' is not one");
             if (!set.Contains(layer.Id) || !OnlyInLayer(graph, layer.Id, layer, weight: true)) continue;
             bool withBias = layer.Bias is not null && set.Contains(layer.Bias) && OnlyInLayer(graph, layer.Bias, layer, weight: false);
-            if (posterior is not null && layer.Bias is not null && !withBias) continue;
-            taps.Add(new Tap(layer, withBias, posterior?[layer.Id]));
+            if (layersOnly && layer.Bias is not null && !withBias) continue;
+            taps.Add(new Tap(layer, withBias, metric.For(layer, withBias, backend)));
             covered.Add(layer.Id);
             if (withBias) covered.Add(layer.Bias!);
         }
-        if (posterior is null)
+        if (!layersOnly)
         {
             wholeParameters.AddRange(parameters.Where(p => !covered.Contains(p)));
             return;
@@ -78,13 +79,12 @@ internal sealed class TapScorer
         foreach (Layer layer in lm.Model.Layers.Where(l => !covered.Contains(l.Id)))
         {
             wholeLayers.Add((layer, new float[(long)layer.Out * (layer.In + (layer.Bias is null ? 0 : 1))]));
-            wholeParameters.Add(layer.Id);
-            if (layer.Bias is not null) wholeParameters.Add(layer.Bias);
         }
     }
 
     /// <summary>The values whose gradients the backward pass must compute: the tapped layer outputs and the whole parameters.</summary>
-    public IEnumerable<string> Targets => taps.SelectMany(t => t.Layer.Applications.Select(a => a.OutputValue)).Concat(wholeParameters);
+    public IEnumerable<string> Targets => taps.SelectMany(t => t.Layer.Applications.Select(a => a.OutputValue)).Concat(wholeParameters)
+        .Concat(wholeLayers.SelectMany(w => w.Layer.Bias is null ? [w.Layer.Id] : new[] { w.Layer.Id, w.Layer.Bias }));
 
     /// <summary>Reads the layer inputs of the sequence the plan just ran forward and prepares what its positions share.</summary>
     public void BeginSequence(ExecutionPlan plan)
@@ -104,17 +104,15 @@ internal sealed class TapScorer
                     if (tap.WithBias) tap.Inputs[row * a + inF] = 1;
                 }
 
+            if (tap.Projected.Length != rows * a) tap.Projected = new float[rows * a];
+            tap.Posterior.ProjectInputRows(tap.Inputs, rows, tap.Projected);
             // The Gram costs 2·M²·out flops a position, X itself 2·M·a·out: the Gram while M < a (it then also fits in an A factor's memory).
-            int shared = tap.Posterior is not null ? rows * a : rows < a ? rows * rows : 0;
-            if (tap.Shared.Length != shared) tap.Shared = new float[shared];
-            int gramLength = tap.Posterior is { UsesInputGram: true } && rows < a ? rows * rows : 0;
+            int gramLength = tap.Posterior.UsesInputGram && rows < a ? rows * rows : 0;
             if (tap.Gram.Length != gramLength) tap.Gram = new float[gramLength];
-            if (tap.Posterior is not null) tap.Posterior.ProjectInputRows(tap.Inputs, rows, tap.Shared);
-            float[] inputGram = tap.Posterior is null ? tap.Shared : tap.Gram;
-            if (inputGram.Length > 0) backend.Gemm(new GemmShape(rows, rows, a, TransB: true), tap.Inputs, tap.Inputs, inputGram);
+            if (gramLength > 0) backend.Gemm(new GemmShape(rows, rows, a, TransB: true), tap.Inputs, tap.Inputs, tap.Gram);
 
             int outF = tap.Layer.Out;
-            long work = tap.Posterior?.OuterProductWorkspace(rows) ?? (long)outF * a;
+            long work = tap.Posterior.OuterProductWorkspace(rows);
             Grow(ref gathered, tap.Layer.Applications.Count > 1 ? (long)rows * outF : 0);
             Grow(ref compactG, (long)rows * outF);
             Grow(ref compactA, (long)rows * a);
@@ -130,8 +128,8 @@ internal sealed class TapScorer
         double sum = 0;
         foreach (Tap tap in taps) sum += Score(tap, backward);
         foreach (string name in wholeParameters)
-            if (posterior is null && backward.HasGradient(name)) sum += SumOfSquares(backward.Gradient(name).Data);
-        foreach (var (layer, buffer) in wholeLayers) sum += KfacScoring.LayerGradientQuadratic(layer, posterior![layer.Id], backward, buffer);
+            if (backward.HasGradient(name)) sum += IsotropicLayerPosterior.SumOfSquares(backward.Gradient(name).Data);
+        foreach (var (layer, buffer) in wholeLayers) sum += KfacScoring.LayerGradientQuadratic(layer, metric.For(layer, layer.Bias is not null, backend), backward, buffer);
         return sum;
     }
 
@@ -166,31 +164,11 @@ internal sealed class TapScorer
         bool prefix = rowIndex[rows - 1] == rows - 1;
         ReadOnlySpan<float> gc = prefix ? g[..(rows * outF)] : Gather(g, outF, rows, compactG);
 
-        if (tap.Posterior is not null)
-        {
-            ReadOnlySpan<float> projected = prefix ? tap.Shared.AsSpan(0, rows * a) : Gather(tap.Shared, a, rows, compactA);
-            Span<float> keptGram = tap.Gram.Length == 0 ? default : gram.AsSpan(0, rows * rows);
-            for (int i = 0; i < keptGram.Length / rows; i++)
-                for (int j = 0; j < rows; j++) keptGram[i * rows + j] = tap.Gram[rowIndex[i] * m + rowIndex[j]];
-            return tap.Posterior.OuterProductQuadratic(gc, projected, rows, workspace, keptGram);
-        }
-        if (tap.Shared.Length == 0)
-        {
-            ReadOnlySpan<float> ac = prefix ? tap.Inputs.AsSpan(0, rows * a) : Gather(tap.Inputs, a, rows, compactA);
-            Span<float> x = workspace.AsSpan(0, outF * a);
-            backend.Gemm(new GemmShape(outF, a, rows, TransA: true), gc, ac, x);
-            return SumOfSquares(x);
-        }
-        // ‖Gᵀ Ã‖² = Σ_ij (Ã Ãᵀ)_ij (G Gᵀ)_ij over the kept rows.
-        Span<float> gg = gram.AsSpan(0, rows * rows);
-        backend.Gemm(new GemmShape(rows, rows, outF, TransB: true), gc, gc, gg);
-        double sum = 0;
-        for (int i = 0; i < rows; i++)
-        {
-            ReadOnlySpan<float> kernel = tap.Shared.AsSpan(rowIndex[i] * m, m);
-            for (int j = 0; j < rows; j++) sum += (double)kernel[rowIndex[j]] * gg[i * rows + j];
-        }
-        return sum;
+        ReadOnlySpan<float> projected = prefix ? tap.Projected.AsSpan(0, rows * a) : Gather(tap.Projected, a, rows, compactA);
+        Span<float> keptGram = tap.Gram.Length == 0 ? default : gram.AsSpan(0, rows * rows);
+        for (int i = 0; i < keptGram.Length / rows; i++)
+            for (int j = 0; j < rows; j++) keptGram[i * rows + j] = tap.Gram[rowIndex[i] * m + rowIndex[j]];
+        return tap.Posterior.OuterProductQuadratic(gc, projected, rows, workspace, keptGram);
     }
 
     /// <summary>The rows of <paramref name="source"/> listed in rowIndex, packed into <paramref name="target"/>.</summary>
@@ -198,16 +176,6 @@ internal sealed class TapScorer
     {
         for (int i = 0; i < rows; i++) source.Slice(rowIndex[i] * width, width).CopyTo(target.AsSpan(i * width, width));
         return target.AsSpan(0, rows * width);
-    }
-
-    /// <summary>Σ x² accumulated in double by blocks (float sums of a million squares would lose digits).</summary>
-    internal static double SumOfSquares(ReadOnlySpan<float> values)
-    {
-        const int Block = 1024;
-        double sum = 0;
-        for (int i = 0; i < values.Length; i += Block)
-            sum += TensorPrimitives.SumOfSquares(values.Slice(i, Math.Min(Block, values.Length - i)));
-        return sum;
     }
 
     private static void Grow(ref float[] buffer, long length)

@@ -108,7 +108,7 @@ public sealed class KfacAccumulatorTests : IDisposable
     {
         var rng = new Random(10 + blocks);
         Batch[] batches = RandomBatches(rng, [3, 17, 1, 9], blocks);
-        var acc = new KfacAccumulator(Backend(backend), Shapes, new KfacFitOptions { Fisher = "sampled", Samples = blocks }, Hash);
+        var acc = new KfacAccumulator(Backend(backend), Shapes, new KfacFitOptions { Fisher = FisherType.Sampled, Samples = blocks }, Hash);
         Feed(acc, batches);
         KfacCurvature c = acc.ToCurvature("test");
 
@@ -130,8 +130,8 @@ public sealed class KfacAccumulatorTests : IDisposable
     {
         var rng = new Random(20);
         Batch[] batches = RandomBatches(rng, [8, 8, 5, 8, 8, 3], 1);
-        var first = new KfacAccumulator(Backend(backend), Shapes, new KfacFitOptions { Fisher = "empirical" }, Hash);
-        var second = new KfacAccumulator(Backend(backend), Shapes, new KfacFitOptions { Fisher = "empirical" }, Hash);
+        var first = new KfacAccumulator(Backend(backend), Shapes, new KfacFitOptions { Fisher = FisherType.Empirical }, Hash);
+        var second = new KfacAccumulator(Backend(backend), Shapes, new KfacFitOptions { Fisher = FisherType.Empirical }, Hash);
         Feed(first, batches[..3]);
         Feed(second, batches[3..]);
         first.ToCurvature("a").Save(Path.Combine(dir, "1.safetensors"));
@@ -262,7 +262,7 @@ public sealed class KfacAccumulatorTests : IDisposable
     [Fact]
     public void CurvatureCarriesTheSpecMetadata()
     {
-        var acc = new KfacAccumulator(Backend(), Shapes, new KfacFitOptions { Fisher = "exact" }, Hash);
+        var acc = new KfacAccumulator(Backend(), Shapes, new KfacFitOptions { Fisher = FisherType.Exact }, Hash);
         Feed(acc, RandomBatches(new Random(70), [6, 5], 1));
         string path = Path.Combine(dir, "c.safetensors");
         acc.ToCurvature("fisherkernels 0.1 test").Save(path);
@@ -291,7 +291,7 @@ public sealed class KfacAccumulatorTests : IDisposable
         Assert.Contains("'onnx::MatMul_3'", Assert.Throws<FisherKernelsException>(() => acc.EndBatch()).Message);
         Assert.Contains("--ema", Assert.Throws<FisherKernelsException>(() => new KfacAccumulator(Backend(), Shapes, new KfacFitOptions { Ema = 1 }, Hash)).Message);
         Assert.Contains("--sample-positions", Assert.Throws<FisherKernelsException>(() => new KfacAccumulator(Backend(), Shapes, new KfacFitOptions { SamplePositions = 0 }, Hash)).Message);
-        Assert.Contains("--fisher", Assert.Throws<FisherKernelsException>(() => new KfacAccumulator(Backend(), Shapes, new KfacFitOptions { Fisher = "gauss" }, Hash)).Message);
+        Assert.Contains("--fisher", Assert.Throws<FisherKernelsException>(() => new KfacAccumulator(Backend(), Shapes, new KfacFitOptions { Fisher = (FisherType)99 }, Hash)).Message);
         var empty = new KfacAccumulator(Backend(), Shapes, new KfacFitOptions(), Hash);
         Assert.Contains("saw no positions", Assert.Throws<FisherKernelsException>(() => empty.ToCurvature("t")).Message);
     }

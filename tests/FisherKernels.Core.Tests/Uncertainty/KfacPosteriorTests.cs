@@ -309,4 +309,122 @@ public class KfacPosteriorTests
         Assert.Contains("[0.5, 4]", posterior.Describe().Single());
         Assert.Contains("--prior-precision", Assert.Throws<FisherKernelsException>(() => new KfacPosterior(new KfacCurvature([good], "sampled", Hash, "t"), backend, new PosteriorOptions { PriorPrecision = 0 })).Message);
     }
+
+    /// <summary>Float64 reference: log det(M·A⊗G + τI) of the dense precision, by Cholesky.</summary>
+    static double DenseLogDeterminant(double[] a, int aDim, double[] g, int gDim, double positions, double tau)
+    {
+        int n = aDim * gDim;
+        var l = new double[n * n];
+        for (int j = 0; j < aDim; j++)
+            for (int i = 0; i < gDim; i++)
+                for (int jj = 0; jj < aDim; jj++)
+                    for (int ii = 0; ii < gDim; ii++)
+                        l[(j * gDim + i) * n + jj * gDim + ii] = positions * a[j * aDim + jj] * g[i * gDim + ii] + (j == jj && i == ii ? tau : 0);
+        double sum = 0;
+        for (int c = 0; c < n; c++)
+        {
+            double d = l[c * n + c];
+            for (int k = 0; k < c; k++) d -= l[c * n + k] * l[c * n + k];
+            Assert.True(d > 0, "the reference precision is positive definite");
+            d = Math.Sqrt(d);
+            l[c * n + c] = d;
+            sum += 2 * Math.Log(d);
+            for (int r = c + 1; r < n; r++)
+            {
+                double v = l[r * n + c];
+                for (int k = 0; k < c; k++) v -= l[r * n + k] * l[c * n + k];
+                l[r * n + c] = v / d;
+            }
+        }
+        return sum;
+    }
+
+    [Theory]
+    [MemberData(nameof(Backends))]
+    public void DenseLogDeterminantMatchesTheFloat64Cholesky(string backendName)
+    {
+        using IComputeBackend backend = Make(backendName);
+        var rng = new Random(31);
+        KroneckerBlock block = RandomBlock(rng, "w", 4, 5, true, 30);
+        foreach (double tau in new[] { 1.0, 1e-2 })
+        {
+            var posterior = new KfacPosterior(new KfacCurvature([block], "sampled", Hash, "t"), backend, new PosteriorOptions { PriorPrecision = tau });
+            double expected = DenseLogDeterminant(ToDouble(block.A), block.ADim, ToDouble(block.G), block.GDim, 30, tau);
+            Assert.False(posterior["w"].IsLowRank);
+            Assert.True(Math.Abs(posterior["w"].LogDeterminant() - expected) <= 1e-4 * Math.Abs(expected), $"τ {tau}: {posterior["w"].LogDeterminant()} against {expected}");
+        }
+    }
+
+    /// <summary>
+    /// The Woodbury form's log-determinant (matrix determinant lemma, no n×n matrix) against the float64 Cholesky of the
+    /// matrix it represents: the exact factors when the large one has rank ≤ r, else D + UΛUᵀ built densely.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void WoodburyLogDeterminantMatchesTheFloat64Cholesky(bool largeIsA)
+    {
+        using IComputeBackend backend = Make("cpu");
+        var rng = new Random(largeIsA ? 33 : 34);
+        int big = 12, small = 4, rank = 3;
+        var options = new PosteriorOptions { Rank = rank, MemoryBudgetBytes = 500, PriorPrecision = 0.5 };
+        KroneckerBlock exact = largeIsA
+            ? new KroneckerBlock("w", ToFloat(MeanOuter(RandomRows(rng, 3, big, 1), false)), ToFloat(MeanOuter(RandomRows(rng, 40, small, 0.5), false)), false, 40)
+            : RandomBlock(rng, "w", small, big, false, 40, gradientRows: 3);
+        KroneckerBlock full = RandomBlock(rng, "w", largeIsA ? big : small, largeIsA ? small : big, false, 40);
+        foreach (var (block, approximate) in new[] { (exact, false), (full, true) })
+        {
+            LayerPosterior layer = new KfacPosterior(new KfacCurvature([block], "sampled", Hash, "t"), backend, options)["w"];
+            Assert.True(layer.IsLowRank);
+            double[] a = ToDouble(block.A), g = ToDouble(block.G);
+            if (approximate && largeIsA) a = DiagonalPlusLowRank(a, big, rank);
+            if (approximate && !largeIsA) g = DiagonalPlusLowRank(g, big, rank);
+            double expected = DenseLogDeterminant(a, block.ADim, g, block.GDim, 40, 0.5);
+            Assert.True(Math.Abs(layer.LogDeterminant() - expected) <= 1e-3 * Math.Abs(expected), $"approximate {approximate}: {layer.LogDeterminant()} against {expected}");
+        }
+    }
+
+    /// <summary>Σ = I: every quadratic form is a squared norm, computed here in float64 from the same numbers.</summary>
+    [Fact]
+    public void IsotropicPosteriorIsTheSquaredNorm()
+    {
+        using IComputeBackend backend = Make("cpu");
+        var rng = new Random(35);
+        int inF = 6, outF = 5, rows = 4, a = inF + 1;
+        var layer = new IsotropicLayerPosterior("w", inF, outF, withBias: true, backend);
+        float[] xs = RandomMatrices(rng, 2, outF * a);
+        var output = new float[2];
+        layer.Quadratic(xs, 2, output);
+        for (int c = 0; c < 2; c++)
+            AssertRelative(xs.Skip(c * outF * a).Take(outF * a).Sum(v => (double)v * v), output[c], 1e-6, $"quadratic {c}");
+
+        float[] inputs = RandomMatrices(rng, rows, inF), g = RandomMatrices(rng, rows, outF);
+        var homogeneous = new float[rows * a];
+        for (int r = 0; r < rows; r++) { inputs.AsSpan(r * inF, inF).CopyTo(homogeneous.AsSpan(r * a)); homogeneous[r * a + inF] = 1; }
+        double expected = 0; // ‖Gᵀ Ã‖²
+        for (int o = 0; o < outF; o++)
+            for (int i = 0; i < a; i++)
+            {
+                double x = 0;
+                for (int r = 0; r < rows; r++) x += (double)g[r * outF + o] * homogeneous[r * a + i];
+                expected += x * x;
+            }
+        var projected = new float[rows * a];
+        layer.ProjectInputRows(homogeneous, rows, projected);
+        Assert.Equal(homogeneous, projected);
+        var workspace = new float[layer.OuterProductWorkspace(rows)];
+        AssertRelative(expected, layer.OuterProductQuadratic(g, projected, rows, workspace), 1e-5, "outer product without the Gram");
+        var gram = new float[rows * rows];
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < rows; j++)
+                for (int k = 0; k < a; k++) gram[i * rows + j] += homogeneous[i * a + k] * homogeneous[j * a + k];
+        AssertRelative(expected, layer.OuterProductQuadratic(g, projected, rows, workspace, gram), 1e-5, "outer product with the Gram");
+
+        var variance = new double[rows];
+        layer.TargetOutputVariance(inputs, [0, -100, 4, 2], rows, variance);
+        for (int r = 0; r < rows; r++)
+            if (r == 1) Assert.True(double.IsNaN(variance[r]));
+            else AssertRelative(1 + inputs.Skip(r * inF).Take(inF).Sum(v => (double)v * v), variance[r], 1e-6, $"target output variance {r}");
+        Assert.Equal(0, layer.LogDeterminant());
+    }
 }

@@ -1,10 +1,10 @@
 using System.Diagnostics;
 using System.Globalization;
 
-namespace FisherKernels.Cli.Bench;
+namespace FisherKernels.Onnx.Jobs;
 
 /// <summary>Where a repeated piece of work spends its time: milliseconds per named stage, summed within a run, medians over runs.</summary>
-internal sealed class StageTimes
+public sealed class StageTimes
 {
     private readonly Dictionary<string, List<double>> stages = new(StringComparer.Ordinal);
     private readonly Dictionary<string, double> run = new(StringComparer.Ordinal);

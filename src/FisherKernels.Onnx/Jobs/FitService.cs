@@ -1,0 +1,203 @@
+using System.Diagnostics;
+using System.Globalization;
+using FisherKernels.Curvature;
+using FisherKernels.IO;
+using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Plan;
+using FisherKernels.Onnx.Scoring;
+
+namespace FisherKernels.Onnx.Jobs;
+
+/// <summary>What to fit (SPEC §3, the <c>fit</c> verb of §6): a model, a token file, optional targets, where to write.</summary>
+public sealed record FitRequest
+{
+    public required string ModelPath { get; init; }
+    public required string TokensPath { get; init; }
+
+    /// <summary>Targets <c>[batch, seq]</c> with -100 for "no loss"; null for the next token.</summary>
+    public string? TargetsPath { get; init; }
+
+    public required string OutPath { get; init; }
+    public KfacFitOptions Options { get; init; } = new();
+
+    /// <summary>Sequences a batch (<c>--batch-size</c>).</summary>
+    public int BatchSize { get; init; } = 8;
+
+    /// <summary>Where the fit's state is saved to resume: beside the output.</summary>
+    public string CheckpointPath => OutPath + ".checkpoint";
+}
+
+/// <summary>Steps of a long job done of all (a fit's batches), reported after each step and once before the first (a resumed fit starts above 0).</summary>
+public readonly record struct JobProgress(int Done, int Total);
+
+/// <summary>The curvature written (null when the fit was cancelled: its state is then in the checkpoint).</summary>
+public sealed record FitResult(KfacCurvature? Curvature, int BatchesDone, int Batches, string CheckpointPath)
+{
+    public bool Completed => Curvature is not null;
+}
+
+/// <summary>
+/// The K-FAC fit (SPEC §3): streams the token file a batch at a time, accumulates every layer's factors, checkpoints
+/// beside the output (after a batch at most every <see cref="CheckpointInterval"/>, and when cancelled) and resumes from
+/// the checkpoint when one is there; the result is byte-identical to an uninterrupted fit.
+/// </summary>
+public sealed class FitService(OpContext context)
+{
+    static readonly TimeSpan CheckpointInterval = TimeSpan.FromSeconds(10);
+
+    /// <summary>The <c>created_by</c> of every file this engine writes.</summary>
+    public static string CreatedBy => $"fisherkernels {typeof(FitService).Assembly.GetName().Version?.ToString(3)}";
+
+    /// <summary>
+    /// Runs the fit. Cancelling stops after the current batch, saves the checkpoint and returns an incomplete result;
+    /// running the same request again resumes.
+    /// </summary>
+    public FitResult Run(FitRequest request, IProgress<JobProgress>? progress = null, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var lm = LanguageModel.Load(request.ModelPath);
+        // Token and target files are read a batch at a time: a fit holds one batch of them, whatever their length.
+        using NpyRows tokenRows = NpyFile.OpenRows(request.TokensPath);
+        if (tokenRows.Shape.Length != 2 || tokenRows.Shape[0] < 1 || tokenRows.Shape[1] < 1)
+            throw FisherKernelsException.Argument($"{request.TokensPath}: token ids must have shape [batch, seq] with both at least 1, got [{ShapeUtil.Format(tokenRows.Shape)}]");
+        string? targetsPath = request.TargetsPath;
+        using NpyRows? targetRows = targetsPath is null ? null : NpyFile.OpenRows(targetsPath);
+        if (targetRows is not null && !targetRows.Shape.AsSpan().SequenceEqual(tokenRows.Shape))
+            throw FisherKernelsException.Argument($"{targetsPath}: targets have shape [{ShapeUtil.Format(targetRows.Shape)}], the tokens [{ShapeUtil.Format(tokenRows.Shape)}]");
+        request.Options.Validate();
+        int batchSize = request.BatchSize;
+        if (batchSize < 1) throw FisherKernelsException.Argument($"--batch-size must be at least 1, got {batchSize}");
+        IReadOnlyList<Layer> layers = lm.Model.Layers;
+        if (layers.Count == 0) throw FisherKernelsException.Argument($"fit: model '{request.ModelPath}' has no layers (MatMul/Gemm with an initializer weight, SPEC §2)");
+        LayerShape[] shapes = KfacScoring.Shapes(layers);
+
+        int sequences = tokenRows.Shape[0];
+        int batches = (sequences + batchSize - 1) / batchSize;
+        (NdArray<long> Tokens, NdArray<long> Targets) ReadBatch(int batch)
+        {
+            int first = batch * batchSize, count = Math.Min(batchSize, sequences - first);
+            NdArray<long> batchTokens = tokenRows.ReadInt64(first, count);
+            return (batchTokens, targetRows is null ? Targets.NextToken(batchTokens) : targetRows.ReadInt64(first, count));
+        }
+        // Every id is checked before any work, so a bad one anywhere in the files stops the fit at once.
+        int vocabulary = targetRows is null ? 0 : lm.Forward(context, tokenRows.ReadInt64(0, 1)).Shape[2];
+        for (int batch = 0; batch < batches; batch++)
+        {
+            var (batchTokens, batchTargets) = ReadBatch(batch);
+            string rows = $"rows {batch * batchSize}..{batch * batchSize + batchTokens.Shape[0] - 1}";
+            lm.Inputs(batchTokens, null, $"{request.TokensPath} ({rows})");
+            if (targetRows is not null) Targets.Check(batchTargets, batchTokens.Shape, vocabulary, $"{targetsPath} ({rows})");
+        }
+        string modelSha = KfacScoring.Sha256(request.ModelPath);
+        string fingerprint = $"tokens {KfacScoring.Sha256(request.TokensPath)}, targets {(targetsPath is null ? "next-token" : KfacScoring.Sha256(targetsPath))}, batch-size {batchSize}";
+        string checkpoint = request.CheckpointPath;
+        KfacAccumulator accumulator = File.Exists(checkpoint)
+            ? KfacAccumulator.Resume(checkpoint, context.Backend, shapes, request.Options, modelSha, fingerprint)
+            : new KfacAccumulator(context.Backend, shapes, request.Options, modelSha);
+        if (accumulator.BatchesDone > batches)
+            throw FisherKernelsException.Argument($"fit: checkpoint '{checkpoint}' has {accumulator.BatchesDone} batches, the token file only {batches}; delete it");
+
+        var parameters = LayerDiscovery.DefaultParameters(layers);
+        var lastSave = Stopwatch.StartNew();
+        progress?.Report(new JobProgress(accumulator.BatchesDone, batches));
+        for (int batch = accumulator.BatchesDone; batch < batches; batch++)
+        {
+            if (cancel.IsCancellationRequested)
+            {
+                accumulator.SaveCheckpoint(checkpoint, fingerprint);
+                return new FitResult(null, accumulator.BatchesDone, batches, checkpoint);
+            }
+            var (batchTokens, batchTargets) = ReadBatch(batch);
+            FitBatch(lm, context, accumulator, layers, parameters, batchTokens, batchTargets);
+            progress?.Report(new JobProgress(batch + 1, batches));
+            if (lastSave.Elapsed >= CheckpointInterval && batch + 1 < batches)
+            {
+                accumulator.SaveCheckpoint(checkpoint, fingerprint);
+                lastSave.Restart();
+            }
+        }
+        KfacCurvature curvature = accumulator.ToCurvature(CreatedBy);
+        curvature.Save(request.OutPath);
+        File.Delete(checkpoint);
+        return new FitResult(curvature, batches, batches, checkpoint);
+    }
+
+    /// <summary>
+    /// One batch: the forward pass, the layer inputs, then one backward pass per label draw (SPEC §3 Fisher types), each
+    /// computing only the layer outputs' gradients (no weight gradient: the factors need the taps alone).
+    /// </summary>
+    public static void FitBatch(LanguageModel lm, OpContext context, KfacAccumulator accumulator, IReadOnlyList<Layer> layers,
+                                IReadOnlyList<string> parameters, NdArray<long> tokens, NdArray<long> targets, StageTimes? times = null)
+    {
+        times?.Start();
+        var (plan, backward, logits) = Derivatives.Prepare(lm, context, tokens, parameters, layerOutputsOnly: true);
+        times?.Lap("forward");
+        int positions = tokens.Shape[0] * tokens.Shape[1], vocab = logits.Shape[2];
+        accumulator.BeginBatch(positions);
+        accumulator.AddInputs(layers.Select(l => (l.Id, Rows(l, a => (NdArray<float>)plan.Get(a.InputValue)))).ToList());
+        times?.Lap("A factors");
+
+        NdArray<float> seed = backward.Gradient(lm.LogitsOutput);
+        void Backpropagate(double weight)
+        {
+            times?.Lap("labels");
+            backward.Run(context);
+            times?.Lap("backward");
+            accumulator.AddOutputGradients(layers.Select(l => (l.Id, Rows(l, a => backward.Gradient(a.OutputValue)))).ToList(), weight);
+            times?.Lap("G factors");
+        }
+
+        switch (accumulator.Options.Fisher)
+        {
+            case FisherType.Empirical:
+                backward.Clear();
+                Derivatives.LossCotangent(logits, targets, seed);
+                Backpropagate(1);
+                break;
+            case FisherType.Sampled:
+                var labels = new NdArray<long>((int[])targets.Shape.Clone());
+                int draws = accumulator.Options.Samples;
+                for (int d = 0; d < draws; d++)
+                {
+                    accumulator.SampleLabels(logits.Data, positions, vocab, targets.Data, d, labels.Data);
+                    backward.Clear();
+                    Derivatives.LossCotangent(logits, labels, seed);
+                    Backpropagate(1.0 / draws);
+                }
+                break;
+            case FisherType.Exact: // Σ_y p(y) g_y g_yᵀ per targeted position t, separately (no cross terms), as √p(y)·(p − e_y) cotangents
+                var p = new float[vocab];
+                for (int t = 0; t < positions; t++)
+                {
+                    if (targets.Data[t] == Targets.Ignore) continue;
+                    Derivatives.Softmax(logits.Data.AsSpan(t * vocab, vocab), p);
+                    for (int y = 0; y < vocab; y++)
+                    {
+                        backward.Clear();
+                        Span<float> row = seed.Data.AsSpan(t * vocab, vocab);
+                        float root = MathF.Sqrt(p[y]);
+                        for (int v = 0; v < vocab; v++) row[v] = root * p[v];
+                        row[y] -= root;
+                        Backpropagate(1);
+                    }
+                }
+                break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(accumulator), accumulator.Options.Fisher, "not a Fisher type");
+        }
+        accumulator.EndBatch();
+        times?.Lap("end");
+    }
+
+    /// <summary>The rows of a value at every application of a layer, applications one after the other.</summary>
+    static float[] Rows(Layer layer, Func<LayerApplication, NdArray<float>> value)
+    {
+        if (layer.Applications.Count == 1) return value(layer.Applications[0]).Data;
+        return layer.Applications.SelectMany(a => value(a).Data).ToArray();
+    }
+
+    /// <summary>The one line a finished fit prints.</summary>
+    public static string Summary(string outPath, KfacCurvature curvature) => string.Create(CultureInfo.InvariantCulture,
+        $"wrote {outPath}: {curvature.Fisher} Fisher of {curvature.Layers.Count} layers over {curvature.Positions:R} positions");
+}

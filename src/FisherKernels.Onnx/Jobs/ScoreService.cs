@@ -1,0 +1,105 @@
+using FisherKernels.IO;
+using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Scoring;
+using FisherKernels.Uncertainty;
+
+namespace FisherKernels.Onnx.Jobs;
+
+/// <summary>The epistemic estimator of a score (SPEC §4, <c>--method</c>).</summary>
+public enum ScoreMethod
+{
+    /// <summary><c>‖∇θ p‖²</c>, Σ = I: no curvature needed.</summary>
+    Isotropic,
+    /// <summary><c>∇θ pᵀ Σ ∇θ p</c> under the K-FAC Laplace posterior of a curvature file.</summary>
+    Kfac,
+}
+
+/// <summary>The names of <see cref="ScoreMethod"/> as the command line and the score files write them.</summary>
+public static class ScoreMethods
+{
+    public static string Name(this ScoreMethod method) => method switch
+    {
+        ScoreMethod.Isotropic => "isotropic",
+        ScoreMethod.Kfac => "kfac",
+        _ => throw new ArgumentOutOfRangeException(nameof(method), method, "not a score method"),
+    };
+
+    /// <summary>The method named <paramref name="name"/>, or null.</summary>
+    public static ScoreMethod? TryParse(string name) =>
+        Enum.GetValues<ScoreMethod>().Select(m => (ScoreMethod?)m).FirstOrDefault(m => m!.Value.Name() == name);
+}
+
+/// <summary>How to score (SPEC §4, the <c>score</c> verb of §6).</summary>
+public sealed record ScoreOptions
+{
+    public ScoreMethod Method { get; init; } = ScoreMethod.Isotropic;
+
+    /// <summary>The curvature file of <see cref="ScoreMethod.Kfac"/>.</summary>
+    public string? CurvaturePath { get; init; }
+
+    /// <summary>τ, rank and memory budget of the K-FAC posterior (τ is also reported for the isotropic method).</summary>
+    public PosteriorOptions Posterior { get; init; } = new();
+
+    /// <summary>The parameter set of the isotropic method (SPEC §2): null for every layer's weight and bias, <c>all</c>, or a file of names.</summary>
+    public string? Parameters { get; init; }
+
+    /// <summary>Linearized samples per token (<c>--samples K</c>, K-FAC only), and their seed.</summary>
+    public int? Samples { get; init; }
+    public long Seed { get; init; }
+
+    /// <summary>Whether K-FAC scores also get the output layer's closed-form target-logit variance.</summary>
+    public bool LastLayerVariance { get; init; } = true;
+
+    /// <summary>An error naming the option that does not fit the method, or nothing.</summary>
+    public void Validate()
+    {
+        Posterior.Validate();
+        if (Method == ScoreMethod.Kfac && CurvaturePath is null) throw FisherKernelsException.Argument("score: --method kfac needs --curvature");
+        if (Samples is not null && Method != ScoreMethod.Kfac)
+            throw FisherKernelsException.Argument($"score: --samples draws from the K-FAC posterior; it needs --method kfac, not {Method.Name()}");
+        if (Samples is < 1) throw FisherKernelsException.Argument($"--samples must be at least 1, got {Samples}");
+        if (Parameters is not null && Method == ScoreMethod.Kfac)
+            throw FisherKernelsException.Argument("score: --params applies to --method isotropic; K-FAC scores every layer's weight and bias");
+    }
+}
+
+/// <summary>
+/// Per-token and per-sequence scores of one model (SPEC §4): p, aleatoric and epistemic, with the K-FAC extras (the
+/// last layer's logit variance, linearized sampling). The K-FAC posterior of the last curvature file is kept for the
+/// next call (<see cref="PosteriorCache"/>), so a caller that scores many batches (the C ABI) decomposes it once.
+/// Not thread-safe: one call at a time.
+/// </summary>
+public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter? log = null)
+{
+    readonly PosteriorCache posteriors = new(lm, context.Backend, log ?? TextWriter.Null);
+
+    public LanguageModel Model => lm;
+
+    /// <summary>Scores every sequence of <paramref name="tokens"/> against <paramref name="targets"/> (null: the next token).</summary>
+    public ScoreReport Score(NdArray tokens, NdArray? targets, ScoreOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        IReadOnlyList<string> parameters = Parameters(lm, options.Parameters);
+        KfacPosterior? posterior = options.Method == ScoreMethod.Kfac ? Posterior(options) : null;
+        EpistemicMetric metric = posterior is null ? EpistemicMetric.SquaredGradientNorm : KfacScoring.Epistemic(lm, posterior);
+        var report = PositionScorer.Score(lm, context, tokens, targets, parameters, options.Method.Name(), options.Posterior.PriorPrecision, metric);
+        if (posterior is not null && options.LastLayerVariance) report = LastLayerVariance.Add(report, lm, context, posterior, tokens, log ?? TextWriter.Null);
+        if (options.Samples is { } k) report = KfacScoring.AddSampling(report, lm, context, posterior!, tokens, k, options.Seed);
+        return report;
+    }
+
+    /// <summary>The K-FAC posterior of <see cref="ScoreOptions.CurvaturePath"/>, decomposed once per file and options.</summary>
+    public KfacPosterior Posterior(ScoreOptions options) =>
+        posteriors.Get(options.CurvaturePath ?? throw FisherKernelsException.Argument("score: --method kfac needs --curvature"), options.Posterior);
+
+    /// <summary>SPEC §2: layer weights and biases by default, <c>all</c>, or the names in a file.</summary>
+    public static IReadOnlyList<string> Parameters(LanguageModel lm, string? spec) => spec switch
+    {
+        null => LayerDiscovery.DefaultParameters(lm.Model.Layers) is { Count: > 0 } layers ? layers
+            : throw FisherKernelsException.Argument($"model '{lm.Model.Graph.Source}' has no layers (MatMul/Gemm with an initializer weight); pass --params"),
+        "all" => LayerDiscovery.AllParameters(lm.Model.Graph),
+        _ => LayerDiscovery.ReadParameterFile(lm.Model.Graph, spec),
+    };
+}
