@@ -71,6 +71,27 @@ public class KfacCommandTests
         AssertKfacScoresMatchTheGolden(Fixtures.Path($"{model}.scores{suffix}.json"), output);
     }
 
+    /// <summary>
+    /// A KV-cache export and a merged decoder of gpt2_tiny's weights (SPEC §1: empty past, use_cache_branch false) fit the
+    /// same curvature and score the same as gpt2_tiny: its torch goldens hold for them.
+    /// </summary>
+    [Theory]
+    [InlineData("gpt2_tiny_past")]
+    [InlineData("gpt2_tiny_merged")]
+    public void KvCacheExportsFitAndScoreAsThePlainModel(string model)
+    {
+        using var temp = new TempFolder();
+        string curvature = temp.File("c.safetensors"), scores = temp.File("s.json");
+        var (code, _, stderr) = CliRunner.Run("fit", "--model", Fixtures.Path(model + ".onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
+                                              "--fisher", "empirical", "--out", curvature);
+        Assert.True(code == 0, stderr);
+        AssertFactorsMatch(Fixtures.Path("gpt2_tiny.kfac.safetensors"), curvature, 1e-3);
+        (code, _, stderr) = CliRunner.Run("score", "--model", Fixtures.Path(model + ".onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
+                                          "--method", "kfac", "--curvature", curvature, "--prior-precision", "1", "--out", scores);
+        Assert.True(code == 0, stderr);
+        AssertKfacScoresMatchTheGolden(Fixtures.Path("gpt2_tiny.scores.json"), scores);
+    }
+
     /// <summary>p within 1e-4, token and sequence epistemic scores within SPEC §7's 1e-3 relative error of the torch golden.</summary>
     internal static void AssertKfacScoresMatchTheGolden(string goldenPath, string output)
     {
