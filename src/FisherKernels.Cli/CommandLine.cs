@@ -28,6 +28,7 @@ internal static class CommandLine
                 "merge" => Commands.KfacCommands.Merge(args, Console.Out),
                 "calibrate" => Commands.KfacCommands.Calibrate(args, Console.Out),
                 "demo" => Demo.DemoCommand.Run(args, Console.Out),
+                "generate" => Commands.GenerateCommand.Run(args, Console.Out),
                 "jvp" => Commands.DerivativeCommands.Jvp(args),
                 "score" => Commands.DerivativeCommands.Score(args),
                 _ => throw FisherKernelsException.Argument($"unknown command '{args[0]}'\n{Usage}"),
@@ -50,6 +51,8 @@ internal static class CommandLine
           merge    C1.safetensors C2.safetensors ... --out C.safetensors
           calibrate --model M.onnx --tokens T.npy --curvature C.safetensors [--prior-precision τ] [--out C2.safetensors]
           run      --model M.onnx --input NAME=FILE.npy [...] --out-dir DIR
+          generate --model DIR --prompt TEXT | --prompt-file F [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+                   [--curvature C [--posterior-samples K]] [--abstain U] [--out G.json] [--html G.html]
           bench    [--backend cpu|cuda|opencl|ilgpu-cpu|all] [--model M.onnx --tokens T.npy] [--json]
           demo     [--model-dir DIR] [--out-dir DIR]
         common: --backend NAME, --threads N, --verbose

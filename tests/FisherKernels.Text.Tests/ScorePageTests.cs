@@ -6,7 +6,7 @@ namespace FisherKernels.Tests;
 
 public class ScorePageTests
 {
-    static PageSequence Sequence(int index, string text, Func<int, TokenScore?> score)
+    static PageSequence Sequence(int index, string text, Func<int, PageScore?> score)
     {
         var encoded = new ByteTokenizer().Encode(text);
         return new PageSequence(index, ScorePage.Tokens(encoded, score), 0.5, 0.01, 0.2);
@@ -17,12 +17,12 @@ public class ScorePageTests
     {
         // Byte tokens of one character show it once (with its first byte); the text reads back whole.
         var encoded = new ByteTokenizer().Encode("añ🙂 x");
-        var tokens = ScorePage.Tokens(encoded, i => new TokenScore(i, encoded.Ids[i], 0.5, 0.25, 0.01));
+        var tokens = ScorePage.Tokens(encoded, i => new PageScore(i, encoded.Ids[i], 0.5, 0.25, 0.01));
         Assert.Equal("añ🙂 x", string.Concat(tokens.Select(t => t.Text)));
         Assert.Equal(["a", "ñ", "", "🙂", "", "", "", " ", "x"], tokens.Select(t => t.Text));
         // BERT-style tokens that leave spaces uncovered show the spaces as plain text between them.
         var bert = new TokenizedText("ab  c", [2, 5, 6, 3], [0, 0, 4, 0], [0, 2, 5, 0], [true, false, false, true], ["[CLS]", "ab", "c", "[SEP]"]);
-        var shown = ScorePage.Tokens(bert, i => new TokenScore(i, bert.Ids[i], 0.5, 0.25, 0.01));
+        var shown = ScorePage.Tokens(bert, i => new PageScore(i, bert.Ids[i], 0.5, 0.25, 0.01));
         Assert.Equal(["ab", "  ", "c"], shown.Select(t => t.Text));
         Assert.Equal([true, false, true], shown.Select(t => t.Score is not null));
     }
@@ -31,7 +31,7 @@ public class ScorePageTests
     public void EverythingIsEscaped()
     {
         string evil = "<script>document.body.setAttribute('data-pwned','1')</script> & \"quotes\" <b>bold</b>";
-        string html = ScorePage.Render("title <script>x</script>", "kfac <i>", [Sequence(0, evil, i => new TokenScore(i, 1, 0.5, 0.25, 0.01))]);
+        string html = ScorePage.Render("title <script>x</script>", "kfac <i>", [Sequence(0, evil, i => new PageScore(i, 1, 0.5, 0.25, 0.01))]);
         Assert.DoesNotContain("<script>document", html);
         Assert.DoesNotContain("<b>bold", html);
         Assert.DoesNotContain("<script>x", html);
@@ -54,7 +54,7 @@ public class ScorePageTests
         return Enumerable.Range(0, sequences).Select(s =>
         {
             string text = string.Concat(Enumerable.Repeat(words, tokens / words.Length + 2)).Substring(s, tokens / sequences);
-            return Sequence(s, text, i => new TokenScore(i, 1, random.NextDouble(), random.NextDouble() * 0.25, Math.Pow(10, -6 * random.NextDouble())));
+            return Sequence(s, text, i => new PageScore(i, 1, random.NextDouble(), random.NextDouble() * 0.25, Math.Pow(10, -6 * random.NextDouble())));
         }).ToList();
     }
 
@@ -81,7 +81,7 @@ public class ScorePageTests
             Assert.Contains("data-mode=\"aleatoric\"", aleatoric);
             var steps = Steps(aleatoric);
             Assert.Equal(600, steps.Count);
-            var scores = sequences.SelectMany(s => s.Tokens).Select(t => t.Score).OfType<TokenScore>().ToList();
+            var scores = sequences.SelectMany(s => s.Tokens).Select(t => t.Score).OfType<PageScore>().ToList();
             int darkest = Enumerable.Range(0, scores.Count).MaxBy(k => ScorePage.Shade(scores[k], "aleatoric"));
             Assert.Equal(ScorePage.Steps - 1, steps[darkest]);
             Assert.Equal(steps.Max(), steps[darkest]);

@@ -6,10 +6,10 @@ using FisherKernels.Text.Tokenization;
 namespace FisherKernels.Text.Html;
 
 /// <summary>One token of the page: the text shown for it and, where it is a scored target, its scores (SPEC §4, of p).</summary>
-public sealed record PageToken(string Text, TokenScore? Score = null);
+public sealed record PageToken(string Text, PageScore? Score = null);
 
 /// <summary>The scores of a targeted token: p, aleatoric p(1−p), epistemic of p, and the sampled interval of p where there is one.</summary>
-public sealed record TokenScore(int Position, long Target, double P, double Aleatoric, double Epistemic, double? PLow = null, double? PHigh = null);
+public sealed record PageScore(int Position, long Target, double P, double Aleatoric, double Epistemic, double? PLow = null, double? PHigh = null);
 
 /// <summary>A sequence of the page, with its sequence-level scores where there are any.</summary>
 public sealed record PageSequence(int Index, IReadOnlyList<PageToken> Tokens, double? MeanP = null, double? Epistemic = null, double? Aleatoric = null);
@@ -26,7 +26,7 @@ public static class ScorePage
     public static readonly string[] Modes = ["epistemic", "aleatoric", "combined"];
 
     /// <summary>The score of <paramref name="s"/> that shades it, on the log p scale.</summary>
-    public static double Shade(TokenScore s, string mode)
+    public static double Shade(PageScore s, string mode)
     {
         double p2 = Math.Max(s.P * s.P, 1e-300);
         return mode switch
@@ -43,7 +43,7 @@ public static class ScorePage
     /// ended to its own end (so spaces between tokens, and a character split over byte tokens, appear once); added special
     /// tokens show nothing. <paramref name="scoreOf"/> gives the score of the token at index i, if it is a target.
     /// </summary>
-    public static List<PageToken> Tokens(TokenizedText text, Func<int, TokenScore?> scoreOf)
+    public static List<PageToken> Tokens(TokenizedText text, Func<int, PageScore?> scoreOf)
     {
         var result = new List<PageToken>(text.Count + 1);
         int shown = 0;
@@ -96,7 +96,7 @@ public static class ScorePage
 
     public static string Render(string title, string method, IReadOnlyList<PageSequence> sequences)
     {
-        var scored = sequences.SelectMany(s => s.Tokens).Select(t => t.Score).OfType<TokenScore>().ToList();
+        var scored = sequences.SelectMany(s => s.Tokens).Select(t => t.Score).OfType<PageScore>().ToList();
         var ranges = Modes.ToDictionary(m => m, m => Range(scored.Select(s => Shade(s, m))));
         var html = new StringBuilder(256 + 200 * scored.Count);
         html.Append("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">")

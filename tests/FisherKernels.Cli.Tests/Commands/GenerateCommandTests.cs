@@ -1,0 +1,165 @@
+using System.Text;
+using System.Text.Json;
+using FisherKernels.IO;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+
+namespace FisherKernels.Tests.Commands;
+
+/// <summary>generate (SPEC §4, §6) on the default model: greedy against forward and ONNX Runtime, seeds, scores, draws.</summary>
+public class GenerateCommandTests
+{
+    static string DefaultModel => Path.Combine(AppContext.BaseDirectory, "models", "default");
+    static string ModelFile => Path.Combine(DefaultModel, "model.onnx");
+    const string Prompt = "The history of ";
+
+    static JsonElement Generate(TempFolder temp, string name, params string[] extra)
+    {
+        string output = temp.File(name);
+        var (code, _, stderr) = CliRunner.Run(["generate", "--model", DefaultModel, "--prompt", Prompt, "--out", output, .. extra]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("ms a token", stderr);
+        using var json = JsonDocument.Parse(File.ReadAllBytes(output));
+        return json.RootElement.Clone();
+    }
+
+    static long[] Ids(JsonElement json) => json.GetProperty("tokens").EnumerateArray().Select(t => t.GetProperty("token").GetInt64()).ToArray();
+
+    /// <summary>ONNX Runtime's logits of the last position.</summary>
+    static float[] OrtLastLogits(InferenceSession session, List<long> tokens)
+    {
+        var input = NamedOnnxValue.CreateFromTensor(session.InputMetadata.Keys.First(), new DenseTensor<long>(tokens.ToArray(), [1, tokens.Count]));
+        using var results = session.Run([input]);
+        var logits = results.First().AsTensor<float>().ToArray();
+        return logits[^256..];
+    }
+
+    static double[] Softmax(float[] z)
+    {
+        double max = z.Max();
+        var e = z.Select(x => Math.Exp(x - max)).ToArray();
+        double sum = e.Sum();
+        return e.Select(x => x / sum).ToArray();
+    }
+
+    [Fact]
+    public void GreedyIsTheArgmaxOfForwardStepByStepAndOfOnnxRuntime()
+    {
+        using var temp = new TempFolder();
+        var json = Generate(temp, "g.json", "--temperature", "0", "--max-new", "12");
+        long[] ids = Ids(json);
+        Assert.Equal(12, ids.Length);
+        Assert.Equal("length", json.GetProperty("stop_reason").GetString());
+        var text = Encoding.UTF8.GetBytes(Prompt).Select(b => (long)b).ToList();
+        using var session = new InferenceSession(ModelFile);
+        var tokens = json.GetProperty("tokens").EnumerateArray().ToList();
+        for (int step = 0; step < ids.Length; step++)
+        {
+            // forward (ours) over the text so far, argmax of the last row.
+            string tokensPath = temp.File($"t{step}.npy"), logitsPath = temp.File($"l{step}.npy");
+            NpyFile.Write(tokensPath, new NdArray<long>([1, text.Count], text.ToArray()));
+            Assert.Equal(0, CliRunner.Run("forward", "--model", ModelFile, "--tokens", tokensPath, "--out", logitsPath).Code);
+            var ours = ((NdArray<float>)NpyFile.Read(logitsPath)).Data[^256..];
+            float[] ort = OrtLastLogits(session, text);
+            Assert.Equal(Array.IndexOf(ours, ours.Max()), ids[step]);
+            Assert.Equal(Array.IndexOf(ort, ort.Max()), ids[step]);
+            // p is the model's own softmax at temperature 1; aleatoric p(1 − p).
+            double p = Softmax(ort)[ids[step]];
+            Assert.Equal(p, tokens[step].GetProperty("p").GetDouble(), 1e-5);
+            Assert.Equal(p * (1 - p), tokens[step].GetProperty("aleatoric").GetDouble(), 1e-5);
+            Assert.Equal(text.Count, tokens[step].GetProperty("position").GetInt32());
+            text.Add(ids[step]);
+        }
+        Assert.Equal(Encoding.UTF8.GetString(ids.Select(i => (byte)i).ToArray()), string.Concat(tokens.Select(t => t.GetProperty("text").GetString())));
+    }
+
+    [Fact]
+    public void SamplingIsDeterministicPerSeed()
+    {
+        using var temp = new TempFolder();
+        string[] args = ["--temperature", "1.2", "--top-k", "40", "--top-p", "0.95", "--max-new", "24"];
+        long[] a = Ids(Generate(temp, "a.json", [.. args, "--seed", "5"]));
+        long[] b = Ids(Generate(temp, "b.json", [.. args, "--seed", "5"]));
+        long[] c = Ids(Generate(temp, "c.json", [.. args, "--seed", "6"]));
+        Assert.Equal(a, b);
+        Assert.NotEqual(a, c);
+    }
+
+    /// <summary>`score` of <paramref name="text"/> with <paramref name="token"/> as the only target, at its last position.</summary>
+    static JsonElement ScoreOfLast(TempFolder temp, List<long> text, long token, params string[] extra)
+    {
+        var targets = Enumerable.Repeat(-100L, text.Count).ToArray();
+        targets[^1] = token;
+        string name = Guid.NewGuid().ToString("N");
+        string tokensPath = temp.File($"t{name}.npy"), targetsPath = temp.File($"y{name}.npy"), scores = temp.File($"s{name}.json");
+        NpyFile.Write(tokensPath, new NdArray<long>([1, text.Count], text.ToArray()));
+        NpyFile.Write(targetsPath, new NdArray<long>([1, text.Count], targets));
+        var (code, _, stderr) = CliRunner.Run(["score", "--model", ModelFile, "--tokens", tokensPath, "--targets", targetsPath, "--out", scores, .. extra]);
+        Assert.True(code == 0, stderr);
+        using var score = JsonDocument.Parse(File.ReadAllBytes(scores));
+        return score.RootElement.GetProperty("sequences")[0].GetProperty("tokens")[0].Clone();
+    }
+
+    [Fact]
+    public void EpistemicScoresAreThoseOfScore()
+    {
+        using var temp = new TempFolder();
+        var json = Generate(temp, "g.json", "--temperature", "0", "--max-new", "3");
+        var tokens = json.GetProperty("tokens").EnumerateArray().ToList();
+        var text = Encoding.UTF8.GetBytes(Prompt).Select(b => (long)b).ToList();
+        foreach (var token in tokens)
+        {
+            // score of the same text with the generated token as the only target.
+            var scored = ScoreOfLast(temp, text, token.GetProperty("token").GetInt64());
+            Assert.Equal(scored.GetProperty("epistemic").GetDouble(), token.GetProperty("epistemic").GetDouble(), 1e-9 * Math.Max(1, scored.GetProperty("epistemic").GetDouble()));
+            Assert.Equal(scored.GetProperty("p").GetDouble(), token.GetProperty("p").GetDouble(), 1e-6); // score's softmax is float32
+            text.Add(token.GetProperty("token").GetInt64());
+        }
+    }
+
+    [Fact]
+    public void PosteriorSamplesAreTheDrawsOfScoreSamples()
+    {
+        using var temp = new TempFolder();
+        // A curvature of the default model from a few of its own windows.
+        byte[] corpus = File.ReadAllBytes(Path.Combine(DefaultModel, "heldout_in.txt"))[..256];
+        string fitTokens = temp.File("fit.npy"), curvature = temp.File("c.safetensors");
+        NpyFile.Write(fitTokens, new NdArray<long>([4, 64], corpus.Select(b => (long)b).ToArray()));
+        var (fitCode, _, fitErr) = CliRunner.Run("fit", "--model", ModelFile, "--tokens", fitTokens, "--out", curvature);
+        Assert.True(fitCode == 0, fitErr);
+
+        var json = Generate(temp, "g.json", "--curvature", curvature, "--posterior-samples", "6", "--seed", "9", "--temperature", "0", "--max-new", "2");
+        var tokens = json.GetProperty("tokens").EnumerateArray().ToList();
+        var text = Encoding.UTF8.GetBytes(Prompt).Select(b => (long)b).ToList();
+        foreach (var token in tokens)
+        {
+            var scored = ScoreOfLast(temp, text, token.GetProperty("token").GetInt64(), "--method", "kfac", "--curvature", curvature, "--samples", "6", "--seed", "9");
+            Assert.Equal(scored.GetProperty("p_low").GetDouble(), token.GetProperty("p_low").GetDouble(), 1e-6);
+            Assert.Equal(scored.GetProperty("p_high").GetDouble(), token.GetProperty("p_high").GetDouble(), 1e-6);
+            Assert.Equal(scored.GetProperty("epistemic").GetDouble(), token.GetProperty("epistemic").GetDouble(), 1e-9 * Math.Max(1, scored.GetProperty("epistemic").GetDouble()));
+            text.Add(token.GetProperty("token").GetInt64());
+        }
+    }
+
+    [Fact]
+    public void AbstainStopsAtTheFirstUncertainToken()
+    {
+        using var temp = new TempFolder();
+        var json = Generate(temp, "g.json", "--temperature", "0", "--max-new", "5", "--abstain", "0");
+        Assert.Equal("uncertain", json.GetProperty("stop_reason").GetString());
+        Assert.Empty(Ids(json));
+        json = Generate(temp, "h.json", "--temperature", "0", "--max-new", "3", "--abstain", "1e300");
+        Assert.Equal("length", json.GetProperty("stop_reason").GetString());
+    }
+
+    [Fact]
+    public void APromptLongerThanTheContextIsOneLine()
+    {
+        using var temp = new TempFolder();
+        string output = temp.File("g.json");
+        var (code, _, stderr) = CliRunner.Run("generate", "--model", DefaultModel, "--prompt", new string('a', 200), "--out", output);
+        Assert.NotEqual(0, code);
+        Assert.Contains("the prompt has 200 tokens, more than the model's context of 128", stderr);
+        Assert.False(File.Exists(output));
+    }
+}
