@@ -132,7 +132,8 @@ def derivative_model(data_dependent=None):
         seq = SplitToSequence(x * w, [1, 2])             two parts [1, 4], [2, 4]
         Loop over SequenceLength(seq) iterations, carrying a sequence:
             t = ReduceSum(SequenceAt(seq, i), axis 0) * s  (seq and s from the outer scope)
-            carried: SequenceInsert(acc, t); scanned: Tanh(t)
+            carried: SequenceInsert(acc, t); scanned: If(i < 1) then Tanh(t) else t * s (an If inside the body, its
+            branches reading t from the body and s from the top: a condition known per iteration)
         z = ConcatFromSequence(carried, new_axis) + scanned   [2, 1, 4]
         y = If(SequenceLength(seq) > 1) then z * z else -z
     With data_dependent "if", the If's condition is ReduceSum(w) > 0 instead, and with "loop" the trip count is
@@ -145,7 +146,12 @@ def derivative_model(data_dependent=None):
          helper.make_node("Mul", ["r", "s"], ["t"]),
          helper.make_node("SequenceInsert", ["acc", "t"], ["acc_out"]),
          helper.make_node("Identity", ["c"], ["c_out"]),
-         helper.make_node("Tanh", ["t"], ["scan"])],
+         const("first", np.int64(1)),
+         helper.make_node("Less", ["i", "first"], ["is_first"]),
+         helper.make_node("If", ["is_first"], ["scan"], name="inner", then_branch=helper.make_graph(
+             [helper.make_node("Tanh", ["t"], ["tanh_t"])], "inner_then", [], [helper.make_tensor_value_info("tanh_t", f, [1, 4])]),
+             else_branch=helper.make_graph(
+             [helper.make_node("Mul", ["t", "s"], ["ts"])], "inner_else", [], [helper.make_tensor_value_info("ts", f, [1, 4])]))],
         "body",
         [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
          helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
