@@ -45,10 +45,10 @@ internal static class CommandLine
         usage: fisherkernels <command> [options]
           inspect  --model M.onnx [--json]
           forward  --model M.onnx --tokens T.npy --out logits.npy
-          fit      --model M.onnx --tokens T.npy [--targets Y.npy] [--fisher sampled|empirical|exact] ... --out C.safetensors
+          fit      --model M.onnx --tokens T.npy [--targets Y.npy] [--fisher sampled|empirical|exact] [--init C0 [--decay λ]] ... --out C.safetensors
           score    --model M.onnx --tokens T.npy [--method isotropic|kfac] [--curvature C.safetensors] ... --out S.json|S.csv
           jvp      --model M.onnx --tokens T.npy --direction V.safetensors --out J.npy
-          merge    C1.safetensors C2.safetensors ... --out C.safetensors
+          merge    C1.safetensors C2.safetensors ... [--decay λ1,λ2,...] --out C.safetensors
           calibrate --model M.onnx --tokens T.npy --curvature C.safetensors [--prior-precision τ] [--out C2.safetensors]
           run      --model M.onnx --input NAME=FILE.npy [...] --out-dir DIR
           generate --model DIR --prompt TEXT | --prompt-file F [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S]

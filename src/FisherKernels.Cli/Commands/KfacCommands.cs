@@ -21,7 +21,7 @@ internal static class KfacCommands
     internal static int Fit(string[] args, TextWriter stdout, Func<int, bool>? stopAfterBatch)
     {
         var options = CommandOptions.Parse("fit", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--fisher", "--samples", "--seed", "--ema", "--sample-positions", "--batch-size", "--out", "--backend", "--threads"], []);
+            ["--model", "--tokens", "--targets", "--fisher", "--samples", "--seed", "--ema", "--sample-positions", "--batch-size", "--out", "--backend", "--threads", "--init", "--decay"], []);
         string fisher = options.Optional("--fisher") ?? FisherType.Sampled.Name();
         var request = new FitRequest
         {
@@ -39,6 +39,8 @@ internal static class KfacCommands
                 SamplePositions = options.Optional("--sample-positions") is { } p ? Number(p, "--sample-positions") : 1.0,
             },
             BatchSize = options.Int("--batch-size", 8, 1),
+            InitPath = options.Optional("--init"),
+            InitDecay = options.Optional("--decay") is { } decay ? Number(decay, "--decay") : 1.0,
         };
         request.Options.Validate();
         var service = new FitService(ModelCommands.Context(options));
@@ -53,27 +55,33 @@ internal static class KfacCommands
         return 0;
     }
 
-    /// <summary>`merge C1.safetensors C2.safetensors ... --out C.safetensors`: adds the information of the curvatures (SPEC §3).</summary>
+    /// <summary>
+    /// `merge C1.safetensors C2.safetensors ... [--decay λ1,λ2,…] --out C.safetensors`: adds the information of the curvatures
+    /// (SPEC §3), file k's positions first scaled by λk (forgetting).
+    /// </summary>
     public static int Merge(string[] args, TextWriter stdout)
     {
         var inputs = new List<string>();
-        string? outPath = null;
+        string? outPath = null, decayText = null;
         for (int i = 1; i < args.Length; i++)
         {
             if (args[i] == "--verbose") continue;
-            if (args[i] == "--out")
+            if (args[i] is "--out" or "--decay")
             {
-                if (outPath is not null) throw FisherKernelsException.Argument("merge: option --out is given twice");
-                if (i + 1 >= args.Length) throw FisherKernelsException.Argument("merge: option --out needs a value");
-                outPath = args[++i];
+                string option = args[i];
+                if ((option == "--out" ? outPath : decayText) is not null) throw FisherKernelsException.Argument($"merge: option {option} is given twice");
+                if (i + 1 >= args.Length) throw FisherKernelsException.Argument($"merge: option {option} needs a value");
+                if (option == "--out") outPath = args[++i]; else decayText = args[++i];
             }
-            else if (args[i].StartsWith("--", StringComparison.Ordinal)) throw FisherKernelsException.Argument($"merge: unknown option '{args[i]}' (expected --out)");
+            else if (args[i].StartsWith("--", StringComparison.Ordinal)) throw FisherKernelsException.Argument($"merge: unknown option '{args[i]}' (expected --out, --decay)");
             else inputs.Add(args[i]);
         }
         if (outPath is null) throw FisherKernelsException.Argument("merge: option --out is required");
         if (inputs.Count < 2) throw FisherKernelsException.Argument($"merge: needs at least two curvature files, got {inputs.Count}");
-        KfacCurvature merged = KfacCurvature.Load(inputs[0]);
-        foreach (string path in inputs.Skip(1)) merged = merged.Merge(KfacCurvature.Load(path), FitService.CreatedBy);
+        double[]? decays = decayText?.Split(',').Select(t => Number(t.Trim(), "--decay")).ToArray();
+        if (decays is not null && decays.Length != inputs.Count)
+            throw FisherKernelsException.Argument($"merge: --decay has {decays.Length} values for {inputs.Count} curvature files (one per file, in order)");
+        KfacCurvature merged = KfacCurvature.MergeAll(inputs.Select(KfacCurvature.Load).ToArray(), decays, FitService.CreatedBy);
         merged.Save(outPath);
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"wrote {outPath}: {inputs.Count} curvatures, {merged.Positions:R} positions"));
         return 0;

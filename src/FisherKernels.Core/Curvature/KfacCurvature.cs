@@ -258,6 +258,26 @@ public sealed class KfacCurvature
         return new KfacCurvature(merged, Fisher, ModelSha256, createdBy ?? CreatedBy) { LayerSelection = LayerSelection };
     }
 
+    /// <summary>This curvature with every layer's positions scaled by <paramref name="decay"/> (<see cref="KroneckerBlock.Decayed"/>); a new curvature, so it has no calibration or prior precision.</summary>
+    public KfacCurvature Decayed(double decay) =>
+        new(Layers.Select(b => b.Decayed(decay)), Fisher, ModelSha256, CreatedBy) { Source = Source, LayerSelection = LayerSelection };
+
+    /// <summary>
+    /// Merges <paramref name="curvatures"/> in order (SPEC §3 <c>merge</c>), the k-th first decayed by <paramref name="decays"/>[k]
+    /// when given (one per curvature): <c>M = Σ λ_k M_k</c>, <c>A = Σ λ_k M_k A_k / M</c>, likewise G.
+    /// </summary>
+    public static KfacCurvature MergeAll(IReadOnlyList<KfacCurvature> curvatures, IReadOnlyList<double>? decays, string createdBy)
+    {
+        ArgumentNullException.ThrowIfNull(curvatures);
+        if (curvatures.Count < 1) throw FisherKernelsException.Argument("merge: needs at least one curvature");
+        if (decays is not null && decays.Count != curvatures.Count)
+            throw FisherKernelsException.Argument($"merge: --decay has {decays.Count} values for {curvatures.Count} curvatures (one per curvature, in order)");
+        KfacCurvature Input(int k) => decays is null ? curvatures[k] : curvatures[k].Decayed(decays[k]);
+        KfacCurvature merged = Input(0);
+        for (int k = 1; k < curvatures.Count; k++) merged = merged.Merge(Input(k), createdBy);
+        return merged;
+    }
+
     /// <summary>
     /// Checks that this curvature was fitted on the model with <paramref name="modelSha256"/> and has exactly
     /// the layers <paramref name="layers"/> with their shapes; the error names the hash or the layer that differs.

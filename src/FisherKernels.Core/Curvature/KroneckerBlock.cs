@@ -82,6 +82,16 @@ public sealed class KroneckerBlock
                                   GSide.WeightedMean(w1, other.GSide, w2, $"layer '{Layer}' G"), HasBias, total);
     }
 
+    /// <summary>
+    /// This block with its positions scaled by <paramref name="decay"/> (forgetting, SPEC §3 <c>merge --decay</c>): A and G
+    /// are means and stay, so a later merge weighs this block's information by λ·M. The sides are shared, not copied.
+    /// </summary>
+    public KroneckerBlock Decayed(double decay)
+    {
+        if (!double.IsFinite(decay) || decay < 0) throw FisherKernelsException.Argument($"a decay must be a finite number ≥ 0, got {decay}");
+        return new KroneckerBlock(Layer, ASide, GSide, HasBias, Positions * decay);
+    }
+
     /// <summary>What is wrong with the parts of a block, or null; shared by the constructor and the file loader.</summary>
     internal static string? Check(string layer, FactorSide a, FactorSide g, bool hasBias, double positions)
     {

@@ -21,6 +21,12 @@ public sealed record FitRequest
     public required string OutPath { get; init; }
     public KfacFitOptions Options { get; init; } = new();
 
+    /// <summary>A curvature of the same model to continue from (<c>--init C0</c>, SPEC §3): the result is C0 merged with this fit.</summary>
+    public string? InitPath { get; init; }
+
+    /// <summary>λ that scales C0's positions before the merge (<c>--decay</c>, forgetting); 1 keeps all of it.</summary>
+    public double InitDecay { get; init; } = 1.0;
+
     /// <summary>Sequences a batch (<c>--batch-size</c>).</summary>
     public int BatchSize { get; init; } = 8;
 
@@ -91,6 +97,18 @@ public sealed class FitService(OpContext context)
         }
         string modelSha = KfacScoring.Sha256(request.ModelPath);
         string fingerprint = $"tokens {KfacScoring.Sha256(request.TokensPath)}, targets {(targetsPath is null ? "next-token" : KfacScoring.Sha256(targetsPath))}, batch-size {batchSize}";
+        // C0 is checked before any batch runs: a curvature of another model or fisher type stops the fit at once.
+        KfacCurvature? init = null;
+        if (request.InitPath is { } initPath)
+        {
+            if (request.Options.Ema is not null)
+                throw FisherKernelsException.Argument("fit: --init continues from a merged curvature; with --ema the order of batches matters, so the two cannot be combined");
+            if (!double.IsFinite(request.InitDecay) || request.InitDecay < 0) throw FisherKernelsException.Argument($"--decay must be a finite number ≥ 0, got {request.InitDecay}");
+            init = KfacCurvature.LoadFor(initPath, modelSha, shapes);
+            if (init.Fisher != request.Options.Fisher.Name())
+                throw FisherKernelsException.Argument($"fit: --init '{initPath}' is a {init.Fisher} Fisher, this fit is {request.Options.Fisher.Name()}");
+        }
+        else if (request.InitDecay != 1.0) throw FisherKernelsException.Argument("fit: --decay scales the curvature of --init; give --init C0");
         string checkpoint = request.CheckpointPath;
         KfacAccumulator accumulator = File.Exists(checkpoint)
             ? KfacAccumulator.Resume(checkpoint, context.Backend, shapes, request.Options, modelSha, fingerprint)
@@ -118,6 +136,7 @@ public sealed class FitService(OpContext context)
             }
         }
         KfacCurvature curvature = accumulator.ToCurvature(CreatedBy);
+        if (init is not null) curvature = KfacCurvature.MergeAll([init, curvature], [request.InitDecay, 1.0], CreatedBy);
         curvature.Save(request.OutPath);
         File.Delete(checkpoint);
         return new FitResult(curvature, batches, batches, checkpoint);

@@ -144,20 +144,28 @@ public class KfacCommandTests
         Assert.False(File.Exists(resumed));
     }
 
-    [Fact]
-    public void MergedFitsOfTwoHalvesEqualTheFitOfTheWhole()
+    static string[] FitArgs(TempFolder temp, string input, string output) =>
+        ["fit", "--model", Fixtures.Path("llama_tiny.onnx"), "--tokens", temp.File(input), "--fisher", "empirical", "--out", temp.File(output)];
+
+    /// <summary>Splits llama_tiny's two sequences into a.npy and b.npy and fits each (empirical) to the two outputs.</summary>
+    static void FitHalves(TempFolder temp, string first, string second)
     {
-        using var temp = new TempFolder();
         var tokens = (NdArray<long>)NpyFile.Read(Fixtures.Path("llama_tiny.tokens.npy"));
         int seq = tokens.Shape[1];
         NpyFile.Write(temp.File("a.npy"), new NdArray<long>([1, seq], tokens.Data[..seq]));
         NpyFile.Write(temp.File("b.npy"), new NdArray<long>([1, seq], tokens.Data[seq..]));
-        string model = Fixtures.Path("llama_tiny.onnx");
-        foreach (var (input, output) in new[] { ("a.npy", "a.safetensors"), ("b.npy", "b.safetensors") })
+        foreach (var (input, output) in new[] { ("a.npy", first), ("b.npy", second) })
         {
-            var (fitCode, _, fitErr) = CliRunner.Run("fit", "--model", model, "--tokens", temp.File(input), "--fisher", "empirical", "--out", temp.File(output));
-            Assert.True(fitCode == 0, fitErr);
+            var (code, _, stderr) = CliRunner.Run(FitArgs(temp, input, output));
+            Assert.True(code == 0, stderr);
         }
+    }
+
+    [Fact]
+    public void MergedFitsOfTwoHalvesEqualTheFitOfTheWhole()
+    {
+        using var temp = new TempFolder();
+        FitHalves(temp, "a.safetensors", "b.safetensors");
         var (code, stdout, stderr) = CliRunner.Run("merge", temp.File("a.safetensors"), temp.File("b.safetensors"), "--out", temp.File("merged.safetensors"));
         Assert.True(code == 0, stderr);
         Assert.Contains("24 positions", stdout);
@@ -170,6 +178,45 @@ public class KfacCommandTests
         Assert.NotEqual(0, code);
         Assert.Single(stderr.Trim().Split('\n'));
         Assert.False(File.Exists(temp.File("m.safetensors")));
+    }
+
+    [Fact]
+    public void FitOntoAnInitialCurvatureEqualsMergingItWithAFitOfTheNewData()
+    {
+        // SPEC §3: fit --init C0 --decay λ on new data = merge C0 (new fit) --decay λ,1, bit for bit.
+        using var temp = new TempFolder();
+        FitHalves(temp, "c0.safetensors", "b.safetensors");
+        string[] Fit(string input, string output) => FitArgs(temp, input, output);
+        var (code, stdout, stderr) = CliRunner.Run([.. Fit("b.npy", "onto.safetensors"), "--init", temp.File("c0.safetensors"), "--decay", "0.5"]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("18 positions", stdout); // 0.5·12 + 12
+        (code, _, stderr) = CliRunner.Run("merge", temp.File("c0.safetensors"), temp.File("b.safetensors"), "--decay", "0.5,1", "--out", temp.File("merged.safetensors"));
+        Assert.True(code == 0, stderr);
+        SafetensorsFile onto = SafetensorsFile.Read(temp.File("onto.safetensors")), merged = SafetensorsFile.Read(temp.File("merged.safetensors"));
+        Assert.Equal(merged.Names, onto.Names);
+        foreach (string name in merged.Names) Assert.Equal(merged.GetFloat32(name).Data, onto.GetFloat32(name).Data);
+        Assert.Equal("18", onto.Metadata["positions"]);
+
+        // Without decay the merge is the fit of the whole file (the torch golden).
+        (code, _, stderr) = CliRunner.Run([.. Fit("b.npy", "whole.safetensors"), "--init", temp.File("c0.safetensors")]);
+        Assert.True(code == 0, stderr);
+        AssertFactorsMatch(Fixtures.Path("llama_tiny.kfac.safetensors"), temp.File("whole.safetensors"), 1e-5);
+
+        // Bad input: a curvature of another model, a sampled C0 for an empirical fit, a wrong number of decays: one line, nothing written.
+        string bad = temp.File("bad.safetensors");
+        foreach (string[] args in new string[][]
+                 {
+                     [.. Fit("b.npy", "bad.safetensors"), "--init", Fixtures.Path("gpt2_tiny.kfac.safetensors")],
+                     ["merge", temp.File("c0.safetensors"), temp.File("b.safetensors"), "--decay", "0.5", "--out", bad],
+                     ["merge", temp.File("c0.safetensors"), temp.File("b.safetensors"), "--decay", "0.5,x", "--out", bad],
+                     [.. Fit("b.npy", "bad.safetensors"), "--decay", "0.5"],
+                 })
+        {
+            (code, _, stderr) = CliRunner.Run(args);
+            Assert.NotEqual(0, code);
+            Assert.Single(stderr.Trim().Split('\n'));
+            Assert.False(File.Exists(bad), string.Join(' ', args));
+        }
     }
 
     [Fact]

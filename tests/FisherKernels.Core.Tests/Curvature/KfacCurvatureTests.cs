@@ -98,6 +98,38 @@ public sealed class KfacCurvatureTests : IDisposable
     }
 
     [Fact]
+    public void DecayedMergeWeighsEachCurvatureByLambdaTimesItsPositions()
+    {
+        // Reference in float64 from the rows: A = (λ1·Σ_1 ããᵀ + λ2·Σ_2 ããᵀ + λ3·Σ_3 ããᵀ) / (λ1 M1 + λ2 M2 + λ3 M3), likewise G.
+        var rng = new Random(4);
+        double[][] x = RandomRows(rng, 60, 5, 1.0), g = RandomRows(rng, 60, 3, 0.1);
+        int[] cut = [0, 10, 35, 60];
+        double[] decay = [0.25, 0.5, 1.0];
+        var parts = Enumerable.Range(0, 3).Select(k => new KfacCurvature([FromRows("w", x[cut[k]..cut[k + 1]], g[cut[k]..cut[k + 1]], true)], "sampled", Hash, "t")).ToArray();
+        KfacCurvature merged = KfacCurvature.MergeAll(parts, decay, "merge");
+
+        double total = 0;
+        var refA = new double[36];
+        var refG = new double[9];
+        for (int k = 0; k < 3; k++)
+        {
+            int m = cut[k + 1] - cut[k];
+            total += decay[k] * m;
+            double[] a = MeanOuter(x[cut[k]..cut[k + 1]], true), gg = MeanOuter(g[cut[k]..cut[k + 1]], false);
+            for (int i = 0; i < a.Length; i++) refA[i] += decay[k] * m * a[i];
+            for (int i = 0; i < gg.Length; i++) refG[i] += decay[k] * m * gg[i];
+        }
+        Assert.Equal(total, merged.Positions, 12);
+        for (int i = 0; i < refA.Length; i++) Assert.Equal(refA[i] / total, merged["w"].A.Data[i], 1e-5);
+        for (int i = 0; i < refG.Length; i++) Assert.Equal(refG[i] / total, merged["w"].G.Data[i], 1e-7);
+
+        var error = Assert.Throws<FisherKernelsException>(() => KfacCurvature.MergeAll(parts, [1.0, 1.0], "merge"));
+        Assert.Contains("--decay has 2 values for 3", error.Message);
+        error = Assert.Throws<FisherKernelsException>(() => KfacCurvature.MergeAll(parts, [1.0, -1.0, 1.0], "merge"));
+        Assert.Contains("decay", error.Message);
+    }
+
+    [Fact]
     public void MergeRefusalsSayWhatDiffers()
     {
         var rng = new Random(4);
