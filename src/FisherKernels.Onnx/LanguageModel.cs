@@ -17,6 +17,7 @@ public sealed class LanguageModel
     {
         model.CheckSupported();
         Model = model = WithoutCacheBranch(model);
+        model.CheckSupported();
         var graph = model.Graph;
         var token = graph.Inputs.FirstOrDefault(i => i.Name == "input_ids")
                     ?? graph.Inputs.FirstOrDefault(i => i.ElementType is ElementType.Int64 or ElementType.Int32)
@@ -43,9 +44,10 @@ public sealed class LanguageModel
     /// A merged decoder (Optimum) runs the decoder with a past or the one without behind <c>If(use_cache_branch)</c>.
     /// SPEC §1 runs it with use_cache_branch = false, so every If on that input is replaced by its else-branch, inlined
     /// (its constants become initializers, its outputs Identity nodes): layer discovery, plans and derivatives then see
-    /// one plain graph.
+    /// one plain graph. The model itself when it has no such If (its operators are made, not checked: see
+    /// <see cref="OnnxModel.Unsupported"/>).
     /// </summary>
-    private static OnnxModel WithoutCacheBranch(OnnxModel model)
+    public static OnnxModel WithoutCacheBranch(OnnxModel model)
     {
         var graph = model.Graph;
         if (!graph.Nodes.Any(IsCacheBranch)) return model;
@@ -67,13 +69,11 @@ public sealed class LanguageModel
                 if (node.Outputs[j].Length > 0)
                     nodes.Add(new Node { Name = $"{node.Name}/else:{j}", OpType = "Identity", Domain = "", Inputs = [branch.Outputs[j]], Outputs = [node.Outputs[j]], Attributes = new OperatorAttributes() });
         }
-        var inlined = new OnnxModel(new OnnxGraph
+        return new OnnxModel(new OnnxGraph
         {
             Source = graph.Source, Nodes = nodes, Initializers = initializers, InitializerOrder = order,
             ConstantNodeValues = graph.ConstantNodeValues, Inputs = graph.Inputs, Outputs = graph.Outputs, Opsets = graph.Opsets,
         });
-        inlined.CheckSupported();
-        return inlined;
     }
 
     private static bool IsCacheBranch(Node node) =>

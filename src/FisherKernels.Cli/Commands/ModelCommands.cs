@@ -20,7 +20,8 @@ internal static class ModelCommands
     {
         var options = CommandOptions.Parse("inspect", args.AsSpan(1),
             ["--model", "--backend", "--threads", "--memory-budget", "--rank", "--batch-size", "--seq", "--layers", "--exclude-layers"], ["--json", "--last-layer"]);
-        var model = OnnxModel.Open(options.Required("--model"));
+        // The layers the other verbs use: a merged decoder's through its else-branch (SPEC §1).
+        var model = LanguageModel.WithoutCacheBranch(OnnxModel.Open(options.Required("--model")));
         var graph = model.Graph;
         var layers = model.Layers;
         long layerParameters = layers.Sum(l => l.Parameters);

@@ -59,10 +59,13 @@ public class ModelCommandTests
         Assert.Contains("over --memory-budget 100 B: raise --memory-budget, lower --rank, or leave the layer out with --exclude-layers", smallErr);
     }
 
-    [Fact]
-    public void InspectTable()
+    [Theory]
+    [InlineData("gpt2_tiny")]
+    [InlineData("gpt2_tiny_opset11")]
+    [InlineData("gpt2_tiny_merged")] // the layers inside the else-branch of its If (SPEC §1: use_cache_branch = false)
+    public void InspectTable(string model)
     {
-        var (code, stdout, _) = CliRunner.Run("inspect", "--model", Fixtures.Path("gpt2_tiny.onnx"));
+        var (code, stdout, _) = CliRunner.Run("inspect", "--model", Fixtures.Path(model + ".onnx"));
         Assert.Equal(0, code);
         Assert.Contains("transformer.h.0.attn.c_attn.weight", stdout);
         Assert.Contains("9 layers", stdout);
