@@ -2,6 +2,7 @@ using System.Globalization;
 using FisherKernels.IO;
 using FisherKernels.Onnx;
 using FisherKernels.Onnx.Jobs;
+using FisherKernels.Text;
 
 namespace FisherKernels.Cli.Commands;
 
@@ -26,7 +27,8 @@ internal static class DerivativeCommands
     public static int Score(string[] args)
     {
         var options = CommandOptions.Parse("score", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--method", "--curvature", "--prior-precision", "--params", "--out", "--backend", "--threads", "--rank", "--memory-budget", "--samples", "--seed"], []);
+            ["--model", "--tokens", "--targets", "--method", "--curvature", "--prior-precision", "--params", "--out", "--backend", "--threads", "--rank", "--memory-budget", "--samples", "--seed", "--html",
+             .. TextArguments.ValueOptions], TextArguments.FlagOptions);
         string outPath = options.Required("--out");
         if (Path.GetExtension(outPath).ToLowerInvariant() is not (".json" or ".csv"))
             throw FisherKernelsException.Argument($"score: --out '{outPath}' must end in .json or .csv");
@@ -46,14 +48,26 @@ internal static class DerivativeCommands
             Seed = options.Int("--seed", 0, 0),
         };
         scoreOptions.Validate();
-        var lm = LanguageModel.Load(options.Required("--model"));
-        string tokensPath = options.Required("--tokens");
-        var tokens = NpyFile.Read(tokensPath);
-        lm.Inputs(tokens, null, tokensPath);
+        var folder = TextArguments.Model(options);
+        var lm = LanguageModel.Load(folder.ModelPath);
+        var text = TextArguments.Read("score", options, folder, lm);
+        string? htmlPath = options.Optional("--html");
+        if (htmlPath is not null && text is null) throw FisherKernelsException.Argument("score: --html shows text: it needs --text");
         string? targetsPath = options.Optional("--targets");
-        NdArray? targets = targetsPath is null ? null : NpyFile.Read(targetsPath);
-        var report = new ScoreService(lm, ModelCommands.Context(options), Console.Error).Score(tokens, targets, scoreOptions);
+        var service = new ScoreService(lm, ModelCommands.Context(options), Console.Error);
+        if (text is null)
+        {
+            string tokensPath = options.Required("--tokens");
+            var tokens = NpyFile.Read(tokensPath);
+            lm.Inputs(tokens, null, tokensPath);
+            NdArray? targets = targetsPath is null ? null : NpyFile.Read(targetsPath);
+            service.Score(tokens, targets, scoreOptions).Write(outPath);
+            return 0;
+        }
+        var textTargets = text.Targets("score", folder, targetsPath);
+        var report = TextScoring.Score(service, text.Tokenizer, text.Sequences, textTargets, text.Windows, scoreOptions);
         report.Write(outPath);
+        if (htmlPath is not null) text.WritePage(htmlPath, report, targetsPath is null, $"score: {Path.GetFileName(folder.Folder ?? folder.ModelPath)}");
         return 0;
     }
 }

@@ -1,4 +1,7 @@
+using FisherKernels.IO;
 using FisherKernels.Onnx;
+using FisherKernels.Text.Html;
+using FisherKernels.Uncertainty;
 using FisherKernels.Text;
 using FisherKernels.Text.Tokenization;
 
@@ -77,6 +80,42 @@ internal sealed class TextArguments
         for (int i = 0; i < sequences.Count; i++)
             if (sequences[i].Count == 0) throw FisherKernelsException.Argument($"{verb}: --text {name}: sequence {i} has no tokens");
         return new TextArguments(tokenizer, sequences, context, stride, name);
+    }
+
+    /// <summary>
+    /// The targets of text input: null for next-token targets, else per sequence the first n entries of the rows of
+    /// <c>--targets</c> ([sequences, longest], -100 past a sequence's end). An encoder-only model (config.json) needs them.
+    /// </summary>
+    public IReadOnlyList<long[]>? Targets(string verb, ModelFolder model, string? targetsPath)
+    {
+        if (targetsPath is null)
+        {
+            if (model.EncoderOnly)
+                throw FisherKernelsException.Argument($"{verb}: model '{model.Folder}' is encoder-only ({model.ModelType ?? "config.json"}): next-token targets mean nothing for it; pass --targets Y.npy");
+            return null;
+        }
+        var targets = NpyFile.ReadInt64(targetsPath);
+        int longest = Sequences.Max(s => s.Count);
+        if (targets.Rank != 2 || targets.Shape[0] != Sequences.Count || targets.Shape[1] < longest)
+            throw FisherKernelsException.Argument($"{verb}: --targets '{targetsPath}' has shape [{string.Join(", ", targets.Shape)}]; the text has {Sequences.Count} sequences of up to {longest} tokens ([{Sequences.Count}, {longest}] or wider)");
+        int width = targets.Shape[1];
+        return Sequences.Select((s, i) => targets.Data.AsSpan(i * width, s.Count).ToArray()).ToList();
+    }
+
+    /// <summary>
+    /// The score page (<c>--html</c>): each sequence's text with its targets shaded; a position's score shades its target
+    /// token (the next token, or with given targets the position's own).
+    /// </summary>
+    public void WritePage(string path, ScoreReport report, bool nextToken, string title)
+    {
+        var pages = report.Sequences.Select(sequence =>
+        {
+            var byToken = sequence.Tokens.ToDictionary(t => nextToken ? t.Position + 1 : t.Position,
+                t => new PageScore(t.Position, t.Target, t.P, t.Aleatoric, t.Epistemic, t.Sampled?.PLow, t.Sampled?.PHigh));
+            var tokens = ScorePage.Tokens(Sequences[sequence.Index], i => byToken.GetValueOrDefault(i));
+            return new PageSequence(sequence.Index, tokens, sequence.MeanP, sequence.Epistemic, sequence.Aleatoric);
+        }).ToList();
+        ScorePage.Write(path, title, report.Method, pages);
     }
 
     /// <summary>Sequence <paramref name="index"/>'s tokens [1, n] (or the window <paramref name="window"/> of them).</summary>

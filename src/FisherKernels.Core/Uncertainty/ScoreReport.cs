@@ -15,7 +15,13 @@ public sealed record TokenScore(int Position, long Target, double P, double Epis
 
     /// <summary>Closed-form variance of the target logit from the output layer's posterior alone (<c>--method kfac</c>); null otherwise.</summary>
     public double? LastLayerLogitVariance { get; init; }
+
+    /// <summary>With text input: the target token's text and its span in the input (SPEC §6); null for token files.</summary>
+    public TokenText? Text { get; init; }
 }
+
+/// <summary>A target token's text and its character span (Unicode code points, end exclusive, as Hugging Face's offsets).</summary>
+public sealed record TokenText(string Text, int Start, int End);
 
 /// <summary>
 /// Linearized sampling (<see cref="LinearizedSampling"/>) of one position: the variance of the target logit and the
@@ -42,12 +48,16 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
     public const string CsvHeader = "sequence,position,target,p,epistemic,aleatoric";
     public const string SampledCsvColumns = ",logit_variance,p_low,p_high";
     public const string LastLayerCsvColumn = ",last_layer_logit_variance";
+    public const string TextCsvColumns = ",text,start,end";
 
     /// <summary>Whether the tokens carry linearized-sampling figures (extra JSON fields and CSV columns, else exactly SPEC §6).</summary>
     public bool IsSampled => Sequences.Any(s => s.Tokens.Any(t => t.Sampled is not null));
 
     /// <summary>Whether the tokens carry the closed-form last-layer logit variance (an extra JSON field and CSV column, after aleatoric).</summary>
     public bool HasLastLayer => Sequences.Any(s => s.Tokens.Any(t => t.LastLayerLogitVariance is not null));
+
+    /// <summary>Whether the tokens carry their text and span (text input): extra JSON fields and CSV columns, last.</summary>
+    public bool HasText => Sequences.Any(s => s.Tokens.Any(t => t.Text is not null));
 
     /// <summary>Writes JSON for a <c>.json</c> path and CSV for a <c>.csv</c> path; any other extension is an error naming <c>--out</c>.</summary>
     public void Write(string path)
@@ -79,14 +89,15 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
 
     public string ToCsv()
     {
-        bool sampled = IsSampled, lastLayer = HasLastLayer;
-        var text = new StringBuilder(CsvHeader).Append(lastLayer ? LastLayerCsvColumn : "").Append(sampled ? SampledCsvColumns : "").Append('\n');
+        bool sampled = IsSampled, lastLayer = HasLastLayer, hasText = HasText;
+        var text = new StringBuilder(CsvHeader).Append(lastLayer ? LastLayerCsvColumn : "").Append(sampled ? SampledCsvColumns : "").Append(hasText ? TextCsvColumns : "").Append('\n');
         foreach (SequenceScore s in Sequences)
             foreach (TokenScore t in s.Tokens)
             {
                 text.Append(CultureInfo.InvariantCulture, $"{s.Index},{t.Position},{t.Target},{Number(t.P)},{Number(t.Epistemic)},{Number(t.Aleatoric)}");
                 if (lastLayer) text.Append(',').Append(Number(t.LastLayerLogitVariance!.Value));
                 if (sampled) text.Append(CultureInfo.InvariantCulture, $",{Number(t.Sampled!.LogitVariance)},{Number(t.Sampled.PLow)},{Number(t.Sampled.PHigh)}");
+                if (hasText) text.Append(CultureInfo.InvariantCulture, $",{CsvField(t.Text!.Text)},{t.Text.Start},{t.Text.End}");
                 text.Append('\n');
             }
         return text.ToString();
@@ -94,7 +105,8 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
 
     void WriteJson(Stream stream)
     {
-        using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
+        // Text stays readable (é, not \u00E9); the writer still escapes what JSON requires.
+        using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
         json.WriteStartObject();
         json.WriteString("model", Model);
         json.WriteString("method", Method);
@@ -122,6 +134,12 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
                     json.WriteNumber("logit_variance", sampled.LogitVariance);
                     json.WriteNumber("p_low", sampled.PLow);
                     json.WriteNumber("p_high", sampled.PHigh);
+                }
+                if (t.Text is { } tokenText)
+                {
+                    json.WriteString("text", tokenText.Text);
+                    json.WriteNumber("start", tokenText.Start);
+                    json.WriteNumber("end", tokenText.End);
                 }
                 json.WriteEndObject();
             }
@@ -158,4 +176,8 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
     }
 
     static string Number(double v) => v.ToString("R", CultureInfo.InvariantCulture);
+
+    /// <summary>RFC 4180: a field with a comma, quote or line break is quoted, its quotes doubled.</summary>
+    static string CsvField(string value) =>
+        value.AsSpan().IndexOfAny(",\"\r\n") < 0 ? value : "\"" + value.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"";
 }

@@ -94,6 +94,65 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
     public KfacPosterior Posterior(ScoreOptions options) =>
         posteriors.Get(options.CurvaturePath ?? throw FisherKernelsException.Argument("score: --method kfac needs --curvature"), options.Posterior);
 
+    /// <summary>
+    /// The epistemic score of a sequence run in several windows (SPEC §1): of p̄, the mean p over the targeted positions of
+    /// every window, whose gradient is the sum over the windows of each window's share, ∇p̄ = Σ_w Σ_{t∈w} ∇p_t / T. The
+    /// parameter gradients are summed explicitly (a quadratic form does not split over windows) and then scored: ‖∇p̄‖²
+    /// (isotropic) or per layer vec([∇W | ∇b])ᵀ Σ vec(…) (K-FAC).
+    /// </summary>
+    public double SequenceEpistemic(IReadOnlyList<(NdArray<long> Tokens, long[] Targets)> windows, ScoreOptions options)
+    {
+        options.Validate();
+        IReadOnlyList<string> parameters = options.Method == ScoreMethod.Kfac ? LayerDiscovery.DefaultParameters(lm.Model.Layers) : Parameters(lm, options.Parameters);
+        int total = windows.Sum(w => w.Targets.Count(y => y != Targets.Ignore));
+        if (total == 0) return double.NaN;
+        var sum = new Dictionary<string, float[]>(StringComparer.Ordinal);
+        foreach (var (tokens, targets) in windows)
+        {
+            if (targets.All(y => y == Targets.Ignore)) continue;
+            var (plan, backward, logits) = Derivatives.Prepare(lm, context, tokens, parameters);
+            int vocab = logits.Shape[2];
+            backward.Clear();
+            var seed = backward.Gradient(lm.LogitsOutput);
+            var probabilities = new float[vocab];
+            for (int t = 0; t < targets.Length; t++)
+            {
+                long y = targets[t];
+                if (y == Targets.Ignore) continue;
+                Derivatives.Softmax(logits.Data.AsSpan(t * vocab, vocab), probabilities);
+                // ∂p_t/∂z_t = p_t (onehot(y) − softmax(z_t)), each position weighted 1/T.
+                float p = probabilities[y], scale = 1f / total;
+                for (int k = 0; k < vocab; k++) seed.Data[t * vocab + k] = -scale * p * probabilities[k];
+                seed.Data[t * vocab + y] += scale * p;
+            }
+            backward.Run(context);
+            foreach (string name in parameters)
+            {
+                if (!backward.HasGradient(name)) continue;
+                var g = backward.Gradient(name).Data;
+                if (!sum.TryGetValue(name, out var acc)) sum[name] = acc = new float[g.Length];
+                System.Numerics.Tensors.TensorPrimitives.Add(acc, g, acc);
+            }
+        }
+        if (options.Method != ScoreMethod.Kfac) return sum.Values.Sum(g => (double)System.Numerics.Tensors.TensorPrimitives.Dot(g, g));
+        KfacPosterior posterior = Posterior(options);
+        double epistemic = 0;
+        foreach (Layer layer in lm.Model.Layers)
+        {
+            int a = layer.In + (layer.Bias is null ? 0 : 1);
+            var x = new float[(long)layer.Out * a];
+            if (sum.TryGetValue(layer.Id, out var w))
+                for (int o = 0; o < layer.Out; o++)
+                    for (int k = 0; k < layer.In; k++) x[o * a + k] = w[layer.StoredOutIn ? o * layer.In + k : k * layer.Out + o];
+            if (layer.Bias is not null && sum.TryGetValue(layer.Bias, out var b))
+                for (int o = 0; o < layer.Out; o++) x[o * a + layer.In] = b[o];
+            var q = new float[1];
+            posterior[layer.Id].Quadratic(x, 1, q);
+            epistemic += q[0];
+        }
+        return epistemic;
+    }
+
     /// <summary>SPEC §2: layer weights and biases by default, <c>all</c>, or the names in a file.</summary>
     public static IReadOnlyList<string> Parameters(LanguageModel lm, string? spec) => spec switch
     {

@@ -1,5 +1,10 @@
 using System.Text;
+using System.Text.Json;
 using FisherKernels.IO;
+using FisherKernels.Onnx;
+using FisherKernels.Onnx.Jobs;
+using FisherKernels.Backends.Cpu;
+using FisherKernels.Onnx.Operators;
 
 namespace FisherKernels.Tests.Commands;
 
@@ -103,5 +108,122 @@ public class TextCommandTests
             Assert.Single(stderr.TrimEnd().Split('\n'));
             Assert.False(File.Exists(output));
         }
+    }
+
+    static JsonElement Json(string path)
+    {
+        using var json = JsonDocument.Parse(File.ReadAllBytes(path));
+        return json.RootElement.Clone();
+    }
+
+    [Fact]
+    public void ScoreTextEqualsScoreTokensAndCarriesTextAndSpans()
+    {
+        using var temp = new TempFolder();
+        string line = "naïve <b>x</b>, ok";
+        string text = temp.File("in.txt");
+        File.WriteAllText(text, line + "\n");
+        string output = temp.File("s.json"), page = temp.File("s.html"), reference = temp.File("r.json");
+        var (code, _, stderr) = CliRunner.Run("score", "--model", DefaultModel, "--text", text, "--out", output, "--html", page);
+        Assert.True(code == 0, stderr);
+        byte[] bytes = Encoding.UTF8.GetBytes(line);
+        Assert.Equal(0, CliRunner.Run("score", "--model", Path.Combine(DefaultModel, "model.onnx"), "--tokens", WriteTokens(temp, "t.npy", bytes), "--out", reference).Code);
+        var ours = Json(output).GetProperty("sequences")[0];
+        var expected = Json(reference).GetProperty("sequences")[0];
+        Assert.Equal(expected.GetProperty("epistemic").GetDouble(), ours.GetProperty("epistemic").GetDouble());
+        var tokens = ours.GetProperty("tokens").EnumerateArray().ToList();
+        var expectedTokens = expected.GetProperty("tokens").EnumerateArray().ToList();
+        Assert.Equal(bytes.Length - 1, tokens.Count);
+        for (int i = 0; i < tokens.Count; i++)
+        {
+            foreach (string field in new[] { "position", "target", "p", "epistemic", "aleatoric" })
+                Assert.Equal(expectedTokens[i].GetProperty(field).GetDouble(), tokens[i].GetProperty(field).GetDouble());
+            // The target is byte t+1: its span is the character holding it, its text that character.
+            int start = tokens[i].GetProperty("start").GetInt32();
+            Assert.Equal(start + 1, tokens[i].GetProperty("end").GetInt32());
+            Assert.Equal(line.Substring(start, 1), tokens[i].GetProperty("text").GetString());
+        }
+        Assert.Equal(2, tokens.Count(t => t.GetProperty("text").GetString() == "ï")); // each of its two bytes spans it
+        string html = File.ReadAllText(page);
+        Assert.Contains("&lt;", html);
+        Assert.DoesNotContain("<b>x", html);
+    }
+
+    [Fact]
+    public void ScoreTextInWindowsEqualsEachWindowScoredAlone()
+    {
+        using var temp = new TempFolder();
+        string line = "A line long enough to need a few windows of sixteen bytes.";
+        string text = temp.File("in.txt");
+        File.WriteAllText(text, line);
+        string output = temp.File("s.json");
+        var (code, _, stderr) = CliRunner.Run("score", "--model", DefaultModel, "--text", text, "--context", "16", "--stride", "8", "--out", output);
+        Assert.True(code == 0, stderr);
+        var tokens = Json(output).GetProperty("sequences")[0].GetProperty("tokens").EnumerateArray().ToList();
+        byte[] bytes = Encoding.UTF8.GetBytes(line);
+        int n = bytes.Length;
+        Assert.Equal(Enumerable.Range(0, n - 1), tokens.Select(t => t.GetProperty("position").GetInt32()));
+        var starts = new List<int>();
+        for (int s = 0; s + 16 < n; s += 8) starts.Add(s);
+        starts.Add(n - 16);
+        foreach (int s in starts)
+        {
+            // The window alone, its targets the next bytes, scoring only the positions no earlier window holds.
+            int from = s == 0 ? 0 : starts[starts.IndexOf(s) - 1] + 16;
+            var targets = new long[16];
+            for (int k = 0; k < 16; k++) targets[k] = s + k >= from && s + k + 1 < n ? bytes[s + k + 1] : -100;
+            string tokensPath = WriteTokens(temp, $"w{s}.npy", bytes[s..(s + 16)]), targetsPath = temp.File($"y{s}.npy"), reference = temp.File($"r{s}.json");
+            NpyFile.Write(targetsPath, new NdArray<long>([1, 16], targets));
+            Assert.Equal(0, CliRunner.Run("score", "--model", Path.Combine(DefaultModel, "model.onnx"), "--tokens", tokensPath, "--targets", targetsPath, "--out", reference).Code);
+            foreach (var expected in Json(reference).GetProperty("sequences")[0].GetProperty("tokens").EnumerateArray())
+            {
+                var token = tokens.Single(t => t.GetProperty("position").GetInt32() == s + expected.GetProperty("position").GetInt32());
+                Assert.Equal(expected.GetProperty("p").GetDouble(), token.GetProperty("p").GetDouble());
+                Assert.Equal(expected.GetProperty("epistemic").GetDouble(), token.GetProperty("epistemic").GetDouble());
+            }
+        }
+    }
+
+    [Fact]
+    public void SequenceScoreOverWindowsSumsTheirGradients()
+    {
+        // The gradient of p̄ summed over windows: one window whose targets are split in two "windows" must give the
+        // sequence score of the window scored whole (its gradient from one backward pass through the taps).
+        var lm = LanguageModel.Load(Path.Combine(DefaultModel, "model.onnx"));
+        var service = new ScoreService(lm, new OpContext(new CpuBackend(1)));
+        byte[] bytes = Encoding.UTF8.GetBytes("Sixteen bytes ok");
+        var tokens = new NdArray<long>([1, 16], bytes.Select(b => (long)b).ToArray());
+        long[] targets = bytes.Skip(1).Select(b => (long)b).Append(-100L).ToArray();
+        long[] first = targets.Select((y, i) => i < 7 ? y : -100L).ToArray(), second = targets.Select((y, i) => i >= 7 ? y : -100L).ToArray();
+        var options = new ScoreOptions();
+        double whole = service.Score(tokens, new NdArray<long>([1, 16], targets), options).Sequences[0].Epistemic;
+        double split = service.SequenceEpistemic([(tokens, first), (tokens, second)], options);
+        Assert.Equal(whole, split, 1e-5 * whole);
+    }
+
+    [Fact]
+    public void EncoderOnlyTextNeedsTargets()
+    {
+        using var temp = new TempFolder();
+        string folder = temp.File("bert");
+        Directory.CreateDirectory(folder);
+        File.Copy(Fixtures.Path("bert_tiny.onnx"), Path.Combine(folder, "model.onnx"));
+        File.WriteAllText(Path.Combine(folder, "config.json"), "{\"model_type\": \"bert\", \"architectures\": [\"BertForMaskedLM\"]}");
+        File.WriteAllLines(Path.Combine(folder, "vocab.txt"), new[] { "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]" }.Concat(Enumerable.Range(0, 59).Select(i => $"w{i}")));
+        string text = temp.File("in.txt");
+        File.WriteAllText(text, "w1 w2 w3");
+        string output = temp.File("s.json");
+        var (code, _, stderr) = CliRunner.Run("score", "--model", folder, "--text", text, "--out", output);
+        Assert.NotEqual(0, code);
+        Assert.Contains("is encoder-only (bert): next-token targets mean nothing for it; pass --targets", stderr);
+        Assert.False(File.Exists(output));
+        // With targets: [CLS] w1 w2 w3 [SEP], the masked-LM targets at positions 1..3.
+        string targets = temp.File("y.npy");
+        NpyFile.Write(targets, new NdArray<long>([1, 5], [-100, 6, 7, 8, -100]));
+        (code, _, stderr) = CliRunner.Run("score", "--model", folder, "--text", text, "--targets", targets, "--out", output);
+        Assert.True(code == 0, stderr);
+        var tokens = Json(output).GetProperty("sequences")[0].GetProperty("tokens").EnumerateArray().ToList();
+        Assert.Equal(["w1", "w2", "w3"], tokens.Select(t => t.GetProperty("text").GetString()));
+        Assert.Equal([0, 3, 6], tokens.Select(t => t.GetProperty("start").GetInt32()));
     }
 }
