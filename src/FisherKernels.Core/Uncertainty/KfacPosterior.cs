@@ -46,6 +46,7 @@ public sealed class KfacPosterior
         ArgumentNullException.ThrowIfNull(backend);
         Options = options ?? new PosteriorOptions();
         Options.Validate();
+        foreach (KroneckerBlock block in curvature.Layers) WoodburyPosterior.EnsureOneDenseSide(block); // before any eigendecomposition
         Layers = curvature.Layers.Select((block, i) => LayerPosterior.Build(block, i, backend, Options)).ToArray();
         foreach (LayerPosterior l in Layers) byLayer.Add(l.Layer, l);
     }

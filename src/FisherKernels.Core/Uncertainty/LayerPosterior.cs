@@ -34,7 +34,8 @@ public abstract class LayerPosterior
         ArgumentNullException.ThrowIfNull(block);
         try
         {
-            return DenseKroneckerPosterior.Bytes(block.ADim, block.GDim) <= options.MemoryBudgetBytes || Math.Max(block.ADim, block.GDim) <= options.Rank
+            // A sketched (low-rank) side always takes the Woodbury form, its U, s, d recovered by the Nyström method.
+            return block.IsDense && (DenseKroneckerPosterior.Bytes(block.ADim, block.GDim) <= options.MemoryBudgetBytes || Math.Max(block.ADim, block.GDim) <= options.Rank)
                 ? new DenseKroneckerPosterior(block, index, backend, options)
                 : new WoodburyPosterior(block, index, backend, options);
         }

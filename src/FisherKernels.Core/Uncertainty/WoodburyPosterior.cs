@@ -214,22 +214,38 @@ public sealed class WoodburyPosterior : LayerPosterior
 
     static LowRankFactor BuildLowRank(KroneckerBlock block, IComputeBackend backend, PosteriorOptions options, out EigenvalueRange rangeA, out EigenvalueRange rangeG)
     {
-        bool largeIsA = block.ADim > block.GDim;
-        NdArray<float> large = largeIsA ? block.A : block.G, small = largeIsA ? block.G : block.A;
-        int n = large.Shape[0], m = small.Shape[0], rank = Math.Min(options.Rank, n);
+        EnsureOneDenseSide(block);
+        // A sketched side is the large one (the fit sketched it for being too large); otherwise the larger dense side.
+        bool largeIsA = block.ASketch is not null || (block.GSketch is null && block.ADim > block.GDim);
+        FactorSide large = largeIsA ? block.ASide : block.GSide;
+        NdArray<float> small = largeIsA ? block.G : block.A;
+        int n = large.Size, m = small.Shape[0], rank = Math.Min(options.Rank, n);
+        if (large.Sketch is FactorSketch sketch) rank = Math.Min(rank, sketch.K);
         long smallBytes = 4L * m * m + 4L * n * rank + 8L * n;
         if (smallBytes > options.MemoryBudgetBytes)
             throw FisherKernelsException.Argument($"layer '{block.Layer}': even the low-rank form needs {smallBytes} bytes (A [{block.ADim}]², G [{block.GDim}]², rank {rank}), over the memory budget of {options.MemoryBudgetBytes} bytes: raise --memory-budget or lower --rank");
 
-        var lambda = new float[rank];
-        var u = new float[(long)n * rank];
-        TopEigen.Compute(backend, large.Data, n, rank, lambda, u);
-        var diagonal = new float[n];
-        for (int i = 0; i < n; i++)
+        float[] lambda, u, diagonal;
+        if (large.Sketch is FactorSketch s)
         {
-            double rest = large.Data[(long)i * n + i];
-            for (int k = 0; k < rank; k++) rest -= (double)lambda[k] * u[(long)i * rank + k] * u[(long)i * rank + k];
-            diagonal[i] = (float)Math.Max(rest, 0);
+            // Nyström (SPEC §3): U diag(s) Uᵀ + diag(d) from Y = F·Ω and diag(F), no [n, n] matrix; exact when F has rank ≤ r.
+            LowRankPlusDiagonal nystrom = s.Nystrom(rank);
+            rank = nystrom.Rank;
+            (lambda, u, diagonal) = (nystrom.S.Select(v => (float)v).ToArray(), nystrom.U, nystrom.D);
+        }
+        else
+        {
+            NdArray<float> dense = large.Matrix!;
+            lambda = new float[rank];
+            u = new float[(long)n * rank];
+            TopEigen.Compute(backend, dense.Data, n, rank, lambda, u);
+            diagonal = new float[n];
+            for (int i = 0; i < n; i++)
+            {
+                double rest = dense.Data[(long)i * n + i];
+                for (int k = 0; k < rank; k++) rest -= (double)lambda[k] * u[(long)i * rank + k] * u[(long)i * rank + k];
+                diagonal[i] = (float)Math.Max(rest, 0);
+            }
         }
         for (int k = 0; k < rank; k++) lambda[k] = Math.Max(lambda[k], 0);
 
@@ -240,6 +256,13 @@ public sealed class WoodburyPosterior : LayerPosterior
         var largeRange = new EigenvalueRange(Math.Min(diagonal.Min(), lambda.Min()), lambda.Max());
         (rangeA, rangeG) = largeIsA ? (largeRange, smallRange) : (smallRange, largeRange);
         return new LowRankFactor(largeIsA, smallBasis.QA, smallBasis.LambdaA, m, u, lambda, diagonal, n, rank);
+    }
+
+    /// <summary>The Woodbury form needs one side's eigenbasis: a layer with both sides sketched is refused in one line, before any work.</summary>
+    internal static void EnsureOneDenseSide(KroneckerBlock block)
+    {
+        if (block.ASketch is not null && block.GSketch is not null)
+            throw FisherKernelsException.Unsupported($"layer '{block.Layer}': both factor sides are low rank (A [{block.ADim}]², G [{block.GDim}]²), and the posterior needs one dense: fit it with a larger --memory-budget, or leave it out with --exclude-layers");
     }
 
     /// <summary>
