@@ -438,6 +438,17 @@ internal sealed class BinaryElementwise : Operator
             case (NdArray<int> ia, NdArray<int> ib, NdArray<int> iy): Scalar<TOp, int>(layout, ia.Data, ib.Data, iy.Data); break;
             case (NdArray<float> fa, NdArray<long> lb, NdArray<float> fy): Scalar<TOp, float>(layout, fa.Data, Array.ConvertAll(lb.Data, v => (float)v), fy.Data); break;
             case (NdArray<float> fa, NdArray<int> ib, NdArray<float> fy): Scalar<TOp, float>(layout, fa.Data, Array.ConvertAll(ib.Data, v => (float)v), fy.Data); break;
+            // Pow of an integer base by a float exponent (opset 12+): in float64, truncated to the base's type; copies, as rare as such graphs are.
+            case (NdArray<long> la, NdArray<float> fb, NdArray<long> ly):
+                var longPowers = new double[ly.Data.Length];
+                Scalar<TOp, double>(layout, Array.ConvertAll(la.Data, v => (double)v), Array.ConvertAll(fb.Data, v => (double)v), longPowers);
+                for (int i = 0; i < longPowers.Length; i++) ly.Data[i] = (long)longPowers[i];
+                break;
+            case (NdArray<int> ia, NdArray<float> fb, NdArray<int> iy):
+                var intPowers = new double[iy.Data.Length];
+                Scalar<TOp, double>(layout, Array.ConvertAll(ia.Data, v => (double)v), Array.ConvertAll(fb.Data, v => (double)v), intPowers);
+                for (int i = 0; i < intPowers.Length; i++) iy.Data[i] = (int)intPowers[i];
+                break;
             default: throw FisherKernelsException.Unsupported($"{a.ElementType} and {b.ElementType} operands are not supported");
         }
     }

@@ -37,6 +37,18 @@ public sealed class FamilyDerivativeTests
         DerivativeChecker.Check(OpRunner.Create(op, 1), [x]);
     }
 
+    [Fact]
+    public void Clip()
+    {
+        // Elements on both sides of both bounds, none within a finite-difference step of one.
+        var x = R(4, 5);
+        for (int i = 0; i < x.Data.Length; i++)
+            if (MathF.Abs(x.Data[i] + 0.5f) < 0.05f || MathF.Abs(x.Data[i] - 0.4f) < 0.05f) x.Data[i] = 0f;
+        Assert.Contains(x.Data, v => v < -0.5f);
+        Assert.Contains(x.Data, v => v > 0.4f);
+        DerivativeChecker.Check(OpRunner.Create("Clip", 3, opset: 13), [x, new NdArray<float>([], [-0.5f]), new NdArray<float>([], [0.4f])]);
+    }
+
     [Theory]
     [InlineData("Max")]
     [InlineData("Min")]

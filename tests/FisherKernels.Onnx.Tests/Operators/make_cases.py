@@ -576,6 +576,15 @@ case("gqa_multi_query_scale", "GroupQueryAttention", [qm, km, vm, None, None, i3
 xa, ba, sa = f32(2, 3, 5), f32(5), f32(2, 3, 5)
 case("biasadd", "BiasAdd", [xa, ba, sa], [d(xa) + d(ba) + d(sa)], domain=ms, opset=1)
 
+# ---- Clip (opset 11+: min and max as optional inputs): y = min(max(x, lo), hi) -----------------------------------
+xc = f32(3, 4, scale=2.0)
+case("clip_both_opset11", "Clip", [xc, np.float32(-0.5), np.float32(0.75)], [np.minimum(np.maximum(d(xc), -0.5), 0.75)], opset=11, ort=True)
+case("clip_max_only", "Clip", [xc, None, np.float32(0.2)], [np.minimum(d(xc), 0.2)], opset=13, ort=True)
+case("clip_min_only_opset21", "Clip", [xc, np.float32(0.1)], [np.maximum(d(xc), 0.1)], opset=21)
+case("clip_no_bounds", "Clip", [xc], [d(xc)], opset=13, ort=True)
+case("clip_min_above_max", "Clip", [xc, np.float32(1.0), np.float32(-1.0)], [np.full(xc.shape, -1.0)], opset=13, ort=True)
+case("clip_int64", "Clip", [i64([[-5, 0, 3], [9, -1, 2]]), i64(-1), i64(4)], [i64([[-1, 0, 3], [4, -1, 2]])], opset=13, ort=True)
+
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)
