@@ -27,7 +27,7 @@ public sealed class OnnxModel
     {
         Graph = graph;
         var unsupported = new List<(Node, FisherKernelsException)>();
-        foreach (var node in TopologicalOrder)
+        foreach (var node in WithSubgraphNodes(TopologicalOrder))
         {
             try { OperatorFor(node); }
             catch (FisherKernelsException e) when (e.Kind != ErrorKind.Internal) { unsupported.Add((node, e)); }
@@ -179,7 +179,12 @@ public sealed class OnnxModel
         var found = new HashSet<string>();
         var seen = new HashSet<string>();
         var pending = new Stack<string>();
-        foreach (var node in Graph.Nodes)
+        // Loop bodies and If branches too: what a body's operator needs may come from the graph's inputs (through outer-scope values).
+        var producers = new Dictionary<string, Node>();
+        foreach (var node in WithSubgraphNodes(Graph.Nodes))
+            foreach (var output in node.Outputs)
+                if (output.Length > 0) producers[output] = node;
+        foreach (var node in WithSubgraphNodes(Graph.Nodes))
             if (operators.TryGetValue(node, out var op))
                 for (int i = 0; i < node.Inputs.Length; i++)
                     if (node.Inputs[i].Length > 0 && op.NeedsValue(i)) pending.Push(node.Inputs[i]);
@@ -189,11 +194,22 @@ public sealed class OnnxModel
             if (graphInputs.Contains(value)) found.Add(value);
             // Shape and Size read only their input's shape, which every plan knows; SequenceLength only how the sequence
             // was built (whose positions and split sizes are traced from their own operators).
-            else if (Graph.Producers.TryGetValue(value, out var producer) && producer.OpType is not ("Shape" or "Size" or "SequenceLength"))
-                foreach (var input in producer.Inputs)
+            else if (producers.TryGetValue(value, out var producer) && producer.OpType is not ("Shape" or "Size" or "SequenceLength"))
+                foreach (var input in producer.AllInputs)
                     if (input.Length > 0) pending.Push(input);
         }
         return found;
+    }
+
+    /// <summary>The nodes and, after each, the nodes of its sub-graphs (Loop bodies, If branches), recursively.</summary>
+    private static IEnumerable<Node> WithSubgraphNodes(IEnumerable<Node> nodes)
+    {
+        foreach (var node in nodes)
+        {
+            yield return node;
+            foreach (var subgraph in node.Subgraphs.Values)
+                foreach (var inner in WithSubgraphNodes(subgraph.Nodes)) yield return inner;
+        }
     }
 
     private List<Node> Sort()

@@ -89,6 +89,30 @@ public sealed class ControlFlowTests
         Assert.StartsWith(message, e.Message);
     }
 
+    [Fact]
+    public void ValueThatABodyNeedsIsFoldedFromTheGraphInput()
+    {
+        // y = 2 · Reshape(x, shape) with the Reshape inside the Loop body and 'shape' a graph input read from the outer scope.
+        var model = OnnxModel.Load(Path.Combine(Folder, "flow_value_in_body.onnx"));
+        Assert.Contains("shape", model.ValueInputs);
+        var x = new NdArray<float>([3, 4], Enumerable.Range(0, 12).Select(i => (float)i).ToArray());
+        var inputs = new Dictionary<string, NdArray> { ["x"] = x, ["shape"] = new NdArray<long>([2], [4, 3]) };
+        var plan = model.GetPlan(inputs);
+        AssertPlain(plan);
+        plan.Run(Context, inputs);
+        var y = (NdArray<float>)plan.Get("y");
+        Assert.Equal([4, 3], y.Shape);
+        Assert.Equal(x.Data.Select(v => 2 * v), y.Data);
+    }
+
+    [Fact]
+    public void UnsupportedOperatorInABodyIsRefusedWhenTheModelLoads()
+    {
+        var e = Assert.Throws<FisherKernelsException>(() => OnnxModel.Load(Path.Combine(Folder, "flow_unsupported_in_body.onnx")));
+        Assert.Equal(ErrorKind.Unsupported, e.Kind);
+        Assert.Contains("'Mystery' (domain 'com.example') at node 'body_op'", e.Message);
+    }
+
     /// <summary>Fusion, the buffer pool and the derivative passes see plain operators only.</summary>
     private static void AssertPlain(ExecutionPlan plan) =>
         Assert.DoesNotContain(plan.Steps, s => Expanded.Contains(s.Node.OpType));

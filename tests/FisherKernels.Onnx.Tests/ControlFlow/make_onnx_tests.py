@@ -13,7 +13,7 @@ empty one a SequenceEmpty), a sequence output one SequenceAt output per expected
 values (Optional types are not supported) are left out and listed in skipped.txt with the reason.
 Double tensors become float. Integer and bool inputs (trip counts, conditions, positions, split sizes) stay
 inputs: the engine folds such inputs by value when it builds a plan. Writes <case>.onnx and onnx_tests.npz (<case>/in<i>, <case>/out<i>)
-beside this script, and three models of our own for the derivative and refusal tests (see derivative_model).
+beside this script, and models of our own for the derivative and refusal tests (derivative_model, body_reads_model).
 """
 import importlib
 import io
@@ -191,6 +191,30 @@ def derivative_model(data_dependent=None):
     return model
 
 
+def body_reads_model(op_type="Reshape", domain=""):
+    """y = Loop(2 iterations) of acc <- acc + op(x, shape), with the body's op reading x and the graph input 'shape'
+    (int64 [2]) from the outer scope. With Reshape, 'shape' sets a shape inside the body: the plan needs its value.
+    With an operator of an unknown domain, the model must be refused when it loads, naming the body's node."""
+    f = onnx.TensorProto.FLOAT
+    body = helper.make_graph(
+        [helper.make_node(op_type, ["x", "shape"], ["r"], name="body_op", domain=domain),
+         helper.make_node("Add", ["acc", "r"], ["acc_out"]),
+         helper.make_node("Identity", ["c"], ["c_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc", f, None)],
+        [helper.make_tensor_value_info("c_out", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", f, None)])
+    graph = helper.make_graph(
+        [const("two", np.int64(2)), const("true", True), const("zeros", np.zeros((4, 3), dtype=np.float32)),
+         helper.make_node("Loop", ["two", "true", "zeros"], ["y"], name="loop", body=body)],
+        "body_reads", [helper.make_tensor_value_info("x", f, [3, 4]), helper.make_tensor_value_info("shape", onnx.TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", f, [4, 3])])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    return helper.make_model(graph, opset_imports=opsets)
+
+
 def main():
     arrays, skipped, written = {}, [], []
     for case in collect():
@@ -208,6 +232,8 @@ def main():
     onnx.save(derivative_model(), os.path.join(HERE, "flow_derivatives.onnx"))
     onnx.save(derivative_model("if"), os.path.join(HERE, "flow_data_dependent_if.onnx"))
     onnx.save(derivative_model("loop"), os.path.join(HERE, "flow_data_dependent_loop.onnx"))
+    onnx.save(body_reads_model(), os.path.join(HERE, "flow_value_in_body.onnx"))
+    onnx.save(body_reads_model("Mystery", "com.example"), os.path.join(HERE, "flow_unsupported_in_body.onnx"))
     # A zip written by hand with fixed timestamps, so that a rerun gives the same bytes.
     with zipfile.ZipFile(os.path.join(HERE, "onnx_tests.npz"), "w", zipfile.ZIP_DEFLATED) as z:
         for key in sorted(arrays):
