@@ -13,8 +13,10 @@ namespace FisherKernels.Perf;
 /// default session settings (all graph optimizations, pool threads that spin between runs) but for the thread count.
 /// BenchmarkDotNet times each method in a block of its own. The model and tokens come from the environment:
 /// FISHERKERNELS_BENCH_MODEL and FISHERKERNELS_BENCH_TOKENS (perf/models/make_gpt2_bench.py writes both);
-/// FISHERKERNELS_BENCH_THREADS (default: every core).
+/// FISHERKERNELS_BENCH_THREADS (default: every core). 40 warm-up runs, not Program.cs's 2: .NET recompiles our methods
+/// optimized only after ~30 calls (the first runs take 3-5x as long), ONNX Runtime is native code.
 /// </summary>
+[WarmupCount(40), IterationCount(15)]
 public class ForwardBenchmarks
 {
     private LanguageModel lm = null!;
