@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Jobs;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Scoring;
 using FisherKernels.Uncertainty;
@@ -48,6 +48,8 @@ public sealed record Generation(IReadOnlyList<GeneratedToken> Tokens, string Sto
 /// </summary>
 public sealed class GenerateService(LanguageModel lm, OpContext context, TextWriter? log = null)
 {
+    readonly ScoreService scorer = new(lm, context, log);
+
 
     public Generation Generate(IReadOnlyList<long> prompt, GenerateOptions options, IProgress<GeneratedToken>? progress = null, CancellationToken cancel = default)
     {
@@ -55,12 +57,15 @@ public sealed class GenerateService(LanguageModel lm, OpContext context, TextWri
         if (prompt.Count == 0) throw FisherKernelsException.Argument("generate: the prompt has no tokens");
         if (options.Context is int n && prompt.Count > n)
             throw FisherKernelsException.Argument($"generate: the prompt has {prompt.Count} tokens, more than the model's context of {n} (--context)");
-        KfacPosterior? posterior = options.CurvaturePath is null ? null
-            : KfacScoring.LoadPosterior(lm, options.CurvaturePath, options.Posterior, context.Backend, log ?? TextWriter.Null).Posterior;
-        EpistemicMetric metric = posterior is null ? EpistemicMetric.SquaredGradientNorm : KfacScoring.Epistemic(lm, posterior);
-        IReadOnlyList<string> parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
-        if (parameters.Count == 0) throw FisherKernelsException.Argument($"generate: model '{lm.Model.Graph.Source}' has no layers (MatMul/Gemm with an initializer weight) to score");
-        string method = posterior is null ? "isotropic" : "kfac";
+        var scoreOptions = new ScoreOptions
+        {
+            Method = options.CurvaturePath is null ? ScoreMethod.Isotropic : ScoreMethod.Kfac,
+            CurvaturePath = options.CurvaturePath,
+            Posterior = options.Posterior,
+            LastLayerVariance = false,
+        };
+        scoreOptions.Validate();
+        KfacPosterior? posterior = options.CurvaturePath is null ? null : scorer.Posterior(scoreOptions);
         var sampler = new NextTokenSampler(options.Sampling);
         var text = new List<long>(prompt);
         var generated = new List<GeneratedToken>();
@@ -92,7 +97,7 @@ public sealed class GenerateService(LanguageModel lm, OpContext context, TextWri
             var targets = new NdArray<long>(1, window.Shape[1]);
             Array.Fill(targets.Data, Targets.Ignore);
             targets.Data[last] = token;
-            var report = PositionScorer.Score(lm, context, window, targets, parameters, method, options.Posterior.PriorPrecision, metric);
+            var report = scorer.Score(window, targets, scoreOptions);
             double epistemic = report.Sequences[0].Tokens[0].Epistemic;
             double? low = null, high = null;
             if (drawn is not null)
@@ -125,7 +130,7 @@ public sealed class GenerateService(LanguageModel lm, OpContext context, TextWri
     double[] SampledProbabilities(KfacPosterior posterior, NdArray<long> window, NdArray<float> logits, int samples, long seed)
     {
         int seq = window.Shape[1], vocab = logits.Shape[2];
-        float[] jvps = LinearizedDraws.Jvps(lm, context, posterior, window, samples, seed);
+        float[] jvps = KfacScoring.SampledJvps(lm, context, posterior, window, samples, seed);
         var result = new double[samples * vocab];
         var z = new float[vocab];
         for (int s = 0; s < samples; s++)

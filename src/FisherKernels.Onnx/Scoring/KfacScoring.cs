@@ -67,36 +67,10 @@ public static class KfacScoring
                                           NdArray tokens, int samples, long seed)
     {
         if (samples < 1) throw FisherKernelsException.Argument($"--samples must be at least 1, got {samples}");
-        IReadOnlyList<Layer> layers = lm.Model.Layers;
         var logits = lm.Forward(context, tokens);
         int sequences = tokens.Shape[0], seq = tokens.Shape[1], vocab = logits.Shape[2], rows = sequences * seq;
         // Memory: the K JVPs of the whole batch are kept for the quantiles, K × rows × vocab floats.
-        var jvps = new float[(long)samples * rows * vocab];
-        var direction = new Dictionary<string, NdArray<float>>(StringComparer.Ordinal);
-        foreach (Layer layer in layers)
-        {
-            direction[layer.Id] = new NdArray<float>((int[])lm.Model.Graph.Initializers[layer.Id].Shape.Clone());
-            if (layer.Bias is not null) direction[layer.Bias] = new NdArray<float>([layer.Out]);
-        }
-        var deltas = layers.Select(l => new float[(long)l.Out * (l.In + (l.Bias is null ? 0 : 1))]).ToArray();
-        for (int s = 0; s < samples; s++)
-        {
-            for (int i = 0; i < layers.Count; i++)
-            {
-                Layer layer = layers[i];
-                float[] delta = deltas[i], w = direction[layer.Id].Data;
-                posterior[layer.Id].SamplePerturbation(seed, s, delta);
-                int a = layer.In + (layer.Bias is null ? 0 : 1);
-                for (int o = 0; o < layer.Out; o++)
-                    for (int k = 0; k < layer.In; k++) w[layer.StoredOutIn ? o * layer.In + k : k * layer.Out + o] = delta[o * a + k];
-                if (layer.Bias is not null)
-                {
-                    float[] b = direction[layer.Bias].Data;
-                    for (int o = 0; o < layer.Out; o++) b[o] = delta[o * a + layer.In];
-                }
-            }
-            Derivatives.Jvp(lm, context, tokens, direction, "linearized sampling").Data.CopyTo(jvps, (long)s * rows * vocab);
-        }
+        float[] jvps = SampledJvps(lm, context, posterior, tokens, samples, seed);
 
         var targets = new long[rows];
         Array.Fill(targets, Targets.Ignore);
@@ -115,6 +89,45 @@ public static class KfacScoring
                 }).ToArray(),
             }).ToArray(),
         };
+    }
+
+    /// <summary>
+    /// The draws of linearized sampling: for s = 0..K−1, δθ_s from each layer's stream for (<paramref name="seed"/>, s), laid
+    /// into the weight's stored orientation and the bias, and J·δθ_s over <paramref name="tokens"/>: K × batch × seq × vocab
+    /// floats, one draw after the other (<c>score --samples</c> and <c>generate --posterior-samples</c> take the same draws).
+    /// </summary>
+    public static float[] SampledJvps(LanguageModel lm, OpContext context, KfacPosterior posterior, NdArray tokens, int samples, long seed)
+    {
+        IReadOnlyList<Layer> layers = lm.Model.Layers;
+        var direction = new Dictionary<string, NdArray<float>>(StringComparer.Ordinal);
+        foreach (Layer layer in layers)
+        {
+            direction[layer.Id] = new NdArray<float>((int[])lm.Model.Graph.Initializers[layer.Id].Shape.Clone());
+            if (layer.Bias is not null) direction[layer.Bias] = new NdArray<float>([layer.Out]);
+        }
+        var deltas = layers.Select(l => new float[(long)l.Out * (l.In + (l.Bias is null ? 0 : 1))]).ToArray();
+        float[]? jvps = null;
+        for (int s = 0; s < samples; s++)
+        {
+            for (int i = 0; i < layers.Count; i++)
+            {
+                Layer layer = layers[i];
+                float[] delta = deltas[i], w = direction[layer.Id].Data;
+                posterior[layer.Id].SamplePerturbation(seed, s, delta);
+                int a = layer.In + (layer.Bias is null ? 0 : 1);
+                for (int o = 0; o < layer.Out; o++)
+                    for (int k = 0; k < layer.In; k++) w[layer.StoredOutIn ? o * layer.In + k : k * layer.Out + o] = delta[o * a + k];
+                if (layer.Bias is not null)
+                {
+                    float[] b = direction[layer.Bias].Data;
+                    for (int o = 0; o < layer.Out; o++) b[o] = delta[o * a + layer.In];
+                }
+            }
+            var jvp = Derivatives.Jvp(lm, context, tokens, direction, "linearized sampling").Data;
+            jvps ??= new float[(long)samples * jvp.Length];
+            jvp.CopyTo(jvps, (long)s * jvp.Length);
+        }
+        return jvps!;
     }
 
     public static LayerShape[] Shapes(IReadOnlyList<Layer> layers) => layers.Select(l => new LayerShape(l.Id, l.In, l.Out, l.Bias is not null)).ToArray();
