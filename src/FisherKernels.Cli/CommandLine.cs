@@ -49,7 +49,7 @@ internal static class CommandLine
           score    --model M.onnx --tokens T.npy [--method isotropic|kfac] [--curvature C.safetensors] ... --out S.json|S.csv
           jvp      --model M.onnx --tokens T.npy --direction V.safetensors --out J.npy
           merge    C1.safetensors C2.safetensors ... [--decay λ1,λ2,...] --out C.safetensors
-          calibrate --model M.onnx --tokens T.npy --curvature C.safetensors [--prior-precision τ] [--out C2.safetensors]
+          calibrate --model M.onnx --tokens T.npy --curvature C.safetensors [--prior-precision τ|auto|auto-layer] [--out C2.safetensors]
           run      --model M.onnx --input NAME=FILE.npy [...] --out-dir DIR
           generate --model DIR --prompt TEXT | --prompt-file F [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
                    [--curvature C [--posterior-samples K]] [--abstain U] [--out G.json] [--html G.html]

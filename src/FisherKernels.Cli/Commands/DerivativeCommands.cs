@@ -35,6 +35,8 @@ internal static class DerivativeCommands
         string methodName = options.Optional("--method") ?? (options.Optional("--curvature") is null ? ScoreMethod.Isotropic.Name() : ScoreMethod.Kfac.Name());
         ScoreMethod method = ScoreMethods.TryParse(methodName) ?? throw FisherKernelsException.Argument($"score: --method must be isotropic or kfac, got '{methodName}'");
         double prior = 1.0;
+        if (options.Optional("--prior-precision") is "auto" or "auto-layer")
+            throw FisherKernelsException.Argument("score: --prior-precision auto is chosen by calibrate (calibrate --prior-precision auto stores it in the curvature, and score uses a stored τ when --prior-precision is not given)");
         if (options.Optional("--prior-precision") is { } priorText &&
             (!double.TryParse(priorText, NumberStyles.Float, CultureInfo.InvariantCulture, out prior) || !(prior > 0) || !double.IsFinite(prior)))
             throw FisherKernelsException.Argument($"score: --prior-precision must be a positive number, got '{priorText}'");
@@ -42,7 +44,7 @@ internal static class DerivativeCommands
         {
             Method = method,
             CurvaturePath = method == ScoreMethod.Kfac ? options.Required("--curvature") : null,
-            Posterior = KfacCommands.PosteriorOptionsOf(options, prior),
+            Posterior = KfacCommands.PosteriorOptionsOf(options, prior) with { UseStoredPriorPrecision = options.Optional("--prior-precision") is null },
             Parameters = options.Optional("--params"),
             Samples = options.Optional("--samples") is null ? null : options.Int("--samples", 1, 1),
             Seed = options.Int("--seed", 0, 0),

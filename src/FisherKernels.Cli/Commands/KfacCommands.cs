@@ -88,7 +88,8 @@ internal static class KfacCommands
     }
 
     /// <summary>
-    /// `calibrate --model M --tokens T.npy [--targets Y.npy] --curvature C.safetensors [--prior-precision τ] [--out C2]`:
+    /// `calibrate --model M --tokens T.npy [--targets Y.npy] --curvature C.safetensors [--prior-precision τ|auto|auto-layer] [--out C2]`:
+    /// τ as given, by marginal likelihood (SPEC §4), or (not given) as stored in the curvature, else 1;
     /// scores the model's top-1 prediction at each targeted position with K-FAC, fits β of <c>1/(1+β·u)</c>
     /// (u = <see cref="Calibration.RelativeUncertainty"/>) on whether the prediction was the target,
     /// prints AUROC, ECE and NLL, and stores β in the curvature (<c>--out</c>, else the curvature file itself).
@@ -104,12 +105,19 @@ internal static class KfacCommands
         var tokens = NpyFile.ReadInt64(tokensPath);
         lm.Inputs(tokens, null, tokensPath);
         var context = ModelCommands.Context(options);
-        double prior = options.Optional("--prior-precision") is { } tau ? Number(tau, "--prior-precision") : 1.0;
+        string? priorText = options.Optional("--prior-precision");
+        var search = priorText switch { "auto" => PriorPrecisionSearch.Auto, "auto-layer" => PriorPrecisionSearch.AutoLayer, _ => PriorPrecisionSearch.None };
+        double prior = priorText is null || search != PriorPrecisionSearch.None ? 1.0 : Number(priorText, "--prior-precision");
         string? targetsPath = options.Optional("--targets");
-        var summary = CalibrateService.Calibrate(lm, context, tokens, tokensPath, targetsPath is null ? null : NpyFile.Read(targetsPath), targetsPath ?? "",
-                                                 curvaturePath, PosteriorOptionsOf(options, prior), outPath, Console.Error);
-        foreach (string line in summary.Lines(ScoreMethod.Kfac.Name())) stdout.WriteLine(line);
-        stdout.WriteLine($"wrote {outPath} with calibration_beta");
+        var posterior = PosteriorOptionsOf(options, prior) with { UseStoredPriorPrecision = priorText is null };
+        CalibrateResult result = CalibrateService.Calibrate(lm, context, tokens, tokensPath, targetsPath is null ? null : NpyFile.Read(targetsPath), targetsPath ?? "",
+                                                            curvaturePath, posterior, search, outPath, Console.Error);
+        if (result.Evidence is var (atOptimum, atOne, layers))
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"prior precision ({priorText}, marginal likelihood over {layers} dense layers): {result.PriorPrecision.ToMetadata()}; log evidence {atOptimum:G8} (τ = 1: {atOne:G8})"));
+        else stdout.WriteLine($"prior precision: {result.PriorPrecision.ToMetadata()}");
+        foreach (string line in result.Summary.Lines(ScoreMethod.Kfac.Name())) stdout.WriteLine(line);
+        stdout.WriteLine($"wrote {outPath} with calibration_beta and prior_precision");
         return 0;
     }
 

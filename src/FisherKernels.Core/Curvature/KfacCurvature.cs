@@ -7,6 +7,37 @@ namespace FisherKernels.Curvature;
 public readonly record struct LayerShape(string Layer, int InFeatures, int OutFeatures, bool HasBias);
 
 /// <summary>
+/// The prior precision τ stored in a curvature's metadata (<c>prior_precision</c>, SPEC §5): one number, or (auto-layer) a
+/// JSON object from layer id to τ. <see cref="Shared"/> is the τ of layers the object does not name and the one a score
+/// reports: the number itself, or the geometric mean of the object's values.
+/// </summary>
+public sealed record StoredPriorPrecision(double Shared, IReadOnlyDictionary<string, double>? PerLayer = null)
+{
+    /// <summary>One τ per layer; <see cref="Shared"/> their geometric mean (what a score reports).</summary>
+    public static StoredPriorPrecision ByLayer(IReadOnlyDictionary<string, double> perLayer) =>
+        new(Math.Exp(perLayer.Values.Average(Math.Log)), perLayer);
+
+    public string ToMetadata()
+    {
+        if (PerLayer is null) return Shared.ToString("R", CultureInfo.InvariantCulture);
+        return System.Text.Json.JsonSerializer.Serialize(PerLayer.ToDictionary(p => p.Key, p => p.Value));
+    }
+
+    /// <summary>Reads the metadata value; an error naming <paramref name="path"/> when it is neither a positive number nor an object of them.</summary>
+    public static StoredPriorPrecision Parse(string text, string path)
+    {
+        FisherKernelsException Bad() => FisherKernelsException.Format($"{path}: metadata 'prior_precision' must be a positive number or a JSON object of them by layer, found '{text}'");
+        static bool Positive(double v) => double.IsFinite(v) && v > 0;
+        if (double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double tau)) return Positive(tau) ? new StoredPriorPrecision(tau) : throw Bad();
+        Dictionary<string, double>? perLayer;
+        try { perLayer = System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, double>>(text); }
+        catch (System.Text.Json.JsonException) { throw Bad(); }
+        if (perLayer is null || perLayer.Count == 0 || !perLayer.Values.All(Positive)) throw Bad();
+        return ByLayer(perLayer);
+    }
+}
+
+/// <summary>
 /// The K-FAC curvature of a model: one <see cref="KroneckerBlock"/> per layer, in a stable order, and
 /// where it came from. Stored as safetensors (SPEC §5):
 /// <list type="bullet">
@@ -60,12 +91,19 @@ public sealed class KfacCurvature
     /// </summary>
     public string? LayerSelection { get; init; }
 
+    /// <summary>τ of the posterior this curvature was calibrated with (metadata <c>prior_precision</c>), or null.</summary>
+    public StoredPriorPrecision? PriorPrecision { get; private init; }
+
     /// <summary>This curvature with <paramref name="beta"/> as its calibration (same blocks, no copy).</summary>
     public KfacCurvature WithCalibrationBeta(double beta)
     {
         if (!double.IsFinite(beta) || beta < 0) throw FisherKernelsException.Argument($"calibration β must be finite and non-negative, got {beta}");
-        return new KfacCurvature(Layers, Fisher, ModelSha256, CreatedBy) { Source = Source, CalibrationBeta = beta, LayerSelection = LayerSelection };
+        return new KfacCurvature(Layers, Fisher, ModelSha256, CreatedBy) { Source = Source, CalibrationBeta = beta, LayerSelection = LayerSelection, PriorPrecision = PriorPrecision };
     }
+
+    /// <summary>This curvature with <paramref name="prior"/> stored as its prior precision (same blocks, no copy).</summary>
+    public KfacCurvature WithPriorPrecision(StoredPriorPrecision prior) =>
+        new(Layers, Fisher, ModelSha256, CreatedBy) { Source = Source, CalibrationBeta = CalibrationBeta, LayerSelection = LayerSelection, PriorPrecision = prior };
 
     /// <summary>M: the largest per-layer position count.</summary>
     public double Positions => Layers.Max(b => b.Positions);
@@ -90,6 +128,7 @@ public sealed class KfacCurvature
             ["created_by"] = CreatedBy,
         };
         if (CalibrationBeta is double beta) metadata["calibration_beta"] = FormatNumber(beta);
+        if (PriorPrecision is not null) metadata["prior_precision"] = PriorPrecision.ToMetadata();
         if (LayerSelection is not null) metadata["layers"] = LayerSelection;
         var tensors = new List<KeyValuePair<string, NdArray>>(2 * Layers.Count);
         foreach (KroneckerBlock b in Layers)
@@ -214,7 +253,8 @@ public sealed class KfacCurvature
             beta = b;
         }
         meta.TryGetValue("layers", out string? selection);
-        return new KfacCurvature(blocks, fisher, modelSha, createdBy ?? "") { Source = path, CalibrationBeta = beta, LayerSelection = selection };
+        StoredPriorPrecision? prior = meta.TryGetValue("prior_precision", out string? priorText) ? StoredPriorPrecision.Parse(priorText, path) : null;
+        return new KfacCurvature(blocks, fisher, modelSha, createdBy ?? "") { Source = path, CalibrationBeta = beta, LayerSelection = selection, PriorPrecision = prior };
     }
 
     /// <summary>"true"/"false" for a layer without has_bias metadata, from the model's layer of that name.</summary>

@@ -23,7 +23,7 @@ public sealed class DenseKroneckerPosterior : LayerPosterior
     readonly CurvedSubspace? curved;
 
     internal DenseKroneckerPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options)
-        : base(block.Layer, block.HasBias, block.ADim, block.GDim, block.Positions, options.PriorPrecision, index)
+        : base(block.Layer, block.HasBias, block.ADim, block.GDim, block.Positions, options.PriorPrecisionOf(block.Layer), index)
     {
         this.backend = backend;
         basis = KronEigenbasis.Create(backend, block.A.Data, ADim, block.G.Data, GDim, Positions, PriorPrecision);

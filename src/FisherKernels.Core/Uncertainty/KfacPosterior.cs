@@ -10,6 +10,23 @@ public sealed record PosteriorOptions
     /// <summary>τ, <c>--prior-precision</c>.</summary>
     public double PriorPrecision { get; init; } = 1.0;
 
+    /// <summary>
+    /// τ per layer (<c>--prior-precision auto-layer</c>, SPEC §4), overriding <see cref="PriorPrecision"/> for the layers it
+    /// names; null for one τ everywhere.
+    /// </summary>
+    public IReadOnlyDictionary<string, double>? LayerPriorPrecisions { get; init; }
+
+    /// <summary>Whether a τ stored in the curvature (<c>prior_precision</c>, written by <c>calibrate</c>) replaces these when the posterior is loaded: no <c>--prior-precision</c> given.</summary>
+    public bool UseStoredPriorPrecision { get; init; }
+
+    /// <summary>The τ of <paramref name="layer"/>.</summary>
+    public double PriorPrecisionOf(string layer) =>
+        LayerPriorPrecisions is not null && LayerPriorPrecisions.TryGetValue(layer, out double tau) ? tau : PriorPrecision;
+
+    /// <summary>These options with the τ stored in a curvature (<see cref="KfacCurvature.PriorPrecision"/>) when <see cref="UseStoredPriorPrecision"/> and there is one.</summary>
+    public PosteriorOptions WithStored(StoredPriorPrecision? stored) =>
+        UseStoredPriorPrecision && stored is not null ? this with { PriorPrecision = stored.Shared, LayerPriorPrecisions = stored.PerLayer } : this;
+
     /// <summary>r, <c>--rank</c>: eigenvectors kept of a factor too large for a dense eigenbasis.</summary>
     public int Rank { get; init; } = 64;
 
@@ -20,6 +37,8 @@ public sealed record PosteriorOptions
     {
         if (!double.IsFinite(PriorPrecision) || !(PriorPrecision > 0))
             throw FisherKernelsException.Argument($"--prior-precision must be a positive number, got {PriorPrecision}");
+        foreach (var (layer, tau) in LayerPriorPrecisions ?? new Dictionary<string, double>())
+            if (!double.IsFinite(tau) || !(tau > 0)) throw FisherKernelsException.Argument($"the prior precision of layer '{layer}' must be a positive number, got {tau}");
         if (Rank < 1) throw FisherKernelsException.Argument($"--rank must be at least 1, got {Rank}");
         if (MemoryBudgetBytes < 0) throw FisherKernelsException.Argument($"--memory-budget must be non-negative, got {MemoryBudgetBytes}");
     }

@@ -20,7 +20,7 @@ public sealed class WoodburyPosterior : LayerPosterior
                                 float[] U, float[] Lambda, float[] Diagonal, int LargeDim, int Rank);
 
     internal WoodburyPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options)
-        : base(block.Layer, block.HasBias, block.ADim, block.GDim, block.Positions, options.PriorPrecision, index)
+        : base(block.Layer, block.HasBias, block.ADim, block.GDim, block.Positions, options.PriorPrecisionOf(block.Layer), index)
     {
         this.backend = backend;
         f = BuildLowRank(block, backend, options, out EigenvalueRange rangeA, out EigenvalueRange rangeG);
@@ -251,7 +251,7 @@ public sealed class WoodburyPosterior : LayerPosterior
 
         // The small factor's eigenbasis: a Kronecker basis with a 1×1 partner gives it with the usual checks.
         var identity = new float[] { 1 };
-        KronEigenbasis smallBasis = KronEigenbasis.Create(backend, small.Data, m, identity, 1, block.Positions, options.PriorPrecision);
+        KronEigenbasis smallBasis = KronEigenbasis.Create(backend, small.Data, m, identity, 1, block.Positions, options.PriorPrecisionOf(block.Layer));
         EigenvalueRange smallRange = RangeOf(smallBasis.LambdaA);
         var largeRange = new EigenvalueRange(Math.Min(diagonal.Min(), lambda.Min()), lambda.Max());
         (rangeA, rangeG) = largeIsA ? (largeRange, smallRange) : (smallRange, largeRange);

@@ -84,7 +84,7 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
         IReadOnlyList<string> parameters = Parameters(lm, options.Parameters);
         KfacPosterior? posterior = options.Method == ScoreMethod.Kfac ? Posterior(options) : null;
         EpistemicMetric metric = posterior is null ? EpistemicMetric.SquaredGradientNorm : KfacScoring.Epistemic(lm, posterior);
-        var report = PositionScorer.Score(lm, context, tokens, targets, parameters, options.Method.Name(), options.Posterior.PriorPrecision, metric);
+        var report = PositionScorer.Score(lm, context, tokens, targets, parameters, options.Method.Name(), posterior?.PriorPrecision ?? options.Posterior.PriorPrecision, metric);
         if (posterior is not null && options.LastLayerVariance) report = LastLayerVariance.Add(report, lm, context, posterior, tokens, log ?? TextWriter.Null);
         if (options.Samples is { } k) report = KfacScoring.AddSampling(report, lm, context, posterior!, tokens, k, options.Seed);
         return report;

@@ -19,11 +19,20 @@ public static class KfacScoring
     public static (KfacCurvature Curvature, KfacPosterior Posterior) LoadPosterior(LanguageModel lm, string curvaturePath, PosteriorOptions options,
                                                                                   IComputeBackend backend, TextWriter log)
     {
-        LayerShape[] shapes = Shapes(lm.Model.Layers);
-        KfacCurvature curvature = KfacCurvature.LoadFor(curvaturePath, Sha256(lm.Model.Graph.Source), shapes);
+        KfacCurvature curvature = LoadCurvature(lm, curvaturePath);
+        return (curvature, Posterior(curvature, options.WithStored(curvature.PriorPrecision), backend, log));
+    }
+
+    /// <summary>The curvature file for <paramref name="lm"/>, checked against its hash and layers.</summary>
+    public static KfacCurvature LoadCurvature(LanguageModel lm, string curvaturePath) =>
+        KfacCurvature.LoadFor(curvaturePath, Sha256(lm.Model.Graph.Source), Shapes(lm.Model.Layers));
+
+    /// <summary>The posterior of <paramref name="curvature"/> under <paramref name="options"/> as given; each layer's eigenvalue range goes to <paramref name="log"/>.</summary>
+    public static KfacPosterior Posterior(KfacCurvature curvature, PosteriorOptions options, IComputeBackend backend, TextWriter log)
+    {
         var posterior = new KfacPosterior(curvature, backend, options);
         foreach (string line in posterior.Describe()) log.WriteLine(line);
-        return (curvature, posterior);
+        return posterior;
     }
 
     /// <summary>The K-FAC epistemic score (SPEC §4) of <paramref name="posterior"/>, made for <paramref name="lm"/>'s layers.</summary>

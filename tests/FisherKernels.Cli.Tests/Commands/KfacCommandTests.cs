@@ -220,6 +220,63 @@ public class KfacCommandTests
     }
 
     [Fact]
+    public void CalibrateChoosesTheMarginalLikelihoodPriorAndScoreUsesTheStoredOne()
+    {
+        using var temp = new TempFolder();
+        string model = Fixtures.Path("gpt2_tiny.onnx"), tokensPath = Fixtures.Path("gpt2_tiny.tokens.npy"), curvature = Fixtures.Path("gpt2_tiny.kfac.safetensors");
+        var (code, stdout, stderr) = CliRunner.Run("calibrate", "--model", model, "--tokens", tokensPath, "--curvature", curvature,
+                                                   "--prior-precision", "auto", "--out", temp.File("auto.safetensors"));
+        Assert.True(code == 0, stderr);
+        double tau = double.Parse(SafetensorsFile.Read(temp.File("auto.safetensors")).Metadata["prior_precision"], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Contains($"prior precision (auto, marginal likelihood over 9 dense layers): {tau.ToString("R", System.Globalization.CultureInfo.InvariantCulture)};", stdout);
+
+        // Reference: a golden-section search in float64 of SPEC §4's objective over every layer, from the file's factors
+        // (their eigenvalues) and the squared norms of the model's weights and biases read here.
+        var lm = Onnx.LanguageModel.Load(model);
+        var backend = new Backends.Cpu.CpuBackend(threads: 1);
+        KfacCurvature c = KfacCurvature.Load(temp.File("auto.safetensors")); // the fixture's factors, with has_bias written
+        var terms = lm.Model.Layers.Select(l =>
+        {
+            double norm = new[] { l.Id, l.Bias }.Where(n => n is not null).Sum(n => ((NdArray<float>)lm.Model.Graph.Initializers[n!]).Data.Sum(v => (double)v * v));
+            return Uncertainty.MarginalLayer.Of(c[l.Id], backend, norm);
+        }).ToArray();
+        Assert.Equal(9, terms.Length);
+        double lo = Math.Log(1e-6), hi = Math.Log(1e6), r = (Math.Sqrt(5) - 1) / 2;
+        double F(double x) => terms.Sum(t => t.LogEvidence(Math.Exp(x)));
+        while (hi - lo > 1e-9)
+        {
+            double x1 = hi - r * (hi - lo), x2 = lo + r * (hi - lo);
+            if (F(x1) < F(x2)) lo = x1; else hi = x2;
+        }
+        Assert.True(Math.Abs(tau / Math.Exp((lo + hi) / 2) - 1) < 1e-6, $"τ {tau}, golden section {Math.Exp((lo + hi) / 2)}");
+
+        // score takes the stored τ unless --prior-precision is given.
+        double Reported(params string[] extra)
+        {
+            var (scoreCode, _, scoreErr) = CliRunner.Run([.. new[] { "score", "--model", model, "--tokens", tokensPath, "--method", "kfac",
+                                                                     "--curvature", temp.File("auto.safetensors"), "--out", temp.File("s.json") }, .. extra]);
+            Assert.True(scoreCode == 0, scoreErr);
+            return JsonDocument.Parse(File.ReadAllText(temp.File("s.json"))).RootElement.GetProperty("prior_precision").GetDouble();
+        }
+        Assert.Equal(tau, Reported());
+        Assert.Equal(2.0, Reported("--prior-precision", "2"));
+
+        // auto-layer: one τ per layer, an object in the metadata.
+        (code, stdout, stderr) = CliRunner.Run("calibrate", "--model", model, "--tokens", tokensPath, "--curvature", curvature,
+                                               "--prior-precision", "auto-layer", "--out", temp.File("layer.safetensors"));
+        Assert.True(code == 0, stderr);
+        using var perLayer = JsonDocument.Parse(SafetensorsFile.Read(temp.File("layer.safetensors")).Metadata["prior_precision"]);
+        Assert.Equal(lm.Model.Layers.Select(l => l.Id).Order(), perLayer.RootElement.EnumerateObject().Select(p => p.Name).Order());
+        foreach (var layer in terms)
+            Assert.True(Math.Abs(layer.Slope(perLayer.RootElement.GetProperty(layer.Layer).GetDouble())) < 1e-6 * layer.Parameters, layer.Layer);
+
+        (code, _, stderr) = CliRunner.Run("score", "--model", model, "--tokens", tokensPath, "--curvature", curvature, "--prior-precision", "auto", "--out", temp.File("x.json"));
+        Assert.NotEqual(0, code);
+        Assert.Contains("calibrate", stderr);
+        Assert.False(File.Exists(temp.File("x.json")));
+    }
+
+    [Fact]
     public void InspectJsonGivesTheMemoryOfAFitPerLayer()
     {
         var (code, stdout, stderr) = CliRunner.Run("inspect", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--json");

@@ -311,7 +311,7 @@ public class KfacPosteriorTests
     }
 
     /// <summary>Float64 reference: log det(M·A⊗G + τI) of the dense precision, by Cholesky.</summary>
-    static double DenseLogDeterminant(double[] a, int aDim, double[] g, int gDim, double positions, double tau)
+    internal static double DenseLogDeterminant(double[] a, int aDim, double[] g, int gDim, double positions, double tau)
     {
         int n = aDim * gDim;
         var l = new double[n * n];
