@@ -69,7 +69,7 @@ public static class LastLayerVariance
             // The keep-all plan of the scorer (same key, so built once): the layer's input survives the run.
             var row = new NdArray<long>([1, seq], ids.Data[(group.Key * seq)..((group.Key + 1) * seq)]);
             var runInputs = lm.Inputs(row);
-            var plan = lm.Model.GetPlan(Derivatives.Shapes(runInputs), variables, keepAll: true);
+            var plan = lm.Model.GetPlan(runInputs, variables, keepAll: true);
             plan.Run(context, runInputs);
             var input = (NdArray<float>)plan.Get(application.InputValue);
             if (input.Length != (long)seq * inF || plan.Get(lm.LogitsOutput).Shape[^1] != layer.Out)

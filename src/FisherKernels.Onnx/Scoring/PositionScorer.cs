@@ -128,7 +128,7 @@ public static class PositionScorer
     {
         var inputs = lm.Inputs(row);
         ExecutionPlan plan;
-        try { plan = lm.Model.GetPlan(Derivatives.Shapes(inputs), variables, keepAll: true); }
+        try { plan = lm.Model.GetPlan(inputs, variables, keepAll: true); }
         catch (FisherKernelsException) when (wholeLogits is not null) { return null; }
         lm.CheckLogits(plan, row.Shape);
         if (!passes.TryGetValue(plan, out var backward)) passes[plan] = backward = new Backward(plan, [lm.LogitsOutput], scorer.Targets);
