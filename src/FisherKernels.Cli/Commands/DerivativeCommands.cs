@@ -23,6 +23,36 @@ internal static class DerivativeCommands
         return 0;
     }
 
+    /// <summary>
+    /// `natgrad --model M --tokens T.npy [--targets Y.npy] --curvature C [--prior-precision τ] [--rank r] [--memory-budget SIZE]
+    /// --out D.safetensors`: <see cref="NatgradService"/>; τ not given: the curvature's stored one, else 1.
+    /// </summary>
+    public static int Natgrad(string[] args, TextWriter stdout)
+    {
+        var options = CommandOptions.Parse("natgrad", args.AsSpan(1),
+            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--out", "--backend", "--threads"], []);
+        string outPath = options.Required("--out");
+        string? priorText = options.Optional("--prior-precision");
+        double prior = 1.0;
+        if (priorText is not null && (!double.TryParse(priorText, NumberStyles.Float, CultureInfo.InvariantCulture, out prior) || !(prior > 0) || !double.IsFinite(prior)))
+            throw FisherKernelsException.Argument($"natgrad: --prior-precision must be a positive number, got '{priorText}' (calibrate --prior-precision auto stores one in the curvature)");
+        var posterior = KfacCommands.PosteriorOptionsOf(options, prior) with { UseStoredPriorPrecision = priorText is null };
+        var lm = LanguageModel.Load(options.Required("--model"));
+        string tokensPath = options.Required("--tokens");
+        var tokens = NpyFile.ReadInt64(tokensPath);
+        lm.Inputs(tokens, null, tokensPath);
+        NdArray<long>? targets = null;
+        if (options.Optional("--targets") is { } targetsPath)
+        {
+            var logits = lm.Forward(ModelCommands.Context(options), new NdArray<long>([1, tokens.Shape[1]], tokens.Data[..tokens.Shape[1]]));
+            targets = Targets.Check(NpyFile.Read(targetsPath), tokens.Shape, logits.Shape[2], targetsPath);
+        }
+        var direction = new NatgradService(lm, ModelCommands.Context(options), Console.Error).Direction(tokens, targets, options.Required("--curvature"), posterior);
+        SafetensorsFile.Write(outPath, direction.Select(p => new KeyValuePair<string, NdArray>(p.Key, p.Value)));
+        stdout.WriteLine($"wrote {outPath}: natural gradient of {direction.Count} tensors");
+        return 0;
+    }
+
     /// <summary>`score --model M --tokens T.npy [--targets Y.npy] [--method isotropic|kfac] [--params FILE|all] [--samples K] [--seed S] --out S.json|S.csv`.</summary>
     public static int Score(string[] args)
     {

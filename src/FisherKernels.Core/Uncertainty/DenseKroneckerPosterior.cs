@@ -96,6 +96,19 @@ public sealed class DenseKroneckerPosterior : LayerPosterior
         backend.Gemm(new GemmShape(GDim, ADim, ADim, TransB: true), left, basis.QA, delta);
     }
 
+    /// <summary><c>Q_G ((Q_Gᵀ X Q_A) ⊘ (M λ_G λ_Aᵀ + τ)) Q_Aᵀ</c>: four products, the inverse in the eigenbasis.</summary>
+    protected override void SolveCore(ReadOnlySpan<float> x, Span<float> result)
+    {
+        long size = (long)GDim * ADim;
+        var left = new float[size];
+        var rotated = new float[size];
+        backend.Gemm(new GemmShape(GDim, ADim, GDim, TransA: true), basis.QG, x, left);
+        backend.Gemm(new GemmShape(GDim, ADim, ADim), left, basis.QA, rotated);
+        System.Numerics.Tensors.TensorPrimitives.Multiply(rotated, basis.InverseDenominators, rotated);
+        backend.Gemm(new GemmShape(GDim, ADim, GDim), basis.QG, rotated, left);
+        backend.Gemm(new GemmShape(GDim, ADim, ADim, TransB: true), left, basis.QA, result);
+    }
+
     /// <summary><c>Σ_ij log(M λ_G,i λ_A,j + τ)</c>, in float64 from the eigenvalues.</summary>
     public override double LogDeterminant()
     {

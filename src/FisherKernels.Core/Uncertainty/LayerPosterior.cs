@@ -136,6 +136,20 @@ public abstract class LayerPosterior
     private protected abstract void SamplePerturbationCore(ref SplitMix64 rng, Span<float> delta);
 
     /// <summary>
+    /// <c>Σ vec(X)</c> for one X <c>[out × in(+1)]</c>, written to <paramref name="result"/> in the same layout: the solve
+    /// <c>(M·A⊗G + τ·I) d = x</c> of the natural gradient (SPEC §4 <c>natgrad</c>). Only the dense form has it.
+    /// </summary>
+    public void Solve(ReadOnlySpan<float> x, Span<float> result)
+    {
+        long size = (long)GDim * ADim;
+        if (x.Length != size || result.Length != size)
+            throw FisherKernelsException.Argument($"layer '{Layer}': a solve takes and gives [{GDim} × {ADim}], got {x.Length} and {result.Length} values");
+        SolveCore(x, result);
+    }
+
+    protected virtual void SolveCore(ReadOnlySpan<float> x, Span<float> result) => throw NeedsDense("the natural gradient");
+
+    /// <summary>
     /// <c>log det(M·A⊗G + τ·I)</c>, the log-determinant of this layer's precision Σ⁻¹ (the marginal likelihood's Occam term,
     /// SPEC §4). The isotropic Σ = I has 0.
     /// </summary>

@@ -52,15 +52,7 @@ public static class KfacScoring
     /// <summary>One layer's <c>vec(X)ᵀ Σ vec(X)</c> of <see cref="GradientQuadratic"/>, X laid out in <paramref name="x"/>.</summary>
     internal static double LayerGradientQuadratic(Layer layer, LayerPosterior posterior, Backward backward, float[] x)
     {
-        int a = layer.In + (layer.Bias is null ? 0 : 1);
-        float[] w = backward.Gradient(layer.Id).Data;
-        for (int o = 0; o < layer.Out; o++)
-            for (int k = 0; k < layer.In; k++) x[o * a + k] = layer.StoredOutIn ? w[o * layer.In + k] : w[k * layer.Out + o];
-        if (layer.Bias is not null)
-        {
-            float[] b = backward.Gradient(layer.Bias).Data;
-            for (int o = 0; o < layer.Out; o++) x[o * a + layer.In] = b[o];
-        }
+        LayerLayout.ToOutIn(layer, backward.Gradient(layer.Id).Data, layer.Bias is null ? default : backward.Gradient(layer.Bias).Data, x);
         var result = new float[1];
         posterior.Quadratic(x, 1, result);
         return result[0];
@@ -121,16 +113,9 @@ public static class KfacScoring
             for (int i = 0; i < layers.Count; i++)
             {
                 Layer layer = layers[i];
-                float[] delta = deltas[i], w = direction[layer.Id].Data;
+                float[] delta = deltas[i];
                 posterior[layer.Id].SamplePerturbation(seed, s, delta);
-                int a = layer.In + (layer.Bias is null ? 0 : 1);
-                for (int o = 0; o < layer.Out; o++)
-                    for (int k = 0; k < layer.In; k++) w[layer.StoredOutIn ? o * layer.In + k : k * layer.Out + o] = delta[o * a + k];
-                if (layer.Bias is not null)
-                {
-                    float[] b = direction[layer.Bias].Data;
-                    for (int o = 0; o < layer.Out; o++) b[o] = delta[o * a + layer.In];
-                }
+                LayerLayout.FromOutIn(layer, delta, direction[layer.Id].Data, layer.Bias is null ? default : direction[layer.Bias].Data);
             }
             var jvp = Derivatives.Jvp(lm, context, tokens, direction, "linearized sampling").Data;
             jvps ??= new float[(long)samples * jvp.Length];
