@@ -12,9 +12,18 @@ internal static class DerivativeCommands
     /// <summary>`jvp --model M --tokens T.npy --direction V.safetensors --out J.npy`.</summary>
     public static int Jvp(string[] args)
     {
-        var options = CommandOptions.Parse("jvp", args.AsSpan(1), ["--model", "--tokens", "--direction", "--out", "--backend", "--threads"], []);
+        var options = CommandOptions.Parse("jvp", args.AsSpan(1), ["--model", "--tokens", "--direction", "--out", "--backend", "--threads", .. TextArguments.ValueOptions], TextArguments.FlagOptions);
         string outPath = options.Required("--out");
-        var lm = LanguageModel.Load(options.Required("--model"));
+        var folder = TextArguments.Model(options);
+        var lm = LanguageModel.Load(folder.ModelPath);
+        if (TextArguments.Read("jvp", options, folder, lm) is { } text)
+        {
+            string direction = options.Required("--direction");
+            var context = ModelCommands.Context(options);
+            // Like forward --text: one file per sequence, each position's J·V from the window of its most left context.
+            text.WritePerSequence(outPath, i => ModelCommands.WindowedLogits(text, i, tokens => JvpService.Jvp(lm, context, tokens, direction)));
+            return 0;
+        }
         string tokensPath = options.Required("--tokens");
         var tokens = NpyFile.Read(tokensPath);
         lm.Inputs(tokens, null, tokensPath);

@@ -21,13 +21,15 @@ internal static class KfacCommands
     internal static int Fit(string[] args, TextWriter stdout, Func<int, bool>? stopAfterBatch)
     {
         var options = CommandOptions.Parse("fit", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--fisher", "--samples", "--seed", "--ema", "--sample-positions", "--batch-size", "--out", "--backend", "--threads", "--init", "--decay"], []);
+            ["--model", "--tokens", "--targets", "--fisher", "--samples", "--seed", "--ema", "--sample-positions", "--batch-size", "--out", "--backend", "--threads", "--init", "--decay",
+             .. TextArguments.ValueOptions], TextArguments.FlagOptions);
         string fisher = options.Optional("--fisher") ?? FisherType.Sampled.Name();
+        var folder = TextArguments.Model(options);
         var request = new FitRequest
         {
             OutPath = options.Required("--out"),
-            ModelPath = options.Required("--model"),
-            TokensPath = options.Required("--tokens"),
+            ModelPath = folder.ModelPath,
+            TokensPath = options.Optional("--text") is null ? options.Required("--tokens") : "",
             TargetsPath = options.Optional("--targets"),
             Options = new KfacFitOptions
             {
@@ -44,6 +46,7 @@ internal static class KfacCommands
         };
         request.Options.Validate();
         var service = new FitService(ModelCommands.Context(options));
+        if (options.Optional("--text") is not null) return FitText(options, folder, request, service, stdout);
         FitResult result = ProgressDisplay.Run($"fit {Path.GetFileName(request.ModelPath)}", "batch",
             (progress, cancel) => service.Run(request, progress, cancel), stopAfterBatch);
         if (!result.Completed)
@@ -53,6 +56,38 @@ internal static class KfacCommands
         }
         stdout.WriteLine(FitService.Summary(request.OutPath, result.Curvature!));
         return 0;
+    }
+
+    /// <summary>
+    /// fit --text: every window of every sequence is a row with its own targets (each targeted position once); rows of one
+    /// length are fitted together (FitService over temporary token and target files), and the curvatures of different
+    /// lengths merged (information adds, SPEC §3). No checkpoint: an interrupted text fit starts again.
+    /// </summary>
+    static int FitText(CommandOptions options, Text.ModelFolder folder, FitRequest request, FitService service, TextWriter stdout)
+    {
+        var lm = LanguageModel.Load(folder.ModelPath);
+        var text = TextArguments.Read("fit", options, folder, lm)!;
+        var rows = text.WindowRows(text.Targets("fit", folder, request.TargetsPath));
+        string temp = Path.Combine(Path.GetTempPath(), $"fisherkernels-fit-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(temp);
+        try
+        {
+            var curvatures = new List<KfacCurvature>();
+            foreach (var group in rows.GroupBy(r => r.Tokens.Shape[1]).OrderBy(g => g.Key))
+            {
+                int length = group.Key, count = group.Count();
+                string tokens = Path.Combine(temp, $"tokens.{length}.npy"), targets = Path.Combine(temp, $"targets.{length}.npy");
+                NpyFile.Write(tokens, new NdArray<long>([count, length], group.SelectMany(r => r.Tokens.Data).ToArray()));
+                NpyFile.Write(targets, new NdArray<long>([count, length], group.SelectMany(r => r.Targets.Data).ToArray()));
+                var result = service.Run(request with { TokensPath = tokens, TargetsPath = targets, OutPath = Path.Combine(temp, $"c.{length}.safetensors") });
+                curvatures.Add(result.Curvature!);
+            }
+            KfacCurvature curvature = curvatures.Count == 1 ? curvatures[0] : KfacCurvature.MergeAll(curvatures.ToArray(), null, FitService.CreatedBy);
+            curvature.Save(request.OutPath);
+            stdout.WriteLine(FitService.Summary(request.OutPath, curvature));
+            return 0;
+        }
+        finally { Directory.Delete(temp, recursive: true); }
     }
 
     /// <summary>
@@ -97,21 +132,30 @@ internal static class KfacCommands
     public static int Calibrate(string[] args, TextWriter stdout)
     {
         var options = CommandOptions.Parse("calibrate", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--out", "--backend", "--threads"], []);
+            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--out", "--backend", "--threads", .. TextArguments.ValueOptions],
+            TextArguments.FlagOptions);
         string curvaturePath = options.Required("--curvature");
         string outPath = options.Optional("--out") ?? curvaturePath;
-        var lm = LanguageModel.Load(options.Required("--model"));
-        string tokensPath = options.Required("--tokens");
-        var tokens = NpyFile.ReadInt64(tokensPath);
-        lm.Inputs(tokens, null, tokensPath);
+        var folder = TextArguments.Model(options);
+        var lm = LanguageModel.Load(folder.ModelPath);
+        var text = TextArguments.Read("calibrate", options, folder, lm);
         var context = ModelCommands.Context(options);
         string? priorText = options.Optional("--prior-precision");
         var search = priorText switch { "auto" => PriorPrecisionSearch.Auto, "auto-layer" => PriorPrecisionSearch.AutoLayer, _ => PriorPrecisionSearch.None };
         double prior = priorText is null || search != PriorPrecisionSearch.None ? 1.0 : Number(priorText, "--prior-precision");
         string? targetsPath = options.Optional("--targets");
+        IReadOnlyList<(NdArray, NdArray?, string, string)> batches;
+        if (text is not null)
+            batches = text.WindowRows(text.Targets("calibrate", folder, targetsPath)).Select(r => ((NdArray)r.Tokens, (NdArray?)r.Targets, r.Name, r.Name)).ToList();
+        else
+        {
+            string tokensPath = options.Required("--tokens");
+            var tokens = NpyFile.ReadInt64(tokensPath);
+            lm.Inputs(tokens, null, tokensPath);
+            batches = [(tokens, targetsPath is null ? null : NpyFile.Read(targetsPath), tokensPath, targetsPath ?? "")];
+        }
         var posterior = PosteriorOptionsOf(options, prior) with { UseStoredPriorPrecision = priorText is null };
-        CalibrateResult result = CalibrateService.Calibrate(lm, context, tokens, tokensPath, targetsPath is null ? null : NpyFile.Read(targetsPath), targetsPath ?? "",
-                                                            curvaturePath, posterior, search, outPath, Console.Error);
+        CalibrateResult result = CalibrateService.Calibrate(lm, context, batches, curvaturePath, posterior, search, outPath, Console.Error);
         if (result.Evidence is var (atOptimum, atOne, layers))
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"prior precision ({priorText}, marginal likelihood over {layers} dense layers): {result.PriorPrecision.ToMetadata()}; log evidence {atOptimum:G8} (τ = 1: {atOne:G8})"));

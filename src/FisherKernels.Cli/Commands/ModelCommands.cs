@@ -147,33 +147,20 @@ internal static class ModelCommands
             NpyFile.Write(outPath, lm.Forward(context, tokens, null, tokensPath));
             return 0;
         }
-        var paths = Enumerable.Range(0, text.Sequences.Count).Select(i => text.Sequences.Count == 1 ? outPath
-            : Path.Combine(Path.GetDirectoryName(outPath) ?? "", $"{Path.GetFileNameWithoutExtension(outPath)}.{i}{Path.GetExtension(outPath)}")).ToList();
-        var logits = Enumerable.Range(0, text.Sequences.Count).Select(i => WindowedLogits(lm, context, text, i)).ToList();
-        var written = new List<string>();
-        try
-        {
-            for (int i = 0; i < paths.Count; i++)
-            {
-                NpyFile.Write(paths[i], logits[i]);
-                written.Add(paths[i]);
-            }
-        }
-        catch
-        {
-            foreach (string path in written) File.Delete(path);
-            throw;
-        }
+        text.WritePerSequence(outPath, i => WindowedLogits(text, i, tokens => lm.Forward(context, tokens, null, $"--text {text.Source} (sequence {i})")));
         return 0;
     }
 
-    /// <summary>Logits [1, n, vocab] of text sequence <paramref name="index"/>, window by window (SPEC §1 long sequences).</summary>
-    internal static NdArray<float> WindowedLogits(LanguageModel lm, OpContext context, TextArguments text, int index)
+    /// <summary>
+    /// An array [1, n, vocab] over text sequence <paramref name="index"/> from <paramref name="run"/> of each of its windows
+    /// (SPEC §1 long sequences): each position's row from the window that gives it the most left context.
+    /// </summary>
+    internal static NdArray<float> WindowedLogits(TextArguments text, int index, Func<NdArray<long>, NdArray<float>> run)
     {
         NdArray<float>? result = null;
         foreach (var window in text.Windows(index))
         {
-            var logits = lm.Forward(context, text.Tokens(index, window), null, $"--text {text.Source} (sequence {index})");
+            var logits = run(text.Tokens(index, window));
             int vocab = logits.Shape[2];
             result ??= new NdArray<float>(1, text.Sequences[index].Count, vocab);
             logits.Data.AsSpan((window.ScoredFrom - window.Start) * vocab, (window.ScoredTo - window.ScoredFrom) * vocab)

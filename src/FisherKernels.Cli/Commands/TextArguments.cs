@@ -118,6 +118,49 @@ internal sealed class TextArguments
         ScorePage.Write(path, title, report.Method, pages);
     }
 
+    /// <summary>
+    /// Writes one array per sequence (SPEC §1): <paramref name="outPath"/> itself for one sequence, else the sequence index
+    /// before the extension (<c>logits.0.npy</c>, …). Every array is computed before the first is written, and a failed write
+    /// removes those already written.
+    /// </summary>
+    public void WritePerSequence(string outPath, Func<int, NdArray<float>> array)
+    {
+        var paths = Enumerable.Range(0, Sequences.Count).Select(i => Sequences.Count == 1 ? outPath
+            : Path.Combine(Path.GetDirectoryName(outPath) ?? "", $"{Path.GetFileNameWithoutExtension(outPath)}.{i}{Path.GetExtension(outPath)}")).ToList();
+        var arrays = Enumerable.Range(0, Sequences.Count).Select(array).ToList();
+        var written = new List<string>();
+        try
+        {
+            for (int i = 0; i < paths.Count; i++)
+            {
+                NpyFile.Write(paths[i], arrays[i]);
+                written.Add(paths[i]);
+            }
+        }
+        catch
+        {
+            foreach (string path in written) File.Delete(path);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Every window of every sequence as its own row: its tokens and its targets, those of positions another window scores
+    /// set to -100 (so each targeted position counts once), for the verbs that run batches (fit, calibrate).
+    /// </summary>
+    public List<(NdArray<long> Tokens, NdArray<long> Targets, string Name)> WindowRows(IReadOnlyList<long[]>? targets)
+    {
+        var rows = new List<(NdArray<long>, NdArray<long>, string)>();
+        for (int i = 0; i < Sequences.Count; i++)
+        {
+            long[] sequenceTargets = targets?[i] ?? TextScoring.NextTokenTargets(Sequences[i]);
+            foreach (var window in Windows(i))
+                rows.Add((Tokens(i, window), new NdArray<long>([1, window.Length], WindowPlan.WindowTargets(sequenceTargets, window)),
+                          $"--text {Source} (sequence {i}, tokens {window.Start}..{window.End - 1})"));
+        }
+        return rows;
+    }
+
     /// <summary>Sequence <paramref name="index"/>'s tokens [1, n] (or the window <paramref name="window"/> of them).</summary>
     public NdArray<long> Tokens(int index, Window? window = null)
     {

@@ -35,6 +35,14 @@ public static class CalibrateService
     /// </summary>
     public static CalibrateResult Calibrate(LanguageModel lm, OpContext context, NdArray tokens, string tokensName, NdArray? targets, string targetsName,
                                             string curvaturePath, PosteriorOptions options, PriorPrecisionSearch search, string outPath, TextWriter log)
+        => Calibrate(lm, context, [(tokens, targets, tokensName, targetsName)], curvaturePath, options, search, outPath, log);
+
+    /// <summary>
+    /// As above over several batches of their own lengths (text input's windows, <c>--text</c>): every targeted position of
+    /// every batch counts once.
+    /// </summary>
+    public static CalibrateResult Calibrate(LanguageModel lm, OpContext context, IReadOnlyList<(NdArray Tokens, NdArray? Targets, string TokensName, string TargetsName)> batches,
+                                            string curvaturePath, PosteriorOptions options, PriorPrecisionSearch search, string outPath, TextWriter log)
     {
         KfacCurvature curvature = KfacScoring.LoadCurvature(lm, curvaturePath);
         (double, double, int)? evidence = null;
@@ -47,27 +55,30 @@ public static class CalibrateService
             evidence = (terms.Sum(t => t.LogEvidence(options.PriorPrecisionOf(t.Layer))), MarginalLikelihood.LogEvidence(terms, 1.0), terms.Count);
         }
         KfacPosterior posterior = KfacScoring.Posterior(curvature, options, context.Backend, log);
-        var logits = lm.Forward(context, tokens, null, tokensName);
-        int vocab = logits.Shape[2];
-        var checkedTargets = targets is null ? Targets.NextToken(tokens) : Targets.Check(targets, tokens.Shape, vocab, targetsName);
-
-        // Score what the model predicts (its top-1 token): the confidence must be computable without knowing the truth;
-        // the true targets only say which predictions were right.
-        int seq = tokens.Shape[1];
-        var predicted = Targets.Predicted(logits, checkedTargets);
-        var report = PositionScorer.Score(lm, context, tokens, predicted, LayerDiscovery.DefaultParameters(lm.Model.Layers), ScoreMethod.Kfac.Name(),
-                                          posterior.PriorPrecision, KfacScoring.Epistemic(lm, posterior));
         var p = new List<double>();
         var epistemic = new List<double>();
         var correct = new List<bool>();
-        foreach (var sequence in report.Sequences)
-            foreach (var token in sequence.Tokens)
-            {
-                p.Add(token.P);
-                epistemic.Add(token.Epistemic);
-                correct.Add(token.Target == checkedTargets.Data[sequence.Index * seq + token.Position]);
-            }
-        if (correct.Count == 0) throw FisherKernelsException.Argument($"calibrate: '{tokensName}' has no targeted positions");
+        foreach (var (tokens, targets, tokensName, targetsName) in batches)
+        {
+            var logits = lm.Forward(context, tokens, null, tokensName);
+            int vocab = logits.Shape[2];
+            var checkedTargets = targets is null ? Targets.NextToken(tokens) : Targets.Check(targets, tokens.Shape, vocab, targetsName);
+
+            // Score what the model predicts (its top-1 token): the confidence must be computable without knowing the truth;
+            // the true targets only say which predictions were right.
+            int seq = tokens.Shape[1];
+            var predicted = Targets.Predicted(logits, checkedTargets);
+            var report = PositionScorer.Score(lm, context, tokens, predicted, LayerDiscovery.DefaultParameters(lm.Model.Layers), ScoreMethod.Kfac.Name(),
+                                              posterior.PriorPrecision, KfacScoring.Epistemic(lm, posterior));
+            foreach (var sequence in report.Sequences)
+                foreach (var token in sequence.Tokens)
+                {
+                    p.Add(token.P);
+                    epistemic.Add(token.Epistemic);
+                    correct.Add(token.Target == checkedTargets.Data[sequence.Index * seq + token.Position]);
+                }
+        }
+        if (correct.Count == 0) throw FisherKernelsException.Argument($"calibrate: '{batches[0].TokensName}' has no targeted positions");
         CalibrationSummary summary = CalibrationSummary.Fit(p.ToArray(), epistemic.ToArray(), correct.ToArray());
         var stored = new StoredPriorPrecision(options.PriorPrecision, options.LayerPriorPrecisions);
         curvature.WithCalibrationBeta(summary.Beta).WithPriorPrecision(stored).Save(outPath);

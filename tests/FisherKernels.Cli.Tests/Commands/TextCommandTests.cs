@@ -226,4 +226,35 @@ public class TextCommandTests
         Assert.Equal(["w1", "w2", "w3"], tokens.Select(t => t.GetProperty("text").GetString()));
         Assert.Equal([0, 3, 6], tokens.Select(t => t.GetProperty("start").GetInt32()));
     }
+
+    /// <summary>jvp, fit and calibrate with --text of one short line: the same files as their --tokens runs on the line's bytes.</summary>
+    [Fact]
+    public void JvpFitAndCalibrateTextEqualTheirTokenRuns()
+    {
+        using var temp = new TempFolder();
+        string line = "Calibrate, fit and jvp on text.";
+        string text = temp.File("in.txt");
+        File.WriteAllText(text, line + "\n");
+        string tokens = WriteTokens(temp, "t.npy", Encoding.UTF8.GetBytes(line));
+        string model = Path.Combine(DefaultModel, "model.onnx");
+
+        string direction = temp.File("v.safetensors");
+        var random = new Random(2);
+        SafetensorsFile.Write(direction, [new KeyValuePair<string, NdArray>("head.weight", new NdArray<float>([256, 128], Enumerable.Range(0, 128 * 256).Select(_ => (float)random.NextDouble() - 0.5f).ToArray()))]);
+        Assert.Equal(0, CliRunner.Run("jvp", "--model", DefaultModel, "--text", text, "--direction", direction, "--out", temp.File("j1.npy")).Code);
+        Assert.Equal(0, CliRunner.Run("jvp", "--model", model, "--tokens", tokens, "--direction", direction, "--out", temp.File("j2.npy")).Code);
+        Assert.Equal(((NdArray<float>)NpyFile.Read(temp.File("j2.npy"))).Data, ((NdArray<float>)NpyFile.Read(temp.File("j1.npy"))).Data);
+
+        var (code, _, stderr) = CliRunner.Run("fit", "--model", DefaultModel, "--text", text, "--out", temp.File("c1.safetensors"));
+        Assert.True(code == 0, stderr);
+        Assert.Equal(0, CliRunner.Run("fit", "--model", model, "--tokens", tokens, "--out", temp.File("c2.safetensors")).Code);
+        var (a, b) = (SafetensorsFile.Read(temp.File("c1.safetensors")), SafetensorsFile.Read(temp.File("c2.safetensors")));
+        Assert.Equal(b.Names, a.Names);
+        foreach (string name in a.Names) Assert.Equal(b.GetFloat32(name).Data, a.GetFloat32(name).Data);
+
+        var (code1, out1, err1) = CliRunner.Run("calibrate", "--model", DefaultModel, "--text", text, "--curvature", temp.File("c1.safetensors"), "--out", temp.File("k1.safetensors"));
+        Assert.True(code1 == 0, err1);
+        var (_, out2, _) = CliRunner.Run("calibrate", "--model", model, "--tokens", tokens, "--curvature", temp.File("c2.safetensors"), "--out", temp.File("k2.safetensors"));
+        Assert.Equal(out2.Replace("k2.safetensors", "k1.safetensors"), out1);
+    }
 }
