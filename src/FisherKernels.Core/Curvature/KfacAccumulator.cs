@@ -89,9 +89,9 @@ public readonly record struct LayerMemory(string Layer, long FactorBytes, long E
 /// exactly those, so merges stay exact.
 /// </para>
 /// <para>
-/// Every random choice is a pure function of (seed, batch index, draw), so a fit is deterministic for the
-/// same inputs, seed and thread count, and a fit resumed from a checkpoint is bit-identical to an
-/// uninterrupted one.
+/// Every random choice is a pure function of (seed, batch index in the token file, draw), so a fit is deterministic for the
+/// same inputs, seed and thread count, a fit resumed from a checkpoint is bit-identical to an
+/// uninterrupted one, and a shard starting at batch <see cref="FirstBatch"/> draws what the whole-file fit draws there.
 /// </para>
 /// </summary>
 public sealed class KfacAccumulator
@@ -119,8 +119,11 @@ public sealed class KfacAccumulator
         public int GradientCalls;
     }
 
-    public KfacAccumulator(IComputeBackend backend, IReadOnlyList<LayerShape> layers, KfacFitOptions options, string modelSha256)
+    /// <param name="firstBatch">The index in the token file of the first batch this accumulator sees (a shard of a cluster fit, SPEC §9): the random draws key on it.</param>
+    public KfacAccumulator(IComputeBackend backend, IReadOnlyList<LayerShape> layers, KfacFitOptions options, string modelSha256, int firstBatch = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(firstBatch);
+        FirstBatch = firstBatch;
         ArgumentNullException.ThrowIfNull(backend);
         ArgumentNullException.ThrowIfNull(layers);
         ArgumentNullException.ThrowIfNull(options);
@@ -148,6 +151,9 @@ public sealed class KfacAccumulator
     public KfacFitOptions Options { get; }
     public string ModelSha256 { get; }
 
+    /// <summary>The token file's index of this fit's first batch (0 unless the fit is a shard).</summary>
+    public int FirstBatch { get; }
+
     /// <summary>Batches completed so far (including those restored from a checkpoint).</summary>
     public int BatchesDone { get; private set; }
 
@@ -171,7 +177,7 @@ public sealed class KfacAccumulator
             return mask;
         }
         if (mask.Length != positions) mask = new byte[positions];
-        var rng = new SplitMix64(Options.Seed, BatchesDone, stream: 0);
+        var rng = new SplitMix64(Options.Seed, FirstBatch + BatchesDone, stream: 0);
         keptInBatch = 0;
         for (int m = 0; m < positions; m++)
         {
@@ -307,13 +313,13 @@ public sealed class KfacAccumulator
     /// <summary>
     /// Draws the labels of one sampled-Fisher draw: for each of <paramref name="positions"/> rows of
     /// <paramref name="logits"/> <c>[positions × vocab]</c> with a target (not -100), a label from softmax(logits);
-    /// -100 where there is no target. A pure function of (seed, current batch, draw).
+    /// -100 where there is no target. A pure function of (seed, current batch's index in the token file, draw).
     /// </summary>
     public void SampleLabels(ReadOnlySpan<float> logits, int positions, int vocab, ReadOnlySpan<long> targets, int draw, Span<long> labels)
     {
         if (logits.Length != (long)positions * vocab || targets.Length != positions || labels.Length != positions)
             throw FisherKernelsException.Argument($"K-FAC fit: sampling labels needs logits [{positions} × {vocab}] and {positions} targets and labels");
-        int batch = batchPositions >= 0 ? BatchesDone : throw new InvalidOperationException("K-FAC fit: SampleLabels called outside a batch");
+        int batch = batchPositions >= 0 ? FirstBatch + BatchesDone : throw new InvalidOperationException("K-FAC fit: SampleLabels called outside a batch");
         var rng = new SplitMix64(Options.Seed, batch, stream: 1 + draw);
         float[] weights = ArrayPool<float>.Shared.Rent(vocab);
         try
@@ -407,9 +413,9 @@ public sealed class KfacAccumulator
     /// model, other options, other layers or another run fingerprint. Continue with batch <see cref="BatchesDone"/>.
     /// </summary>
     public static KfacAccumulator Resume(string path, IComputeBackend backend, IReadOnlyList<LayerShape> layers, KfacFitOptions options,
-                                         string modelSha256, string runFingerprint)
+                                         string modelSha256, string runFingerprint, int firstBatch = 0)
     {
-        var acc = new KfacAccumulator(backend, layers, options, modelSha256);
+        var acc = new KfacAccumulator(backend, layers, options, modelSha256, firstBatch);
         SafetensorsFile file = SafetensorsFile.Read(path);
         var meta = file.Metadata;
         string Meta(string key) => meta.TryGetValue(key, out string? v) ? v : throw FisherKernelsException.Format($"{path}: checkpoint metadata '{key}' is missing");

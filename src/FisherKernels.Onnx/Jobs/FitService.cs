@@ -30,11 +30,28 @@ public sealed record FitRequest
     /// <summary>Sequences a batch (<c>--batch-size</c>).</summary>
     public int BatchSize { get; init; } = 8;
 
+    /// <summary>
+    /// Only batches [First, Last) of the token file, a shard of a cluster fit (SPEC §9); null for every batch. A shard's draws
+    /// are those of the whole-file fit at the same batches, so merging the shards' curvatures gives the whole-file fit.
+    /// </summary>
+    public BatchRange? Batches { get; init; }
+
+    /// <summary>The longest time between checkpoints of a running fit (one is saved after a batch once this has passed).</summary>
+    public TimeSpan CheckpointInterval { get; init; } = TimeSpan.FromSeconds(10);
+
     /// <summary>Where the fit's state is saved to resume: beside the output.</summary>
     public string CheckpointPath => OutPath + ".checkpoint";
 }
 
-/// <summary>Steps of a long job done of all (a fit's batches), reported after each step and once before the first (a resumed fit starts above 0).</summary>
+/// <summary>Batches [First, Last) of a token file.</summary>
+public readonly record struct BatchRange(int First, int Last)
+{
+    public int Count => Last - First;
+
+    public override string ToString() => $"batches {First}..{Last - 1}";
+}
+
+/// <summary>Steps of a long job done of all (a fit's batches, of its range for a shard), reported after each step and once before the first (a resumed fit starts above 0).</summary>
 public readonly record struct JobProgress(int Done, int Total);
 
 /// <summary>The curvature written (null when the fit was cancelled: its state is then in the checkpoint).</summary>
@@ -50,8 +67,6 @@ public sealed record FitResult(KfacCurvature? Curvature, int BatchesDone, int Ba
 /// </summary>
 public sealed class FitService(OpContext context)
 {
-    static readonly TimeSpan CheckpointInterval = TimeSpan.FromSeconds(10);
-
     /// <summary>The <c>created_by</c> of every file this engine writes.</summary>
     public static string CreatedBy => $"fisherkernels {typeof(FitService).Assembly.GetName().Version?.ToString(3)}";
 
@@ -79,7 +94,11 @@ public sealed class FitService(OpContext context)
         LayerShape[] shapes = KfacScoring.Shapes(layers);
 
         int sequences = tokenRows.Shape[0];
-        int batches = (sequences + batchSize - 1) / batchSize;
+        int fileBatches = (sequences + batchSize - 1) / batchSize;
+        BatchRange range = request.Batches ?? new BatchRange(0, fileBatches);
+        if (range.First < 0 || range.Last > fileBatches || range.Count < 1)
+            throw FisherKernelsException.Argument($"fit: {range} are not batches of '{request.TokensPath}', which has {fileBatches} of {batchSize} sequences");
+        int batches = range.Count;
         (NdArray<long> Tokens, NdArray<long> Targets) ReadBatch(int batch)
         {
             int first = batch * batchSize, count = Math.Min(batchSize, sequences - first);
@@ -88,7 +107,7 @@ public sealed class FitService(OpContext context)
         }
         // Every id is checked before any work, so a bad one anywhere in the files stops the fit at once.
         int vocabulary = targetRows is null ? 0 : lm.Forward(context, tokenRows.ReadInt64(0, 1)).Shape[2];
-        for (int batch = 0; batch < batches; batch++)
+        for (int batch = range.First; batch < range.Last; batch++)
         {
             var (batchTokens, batchTargets) = ReadBatch(batch);
             string rows = $"rows {batch * batchSize}..{batch * batchSize + batchTokens.Shape[0] - 1}";
@@ -96,7 +115,8 @@ public sealed class FitService(OpContext context)
             if (targetRows is not null) Targets.Check(batchTargets, batchTokens.Shape, vocabulary, $"{targetsPath} ({rows})");
         }
         string modelSha = KfacScoring.Sha256(request.ModelPath);
-        string fingerprint = $"tokens {KfacScoring.Sha256(request.TokensPath)}, targets {(targetsPath is null ? "next-token" : KfacScoring.Sha256(targetsPath))}, batch-size {batchSize}";
+        string fingerprint = $"tokens {KfacScoring.Sha256(request.TokensPath)}, targets {(targetsPath is null ? "next-token" : KfacScoring.Sha256(targetsPath))}, batch-size {batchSize}"
+            + (request.Batches is null ? "" : $", {range}");
         // C0 is checked before any batch runs: a curvature of another model or fisher type stops the fit at once.
         KfacCurvature? init = null;
         if (request.InitPath is { } initPath)
@@ -111,25 +131,25 @@ public sealed class FitService(OpContext context)
         else if (request.InitDecay != 1.0) throw FisherKernelsException.Argument("fit: --decay scales the curvature of --init; give --init C0");
         string checkpoint = request.CheckpointPath;
         KfacAccumulator accumulator = File.Exists(checkpoint)
-            ? KfacAccumulator.Resume(checkpoint, context.Backend, shapes, request.Options, modelSha, fingerprint)
-            : new KfacAccumulator(context.Backend, shapes, request.Options, modelSha);
+            ? KfacAccumulator.Resume(checkpoint, context.Backend, shapes, request.Options, modelSha, fingerprint, range.First)
+            : new KfacAccumulator(context.Backend, shapes, request.Options, modelSha, range.First);
         if (accumulator.BatchesDone > batches)
-            throw FisherKernelsException.Argument($"fit: checkpoint '{checkpoint}' has {accumulator.BatchesDone} batches, the token file only {batches}; delete it");
+            throw FisherKernelsException.Argument($"fit: checkpoint '{checkpoint}' has {accumulator.BatchesDone} batches, the fit only {batches}; delete it");
 
         var parameters = LayerDiscovery.DefaultParameters(layers);
         var lastSave = Stopwatch.StartNew();
         progress?.Report(new JobProgress(accumulator.BatchesDone, batches));
-        for (int batch = accumulator.BatchesDone; batch < batches; batch++)
+        for (int done = accumulator.BatchesDone; done < batches; done++)
         {
             if (cancel.IsCancellationRequested)
             {
                 accumulator.SaveCheckpoint(checkpoint, fingerprint);
                 return new FitResult(null, accumulator.BatchesDone, batches, checkpoint);
             }
-            var (batchTokens, batchTargets) = ReadBatch(batch);
+            var (batchTokens, batchTargets) = ReadBatch(range.First + done);
             FitBatch(lm, context, accumulator, layers, parameters, batchTokens, batchTargets);
-            progress?.Report(new JobProgress(batch + 1, batches));
-            if (lastSave.Elapsed >= CheckpointInterval && batch + 1 < batches)
+            progress?.Report(new JobProgress(done + 1, batches));
+            if (lastSave.Elapsed >= request.CheckpointInterval && done + 1 < batches)
             {
                 accumulator.SaveCheckpoint(checkpoint, fingerprint);
                 lastSave.Restart();
