@@ -31,6 +31,7 @@ internal static class CommandLine
                 "generate" => Commands.GenerateCommand.Run(args, Console.Out),
                 "jvp" => Commands.DerivativeCommands.Jvp(args),
                 "natgrad" => Commands.DerivativeCommands.Natgrad(args, Console.Out),
+                "ewc" => Commands.DerivativeCommands.Ewc(args, Console.Out),
                 "score" => Commands.DerivativeCommands.Score(args),
                 _ => throw FisherKernelsException.Argument($"unknown command '{args[0]}'\n{Usage}"),
             };
@@ -50,6 +51,7 @@ internal static class CommandLine
           score    --model M.onnx --tokens T.npy [--method isotropic|kfac] [--curvature C.safetensors] ... --out S.json|S.csv
           jvp      --model M.onnx --tokens T.npy --direction V.safetensors --out J.npy
           natgrad  --model M.onnx --tokens T.npy [--targets Y.npy] --curvature C.safetensors [--prior-precision τ] --out D.safetensors
+          ewc      --model BASE.onnx --candidate TUNED.onnx --curvature C.safetensors [--json]
           merge    C1.safetensors C2.safetensors ... [--decay λ1,λ2,...] --out C.safetensors
           calibrate --model M.onnx --tokens T.npy --curvature C.safetensors [--prior-precision τ|auto|auto-layer] [--out C2.safetensors]
           run      --model M.onnx --input NAME=FILE.npy [...] --out-dir DIR

@@ -62,6 +62,23 @@ internal static class DerivativeCommands
         return 0;
     }
 
+    /// <summary>`ewc --model BASE --candidate TUNED --curvature C [--json]`: <see cref="EwcService"/>, per layer and in all.</summary>
+    public static int Ewc(string[] args, TextWriter stdout)
+    {
+        var options = CommandOptions.Parse("ewc", args.AsSpan(1), ["--model", "--candidate", "--curvature", "--backend", "--threads"], ["--json"]);
+        var baseModel = LanguageModel.Load(options.Required("--model"));
+        var candidate = LanguageModel.Load(options.Required("--candidate"));
+        EwcPenalty penalty = EwcService.Penalty(baseModel, candidate, options.Required("--curvature"), ModelCommands.Context(options).Backend);
+        if (options.Has("--json"))
+        {
+            stdout.WriteLine(System.Text.Json.JsonSerializer.Serialize(new { total = penalty.Total, layers = penalty.Layers }));
+            return 0;
+        }
+        foreach (var (layer, value) in penalty.Layers) stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{layer}: {value:R}"));
+        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"total: {penalty.Total:R}"));
+        return 0;
+    }
+
     /// <summary>`score --model M --tokens T.npy [--targets Y.npy] [--method isotropic|kfac] [--params FILE|all] [--samples K] [--seed S] --out S.json|S.csv`.</summary>
     public static int Score(string[] args)
     {

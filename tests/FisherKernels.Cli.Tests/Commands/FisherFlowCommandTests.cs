@@ -73,4 +73,60 @@ public class FisherFlowCommandTests
         Assert.Single(stderr.Trim().Split('\n'));
         Assert.False(File.Exists(temp.File("bad.safetensors")));
     }
+
+    [Fact]
+    public void EwcIsHalfTheCurvatureQuadraticOfTheWeightChange()
+    {
+        // Reference: ½ Σ_layers vec(Δ)ᵀ (M·G ⊗ A) vec(Δ) by explicit float64 sums over the fixture's factors, for a candidate
+        // whose weights and biases were moved by random Δ in memory (the same ONNX file loaded twice).
+        string model = Fixtures.Path("gpt2_tiny.onnx"), curvature = Fixtures.Path("gpt2_tiny.kfac.safetensors");
+        LanguageModel baseModel = LanguageModel.Load(model), candidate = LanguageModel.Load(model);
+        var rng = new Random(22);
+        foreach (Layer layer in candidate.Model.Layers)
+            foreach (string name in new[] { layer.Id, layer.Bias }.OfType<string>())
+            {
+                float[] values = ((NdArray<float>)candidate.Model.Graph.Initializers[name]).Data;
+                for (int i = 0; i < values.Length; i++) values[i] += (float)(0.01 * (rng.NextDouble() - 0.5));
+            }
+        Onnx.Jobs.EwcPenalty penalty = Onnx.Jobs.EwcService.Penalty(baseModel, candidate, curvature, new Backends.Cpu.CpuBackend(threads: 1));
+
+        SafetensorsFile factors = SafetensorsFile.Read(curvature);
+        double positions = double.Parse(factors.Metadata["positions"], System.Globalization.CultureInfo.InvariantCulture);
+        double total = 0;
+        foreach (Layer layer in baseModel.Model.Layers)
+        {
+            int a = layer.In + (layer.Bias is null ? 0 : 1), g = layer.Out;
+            float[] OutIn(LanguageModel lm)
+            {
+                var x = new float[a * g];
+                var init = lm.Model.Graph.Initializers;
+                LayerLayout.ToOutIn(layer, ((NdArray<float>)init[layer.Id]).Data, layer.Bias is null ? default : ((NdArray<float>)init[layer.Bias]).Data, x);
+                return x;
+            }
+            float[] after = OutIn(candidate), before = OutIn(baseModel);
+            double[] delta = after.Select((v, i) => (double)v - before[i]).ToArray();
+            float[] fa = factors.GetFloat32(layer.Id + ".A").Data, fg = factors.GetFloat32(layer.Id + ".G").Data;
+            double sum = 0;
+            for (int o = 0; o < g; o++)
+                for (int p = 0; p < g; p++)
+                    for (int k = 0; k < a; k++)
+                        for (int q = 0; q < a; q++) sum += delta[o * a + k] * fg[o * g + p] * fa[k * a + q] * delta[p * a + q];
+            double reference = 0.5 * positions * sum;
+            Assert.True(Math.Abs(penalty.Layers[layer.Id] - reference) <= 1e-3 * Math.Abs(reference), $"{layer.Id}: {penalty.Layers[layer.Id]} vs float64 {reference}");
+            total += reference;
+        }
+        Assert.True(Math.Abs(penalty.Total - total) <= 1e-3 * total);
+        Assert.True(total > 0);
+
+        // The command: a model against itself is 0; models of different architectures are one line.
+        var (code, stdout, stderr) = CliRunner.Run("ewc", "--model", model, "--candidate", model, "--curvature", curvature, "--json");
+        Assert.True(code == 0, stderr);
+        using var json = System.Text.Json.JsonDocument.Parse(stdout);
+        Assert.Equal(0.0, json.RootElement.GetProperty("total").GetDouble());
+        Assert.Equal(baseModel.Model.Layers.Count, json.RootElement.GetProperty("layers").EnumerateObject().Count());
+        (code, _, stderr) = CliRunner.Run("ewc", "--model", model, "--candidate", Fixtures.Path("llama_tiny.onnx"), "--curvature", curvature);
+        Assert.NotEqual(0, code);
+        Assert.Contains("different architectures", stderr);
+        Assert.Single(stderr.Trim().Split('\n'));
+    }
 }
