@@ -19,7 +19,8 @@ namespace FisherKernels.Cli.Bench;
 /// next-token loss to every layer weight, after a forward pass that is not timed), <c>jvp</c> (the tangent pass
 /// along every layer weight, likewise), <c>fit</c> (one batch: forward, backward with taps, factor
 /// accumulation) and <c>score</c> (isotropic, the whole batch, forward included) against our forward pass;
-/// <c>score_kfac</c> (a full-rank curvature of the bench batch as posterior) against the isotropic score.
+/// <c>score_sequence</c> (isotropic, <c>--level sequence</c>) against our forward pass; <c>score_kfac</c> (a full-rank
+/// curvature of the bench batch as posterior) against the isotropic score.
 /// </summary>
 internal sealed class ModelBenches : IBenchSuite
 {
@@ -120,6 +121,9 @@ internal sealed class ModelBenches : IBenchSuite
 
         void Isotropic() => PositionScorer.Score(lm, op, tokens, null, parameters, "isotropic", 1.0, EpistemicMetric.SquaredGradientNorm);
         yield return Row("score", backend, shape, "forward", () => BenchResult.Timed("score", backend, shape, null, BenchTimer.Blocks(Isotropic, Forward, runs: 5, warmup: 1), "forward"));
+        // SPEC §4 --level sequence: the per-sequence scores alone, one reverse pass a sequence.
+        void SequenceLevel() => PositionScorer.Score(lm, op, tokens, null, parameters, "isotropic", 1.0, EpistemicMetric.SquaredGradientNorm, ScoreLevel.Sequence);
+        yield return Row("score_sequence", backend, shape, "forward", () => BenchResult.Timed("score_sequence", backend, shape, null, BenchTimer.Blocks(SequenceLevel, Forward, runs: 5, warmup: 1), "forward"));
 
         // K-FAC scores need a curvature (issue 5: a K-FAC score against an isotropic one): the bench batch fitted with 16
         // label draws a position, so that every G has full rank as after a fit over many positions. (The fit row's one

@@ -3,6 +3,7 @@ using FisherKernels.IO;
 using FisherKernels.Onnx;
 using FisherKernels.Onnx.Jobs;
 using FisherKernels.Text;
+using FisherKernels.Uncertainty;
 
 namespace FisherKernels.Cli.Commands;
 
@@ -79,11 +80,11 @@ internal static class DerivativeCommands
         return 0;
     }
 
-    /// <summary>`score --model M --tokens T.npy [--targets Y.npy] [--method isotropic|kfac] [--params FILE|all] [--samples K] [--seed S] --out S.json|S.csv`.</summary>
+    /// <summary>`score --model M --tokens T.npy [--targets Y.npy] [--method isotropic|kfac] [--params FILE|all] [--samples K] [--seed S] [--level token|sequence|both] --out S.json|S.csv`.</summary>
     public static int Score(string[] args)
     {
         var options = CommandOptions.Parse("score", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--method", "--curvature", "--prior-precision", "--params", "--out", "--backend", "--threads", "--rank", "--memory-budget", "--samples", "--seed", "--html",
+            ["--model", "--tokens", "--targets", "--method", "--curvature", "--prior-precision", "--params", "--out", "--backend", "--threads", "--rank", "--memory-budget", "--samples", "--seed", "--html", "--level",
              .. TextArguments.ValueOptions], TextArguments.FlagOptions);
         string outPath = options.Required("--out");
         if (Path.GetExtension(outPath).ToLowerInvariant() is not (".json" or ".csv"))
@@ -104,6 +105,13 @@ internal static class DerivativeCommands
             Parameters = options.Optional("--params"),
             Samples = options.Optional("--samples") is null ? null : options.Int("--samples", 1, 1),
             Seed = options.Int("--seed", 0, 0),
+            Level = options.Optional("--level") switch
+            {
+                null or "both" => ScoreLevel.Both,
+                "token" => ScoreLevel.Token,
+                "sequence" => ScoreLevel.Sequence,
+                var other => throw FisherKernelsException.Argument($"score: --level must be token, sequence or both, got '{other}'"),
+            },
         };
         scoreOptions.Validate();
         var folder = TextArguments.Model(options);

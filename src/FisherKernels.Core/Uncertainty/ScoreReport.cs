@@ -42,9 +42,23 @@ public sealed record SequenceScore(int Index, double MeanP, double Epistemic, do
                tokens.Count == 0 ? double.NaN : tokens.Average(t => t.Aleatoric), tokens) { }
 }
 
+/// <summary>Which epistemic scores a score computes (SPEC §4 <c>--level</c>): the other level's epistemic fields are null.</summary>
+[Flags]
+public enum ScoreLevel
+{
+    /// <summary>Per token: one reverse pass per targeted position.</summary>
+    Token = 1,
+    /// <summary>Per sequence: one reverse pass per sequence, for the gradient of p̄.</summary>
+    Sequence = 2,
+    Both = Token | Sequence,
+}
+
 /// <summary>What <c>score</c> writes (SPEC §6), as JSON or CSV, atomically.</summary>
 public sealed record ScoreReport(string Model, string Method, double PriorPrecision, IReadOnlyList<SequenceScore> Sequences)
 {
+    /// <summary>The epistemic scores computed; a level left out has NaN epistemic scores, written as null (JSON) or empty (CSV).</summary>
+    public ScoreLevel Level { get; init; } = ScoreLevel.Both;
+
     public const string CsvHeader = "sequence,position,target,p,epistemic,aleatoric";
     public const string SampledCsvColumns = ",logit_variance,p_low,p_high";
     public const string LastLayerCsvColumn = ",last_layer_logit_variance";
@@ -94,7 +108,7 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
         foreach (SequenceScore s in Sequences)
             foreach (TokenScore t in s.Tokens)
             {
-                text.Append(CultureInfo.InvariantCulture, $"{s.Index},{t.Position},{t.Target},{Number(t.P)},{Number(t.Epistemic)},{Number(t.Aleatoric)}");
+                text.Append(CultureInfo.InvariantCulture, $"{s.Index},{t.Position},{t.Target},{Number(t.P)},{(Level.HasFlag(ScoreLevel.Token) ? Number(t.Epistemic) : "")},{Number(t.Aleatoric)}");
                 if (lastLayer) text.Append(',').Append(Number(t.LastLayerLogitVariance!.Value));
                 if (sampled) text.Append(CultureInfo.InvariantCulture, $",{Number(t.Sampled!.LogitVariance)},{Number(t.Sampled.PLow)},{Number(t.Sampled.PHigh)}");
                 if (hasText) text.Append(CultureInfo.InvariantCulture, $",{CsvField(t.Text!.Text)},{t.Text.Start},{t.Text.End}");
@@ -126,7 +140,8 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
                 json.WriteNumber("position", t.Position);
                 json.WriteNumber("target", t.Target);
                 json.WriteNumber("p", t.P);
-                json.WriteNumber("epistemic", t.Epistemic);
+                if (Level.HasFlag(ScoreLevel.Token)) json.WriteNumber("epistemic", t.Epistemic);
+                else json.WriteNull("epistemic");
                 json.WriteNumber("aleatoric", t.Aleatoric);
                 if (t.LastLayerLogitVariance is { } lastLayer) json.WriteNumber("last_layer_logit_variance", lastLayer);
                 if (t.Sampled is { } sampled)
@@ -155,11 +170,11 @@ public sealed record ScoreReport(string Model, string Method, double PriorPrecis
     {
         foreach (SequenceScore s in Sequences)
         {
-            if (s.Tokens.Count > 0 && !double.IsFinite(s.Epistemic))
+            if (s.Tokens.Count > 0 && Level.HasFlag(ScoreLevel.Sequence) && !double.IsFinite(s.Epistemic))
                 throw FisherKernelsException.Argument($"{Method} score: sequence {s.Index} has a non-finite epistemic score {s.Epistemic}");
             foreach (TokenScore t in s.Tokens)
             {
-                if (!double.IsFinite(t.P) || !double.IsFinite(t.Epistemic))
+                if (!double.IsFinite(t.P) || Level.HasFlag(ScoreLevel.Token) && !double.IsFinite(t.Epistemic))
                     throw FisherKernelsException.Argument($"{Method} score: sequence {s.Index} position {t.Position} has p {t.P}, epistemic {t.Epistemic}");
                 if (t.LastLayerLogitVariance is { } v && !double.IsFinite(v))
                     throw FisherKernelsException.Argument($"{Method} score: sequence {s.Index} position {t.Position} has a non-finite last-layer logit variance {v}");

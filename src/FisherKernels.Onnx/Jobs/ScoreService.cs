@@ -48,8 +48,11 @@ public sealed record ScoreOptions
     public int? Samples { get; init; }
     public long Seed { get; init; }
 
-    /// <summary>Whether K-FAC scores also get the output layer's closed-form target-logit variance.</summary>
+    /// <summary>Whether K-FAC scores also get the output layer's closed-form target-logit variance (per token).</summary>
     public bool LastLayerVariance { get; init; } = true;
+
+    /// <summary>Per-token, per-sequence or both epistemic scores (<c>--level</c>).</summary>
+    public ScoreLevel Level { get; init; } = ScoreLevel.Both;
 
     /// <summary>An error naming the option that does not fit the method, or nothing.</summary>
     public void Validate()
@@ -59,6 +62,8 @@ public sealed record ScoreOptions
         if (Samples is not null && Method != ScoreMethod.Kfac)
             throw FisherKernelsException.Argument($"score: --samples draws from the K-FAC posterior; it needs --method kfac, not {Method.Name()}");
         if (Samples is < 1) throw FisherKernelsException.Argument($"--samples must be at least 1, got {Samples}");
+        if (Samples is not null && !Level.HasFlag(ScoreLevel.Token))
+            throw FisherKernelsException.Argument("score: --samples gives per-token intervals; it needs --level token or both");
         if (Parameters is not null && Method == ScoreMethod.Kfac)
             throw FisherKernelsException.Argument("score: --params applies to --method isotropic; K-FAC scores every layer's weight and bias");
     }
@@ -84,8 +89,8 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
         IReadOnlyList<string> parameters = Parameters(lm, options.Parameters);
         KfacPosterior? posterior = options.Method == ScoreMethod.Kfac ? Posterior(options) : null;
         EpistemicMetric metric = posterior is null ? EpistemicMetric.SquaredGradientNorm : KfacScoring.Epistemic(lm, posterior);
-        var report = PositionScorer.Score(lm, context, tokens, targets, parameters, options.Method.Name(), posterior?.PriorPrecision ?? options.Posterior.PriorPrecision, metric);
-        if (posterior is not null && options.LastLayerVariance) report = LastLayerVariance.Add(report, lm, context, posterior, tokens, log ?? TextWriter.Null);
+        var report = PositionScorer.Score(lm, context, tokens, targets, parameters, options.Method.Name(), posterior?.PriorPrecision ?? options.Posterior.PriorPrecision, metric, options.Level);
+        if (posterior is not null && options.LastLayerVariance && options.Level.HasFlag(ScoreLevel.Token)) report = LastLayerVariance.Add(report, lm, context, posterior, tokens, log ?? TextWriter.Null);
         if (options.Samples is { } k) report = KfacScoring.AddSampling(report, lm, context, posterior!, tokens, k, options.Seed);
         return report;
     }

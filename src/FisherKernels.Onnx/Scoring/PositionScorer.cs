@@ -28,14 +28,15 @@ public static class PositionScorer
     /// <summary>Scores every sequence of <paramref name="tokens"/> for the gradients of <paramref name="parameters"/>.</summary>
     public static ScoreReport Score(LanguageModel lm, OpContext context, NdArray tokens, NdArray? targets,
                                     IReadOnlyList<string> parameters, string method, double priorPrecision,
-                                    EpistemicMetric epistemic)
-        => Score(lm, context, tokens, targets, parameters, method, priorPrecision, epistemic, passLengths: null);
+                                    EpistemicMetric epistemic, ScoreLevel level = ScoreLevel.Both)
+        => Score(lm, context, tokens, targets, parameters, method, priorPrecision, epistemic, passLengths: null, level);
 
     /// <summary>As the public overload; <paramref name="passLengths"/> gets the sequence length of each position's backward pass.</summary>
     internal static ScoreReport Score(LanguageModel lm, OpContext context, NdArray tokens, NdArray? targets,
                                       IReadOnlyList<string> parameters, string method, double priorPrecision,
-                                      EpistemicMetric epistemic, List<int>? passLengths)
+                                      EpistemicMetric epistemic, List<int>? passLengths, ScoreLevel level = ScoreLevel.Both)
     {
+        if (level == 0 || (level & ~ScoreLevel.Both) != 0) throw new ArgumentOutOfRangeException(nameof(level), level, "not a score level");
         if (parameters.Count == 0) throw FisherKernelsException.Argument("score: the parameter set is empty");
         lm.Inputs(tokens);  // checks the token ids once for the whole batch
         var scorer = new TapScorer(lm, parameters, epistemic, context.Backend);
@@ -70,7 +71,8 @@ public static class PositionScorer
             }
             var epistemics = new double[positions.Count];
             double sequenceEpistemic = double.NaN;
-            if (positions.Count > 0)
+            if (!level.HasFlag(ScoreLevel.Token)) Array.Fill(epistemics, double.NaN);
+            if (positions.Count > 0 && level.HasFlag(ScoreLevel.Sequence))
             {
                 // ∇p̄ is the mean of the per-position gradients: one more backward pass with the mean cotangent.
                 float scale = 1f / positions.Count;
@@ -84,7 +86,7 @@ public static class PositionScorer
 
             // The positions block by block, on the shortest prefix that holds each block; the scorer holds the taps of `taps`.
             var taps = whole;
-            int done = 0;
+            int done = level.HasFlag(ScoreLevel.Token) ? 0 : positions.Count;
             for (int k = 1; k <= PrefixBlocks && done < positions.Count; k++)
             {
                 int length = k == PrefixBlocks || !causal ? seq : (int)(((long)k * seq + PrefixBlocks - 1) / PrefixBlocks);
@@ -113,7 +115,7 @@ public static class PositionScorer
             var tokenScores = positions.Select((x, i) => new TokenScore(x.T, x.Y, x.P, epistemics[i])).ToList();
             sequences.Add(new SequenceScore(b, tokenScores, sequenceEpistemic));
         }
-        return new ScoreReport(Path.GetFileName(lm.Model.Graph.Source), method, priorPrecision, sequences);
+        return new ScoreReport(Path.GetFileName(lm.Model.Graph.Source), method, priorPrecision, sequences) { Level = level };
     }
 
     private sealed record Pass(ExecutionPlan Plan, Backward Backward);

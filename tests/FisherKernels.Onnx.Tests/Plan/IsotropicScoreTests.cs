@@ -91,4 +91,44 @@ public class IsotropicScoreTests
     /// <summary>SPEC §7: epistemic scores to relative error 1e-3.</summary>
     private static void Relative(double expected, double actual) =>
         Assert.True(Math.Abs(expected - actual) <= 1e-3 * Math.Abs(expected), $"{actual} vs {expected}");
+
+    /// <summary>
+    /// SPEC §4 --level: token alone gives the same per-token scores and no sequence epistemic, sequence alone the same
+    /// sequence scores and no per-token epistemic (both compared with the full score, which MatchTorch checks against torch).
+    /// </summary>
+    [Theory]
+    [InlineData("gpt2_tiny")]
+    [InlineData("bert_tiny")]
+    public void LevelsComputeOnlyTheirOwnEpistemicScores(string model)
+    {
+        var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
+        var tokens = NpyFile.Read(Fixtures.Path(model + ".tokens.npy"));
+        var parameters = LayerDiscovery.DefaultParameters(lm.Model.Layers);
+        ScoreReport Score(ScoreLevel level) => PositionScorer.Score(lm, Context, tokens, null, parameters, "isotropic", 1.0, EpistemicMetric.SquaredGradientNorm, level);
+        var both = Score(ScoreLevel.Both);
+        var token = Score(ScoreLevel.Token);
+        var sequence = Score(ScoreLevel.Sequence);
+        for (int s = 0; s < both.Sequences.Count; s++)
+        {
+            Assert.True(double.IsNaN(token.Sequences[s].Epistemic));
+            Assert.Equal(both.Sequences[s].Epistemic, sequence.Sequences[s].Epistemic);
+            Assert.Equal(both.Sequences[s].MeanP, sequence.Sequences[s].MeanP);
+            for (int t = 0; t < both.Sequences[s].Tokens.Count; t++)
+            {
+                Assert.Equal(both.Sequences[s].Tokens[t].Epistemic, token.Sequences[s].Tokens[t].Epistemic);
+                Assert.True(double.IsNaN(sequence.Sequences[s].Tokens[t].Epistemic));
+                Assert.Equal(both.Sequences[s].Tokens[t].P, sequence.Sequences[s].Tokens[t].P);
+            }
+        }
+        using var tokenJson = JsonDocument.Parse(token.ToJson());
+        var first = tokenJson.RootElement.GetProperty("sequences")[0];
+        Assert.Equal(JsonValueKind.Null, first.GetProperty("epistemic").ValueKind);
+        Assert.Equal(JsonValueKind.Number, first.GetProperty("tokens")[0].GetProperty("epistemic").ValueKind);
+        using var sequenceJson = JsonDocument.Parse(sequence.ToJson());
+        first = sequenceJson.RootElement.GetProperty("sequences")[0];
+        Assert.Equal(JsonValueKind.Number, first.GetProperty("epistemic").ValueKind);
+        Assert.Equal(JsonValueKind.Null, first.GetProperty("tokens")[0].GetProperty("epistemic").ValueKind);
+        string row = sequence.ToCsv().Split('\n')[1];
+        Assert.Equal("", row.Split(',')[4]); // the epistemic column is empty
+    }
 }
