@@ -48,8 +48,9 @@ public sealed class MemoryPlan
         var shapes = layers.Select(l => new LayerShape(l.Id, l.In, l.Out, l.Bias is not null)).ToList();
         FactorPlan factors = FactorPlan.Create(shapes, budgetBytes, rank);
         var graph = lm.Model.Graph;
-        var inputShapes = graph.Inputs.ToDictionary(i => i.Name, _ => new[] { batch, seq });
-        long forward = ExecutionPlan.MeasureBuffers(lm.Model, inputShapes, LayerDiscovery.DefaultParameters(layers).ToHashSet(), keepAll: true);
+        // The inputs a batch of that size gets (SPEC §1 defaults included: masks, an empty past), their values as the fit gives them.
+        var inputs = lm.Inputs(new NdArray<long>([batch, seq]));
+        long forward = ExecutionPlan.MeasureBuffers(lm.Model, inputs, LayerDiscovery.DefaultParameters(layers).ToHashSet(), keepAll: true);
         long model = graph.Initializers.Values.Sum(a => a.Length * ElementTypes.SizeOf(a.ElementType));
         return new MemoryPlan(factors, 2 * forward, model, batch, seq);
     }

@@ -22,7 +22,7 @@ internal static class KfacCommands
     {
         var options = CommandOptions.Parse("fit", args.AsSpan(1),
             ["--model", "--tokens", "--targets", "--fisher", "--samples", "--seed", "--ema", "--sample-positions", "--batch-size", "--out", "--backend", "--threads", "--init", "--decay",
-             .. TextArguments.ValueOptions], TextArguments.FlagOptions);
+             "--memory-budget", "--rank", "--layers", "--exclude-layers", .. TextArguments.ValueOptions], [.. TextArguments.FlagOptions, "--last-layer"]);
         string fisher = options.Optional("--fisher") ?? FisherType.Sampled.Name();
         var folder = TextArguments.Model(options);
         var request = new FitRequest
@@ -39,8 +39,13 @@ internal static class KfacCommands
                 Seed = options.Int("--seed", 0, 0),
                 Ema = options.Optional("--ema") is { } ema ? Number(ema, "--ema") : null,
                 SamplePositions = options.Optional("--sample-positions") is { } p ? Number(p, "--sample-positions") : 1.0,
+                MemoryBudgetBytes = options.Bytes("--memory-budget", FactorPlan.DefaultBudgetBytes, 1),
+                Rank = options.Int("--rank", FactorPlan.DefaultRank, 1),
             },
             BatchSize = options.Int("--batch-size", 8, 1),
+            Selection = ModelCommands.Selection(options),
+            // The plan's lines are fit's first (SPEC §3), before any batch runs.
+            OnPlan = plan => { foreach (string line in plan.Describe()) stdout.WriteLine(line); },
             InitPath = options.Optional("--init"),
             InitDecay = options.Optional("--decay") is { } decay ? Number(decay, "--decay") : 1.0,
         };

@@ -101,13 +101,6 @@ internal static class ModelCommands
     internal static LayerSelection Selection(CommandOptions options) =>
         new(options.Optional("--layers"), options.Optional("--exclude-layers"), options.Has("--last-layer"));
 
-    /// <summary>The selected layers of <paramref name="lm"/> (SPEC §2).</summary>
-    internal static IReadOnlyList<Layer> SelectLayers(LanguageModel lm, LayerSelection selection)
-    {
-        string reason = "";
-        string? output = selection.LastLayer ? Onnx.Scoring.LastLayerVariance.OutputLayer(lm, out reason)?.Layer.Id : null;
-        return selection.Apply(lm.Model.Layers, output, reason);
-    }
 
     /// <summary>
     /// The memory plan of a fit with the command's options (--memory-budget, --rank, --batch-size, --seq, the selection). Without
@@ -115,7 +108,7 @@ internal static class ModelCommands
     /// </summary>
     internal static MemoryPlan PlanOf(LanguageModel lm, CommandOptions options)
     {
-        var layers = SelectLayers(lm, Selection(options));
+        var layers = Onnx.Jobs.FitService.Select(lm, Selection(options));
         int batch = options.Int("--batch-size", 8, 1);
         long budget = options.Bytes("--memory-budget", Curvature.FactorPlan.DefaultBudgetBytes, 1);
         int rank = options.Int("--rank", Curvature.FactorPlan.DefaultRank, 1);

@@ -105,6 +105,10 @@ public sealed class KfacCurvature
     public KfacCurvature WithPriorPrecision(StoredPriorPrecision prior) =>
         new(Layers, Fisher, ModelSha256, CreatedBy) { Source = Source, CalibrationBeta = CalibrationBeta, LayerSelection = LayerSelection, PriorPrecision = prior };
 
+    /// <summary>This curvature recording <paramref name="selection"/> as its layer selection (same blocks, no copy).</summary>
+    public KfacCurvature WithLayerSelection(string? selection) =>
+        new(Layers, Fisher, ModelSha256, CreatedBy) { Source = Source, CalibrationBeta = CalibrationBeta, LayerSelection = selection, PriorPrecision = PriorPrecision };
+
     /// <summary>M: the largest per-layer position count.</summary>
     public double Positions => Layers.Max(b => b.Positions);
 
@@ -331,7 +335,9 @@ public sealed class KfacCurvature
         {
             expected.Add(s.Layer);
             if (!byLayer.TryGetValue(s.Layer, out KroneckerBlock? b))
-                throw FisherKernelsException.Argument($"{Describe()} has no curvature for layer '{s.Layer}' of the model");
+                throw FisherKernelsException.Argument(LayerSelection is null
+                    ? $"{Describe()} has no curvature for layer '{s.Layer}' of the model"
+                    : $"{Describe()} was fitted on a layer selection ({LayerSelection}) without layer '{s.Layer}'; scoring and calibrating use every layer for now: fit every layer");
             if (b.HasBias != s.HasBias || b.InFeatures != s.InFeatures || b.OutFeatures != s.OutFeatures)
                 throw FisherKernelsException.Argument($"{Describe()}: layer '{s.Layer}' has in {b.InFeatures}, out {b.OutFeatures}, bias {b.HasBias}; the model has in {s.InFeatures}, out {s.OutFeatures}, bias {s.HasBias}");
         }

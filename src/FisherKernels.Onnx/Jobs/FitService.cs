@@ -39,6 +39,12 @@ public sealed record FitRequest
     /// <summary>The longest time between checkpoints of a running fit (one is saved after a batch once this has passed).</summary>
     public TimeSpan CheckpointInterval { get; init; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>The layers to fit (SPEC §2 <c>--layers</c>, <c>--exclude-layers</c>, <c>--last-layer</c>); recorded in the curvature.</summary>
+    public LayerSelection Selection { get; init; } = LayerSelection.All;
+
+    /// <summary>Told the memory plan (SPEC §3) before any batch runs: the CLI prints it.</summary>
+    public Action<MemoryPlan>? OnPlan { get; init; }
+
     /// <summary>Where the fit's state is saved to resume: beside the output.</summary>
     public string CheckpointPath => OutPath + ".checkpoint";
 }
@@ -89,8 +95,8 @@ public sealed class FitService(OpContext context)
         request.Options.Validate();
         int batchSize = request.BatchSize;
         if (batchSize < 1) throw FisherKernelsException.Argument($"--batch-size must be at least 1, got {batchSize}");
-        IReadOnlyList<Layer> layers = lm.Model.Layers;
-        if (layers.Count == 0) throw FisherKernelsException.Argument($"fit: model '{request.ModelPath}' has no layers (MatMul/Gemm with an initializer weight, SPEC §2)");
+        if (lm.Model.Layers.Count == 0) throw FisherKernelsException.Argument($"fit: model '{request.ModelPath}' has no layers (MatMul/Gemm with an initializer weight, SPEC §2)");
+        IReadOnlyList<Layer> layers = Select(lm, request.Selection);
         LayerShape[] shapes = KfacScoring.Shapes(layers);
 
         int sequences = tokenRows.Shape[0];
@@ -114,6 +120,10 @@ public sealed class FitService(OpContext context)
             lm.Inputs(batchTokens, null, $"{request.TokensPath} ({rows})");
             if (targetRows is not null) Targets.Check(batchTargets, batchTokens.Shape, vocabulary, $"{targetsPath} ({rows})");
         }
+        // The memory plan before any batch runs (SPEC §3): a plan over the machine's available memory stops here.
+        MemoryPlan plan = MemoryPlan.ForFit(lm, layers, Math.Min(batchSize, sequences), tokenRows.Shape[1], request.Options.MemoryBudgetBytes, request.Options.Rank);
+        request.OnPlan?.Invoke(plan);
+        plan.EnsureFits(MemoryPlan.AvailableBytes());
         string modelSha = KfacScoring.Sha256(request.ModelPath);
         string fingerprint = $"tokens {KfacScoring.Sha256(request.TokensPath)}, targets {(targetsPath is null ? "next-token" : KfacScoring.Sha256(targetsPath))}, batch-size {batchSize}"
             + (request.Batches is null ? "" : $", {range}");
@@ -155,11 +165,19 @@ public sealed class FitService(OpContext context)
                 lastSave.Restart();
             }
         }
-        KfacCurvature curvature = accumulator.ToCurvature(CreatedBy);
+        KfacCurvature curvature = accumulator.ToCurvature(CreatedBy).WithLayerSelection(request.Selection.IsAll ? null : request.Selection.ToMetadata());
         if (init is not null) curvature = KfacCurvature.MergeAll([init, curvature], [request.InitDecay, 1.0], CreatedBy);
         curvature.Save(request.OutPath);
         File.Delete(checkpoint);
         return new FitResult(curvature, batches, batches, checkpoint);
+    }
+
+    /// <summary>The layers <paramref name="selection"/> keeps (SPEC §2), the output layer found only when it is asked for.</summary>
+    public static IReadOnlyList<Layer> Select(LanguageModel lm, LayerSelection selection)
+    {
+        string reason = "";
+        string? output = selection.LastLayer ? LastLayerVariance.OutputLayer(lm, out reason)?.Layer.Id : null;
+        return selection.Apply(lm.Model.Layers, output, reason);
     }
 
     /// <summary>

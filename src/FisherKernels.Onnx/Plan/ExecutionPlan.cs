@@ -73,12 +73,18 @@ public sealed class ExecutionPlan
     /// <see cref="BufferBytes"/> of the plan <see cref="Build"/> would make, without allocating its buffers (the memory plan
     /// of SPEC §3 states a batch's activations before any runs; in 64 bits, as a long batch's logits pass 2³¹ bytes).
     /// </summary>
-    internal static long MeasureBuffers(OnnxModel model, IReadOnlyDictionary<string, int[]> inputShapes, IReadOnlySet<string> variables, bool keepAll)
+    internal static long MeasureBuffers(OnnxModel model, IReadOnlyDictionary<string, int[]> inputShapes, IReadOnlySet<string> variables, bool keepAll,
+                                        IReadOnlyDictionary<string, NdArray>? values = null)
     {
         var plan = new ExecutionPlan(model, inputShapes, variables) { measureOnly = true };
-        plan.Bind(keepAll, fuse: true, new Dictionary<string, NdArray>());
+        plan.Bind(keepAll, fuse: true, values ?? new Dictionary<string, NdArray>());
         return plan.BufferBytes;
     }
+
+    /// <summary><see cref="MeasureBuffers(OnnxModel, IReadOnlyDictionary{string, int[]}, IReadOnlySet{string}, bool, IReadOnlyDictionary{string, NdArray}?)"/> for these inputs, as <see cref="OnnxModel.GetPlan(IReadOnlyDictionary{string, NdArray}, IReadOnlySet{string}?, bool)"/> builds it.</summary>
+    internal static long MeasureBuffers(OnnxModel model, IReadOnlyDictionary<string, NdArray> inputs, IReadOnlySet<string> variables, bool keepAll) =>
+        MeasureBuffers(model, inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape), variables, keepAll,
+                       inputs.Where(kv => model.ValueInputs.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value));
 
     private bool measureOnly;
 

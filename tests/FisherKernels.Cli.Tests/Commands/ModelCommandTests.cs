@@ -44,8 +44,9 @@ public class ModelCommandTests
         Assert.Equal("lowrank", head.GetProperty("g_form").GetString());
         Assert.Equal(4L * 32 * 32 + 4L * 64 * (12 + 1) + 4L * 64 * 12, head.GetProperty("factor_bytes").GetInt64()); // A dense, G's Y and diag, Ω
         var lm = Onnx.LanguageModel.Load(model);
-        var shapes = new Dictionary<string, int[]> { ["input_ids"] = [2, 12] };
-        long buffers = lm.Model.GetPlan(shapes, Onnx.Graph.LayerDiscovery.DefaultParameters(lm.Model.Layers).ToHashSet(), keepAll: true).BufferBytes;
+        // The plan a fit of 2 × 12 tokens builds (its inputs' values as the fit gives them), built for real.
+        var inputs = lm.Inputs(new NdArray<long>([2, 12]));
+        long buffers = lm.Model.GetPlan(inputs, Onnx.Graph.LayerDiscovery.DefaultParameters(lm.Model.Layers).ToHashSet(), keepAll: true).BufferBytes;
         Assert.Equal(2 * buffers, plan.GetProperty("activation_bytes").GetInt64());
         Assert.Equal(plan.GetProperty("factor_bytes").GetInt64() + plan.GetProperty("eigenbasis_bytes").GetInt64() + plan.GetProperty("activation_bytes").GetInt64()
                      + plan.GetProperty("model_bytes").GetInt64(), plan.GetProperty("total_bytes").GetInt64());
