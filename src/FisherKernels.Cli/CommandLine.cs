@@ -26,6 +26,7 @@ internal static class CommandLine
                 "run" => Commands.ModelCommands.Run(args),
                 "fit" => Commands.KfacCommands.Fit(args, Console.Out),
                 "merge" => Commands.KfacCommands.Merge(args, Console.Out),
+                "silo" => Commands.ClusterCommands.Silo(args, Console.Out),
                 "calibrate" => Commands.KfacCommands.Calibrate(args, Console.Out),
                 "demo" => Demo.DemoCommand.Run(args, Console.Out),
                 "generate" => Commands.GenerateCommand.Run(args, Console.Out),
@@ -48,10 +49,12 @@ internal static class CommandLine
           inspect  --model M.onnx [--json]
           forward  --model M.onnx --tokens T.npy --out logits.npy
           fit      --model M.onnx --tokens T.npy [--targets Y.npy] [--fisher sampled|empirical|exact] [--init C0 [--decay λ]] ... --out C.safetensors
+                   [--cluster NAME [--clustering localhost|redis=…|adonet=INVARIANT:CONNECTION] [--shards N]]
           score    --model M.onnx --tokens T.npy [--method isotropic|kfac] [--curvature C.safetensors] ... --out S.json|S.csv
           jvp      --model M.onnx --tokens T.npy --direction V.safetensors --out J.npy
           natgrad  --model M.onnx --tokens T.npy [--targets Y.npy] --curvature C.safetensors [--prior-precision τ] --out D.safetensors
           ewc      --model BASE.onnx --candidate TUNED.onnx --curvature C.safetensors [--json]
+          silo     --cluster NAME [--clustering localhost|redis=…|adonet=INVARIANT:CONNECTION] [--threads N]
           merge    C1.safetensors C2.safetensors ... [--decay λ1,λ2,...] --out C.safetensors
           calibrate --model M.onnx --tokens T.npy --curvature C.safetensors [--prior-precision τ|auto|auto-layer] [--out C2.safetensors]
           run      --model M.onnx --input NAME=FILE.npy [...] --out-dir DIR

@@ -173,6 +173,8 @@ public static class ClusterFit
             throw FisherKernelsException.Argument("fit --cluster: --ema is refused: an exponential average depends on the order of the batches, and shards run in any order (SPEC §9)");
         if (request.InitPath is not null)
             throw FisherKernelsException.Argument("fit --cluster: --init is not supported on a cluster yet; fit on the cluster, then 'merge C0 C --decay λ,1'");
+        if (!request.Selection.IsAll)
+            throw FisherKernelsException.Argument("fit --cluster: --layers, --exclude-layers and --last-layer are not supported on a cluster yet; fit every layer");
         request.Options.Validate();
         if (request.BatchSize < 1) throw FisherKernelsException.Argument($"--batch-size must be at least 1, got {request.BatchSize}");
     }

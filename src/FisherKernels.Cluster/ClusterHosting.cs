@@ -118,7 +118,8 @@ public static class ClusterHosting
     {
         ArgumentNullException.ThrowIfNull(started);
         var builder = Host.CreateApplicationBuilder();
-        builder.Logging.ClearProviders().AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning);
+        builder.Logging.ClearProviders().AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning)
+            .AddFilter("Orleans.Runtime.Silo", LogLevel.Error); // not its start-up advice on server GC
         SiloEndpoint? endpoint = null;
         builder.UseOrleans(silo => endpoint = ConfigureSilo(silo, cluster, clustering, context));
         using IHost host = builder.Build();

@@ -22,7 +22,8 @@ internal static class KfacCommands
     {
         var options = CommandOptions.Parse("fit", args.AsSpan(1),
             ["--model", "--tokens", "--targets", "--fisher", "--samples", "--seed", "--ema", "--sample-positions", "--batch-size", "--out", "--backend", "--threads", "--init", "--decay",
-             "--memory-budget", "--rank", "--layers", "--exclude-layers", .. TextArguments.ValueOptions], [.. TextArguments.FlagOptions, "--last-layer"]);
+             "--memory-budget", "--rank", "--layers", "--exclude-layers", "--cluster", "--clustering", "--shards", .. TextArguments.ValueOptions],
+            [.. TextArguments.FlagOptions, "--last-layer"]);
         string fisher = options.Optional("--fisher") ?? FisherType.Sampled.Name();
         var folder = TextArguments.Model(options);
         var request = new FitRequest
@@ -50,6 +51,11 @@ internal static class KfacCommands
             InitDecay = options.Optional("--decay") is { } decay ? Number(decay, "--decay") : 1.0,
         };
         request.Options.Validate();
+        if (options.Optional("--cluster") is not null)
+            return options.Optional("--text") is null ? ClusterCommands.Fit(request, options, stdout)
+                : throw FisherKernelsException.Argument("fit --cluster: --text is not supported on a cluster; tokenize to an .npy file every silo reads");
+        if (options.Optional("--clustering") is not null || options.Optional("--shards") is not null)
+            throw FisherKernelsException.Argument("fit: --clustering and --shards need --cluster NAME");
         var service = new FitService(ModelCommands.Context(options));
         if (options.Optional("--text") is not null) return FitText(options, folder, request, service, stdout);
         FitResult result = ProgressDisplay.Run($"fit {Path.GetFileName(request.ModelPath)}", "batch",
