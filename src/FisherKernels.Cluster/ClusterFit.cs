@@ -2,6 +2,8 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using FisherKernels.Curvature;
 using FisherKernels.IO;
+using FisherKernels.Onnx;
+using FisherKernels.Onnx.Scoring;
 using FisherKernels.Onnx.Jobs;
 using Orleans.Runtime;
 using Orleans.Runtime.Placement;
@@ -31,6 +33,12 @@ public static class ClusterFit
 
     /// <summary>Runs of one shard before the fit gives up (each lost silo costs one).</summary>
     public const int MaxAttempts = 5;
+
+    /// <summary>
+    /// Polls of a running shard that may fail in a row (a timeout, an unreachable silo) before its shard goes elsewhere. One
+    /// slow answer from a busy silo is not a death; a silo that has left the cluster's membership loses its shard at once.
+    /// </summary>
+    public const int MaxFailedPolls = 3;
 
     /// <summary>Contiguous shards of whole batches, sizes differing by at most one.</summary>
     public static IReadOnlyList<BatchRange> Plan(int batches, int shards)
@@ -78,6 +86,7 @@ public static class ClusterFit
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(plan);
         Validate(request);
+        KfacCurvature? init = CheckSelectionAndInit(request);
         string job = Guid.NewGuid().ToString("N");
         string[] outputs = plan.Select((_, s) => $"{request.OutPath}.shard-{s + 1}-of-{plan.Count}").ToArray();
         var pending = new ConcurrentQueue<int>(Enumerable.Range(0, plan.Count));
@@ -105,12 +114,23 @@ public static class ClusterFit
                     RequestContext.Set(IPlacementDirector.PlacementHintKey, silo);
                     try { await grain.Start(ShardWork.Of(request, shard, plan[shard], outputs[shard])); }
                     finally { RequestContext.Remove(IPlacementDirector.PlacementHintKey); }
+                    int failedPolls = 0;
                     do
                     {
                         await Task.Delay(PollInterval, stopWorkers.Token);
-                        status = await grain.Poll();
+                        try
+                        {
+                            status = await grain.Poll();
+                            failedPolls = 0;
+                        }
+                        catch (Exception e) when (!stopWorkers.IsCancellationRequested && e is not FisherKernelsException && ++failedPolls < MaxFailedPolls)
+                        {
+                            // No answer this time: ask again while the silo is still in the cluster.
+                            if (!(await ActiveSilos(grains)).Contains(silo)) throw;
+                            status = null;
+                        }
                     }
-                    while (status.State == ShardState.Running);
+                    while (status is null || status.State == ShardState.Running);
                 }
                 catch (Exception e) when (!stopWorkers.IsCancellationRequested && e is not FisherKernelsException)
                 {
@@ -157,6 +177,7 @@ public static class ClusterFit
 
         var clock = Stopwatch.StartNew();
         KfacCurvature merged = KfacCurvature.MergeAll(outputs.Select(KfacCurvature.Load).ToArray(), null, FitService.CreatedBy);
+        if (init is not null) merged = KfacCurvature.MergeAll([init, merged], [request.InitDecay, 1.0], FitService.CreatedBy); // as the local fit does
         merged.Save(request.OutPath);
         double mergeSeconds = clock.Elapsed.TotalSeconds;
         foreach (string output in outputs)
@@ -171,12 +192,20 @@ public static class ClusterFit
     {
         if (request.Options.Ema is not null)
             throw FisherKernelsException.Argument("fit --cluster: --ema is refused: an exponential average depends on the order of the batches, and shards run in any order (SPEC §9)");
-        if (request.InitPath is not null)
-            throw FisherKernelsException.Argument("fit --cluster: --init is not supported on a cluster yet; fit on the cluster, then 'merge C0 C --decay λ,1'");
-        if (!request.Selection.IsAll)
-            throw FisherKernelsException.Argument("fit --cluster: --layers, --exclude-layers and --last-layer are not supported on a cluster yet; fit every layer");
         request.Options.Validate();
         if (request.BatchSize < 1) throw FisherKernelsException.Argument($"--batch-size must be at least 1, got {request.BatchSize}");
+    }
+
+    /// <summary>
+    /// A layer selection and C0 of <c>--init</c> are checked against the model here, before any shard runs, as the local fit checks
+    /// them before its first batch; the model is loaded only when one of them is given. Returns C0, merged after the shards.
+    /// </summary>
+    static KfacCurvature? CheckSelectionAndInit(FitRequest request)
+    {
+        if (request.Selection.IsAll && request.InitPath is null) return FitService.LoadInit(request, "", []); // only checks --decay
+        var lm = LanguageModel.Load(request.ModelPath);
+        LayerShape[] shapes = KfacScoring.Shapes(FitService.Select(lm, request.Selection));
+        return FitService.LoadInit(request, KfacScoring.Sha256(request.ModelPath), shapes);
     }
 
     static async Task<IReadOnlyList<SiloAddress>> ActiveSilos(IGrainFactory grains) => [.. await ActiveSiloSet(grains)];

@@ -1,4 +1,5 @@
 using FisherKernels.Curvature;
+using FisherKernels.Onnx.Graph;
 using FisherKernels.Onnx.Jobs;
 
 namespace FisherKernels.Cluster;
@@ -40,6 +41,11 @@ public sealed record ShardWork
     [Id(13)] public required int Rank { get; init; }
     [Id(14)] public required double CheckpointSeconds { get; init; }
 
+    /// <summary>The fit's layer selection (SPEC §2): <c>--layers</c>, <c>--exclude-layers</c>, <c>--last-layer</c>.</summary>
+    [Id(15)] public string? Layers { get; init; }
+    [Id(16)] public string? ExcludeLayers { get; init; }
+    [Id(17)] public bool LastLayer { get; init; }
+
     /// <summary>The shard of <paramref name="fit"/> over <paramref name="batches"/>, written to <paramref name="outPath"/>.</summary>
     public static ShardWork Of(FitRequest fit, int shard, BatchRange batches, string outPath) => new()
     {
@@ -58,6 +64,9 @@ public sealed record ShardWork
         MemoryBudgetBytes = fit.Options.MemoryBudgetBytes,
         Rank = fit.Options.Rank,
         CheckpointSeconds = fit.CheckpointInterval.TotalSeconds,
+        Layers = fit.Selection.Include,
+        ExcludeLayers = fit.Selection.Exclude,
+        LastLayer = fit.Selection.LastLayer,
     };
 
     /// <summary>The fit a silo runs for this shard.</summary>
@@ -70,6 +79,7 @@ public sealed record ShardWork
         BatchSize = BatchSize,
         Batches = new BatchRange(FirstBatch, LastBatch),
         CheckpointInterval = TimeSpan.FromSeconds(CheckpointSeconds),
+        Selection = new LayerSelection(Layers, ExcludeLayers, LastLayer),
         Options = new KfacFitOptions
         {
             Fisher = FisherTypes.TryParse(Fisher) ?? throw FisherKernelsException.Argument($"shard {Shard}: '{Fisher}' is not a Fisher type"),

@@ -12,6 +12,9 @@ public sealed class ShardFitter(Func<OpContext> context)
     /// <summary>Called after each batch of a shard on this silo, with the token that stops the fit (tests pause a shard here to kill its silo).</summary>
     public Action<string, ShardWork, JobProgress, CancellationToken>? AfterBatch { get; init; }
 
+    /// <summary>Called at each poll of a shard on this silo, with the silo (tests make a poll fail here, as a busy silo's may time out).</summary>
+    public Action<string>? BeforePoll { get; init; }
+
     public FitResult Fit(FitRequest request, IProgress<JobProgress> progress, CancellationToken cancel) =>
         new FitService(context()).Run(request, progress, cancel);
 }
@@ -26,6 +29,7 @@ public sealed class ShardFitGrain(ShardFitter fitter, ILocalSiloDetails silo, IH
 {
     readonly CancellationTokenSource stop = new();
     readonly Action<string, ShardWork, JobProgress, CancellationToken>? afterBatch = fitter.AfterBatch;
+    readonly Action<string>? beforePoll = fitter.BeforePoll;
     readonly object gate = new();
     readonly Stopwatch clock = new();
     Task? run;
@@ -51,6 +55,7 @@ public sealed class ShardFitGrain(ShardFitter fitter, ILocalSiloDetails silo, IH
 
     public Task<ShardStatus> Poll()
     {
+        beforePoll?.Invoke(Silo);
         lock (gate) return Task.FromResult(new ShardStatus(Silo, state, done, total, Math.Max(resumedFrom, 0), clock.Elapsed.TotalSeconds, error));
     }
 

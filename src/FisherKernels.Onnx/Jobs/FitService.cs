@@ -128,17 +128,7 @@ public sealed class FitService(OpContext context)
         string fingerprint = $"tokens {KfacScoring.Sha256(request.TokensPath)}, targets {(targetsPath is null ? "next-token" : KfacScoring.Sha256(targetsPath))}, batch-size {batchSize}"
             + (request.Batches is null ? "" : $", {range}");
         // C0 is checked before any batch runs: a curvature of another model or fisher type stops the fit at once.
-        KfacCurvature? init = null;
-        if (request.InitPath is { } initPath)
-        {
-            if (request.Options.Ema is not null)
-                throw FisherKernelsException.Argument("fit: --init continues from a merged curvature; with --ema the order of batches matters, so the two cannot be combined");
-            if (!double.IsFinite(request.InitDecay) || request.InitDecay < 0) throw FisherKernelsException.Argument($"--decay must be a finite number ≥ 0, got {request.InitDecay}");
-            init = KfacCurvature.LoadFor(initPath, modelSha, shapes);
-            if (init.Fisher != request.Options.Fisher.Name())
-                throw FisherKernelsException.Argument($"fit: --init '{initPath}' is a {init.Fisher} Fisher, this fit is {request.Options.Fisher.Name()}");
-        }
-        else if (request.InitDecay != 1.0) throw FisherKernelsException.Argument("fit: --decay scales the curvature of --init; give --init C0");
+        KfacCurvature? init = LoadInit(request, modelSha, shapes);
         string checkpoint = request.CheckpointPath;
         KfacAccumulator accumulator = File.Exists(checkpoint)
             ? KfacAccumulator.Resume(checkpoint, context.Backend, shapes, request.Options, modelSha, fingerprint, range.First)
@@ -170,6 +160,27 @@ public sealed class FitService(OpContext context)
         curvature.Save(request.OutPath);
         File.Delete(checkpoint);
         return new FitResult(curvature, batches, batches, checkpoint);
+    }
+
+    /// <summary>
+    /// C0 of <c>--init</c> (null without it), checked against the model (<paramref name="modelSha"/>, the fitted layers'
+    /// <paramref name="shapes"/>) and this fit's Fisher type, with <c>--decay</c> checked too.
+    /// </summary>
+    public static KfacCurvature? LoadInit(FitRequest request, string modelSha, IReadOnlyCollection<LayerShape> shapes)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (request.InitPath is not { } initPath)
+        {
+            if (request.InitDecay != 1.0) throw FisherKernelsException.Argument("fit: --decay scales the curvature of --init; give --init C0");
+            return null;
+        }
+        if (request.Options.Ema is not null)
+            throw FisherKernelsException.Argument("fit: --init continues from a merged curvature; with --ema the order of batches matters, so the two cannot be combined");
+        if (!double.IsFinite(request.InitDecay) || request.InitDecay < 0) throw FisherKernelsException.Argument($"--decay must be a finite number ≥ 0, got {request.InitDecay}");
+        KfacCurvature init = KfacCurvature.LoadFor(initPath, modelSha, shapes);
+        if (init.Fisher != request.Options.Fisher.Name())
+            throw FisherKernelsException.Argument($"fit: --init '{initPath}' is a {init.Fisher} Fisher, this fit is {request.Options.Fisher.Name()}");
+        return init;
     }
 
     /// <summary>The layers <paramref name="selection"/> keeps (SPEC §2), the output layer found only when it is asked for.</summary>
