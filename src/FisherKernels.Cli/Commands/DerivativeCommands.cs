@@ -34,30 +34,41 @@ internal static class DerivativeCommands
     }
 
     /// <summary>
-    /// `natgrad --model M --tokens T.npy [--targets Y.npy] --curvature C [--prior-precision τ] [--rank r] [--memory-budget SIZE]
-    /// --out D.safetensors`: <see cref="NatgradService"/>; τ not given: the curvature's stored one, else 1.
+    /// `natgrad --model M --tokens T.npy | --text F [--targets Y.npy] --curvature C [--prior-precision τ] [--rank r] [--memory-budget SIZE]
+    /// --out D.safetensors`: <see cref="NatgradService"/>; τ not given: the curvature's stored one, else 1. With --text the gradient
+    /// is summed over every window of every sequence, each targeted position once (SPEC §1).
     /// </summary>
     public static int Natgrad(string[] args, TextWriter stdout)
     {
         var options = CommandOptions.Parse("natgrad", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--out", "--backend", "--threads"], []);
+            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--out", "--backend", "--threads", .. TextArguments.ValueOptions],
+            TextArguments.FlagOptions);
         string outPath = options.Required("--out");
         string? priorText = options.Optional("--prior-precision");
         double prior = 1.0;
         if (priorText is not null && (!double.TryParse(priorText, NumberStyles.Float, CultureInfo.InvariantCulture, out prior) || !(prior > 0) || !double.IsFinite(prior)))
             throw FisherKernelsException.Argument($"natgrad: --prior-precision must be a positive number, got '{priorText}' (calibrate --prior-precision auto stores one in the curvature)");
         var posterior = KfacCommands.PosteriorOptionsOf(options, prior) with { UseStoredPriorPrecision = priorText is null };
-        var lm = LanguageModel.Load(options.Required("--model"));
-        string tokensPath = options.Required("--tokens");
-        var tokens = NpyFile.ReadInt64(tokensPath);
-        lm.Inputs(tokens, null, tokensPath);
-        NdArray<long>? targets = null;
-        if (options.Optional("--targets") is { } targetsPath)
+        var folder = TextArguments.Model(options);
+        var lm = LanguageModel.Load(folder.ModelPath);
+        string? targetsPath = options.Optional("--targets");
+        List<(NdArray<long> Tokens, NdArray<long>? Targets)> parts;
+        if (TextArguments.Read("natgrad", options, folder, lm) is { } text)
+            parts = text.WindowRowsByLength(text.Targets("natgrad", folder, targetsPath));
+        else
         {
-            var logits = lm.Forward(ModelCommands.Context(options), new NdArray<long>([1, tokens.Shape[1]], tokens.Data[..tokens.Shape[1]]));
-            targets = Targets.Check(NpyFile.Read(targetsPath), tokens.Shape, logits.Shape[2], targetsPath);
+            string tokensPath = options.Required("--tokens");
+            var tokens = NpyFile.ReadInt64(tokensPath);
+            lm.Inputs(tokens, null, tokensPath);
+            NdArray<long>? targets = null;
+            if (targetsPath is not null)
+            {
+                var logits = lm.Forward(ModelCommands.Context(options), new NdArray<long>([1, tokens.Shape[1]], tokens.Data[..tokens.Shape[1]]));
+                targets = Targets.Check(NpyFile.Read(targetsPath), tokens.Shape, logits.Shape[2], targetsPath);
+            }
+            parts = [(tokens, targets)];
         }
-        var direction = new NatgradService(lm, ModelCommands.Context(options), Console.Error).Direction(tokens, targets, options.Required("--curvature"), posterior);
+        var direction = new NatgradService(lm, ModelCommands.Context(options), Console.Error).Direction(parts, options.Required("--curvature"), posterior);
         SafetensorsFile.Write(outPath, direction.Select(p => new KeyValuePair<string, NdArray>(p.Key, p.Value)));
         stdout.WriteLine($"wrote {outPath}: natural gradient of {direction.Count} tensors");
         return 0;

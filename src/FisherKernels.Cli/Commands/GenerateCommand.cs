@@ -72,6 +72,7 @@ internal static class GenerateCommand
         var promptIds = encoded.Ids.Select(i => (long)i).ToList();
         var generation = service.Generate(promptIds, generateOptions);
         var ids = generation.Tokens.Select(t => (int)t.Token).ToList();
+        if (generation.Abstained is { } stop) ids.Add((int)stop.Token);
         string[] texts = tokenizer.IncrementalText(ids, encoded.Ids);
 
         if (outPath is not null) AtomicFile.WriteAllBytes(outPath, Json(folder.ModelPath, prompt, generation, texts));
@@ -83,7 +84,10 @@ internal static class GenerateCommand
             ScorePage.Write(htmlPath, $"generate: {Path.GetFileName(folder.Folder ?? folder.ModelPath)}", generateOptions.CurvaturePath is null ? "isotropic" : "kfac",
                 [new PageSequence(0, tokens, ps.Count > 0 ? ps.Average() : null, null, ps.Count > 0 ? generation.Tokens.Average(t => t.Aleatoric) : null)]);
         }
-        stdout.WriteLine(prompt + string.Concat(texts));
+        stdout.WriteLine(prompt + string.Concat(texts.Take(generation.Tokens.Count)));
+        if (generation.Abstained is { } abstained)
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"stopped (uncertain) before token {abstained.Token} {JsonSerializer.Serialize(texts[^1])} at position {abstained.Position}: epistemic of log p {Generation.EpistemicOfLogP(abstained):G6} > --abstain {generateOptions.Abstain:G6}"));
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"generated {generation.Tokens.Count} tokens ({generation.StopReason}): {1000 * (generation.SampleSecondsPerToken + generation.ScoreSecondsPerToken):F1} ms a token ({1000 * generation.SampleSecondsPerToken:F1} ms forward and draw, {1000 * generation.ScoreSecondsPerToken:F1} ms epistemic)"));
         return 0;
@@ -110,24 +114,32 @@ internal static class GenerateCommand
             json.WriteNumber("ms_per_token", 1000 * (generation.SampleSecondsPerToken + generation.ScoreSecondsPerToken));
             json.WriteNumber("ms_per_token_epistemic", 1000 * generation.ScoreSecondsPerToken);
             json.WriteStartArray("tokens");
-            for (int i = 0; i < generation.Tokens.Count; i++)
-            {
-                var t = generation.Tokens[i];
-                json.WriteStartObject();
-                json.WriteNumber("position", t.Position);
-                json.WriteNumber("token", t.Token);
-                json.WriteString("text", texts[i]);
-                json.WriteNumber("p", t.P);
-                json.WriteNumber("aleatoric", t.Aleatoric);
-                json.WriteNumber("epistemic", t.Epistemic);
-                if (t.PLow is { } low) json.WriteNumber("p_low", low);
-                if (t.PHigh is { } high) json.WriteNumber("p_high", high);
-                json.WriteEndObject();
-            }
+            for (int i = 0; i < generation.Tokens.Count; i++) WriteToken(json, generation.Tokens[i], texts[i]);
             json.WriteEndArray();
+            // With stop_reason "uncertain": the token that stopped generation (drawn, not generated), and its score of log p.
+            if (generation.Abstained is { } abstained)
+            {
+                json.WritePropertyName("abstained");
+                WriteToken(json, abstained, texts[^1], Generation.EpistemicOfLogP(abstained));
+            }
             json.WriteEndObject();
         }
         return stream.ToArray();
+    }
+
+    static void WriteToken(Utf8JsonWriter json, GeneratedToken t, string text, double? epistemicLogP = null)
+    {
+        json.WriteStartObject();
+        json.WriteNumber("position", t.Position);
+        json.WriteNumber("token", t.Token);
+        json.WriteString("text", text);
+        json.WriteNumber("p", t.P);
+        json.WriteNumber("aleatoric", t.Aleatoric);
+        json.WriteNumber("epistemic", t.Epistemic);
+        if (t.PLow is { } low) json.WriteNumber("p_low", low);
+        if (t.PHigh is { } high) json.WriteNumber("p_high", high);
+        if (epistemicLogP is { } e) json.WriteNumber("epistemic_log_p", e);
+        json.WriteEndObject();
     }
 
     static double Number(string text, string option) =>

@@ -161,6 +161,15 @@ internal sealed class TextArguments
         return rows;
     }
 
+    /// <summary>
+    /// <see cref="WindowRows"/> stacked by length, shortest first: one [rows, length] token array and its targets per length, for
+    /// the verbs whose result is a sum over rows (natgrad's gradient).
+    /// </summary>
+    public List<(NdArray<long> Tokens, NdArray<long>? Targets)> WindowRowsByLength(IReadOnlyList<long[]>? targets) =>
+        WindowRows(targets).GroupBy(r => r.Tokens.Shape[1]).OrderBy(g => g.Key).Select(g =>
+            (new NdArray<long>([g.Count(), g.Key], g.SelectMany(r => r.Tokens.Data).ToArray()),
+             (NdArray<long>?)new NdArray<long>([g.Count(), g.Key], g.SelectMany(r => r.Targets.Data).ToArray()))).ToList();
+
     /// <summary>Sequence <paramref name="index"/>'s tokens [1, n] (or the window <paramref name="window"/> of them).</summary>
     public NdArray<long> Tokens(int index, Window? window = null)
     {

@@ -37,8 +37,17 @@ public sealed record GenerateOptions
 /// <summary>One generated token (SPEC §6 generate JSON): its p under the model (temperature 1), aleatoric, epistemic, interval.</summary>
 public sealed record GeneratedToken(int Position, long Token, double P, double Aleatoric, double Epistemic, double? PLow = null, double? PHigh = null);
 
-/// <summary>The generated tokens, why generation stopped, and the time per token: sampling (forward and draws) and scoring.</summary>
-public sealed record Generation(IReadOnlyList<GeneratedToken> Tokens, string StopReason, double SampleSecondsPerToken, double ScoreSecondsPerToken);
+/// <summary>
+/// The generated tokens, why generation stopped, and the time per token: sampling (forward and draws) and scoring.
+/// <paramref name="Abstained"/>: with stop reason <c>uncertain</c>, the drawn token whose epistemic score of log p exceeded
+/// <c>--abstain</c> (not generated, so not in <paramref name="Tokens"/>).
+/// </summary>
+public sealed record Generation(IReadOnlyList<GeneratedToken> Tokens, string StopReason, double SampleSecondsPerToken, double ScoreSecondsPerToken,
+                                GeneratedToken? Abstained = null)
+{
+    /// <summary>The epistemic score of log p that abstention compares with U: epistemic / p² (the delta method).</summary>
+    public static double EpistemicOfLogP(GeneratedToken token) => token.Epistemic / Math.Max(token.P * token.P, 1e-300);
+}
 
 /// <summary>
 /// Generates tokens one at a time after a prompt (SPEC §4): each step runs the model over the text so far (the last
@@ -72,6 +81,7 @@ public sealed class GenerateService(LanguageModel lm, OpContext context, TextWri
         var sampleClock = new Stopwatch();
         var scoreClock = new Stopwatch();
         string reason = "length";
+        GeneratedToken? abstained = null;
         for (int step = 0; step < options.MaxNew; step++)
         {
             cancel.ThrowIfCancellationRequested();
@@ -108,9 +118,10 @@ public sealed class GenerateService(LanguageModel lm, OpContext context, TextWri
             scoreClock.Stop();
 
             var result = new GeneratedToken(text.Count, token, p, p * (1 - p), epistemic, low, high);
-            if (options.Abstain is { } u && epistemic / Math.Max(p * p, 1e-300) > u)
+            if (options.Abstain is { } u && Generation.EpistemicOfLogP(result) > u)
             {
                 reason = "uncertain";
+                abstained = result;
                 break;
             }
             generated.Add(result);
@@ -123,7 +134,7 @@ public sealed class GenerateService(LanguageModel lm, OpContext context, TextWri
             }
         }
         int count = Math.Max(1, generated.Count);
-        return new Generation(generated, reason, sampleClock.Elapsed.TotalSeconds / count, scoreClock.Elapsed.TotalSeconds / count);
+        return new Generation(generated, reason, sampleClock.Elapsed.TotalSeconds / count, scoreClock.Elapsed.TotalSeconds / count, abstained);
     }
 
     /// <summary>softmax(z + J·δθ_s) at the last position for each draw s (rows of <paramref name="vocab"/>), the draws of <c>score --samples</c>.</summary>

@@ -20,11 +20,23 @@ public sealed class NatgradService(LanguageModel lm, OpContext context, TextWrit
     public Dictionary<string, NdArray<float>> Direction(NdArray<long> tokens, NdArray<long>? targets, string curvaturePath, PosteriorOptions options)
     {
         ArgumentNullException.ThrowIfNull(tokens);
+        return Direction([(tokens, targets)], curvaturePath, options);
+    }
+
+    /// <summary>
+    /// The natural-gradient direction of several token arrays (each <c>[rows, seq]</c>, lengths free, as the windows of
+    /// <c>--text</c> give them), ∇L summed over all of them: the loss is additive, so this is the sum of their directions.
+    /// </summary>
+    public Dictionary<string, NdArray<float>> Direction(IReadOnlyList<(NdArray<long> Tokens, NdArray<long>? Targets)> parts, string curvaturePath, PosteriorOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(parts);
         ArgumentNullException.ThrowIfNull(options);
         var (_, posterior) = KfacScoring.LoadPosterior(lm, curvaturePath, options, context.Backend, log ?? TextWriter.Null);
         IReadOnlyList<Layer> layers = lm.Model.Layers;
         IReadOnlyList<string> parameters = LayerDiscovery.DefaultParameters(layers);
-        Dictionary<string, NdArray<float>> gradient = LossGradient(tokens, targets, parameters);
+        Dictionary<string, NdArray<float>>? gradient = null;
+        foreach (var (tokens, targets) in parts) gradient = LossGradient(tokens, targets, parameters, gradient);
+        if (gradient is null) throw FisherKernelsException.Argument("natgrad: no sequences");
         var direction = new Dictionary<string, NdArray<float>>(StringComparer.Ordinal);
         foreach (Layer layer in layers)
         {
@@ -39,12 +51,11 @@ public sealed class NatgradService(LanguageModel lm, OpContext context, TextWrit
         return direction;
     }
 
-    /// <summary>∇θ L summed over the batches of <see cref="BatchSize"/> sequences.</summary>
-    Dictionary<string, NdArray<float>> LossGradient(NdArray<long> tokens, NdArray<long>? targets, IReadOnlyList<string> parameters)
+    /// <summary>∇θ L summed over the batches of <see cref="BatchSize"/> sequences, added to <paramref name="sum"/> when given.</summary>
+    Dictionary<string, NdArray<float>> LossGradient(NdArray<long> tokens, NdArray<long>? targets, IReadOnlyList<string> parameters, Dictionary<string, NdArray<float>>? sum)
     {
         if (tokens.Rank != 2) throw FisherKernelsException.Argument($"natgrad: token ids must have shape [batch, seq], got [{ShapeUtil.Format(tokens.Shape)}]");
         int rows = tokens.Shape[0], seq = tokens.Shape[1];
-        Dictionary<string, NdArray<float>>? sum = null;
         for (int first = 0; first < rows; first += BatchSize)
         {
             int count = Math.Min(BatchSize, rows - first);

@@ -141,15 +141,40 @@ public class GenerateCommandTests
         }
     }
 
+    /// <summary>
+    /// --abstain U stops at the first token whose epistemic / p² exceeds U and names it: the "abstained" entry is the token
+    /// greedy decoding draws there (the run without --abstain), with that run's p and epistemic at that position.
+    /// </summary>
     [Fact]
-    public void AbstainStopsAtTheFirstUncertainToken()
+    public void AbstainStopsAtTheFirstUncertainTokenAndNamesIt()
     {
         using var temp = new TempFolder();
-        var json = Generate(temp, "g.json", "--temperature", "0", "--max-new", "5", "--abstain", "0");
-        Assert.Equal("uncertain", json.GetProperty("stop_reason").GetString());
-        Assert.Empty(Ids(json));
-        json = Generate(temp, "h.json", "--temperature", "0", "--max-new", "3", "--abstain", "1e300");
-        Assert.Equal("length", json.GetProperty("stop_reason").GetString());
+        var free = Generate(temp, "free.json", "--temperature", "0", "--max-new", "5").GetProperty("tokens").EnumerateArray().ToList();
+        double[] scores = free.Select(t => t.GetProperty("epistemic").GetDouble() / Math.Pow(t.GetProperty("p").GetDouble(), 2)).ToArray();
+        // U = the first token's score: that token passes (not above U); the first later one above U stops generation.
+        foreach (double u in new[] { 0.0, scores[0] })
+        {
+            var json = Generate(temp, $"g{u}.json", "--temperature", "0", "--max-new", "5", "--abstain", u.ToString("R", System.Globalization.CultureInfo.InvariantCulture));
+            int stop = Array.FindIndex(scores, s => s > u);
+            long[] ids = Ids(json);
+            if (stop < 0)
+            {
+                Assert.Equal("length", json.GetProperty("stop_reason").GetString());
+                Assert.False(json.TryGetProperty("abstained", out _));
+                continue;
+            }
+            Assert.Equal("uncertain", json.GetProperty("stop_reason").GetString());
+            Assert.Equal(free.Take(stop).Select(t => t.GetProperty("token").GetInt64()), ids);
+            var abstained = json.GetProperty("abstained");
+            foreach (string field in new[] { "position", "token", "p", "epistemic", "aleatoric" })
+                Assert.Equal(free[stop].GetProperty(field).GetDouble(), abstained.GetProperty(field).GetDouble());
+            Assert.Equal(free[stop].GetProperty("text").GetString(), abstained.GetProperty("text").GetString());
+            Assert.Equal(scores[stop], abstained.GetProperty("epistemic_log_p").GetDouble());
+        }
+        var (code, _, stderr) = CliRunner.Run("generate", "--model", DefaultModel, "--prompt", Prompt, "--temperature", "0", "--max-new", "2", "--abstain", "0");
+        Assert.Equal(0, code);
+        Assert.Contains($"stopped (uncertain) before token {free[0].GetProperty("token").GetInt64()} ", stderr);
+        Assert.Equal("length", Generate(temp, "h.json", "--temperature", "0", "--max-new", "3", "--abstain", "1e300").GetProperty("stop_reason").GetString());
     }
 
     [Fact]

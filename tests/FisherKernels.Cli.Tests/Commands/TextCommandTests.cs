@@ -20,6 +20,24 @@ public class TextCommandTests
         return path;
     }
 
+    /// <summary>SPEC §1's window starts for n tokens: 0, S, 2S, … while a window ends before n, then n − N.</summary>
+    static List<int> Starts(int n, int context, int stride)
+    {
+        var starts = new List<int>();
+        for (int s = 0; s + context < n; s += stride) starts.Add(s);
+        starts.Add(n - context);
+        return starts;
+    }
+
+    /// <summary>Window w's next-byte targets on the positions no earlier window holds (its assigned ones), −100 elsewhere.</summary>
+    static long[] AssignedTargets(byte[] bytes, List<int> starts, int w, int context)
+    {
+        int s = starts[w], from = w == 0 ? 0 : starts[w - 1] + context, n = bytes.Length;
+        var targets = new long[context];
+        for (int k = 0; k < context; k++) targets[k] = s + k >= from && s + k + 1 < n ? bytes[s + k + 1] : -100;
+        return targets;
+    }
+
     [Fact]
     public void ForwardTextWritesOneFilePerSequenceEqualToItsTokens()
     {
@@ -58,9 +76,7 @@ public class TextCommandTests
         int n = bytes.Length, vocab = 256;
         Assert.Equal([1, n, vocab], actual.Shape);
         // Window by window: starts 0, 6, 12, … and n − 16; each position from the window with the smallest start holding it.
-        var starts = new List<int>();
-        for (int s = 0; s + 16 < n; s += 6) starts.Add(s);
-        starts.Add(n - 16);
+        var starts = Starts(n, 16, 6);
         var windows = new Dictionary<int, NdArray<float>>();
         foreach (int s in starts)
         {
@@ -163,15 +179,11 @@ public class TextCommandTests
         byte[] bytes = Encoding.UTF8.GetBytes(line);
         int n = bytes.Length;
         Assert.Equal(Enumerable.Range(0, n - 1), tokens.Select(t => t.GetProperty("position").GetInt32()));
-        var starts = new List<int>();
-        for (int s = 0; s + 16 < n; s += 8) starts.Add(s);
-        starts.Add(n - 16);
+        var starts = Starts(n, 16, 8);
         foreach (int s in starts)
         {
             // The window alone, its targets the next bytes, scoring only the positions no earlier window holds.
-            int from = s == 0 ? 0 : starts[starts.IndexOf(s) - 1] + 16;
-            var targets = new long[16];
-            for (int k = 0; k < 16; k++) targets[k] = s + k >= from && s + k + 1 < n ? bytes[s + k + 1] : -100;
+            long[] targets = AssignedTargets(bytes, starts, starts.IndexOf(s), 16);
             string tokensPath = WriteTokens(temp, $"w{s}.npy", bytes[s..(s + 16)]), targetsPath = temp.File($"y{s}.npy"), reference = temp.File($"r{s}.json");
             NpyFile.Write(targetsPath, new NdArray<long>([1, 16], targets));
             Assert.Equal(0, CliRunner.Run("score", "--model", Path.Combine(DefaultModel, "model.onnx"), "--tokens", tokensPath, "--targets", targetsPath, "--out", reference).Code);
@@ -256,5 +268,57 @@ public class TextCommandTests
         Assert.True(code1 == 0, err1);
         var (_, out2, _) = CliRunner.Run("calibrate", "--model", model, "--tokens", tokens, "--curvature", temp.File("c2.safetensors"), "--out", temp.File("k2.safetensors"));
         Assert.Equal(out2.Replace("k2.safetensors", "k1.safetensors"), out1);
+    }
+
+    /// <summary>
+    /// natgrad --text: on a line that fits the context, the bytes of natgrad --tokens on the line's bytes; in windows, the sum
+    /// of each window's natgrad alone with --targets on its assigned positions only (the direction is linear in ∇L).
+    /// </summary>
+    [Fact]
+    public void NatgradTextIsTheSumOfItsWindowsDirections()
+    {
+        using var temp = new TempFolder();
+        string line = "Natural gradients of text, window by window.";
+        string text = temp.File("in.txt");
+        File.WriteAllText(text, line + "\n");
+        byte[] bytes = Encoding.UTF8.GetBytes(line);
+        string model = Path.Combine(DefaultModel, "model.onnx"), curvature = temp.File("c.safetensors");
+        Assert.Equal(0, CliRunner.Run("fit", "--model", model, "--tokens", WriteTokens(temp, "t.npy", bytes), "--out", curvature).Code);
+
+        var (code, _, stderr) = CliRunner.Run("natgrad", "--model", DefaultModel, "--text", text, "--curvature", curvature, "--out", temp.File("d1.safetensors"));
+        Assert.True(code == 0, stderr);
+        Assert.Equal(0, CliRunner.Run("natgrad", "--model", model, "--tokens", temp.File("t.npy"), "--curvature", curvature, "--out", temp.File("d2.safetensors")).Code);
+        Assert.Equal(File.ReadAllBytes(temp.File("d2.safetensors")), File.ReadAllBytes(temp.File("d1.safetensors")));
+
+        (code, _, stderr) = CliRunner.Run("natgrad", "--model", DefaultModel, "--text", text, "--context", "16", "--stride", "8", "--curvature", curvature, "--out", temp.File("dw.safetensors"));
+        Assert.True(code == 0, stderr);
+        int n = bytes.Length;
+        var starts = Starts(n, 16, 8);
+        Dictionary<string, double[]>? sum = null;
+        for (int w = 0; w < starts.Count; w++)
+        {
+            int s = starts[w];
+            long[] targets = AssignedTargets(bytes, starts, w, 16);
+            string targetsPath = temp.File($"y{w}.npy"), outPath = temp.File($"d{w}.safetensors");
+            NpyFile.Write(targetsPath, new NdArray<long>([1, 16], targets));
+            Assert.Equal(0, CliRunner.Run("natgrad", "--model", model, "--tokens", WriteTokens(temp, $"w{w}.npy", bytes[s..(s + 16)]), "--targets", targetsPath,
+                                          "--curvature", curvature, "--out", outPath).Code);
+            var part = SafetensorsFile.Read(outPath);
+            sum ??= part.Names.ToDictionary(name => name, name => new double[part.GetFloat32(name).Data.Length]);
+            foreach (string name in part.Names)
+            {
+                float[] values = part.GetFloat32(name).Data;
+                for (int i = 0; i < values.Length; i++) sum[name][i] += values[i];
+            }
+        }
+        var windowed = SafetensorsFile.Read(temp.File("dw.safetensors"));
+        Assert.Equal(sum!.Keys.Order(), windowed.Names.Order());
+        foreach (var (name, expected) in sum)
+        {
+            float[] actual = windowed.GetFloat32(name).Data;
+            double diff = 0, norm = 0;
+            for (int i = 0; i < actual.Length; i++) { diff += Math.Pow(actual[i] - expected[i], 2); norm += expected[i] * expected[i]; }
+            Assert.True(Math.Sqrt(diff) <= 1e-5 * Math.Sqrt(norm) + 1e-12, $"{name}: relative difference {Math.Sqrt(diff / norm)}");
+        }
     }
 }
