@@ -41,7 +41,8 @@ public static class OperatorRegistry
         .. new[] { "ReduceSum", "ReduceMean", "ReduceMax" }.Select(op => Onnx(op, 1, n => new Reduce(n))),
         // Data movement
         Onnx("Reshape", 5, n => new Reshape(n)),
-        .. new[] { "Identity", "Dropout", "Squeeze", "Unsqueeze", "Flatten" }.Select(op => Onnx(op, 1, n => new View(n))),
+        .. new[] { "Identity", "Squeeze", "Unsqueeze", "Flatten" }.Select(op => Onnx(op, 1, n => new View(n))),
+        Onnx("Dropout", 1, n => new Dropout(n)),
         Onnx("Transpose", 1, n => new Transpose(n)),
         Onnx("Expand", 8, n => new Expand(n)),
         Onnx("Slice", 1, n => new Slice(n)),

@@ -6,25 +6,30 @@ namespace FisherKernels.Onnx.Operators;
 /// <summary>
 /// ScatterND (opset 11+): a copy of <c>data</c> whose slices addressed by the last axis of <c>indices</c>
 /// (k leading coordinates, negative ones counting from the end) are replaced by (reduction "none") or
-/// increased by (reduction "add", opset 16+) the matching slices of <c>updates</c>. The specification leaves
-/// duplicate indices undefined under "none": they are refused. Reductions "mul", "max", "min" are not supported.
+/// combined with the matching slices of <c>updates</c>, one index tuple after another (reductions "add" and
+/// "mul", opset 16+; "max" and "min", opset 18+). The specification leaves duplicate indices undefined under
+/// "none": they are refused.
 /// </summary>
 internal sealed class ScatterND : Operator
 {
-    private readonly bool add;
+    private enum Reduction { None, Add, Mul, Max, Min }
+
+    private readonly Reduction reduction;
 
     public ScatterND(OperatorNode node) : base(node)
     {
         RequireInputs(3, 3);
-        string reduction = node.Attributes.GetString("reduction", "none");
-        add = reduction switch
+        string name = node.Attributes.GetString("reduction", "none");
+        (reduction, int since) = name switch
         {
-            "none" => false,
-            "add" when node.Opset >= 16 => true,
-            "add" => throw FisherKernelsException.Format($"reduction 'add' needs opset 16, the model uses opset {node.Opset}"),
-            "mul" or "max" or "min" => throw FisherKernelsException.Unsupported($"reduction '{reduction}' is not supported (none and add are)"),
-            _ => throw FisherKernelsException.Format($"reduction '{reduction}' is not a ScatterND reduction"),
+            "none" => (Reduction.None, 11),
+            "add" => (Reduction.Add, 16),
+            "mul" => (Reduction.Mul, 16),
+            "max" => (Reduction.Max, 18),
+            "min" => (Reduction.Min, 18),
+            _ => throw FisherKernelsException.Format($"reduction '{name}' is not a ScatterND reduction"),
         };
+        if (node.Opset < since) throw FisherKernelsException.Format($"reduction '{name}' needs opset {since}, the model uses opset {node.Opset}");
     }
 
     public override bool IsDifferentiable(int input) => input != 1;
@@ -42,7 +47,7 @@ internal sealed class ScatterND : Operator
         if (!Tensors.SameShape(updates.Shape, expected))
             throw Error($"updates has shape [{ShapeUtil.Format(updates.Shape)}], expected [{ShapeUtil.Format(expected)}] (indices.shape[:-1] + data.shape[{k}:])");
         if (updates.Type != data.Type) throw Error($"updates are {updates.Type}, data is {data.Type}");
-        if (add && data.Type == ElementType.Bool) throw Error("reduction 'add' needs numbers, data is bool");
+        if (reduction != Reduction.None && data.Type == ElementType.Bool) throw Error($"reduction '{Node.Attributes.GetString("reduction", "none")}' needs numbers, data is bool");
         return [new TensorInfo(data.Type, data.Shape)];
     }
 
@@ -77,7 +82,7 @@ internal sealed class ScatterND : Operator
         var data = inputs[0]!;
         var indices = ((NdArray<long>)inputs[1]!).Data;
         var layout = Describe(data, inputs[1]!);
-        if (!add) RefuseDuplicates(context, data, indices, layout);
+        if (reduction == Reduction.None) RefuseDuplicates(context, data, indices, layout);
         switch (outputs[0])
         {
             case NdArray<float> y: Scatter(data, indices, layout, (NdArray<float>)inputs[2]!, y); break;
@@ -99,8 +104,15 @@ internal sealed class ScatterND : Operator
         {
             var from = updates.Data.AsSpan(j * layout.Slice, layout.Slice);
             var to = y.Data.AsSpan(Offset(data, indices, layout, j), layout.Slice);
-            if (add) for (int e = 0; e < to.Length; e++) to[e] += from[e];
-            else from.CopyTo(to);
+            switch (reduction)
+            {
+                case Reduction.None: from.CopyTo(to); break;
+                case Reduction.Add: for (int e = 0; e < to.Length; e++) to[e] += from[e]; break;
+                case Reduction.Mul: for (int e = 0; e < to.Length; e++) to[e] *= from[e]; break;
+                // Max/Min keep the value already there on a tie (and so its derivative, as Coefficients does).
+                case Reduction.Max: for (int e = 0; e < to.Length; e++) if (from[e] > to[e]) to[e] = from[e]; break;
+                case Reduction.Min: for (int e = 0; e < to.Length; e++) if (from[e] < to[e]) to[e] = from[e]; break;
+            }
         }
     }
 
@@ -127,13 +139,25 @@ internal sealed class ScatterND : Operator
         var layout = Describe(data, inputs[1]!);
         var gData = inputGrads[0];
         var gUpdates = inputGrads.Length > 2 ? inputGrads[2] : null;
+        if (reduction is Reduction.Mul or Reduction.Max or Reduction.Min)
+        {
+            var (dData, dUpdates) = Coefficients((NdArray<float>)data, indices, layout, (NdArray<float>)inputs[2]!);
+            if (gData is not null) for (int i = 0; i < dData.Length; i++) gData.Data[i] += gy.Data[i] * dData[i];
+            if (gUpdates is null) return;
+            for (int j = 0; j < layout.Count; j++)
+            {
+                int offset = Offset(data, indices, layout, j);
+                for (int e = 0; e < layout.Slice; e++) gUpdates.Data[j * layout.Slice + e] += gy.Data[offset + e] * dUpdates[j * layout.Slice + e];
+            }
+            return;
+        }
         if (gData is not null) TensorPrimitives.Add(gData.Data, gy.Data, gData.Data);
         for (int j = 0; j < layout.Count; j++)
         {
             int offset = Offset(data, indices, layout, j);
             var g = gy.Data.AsSpan(offset, layout.Slice);
             // Under "none" the written slices no longer depend on data (indices are distinct).
-            if (!add && gData is not null) TensorPrimitives.Subtract(gData.Data.AsSpan(offset, layout.Slice), g, gData.Data.AsSpan(offset, layout.Slice));
+            if (reduction == Reduction.None && gData is not null) TensorPrimitives.Subtract(gData.Data.AsSpan(offset, layout.Slice), g, gData.Data.AsSpan(offset, layout.Slice));
             if (gUpdates is not null) TensorPrimitives.Add(gUpdates.Data.AsSpan(j * layout.Slice, layout.Slice), g, gUpdates.Data.AsSpan(j * layout.Slice, layout.Slice));
         }
     }
@@ -145,14 +169,72 @@ internal sealed class ScatterND : Operator
         var data = inputs[0]!;
         var indices = ((NdArray<long>)inputs[1]!).Data;
         var layout = Describe(data, inputs[1]!);
-        if (inputTangents[0] is { } tData) tData.Data.AsSpan().CopyTo(ty.Data); else ty.Data.AsSpan().Clear();
         var tUpdates = inputTangents.Length > 2 ? inputTangents[2] : null;
+        if (reduction is Reduction.Mul or Reduction.Max or Reduction.Min)
+        {
+            var (dData, dUpdates) = Coefficients((NdArray<float>)data, indices, layout, (NdArray<float>)inputs[2]!);
+            if (inputTangents[0] is { } t0) TensorPrimitives.Multiply(t0.Data, dData, ty.Data); else ty.Data.AsSpan().Clear();
+            if (tUpdates is null) return;
+            for (int j = 0; j < layout.Count; j++)
+            {
+                int offset = Offset(data, indices, layout, j);
+                for (int e = 0; e < layout.Slice; e++) ty.Data[offset + e] += tUpdates.Data[j * layout.Slice + e] * dUpdates[j * layout.Slice + e];
+            }
+            return;
+        }
+        if (inputTangents[0] is { } tData) tData.Data.AsSpan().CopyTo(ty.Data); else ty.Data.AsSpan().Clear();
         for (int j = 0; j < layout.Count; j++)
         {
             var to = ty.Data.AsSpan(Offset(data, indices, layout, j), layout.Slice);
-            if (tUpdates is null) { if (!add) to.Clear(); continue; }
+            if (tUpdates is null) { if (reduction == Reduction.None) to.Clear(); continue; }
             var from = tUpdates.Data.AsSpan(j * layout.Slice, layout.Slice);
-            if (add) TensorPrimitives.Add(to, from, to); else from.CopyTo(to);
+            if (reduction == Reduction.Add) TensorPrimitives.Add(to, from, to); else from.CopyTo(to);
         }
+    }
+
+    /// <summary>
+    /// ∂y/∂data (data's shape) and ∂y/∂updates (updates' shape) under "mul", "max" or "min". Each addressed slot is
+    /// data combined with its tuples' updates in order: for "mul", each factor's derivative is the product of the
+    /// others (products before and after it, so a zero factor is no division); for "max"/"min", 1 for the value the
+    /// forward kept (the earliest of equal ones) and 0 for the rest. Unaddressed elements pass unchanged (1).
+    /// </summary>
+    private (float[] DData, float[] DUpdates) Coefficients(NdArray<float> data, long[] indices, Layout layout, NdArray<float> updates)
+    {
+        var dData = new float[data.Data.Length];
+        var dUpdates = new float[updates.Data.Length];
+        dData.AsSpan().Fill(1);
+        var bySlot = new Dictionary<int, List<int>>();
+        for (int j = 0; j < layout.Count; j++)
+        {
+            int slot = Slot(data, indices, layout, j);
+            if (!bySlot.TryGetValue(slot, out var tuples)) bySlot[slot] = tuples = [];
+            tuples.Add(j);
+        }
+        foreach (var (slot, tuples) in bySlot)
+        {
+            int m = tuples.Count;
+            var before = new float[m];
+            for (int e = 0; e < layout.Slice; e++)
+            {
+                int at = slot * layout.Slice + e;
+                float U(int k) => updates.Data[tuples[k] * layout.Slice + e];
+                if (reduction == Reduction.Mul)
+                {
+                    float product = data.Data[at];
+                    for (int k = 0; k < m; k++) { before[k] = product; product *= U(k); }
+                    float after = 1;
+                    for (int k = m - 1; k >= 0; k--) { dUpdates[tuples[k] * layout.Slice + e] = before[k] * after; after *= U(k); }
+                    dData[at] = after;
+                    continue;
+                }
+                int kept = -1;
+                float value = data.Data[at];
+                for (int k = 0; k < m; k++)
+                    if (reduction == Reduction.Max ? U(k) > value : U(k) < value) (kept, value) = (k, U(k));
+                dData[at] = kept < 0 ? 1 : 0;
+                if (kept >= 0) dUpdates[tuples[kept] * layout.Slice + e] = 1;
+            }
+        }
+        return (dData, dUpdates);
     }
 }

@@ -4,8 +4,7 @@ namespace FisherKernels.Onnx.Operators;
 
 /// <summary>
 /// Operators whose output 0 is input 0's elements unchanged under a (possibly) new shape: Identity,
-/// Dropout (inference: the optional mask output is all true), Squeeze, Unsqueeze, Flatten. The graph may
-/// alias them (<see cref="Operator.IsView"/>); derivatives are the identity.
+/// Squeeze, Unsqueeze, Flatten (and <see cref="Dropout"/> in inference). The graph may alias them (<see cref="Operator.IsView"/>); derivatives are the identity.
 /// </summary>
 internal sealed class View : Operator
 {
@@ -16,38 +15,29 @@ internal sealed class View : Operator
         switch (node.OpType)
         {
             case "Identity": RequireInputs(1, 1); break;
-            case "Dropout": RequireInputs(1, 3); break;
             case "Flatten": RequireInputs(1, 1); break;
             default: RequireInputs(1, node.Opset >= 13 ? 2 : 1); break;
         }
         if (node.OpType is "Squeeze" or "Unsqueeze" && node.Opset < 13) axesAttribute = node.Attributes.GetInts("axes");
-        if (node.OpType == "Dropout" && node.Attributes.GetInt("training_mode", 0) != 0)
-            throw FisherKernelsException.Unsupported("training_mode = 1 is not supported (inference only)");
     }
 
-    /// <summary>A Dropout whose mask output is wanted runs (to write the mask); every other node is a view.</summary>
-    public override bool IsView => !(Node.OpType == "Dropout" && Node.OutputCount > 1);
+    public override bool IsView => true;
 
     public override bool IsDifferentiable(int input) => input == 0;
 
-    public override bool NeedsValue(int input) => Node.OpType is "Squeeze" or "Unsqueeze" ? Node.Opset >= 13 && input == 1 : Node.OpType == "Dropout" && input is 1 or 2;
+    public override bool NeedsValue(int input) => Node.OpType is "Squeeze" or "Unsqueeze" && Node.Opset >= 13 && input == 1;
 
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var x = Required(inputs, 0, "input");
-        // Training mode drops at random unless the ratio is 0 (then it is the identity, as in inference).
-        if (Node.OpType == "Dropout" && inputs.Length > 2 && inputs[2]?.Value is NdArray<bool> { Data: [true] }
-            && !(inputs[1]?.Value is NdArray<float> { Data: [0f] }))
-            throw UnsupportedError("training_mode = true is not supported (inference only, or ratio 0)");
         int[] shape = Node.OpType switch
         {
-            "Identity" or "Dropout" => x.Shape,
+            "Identity" => x.Shape,
             "Flatten" => FlattenShape(x.Shape),
             "Squeeze" => SqueezeShape(x.Shape, Axes(inputs)),
             _ => UnsqueezeShape(x.Shape, Axes(inputs) ?? throw Error("axes are required")),
         };
-        var output = new TensorInfo(x.Type, shape, x.Value is null ? null : Tensors.WithShape(x.Value, shape));
-        return Node.OpType == "Dropout" && Node.OutputCount > 1 ? [output, new TensorInfo(ElementType.Bool, x.Shape)] : [output];
+        return [new TensorInfo(x.Type, shape, x.Value is null ? null : Tensors.WithShape(x.Value, shape))];
     }
 
     private long[]? Axes(ReadOnlySpan<TensorInfo?> inputs) =>
@@ -89,11 +79,8 @@ internal sealed class View : Operator
         return result;
     }
 
-    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs)
-    {
+    public override void Forward(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs) =>
         Tensors.CopyElements(inputs[0]!, outputs[0]);
-        if (outputs.Length > 1 && outputs[1] is NdArray<bool> mask) mask.Span.Fill(true);
-    }
 
     public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
                              ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads) =>

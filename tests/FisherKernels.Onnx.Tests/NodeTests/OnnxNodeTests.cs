@@ -31,11 +31,6 @@ public sealed class OnnxNodeTests
         ["test_min_int8"] = "unsupported element type", ["test_min_uint8"] = "unsupported element type",
         // Optional and sequence values (the control-flow issue's).
         ["test_identity_opt"] = "unsupported element type", ["test_identity_sequence"] = "unsupported element type",
-        // Training-mode dropout with a non-zero ratio is random.
-        ["test_training_dropout"] = "training_mode", ["test_training_dropout_default"] = "training_mode",
-        ["test_training_dropout_default_mask"] = "training_mode", ["test_training_dropout_mask"] = "training_mode",
-        // ScatterND's multiplying reduction.
-        ["test_scatternd_multiply"] = "reduction 'mul'",
     };
 
     public static TheoryData<string> Names()

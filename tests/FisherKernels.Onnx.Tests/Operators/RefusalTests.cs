@@ -50,10 +50,6 @@ public sealed class RefusalTests
         Assert.Contains("approximate", Refused(() => OpRunner.Create("Gelu", 1, attributes: A().Set("approximate", "fast"), opset: 20)).Message);
 
     [Fact]
-    public void DropoutInTrainingModeIsUnsupported() =>
-        Assert.Equal(ErrorKind.Unsupported, Refused(() => OpRunner.Create("Dropout", 1, attributes: A().Set("training_mode", 1L), opset: 12)).Kind);
-
-    [Fact]
     public void CastToStringIsUnsupported() =>
         Assert.Contains("element type 8", Refused(() => OpRunner.Create("Cast", 1, attributes: A().Set("to", 8L))).Message);
 

@@ -239,6 +239,18 @@ case("where_int64", "Where", [np.array([True, False]), i64([1, 2]), i64([9])], [
 x = f32(2, 3)
 case("identity", "Identity", [x], [d(x)])
 case("dropout", "Dropout", [x], [d(x), np.ones((2, 3), bool)])
+# Training mode: an element stays when numpy's RandomState(seed).uniform(0, 1) draw for it is >= ratio, as ONNX's own
+# dropout cases compute their expected outputs; own generator for x so the draws above and below stay.
+def dropout_training(x, ratio, seed):
+    keep = np.random.RandomState(seed).uniform(0, 1, x.shape) >= ratio
+    return d(x) * keep / (1 - float(ratio)), keep
+
+xdrop = np.random.default_rng(13).standard_normal((3, 4, 5)).astype(np.float32)
+case("dropout_training_seed7", "Dropout", [xdrop, np.array(0.3, np.float32), np.array(True)], list(dropout_training(xdrop, np.float32(0.3), 7)),
+     attrs={"seed": 7}, opset=13)
+case("dropout_training_default_ratio", "Dropout", [xdrop, None, np.array(True)], list(dropout_training(xdrop, 0.5, 3)), attrs={"seed": 3}, opset=13)
+case("dropout_training_false", "Dropout", [xdrop, np.array(0.3, np.float32), np.array(False)], [d(xdrop), np.ones(xdrop.shape, bool)],
+     attrs={"seed": 7}, opset=13)
 xf = f32(2, 3, 4)
 case("flatten", "Flatten", [xf], [d(xf).reshape(6, 4)], attrs={"axis": 2})
 xs = f32(1, 3, 1)
@@ -331,9 +343,10 @@ case("tile_int64", "Tile", [i64([[1, 2]]), i64([2, 2])], [np.tile(i64([[1, 2]]),
 def scatter_nd(data, indices, updates, reduction="none"):
     out = np.array(data, copy=True)
     idx = indices.reshape(-1, indices.shape[-1]); upd = updates.reshape((idx.shape[0],) + data.shape[indices.shape[-1]:])
+    combine = {"none": lambda old, new: new, "add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}[reduction]
     for j, t in enumerate(idx):
         t = tuple(int(v) for v in t)
-        out[t] = upd[j] if reduction == "none" else out[t] + upd[j]
+        out[t] = combine(out[t], upd[j])
     return out
 
 data = f32(4, 3, 2)
@@ -347,6 +360,16 @@ ind3 = i64([[1, 2, 0], [1, 2, 0], [0, 0, 1]])
 upd3 = f32(3)
 case("scatternd_add_duplicates", "ScatterND", [data, ind3, upd3], [scatter_nd(d(data), ind3, d(upd3), "add")], attrs={"reduction": "add"}, opset=16, ort=True)
 case("scatternd_int64", "ScatterND", [i64([1, 2, 3, 4]), i64([[0], [3]]), i64([7, 8])], [i64([7, 2, 3, 8])], opset=18, ort=True)
+# The other reductions, each with a repeated index tuple (applied in order); own generator so the draws above stay.
+srng = np.random.default_rng(16)
+sdata = srng.standard_normal((4, 3, 2)).astype(np.float32)
+supd = srng.standard_normal((3, 2)).astype(np.float32)
+sind = i64([[1, 2], [3, -1], [1, 2]])
+for reduction, opset in [("mul", 16), ("max", 18), ("min", 18)]:
+    case(f"scatternd_{reduction}_duplicates", "ScatterND", [sdata, sind, supd], [scatter_nd(d(sdata), sind, d(supd), reduction)],
+         attrs={"reduction": reduction}, opset=opset, ort=True)
+case("scatternd_mul_int64", "ScatterND", [i64([1, 2, 3, 4]), i64([[1], [3], [1]]), i64([5, 6, 7])], [i64([1, 70, 3, 24])],
+     attrs={"reduction": "mul"}, opset=16, ort=True)
 
 
 # ---- com.microsoft RotaryEmbedding (ONNX Runtime contrib schema) -------------------------------------
