@@ -89,16 +89,19 @@ public sealed class KfacPosterior
         int size = l.GDim * l.ADim;
         if (count < 1 || tokenGradients.Length != (long)count * size || tokenEpistemic.Length != count)
             throw FisherKernelsException.Argument($"layer '{layer}': {count} gradients of [{l.GDim} × {l.ADim}] need {(long)count * size} values and {count} scores, got {tokenGradients.Length} and {tokenEpistemic.Length}");
-        var all = new float[(count + 1) * size];
-        tokenGradients.CopyTo(all);
-        Span<float> mean = all.AsSpan(count * size, size);
+        // One gradient at a time: a vocabulary head's gradient is [50,257 × 769], and the caller may hold many.
+        var mean = new float[size];
+        var quadratic = new float[1];
         for (int t = 0; t < count; t++)
-            for (int i = 0; i < size; i++) mean[i] += tokenGradients[t * size + i];
-        for (int i = 0; i < size; i++) mean[i] /= count;
-        var quadratic = new float[count + 1];
-        l.Quadratic(all, count + 1, quadratic);
-        for (int t = 0; t < count; t++) tokenEpistemic[t] += quadratic[t];
-        return quadratic[count];
+        {
+            ReadOnlySpan<float> x = tokenGradients.Slice(t * size, size);
+            System.Numerics.Tensors.TensorPrimitives.Add(mean, x, mean);
+            l.Quadratic(x, 1, quadratic);
+            tokenEpistemic[t] += quadratic[0];
+        }
+        System.Numerics.Tensors.TensorPrimitives.Multiply(mean, 1f / count, mean);
+        l.Quadratic(mean, 1, quadratic);
+        return quadratic[0];
     }
 
     /// <summary>One line per layer: eigenvalue ranges and the form of its inverse.</summary>

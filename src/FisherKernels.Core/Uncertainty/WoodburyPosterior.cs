@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using FisherKernels.Backends;
 using FisherKernels.Curvature;
 using FisherKernels.Linalg;
@@ -15,6 +16,12 @@ public sealed class WoodburyPosterior : LayerPosterior
     readonly IComputeBackend backend;
     readonly LowRankFactor f;
 
+    /// <summary>M·μ_j of the small factor's eigenvalues, as <see cref="InverseDiagonals"/> takes them.</summary>
+    readonly float[] scaledSmallLambda;
+
+    /// <summary>The capacitances' Cholesky factors (<see cref="Capacitances"/>), made on first use.</summary>
+    double[]? capacitances;
+
     /// <summary>The small factor's eigenbasis, the large factor as diagonal plus low rank.</summary>
     sealed record LowRankFactor(bool LargeIsA, float[] SmallQ, double[] SmallLambda, int SmallDim,
                                 float[] U, float[] Lambda, float[] Diagonal, int LargeDim, int Rank);
@@ -25,6 +32,7 @@ public sealed class WoodburyPosterior : LayerPosterior
         this.backend = backend;
         f = BuildLowRank(block, backend, options, out EigenvalueRange rangeA, out EigenvalueRange rangeG);
         (RangeA, RangeG) = (rangeA, rangeG);
+        scaledSmallLambda = f.SmallLambda.Select(mu => (float)(Positions * mu)).ToArray();
     }
 
     public override bool IsLowRank => true;
@@ -33,20 +41,149 @@ public sealed class WoodburyPosterior : LayerPosterior
 
     protected override void QuadraticCore(ReadOnlySpan<float> xs, int count, Span<float> output) => WoodburyQuadratic(f, xs, count, output);
 
-    public override long OuterProductWorkspace(int rows) => (long)GDim * ADim;
+    /// <summary>Rows of the large factor's side per block of <see cref="OuterProductQuadraticCore"/> and <see cref="Capacitances"/>.</summary>
+    const int Block = 256;
+
+    /// <summary>The large side's rows transposed [n × rows], the small side's rows [rows × m] (large A), two blocks [Block × m] and W [r × m].</summary>
+    public override long OuterProductWorkspace(int rows) =>
+        (long)f.LargeDim * rows + (f.LargeIsA ? (long)rows * f.SmallDim : 0) + 2L * Block * f.SmallDim + (long)f.Rank * f.SmallDim;
 
     public override bool UsesInputGram => false;
 
-    /// <summary>X = Gᵀ Ã formed, then its Woodbury quadratic form.</summary>
+    /// <summary>With G large, the rows of Ã in A's eigenbasis, Ã Q_A (the small side of <see cref="OuterProductQuadraticCore"/>); with A large, Ã itself.</summary>
+    protected override void ProjectInputRowsCore(ReadOnlySpan<float> homogeneousInputs, int rows, Span<float> projected)
+    {
+        if (f.LargeIsA) homogeneousInputs.CopyTo(projected);
+        else backend.Gemm(new GemmShape(rows, f.SmallDim, f.SmallDim), homogeneousInputs, f.SmallQ, projected);
+    }
+
+    /// <summary>
+    /// <c>vec(X)ᵀ Σ vec(X)</c> for <c>X = Gᵀ Ã</c> without forming X (a vocabulary head's X is 50,257 × 769 per position).
+    /// Call L <c>[R × n]</c> the rows on the large factor's side (G when G is large, Ã when A is) and S <c>[R × m]</c> the rows
+    /// on the small side rotated into its eigenbasis (Ã Q_A, or G Q_G). In the small eigenbasis X's columns are
+    /// <c>y_j = Lᵀ s_j</c>, <c>Y = Lᵀ S</c> <c>[n × m]</c> (for one position, R = 1, the rank-one <c>g βᵀ</c>), and Σ's block along
+    /// the small eigenvector j is <c>P_j⁻¹</c>, <c>P_j = M μ_j (D + U Λ Uᵀ) + τ I = D_j + U S_j Uᵀ</c>. Woodbury in the scaled form
+    /// (h_j = diag(D_j)⁻¹, <c>C_j = I + S_j^½ Uᵀ diag(h_j) U S_j^½</c>):
+    /// <code>
+    ///   y_jᵀ P_j⁻¹ y_j = Σ_i h_ij y_ij²  −  w_jᵀ C_j⁻¹ w_j,    w_j = S_j^½ Uᵀ (h_j ⊙ y_j)
+    /// </code>
+    /// so the quadratic is <c>Σ (H ⊙ Y ⊙ Y) − Σ_j ‖L_j⁻¹ w_j‖²</c> with <c>W = Uᵀ (H ⊙ Y)</c> <c>[r × m]</c> one GEMM over all j and
+    /// C_j = L_j L_jᵀ factored once per posterior (<see cref="Capacitances"/>). Y and H = 1/(M μ_j d_i + τ) are made block by
+    /// block of n: per call 2·n·m·(R + r) flops and O(n·R + Block·m + r·m) floats, instead of the [n × m] X and one Woodbury
+    /// solve per j. The same algebra as <see cref="WoodburyQuadratic"/> (which takes formed X), checked against it and
+    /// against the dense posterior in the tests.
+    /// </summary>
     protected override double OuterProductQuadraticCore(ReadOnlySpan<float> outputGradients, ReadOnlySpan<float> projectedInputs, int rows,
                                                         Span<float> workspace, ReadOnlySpan<float> inputGram)
     {
-        Span<float> x = workspace[..(GDim * ADim)];
-        backend.Gemm(new GemmShape(GDim, ADim, rows, TransA: true), outputGradients, projectedInputs, x);
-        var single = new float[1];
-        WoodburyQuadratic(f, x, 1, single);
-        return single[0];
+        int n = f.LargeDim, m = f.SmallDim, r = f.Rank;
+        Span<float> largeT = workspace[..(n * rows)];
+        Span<float> rest = workspace[(n * rows)..];
+        ReadOnlySpan<float> large = f.LargeIsA ? projectedInputs : outputGradients;
+        ReadOnlySpan<float> small = projectedInputs;
+        if (f.LargeIsA)
+        {
+            Span<float> rotated = rest[..(rows * m)];
+            backend.Gemm(new GemmShape(rows, m, m), outputGradients, f.SmallQ, rotated);
+            small = rotated;
+            rest = rest[(rows * m)..];
+        }
+        for (int row = 0; row < rows; row++)
+            for (int i = 0; i < n; i++) largeT[i * rows + row] = large[row * n + i];
+        Span<float> y = rest[..(Block * m)], h = rest.Slice(Block * m, Block * m), w = rest.Slice(2 * Block * m, r * m);
+        w.Clear();
+        double diagonal = 0;
+        for (int start = 0; start < n; start += Block)
+        {
+            int nb = Math.Min(Block, n - start);
+            Span<float> yb = y[..(nb * m)], hb = h[..(nb * m)];
+            backend.Gemm(new GemmShape(nb, m, rows), largeT.Slice(start * rows, nb * rows), small, yb);
+            InverseDiagonals(start, nb, hb);
+            TensorPrimitives.Multiply(yb, hb, hb); // H ⊙ Y
+            for (int i = 0; i < nb; i++) diagonal += TensorPrimitives.Dot(hb.Slice(i * m, m), yb.Slice(i * m, m));
+            if (r > 0) backend.Gemm(new GemmShape(r, m, nb, TransA: true, Beta: 1), f.U.AsSpan(start * r, nb * r), hb, w);
+        }
+        double[] factors = Capacitances();
+        Span<double> z = stackalloc double[r];
+        double lowRank = 0;
+        for (int j = 0; j < m; j++)
+        {
+            double scale = Positions * f.SmallLambda[j];
+            for (int a = 0; a < r; a++) z[a] = Math.Sqrt(scale * f.Lambda[a]) * w[a * m + j];
+            lowRank += ForwardSolvedSquares(factors.AsSpan(j * r * r, r * r), r, z);
+        }
+        return diagonal - lowRank;
     }
+
+    /// <summary><c>h[i, j] = 1 / (M μ_j d_(start+i) + τ)</c> for <paramref name="count"/> rows of the large side, [count × m].</summary>
+    void InverseDiagonals(int start, int count, Span<float> h)
+    {
+        int m = f.SmallDim;
+        for (int i = 0; i < count; i++)
+        {
+            Span<float> row = h.Slice(i * m, m);
+            TensorPrimitives.Multiply(scaledSmallLambda, f.Diagonal[start + i], row);
+            TensorPrimitives.Add(row, (float)PriorPrecision, row);
+            TensorPrimitives.Reciprocal(row, row);
+        }
+    }
+
+    /// <summary>‖L⁻¹ z‖² for the lower Cholesky factor L [r × r] (row-major), z overwritten.</summary>
+    static double ForwardSolvedSquares(ReadOnlySpan<double> l, int r, Span<double> z)
+    {
+        double sum = 0;
+        for (int i = 0; i < r; i++)
+        {
+            double v = z[i];
+            for (int p = 0; p < i; p++) v -= l[i * r + p] * z[p];
+            z[i] = v / l[i * r + i];
+            sum += z[i] * z[i];
+        }
+        return sum;
+    }
+
+    /// <summary>
+    /// The Cholesky factors of the capacitances <c>C_j = I + S_j^½ Uᵀ diag(h_j) U S_j^½</c> (<c>S_j = M μ_j Λ</c>,
+    /// <c>h_ij = 1/(M μ_j d_i + τ)</c>) of every small eigenvector j, [m × r × r] doubles, computed on first use and kept:
+    /// <c>Uᵀ diag(h_j) U</c> for all j at once is one GEMM of U's column products <c>U_ia U_ib</c> (a ≤ b) with H, block by
+    /// block of n, n·r²·m flops and no n×n matrix. The scores, the target variances and the log-determinant share them.
+    /// </summary>
+    double[] Capacitances() => LazyInitializer.EnsureInitialized(ref capacitances, () =>
+    {
+        int n = f.LargeDim, m = f.SmallDim, r = f.Rank, pairs = r * (r + 1) / 2;
+        var sums = new float[(long)pairs * m];
+        var products = new float[Block * pairs];
+        var h = new float[Block * m];
+        for (int start = 0; start < n; start += Block)
+        {
+            int nb = Math.Min(Block, n - start);
+            for (int i = 0; i < nb; i++)
+            {
+                ReadOnlySpan<float> u = f.U.AsSpan((start + i) * r, r);
+                int p = i * pairs;
+                for (int a = 0; a < r; a++)
+                    for (int b = a; b < r; b++) products[p++] = u[a] * u[b];
+            }
+            InverseDiagonals(start, nb, h.AsSpan(0, nb * m));
+            backend.Gemm(new GemmShape(pairs, m, nb, TransA: true, Beta: 1), products.AsSpan(0, nb * pairs), h.AsSpan(0, nb * m), sums);
+        }
+        var factors = new double[(long)m * r * r];
+        Parallel.For(0, m, j =>
+        {
+            Span<double> c = factors.AsSpan(j * r * r, r * r);
+            double scale = Positions * f.SmallLambda[j];
+            int p = 0;
+            for (int a = 0; a < r; a++)
+                for (int b = a; b < r; b++, p++)
+                {
+                    double v = Math.Sqrt(scale * f.Lambda[a]) * Math.Sqrt(scale * f.Lambda[b]) * sums[(long)p * m + j];
+                    c[a * r + b] = c[b * r + a] = v + (a == b ? 1 : 0);
+                }
+            if (!Cholesky.TryFactor(c, r, useNative: false))
+                throw FisherKernelsException.Backend($"layer '{Layer}': the Woodbury capacitance I + VᵀV [{r} × {r}] is not positive definite");
+        });
+        return factors;
+    });
 
     private protected override void SamplePerturbationCore(ref SplitMix64 rng, Span<float> delta) => SampleLowRank(f, ref rng, delta);
 
@@ -58,83 +195,48 @@ public sealed class WoodburyPosterior : LayerPosterior
 
     /// <summary>
     /// <c>Σ_j log det(D_j + U S_j Uᵀ)</c> over the small factor's eigenvectors (<c>D_j = M μ_j D + τ I</c>, <c>S_j = M μ_j Λ</c>),
-    /// each by the matrix determinant lemma in the scaled form: <c>Σ_i log d_j,i + log det(I + VᵀV)</c>, <c>V = D_j^-½ U S_j^½</c>,
-    /// the r×r capacitance by Cholesky. n·r² work per small eigenvector; no n×n matrix.
+    /// each by the matrix determinant lemma in the scaled form: <c>Σ_i log d_j,i + log det C_j</c>, C_j the capacitance of
+    /// <see cref="Capacitances"/> (its Cholesky diagonal). No n×n matrix.
     /// </summary>
     public override double LogDeterminant()
     {
         int n = f.LargeDim, m = f.SmallDim, r = f.Rank;
-        var v = new float[(long)n * r];
-        var vtv = new float[r * r];
-        var capacitance = new double[r * r];
+        double[] factors = Capacitances();
         double sum = 0;
         for (int j = 0; j < m; j++)
         {
             double scale = Positions * f.SmallLambda[j];
-            for (int i = 0; i < n; i++)
-            {
-                double d = scale * f.Diagonal[i] + PriorPrecision;
-                sum += Math.Log(d);
-                double invSqrtD = 1 / Math.Sqrt(d);
-                for (int c = 0; c < r; c++) v[(long)i * r + c] = (float)(f.U[(long)i * r + c] * Math.Sqrt(scale * f.Lambda[c]) * invSqrtD);
-            }
-            backend.Gemm(new GemmShape(r, r, n, TransA: true), v, v, vtv);
-            for (int a = 0; a < r; a++)
-                for (int b = 0; b < r; b++) capacitance[a * r + b] = (a == b ? 1 : 0) + 0.5 * ((double)vtv[a * r + b] + vtv[b * r + a]);
-            if (!Cholesky.TryFactor(capacitance, r, useNative: true))
-                throw FisherKernelsException.Backend($"layer '{Layer}': the Woodbury capacitance I + VᵀV [{r} × {r}] is not positive definite");
-            for (int a = 0; a < r; a++) sum += 2 * Math.Log(capacitance[a * r + a]);
+            for (int i = 0; i < n; i++) sum += Math.Log(scale * f.Diagonal[i] + PriorPrecision);
+            for (int a = 0; a < r; a++) sum += 2 * Math.Log(factors[(long)j * r * r + a * r + a]);
         }
         return sum;
     }
 
     /// <summary>
     /// Low rank with G (the outputs) large, the usual output layer. In A's eigenbasis <c>Y = X Q_A = e_y βᵀ</c>, so
-    /// <c>var s_y = Σ_j β_j² [P_j⁻¹]_yy</c>, P_j the Woodbury block of <see cref="WoodburyQuadratic"/>. In the scaled form
-    /// <c>V = D_j^-½ U S_j^½</c>, <c>P_j⁻¹ = D_j^-½ (I − V (I + VᵀV)⁻¹ Vᵀ) D_j^-½</c>, so <c>[P_j⁻¹]_yy = (1 − v_yᵀ C⁻¹ v_y) / d_y</c>
-    /// with v_y row y of V: one r×r capacitance per j and one small solve per distinct target, nothing of the vocabulary's size
-    /// beyond V.
+    /// <c>var s_y = Σ_j β_j² [P_j⁻¹]_yy</c>, P_j the Woodbury block of <see cref="OuterProductQuadraticCore"/>:
+    /// <c>[P_j⁻¹]_yy = h_yj − h_yj² ‖L_j⁻¹ S_j^½ u_y‖²</c> with u_y row y of U and L_j the capacitance's Cholesky factor
+    /// (<see cref="Capacitances"/>): r² work per j and distinct target, nothing of the vocabulary's size.
     /// </summary>
     void LowRankTargetVarianceLargeG(LowRankFactor f, ReadOnlySpan<float> inputs, ReadOnlySpan<long> targets, int rows, int inF, Span<double> variance)
     {
-        int n = f.LargeDim, m = f.SmallDim, r = f.Rank;
+        int m = f.SmallDim, r = f.Rank;
         float[] squared = ProjectInputs(backend, f.SmallQ, inputs, rows, inF);
         var slots = new Dictionary<long, int>();
         for (int t = 0; t < rows; t++)
             if (targets[t] != -100) slots.TryAdd(targets[t], slots.Count);
-        int k = slots.Count;
-        if (k == 0) return;
-        long[] ys = new long[k];
-        foreach (var (y, slot) in slots) ys[slot] = y;
-
-        var v = new float[(long)n * r];
-        var sqrtS = new double[r];
-        var vtv = new float[r * r];
-        var capacitance = new double[r * r];
-        var solved = new double[r * k];
-        var h = new double[k];
+        if (slots.Count == 0) return;
+        double[] factors = Capacitances();
+        var h = new double[slots.Count];
+        var z = new double[r];
         for (int j = 0; j < m; j++)
         {
             double scale = Positions * f.SmallLambda[j];
-            for (int c = 0; c < r; c++) sqrtS[c] = Math.Sqrt(scale * f.Lambda[c]);
-            for (int i = 0; i < n; i++)
+            foreach (var (y, slot) in slots)
             {
-                double invSqrtD = 1 / Math.Sqrt(scale * f.Diagonal[i] + PriorPrecision);
-                for (int c = 0; c < r; c++) v[(long)i * r + c] = (float)(f.U[(long)i * r + c] * sqrtS[c] * invSqrtD);
-            }
-            backend.Gemm(new GemmShape(r, r, n, TransA: true), v, v, vtv);
-            for (int a = 0; a < r; a++)
-                for (int b = 0; b < r; b++) capacitance[a * r + b] = (a == b ? 1 : 0) + 0.5 * ((double)vtv[a * r + b] + vtv[b * r + a]);
-            if (!Cholesky.TryFactor(capacitance, r, useNative: true))
-                throw FisherKernelsException.Backend($"layer '{Layer}': the Woodbury capacitance I + VᵀV [{r} × {r}] is not positive definite");
-            for (int a = 0; a < r; a++)
-                for (int s = 0; s < k; s++) solved[a * k + s] = v[ys[s] * r + a];
-            Cholesky.Solve(capacitance, r, solved, k);
-            for (int s = 0; s < k; s++)
-            {
-                double quadratic = 0;
-                for (int a = 0; a < r; a++) quadratic += solved[a * k + s] * v[ys[s] * r + a];
-                h[s] = (1 - quadratic) / (scale * f.Diagonal[ys[s]] + PriorPrecision);
+                double hy = 1 / (scale * f.Diagonal[y] + PriorPrecision);
+                for (int a = 0; a < r; a++) z[a] = Math.Sqrt(scale * f.Lambda[a]) * f.U[y * r + a];
+                h[slot] = hy - hy * hy * ForwardSolvedSquares(factors.AsSpan(j * r * r, r * r), r, z);
             }
             for (int t = 0; t < rows; t++)
                 if (targets[t] != -100) variance[t] += squared[(long)t * m + j] * h[slots[targets[t]]];

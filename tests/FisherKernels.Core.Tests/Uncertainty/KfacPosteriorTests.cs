@@ -154,6 +154,8 @@ public class KfacPosteriorTests
         int aDim = exactBlock.ADim, gDim = exactBlock.GDim;
         for (int c = 0; c < 2; c++)
             AssertRelative(DenseQuadratic(ToDouble(exactBlock.A), aDim, ToDouble(exactBlock.G), gDim, 40, 0.5, xs.AsSpan(c * big * small, big * small)), output[c], 2e-3, $"exact rank, matrix {c}");
+        foreach (int rows in new[] { 1, 5 })
+            AssertOuterProductQuadratic(posterior["w"], rng, rows, x => DenseQuadratic(ToDouble(exactBlock.A), aDim, ToDouble(exactBlock.G), gDim, 40, 0.5, x), 2e-3, $"exact rank, {rows} rows");
 
         // Full-rank large factor: compare with the dense solve of the diagonal-plus-low-rank approximation.
         KroneckerBlock full = RandomBlock(rng, "w", largeIsA ? big : small, largeIsA ? small : big, false, 40);
@@ -168,6 +170,35 @@ public class KfacPosteriorTests
                 : DenseQuadratic(ToDouble(full.A), small, approximation, big, 40, 0.5, xs.AsSpan(c * big * small, big * small));
             AssertRelative(expected, output[c], 2e-3, $"approximation, matrix {c}");
         }
+        foreach (int rows in new[] { 1, 5 })
+            AssertOuterProductQuadratic(posterior["w"], rng, rows, x => largeIsA
+                ? DenseQuadratic(approximation, big, ToDouble(full.G), small, 40, 0.5, x)
+                : DenseQuadratic(ToDouble(full.A), small, approximation, big, 40, 0.5, x), 2e-3, $"approximation, {rows} rows");
+    }
+
+    /// <summary>
+    /// <see cref="LayerPosterior.OuterProductQuadratic"/> of random output gradients G <c>[rows × out]</c> and inputs Ã
+    /// <c>[rows × in(+1)]</c> (the path the scorer takes, X never formed) against <paramref name="expected"/> of the formed
+    /// X = Gᵀ Ã, and against the layer's own <see cref="LayerPosterior.Quadratic"/> of that X to float32 rounding.
+    /// </summary>
+    internal static void AssertOuterProductQuadratic(LayerPosterior layer, Random rng, int rows, Func<float[], double> expected, double tolerance, string what)
+    {
+        float[] g = RandomMatrices(rng, rows, layer.GDim), inputs = RandomMatrices(rng, rows, layer.ADim);
+        var x = new float[layer.GDim * layer.ADim];
+        for (int o = 0; o < layer.GDim; o++)
+            for (int i = 0; i < layer.ADim; i++)
+            {
+                double sum = 0;
+                for (int r = 0; r < rows; r++) sum += (double)g[r * layer.GDim + o] * inputs[r * layer.ADim + i];
+                x[o * layer.ADim + i] = (float)sum;
+            }
+        var projected = new float[inputs.Length];
+        layer.ProjectInputRows(inputs, rows, projected);
+        double actual = layer.OuterProductQuadratic(g, projected, rows, new float[layer.OuterProductWorkspace(rows)]);
+        AssertRelative(expected(x), actual, tolerance, $"{what}: outer product against the float64 reference");
+        var formed = new float[1];
+        layer.Quadratic(x, 1, formed);
+        AssertRelative(formed[0], actual, 1e-4, $"{what}: outer product against the formed gradient's quadratic");
     }
 
     /// <summary>D + UΛUᵀ: U, Λ the top-r eigenpairs (float64 Jacobi), D = diag of the remainder.</summary>
