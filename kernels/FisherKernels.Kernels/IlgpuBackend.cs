@@ -1,6 +1,7 @@
 using System.Reflection;
 using FisherKernels.Backends.Cpu;
 using ILGPU;
+using ILGPU.Algorithms;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
@@ -58,9 +59,12 @@ public sealed partial class IlgpuBackend : IComputeBackend
         return backend ?? throw FisherKernelsException.Backend("ilgpu-cpu: ILGPU's CPU emulator could not be created");
     }
 
-    /// <summary>The context settings of every ILGPU backend (and of the code-generation tests).</summary>
+    /// <summary>
+    /// The context settings of every ILGPU backend (and of the code-generation tests). The Algorithms library gives
+    /// XMath's exp, tanh, pow, … their PTX intrinsics (the device plans' kernels use them).
+    /// </summary>
     internal static Context.Builder Configure(Context.Builder builder) =>
-        builder.Math(MathMode.Fast32BitOnly).Optimize(OptimizationLevel.O2);
+        builder.Math(MathMode.Fast32BitOnly).Optimize(OptimizationLevel.O2).EnableAlgorithms();
 
     private static IlgpuBackend? TryCreate(string name, Func<Context.Builder, Context.Builder> enable,
                                            AcceleratorType type)
@@ -115,6 +119,15 @@ public sealed partial class IlgpuBackend : IComputeBackend
         (Method(nameof(AccumulateKernel)), true),
         (Method(nameof(WeightedSquareSumKernel)), true),
         (Method(nameof(DivideRowsKernel)), false),
+        // Device-resident plans (IlgpuBackend.Tensors.cs)
+        (Method(nameof(CopyPairsKernel)), false),
+        (Method(nameof(UnaryKernel)), false),
+        (Method(nameof(BinaryKernel)), false),
+        (Method(nameof(NormalizeKernel)), false),
+        (Method(nameof(SoftmaxKernel)), false),
+        (Method(nameof(ReduceKernel)), false),
+        (Method(nameof(GatherKernel)), false),
+        (Method(nameof(AttentionKernel)), false),
     ];
 
     private static MethodInfo Method(string name) =>

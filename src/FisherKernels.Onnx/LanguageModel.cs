@@ -1,3 +1,4 @@
+using FisherKernels.Backends;
 using FisherKernels.Onnx.Graph;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Plan;
@@ -143,6 +144,13 @@ public sealed class LanguageModel
         var inputs = Inputs(tokens, given, what);
         var plan = Model.GetPlan(inputs);
         CheckLogits(plan, tokens.Shape);
+        if (context.Backend is ITensorDevice device)
+        {
+            // Device-resident: the tokens go up, the logits come down (docs/device-plans.md).
+            var devicePlan = Model.DevicePlanFor(plan, device, context.Backend.Name);
+            devicePlan.Run(inputs);
+            return devicePlan.Download(LogitsOutput);
+        }
         plan.Run(context, inputs);
         var logits = (NdArray<float>)plan.Get(LogitsOutput);
         return new NdArray<float>((int[])logits.Shape.Clone(), (float[])logits.Data.Clone());

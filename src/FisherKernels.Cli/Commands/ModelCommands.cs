@@ -132,7 +132,7 @@ internal static class ModelCommands
         var folder = TextArguments.Model(options);
         var lm = LanguageModel.Load(folder.ModelPath);
         var text = TextArguments.Read("forward", options, folder, lm);
-        var context = Context(options);
+        var context = Context(options, onDevice: true);
         if (text is null)
         {
             string tokensPath = options.Required("--tokens");
@@ -204,12 +204,21 @@ internal static class ModelCommands
         return 0;
     }
 
-    public static OpContext Context(CommandOptions options)
+    /// <summary>
+    /// The context of a model verb: the cpu backend (the default), or with <paramref name="onDevice"/> (forward) a device
+    /// backend, on which <see cref="LanguageModel.Forward"/> runs device-resident (docs/device-plans.md).
+    /// </summary>
+    public static OpContext Context(CommandOptions options, bool onDevice = false)
     {
         string backend = options.Optional("--backend") ?? "cpu";
-        if (backend != "cpu")
-            throw FisherKernelsException.Unsupported($"--backend {backend}: the ONNX executor runs on the cpu backend only");
-        return new OpContext(new CpuBackend(options.Int("--threads", 0, 1)));
+        int threads = options.Int("--threads", 0, 1);
+        if (backend == "cpu") return new OpContext(new CpuBackend(threads));
+        if (!onDevice)
+            throw FisherKernelsException.Unsupported($"--backend {backend}: this verb runs on the cpu backend only (forward also runs on cuda, opencl and ilgpu-cpu)");
+        var device = Backends.BackendRegistry.Create(backend, threads);
+        if (device is Backends.ITensorDevice) return new OpContext(device);
+        device.Dispose();
+        throw FisherKernelsException.Unsupported($"--backend {backend}: forward runs on cpu, cuda, opencl or ilgpu-cpu");
     }
 
     /// <summary>An npy array for a declared graph input: integer widths and float precisions convert; anything else is an error naming the file.</summary>

@@ -23,6 +23,13 @@ internal sealed unsafe class FusedAttention : Operator
 
     [ThreadStatic] private static float[]? workspace;
 
+    /// <summary>For Q, Kᵀ, V: logical axis i is the source's axis [i]; for O: the output is Transpose(O, [·]) (read by the device plan).</summary>
+    internal int[][] Permutations => [queryPermutation, keyPermutation, valuePermutation, outputPermutation];
+    internal float Scale => scale;
+    internal MaskKind Mask => mask;
+    internal float Fill => fill;
+    internal bool KeepWhere => keepWhere;
+
     /// <param name="permutations">For Q, Kᵀ, V: logical axis i is the source's axis perm[i]; for O: the output is Transpose(O, perm).</param>
     public FusedAttention(OperatorNode node, int[][] permutations, float scale, MaskKind mask, float fill, bool keepWhere) : base(node)
     {

@@ -110,6 +110,29 @@ public sealed class ExecutionPlan
     public void Run(OpContext context, IReadOnlyDictionary<string, NdArray> inputs, PlanProfile? profile = null)
     {
         if (profile is not null && profile.Plan != this) throw FisherKernelsException.Argument("the profile belongs to another plan");
+        BindInputs(inputs);
+        if (profile is null)
+        {
+            foreach (var step in steps)
+                if (!step.Op.IsView) step.Op.Forward(context, step.Inputs, step.Outputs);
+            return;
+        }
+        profile.BeginRun();
+        for (int s = 0; s < steps.Count; s++)
+        {
+            if (steps[s].Op.IsView) continue;
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
+            steps[s].Op.Forward(context, steps[s].Inputs, steps[s].Outputs);
+            profile.Add(s, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+        }
+    }
+
+    /// <summary>The graph inputs' buffers of this plan (a <see cref="DevicePlan"/> uploads them from there).</summary>
+    internal IEnumerable<NdArray> InputBuffers => graphInputs.Select(i => i.Buffer);
+
+    /// <summary>Checks the inputs against the plan's shapes and folded values and copies them into the graph inputs' buffers.</summary>
+    internal void BindInputs(IReadOnlyDictionary<string, NdArray> inputs)
+    {
         foreach (var (id, value) in foldedInputs)
         {
             string name = values[id].Name;
@@ -125,20 +148,6 @@ public sealed class ExecutionPlan
             if (!given.Shape.AsSpan().SequenceEqual(buffer.Shape) || given.ElementType != buffer.ElementType)
                 throw FisherKernelsException.Argument($"input '{value.Name}' is {given.ElementType}[{ShapeUtil.Format(given.Shape)}], the plan expects {buffer.ElementType}[{ShapeUtil.Format(buffer.Shape)}]");
             Tensors.CopyElements(given, buffer);
-        }
-        if (profile is null)
-        {
-            foreach (var step in steps)
-                if (!step.Op.IsView) step.Op.Forward(context, step.Inputs, step.Outputs);
-            return;
-        }
-        profile.BeginRun();
-        for (int s = 0; s < steps.Count; s++)
-        {
-            if (steps[s].Op.IsView) continue;
-            long start = System.Diagnostics.Stopwatch.GetTimestamp();
-            steps[s].Op.Forward(context, steps[s].Inputs, steps[s].Outputs);
-            profile.Add(s, System.Diagnostics.Stopwatch.GetTimestamp() - start);
         }
     }
 
@@ -356,7 +365,8 @@ public sealed class ExecutionPlan
         _ => false,
     };
 
-    private static Array Storage(NdArray array) => array switch
+    /// <summary>The array behind a value (views and pooled values share one).</summary>
+    internal static Array Storage(NdArray array) => array switch
     {
         NdArray<float> a => a.Data,
         NdArray<long> a => a.Data,

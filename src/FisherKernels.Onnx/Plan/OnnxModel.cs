@@ -165,6 +165,26 @@ public sealed class OnnxModel
 
     private readonly Dictionary<ExecutionPlan, Tangent> tangents = [];
 
+    /// <summary>
+    /// The device form of an inference plan on <paramref name="device"/> (built once per plan and device: its buffers and
+    /// uploaded weights are reused; device plans of plans that left the cache are freed).
+    /// </summary>
+    internal DevicePlan DevicePlanFor(ExecutionPlan plan, ITensorDevice device, string backend)
+    {
+        if (!devicePlans.TryGetValue((plan, device), out var devicePlan))
+        {
+            foreach (var key in devicePlans.Keys.Where(k => !plans.Any(p => p.Plan == k.Plan)).ToList())
+            {
+                devicePlans[key].Dispose();
+                devicePlans.Remove(key);
+            }
+            devicePlans[(plan, device)] = devicePlan = DevicePlan.Build(plan, device, backend);
+        }
+        return devicePlan;
+    }
+
+    private readonly Dictionary<(ExecutionPlan Plan, ITensorDevice Device), DevicePlan> devicePlans = [];
+
     /// <summary>A value as text for the plan cache key (element type and every element, floats by their bits).</summary>
     private static string ValueKey(NdArray value) => value.ElementType + ":" + value switch
     {

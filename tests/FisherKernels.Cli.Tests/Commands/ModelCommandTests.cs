@@ -151,11 +151,34 @@ public class ModelCommandTests
         string output = temp.File("logits.npy");
         var (code, _, stderr) = CliRunner.Run("forward", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"), "--out", output);
         Assert.True(code == 0, stderr);
+        AssertGpt2Logits(output);
+    }
+
+    /// <summary>The npy file holds gpt2_tiny's logits of its fixture tokens, within 1e-4 of the largest of the float64 golden.</summary>
+    private static void AssertGpt2Logits(string output)
+    {
         var logits = (NdArray<float>)NpyFile.Read(output);
         var golden = (NdArray<double>)NpyFile.Read(Fixtures.Path("gpt2_tiny.logits.npy"));
         Assert.Equal(golden.Shape, logits.Shape);
         double max = golden.Data.Max(Math.Abs);
         for (int i = 0; i < golden.Data.Length; i++) Assert.True(Math.Abs(golden.Data[i] - logits.Data[i]) <= 1e-4 * max);
+    }
+
+    /// <summary>forward --backend ilgpu-cpu runs the device plan (on the emulator) to the golden's logits; other verbs refuse a device in one line.</summary>
+    [Fact]
+    public void ForwardRunsOnTheDeviceBackend()
+    {
+        using var temp = new TempFolder();
+        string output = temp.File("logits.npy");
+        var (code, _, stderr) = CliRunner.Run("forward", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"), "--out", output, "--backend", "ilgpu-cpu");
+        Assert.True(code == 0, stderr);
+        AssertGpt2Logits(output);
+
+        (code, _, stderr) = CliRunner.Run("jvp", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
+            "--direction", Fixtures.Path("gpt2_tiny.direction.safetensors"), "--out", temp.File("jvp.npy"), "--backend", "ilgpu-cpu");
+        Assert.NotEqual(0, code);
+        Assert.Equal("fisherkernels: --backend ilgpu-cpu: this verb runs on the cpu backend only (forward also runs on cuda, opencl and ilgpu-cpu)", stderr.Trim());
+        Assert.False(File.Exists(temp.File("jvp.npy")));
     }
 
     [Fact]

@@ -1,0 +1,162 @@
+using FisherKernels.Backends;
+using FisherKernels.Backends.Cpu;
+using FisherKernels.Backends.Ilgpu;
+using FisherKernels.IO;
+using FisherKernels.Onnx;
+using FisherKernels.Onnx.Operators;
+using FisherKernels.Onnx.Plan;
+using FisherKernels.Onnx.Proto;
+using Google.Protobuf;
+
+namespace FisherKernels.Tests.Plan;
+
+/// <summary>
+/// Device-resident plans on the ILGPU CPU emulator (the same kernels CUDA runs; small shapes only, it is slow): the
+/// fixture models' logits against the float64 torch goldens with the CPU path's tolerance and against the CPU path,
+/// a hand-built graph of the data-movement and elementwise steps against the CPU plan, and the error for an
+/// operator without a device form.
+/// </summary>
+public class DevicePlanTests
+{
+    private static readonly OpContext Cpu = new(new CpuBackend(1));
+
+    /// <summary>One emulator for the class: opening it and compiling kernels costs seconds.</summary>
+    private static readonly Lazy<IlgpuBackend> Emulator = new(IlgpuBackend.CreateCpuEmulator);
+
+    private static OpContext Device => new(Emulator.Value);
+
+    [Theory]
+    [InlineData("gpt2_tiny")]
+    [InlineData("llama_tiny")]
+    [InlineData("llama_gqa_tiny")]
+    public void FixtureLogitsMatchTheGoldenAndTheCpuPath(string model)
+    {
+        var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
+        var tokens = (NdArray<long>)NpyFile.Read(Fixtures.Path(model + ".tokens.npy"));
+        var logits = lm.Forward(Device, tokens);
+        var golden = (NdArray<double>)NpyFile.Read(Fixtures.Path(model + ".logits.npy"));
+        ForwardTests.AssertLogits(golden.Shape, golden.Data, logits);
+        AssertClose(lm.Forward(Cpu, tokens), logits);
+
+        // A second run on the same device plan (its buffers reused) with other tokens follows them.
+        var reversed = new NdArray<long>(tokens.Shape, tokens.Data.Reverse().ToArray());
+        AssertClose(lm.Forward(Cpu, reversed), lm.Forward(Device, reversed));
+    }
+
+    [Fact]
+    public void MovementAndElementwiseStepsMatchTheCpuPlan()
+    {
+        using var temp = new TempFolder();
+        string path = temp.File("steps.onnx");
+        File.WriteAllBytes(path, StepsModel().ToByteArray());
+        var model = OnnxModel.Load(path);
+        var random = new Random(5);
+        var x = new NdArray<float>(2, 3, 4);
+        for (int i = 0; i < x.Data.Length; i++) x.Data[i] = (float)(random.NextDouble() * 2 - 1);
+        var ids = new NdArray<long>([2, 3], [0, 9, 4, 7, 7, 2]);
+        var inputs = new Dictionary<string, NdArray> { ["x"] = x, ["ids"] = ids };
+        var plan = model.GetPlan(inputs);
+        plan.Run(Cpu, inputs);
+        var expected = (NdArray<float>)plan.Get("y");
+        using var device = DevicePlan.Build(plan, Emulator.Value, "ilgpu-cpu");
+        device.Run(inputs);
+        AssertClose(expected, device.Download("y"));
+    }
+
+    [Fact]
+    public void AnOperatorWithoutADeviceFormIsOneLineNamingTheNode()
+    {
+        using var temp = new TempFolder();
+        string path = temp.File("cumsum.onnx");
+        var graph = new GraphProto
+        {
+            Name = "cumsum",
+            Initializer = { new TensorProto { Name = "axis", DataType = 7, Int64Data = { 1 } } },
+            Input = { new ValueInfoProto { Name = "x", Type = FloatType(2, 3) } },
+            Output = { new ValueInfoProto { Name = "y", Type = FloatType(2, 3) } },
+        };
+        graph.Node.Add(new NodeProto { Name = "running_total", OpType = "CumSum", Input = { "x", "axis" }, Output = { "y" } });
+        File.WriteAllBytes(path, new ModelProto { IrVersion = 8, OpsetImport = { new OperatorSetIdProto { Version = 17 } }, Graph = graph }.ToByteArray());
+        var model = OnnxModel.Load(path);
+        var plan = model.GetPlan(new Dictionary<string, int[]> { ["x"] = [2, 3] });
+        var error = Assert.Throws<FisherKernelsException>(() => DevicePlan.Build(plan, Emulator.Value, "ilgpu-cpu"));
+        Assert.Equal(ErrorKind.Unsupported, error.Kind);
+        Assert.Contains("node 'running_total' (CumSum)", error.Message);
+        Assert.Contains("ilgpu-cpu", error.Message);
+        Assert.DoesNotContain('\n', error.Message);
+    }
+
+    /// <summary>
+    /// x [2,3,4], ids [2,3] → Transpose, Slice, Concat, Pad (0.5), Gather of a table by ids, Add, ReduceMean, Sub, Softmax,
+    /// Greater, Where, Expand, Mul, Tanh → y [2,3,8]: the steps the fixtures' plans leave unfused, each with a different layout.
+    /// </summary>
+    private static ModelProto StepsModel()
+    {
+        var random = new Random(11);
+        TensorProto Floats(string name, params int[] dims)
+        {
+            var t = new TensorProto { Name = name, DataType = 1 };
+            foreach (var d in dims) t.Dims.Add(d);
+            for (int i = 0; i < dims.Aggregate(1, (a, b) => a * b); i++) t.FloatData.Add((float)(random.NextDouble() * 2 - 1));
+            return t;
+        }
+        TensorProto Longs(string name, params long[] values)
+        {
+            var t = new TensorProto { Name = name, DataType = 7, Dims = { values.Length } };
+            t.Int64Data.Add(values);
+            return t;
+        }
+        var scalar = new TensorProto { Name = "threshold", DataType = 1, FloatData = { 0.1f } };
+        var graph = new GraphProto
+        {
+            Name = "steps",
+            Initializer =
+            {
+                Floats("table", 10, 8), Floats("bias", 8), scalar, new TensorProto { Name = "half", DataType = 1, FloatData = { 0.5f } },
+                Longs("starts", 1), Longs("ends", 4), Longs("axes", 1), Longs("pads", 0, 0, 1, 0, 0, 1), Longs("shape", 2, 3, 8),
+            },
+            Input = { new ValueInfoProto { Name = "x", Type = FloatType(2, 3, 4) }, new ValueInfoProto { Name = "ids", Type = LongType(2, 3) } },
+            Output = { new ValueInfoProto { Name = "y", Type = FloatType(2, 3, 8) } },
+        };
+        NodeProto Node(string op, string[] inputs, string output, params AttributeProto[] attributes) =>
+            new() { Name = op + "_" + output, OpType = op, Input = { inputs }, Output = { output }, Attribute = { attributes } };
+        AttributeProto Ints(string name, params long[] values) => new() { Name = name, Type = AttributeProto.Types.AttributeType.Ints, Ints = { values } };
+        AttributeProto Int(string name, long value) => new() { Name = name, Type = AttributeProto.Types.AttributeType.Int, I = value };
+        graph.Node.Add(Node("Transpose", ["x"], "t", Ints("perm", 0, 2, 1)));                 // [2,4,3]
+        graph.Node.Add(Node("Slice", ["t", "starts", "ends", "axes"], "s"));                   // [2,3,3]
+        graph.Node.Add(Node("Concat", ["s", "s"], "c", Int("axis", 2)));                        // [2,3,6]
+        graph.Node.Add(Node("Pad", ["c", "pads", "half"], "p"));                                // [2,3,8]
+        graph.Node.Add(Node("Gather", ["table", "ids"], "g"));                                  // [2,3,8]
+        graph.Node.Add(Node("Add", ["p", "g"], "a"));
+        graph.Node.Add(Node("ReduceMean", ["a"], "m", Ints("axes", -1), Int("keepdims", 1)));  // [2,3,1]
+        graph.Node.Add(Node("Sub", ["a", "m"], "d"));
+        graph.Node.Add(Node("Softmax", ["d"], "sm", Int("axis", -1)));
+        graph.Node.Add(Node("Greater", ["sm", "threshold"], "cond"));
+        graph.Node.Add(Node("Where", ["cond", "sm", "d"], "w"));
+        graph.Node.Add(Node("Expand", ["bias", "shape"], "e"));
+        graph.Node.Add(Node("Mul", ["w", "e"], "v"));
+        graph.Node.Add(Node("Tanh", ["v"], "y"));
+        return new ModelProto { IrVersion = 8, OpsetImport = { new OperatorSetIdProto { Version = 17 } }, Graph = graph };
+    }
+
+    private static TypeProto FloatType(params long[] dims) => TensorType(1, dims);
+
+    private static TypeProto LongType(params long[] dims) => TensorType(7, dims);
+
+    private static TypeProto TensorType(int elementType, long[] dims)
+    {
+        var shape = new TensorShapeProto();
+        foreach (var d in dims) shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });
+        return new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = elementType, Shape = shape } };
+    }
+
+    /// <summary>The device against the CPU path: within 1e-5 of the largest magnitude (float32 sums in another order).</summary>
+    private static void AssertClose(NdArray<float> expected, NdArray<float> actual)
+    {
+        Assert.Equal(expected.Shape, actual.Shape);
+        float scale = expected.Data.Max(Math.Abs), worst = 0;
+        for (int i = 0; i < expected.Data.Length; i++) worst = Math.Max(worst, Math.Abs(expected.Data[i] - actual.Data[i]));
+        Assert.True(scale > 0.05f, $"the expected values are all near zero (largest {scale})");
+        Assert.True(worst <= 1e-5f * scale, $"max|Δ| = {worst:G3} against the CPU path, allowed {1e-5f * scale:G3}");
+    }
+}
