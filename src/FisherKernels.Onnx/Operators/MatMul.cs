@@ -64,6 +64,46 @@ internal sealed class MatMul : Operator
         if (inputGrads[1] is { } gb) Gemm(context.Backend, batch, a.Data, batchA, gy.Data, batch, gb.Data, batchB, d.K, d.N, d.M, true, false, 1);
     }
 
+    /// <summary>
+    /// The packed VJP of a block of cotangents: per product, Bᵀ is packed (gA) and Aᵀ transposed (gB) once for the whole
+    /// block, and each panel of Bᵀ multiplies every cotangent's gY while in cache: the block's products are one wide
+    /// product in effect, with one fork-join. Each cotangent's result is the one-cotangent VJP's, bit for bit.
+    /// </summary>
+    public override unsafe bool VjpBlock(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                                         ReadOnlySpan<NdArray<float>?[]> outputGrads, ReadOnlySpan<NdArray<float>?[]> inputGrads)
+    {
+        var (a, b, _) = Operands(inputs, outputs);
+        Dims.TryCreate(a.Shape, b.Shape, out var d);
+        if (outputGrads[0][0] is null || !Packable(a, b, d, out int rows, out int batches)) return false;
+        bool freshA = (context.FreshGradients & 1) != 0, freshB = (context.FreshGradients & 2) != 0;
+        int count = outputGrads.Length;
+        var handles = new System.Runtime.InteropServices.GCHandle[count * 3];
+        try
+        {
+            nint[]? Pin(ReadOnlySpan<NdArray<float>?[]> grads, int index, int slot)
+            {
+                if (grads[0][index] is null) return null;
+                var pointers = new nint[grads.Length];
+                for (int c = 0; c < grads.Length; c++)
+                {
+                    handles[slot * count + c] = System.Runtime.InteropServices.GCHandle.Alloc(grads[c][index]!.Data, System.Runtime.InteropServices.GCHandleType.Pinned);
+                    pointers[c] = handles[slot * count + c].AddrOfPinnedObject();
+                }
+                return pointers;
+            }
+            nint[] gy = Pin(outputGrads, 0, 0)!;
+            nint[]? ga = Pin(inputGrads, 0, 1), gb = Pin(inputGrads, 1, 2);
+            fixed (float* pa = a.Data, pb = b.Data)
+                PackedVjp(context, pa, pb, gy, ga, gb, batches, rows, d.K, d.N, freshA, freshB);
+        }
+        finally
+        {
+            foreach (var handle in handles)
+                if (handle.IsAllocated) handle.Free();
+        }
+        return true;
+    }
+
     public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
                              ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents)
     {
@@ -132,12 +172,25 @@ internal sealed class MatMul : Operator
                                          int batches, int rows, int k, int n, bool freshA, bool freshB)
     {
         fixed (float* pa = a, pb = b, pgy = gy, pga = ga, pgb = gb)
-            for (int i = 0; i < batches; i++)
-            {
-                long offsetA = (long)i * rows * k, offsetB = (long)i * k * n, offsetY = (long)i * rows * n;
-                if (pga != null) PackedInputGradient(context, pgy + offsetY, pb + offsetB, pga + offsetA, rows, k, n, accumulate: !freshA);
-                if (pgb != null) PackedWeightGradient(context, pa + offsetA, pgy + offsetY, pgb + offsetB, rows, k, n, accumulate: !freshB);
-            }
+            PackedVjp(context, pa, pb, [(nint)pgy], pga == null ? null : [(nint)pga], pgb == null ? null : [(nint)pgb], batches, rows, k, n, freshA, freshB);
+    }
+
+    /// <summary>
+    /// The packed VJP of the cotangents whose gY, gA and gB start at <paramref name="gy"/>[c], <paramref name="ga"/>[c] and
+    /// <paramref name="gb"/>[c] (pinned; gA or gB null: not wanted), over <paramref name="batches"/> products of
+    /// <paramref name="rows"/> rows (B per batch when there are several).
+    /// </summary>
+    private static unsafe void PackedVjp(OpContext context, float* a, float* b, nint[] gy, nint[]? ga, nint[]? gb,
+                                         int batches, int rows, int k, int n, bool freshA, bool freshB)
+    {
+        static nint[] At(nint[] pointers, long offset) => Array.ConvertAll(pointers, p => (nint)((float*)p + offset));
+        for (int i = 0; i < batches; i++)
+        {
+            long offsetA = (long)i * rows * k, offsetB = (long)i * k * n, offsetY = (long)i * rows * n;
+            var gyi = batches == 1 ? gy : At(gy, offsetY);
+            if (ga != null) PackedInputGradient(context, gyi, b + offsetB, batches == 1 ? ga : At(ga, offsetA), rows, k, n, accumulate: !freshA);
+            if (gb != null) PackedWeightGradient(context, a + offsetA, gyi, batches == 1 ? gb : At(gb, offsetB), rows, k, n, accumulate: !freshB);
+        }
     }
 
     /// <summary>
@@ -184,8 +237,11 @@ internal sealed class MatMul : Operator
         }
     }
 
-    /// <summary>gA [rows×K] (+)= gY [rows×N]·Bᵀ, each panel of Bᵀ packed straight from B by 8×8 transposes on the thread that multiplies it.</summary>
-    private static unsafe void PackedInputGradient(OpContext context, float* gy, float* b, float* ga, int rows, int k, int n, bool accumulate)
+    /// <summary>
+    /// gA [rows×K] (+)= gY [rows×N]·Bᵀ for each cotangent's gY and gA, each panel of Bᵀ packed straight from B by 8×8
+    /// transposes on the thread that multiplies it, once for every cotangent.
+    /// </summary>
+    private static unsafe void PackedInputGradient(OpContext context, nint[] gy, float* b, nint[] ga, int rows, int k, int n, bool accumulate)
     {
         // B' = Bᵀ is [N×K]: its panel j (columns 32j.. of Bᵀ) is the transpose of rows 32j.. of B.
         const int w = PackedGemm.PanelWidth;
@@ -201,33 +257,37 @@ internal sealed class MatMul : Operator
                 if (columns < w)
                     for (int r = 0; r < n; r++) new Span<float>(panel + (long)r * w + columns, w - columns).Clear();
             }
-            MultiplyPacked(context, gy, n, rows, packed, k, ga, accumulate, Pack);
+            MultiplyPacked(context, gy, n, rows, packed, k, ga, accumulate, (j, c) => { if (c == 0) Pack(j); });
         }
     }
 
-    /// <summary>gB [K×N] (+)= Aᵀ·gY over the stacked rows: Aᵀ by 8×8 transposes (row blocks on the threads), each panel of gY packed by the thread that multiplies it.</summary>
-    private static unsafe void PackedWeightGradient(OpContext context, float* a, float* gy, float* gb, int rows, int k, int n, bool accumulate)
+    /// <summary>
+    /// gB [K×N] (+)= Aᵀ·gY over the stacked rows for each cotangent's gY and gB: Aᵀ by 8×8 transposes (row blocks on the
+    /// threads, once for every cotangent), each panel of gY packed by the thread that multiplies it.
+    /// </summary>
+    private static unsafe void PackedWeightGradient(OpContext context, float* a, nint[] gy, nint[] gb, int rows, int k, int n, bool accumulate)
     {
         const int w = PackedGemm.PanelWidth, block = 64;
         long packedLength = (long)PackedGemm.PanelCount(n) * rows * w;
         var scratch = context.Scratch(packedLength + (long)k * rows);
         fixed (float* s = scratch)
         {
-            nint pa = (nint)a, pgy = (nint)gy, pp = (nint)s, pt = (nint)(s + packedLength);
+            nint pa = (nint)a, pp = (nint)s, pt = (nint)(s + packedLength);
             void TransposeRows(int i)
             {
                 int first = i * block;
                 Transpose((float*)pa + (long)first * k, Math.Min(block, rows - first), k, k, (float*)pt + first, rows);
             }
             ParallelWork.For((rows + block - 1) / block, (long)rows * k >= 1 << 15 ? context.Threads : 1, TransposeRows);
-            void Pack(int j) => PackedGemm.Pack((float*)pgy + j * w, rows, Math.Min(w, n - j * w), n, 1, (float*)pp + (long)j * rows * w);
-            MultiplyPacked(context, (float*)pt, rows, k, s, n, gb, accumulate, Pack);
+            void Pack(int j, int c) => PackedGemm.Pack((float*)gy[c] + j * w, rows, Math.Min(w, n - j * w), n, 1, (float*)pp + (long)j * rows * w);
+            MultiplyPacked(context, Array.ConvertAll(gb, _ => pt), rows, k, s, n, gb, accumulate, Pack);
         }
     }
 
     /// <summary>
-    /// C [m×n] = A·B (A [m×depth] row-major, B packed with depth rows per panel), panels split over the
-    /// threads, each packed by <paramref name="pack"/>(j) on the thread that multiplies it (while in cache);
+    /// C[c] [m×n] = A[c]·B[c] for each cotangent c (A [m×depth] row-major, B packed with depth rows per panel), panels
+    /// split over the threads; <paramref name="pack"/>(j, c) packs panel j of B[c] (or nothing, when B[c] is B[0]) on the
+    /// thread that multiplies it (while in cache), the cotangents one after the other in one work item;
     /// with <paramref name="accumulate"/>, C += A·B by way of rows of a per-panel tile.
     /// </summary>
     /// <remarks>
@@ -237,30 +297,33 @@ internal sealed class MatMul : Operator
     /// runs over the intersection only (an empty one writes zeros): the terms left out are 0·b, so the result
     /// is the same for finite operands, on any thread count.
     /// </remarks>
-    private static unsafe void MultiplyPacked(OpContext context, float* a, int depth, int m, float* packed, int n, float* c, bool accumulate, Action<int> pack)
+    private static unsafe void MultiplyPacked(OpContext context, nint[] a, int depth, int m, float* packed, int n, nint[] c, bool accumulate, Action<int, int> pack)
     {
-        int panels = PackedGemm.PanelCount(n), tiles = (m + TileRows - 1) / TileRows;
-        var ranges = System.Buffers.ArrayPool<int>.Shared.Rent(2 * tiles);
+        int panels = PackedGemm.PanelCount(n), tiles = (m + TileRows - 1) / TileRows, count = a.Length;
+        var ranges = System.Buffers.ArrayPool<int>.Shared.Rent(2 * tiles * count);
         try
         {
-            for (int t = 0; t < tiles; t++)
+            for (int ct = 0; ct < tiles * count; ct++)
             {
-                int lo = depth, hi = 0;
+                int t = ct % tiles, lo = depth, hi = 0;
                 for (int r = t * TileRows; r < Math.Min(m, (t + 1) * TileRows); r++)
                 {
-                    float* row = a + (long)r * depth;
+                    float* row = (float*)a[ct / tiles] + (long)r * depth;
                     int first = FirstNonzero(row, depth);
                     if (first < 0) continue;
                     lo = Math.Min(lo, first);
                     hi = Math.Max(hi, LastNonzero(row, depth) + 1);
                 }
-                ranges[2 * t] = lo; ranges[2 * t + 1] = hi;
+                ranges[2 * ct] = lo; ranges[2 * ct + 1] = hi;
             }
-            nint pa = (nint)a, pp = (nint)packed, pcc = (nint)c;
+            nint pp = (nint)packed;
             void Panel(int j)
             {
-                pack(j);
-                MultiplyPanel((float*)pa, depth, m, (float*)pp, n, (float*)pcc, accumulate, j, ranges, tiles);
+                for (int k = 0; k < count; k++)
+                {
+                    pack(j, k);
+                    MultiplyPanel((float*)a[k], depth, m, (float*)pp, n, (float*)c[k], accumulate, j, ranges, 2 * k * tiles, tiles);
+                }
             }
             ParallelWork.For(panels, context.Threads, Panel);
         }
@@ -270,7 +333,7 @@ internal sealed class MatMul : Operator
     private const int TileRows = 8;
 
     /// <summary>Panel <paramref name="j"/> of <see cref="MultiplyPacked"/>: runs of tiles with one depth range each go to the kernel together.</summary>
-    private static unsafe void MultiplyPanel(float* a, int depth, int m, float* packed, int n, float* c, bool accumulate, int j, int[] ranges, int tiles)
+    private static unsafe void MultiplyPanel(float* a, int depth, int m, float* packed, int n, float* c, bool accumulate, int j, int[] ranges, int rangeOffset, int tiles)
     {
         const int w = PackedGemm.PanelWidth;
         int columns = Math.Min(w, n - j * w);
@@ -279,7 +342,7 @@ internal sealed class MatMul : Operator
         int panelLo = first < 0 ? depth : first / w, panelHi = first < 0 ? 0 : LastNonzero(panel, depth * w) / w + 1;
         (int Lo, int Hi) Range(int t)
         {
-            int lo = Math.Max(ranges[2 * t], panelLo), hi = Math.Min(ranges[2 * t + 1], panelHi);
+            int lo = Math.Max(ranges[rangeOffset + 2 * t], panelLo), hi = Math.Min(ranges[rangeOffset + 2 * t + 1], panelHi);
             return lo < hi ? (lo, hi) : (0, 0);
         }
         float[]? block = accumulate ? System.Buffers.ArrayPool<float>.Shared.Rent(m * w) : null;

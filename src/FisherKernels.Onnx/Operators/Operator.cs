@@ -143,6 +143,16 @@ public abstract class Operator
         throw NotDifferentiable();
 
     /// <summary>
+    /// Reverse mode for a block of cotangents through the one forward: <paramref name="outputGrads"/>[c] and
+    /// <paramref name="inputGrads"/>[c] are cotangent c's buffers, as <see cref="Vjp"/> takes them (the same ones null in
+    /// every c; <see cref="OpContext.FreshGradients"/> holds for every c). Adds what <see cref="Vjp"/> would for each c and
+    /// returns true, or returns false having done nothing (no block form here: the caller runs <see cref="Vjp"/> per cotangent).
+    /// A block form pays off where the cotangents share an operand that must be prepared (a packed weight).
+    /// </summary>
+    public virtual bool VjpBlock(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                                 ReadOnlySpan<NdArray<float>?[]> outputGrads, ReadOnlySpan<NdArray<float>?[]> inputGrads) => false;
+
+    /// <summary>
     /// Forward mode. Given the forward's <paramref name="inputs"/> and <paramref name="outputs"/> and
     /// the tangents of the inputs (null = zero), WRITES <c>Σᵢ Jᵢ·inputTangents[i]</c> into each non-null
     /// <paramref name="outputTangents"/>[j] (null = not wanted), overwriting it entirely.

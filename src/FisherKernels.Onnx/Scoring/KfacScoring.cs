@@ -50,9 +50,9 @@ public static class KfacScoring
         lm.Model.Layers.Sum(layer => LayerGradientQuadratic(layer, posterior[layer.Id], backward, new float[(long)layer.Out * (layer.In + (layer.Bias is null ? 0 : 1))]));
 
     /// <summary>One layer's <c>vec(X)ᵀ Σ vec(X)</c> of <see cref="GradientQuadratic"/>, X laid out in <paramref name="x"/>.</summary>
-    internal static double LayerGradientQuadratic(Layer layer, LayerPosterior posterior, Backward backward, float[] x)
+    internal static double LayerGradientQuadratic(Layer layer, LayerPosterior posterior, Backward backward, float[] x, int cotangent = 0)
     {
-        LayerLayout.ToOutIn(layer, backward.Gradient(layer.Id).Data, layer.Bias is null ? default : backward.Gradient(layer.Bias).Data, x);
+        LayerLayout.ToOutIn(layer, backward.Gradient(layer.Id, cotangent).Data, layer.Bias is null ? default : backward.Gradient(layer.Bias, cotangent).Data, x);
         var result = new float[1];
         posterior.Quadratic(x, 1, result);
         return result[0];

@@ -25,16 +25,28 @@ public static class PositionScorer
     /// <summary>max |prefix logits − whole-sequence logits| allowed, relative to the rows' largest |logit|.</summary>
     internal const float PrefixTolerance = 1e-5f;
 
+    /// <summary>
+    /// Positions propagated together in one reverse pass (<see cref="Backward.Cotangents"/>): the products' shared
+    /// operands (a weight's packing, attention's transposed operand) are prepared once for the whole block.
+    /// </summary>
+    internal const int Cotangents = 8;
+
+    /// <summary>Bytes the gradient buffers of one pass's cotangents may take (fewer cotangents on a large model).</summary>
+    internal const long CotangentMemory = 512L << 20;
+
     /// <summary>Scores every sequence of <paramref name="tokens"/> for the gradients of <paramref name="parameters"/>.</summary>
     public static ScoreReport Score(LanguageModel lm, OpContext context, NdArray tokens, NdArray? targets,
                                     IReadOnlyList<string> parameters, string method, double priorPrecision,
                                     EpistemicMetric epistemic, ScoreLevel level = ScoreLevel.Both)
         => Score(lm, context, tokens, targets, parameters, method, priorPrecision, epistemic, passLengths: null, level);
 
-    /// <summary>As the public overload; <paramref name="passLengths"/> gets the sequence length of each position's backward pass.</summary>
+    /// <summary>
+    /// As the public overload; <paramref name="passLengths"/> gets the sequence length of each position's backward pass,
+    /// <paramref name="cotangents"/> (at most) positions run through each reverse pass together.
+    /// </summary>
     internal static ScoreReport Score(LanguageModel lm, OpContext context, NdArray tokens, NdArray? targets,
                                       IReadOnlyList<string> parameters, string method, double priorPrecision,
-                                      EpistemicMetric epistemic, List<int>? passLengths, ScoreLevel level = ScoreLevel.Both)
+                                      EpistemicMetric epistemic, List<int>? passLengths, ScoreLevel level = ScoreLevel.Both, int cotangents = Cotangents)
     {
         if (level == 0 || (level & ~ScoreLevel.Both) != 0) throw new ArgumentOutOfRangeException(nameof(level), level, "not a score level");
         if (parameters.Count == 0) throw FisherKernelsException.Argument("score: the parameter set is empty");
@@ -50,7 +62,7 @@ public static class PositionScorer
         for (int b = 0; b < batch; b++)
         {
             var row = new NdArray<long>([1, seq], ids.Data[(b * seq)..((b + 1) * seq)]);
-            var whole = Run(lm, context, row, variables, passes, scorer)!;
+            var whole = Run(lm, context, row, variables, passes, scorer, cotangents)!;
             var logits = (NdArray<float>)whole.Plan.Get(lm.LogitsOutput);
             int vocab = logits.Shape[2];
             checkedTargets ??= targets is null ? Targets.NextToken(tokens) : Targets.Check(targets, tokens.Shape, vocab, "targets");
@@ -80,7 +92,7 @@ public static class PositionScorer
                 var seed = whole.Backward.Gradient(lm.LogitsOutput);
                 foreach (var (t, _, _, cotangent) in positions)
                     for (int k = 0; k < vocab; k++) seed.Data[t * vocab + k] = scale * cotangent[k];
-                whole.Backward.Run(context);
+                whole.Backward.Run(context, count: 1);
                 sequenceEpistemic = scorer.Score(whole.Backward);
             }
 
@@ -93,7 +105,7 @@ public static class PositionScorer
                 int end = done;
                 while (end < positions.Count && positions[end].T < length) end++;
                 if (end == done) continue;
-                var pass = length < seq ? Run(lm, context, new NdArray<long>([1, length], row.Data[..length]), variables, passes, scorer, logits) : whole;
+                var pass = length < seq ? Run(lm, context, new NdArray<long>([1, length], row.Data[..length]), variables, passes, scorer, cotangents, logits) : whole;
                 if (pass is null)
                 {
                     causal = false;
@@ -101,14 +113,22 @@ public static class PositionScorer
                 }
                 if (pass != whole) taps = pass;
                 else if (taps != whole) scorer.BeginSequence((taps = whole).Plan);
-                for (int i = done; i < end; i++)
+                // The block's positions in groups of the pass's cotangents, each group one reverse pass.
+                for (int first = done; first < end; first += pass.Backward.Cotangents)
                 {
-                    var (t, _, _, cotangent) = positions[i];
+                    int count = Math.Min(pass.Backward.Cotangents, end - first);
                     pass.Backward.Clear();
-                    cotangent.CopyTo(pass.Backward.Gradient(lm.LogitsOutput).Data, t * vocab);
-                    pass.Backward.Run(context);
-                    epistemics[i] = scorer.Score(pass.Backward);
-                    passLengths?.Add(pass.Plan.Info(lm.LogitsOutput).Shape[1]);
+                    for (int c = 0; c < count; c++)
+                    {
+                        var (t, _, _, cotangent) = positions[first + c];
+                        cotangent.CopyTo(pass.Backward.Gradient(lm.LogitsOutput, c).Data, t * vocab);
+                    }
+                    pass.Backward.Run(context, count: count);
+                    for (int c = 0; c < count; c++)
+                    {
+                        epistemics[first + c] = scorer.Score(pass.Backward, c);
+                        passLengths?.Add(pass.Plan.Info(lm.LogitsOutput).Shape[1]);
+                    }
                 }
                 done = end;
             }
@@ -126,14 +146,15 @@ public static class PositionScorer
     /// differ from the whole sequence's first rows (the model is not causal).
     /// </summary>
     private static Pass? Run(LanguageModel lm, OpContext context, NdArray<long> row, HashSet<string> variables,
-                             Dictionary<ExecutionPlan, Backward> passes, TapScorer scorer, NdArray<float>? wholeLogits = null)
+                             Dictionary<ExecutionPlan, Backward> passes, TapScorer scorer, int cotangents, NdArray<float>? wholeLogits = null)
     {
         var inputs = lm.Inputs(row);
         ExecutionPlan plan;
         try { plan = lm.Model.GetPlan(inputs, variables, keepAll: true); }
         catch (FisherKernelsException) when (wholeLogits is not null) { return null; }
         lm.CheckLogits(plan, row.Shape);
-        if (!passes.TryGetValue(plan, out var backward)) passes[plan] = backward = new Backward(plan, [lm.LogitsOutput], scorer.Targets);
+        if (!passes.TryGetValue(plan, out var backward))
+            passes[plan] = backward = new Backward(plan, [lm.LogitsOutput], scorer.Targets, cotangents, CotangentMemory);
         plan.Run(context, inputs);
         if (wholeLogits is not null)
         {

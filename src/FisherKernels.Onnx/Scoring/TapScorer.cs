@@ -122,18 +122,18 @@ internal sealed class TapScorer
         }
     }
 
-    /// <summary>The epistemic score of the gradient the backward pass just computed (seeded at the logits).</summary>
-    public double Score(Backward backward)
+    /// <summary>The epistemic score of the gradient the backward pass just computed for its cotangent <paramref name="cotangent"/> (seeded at the logits).</summary>
+    public double Score(Backward backward, int cotangent = 0)
     {
         double sum = 0;
-        foreach (Tap tap in taps) sum += Score(tap, backward);
+        foreach (Tap tap in taps) sum += Score(tap, backward, cotangent);
         foreach (string name in wholeParameters)
-            if (backward.HasGradient(name)) sum += IsotropicLayerPosterior.SumOfSquares(backward.Gradient(name).Data);
-        foreach (var (layer, buffer) in wholeLayers) sum += KfacScoring.LayerGradientQuadratic(layer, metric.For(layer, layer.Bias is not null, backend), backward, buffer);
+            if (backward.HasGradient(name)) sum += IsotropicLayerPosterior.SumOfSquares(backward.Gradient(name, cotangent).Data);
+        foreach (var (layer, buffer) in wholeLayers) sum += KfacScoring.LayerGradientQuadratic(layer, metric.For(layer, layer.Bias is not null, backend), backward, buffer, cotangent);
         return sum;
     }
 
-    private double Score(Tap tap, Backward backward)
+    private double Score(Tap tap, Backward backward, int cotangent)
     {
         int outF = tap.Layer.Out, a = tap.ADim, m = tap.Rows;
         ReadOnlySpan<float> g;
@@ -141,7 +141,7 @@ internal sealed class TapScorer
         {
             string output = tap.Layer.Applications[0].OutputValue;
             if (!backward.HasGradient(output)) return 0;
-            g = backward.Gradient(output).Data;
+            g = backward.Gradient(output, cotangent).Data;
         }
         else
         {
@@ -150,7 +150,7 @@ internal sealed class TapScorer
             {
                 int length = (int)(backward.Plan.Get(app.InputValue).Length / tap.Layer.In * outF);
                 Span<float> target = gathered.AsSpan(offset, length);
-                if (backward.HasGradient(app.OutputValue)) backward.Gradient(app.OutputValue).Data.CopyTo(target);
+                if (backward.HasGradient(app.OutputValue)) backward.Gradient(app.OutputValue, cotangent).Data.CopyTo(target);
                 else target.Clear();
                 offset += length;
             }
