@@ -33,6 +33,7 @@ internal static class CommandLine
                 "jvp" => Commands.DerivativeCommands.Jvp(args),
                 "natgrad" => Commands.DerivativeCommands.Natgrad(args, Console.Out),
                 "ewc" => Commands.DerivativeCommands.Ewc(args, Console.Out),
+                "apply" => Commands.DerivativeCommands.Apply(args, Console.Out),
                 "score" => Commands.DerivativeCommands.Score(args),
                 _ => throw FisherKernelsException.Argument($"unknown command '{args[0]}'\n{Usage}"),
             };
@@ -53,6 +54,7 @@ internal static class CommandLine
           score    --model M.onnx --tokens T.npy [--method isotropic|kfac] [--curvature C.safetensors] ... --out S.json|S.csv
           jvp      --model M.onnx --tokens T.npy --direction V.safetensors --out J.npy
           natgrad  --model M.onnx --tokens T.npy [--targets Y.npy] --curvature C.safetensors [--prior-precision τ] --out D.safetensors
+          apply    --model M.onnx --direction D.safetensors --step η --out M2.onnx
           ewc      --model BASE.onnx --candidate TUNED.onnx --curvature C.safetensors [--json]
           silo     --cluster NAME [--clustering localhost|redis=…|adonet=INVARIANT:CONNECTION] [--threads N]
           merge    C1.safetensors C2.safetensors ... [--decay λ1,λ2,...] --out C.safetensors

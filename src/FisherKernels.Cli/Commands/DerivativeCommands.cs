@@ -69,8 +69,22 @@ internal static class DerivativeCommands
             parts = [(tokens, targets)];
         }
         var direction = new NatgradService(lm, ModelCommands.Context(options), Console.Error).Direction(parts, options.Required("--curvature"), posterior);
-        SafetensorsFile.Write(outPath, direction.Select(p => new KeyValuePair<string, NdArray>(p.Key, p.Value)));
+        DirectionFile.Write(outPath, direction, lm.Model.Graph.Source, "fisherkernels natgrad");
         stdout.WriteLine($"wrote {outPath}: natural gradient of {direction.Count} tensors");
+        return 0;
+    }
+
+    /// <summary>`apply --model M --direction D.safetensors --step η --out M2.onnx`: <see cref="ApplyService"/>, θ + η·d as a new model.</summary>
+    public static int Apply(string[] args, TextWriter stdout)
+    {
+        var options = CommandOptions.Parse("apply", args.AsSpan(1), ["--model", "--direction", "--step", "--out"], []);
+        string stepText = options.Required("--step");
+        if (!double.TryParse(stepText, NumberStyles.Float, CultureInfo.InvariantCulture, out double step) || !double.IsFinite(step))
+            throw FisherKernelsException.Argument($"apply: --step must be a finite number (a descent step is negative), got '{stepText}'");
+        string outPath = options.Required("--out");
+        var lm = LanguageModel.Load(TextArguments.Model(options).ModelPath);
+        ApplyResult result = ApplyService.Apply(lm, options.Required("--direction"), step, outPath);
+        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"wrote {outPath}: {result.Tensors} initializers moved by η = {step:R} (largest change {result.MaxChange:G4})"));
         return 0;
     }
 

@@ -129,4 +129,47 @@ public class FisherFlowCommandTests
         Assert.Contains("different architectures", stderr);
         Assert.Single(stderr.Trim().Split('\n'));
     }
+
+    [Fact]
+    public void ApplyWritesThetaPlusStepTimesNatgradAndRefusesBadInputInOneLine()
+    {
+        // Reference: θ + η·d computed here in float64 from the model's initializers and natgrad's file; the written model
+        // holds exactly that (rounded to float32) for every tensor of the direction and its own values elsewhere.
+        using var temp = new TempFolder();
+        string model = Fixtures.Path("gpt2_tiny.onnx"), d = temp.File("d.safetensors"), moved = temp.File("moved.onnx");
+        var (code, _, stderr) = CliRunner.Run("natgrad", "--model", model, "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
+                                              "--curvature", Fixtures.Path("gpt2_tiny.kfac.safetensors"), "--out", d);
+        Assert.True(code == 0, stderr);
+        string stdout;
+        (code, stdout, stderr) = CliRunner.Run("apply", "--model", model, "--direction", d, "--step", "-0.01", "--out", moved);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("initializers moved", stdout);
+        var before = LanguageModel.Load(model).Model.Graph;
+        var after = LanguageModel.Load(moved).Model.Graph;
+        SafetensorsFile direction = SafetensorsFile.Read(d);
+        foreach (string name in before.InitializerOrder)
+        {
+            if (before.Initializers[name] is not NdArray<float> theta) continue;
+            float[] now = ((NdArray<float>)after.Initializers[name]).Data;
+            float[] expected = direction.Tensors.ContainsKey(name)
+                ? theta.Data.Zip(direction.GetFloat32(name).Data, (t, v) => (float)(t + -0.01 * v)).ToArray()
+                : theta.Data;
+            Assert.Equal(expected, now);
+        }
+
+        // Bad input: one line on stderr, non-zero exit, nothing written.
+        void Refused(string expected, params string[] args)
+        {
+            string output = temp.File("bad.onnx");
+            var (c, _, err) = CliRunner.Run(["apply", .. args, "--out", output]);
+            Assert.NotEqual(0, c);
+            Assert.Contains(expected, err);
+            Assert.Single(err.Trim().Split('\n'));
+            Assert.False(File.Exists(output));
+        }
+        Refused("--step", "--model", model, "--direction", d, "--step", "abc");
+        Refused("another model", "--model", Fixtures.Path("gpt2_tiny_opset11.onnx"), "--direction", d, "--step", "0.1");
+        Refused("not an initializer", "--model", Fixtures.Path("llama_tiny.onnx"), "--direction", Fixtures.Path("gpt2_tiny.direction.safetensors"), "--step", "0.1");
+        Refused("non-finite", "--model", model, "--direction", d, "--step", "1e300");
+    }
 }
