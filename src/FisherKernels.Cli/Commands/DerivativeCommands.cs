@@ -54,7 +54,7 @@ internal static class DerivativeCommands
         string? targetsPath = options.Optional("--targets");
         List<(NdArray<long> Tokens, NdArray<long>? Targets)> parts;
         if (TextArguments.Read("natgrad", options, folder, lm) is { } text)
-            parts = text.WindowRowsByLength(text.Targets("natgrad", folder, targetsPath));
+            parts = text.FitBatches(text.Targets("natgrad", folder, targetsPath), int.MaxValue).Select(b => (b.Tokens, (NdArray<long>?)b.Targets)).ToList();
         else
         {
             string tokensPath = options.Required("--tokens");

@@ -57,7 +57,12 @@ internal static class KfacCommands
         if (options.Optional("--clustering") is not null || options.Optional("--shards") is not null)
             throw FisherKernelsException.Argument("fit: --clustering and --shards need --cluster NAME");
         var service = new FitService(ModelCommands.Context(options));
-        if (options.Optional("--text") is not null) return FitText(options, folder, request, service, stdout);
+        if (options.Optional("--text") is not null)
+        {
+            // fit --text: every window of every sequence a row, batched by length (TextArguments.FitBatches).
+            var text = TextArguments.Read("fit", options, folder, LanguageModel.Load(folder.ModelPath))!;
+            request = request with { Rows = text.FitBatches(text.Targets("fit", folder, request.TargetsPath), request.BatchSize), TargetsPath = null };
+        }
         FitResult result = ProgressDisplay.Run($"fit {Path.GetFileName(request.ModelPath)}", "batch",
             (progress, cancel) => service.Run(request, progress, cancel), stopAfterBatch);
         if (!result.Completed)
@@ -67,38 +72,6 @@ internal static class KfacCommands
         }
         stdout.WriteLine(FitService.Summary(request.OutPath, result.Curvature!));
         return 0;
-    }
-
-    /// <summary>
-    /// fit --text: every window of every sequence is a row with its own targets (each targeted position once); rows of one
-    /// length are fitted together (FitService over temporary token and target files), and the curvatures of different
-    /// lengths merged (information adds, SPEC §3). No checkpoint: an interrupted text fit starts again.
-    /// </summary>
-    static int FitText(CommandOptions options, Text.ModelFolder folder, FitRequest request, FitService service, TextWriter stdout)
-    {
-        var lm = LanguageModel.Load(folder.ModelPath);
-        var text = TextArguments.Read("fit", options, folder, lm)!;
-        var rows = text.WindowRows(text.Targets("fit", folder, request.TargetsPath));
-        string temp = Path.Combine(Path.GetTempPath(), $"fisherkernels-fit-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(temp);
-        try
-        {
-            var curvatures = new List<KfacCurvature>();
-            foreach (var group in rows.GroupBy(r => r.Tokens.Shape[1]).OrderBy(g => g.Key))
-            {
-                int length = group.Key, count = group.Count();
-                string tokens = Path.Combine(temp, $"tokens.{length}.npy"), targets = Path.Combine(temp, $"targets.{length}.npy");
-                NpyFile.Write(tokens, new NdArray<long>([count, length], group.SelectMany(r => r.Tokens.Data).ToArray()));
-                NpyFile.Write(targets, new NdArray<long>([count, length], group.SelectMany(r => r.Targets.Data).ToArray()));
-                var result = service.Run(request with { TokensPath = tokens, TargetsPath = targets, OutPath = Path.Combine(temp, $"c.{length}.safetensors") });
-                curvatures.Add(result.Curvature!);
-            }
-            KfacCurvature curvature = curvatures.Count == 1 ? curvatures[0] : KfacCurvature.MergeAll(curvatures.ToArray(), null, FitService.CreatedBy);
-            curvature.Save(request.OutPath);
-            stdout.WriteLine(FitService.Summary(request.OutPath, curvature));
-            return 0;
-        }
-        finally { Directory.Delete(temp, recursive: true); }
     }
 
     /// <summary>

@@ -1,5 +1,6 @@
 using FisherKernels.IO;
 using FisherKernels.Onnx;
+using FisherKernels.Onnx.Jobs;
 using FisherKernels.Text.Html;
 using FisherKernels.Uncertainty;
 using FisherKernels.Text;
@@ -146,29 +147,44 @@ internal sealed class TextArguments
 
     /// <summary>
     /// Every window of every sequence as its own row: its tokens and its targets, those of positions another window scores
-    /// set to -100 (so each targeted position counts once), for the verbs that run batches (fit, calibrate).
+    /// set to -100 (so each targeted position counts once), and which of its positions it is assigned (the positions it
+    /// scores: every position of the sequence is assigned to exactly one window), for the verbs that run batches.
     /// </summary>
-    public List<(NdArray<long> Tokens, NdArray<long> Targets, string Name)> WindowRows(IReadOnlyList<long[]>? targets)
+    public List<(NdArray<long> Tokens, NdArray<long> Targets, byte[] Assigned, string Name)> WindowRows(IReadOnlyList<long[]>? targets)
     {
-        var rows = new List<(NdArray<long>, NdArray<long>, string)>();
+        var rows = new List<(NdArray<long>, NdArray<long>, byte[], string)>();
         for (int i = 0; i < Sequences.Count; i++)
         {
             long[] sequenceTargets = targets?[i] ?? TextScoring.NextTokenTargets(Sequences[i]);
             foreach (var window in Windows(i))
-                rows.Add((Tokens(i, window), new NdArray<long>([1, window.Length], WindowPlan.WindowTargets(sequenceTargets, window)),
+            {
+                var assigned = new byte[window.Length];
+                for (int k = 0; k < window.Length; k++) assigned[k] = window.Start + k >= window.ScoredFrom && window.Start + k < window.ScoredTo ? (byte)1 : (byte)0;
+                rows.Add((Tokens(i, window), new NdArray<long>([1, window.Length], WindowPlan.WindowTargets(sequenceTargets, window)), assigned,
                           $"--text {Source} (sequence {i}, tokens {window.Start}..{window.End - 1})"));
+            }
         }
         return rows;
     }
 
     /// <summary>
-    /// <see cref="WindowRows"/> stacked by length, shortest first: one [rows, length] token array and its targets per length, for
-    /// the verbs whose result is a sum over rows (natgrad's gradient).
+    /// fit --text's batches (SPEC §1, §3): the window rows of one length, shortest first, up to <paramref name="batchSize"/>
+    /// a batch, each accumulating only its assigned positions, so every position of a sequence enters A, G and M once.
     /// </summary>
-    public List<(NdArray<long> Tokens, NdArray<long>? Targets)> WindowRowsByLength(IReadOnlyList<long[]>? targets) =>
-        WindowRows(targets).GroupBy(r => r.Tokens.Shape[1]).OrderBy(g => g.Key).Select(g =>
-            (new NdArray<long>([g.Count(), g.Key], g.SelectMany(r => r.Tokens.Data).ToArray()),
-             (NdArray<long>?)new NdArray<long>([g.Count(), g.Key], g.SelectMany(r => r.Targets.Data).ToArray()))).ToList();
+    public List<FitRows> FitBatches(IReadOnlyList<long[]>? targets, int batchSize)
+    {
+        var batches = new List<FitRows>();
+        foreach (var group in WindowRows(targets).GroupBy(r => r.Tokens.Shape[1]).OrderBy(g => g.Key))
+            foreach (var chunk in group.Chunk(batchSize))
+            {
+                int[] shape = [chunk.Length, group.Key];
+                byte[] assigned = chunk.SelectMany(r => r.Assigned).ToArray();
+                batches.Add(new FitRows(new NdArray<long>(shape, chunk.SelectMany(r => r.Tokens.Data).ToArray()),
+                    new NdArray<long>((int[])shape.Clone(), chunk.SelectMany(r => r.Targets.Data).ToArray()),
+                    assigned.Contains((byte)0) ? assigned : null, chunk.Length == 1 ? chunk[0].Name : $"{chunk[0].Name} to {chunk[^1].Name}"));
+            }
+        return batches;
+    }
 
     /// <summary>Sequence <paramref name="index"/>'s tokens [1, n] (or the window <paramref name="window"/> of them).</summary>
     public NdArray<long> Tokens(int index, Window? window = null)

@@ -163,14 +163,19 @@ public sealed class KfacAccumulator
     /// <summary>
     /// Starts batch <see cref="BatchesDone"/> over <paramref name="positions"/> positions (batch × seq) and
     /// returns its position mask: a non-zero byte keeps the position. Empty when every position is kept.
+    /// <paramref name="assigned"/> (empty: all) marks the positions this batch accumulates: a window of a long sequence
+    /// (SPEC §1) holds positions an earlier window already accumulated, and those add to neither A nor G nor M.
     /// </summary>
-    public ReadOnlySpan<byte> BeginBatch(int positions)
+    public ReadOnlySpan<byte> BeginBatch(int positions, ReadOnlySpan<byte> assigned = default)
     {
         if (batchPositions >= 0) throw new InvalidOperationException("K-FAC fit: BeginBatch called twice without EndBatch");
         EnsureNotFinished();
         ArgumentOutOfRangeException.ThrowIfNegative(positions);
+        if (!assigned.IsEmpty && assigned.Length != positions)
+            throw new ArgumentException($"K-FAC fit: {assigned.Length} assigned flags for {positions} positions", nameof(assigned));
+        if (assigned.IndexOf((byte)0) < 0) assigned = default; // all assigned: the unmasked path, bit for bit
         batchPositions = positions;
-        if (Options.SamplePositions >= 1)
+        if (Options.SamplePositions >= 1 && assigned.IsEmpty)
         {
             mask = [];
             keptInBatch = positions;
@@ -181,7 +186,9 @@ public sealed class KfacAccumulator
         keptInBatch = 0;
         for (int m = 0; m < positions; m++)
         {
-            bool keep = rng.NextDouble() < Options.SamplePositions;
+            // The draw is taken for every position, so the positions kept do not depend on which are assigned.
+            bool keep = Options.SamplePositions >= 1 || rng.NextDouble() < Options.SamplePositions;
+            keep &= assigned.IsEmpty || assigned[m] != 0;
             mask[m] = keep ? (byte)1 : (byte)0;
             if (keep) keptInBatch++;
         }

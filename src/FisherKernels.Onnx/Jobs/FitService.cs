@@ -45,9 +45,21 @@ public sealed record FitRequest
     /// <summary>Told the memory plan (SPEC §3) before any batch runs: the CLI prints it.</summary>
     public Action<MemoryPlan>? OnPlan { get; init; }
 
+    /// <summary>
+    /// Batches given in memory in place of <see cref="TokensPath"/> and <see cref="TargetsPath"/> (fit --text: the windows
+    /// of its sequences, SPEC §1), each with its targets and the positions it accumulates; null to read the token file.
+    /// </summary>
+    public IReadOnlyList<FitRows>? Rows { get; init; }
+
     /// <summary>Where the fit's state is saved to resume: beside the output.</summary>
     public string CheckpointPath => OutPath + ".checkpoint";
 }
+
+/// <summary>
+/// One batch given in memory: tokens and targets <c>[rows, seq]</c>, and per position whether this batch accumulates it
+/// (null: every position; see <see cref="KfacAccumulator.BeginBatch"/>). <paramref name="Name"/> names it in messages.
+/// </summary>
+public sealed record FitRows(NdArray<long> Tokens, NdArray<long> Targets, byte[]? Assigned, string Name);
 
 /// <summary>Batches [First, Last) of a token file.</summary>
 public readonly record struct BatchRange(int First, int Last)
@@ -84,14 +96,6 @@ public sealed class FitService(OpContext context)
     {
         ArgumentNullException.ThrowIfNull(request);
         var lm = LanguageModel.Load(request.ModelPath);
-        // Token and target files are read a batch at a time: a fit holds one batch of them, whatever their length.
-        using NpyRows tokenRows = NpyFile.OpenRows(request.TokensPath);
-        if (tokenRows.Shape.Length != 2 || tokenRows.Shape[0] < 1 || tokenRows.Shape[1] < 1)
-            throw FisherKernelsException.Argument($"{request.TokensPath}: token ids must have shape [batch, seq] with both at least 1, got [{ShapeUtil.Format(tokenRows.Shape)}]");
-        string? targetsPath = request.TargetsPath;
-        using NpyRows? targetRows = targetsPath is null ? null : NpyFile.OpenRows(targetsPath);
-        if (targetRows is not null && !targetRows.Shape.AsSpan().SequenceEqual(tokenRows.Shape))
-            throw FisherKernelsException.Argument($"{targetsPath}: targets have shape [{ShapeUtil.Format(targetRows.Shape)}], the tokens [{ShapeUtil.Format(tokenRows.Shape)}]");
         request.Options.Validate();
         int batchSize = request.BatchSize;
         if (batchSize < 1) throw FisherKernelsException.Argument($"--batch-size must be at least 1, got {batchSize}");
@@ -99,34 +103,25 @@ public sealed class FitService(OpContext context)
         IReadOnlyList<Layer> layers = Select(lm, request.Selection);
         LayerShape[] shapes = KfacScoring.Shapes(layers);
 
-        int sequences = tokenRows.Shape[0];
-        int fileBatches = (sequences + batchSize - 1) / batchSize;
-        BatchRange range = request.Batches ?? new BatchRange(0, fileBatches);
-        if (range.First < 0 || range.Last > fileBatches || range.Count < 1)
-            throw FisherKernelsException.Argument($"fit: {range} are not batches of '{request.TokensPath}', which has {fileBatches} of {batchSize} sequences");
+        using BatchSource source = request.Rows is { } given ? BatchSource.InMemory(given, batchSize) : BatchSource.Files(request.TokensPath, request.TargetsPath, batchSize);
+        BatchRange range = request.Batches ?? new BatchRange(0, source.Count);
+        if (range.First < 0 || range.Last > source.Count || range.Count < 1)
+            throw FisherKernelsException.Argument($"fit: {range} are not batches of '{request.TokensPath}', which has {source.Count} of {batchSize} sequences");
         int batches = range.Count;
-        (NdArray<long> Tokens, NdArray<long> Targets) ReadBatch(int batch)
-        {
-            int first = batch * batchSize, count = Math.Min(batchSize, sequences - first);
-            NdArray<long> batchTokens = tokenRows.ReadInt64(first, count);
-            return (batchTokens, targetRows is null ? Targets.NextToken(batchTokens) : targetRows.ReadInt64(first, count));
-        }
         // Every id is checked before any work, so a bad one anywhere in the files stops the fit at once.
-        int vocabulary = targetRows is null ? 0 : lm.Forward(context, tokenRows.ReadInt64(0, 1)).Shape[2];
+        int vocabulary = source.TargetsGiven ? lm.Forward(context, source.FirstRow()).Shape[2] : 0;
         for (int batch = range.First; batch < range.Last; batch++)
         {
-            var (batchTokens, batchTargets) = ReadBatch(batch);
-            string rows = $"rows {batch * batchSize}..{batch * batchSize + batchTokens.Shape[0] - 1}";
-            lm.Inputs(batchTokens, null, $"{request.TokensPath} ({rows})");
-            if (targetRows is not null) Targets.Check(batchTargets, batchTokens.Shape, vocabulary, $"{targetsPath} ({rows})");
+            var rows = source.Read(batch);
+            lm.Inputs(rows.Tokens, null, source.TokensName(batch));
+            if (source.TargetsGiven) Targets.Check(rows.Targets, rows.Tokens.Shape, vocabulary, source.TargetsName(batch));
         }
         // The memory plan before any batch runs (SPEC §3): a plan over the machine's available memory stops here.
-        MemoryPlan plan = MemoryPlan.ForFit(lm, layers, Math.Min(batchSize, sequences), tokenRows.Shape[1], request.Options.MemoryBudgetBytes, request.Options.Rank);
+        MemoryPlan plan = MemoryPlan.ForFit(lm, layers, source.LargestBatch, source.LongestRow, request.Options.MemoryBudgetBytes, request.Options.Rank);
         request.OnPlan?.Invoke(plan);
         plan.EnsureFits(MemoryPlan.AvailableBytes());
         string modelSha = KfacScoring.Sha256(request.ModelPath);
-        string fingerprint = $"tokens {KfacScoring.Sha256(request.TokensPath)}, targets {(targetsPath is null ? "next-token" : KfacScoring.Sha256(targetsPath))}, batch-size {batchSize}"
-            + (request.Batches is null ? "" : $", {range}");
+        string fingerprint = source.Fingerprint + (request.Batches is null ? "" : $", {range}");
         // C0 is checked before any batch runs: a curvature of another model or fisher type stops the fit at once.
         KfacCurvature? init = LoadInit(request, modelSha, shapes);
         string checkpoint = request.CheckpointPath;
@@ -146,8 +141,8 @@ public sealed class FitService(OpContext context)
                 accumulator.SaveCheckpoint(checkpoint, fingerprint);
                 return new FitResult(null, accumulator.BatchesDone, batches, checkpoint);
             }
-            var (batchTokens, batchTargets) = ReadBatch(range.First + done);
-            FitBatch(lm, context, accumulator, layers, parameters, batchTokens, batchTargets);
+            var rows = source.Read(range.First + done);
+            FitBatch(lm, context, accumulator, layers, parameters, rows.Tokens, rows.Targets, assigned: rows.Assigned);
             progress?.Report(new JobProgress(done + 1, batches));
             if (lastSave.Elapsed >= request.CheckpointInterval && done + 1 < batches)
             {
@@ -196,13 +191,14 @@ public sealed class FitService(OpContext context)
     /// computing only the layer outputs' gradients (no weight gradient: the factors need the taps alone).
     /// </summary>
     public static void FitBatch(LanguageModel lm, OpContext context, KfacAccumulator accumulator, IReadOnlyList<Layer> layers,
-                                IReadOnlyList<string> parameters, NdArray<long> tokens, NdArray<long> targets, StageTimes? times = null)
+                                IReadOnlyList<string> parameters, NdArray<long> tokens, NdArray<long> targets, StageTimes? times = null,
+                                byte[]? assigned = null)
     {
         times?.Start();
         var (plan, backward, logits) = Derivatives.Prepare(lm, context, tokens, parameters, layerOutputsOnly: true);
         times?.Lap("forward");
         int positions = tokens.Shape[0] * tokens.Shape[1], vocab = logits.Shape[2];
-        accumulator.BeginBatch(positions);
+        accumulator.BeginBatch(positions, assigned);
         accumulator.AddInputs(layers.Select(l => (l.Id, Rows(l, a => (NdArray<float>)plan.Get(a.InputValue)))).ToList());
         times?.Lap("A factors");
 
@@ -268,4 +264,102 @@ public sealed class FitService(OpContext context)
     /// <summary>The one line a finished fit prints.</summary>
     public static string Summary(string outPath, KfacCurvature curvature) => string.Create(CultureInfo.InvariantCulture,
         $"wrote {outPath}: {curvature.Fisher} Fisher of {curvature.Layers.Count} layers over {curvature.Positions:R} positions");
+
+    /// <summary>
+    /// The batches a fit reads: rows of token and target files, read a batch at a time (a fit holds one batch of them,
+    /// whatever their length), or batches given in memory. The fingerprint ties a checkpoint to them.
+    /// </summary>
+    sealed class BatchSource : IDisposable
+    {
+        readonly Func<int, FitRows> read;
+        readonly Func<int, string> tokensName, targetsName;
+        readonly IDisposable? files;
+
+        BatchSource(int count, int largestBatch, int longestRow, bool targetsGiven, string fingerprint, Func<int, FitRows> read,
+                    Func<int, string> tokensName, Func<int, string> targetsName, IDisposable? files = null)
+        {
+            (Count, LargestBatch, LongestRow, TargetsGiven, Fingerprint) = (count, largestBatch, longestRow, targetsGiven, fingerprint);
+            (this.read, this.tokensName, this.targetsName, this.files) = (read, tokensName, targetsName, files);
+        }
+
+        public int Count { get; }
+        public int LargestBatch { get; }
+        public int LongestRow { get; }
+        /// <summary>Whether the targets were given (they are then checked against the vocabulary), not the next tokens.</summary>
+        public bool TargetsGiven { get; }
+        public string Fingerprint { get; }
+
+        public FitRows Read(int batch) => read(batch);
+        public string TokensName(int batch) => tokensName(batch);
+        public string TargetsName(int batch) => targetsName(batch);
+
+        /// <summary>The first row of the first batch [1, seq]: a forward pass of it tells the vocabulary.</summary>
+        public NdArray<long> FirstRow()
+        {
+            var tokens = Read(0).Tokens;
+            return new NdArray<long>([1, tokens.Shape[1]], tokens.Data[..tokens.Shape[1]]);
+        }
+
+        public static BatchSource Files(string tokensPath, string? targetsPath, int batchSize)
+        {
+            NpyRows tokenRows = NpyFile.OpenRows(tokensPath);
+            NpyRows? targetRows = null;
+            try
+            {
+                if (tokenRows.Shape.Length != 2 || tokenRows.Shape[0] < 1 || tokenRows.Shape[1] < 1)
+                    throw FisherKernelsException.Argument($"{tokensPath}: token ids must have shape [batch, seq] with both at least 1, got [{ShapeUtil.Format(tokenRows.Shape)}]");
+                targetRows = targetsPath is null ? null : NpyFile.OpenRows(targetsPath);
+                if (targetRows is not null && !targetRows.Shape.AsSpan().SequenceEqual(tokenRows.Shape))
+                    throw FisherKernelsException.Argument($"{targetsPath}: targets have shape [{ShapeUtil.Format(targetRows.Shape)}], the tokens [{ShapeUtil.Format(tokenRows.Shape)}]");
+            }
+            catch
+            {
+                tokenRows.Dispose();
+                targetRows?.Dispose();
+                throw;
+            }
+            int sequences = tokenRows.Shape[0];
+            string Rows(int batch) => $"rows {batch * batchSize}..{Math.Min(sequences, (batch + 1) * batchSize) - 1}";
+            FitRows Read(int batch)
+            {
+                int first = batch * batchSize, count = Math.Min(batchSize, sequences - first);
+                NdArray<long> tokens = tokenRows.ReadInt64(first, count);
+                return new FitRows(tokens, targetRows is null ? Targets.NextToken(tokens) : targetRows.ReadInt64(first, count), null, Rows(batch));
+            }
+            string fingerprint = $"tokens {KfacScoring.Sha256(tokensPath)}, targets {(targetsPath is null ? "next-token" : KfacScoring.Sha256(targetsPath))}, batch-size {batchSize}";
+            return new BatchSource((sequences + batchSize - 1) / batchSize, Math.Min(batchSize, sequences), tokenRows.Shape[1], targetRows is not null, fingerprint, Read,
+                                   b => $"{tokensPath} ({Rows(b)})", b => $"{targetsPath} ({Rows(b)})", new OpenFiles(tokenRows, targetRows));
+        }
+
+        public static BatchSource InMemory(IReadOnlyList<FitRows> batches, int batchSize)
+        {
+            if (batches.Count == 0) throw FisherKernelsException.Argument("fit: no batches");
+            foreach (var b in batches)
+                if (b.Tokens.Rank != 2 || !b.Tokens.Shape.AsSpan().SequenceEqual(b.Targets.Shape) || b.Assigned is { } a && a.Length != b.Tokens.Length)
+                    throw FisherKernelsException.Argument($"fit: {b.Name}: tokens [{ShapeUtil.Format(b.Tokens.Shape)}], targets [{ShapeUtil.Format(b.Targets.Shape)}] and assigned positions do not match");
+            // The checkpoint's fingerprint: every batch's ids, targets and assigned positions, and how they were cut.
+            using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+            foreach (var b in batches)
+            {
+                sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes<int>(b.Tokens.Shape));
+                sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes<long>(b.Tokens.Data));
+                sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes<long>(b.Targets.Data));
+                sha.AppendData(b.Assigned ?? [2]);
+            }
+            string fingerprint = $"batches {Convert.ToHexStringLower(sha.GetHashAndReset())}, batch-size {batchSize}";
+            return new BatchSource(batches.Count, batches.Max(b => b.Tokens.Shape[0]), batches.Max(b => b.Tokens.Shape[1]), true, fingerprint, b => batches[b],
+                                   b => batches[b].Name, b => batches[b].Name);
+        }
+
+        public void Dispose() => files?.Dispose();
+
+        sealed class OpenFiles(NpyRows tokens, NpyRows? targets) : IDisposable
+        {
+            public void Dispose()
+            {
+                tokens.Dispose();
+                targets?.Dispose();
+            }
+        }
+    }
 }

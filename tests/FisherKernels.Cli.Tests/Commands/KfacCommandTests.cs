@@ -117,28 +117,37 @@ public class KfacCommandTests
         Assert.True(RelativeError([.. sequenceGot], [.. sequenceRef]) <= 1e-3, $"sequence epistemic relative error {RelativeError([.. sequenceGot], [.. sequenceRef])}");
     }
 
+    /// <summary>
+    /// The fit of <paramref name="args"/> stopped after its first batch leaves a checkpoint and no output, and rerun resumes
+    /// to the bytes of an uninterrupted fit; then it is stopped again, leaving a checkpoint at the returned output path.
+    /// </summary>
+    internal static string AssertResumesToTheSameBytes(TempFolder temp, Func<string, string[]> args)
+    {
+        var (code, _, stderr) = CliRunner.Run(args(temp.File("whole.safetensors")));
+        Assert.True(code == 0, stderr);
+        string resumed = temp.File("resumed.safetensors");
+        Assert.Equal(130, KfacCommands.Fit(args(resumed), TextWriter.Null, stopAfterBatch: batch => batch == 0));
+        Assert.True(File.Exists(resumed + ".checkpoint"));
+        Assert.False(File.Exists(resumed));
+        (code, _, stderr) = CliRunner.Run(args(resumed));
+        Assert.True(code == 0, stderr);
+        Assert.False(File.Exists(resumed + ".checkpoint"));
+        Assert.Equal(File.ReadAllBytes(temp.File("whole.safetensors")), File.ReadAllBytes(resumed));
+        // Stopped again: a checkpoint for the caller's refusal checks.
+        Assert.Equal(130, KfacCommands.Fit(args(resumed), TextWriter.Null, stopAfterBatch: batch => batch == 0));
+        return resumed;
+    }
+
     [Fact]
     public void InterruptedFitResumesToTheSameFile()
     {
         using var temp = new TempFolder();
         string[] Args(string output, string batchSize = "1") => ["fit", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
                                          "--samples", "2", "--seed", "4", "--sample-positions", "0.7", "--batch-size", batchSize, "--out", output];
-        var (code, _, stderr) = CliRunner.Run(Args(temp.File("whole.safetensors")));
-        Assert.True(code == 0, stderr);
-
-        string resumed = temp.File("resumed.safetensors");
-        Assert.Equal(130, KfacCommands.Fit(Args(resumed), TextWriter.Null, stopAfterBatch: batch => batch == 0));
-        Assert.True(File.Exists(resumed + ".checkpoint"));
-        Assert.False(File.Exists(resumed));
-        (code, _, stderr) = CliRunner.Run(Args(resumed));
-        Assert.True(code == 0, stderr);
-        Assert.False(File.Exists(resumed + ".checkpoint"));
-        Assert.Equal(File.ReadAllBytes(temp.File("whole.safetensors")), File.ReadAllBytes(resumed));
-
         // A checkpoint of other arguments is refused, naming itself; nothing is written.
-        Assert.Equal(130, KfacCommands.Fit(Args(resumed), TextWriter.Null, stopAfterBatch: batch => batch == 0));
+        string resumed = AssertResumesToTheSameBytes(temp, output => Args(output));
         File.Delete(resumed);
-        (code, _, stderr) = CliRunner.Run(Args(resumed, batchSize: "2"));
+        var (code, _, stderr) = CliRunner.Run(Args(resumed, batchSize: "2"));
         Assert.NotEqual(0, code);
         Assert.Contains(resumed + ".checkpoint", stderr);
         Assert.False(File.Exists(resumed));
