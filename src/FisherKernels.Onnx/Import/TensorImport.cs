@@ -6,7 +6,7 @@ namespace FisherKernels.Onnx.Import;
 
 /// <summary>
 /// Converts a TensorProto to an owned array: float32, float16, bfloat16 and float64 become float32;
-/// int64, int32 and bool keep their type. Data comes from raw_data, the typed fields, or an
+/// int64, int32, int8, uint8 and bool keep their type. Data comes from raw_data, the typed fields, or an
 /// external file (through <see cref="ExternalData"/>).
 /// </summary>
 internal static class TensorImport
@@ -64,6 +64,10 @@ internal static class TensorImport
                 return new NdArray<long>(shape, hasRaw ? MemoryMarshal.Cast<byte, long>(raw).ToArray() : Checked(tensor.Int64Data.ToArray(), count, what));
             case DataType.Int32:
                 return new NdArray<int>(shape, hasRaw ? MemoryMarshal.Cast<byte, int>(raw).ToArray() : Checked(tensor.Int32Data.ToArray(), count, what));
+            case DataType.Int8:
+                return new NdArray<sbyte>(shape, hasRaw ? MemoryMarshal.Cast<byte, sbyte>(raw).ToArray() : Array.ConvertAll(Checked(tensor.Int32Data.ToArray(), count, what), v => (sbyte)v));
+            case DataType.Uint8:
+                return new NdArray<byte>(shape, hasRaw ? raw.ToArray() : Array.ConvertAll(Checked(tensor.Int32Data.ToArray(), count, what), v => (byte)v));
             case DataType.Bool:
             {
                 var result = new bool[count];
@@ -76,7 +80,7 @@ internal static class TensorImport
                 return new NdArray<bool>(shape, result);
             }
             default:
-                throw FisherKernelsException.Unsupported($"{what}: element type {type} is not supported (float32, float16, bfloat16, float64, int64, int32 and bool are)");
+                throw FisherKernelsException.Unsupported($"{what}: element type {type} is not supported ({Supported} are)");
         }
     }
 
@@ -87,6 +91,8 @@ internal static class TensorImport
         DataType.Int64 => ElementType.Int64,
         DataType.Int32 => ElementType.Int32,
         DataType.Bool => ElementType.Bool,
+        DataType.Int8 => ElementType.Int8,
+        DataType.Uint8 => ElementType.UInt8,
         // The engine computes in float32 (as Cast to DOUBLE does): a float64 input arrives as float32.
         DataType.Double => ElementType.Float32,
         _ => null,
@@ -110,10 +116,12 @@ internal static class TensorImport
         DataType.Float or DataType.Int32 => 4,
         DataType.Float16 or DataType.Bfloat16 => 2,
         DataType.Int64 or DataType.Double => 8,
-        DataType.Bool => 1,
+        DataType.Bool or DataType.Int8 or DataType.Uint8 => 1,
         DataType.Undefined => throw FisherKernelsException.Format($"{what}: element type is not set (corrupt model?)"),
-        _ => throw FisherKernelsException.Unsupported($"{what}: element type {type} is not supported (float32, float16, bfloat16, float64, int64, int32 and bool are)"),
+        _ => throw FisherKernelsException.Unsupported($"{what}: element type {type} is not supported ({Supported} are)"),
     };
+
+    private const string Supported = "float32, float16, bfloat16, float64, int64, int32, int8, uint8 and bool";
 
     private static int TypedCount(TensorProto tensor, DataType type) => type switch
     {

@@ -352,7 +352,11 @@ internal struct MinOp : IBinaryOp
     public static float DB(float a, float b, float y) => a <= b ? 0 : 1;
 }
 
-/// <summary>Add, Sub, Mul, Div, Pow, and two-input Max, Min, with multidirectional broadcasting (float, int64, int32; Pow's exponent may differ in type).</summary>
+/// <summary>
+/// Add, Sub, Mul, Div, Pow, and two-input Max, Min, with multidirectional broadcasting (float, int64, int32, int8, uint8;
+/// Pow's exponent may differ in type). Integer arithmetic wraps around (as numpy's and C's unsigned arithmetic do);
+/// integer division truncates.
+/// </summary>
 internal sealed class BinaryElementwise : Operator
 {
     public BinaryElementwise(OperatorNode node) : base(node) => RequireInputs(2, 2);
@@ -362,7 +366,9 @@ internal sealed class BinaryElementwise : Operator
         var a = Required(inputs, 0, "A");
         var b = Required(inputs, 1, "B");
         if (a.Type != b.Type && Node.OpType != "Pow") throw Error($"inputs must have one element type, got {a.Type} and {b.Type}");
-        if (a.Type is not (ElementType.Float32 or ElementType.Int64 or ElementType.Int32)) throw UnsupportedError($"element type {a.Type} is not supported");
+        if (a.Type is not (ElementType.Float32 or ElementType.Int64 or ElementType.Int32 or ElementType.Int8 or ElementType.UInt8)
+            || (a.Type is ElementType.Int8 or ElementType.UInt8 && Node.OpType == "Pow"))
+            throw UnsupportedError($"element type {a.Type} is not supported");
         var shape = Broadcast.Shape(a.Shape, b.Shape) ?? throw Error($"shapes [{ShapeUtil.Format(a.Shape)}] and [{ShapeUtil.Format(b.Shape)}] do not broadcast");
         return [new TensorInfo(a.Type, shape)];
     }
@@ -436,6 +442,8 @@ internal sealed class BinaryElementwise : Operator
                 break;
             case (NdArray<long> la, NdArray<long> lb, NdArray<long> ly): Scalar<TOp, long>(layout, la.Data, lb.Data, ly.Data); break;
             case (NdArray<int> ia, NdArray<int> ib, NdArray<int> iy): Scalar<TOp, int>(layout, ia.Data, ib.Data, iy.Data); break;
+            case (NdArray<sbyte> sa, NdArray<sbyte> sb, NdArray<sbyte> sy): Scalar<TOp, sbyte>(layout, sa.Data, sb.Data, sy.Data); break;
+            case (NdArray<byte> ba, NdArray<byte> bb, NdArray<byte> by): Scalar<TOp, byte>(layout, ba.Data, bb.Data, by.Data); break;
             case (NdArray<float> fa, NdArray<long> lb, NdArray<float> fy): Scalar<TOp, float>(layout, fa.Data, Array.ConvertAll(lb.Data, v => (float)v), fy.Data); break;
             case (NdArray<float> fa, NdArray<int> ib, NdArray<float> fy): Scalar<TOp, float>(layout, fa.Data, Array.ConvertAll(ib.Data, v => (float)v), fy.Data); break;
             // Pow of an integer base by a float exponent (opset 12+): in float64, truncated to the base's type; copies, as rare as such graphs are.

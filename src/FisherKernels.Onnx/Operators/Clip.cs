@@ -1,10 +1,11 @@
+using System.Numerics;
 using System.Numerics.Tensors;
 
 namespace FisherKernels.Onnx.Operators;
 
 /// <summary>
 /// Clip (opset 11+): y = min(max(x, min), max) with <c>min</c> and <c>max</c> optional scalar inputs (absent: no bound;
-/// min above max gives max everywhere, as min(max(·)) does). Float, int64 and int32. The derivative with respect to x
+/// min above max gives max everywhere, as min(max(·)) does). Float, int64, int32, int8 and uint8. The derivative with respect to x
 /// is 1 where min ≤ x ≤ max and 0 elsewhere (torch's clamp convention at the bounds); the bounds get none.
 /// </summary>
 internal sealed class Clip : Operator
@@ -16,7 +17,7 @@ internal sealed class Clip : Operator
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var x = Required(inputs, 0, "input");
-        if (x.Type is not (ElementType.Float32 or ElementType.Int64 or ElementType.Int32)) throw UnsupportedError($"input of type {x.Type} is not supported");
+        if (x.Type is not (ElementType.Float32 or ElementType.Int64 or ElementType.Int32 or ElementType.Int8 or ElementType.UInt8)) throw UnsupportedError($"input of type {x.Type} is not supported");
         for (int i = 1; i < inputs.Length; i++)
             if (inputs[i] is { } bound && (bound.Type != x.Type || bound.Length != 1))
                 throw Error($"{(i == 1 ? "min" : "max")} must be one {x.Type} element, got {bound}");
@@ -34,16 +35,19 @@ internal sealed class Clip : Operator
                 TensorPrimitives.Max(x.Span, Bound(inputs, 1, float.NegativeInfinity), y.Span);
                 TensorPrimitives.Min(y.Span, Bound(inputs, 2, float.PositiveInfinity), y.Span);
                 break;
-            case (NdArray<long> x, NdArray<long> y):
-                long lo = inputs.Length > 1 && inputs[1] is NdArray<long> l ? l.Data[0] : long.MinValue, hi = inputs.Length > 2 && inputs[2] is NdArray<long> h ? h.Data[0] : long.MaxValue;
-                for (int i = 0; i < x.Data.Length; i++) y.Data[i] = Math.Min(Math.Max(x.Data[i], lo), hi);
-                break;
-            case (NdArray<int> x, NdArray<int> y):
-                int lo32 = inputs.Length > 1 && inputs[1] is NdArray<int> l32 ? l32.Data[0] : int.MinValue, hi32 = inputs.Length > 2 && inputs[2] is NdArray<int> h32 ? h32.Data[0] : int.MaxValue;
-                for (int i = 0; i < x.Data.Length; i++) y.Data[i] = Math.Min(Math.Max(x.Data[i], lo32), hi32);
-                break;
+            case (NdArray<long> x, NdArray<long> y): ClipIntegers(inputs, x, y); break;
+            case (NdArray<int> x, NdArray<int> y): ClipIntegers(inputs, x, y); break;
+            case (NdArray<sbyte> x, NdArray<sbyte> y): ClipIntegers(inputs, x, y); break;
+            case (NdArray<byte> x, NdArray<byte> y): ClipIntegers(inputs, x, y); break;
             default: throw UnsupportedError($"element type {inputs[0]!.ElementType} is not supported");
         }
+    }
+
+    /// <summary>Integers: an absent bound is the type's own limit.</summary>
+    private static void ClipIntegers<T>(ReadOnlySpan<NdArray?> inputs, NdArray<T> x, NdArray<T> y) where T : unmanaged, INumber<T>, IMinMaxValue<T>
+    {
+        T lo = inputs.Length > 1 && inputs[1] is NdArray<T> l ? l.Data[0] : T.MinValue, hi = inputs.Length > 2 && inputs[2] is NdArray<T> h ? h.Data[0] : T.MaxValue;
+        for (int i = 0; i < x.Data.Length; i++) y.Data[i] = T.Min(T.Max(x.Data[i], lo), hi);
     }
 
     public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,

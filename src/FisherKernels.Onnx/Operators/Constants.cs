@@ -127,7 +127,8 @@ internal sealed class Range : Operator
 }
 
 /// <summary>
-/// Cast between float, int64, int32 and bool. The engine computes in float32, so casts to float16,
+/// Cast between float, int64, int32, int8, uint8 and bool (to a narrower integer: the integer part, wrapped around
+/// as numpy's astype does). The engine computes in float32, so casts to float16,
 /// bfloat16 and double produce float32 (no rounding to the narrower type). Float → float is the identity
 /// for derivatives; casts to integers and bool are not differentiable.
 /// </summary>
@@ -142,10 +143,12 @@ internal sealed class Cast : Operator
         target = to switch
         {
             1 or 10 or 11 or 16 => ElementType.Float32, // FLOAT, FLOAT16, DOUBLE, BFLOAT16
+            2 => ElementType.UInt8,
+            3 => ElementType.Int8,
             6 => ElementType.Int32,
             7 => ElementType.Int64,
             9 => ElementType.Bool,
-            _ => throw FisherKernelsException.Unsupported($"cast to ONNX element type {to} is not supported (float, double, float16, bfloat16, int32, int64, bool are)"),
+            _ => throw FisherKernelsException.Unsupported($"cast to ONNX element type {to} is not supported (float, double, float16, bfloat16, int64, int32, int8, uint8, bool are)"),
         };
     }
 
@@ -154,7 +157,7 @@ internal sealed class Cast : Operator
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var x = Required(inputs, 0, "input");
-        if (x.Type is not (ElementType.Float32 or ElementType.Int64 or ElementType.Int32 or ElementType.Bool))
+        if (x.Type is not (ElementType.Float32 or ElementType.Int64 or ElementType.Int32 or ElementType.Int8 or ElementType.UInt8 or ElementType.Bool))
             throw UnsupportedError($"input of type {x.Type} is not supported");
         return [new TensorInfo(target, x.Shape)];
     }
@@ -169,6 +172,8 @@ internal sealed class Cast : Operator
             case NdArray<long> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<long> l ? l.Data[i] : (long)Read(x, i); break;
             case NdArray<int> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<long> l ? (int)l.Data[i] : (int)Read(x, i); break;
             case NdArray<bool> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<long> l ? l.Data[i] != 0 : Read(x, i) != 0; break;
+            case NdArray<sbyte> o: for (int i = 0; i < n; i++) o.Data[i] = (sbyte)(x is NdArray<long> l ? l.Data[i] : (long)Read(x, i)); break;
+            case NdArray<byte> o: for (int i = 0; i < n; i++) o.Data[i] = (byte)(x is NdArray<long> l ? l.Data[i] : (long)Read(x, i)); break;
         }
     }
 
@@ -178,6 +183,8 @@ internal sealed class Cast : Operator
         NdArray<long> l => l.Data[i],
         NdArray<int> n => n.Data[i],
         NdArray<bool> b => b.Data[i] ? 1 : 0,
+        NdArray<sbyte> s => s.Data[i],
+        NdArray<byte> u => u.Data[i],
         _ => throw FisherKernelsException.Unsupported($"cast from {x.ElementType} is not supported"),
     };
 

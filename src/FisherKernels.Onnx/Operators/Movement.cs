@@ -37,6 +37,8 @@ internal abstract class MovementOperator(OperatorNode node) : Operator(node)
             case NdArray<long>: Copy<long>(inputs, outputs); break;
             case NdArray<int>: Copy<int>(inputs, outputs); break;
             case NdArray<bool>: Copy<bool>(inputs, outputs); break;
+            case NdArray<sbyte>: Copy<sbyte>(inputs, outputs); break;
+            case NdArray<byte>: Copy<byte>(inputs, outputs); break;
             default: throw UnsupportedError($"element type {outputs[0].ElementType} is not supported");
         }
     }

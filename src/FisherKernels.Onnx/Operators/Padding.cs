@@ -184,6 +184,8 @@ internal sealed class Pad : MovementOperator
             case NdArray<long> y when value is NdArray<long> { Data: [var l] } && l != 0: Fill(inputs, y, l); break;
             case NdArray<int> y when value is NdArray<int> { Data: [var i] } && i != 0: Fill(inputs, y, i); break;
             case NdArray<bool> y when value is NdArray<bool> { Data: [true] }: Fill(inputs, y, true); break;
+            case NdArray<sbyte> y when value is NdArray<sbyte> { Data: [var s] } && s != 0: Fill(inputs, y, s); break;
+            case NdArray<byte> y when value is NdArray<byte> { Data: [var u] } && u != 0: Fill(inputs, y, u); break;
         }
     }
 

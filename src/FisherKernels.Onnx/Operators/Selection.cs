@@ -30,6 +30,8 @@ internal sealed class Where : Operator
             case NdArray<long> o: Select(c, (NdArray<long>)inputs[1]!, (NdArray<long>)inputs[2]!, o); break;
             case NdArray<int> o: Select(c, (NdArray<int>)inputs[1]!, (NdArray<int>)inputs[2]!, o); break;
             case NdArray<bool> o: Select(c, (NdArray<bool>)inputs[1]!, (NdArray<bool>)inputs[2]!, o); break;
+            case NdArray<sbyte> o: Select(c, (NdArray<sbyte>)inputs[1]!, (NdArray<sbyte>)inputs[2]!, o); break;
+            case NdArray<byte> o: Select(c, (NdArray<byte>)inputs[1]!, (NdArray<byte>)inputs[2]!, o); break;
             default: throw UnsupportedError($"element type {outputs[0].ElementType} is not supported");
         }
     }
@@ -162,7 +164,7 @@ internal sealed class Where : Operator
     }
 }
 
-/// <summary>Equal, Less, Greater, LessOrEqual, GreaterOrEqual (float, int64, int32; Equal also bool) and And, Or, Xor (bool), with broadcasting → bool. Not differentiable.</summary>
+/// <summary>Equal, Less, Greater, LessOrEqual, GreaterOrEqual (float, int64, int32, int8, uint8; Equal also bool) and And, Or, Xor (bool), with broadcasting → bool. Not differentiable.</summary>
 internal sealed class Compare : Operator
 {
     public Compare(OperatorNode node) : base(node) => RequireInputs(2, 2);
@@ -187,6 +189,8 @@ internal sealed class Compare : Operator
             case (NdArray<float> a, NdArray<float> b): Run(a, b, o); break;
             case (NdArray<long> a, NdArray<long> b): Run(a, b, o); break;
             case (NdArray<int> a, NdArray<int> b): Run(a, b, o); break;
+            case (NdArray<sbyte> a, NdArray<sbyte> b): Run(a, b, o); break;
+            case (NdArray<byte> a, NdArray<byte> b): Run(a, b, o); break;
             case (NdArray<bool> a, NdArray<bool> b):
                 Run(new NdArray<int>(a.Shape, Array.ConvertAll(a.Data, v => v ? 1 : 0)), new NdArray<int>(b.Shape, Array.ConvertAll(b.Data, v => v ? 1 : 0)), o);
                 break;

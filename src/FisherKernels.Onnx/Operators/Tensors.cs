@@ -21,6 +21,8 @@ internal static class Tensors
         ElementType.Int64 => new NdArray<long>(shape),
         ElementType.Int32 => new NdArray<int>(shape),
         ElementType.Bool => new NdArray<bool>(shape),
+        ElementType.Int8 => new NdArray<sbyte>(shape),
+        ElementType.UInt8 => new NdArray<byte>(shape),
         _ => throw FisherKernelsException.Unsupported($"element type {type} is not supported by the operators"),
     };
 
@@ -31,6 +33,8 @@ internal static class Tensors
         NdArray<long> a => new NdArray<long>(shape, a.Data),
         NdArray<int> a => new NdArray<int>(shape, a.Data),
         NdArray<bool> a => new NdArray<bool>(shape, a.Data),
+        NdArray<sbyte> a => new NdArray<sbyte>(shape, a.Data),
+        NdArray<byte> a => new NdArray<byte>(shape, a.Data),
         _ => throw FisherKernelsException.Unsupported($"element type {value.ElementType} is not supported"),
     };
 
@@ -43,6 +47,8 @@ internal static class Tensors
             case (NdArray<long> s, NdArray<long> d): s.Data.AsSpan().CopyTo(d.Data); break;
             case (NdArray<int> s, NdArray<int> d): s.Data.AsSpan().CopyTo(d.Data); break;
             case (NdArray<bool> s, NdArray<bool> d): s.Data.AsSpan().CopyTo(d.Data); break;
+            case (NdArray<sbyte> s, NdArray<sbyte> d): s.Data.AsSpan().CopyTo(d.Data); break;
+            case (NdArray<byte> s, NdArray<byte> d): s.Data.AsSpan().CopyTo(d.Data); break;
             default: throw new FisherKernelsException(ErrorKind.Internal, $"cannot copy {source.ElementType} into {destination.ElementType}");
         }
     }

@@ -361,6 +361,8 @@ public sealed class ExecutionPlan
         (NdArray<long> x, NdArray<long> y) => x.Data.AsSpan().SequenceEqual(y.Data),
         (NdArray<int> x, NdArray<int> y) => x.Data.AsSpan().SequenceEqual(y.Data),
         (NdArray<bool> x, NdArray<bool> y) => x.Data.AsSpan().SequenceEqual(y.Data),
+        (NdArray<sbyte> x, NdArray<sbyte> y) => x.Data.AsSpan().SequenceEqual(y.Data),
+        (NdArray<byte> x, NdArray<byte> y) => x.Data.AsSpan().SequenceEqual(y.Data),
         (NdArray<float> x, NdArray<float> y) => x.Data.AsSpan().SequenceEqual(y.Data),
         _ => false,
     };
@@ -372,15 +374,20 @@ public sealed class ExecutionPlan
         NdArray<long> a => a.Data,
         NdArray<int> a => a.Data,
         NdArray<bool> a => a.Data,
+        NdArray<sbyte> a => a.Data,
+        NdArray<byte> a => a.Data,
         _ => throw FisherKernelsException.Unsupported($"element type {array.ElementType} is not supported by the executor"),
     };
 
-    private static NdArray Wrap(Array storage, TensorInfo info) => storage switch
+    // By the value's type, not the array's: the runtime lets a byte[] pass as sbyte[] and back.
+    private static NdArray Wrap(Array storage, TensorInfo info) => info.Type switch
     {
-        float[] a => new NdArray<float>(info.Shape, a),
-        long[] a => new NdArray<long>(info.Shape, a),
-        int[] a => new NdArray<int>(info.Shape, a),
-        bool[] a => new NdArray<bool>(info.Shape, a),
-        _ => throw new FisherKernelsException(ErrorKind.Internal, "unknown buffer type"),
+        ElementType.Float32 => new NdArray<float>(info.Shape, (float[])storage),
+        ElementType.Int64 => new NdArray<long>(info.Shape, (long[])storage),
+        ElementType.Int32 => new NdArray<int>(info.Shape, (int[])storage),
+        ElementType.Bool => new NdArray<bool>(info.Shape, (bool[])storage),
+        ElementType.Int8 => new NdArray<sbyte>(info.Shape, (sbyte[])storage),
+        ElementType.UInt8 => new NdArray<byte>(info.Shape, (byte[])storage),
+        _ => throw new FisherKernelsException(ErrorKind.Internal, $"unknown buffer type {info.Type}"),
     };
 }

@@ -183,6 +183,19 @@ public class OnnxImporterTests
         Assert.Contains("c", graph.ConstantNodeValues);
     }
 
+    [Fact]
+    public void EightBitIntegerInitializersKeepTheirType()
+    {
+        using var temp = new TempFolder();
+        // int8 in raw_data (two's complement bytes), uint8 in int32_data (the typed field ONNX uses for 8-bit types).
+        WriteModel(temp.File("i8.onnx"), new TensorProto { Name = "w", DataType = 3, Dims = { 3 }, RawData = ByteString.CopyFrom(0x80, 0xff, 0x7f) });
+        Assert.Equal(new sbyte[] { -128, -1, 127 }, ((NdArray<sbyte>)OnnxImporter.Load(temp.File("i8.onnx")).Initializers["w"]).Data);
+        WriteModel(temp.File("u8.onnx"), new TensorProto { Name = "w", DataType = 2, Dims = { 2 }, Int32Data = { 255, 7 } });
+        Assert.Equal(new byte[] { 255, 7 }, ((NdArray<byte>)OnnxImporter.Load(temp.File("u8.onnx")).Initializers["w"]).Data);
+        WriteModel(temp.File("short.onnx"), new TensorProto { Name = "w", DataType = 2, Dims = { 4 }, RawData = ByteString.CopyFrom(1, 2) });
+        Assert.Contains("2 bytes of data", Assert.Throws<FisherKernelsException>(() => OnnxImporter.Load(temp.File("short.onnx"))).Message);
+    }
+
     internal static TensorProto ExternalTensor(string name, string location, int floats) => new()
     {
         Name = name, DataType = 1, Dims = { floats / 4, 4 },

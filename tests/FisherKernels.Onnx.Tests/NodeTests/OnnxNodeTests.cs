@@ -22,13 +22,6 @@ public sealed class OnnxNodeTests
     /// <summary>Cases the engine refuses, each with what its error must say (besides every case below opset 11, SPEC §1's floor).</summary>
     private static readonly Dictionary<string, string> Refused = new()
     {
-        // 8-bit integers: no such element type in the engine.
-        ["test_add_uint8"] = "unsupported element type", ["test_sub_uint8"] = "unsupported element type",
-        ["test_mul_uint8"] = "unsupported element type", ["test_div_uint8"] = "unsupported element type",
-        ["test_clip_default_int8_inbounds"] = "unsupported element type", ["test_clip_default_int8_max"] = "unsupported element type",
-        ["test_clip_default_int8_min"] = "unsupported element type",
-        ["test_max_int8"] = "unsupported element type", ["test_max_uint8"] = "unsupported element type",
-        ["test_min_int8"] = "unsupported element type", ["test_min_uint8"] = "unsupported element type",
         // Optional and sequence values (the control-flow issue's).
         ["test_identity_opt"] = "unsupported element type", ["test_identity_sequence"] = "unsupported element type",
     };

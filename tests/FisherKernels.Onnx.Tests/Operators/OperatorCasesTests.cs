@@ -69,6 +69,8 @@ public sealed class OperatorCasesTests
                 case (NdArray<long> e, NdArray<long> a): Assert.Equal(e.Data, a.Data); break;
                 case (NdArray<int> e, NdArray<int> a): Assert.Equal(e.Data, a.Data); break;
                 case (NdArray<bool> e, NdArray<bool> a): Assert.Equal(e.Data, a.Data); break;
+                case (NdArray<sbyte> e, NdArray<sbyte> a): Assert.Equal(e.Data, a.Data); break;
+                case (NdArray<byte> e, NdArray<byte> a): Assert.Equal(e.Data, a.Data); break;
                 default: Assert.Fail($"{name} output {i}: expected {expected.ElementType}, got {outputs[i].ElementType}"); break;
             }
         }
@@ -88,6 +90,8 @@ public sealed class OperatorCasesTests
                 NdArray<long> a => Array.ConvertAll(a.Data, v => (double)v),
                 NdArray<int> a => Array.ConvertAll(a.Data, v => (double)v),
                 NdArray<bool> a => Array.ConvertAll(a.Data, v => v ? 1.0 : 0.0),
+                NdArray<sbyte> a => Array.ConvertAll(a.Data, v => (double)v),
+                NdArray<byte> a => Array.ConvertAll(a.Data, v => (double)v),
                 _ => throw new InvalidOperationException(outputs[i].ElementType.ToString()),
             };
             double scale = Math.Max(1e-30, reference[i].Data.Select(Math.Abs).DefaultIfEmpty(0).Max()), allowed = Math.Max(tolerance, 1e-5) * scale + 1e-7;

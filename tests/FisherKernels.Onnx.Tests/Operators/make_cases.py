@@ -608,6 +608,39 @@ case("clip_no_bounds", "Clip", [xc], [d(xc)], opset=13, ort=True)
 case("clip_min_above_max", "Clip", [xc, np.float32(1.0), np.float32(-1.0)], [np.full(xc.shape, -1.0)], opset=13, ort=True)
 case("clip_int64", "Clip", [i64([[-5, 0, 3], [9, -1, 2]]), i64(-1), i64(4)], [i64([[-1, 0, 3], [4, -1, 2]])], opset=13, ort=True)
 
+# ---- 8-bit integers: numpy's own int8/uint8 arithmetic, which wraps around; integer Div truncates toward zero -------
+def i8(values):
+    return np.array(values, dtype=np.int8)
+
+
+def u8(values):
+    return np.array(values, dtype=np.uint8)
+
+ua, ub = u8([[200, 100, 255, 0], [3, 0, 17, 250]]), u8([100, 100, 1, 7])
+case("add_uint8_wraps", "Add", [ua, ub], [ua + ub], opset=14, ort=True)
+case("sub_uint8_wraps", "Sub", [ua, ub], [ua - ub], opset=14, ort=True)
+case("mul_uint8_wraps", "Mul", [ua, ub], [ua * ub], opset=14, ort=True)
+sa8, sb8 = i8([[100, -7, 127, -128], [7, -7, 7, -7]]), i8([[3, 5, 1, -1], [2, 2, -2, -2]])
+case("mul_int8_wraps", "Mul", [sa8, sb8], [sa8 * sb8], opset=14, ort=True)
+case("add_int8_wraps", "Add", [sa8, sb8], [sa8 + sb8], opset=14, ort=True)
+case("div_int8_truncates", "Div", [sa8[1:], sb8[1:]], [np.trunc(sa8[1:].astype(np.float64) / sb8[1:]).astype(np.int8)], opset=14, ort=True)
+case("div_uint8", "Div", [ua, u8([7, 3, 2, 9])], [ua // u8([7, 3, 2, 9])], opset=14, ort=True)
+case("max_int8", "Max", [sa8, i8([0])], [np.maximum(sa8, i8([0]))], opset=13, ort=True)
+case("min_uint8", "Min", [ua, ub], [np.minimum(ua, ub)], opset=13, ort=True)
+case("clip_int8", "Clip", [sa8, i8(-8), i8(50)], [np.clip(sa8, -8, 50)], opset=13, ort=True)
+case("clip_uint8_max_only", "Clip", [ua, None, u8(99)], [np.minimum(ua, 99)], opset=13, ort=True)
+case("cast_float_to_int8", "Cast", [np.array([1.7, -1.7, 127.0, -128.0, 0.4], np.float32)], [i8([1, -1, 127, -128, 0])], attrs={"to": 3}, ort=True)
+case("cast_float_to_uint8", "Cast", [np.array([1.7, 255.0, 0.9], np.float32)], [u8([1, 255, 0])], attrs={"to": 2}, ort=True)
+case("cast_int64_to_int8_wraps", "Cast", [i64([300, -129, 5])], [i64([300, -129, 5]).astype(np.int8)], attrs={"to": 3}, ort=True)
+case("cast_uint8_to_float", "Cast", [ua], [d(ua)], attrs={"to": 1}, ort=True)
+case("cast_int8_to_int64", "Cast", [sa8], [sa8.astype(np.int64)], attrs={"to": 7}, ort=True)
+case("where_uint8", "Where", [np.array([True, False, True, False]), ua, ub], [np.where(np.array([True, False, True, False]), ua, ub)], ort=True)
+case("less_int8", "Less", [sa8, sb8], [np.less(sa8, sb8)], ort=True)
+case("transpose_int8", "Transpose", [sa8], [sa8.transpose()], ort=True)
+case("pad_uint8_value", "Pad", [ua, i64([0, 1, 1, 0]), u8(9)], [np.pad(ua, ((0, 1), (1, 0)), constant_values=9)], opset=13, ort=True)
+case("concat_int8", "Concat", [sa8, sb8], [np.concatenate([sa8, sb8], axis=1)], attrs={"axis": 1}, ort=True)
+case("gather_uint8", "Gather", [ua, i64([1, 0, 1])], [ua[[1, 0, 1]]], ort=True)
+
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)

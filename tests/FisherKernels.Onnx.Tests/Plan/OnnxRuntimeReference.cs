@@ -32,6 +32,8 @@ internal static class OnnxRuntimeReference
                 NdArray<int> v => NamedOnnxValue.CreateFromTensor(name, new DenseTensor<int>(v.Data, v.Shape)),
                 NdArray<float> v => NamedOnnxValue.CreateFromTensor(name, new DenseTensor<float>(v.Data, v.Shape)),
                 NdArray<bool> v => NamedOnnxValue.CreateFromTensor(name, new DenseTensor<bool>(v.Data, v.Shape)),
+                NdArray<sbyte> v => NamedOnnxValue.CreateFromTensor(name, new DenseTensor<sbyte>(v.Data, v.Shape)),
+                NdArray<byte> v => NamedOnnxValue.CreateFromTensor(name, new DenseTensor<byte>(v.Data, v.Shape)),
                 _ => throw new ArgumentException($"input {name}: {value.ElementType}"),
             });
         }
@@ -45,6 +47,8 @@ internal static class OnnxRuntimeReference
                 case Tensor<long> t: outputs[r.Name] = (t.Dimensions.ToArray(), t.ToArray().Select(x => (double)x).ToArray()); break;
                 case Tensor<int> t: outputs[r.Name] = (t.Dimensions.ToArray(), t.ToArray().Select(x => (double)x).ToArray()); break;
                 case Tensor<bool> t: outputs[r.Name] = (t.Dimensions.ToArray(), t.ToArray().Select(x => x ? 1.0 : 0.0).ToArray()); break;
+                case Tensor<sbyte> t: outputs[r.Name] = (t.Dimensions.ToArray(), t.ToArray().Select(x => (double)x).ToArray()); break;
+                case Tensor<byte> t: outputs[r.Name] = (t.Dimensions.ToArray(), t.ToArray().Select(x => (double)x).ToArray()); break;
             }
         }
         return outputs;
