@@ -167,7 +167,9 @@ internal sealed class TapScorer
         ReadOnlySpan<float> projected = prefix ? tap.Projected.AsSpan(0, rows * a) : Gather(tap.Projected, a, rows, compactA);
         Span<float> keptGram = tap.Gram.Length == 0 ? default : gram.AsSpan(0, rows * rows);
         for (int i = 0; i < keptGram.Length / rows; i++)
-            for (int j = 0; j < rows; j++) keptGram[i * rows + j] = tap.Gram[rowIndex[i] * m + rowIndex[j]];
+            if (prefix) tap.Gram.AsSpan(i * m, rows).CopyTo(keptGram.Slice(i * rows, rows));
+            else
+                for (int j = 0; j < rows; j++) keptGram[i * rows + j] = tap.Gram[rowIndex[i] * m + rowIndex[j]];
         return tap.Posterior.OuterProductQuadratic(gc, projected, rows, workspace, keptGram);
     }
 
