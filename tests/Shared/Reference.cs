@@ -118,13 +118,7 @@ public static class Reference
                                        double positions, double priorPrecision, ReadOnlySpan<float> x)
     {
         int size = a * g;
-        var precision = new double[size * size];
-        for (int c1 = 0; c1 < a; c1++)
-            for (int j1 = 0; j1 < g; j1++)
-                for (int c2 = 0; c2 < a; c2++)
-                    for (int j2 = 0; j2 < g; j2++)
-                        precision[(c1 * g + j1) * size + c2 * g + j2] =
-                            positions * aFactor[c1 * a + c2] * gFactor[j1 * g + j2] + (c1 == c2 && j1 == j2 ? priorPrecision : 0);
+        double[] precision = KronPrecision(aFactor, a, gFactor, g, positions, priorPrecision);
         var vec = new double[size];
         for (int j = 0; j < g; j++)
             for (int c = 0; c < a; c++) vec[c * g + j] = x[j * a + c];
@@ -132,6 +126,20 @@ public static class Reference
         double quadratic = 0;
         for (int i = 0; i < size; i++) quadratic += vec[i] * solved[i];
         return quadratic;
+    }
+
+    /// <summary>M·A⊗G + τ·I as a dense [a·g × a·g] matrix, for the column-stacking vec (entry X[j, c] of X [g × a] at c·g + j).</summary>
+    public static double[] KronPrecision(ReadOnlySpan<float> aFactor, int a, ReadOnlySpan<float> gFactor, int g, double positions, double priorPrecision)
+    {
+        int size = a * g;
+        var precision = new double[size * size];
+        for (int c1 = 0; c1 < a; c1++)
+            for (int j1 = 0; j1 < g; j1++)
+                for (int c2 = 0; c2 < a; c2++)
+                    for (int j2 = 0; j2 < g; j2++)
+                        precision[(c1 * g + j1) * size + c2 * g + j2] =
+                            positions * aFactor[c1 * a + c2] * gFactor[j1 * g + j2] + (c1 == c2 && j1 == j2 ? priorPrecision : 0);
+        return precision;
     }
 
     /// <summary>(diag(d) + U diag(s) Uᵀ)⁻¹ B with the n × n matrix built explicitly and solved densely; B and the result [n × k].</summary>

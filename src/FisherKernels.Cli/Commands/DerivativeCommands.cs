@@ -41,8 +41,9 @@ internal static class DerivativeCommands
     public static int Natgrad(string[] args, TextWriter stdout)
     {
         var options = CommandOptions.Parse("natgrad", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--out", "--backend", "--threads", .. TextArguments.ValueOptions],
-            TextArguments.FlagOptions);
+            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--out", "--backend", "--threads",
+             "--layers", "--exclude-layers", .. TextArguments.ValueOptions],
+            [.. TextArguments.FlagOptions, "--last-layer"]);
         string outPath = options.Required("--out");
         string? priorText = options.Optional("--prior-precision");
         double prior = 1.0;
@@ -68,7 +69,7 @@ internal static class DerivativeCommands
             }
             parts = [(tokens, targets)];
         }
-        var direction = new NatgradService(lm, ModelCommands.Context(options), Console.Error).Direction(parts, options.Required("--curvature"), posterior);
+        var direction = new NatgradService(lm, ModelCommands.Context(options), Console.Error).Direction(parts, options.Required("--curvature"), posterior, ModelCommands.Selection(options));
         DirectionFile.Write(outPath, direction, lm.Model.Graph.Source, "fisherkernels natgrad");
         stdout.WriteLine($"wrote {outPath}: natural gradient of {direction.Count} tensors");
         return 0;
@@ -105,12 +106,12 @@ internal static class DerivativeCommands
         return 0;
     }
 
-    /// <summary>`score --model M --tokens T.npy [--targets Y.npy] [--method isotropic|kfac] [--params FILE|all] [--samples K] [--seed S] [--level token|sequence|both] --out S.json|S.csv`.</summary>
+    /// <summary>`score --model M --tokens T.npy [--targets Y.npy] [--method isotropic|kfac] [--params FILE|all] [--layers RE] [--exclude-layers RE] [--last-layer] [--samples K] [--seed S] [--level token|sequence|both] --out S.json|S.csv`.</summary>
     public static int Score(string[] args)
     {
         var options = CommandOptions.Parse("score", args.AsSpan(1),
             ["--model", "--tokens", "--targets", "--method", "--curvature", "--prior-precision", "--params", "--out", "--backend", "--threads", "--rank", "--memory-budget", "--samples", "--seed", "--html", "--level",
-             .. TextArguments.ValueOptions], TextArguments.FlagOptions);
+             "--layers", "--exclude-layers", .. TextArguments.ValueOptions], [.. TextArguments.FlagOptions, "--last-layer"]);
         string outPath = options.Required("--out");
         if (Path.GetExtension(outPath).ToLowerInvariant() is not (".json" or ".csv"))
             throw FisherKernelsException.Argument($"score: --out '{outPath}' must end in .json or .csv");
@@ -128,6 +129,7 @@ internal static class DerivativeCommands
             CurvaturePath = method == ScoreMethod.Kfac ? options.Required("--curvature") : null,
             Posterior = KfacCommands.PosteriorOptionsOf(options, prior) with { UseStoredPriorPrecision = options.Optional("--prior-precision") is null },
             Parameters = options.Optional("--params"),
+            Selection = ModelCommands.Selection(options),
             Samples = options.Optional("--samples") is null ? null : options.Int("--samples", 1, 1),
             Seed = options.Int("--seed", 0, 0),
             Level = options.Optional("--level") switch

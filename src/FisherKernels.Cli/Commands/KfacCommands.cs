@@ -116,8 +116,9 @@ internal static class KfacCommands
     public static int Calibrate(string[] args, TextWriter stdout)
     {
         var options = CommandOptions.Parse("calibrate", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--out", "--backend", "--threads", .. TextArguments.ValueOptions],
-            TextArguments.FlagOptions);
+            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--out", "--backend", "--threads",
+             "--layers", "--exclude-layers", .. TextArguments.ValueOptions],
+            [.. TextArguments.FlagOptions, "--last-layer"]);
         string curvaturePath = options.Required("--curvature");
         string outPath = options.Optional("--out") ?? curvaturePath;
         var folder = TextArguments.Model(options);
@@ -139,7 +140,7 @@ internal static class KfacCommands
             batches = [(tokens, targetsPath is null ? null : NpyFile.Read(targetsPath), tokensPath, targetsPath ?? "")];
         }
         var posterior = PosteriorOptionsOf(options, prior) with { UseStoredPriorPrecision = priorText is null };
-        CalibrateResult result = CalibrateService.Calibrate(lm, context, batches, curvaturePath, posterior, search, outPath, Console.Error);
+        CalibrateResult result = CalibrateService.Calibrate(lm, context, batches, curvaturePath, posterior, search, outPath, Console.Error, ModelCommands.Selection(options));
         if (result.Evidence is var (atOptimum, atOne, layers))
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"prior precision ({priorText}, marginal likelihood over {layers} dense layers): {result.PriorPrecision.ToMetadata()}; log evidence {atOptimum:G8} (τ = 1: {atOne:G8})"));

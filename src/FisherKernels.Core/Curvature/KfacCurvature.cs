@@ -119,6 +119,9 @@ public sealed class KfacCurvature
 
     public bool TryGetLayer(string layer, out KroneckerBlock block) => byLayer.TryGetValue(layer, out block!);
 
+    /// <summary>Whether the curvature has a block for <paramref name="layer"/> (a layer-selected fit has only some).</summary>
+    public bool Contains(string layer) => byLayer.ContainsKey(layer);
+
     /// <summary>Saves atomically (temporary file renamed into place).</summary>
     public void Save(string path)
     {
@@ -201,10 +204,13 @@ public sealed class KfacCurvature
     /// made for another model: by its model_sha256 first (before any layer is read, so a file of another model is named as
     /// such, not by its first unknown layer), then by layer names and shapes (<see cref="EnsureMatches"/>).
     /// </summary>
-    public static KfacCurvature LoadFor(string path, string modelSha256, IReadOnlyCollection<LayerShape> modelLayers)
+    /// <paramref name="selectedLayers"/>, when given, names the layers the file must hold from its recorded selection
+    /// (<see cref="LayerSelection"/>, SPEC §2); without it, every one of <paramref name="modelLayers"/>.
+    public static KfacCurvature LoadFor(string path, string modelSha256, IReadOnlyCollection<LayerShape> modelLayers,
+                                        Func<KfacCurvature, IReadOnlyCollection<LayerShape>>? selectedLayers = null)
     {
         KfacCurvature curvature = Load(path, modelLayers, modelSha256);
-        curvature.EnsureMatches(modelSha256, modelLayers);
+        curvature.EnsureMatches(modelSha256, selectedLayers?.Invoke(curvature) ?? modelLayers);
         return curvature;
     }
 
@@ -337,7 +343,7 @@ public sealed class KfacCurvature
             if (!byLayer.TryGetValue(s.Layer, out KroneckerBlock? b))
                 throw FisherKernelsException.Argument(LayerSelection is null
                     ? $"{Describe()} has no curvature for layer '{s.Layer}' of the model"
-                    : $"{Describe()} was fitted on a layer selection ({LayerSelection}) without layer '{s.Layer}'; scoring and calibrating use every layer for now: fit every layer");
+                    : $"{Describe()} records the layer selection {LayerSelection}, which keeps layer '{s.Layer}' of the model, but has no curvature for it: fit it again");
             if (b.HasBias != s.HasBias || b.InFeatures != s.InFeatures || b.OutFeatures != s.OutFeatures)
                 throw FisherKernelsException.Argument($"{Describe()}: layer '{s.Layer}' has in {b.InFeatures}, out {b.OutFeatures}, bias {b.HasBias}; the model has in {s.InFeatures}, out {s.OutFeatures}, bias {s.HasBias}");
         }

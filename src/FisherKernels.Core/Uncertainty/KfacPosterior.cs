@@ -74,6 +74,9 @@ public sealed class KfacPosterior
     public double PriorPrecision => Options.PriorPrecision;
     public IReadOnlyList<LayerPosterior> Layers { get; }
 
+    /// <summary>Whether the posterior covers <paramref name="layer"/>: a curvature fitted on a layer selection covers only those (SPEC §2).</summary>
+    public bool Contains(string layer) => byLayer.ContainsKey(layer);
+
     public LayerPosterior this[string layer] =>
         byLayer.TryGetValue(layer, out LayerPosterior? l) ? l : throw FisherKernelsException.Argument($"the posterior has no layer '{layer}'");
 

@@ -34,17 +34,19 @@ public static class CalibrateService
     /// curvature with β and τ to <paramref name="outPath"/>; the eigenvalue lines go to <paramref name="log"/>.
     /// </summary>
     public static CalibrateResult Calibrate(LanguageModel lm, OpContext context, NdArray tokens, string tokensName, NdArray? targets, string targetsName,
-                                            string curvaturePath, PosteriorOptions options, PriorPrecisionSearch search, string outPath, TextWriter log)
-        => Calibrate(lm, context, [(tokens, targets, tokensName, targetsName)], curvaturePath, options, search, outPath, log);
+                                            string curvaturePath, PosteriorOptions options, PriorPrecisionSearch search, string outPath, TextWriter log,
+                                            LayerSelection? selection = null)
+        => Calibrate(lm, context, [(tokens, targets, tokensName, targetsName)], curvaturePath, options, search, outPath, log, selection);
 
     /// <summary>
     /// As above over several batches of their own lengths (text input's windows, <c>--text</c>): every targeted position of
     /// every batch counts once.
     /// </summary>
     public static CalibrateResult Calibrate(LanguageModel lm, OpContext context, IReadOnlyList<(NdArray Tokens, NdArray? Targets, string TokensName, string TargetsName)> batches,
-                                            string curvaturePath, PosteriorOptions options, PriorPrecisionSearch search, string outPath, TextWriter log)
+                                            string curvaturePath, PosteriorOptions options, PriorPrecisionSearch search, string outPath, TextWriter log,
+                                            LayerSelection? selection = null)
     {
-        KfacCurvature curvature = KfacScoring.LoadCurvature(lm, curvaturePath);
+        KfacCurvature curvature = KfacScoring.LoadCurvature(lm, curvaturePath, selection);
         (double, double, int)? evidence = null;
         if (search == PriorPrecisionSearch.None) options = options.WithStored(curvature.PriorPrecision);
         else
@@ -68,7 +70,7 @@ public static class CalibrateService
             // the true targets only say which predictions were right.
             int seq = tokens.Shape[1];
             var predicted = Targets.Predicted(logits, checkedTargets);
-            var report = PositionScorer.Score(lm, context, tokens, predicted, LayerDiscovery.DefaultParameters(lm.Model.Layers), ScoreMethod.Kfac.Name(),
+            var report = PositionScorer.Score(lm, context, tokens, predicted, LayerDiscovery.DefaultParameters(KfacScoring.Layers(lm, posterior)), ScoreMethod.Kfac.Name(),
                                               posterior.PriorPrecision, KfacScoring.Epistemic(lm, posterior));
             foreach (var sequence in report.Sequences)
                 foreach (var token in sequence.Tokens)
@@ -91,8 +93,7 @@ public static class CalibrateService
         var terms = new List<MarginalLayer>();
         foreach (Layer layer in lm.Model.Layers)
         {
-            KroneckerBlock block = curvature[layer.Id];
-            if (!block.IsDense) continue;
+            if (!curvature.TryGetLayer(layer.Id, out KroneckerBlock block) || !block.IsDense) continue; // a layer-selected curvature: its layers only
             double norm = SquaredNorm(lm, layer.Id) + (layer.Bias is null ? 0 : SquaredNorm(lm, layer.Bias));
             terms.Add(MarginalLayer.Of(block, backend, norm));
         }

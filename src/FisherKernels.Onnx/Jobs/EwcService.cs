@@ -24,7 +24,7 @@ public static class EwcService
         var layers = new Dictionary<string, double>(StringComparer.Ordinal);
         foreach (Layer layer in baseModel.Model.Layers)
         {
-            KroneckerBlock block = curvature[layer.Id];
+            if (!curvature.TryGetLayer(layer.Id, out KroneckerBlock block)) continue; // a layer-selected curvature penalizes its layers only
             if (!block.IsDense)
                 throw FisherKernelsException.Unsupported($"ewc: layer '{layer.Id}' of '{curvaturePath}' has a low-rank factor side; the penalty needs dense A and G");
             float[] delta = OutIn(candidate, layer);

@@ -179,12 +179,7 @@ public sealed class FitService(OpContext context)
     }
 
     /// <summary>The layers <paramref name="selection"/> keeps (SPEC §2), the output layer found only when it is asked for.</summary>
-    public static IReadOnlyList<Layer> Select(LanguageModel lm, LayerSelection selection)
-    {
-        string reason = "";
-        string? output = selection.LastLayer ? LastLayerVariance.OutputLayer(lm, out reason)?.Layer.Id : null;
-        return selection.Apply(lm.Model.Layers, output, reason);
-    }
+    public static IReadOnlyList<Layer> Select(LanguageModel lm, LayerSelection selection) => KfacScoring.SelectedLayers(lm, selection);
 
     /// <summary>
     /// One batch: the forward pass, the layer inputs, then one backward pass per label draw (SPEC §3 Fisher types), each

@@ -17,22 +17,24 @@ public sealed class NatgradService(LanguageModel lm, OpContext context, TextWrit
     public int BatchSize { get; init; } = 8;
 
     /// <summary>The natural-gradient direction of <paramref name="tokens"/> (<c>[batch, seq]</c>) against <paramref name="targets"/> (null: the next token).</summary>
-    public Dictionary<string, NdArray<float>> Direction(NdArray<long> tokens, NdArray<long>? targets, string curvaturePath, PosteriorOptions options)
+    public Dictionary<string, NdArray<float>> Direction(NdArray<long> tokens, NdArray<long>? targets, string curvaturePath, PosteriorOptions options,
+                                                        LayerSelection? selection = null)
     {
         ArgumentNullException.ThrowIfNull(tokens);
-        return Direction([(tokens, targets)], curvaturePath, options);
+        return Direction([(tokens, targets)], curvaturePath, options, selection);
     }
 
     /// <summary>
     /// The natural-gradient direction of several token arrays (each <c>[rows, seq]</c>, lengths free, as the windows of
     /// <c>--text</c> give them), ∇L summed over all of them: the loss is additive, so this is the sum of their directions.
     /// </summary>
-    public Dictionary<string, NdArray<float>> Direction(IReadOnlyList<(NdArray<long> Tokens, NdArray<long>? Targets)> parts, string curvaturePath, PosteriorOptions options)
+    public Dictionary<string, NdArray<float>> Direction(IReadOnlyList<(NdArray<long> Tokens, NdArray<long>? Targets)> parts, string curvaturePath, PosteriorOptions options,
+                                                        LayerSelection? selection = null)
     {
         ArgumentNullException.ThrowIfNull(parts);
         ArgumentNullException.ThrowIfNull(options);
-        var (_, posterior) = KfacScoring.LoadPosterior(lm, curvaturePath, options, context.Backend, log ?? TextWriter.Null);
-        IReadOnlyList<Layer> layers = lm.Model.Layers;
+        var (_, posterior) = KfacScoring.LoadPosterior(lm, curvaturePath, options, context.Backend, log ?? TextWriter.Null, selection);
+        IReadOnlyList<Layer> layers = KfacScoring.Layers(lm, posterior); // SPEC §4: per selected layer; the others are not written
         IReadOnlyList<string> parameters = LayerDiscovery.DefaultParameters(layers);
         Dictionary<string, NdArray<float>>? gradient = null;
         foreach (var (tokens, targets) in parts) gradient = LossGradient(tokens, targets, parameters, gradient);

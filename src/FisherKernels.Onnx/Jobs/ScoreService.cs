@@ -51,6 +51,12 @@ public sealed record ScoreOptions
     /// <summary>Whether K-FAC scores also get the output layer's closed-form target-logit variance (per token).</summary>
     public bool LastLayerVariance { get; init; } = true;
 
+    /// <summary>
+    /// The layers scored (SPEC §2 <c>--layers</c>, <c>--exclude-layers</c>, <c>--last-layer</c>): under K-FAC none (the curvature's
+    /// own selection is used) or the one the curvature records; under Σ = I the parameters are these layers' weights and biases.
+    /// </summary>
+    public LayerSelection Selection { get; init; } = LayerSelection.All;
+
     /// <summary>Per-token, per-sequence or both epistemic scores (<c>--level</c>).</summary>
     public ScoreLevel Level { get; init; } = ScoreLevel.Both;
 
@@ -65,7 +71,9 @@ public sealed record ScoreOptions
         if (Samples is not null && !Level.HasFlag(ScoreLevel.Token))
             throw FisherKernelsException.Argument("score: --samples gives per-token intervals; it needs --level token or both");
         if (Parameters is not null && Method == ScoreMethod.Kfac)
-            throw FisherKernelsException.Argument("score: --params applies to --method isotropic; K-FAC scores every layer's weight and bias");
+            throw FisherKernelsException.Argument("score: --params applies to --method isotropic; K-FAC scores the weight and bias of every layer of the curvature");
+        if (Parameters is not null && !Selection.IsAll)
+            throw FisherKernelsException.Argument($"score: --params names the parameters itself; give it or {Selection.Describe()}, not both");
     }
 }
 
@@ -86,8 +94,8 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        IReadOnlyList<string> parameters = Parameters(lm, options.Parameters);
         KfacPosterior? posterior = options.Method == ScoreMethod.Kfac ? Posterior(options) : null;
+        IReadOnlyList<string> parameters = posterior is null ? Parameters(lm, options.Parameters, options.Selection) : LayerDiscovery.DefaultParameters(KfacScoring.Layers(lm, posterior));
         EpistemicMetric metric = posterior is null ? EpistemicMetric.SquaredGradientNorm : KfacScoring.Epistemic(lm, posterior);
         var report = PositionScorer.Score(lm, context, tokens, targets, parameters, options.Method.Name(), posterior?.PriorPrecision ?? options.Posterior.PriorPrecision, metric, options.Level);
         if (posterior is not null && options.LastLayerVariance && options.Level.HasFlag(ScoreLevel.Token)) report = LastLayerVariance.Add(report, lm, context, posterior, tokens, log ?? TextWriter.Null);
@@ -97,7 +105,7 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
 
     /// <summary>The K-FAC posterior of <see cref="ScoreOptions.CurvaturePath"/>, decomposed once per file and options.</summary>
     public KfacPosterior Posterior(ScoreOptions options) =>
-        posteriors.Get(options.CurvaturePath ?? throw FisherKernelsException.Argument("score: --method kfac needs --curvature"), options.Posterior);
+        posteriors.Get(options.CurvaturePath ?? throw FisherKernelsException.Argument("score: --method kfac needs --curvature"), options.Posterior, options.Selection);
 
     /// <summary>
     /// The epistemic score of a sequence run in several windows (SPEC §1): of p̄, the mean p over the targeted positions of
@@ -108,7 +116,8 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
     public double SequenceEpistemic(IReadOnlyList<(NdArray<long> Tokens, long[] Targets)> windows, ScoreOptions options)
     {
         options.Validate();
-        IReadOnlyList<string> parameters = options.Method == ScoreMethod.Kfac ? LayerDiscovery.DefaultParameters(lm.Model.Layers) : Parameters(lm, options.Parameters);
+        KfacPosterior? posterior = options.Method == ScoreMethod.Kfac ? Posterior(options) : null;
+        IReadOnlyList<string> parameters = posterior is null ? Parameters(lm, options.Parameters, options.Selection) : LayerDiscovery.DefaultParameters(KfacScoring.Layers(lm, posterior));
         int total = windows.Sum(w => w.Targets.Count(y => y != Targets.Ignore));
         if (total == 0) return double.NaN;
         var sum = new Dictionary<string, float[]>(StringComparer.Ordinal);
@@ -139,10 +148,9 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
                 System.Numerics.Tensors.TensorPrimitives.Add(acc, g, acc);
             }
         }
-        if (options.Method != ScoreMethod.Kfac) return sum.Values.Sum(g => (double)System.Numerics.Tensors.TensorPrimitives.Dot(g, g));
-        KfacPosterior posterior = Posterior(options);
+        if (posterior is null) return sum.Values.Sum(g => (double)System.Numerics.Tensors.TensorPrimitives.Dot(g, g));
         double epistemic = 0;
-        foreach (Layer layer in lm.Model.Layers)
+        foreach (Layer layer in KfacScoring.Layers(lm, posterior))
         {
             int a = layer.In + (layer.Bias is null ? 0 : 1);
             var x = new float[(long)layer.Out * a];
@@ -158,10 +166,10 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
         return epistemic;
     }
 
-    /// <summary>SPEC §2: layer weights and biases by default, <c>all</c>, or the names in a file.</summary>
-    public static IReadOnlyList<string> Parameters(LanguageModel lm, string? spec) => spec switch
+    /// <summary>SPEC §2: the weights and biases of the layers <paramref name="selection"/> keeps (every layer by default), <c>all</c>, or the names in a file.</summary>
+    public static IReadOnlyList<string> Parameters(LanguageModel lm, string? spec, LayerSelection? selection = null) => spec switch
     {
-        null => LayerDiscovery.DefaultParameters(lm.Model.Layers) is { Count: > 0 } layers ? layers
+        null => LayerDiscovery.DefaultParameters(KfacScoring.SelectedLayers(lm, selection ?? LayerSelection.All)) is { Count: > 0 } layers ? layers
             : throw FisherKernelsException.Argument($"model '{lm.Model.Graph.Source}' has no layers (MatMul/Gemm with an initializer weight); pass --params"),
         "all" => LayerDiscovery.AllParameters(lm.Model.Graph),
         _ => LayerDiscovery.ReadParameterFile(lm.Model.Graph, spec),

@@ -16,7 +16,7 @@ public sealed class EpistemicMetric
     /// <summary><c>‖∇θ p‖²</c> (<c>--method isotropic</c>).</summary>
     public static EpistemicMetric SquaredGradientNorm { get; } = new(null);
 
-    /// <summary><c>∇θ pᵀ Σ ∇θ p</c> with Σ block-diagonal over the layers (<c>--method kfac</c>); the parameters must be every layer's weight and bias.</summary>
+    /// <summary><c>∇θ pᵀ Σ ∇θ p</c> with Σ block-diagonal over the layers (<c>--method kfac</c>); the parameters must be the weight and bias of every layer it covers.</summary>
     public static EpistemicMetric Kfac(KfacPosterior posterior) => new(posterior ?? throw new ArgumentNullException(nameof(posterior)));
 
     /// <summary>The K-FAC posterior; none for the isotropic Σ = I.</summary>
@@ -24,6 +24,12 @@ public sealed class EpistemicMetric
 
     /// <summary>Whether Σ covers the layers' weights and biases only (K-FAC), rather than every parameter (Σ = I).</summary>
     public bool CoversLayersOnly => Posterior is not null;
+
+    /// <summary>
+    /// Whether Σ covers <paramref name="layer"/>: every layer under Σ = I, the posterior's layers under K-FAC (a curvature fitted
+    /// on a layer selection holds only those, and the epistemic score sums over them alone, SPEC §2).
+    /// </summary>
+    public bool Covers(Layer layer) => Posterior is null || Posterior.Contains(layer.Id);
 
     /// <summary>The block of Σ on <paramref name="layer"/>'s weight, with its bias when <paramref name="withBias"/>.</summary>
     public LayerPosterior For(Layer layer, bool withBias, IComputeBackend backend) =>

@@ -17,15 +17,40 @@ public static class KfacScoring
     /// posterior; each layer's eigenvalue range goes to <paramref name="log"/>.
     /// </summary>
     public static (KfacCurvature Curvature, KfacPosterior Posterior) LoadPosterior(LanguageModel lm, string curvaturePath, PosteriorOptions options,
-                                                                                  IComputeBackend backend, TextWriter log)
+                                                                                  IComputeBackend backend, TextWriter log, LayerSelection? requested = null)
     {
-        KfacCurvature curvature = LoadCurvature(lm, curvaturePath);
+        KfacCurvature curvature = LoadCurvature(lm, curvaturePath, requested);
         return (curvature, Posterior(curvature, options.WithStored(curvature.PriorPrecision), backend, log));
     }
 
-    /// <summary>The curvature file for <paramref name="lm"/>, checked against its hash and layers.</summary>
-    public static KfacCurvature LoadCurvature(LanguageModel lm, string curvaturePath) =>
-        KfacCurvature.LoadFor(curvaturePath, Sha256(lm.Model.Graph.Source), Shapes(lm.Model.Layers));
+    /// <summary>
+    /// The curvature file for <paramref name="lm"/>, checked against its hash and layers: those its recorded selection keeps
+    /// (SPEC §2; every layer when it records none). <paramref name="requested"/> is the selection the command was given:
+    /// none (<see cref="LayerSelection.All"/> or null) takes the curvature's, another is refused in one line.
+    /// </summary>
+    public static KfacCurvature LoadCurvature(LanguageModel lm, string curvaturePath, LayerSelection? requested = null) =>
+        KfacCurvature.LoadFor(curvaturePath, Sha256(lm.Model.Graph.Source), Shapes(lm.Model.Layers), curvature =>
+        {
+            LayerSelection stored = StoredSelection(curvature);
+            (requested ?? LayerSelection.All).EnsureSameAs(stored, $"curvature '{curvaturePath}'");
+            return Shapes(SelectedLayers(lm, stored));
+        });
+
+    /// <summary>The selection <paramref name="curvature"/> records (metadata <c>layers</c>), or every layer.</summary>
+    public static LayerSelection StoredSelection(KfacCurvature curvature) =>
+        curvature.LayerSelection is null ? LayerSelection.All : LayerSelection.FromMetadata(curvature.LayerSelection, curvature.Source ?? "curvature");
+
+    /// <summary>The layers <paramref name="selection"/> keeps (SPEC §2), the output layer found only when it is asked for.</summary>
+    public static IReadOnlyList<Layer> SelectedLayers(LanguageModel lm, LayerSelection selection)
+    {
+        if (selection.IsAll) return lm.Model.Layers;
+        string reason = "";
+        string? output = selection.LastLayer ? LastLayerVariance.OutputLayer(lm, out reason)?.Layer.Id : null;
+        return selection.Apply(lm.Model.Layers, output, reason);
+    }
+
+    /// <summary>The model's layers <paramref name="posterior"/> covers, in model order: the epistemic score sums over these alone.</summary>
+    public static IReadOnlyList<Layer> Layers(LanguageModel lm, KfacPosterior posterior) => lm.Model.Layers.Where(l => posterior.Contains(l.Id)).ToList();
 
     /// <summary>The posterior of <paramref name="curvature"/> under <paramref name="options"/> as given; each layer's eigenvalue range goes to <paramref name="log"/>.</summary>
     public static KfacPosterior Posterior(KfacCurvature curvature, PosteriorOptions options, IComputeBackend backend, TextWriter log)
@@ -38,16 +63,18 @@ public static class KfacScoring
     /// <summary>The K-FAC epistemic score (SPEC §4) of <paramref name="posterior"/>, made for <paramref name="lm"/>'s layers.</summary>
     public static EpistemicMetric Epistemic(LanguageModel lm, KfacPosterior posterior)
     {
-        foreach (Layer layer in lm.Model.Layers) _ = posterior[layer.Id];
+        var ids = lm.Model.Layers.Select(l => l.Id).ToHashSet(StringComparer.Ordinal);
+        if (posterior.Layers.FirstOrDefault(l => !ids.Contains(l.Layer)) is { } stray)
+            throw FisherKernelsException.Argument($"the posterior has layer '{stray.Layer}', which model '{lm.Model.Graph.Source}' does not have");
         return EpistemicMetric.Kfac(posterior);
     }
 
     /// <summary>
-    /// Σ over layers of <c>vec(X)ᵀ Σ vec(X)</c> from a backward pass that computed every layer's weight and bias gradient,
+    /// Σ over the posterior's layers of <c>vec(X)ᵀ Σ vec(X)</c> from a backward pass that computed their weight and bias gradients,
     /// X = [∇W | ∇b] as <c>[out × in(+1)]</c> whatever the weight's storage.
     /// </summary>
     public static double GradientQuadratic(LanguageModel lm, KfacPosterior posterior, Backward backward) =>
-        lm.Model.Layers.Sum(layer => LayerGradientQuadratic(layer, posterior[layer.Id], backward, new float[(long)layer.Out * (layer.In + (layer.Bias is null ? 0 : 1))]));
+        Layers(lm, posterior).Sum(layer => LayerGradientQuadratic(layer, posterior[layer.Id], backward, new float[(long)layer.Out * (layer.In + (layer.Bias is null ? 0 : 1))]));
 
     /// <summary>One layer's <c>vec(X)ᵀ Σ vec(X)</c> of <see cref="GradientQuadratic"/>, X laid out in <paramref name="x"/>.</summary>
     internal static double LayerGradientQuadratic(Layer layer, LayerPosterior posterior, Backward backward, float[] x, int cotangent = 0)
@@ -99,7 +126,7 @@ public static class KfacScoring
     /// </summary>
     public static float[] SampledJvps(LanguageModel lm, OpContext context, KfacPosterior posterior, NdArray tokens, int samples, long seed)
     {
-        IReadOnlyList<Layer> layers = lm.Model.Layers;
+        IReadOnlyList<Layer> layers = Layers(lm, posterior); // the other layers are held fixed: no direction
         var direction = new Dictionary<string, NdArray<float>>(StringComparer.Ordinal);
         foreach (Layer layer in layers)
         {

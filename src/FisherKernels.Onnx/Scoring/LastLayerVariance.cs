@@ -56,6 +56,11 @@ public static class LastLayerVariance
             log.WriteLine($"score: no last_layer_logit_variance: {reason}");
             return report;
         }
+        if (!posterior.Contains(layer.Id))
+        {
+            log.WriteLine($"score: no last_layer_logit_variance: the curvature's layer selection leaves out the output layer '{layer.Id}'");
+            return report;
+        }
         LayerPosterior layerPosterior = posterior[layer.Id];
         int seq = tokens.Shape[1], inF = layer.In;
         var rows = report.Sequences.SelectMany(s => s.Tokens.Select(t => (Sequence: s.Index, t.Position, t.Target))).ToArray();

@@ -1,4 +1,5 @@
 using FisherKernels.Backends;
+using FisherKernels.Onnx.Graph;
 using FisherKernels.Uncertainty;
 
 namespace FisherKernels.Onnx.Scoring;
@@ -17,20 +18,30 @@ public sealed class PosteriorCache(LanguageModel lm, IComputeBackend backend, Te
 
     Key? key;
     KfacPosterior? posterior;
+    LayerSelection stored = LayerSelection.All;
 
     /// <summary>Posteriors built so far; a call answered from the cache builds none.</summary>
     public int Builds { get; private set; }
 
-    /// <summary>The posterior of <paramref name="curvaturePath"/> for the model, built only when the file or the options changed.</summary>
-    public KfacPosterior Get(string curvaturePath, PosteriorOptions options)
+    /// <summary>
+    /// The posterior of <paramref name="curvaturePath"/> for the model, built only when the file or the options changed;
+    /// <paramref name="selection"/> (the command's layer selection) must be none or the curvature's.
+    /// </summary>
+    public KfacPosterior Get(string curvaturePath, PosteriorOptions options, LayerSelection? selection = null)
     {
         ArgumentNullException.ThrowIfNull(options);
+        selection ??= LayerSelection.All;
         // Stat before loading: a file rewritten during the load is stored under the old stamp and rebuilt on the next call.
         var file = new FileInfo(curvaturePath);
         var current = file.Exists ? new Key(file.FullName, file.Length, file.LastWriteTimeUtc, options) : (Key?)null;
-        if (posterior is not null && current is not null && key == current) return posterior;
+        if (posterior is not null && current is not null && key == current)
+        {
+            selection.EnsureSameAs(stored, $"curvature '{curvaturePath}'");
+            return posterior;
+        }
         (key, posterior) = (null, null); // drop the old posterior before building the next one
-        posterior = KfacScoring.LoadPosterior(lm, curvaturePath, options, backend, log ?? TextWriter.Null).Posterior;
+        var (curvature, built) = KfacScoring.LoadPosterior(lm, curvaturePath, options, backend, log ?? TextWriter.Null, selection);
+        (posterior, stored) = (built, KfacScoring.StoredSelection(curvature));
         key = current;
         Builds++;
         return posterior;

@@ -57,10 +57,12 @@ internal sealed class TapScorer
         var graph = lm.Model.Graph;
         var set = parameters.ToHashSet(StringComparer.Ordinal);
         var covered = new HashSet<string>(StringComparer.Ordinal);
-        foreach (Layer layer in lm.Model.Layers)
+        // K-FAC: the layers the posterior covers (a layer-selected curvature covers only some, SPEC §2); the others add nothing.
+        IReadOnlyList<Layer> layers = lm.Model.Layers.Where(metric.Covers).ToList();
+        foreach (Layer layer in layers)
         {
             if (layersOnly && (!set.Contains(layer.Id) || layer.Bias is not null && !set.Contains(layer.Bias)))
-                throw FisherKernelsException.Argument($"K-FAC scores need every layer weight and bias as parameters; '{(set.Contains(layer.Id) ? layer.Bias : layer.Id)}' is not one");
+                throw FisherKernelsException.Argument($"K-FAC scores need the weight and bias of every layer of the curvature as parameters; '{(set.Contains(layer.Id) ? layer.Bias : layer.Id)}' is not one");
             if (!set.Contains(layer.Id) || !OnlyInLayer(graph, layer.Id, layer, weight: true)) continue;
             bool withBias = layer.Bias is not null && set.Contains(layer.Bias) && OnlyInLayer(graph, layer.Bias, layer, weight: false);
             if (layersOnly && layer.Bias is not null && !withBias) continue;
@@ -73,10 +75,10 @@ internal sealed class TapScorer
             wholeParameters.AddRange(parameters.Where(p => !covered.Contains(p)));
             return;
         }
-        var layerNames = lm.Model.Layers.SelectMany(l => l.Bias is null ? [l.Id] : new[] { l.Id, l.Bias }).ToHashSet(StringComparer.Ordinal);
+        var layerNames = layers.SelectMany(l => l.Bias is null ? [l.Id] : new[] { l.Id, l.Bias }).ToHashSet(StringComparer.Ordinal);
         if (parameters.FirstOrDefault(p => !layerNames.Contains(p)) is { } stray)
-            throw FisherKernelsException.Argument($"K-FAC scores cover the layers only; parameter '{stray}' is not a layer weight or bias");
-        foreach (Layer layer in lm.Model.Layers.Where(l => !covered.Contains(l.Id)))
+            throw FisherKernelsException.Argument($"K-FAC scores cover the curvature's layers only; parameter '{stray}' is not the weight or bias of one");
+        foreach (Layer layer in layers.Where(l => !covered.Contains(l.Id)))
         {
             wholeLayers.Add((layer, new float[(long)layer.Out * (layer.In + (layer.Bias is null ? 0 : 1))]));
         }
