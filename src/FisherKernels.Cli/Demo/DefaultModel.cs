@@ -4,8 +4,8 @@ namespace FisherKernels.Cli.Demo;
 
 /// <summary>
 /// The embedded default model (models/default in the repository, copied beside the tool): a
-/// byte-level transformer, its description (model.json) and the demo's texts. Tokens are raw
-/// bytes, so no tokenizer file is needed.
+/// byte-level transformer, its description (model.json) and the demo's texts, read through the
+/// text path (its tokenizer is raw UTF-8 bytes, named by model.json).
 /// </summary>
 internal sealed class DefaultModel
 {
@@ -50,23 +50,28 @@ internal sealed class DefaultModel
         }
     }
 
-    /// <summary>The bytes of a demo text in the model folder.</summary>
-    public byte[] ReadText(string fileName)
+    /// <summary>
+    /// The token ids of a demo text in the model folder, read as <c>--text F --document</c> reads a file (SPEC §1): strict
+    /// UTF-8, the whole file one sequence, through the folder's tokenizer (raw bytes: the ids are the file's bytes).
+    /// </summary>
+    public long[] ReadText(string fileName)
     {
         string path = Path.Combine(Folder, fileName);
         if (!File.Exists(path)) throw FisherKernelsException.Io($"demo text '{path}' does not exist");
-        return File.ReadAllBytes(path);
+        var tokenizer = Text.ModelFolder.Resolve(Folder).Tokenizer ?? throw FisherKernelsException.Format($"'{Folder}': the default model's folder has no tokenizer");
+        string text = Text.TextInput.Read(path);
+        return tokenizer.Encode(Text.TextInput.Sequences(text, document: true, path)[0]).Ids.Select(id => (long)id).ToArray();
     }
 
     /// <summary>
-    /// Cuts <paramref name="bytes"/> into consecutive windows of <see cref="Context"/> bytes
+    /// Cuts <paramref name="ids"/> into consecutive windows of <see cref="Context"/> tokens
     /// (a trailing partial window is dropped), at most <paramref name="maxWindows"/>: tokens [n, context].
     /// </summary>
-    public NdArray<long> Windows(ReadOnlySpan<byte> bytes, int maxWindows = int.MaxValue)
+    public NdArray<long> Windows(ReadOnlySpan<long> ids, int maxWindows = int.MaxValue)
     {
-        int count = Math.Min(bytes.Length / Context, maxWindows);
+        int count = Math.Min(ids.Length / Context, maxWindows);
         var tokens = new NdArray<long>(count, Context);
-        for (int i = 0; i < count * Context; i++) tokens.Data[i] = bytes[i];
+        ids[..(count * Context)].CopyTo(tokens.Data);
         return tokens;
     }
 }

@@ -14,7 +14,8 @@ namespace FisherKernels.Cli.Demo;
 /// `fisherkernels demo [--model-dir DIR] [--out-dir DIR]`: the main job on the embedded default model.
 /// Fits K-FAC curvature on part of the training corpus (the `fit` verb), scores held-out English and
 /// out-of-distribution text with the isotropic and K-FAC estimators (the `score` scorer), and prints and
-/// plots how well each uncertainty tells the texts apart and predicts next-token errors.
+/// plots how well each uncertainty tells the texts apart and predicts next-token errors; writes a page of scored lines
+/// (`score --text --html`). Its texts are read through the text path (<see cref="DefaultModel.ReadText"/>).
 /// </summary>
 internal static class DemoCommand
 {
@@ -44,10 +45,10 @@ internal static class DemoCommand
         string fitTokens = Path.Combine(outDir, "fit_tokens.npy");
         string curvaturePath = Path.Combine(outDir, "curvature.safetensors");
         NpyFile.Write(fitTokens, fit);
-        var fitArgs = new List<string> { "fit", "--model", model.ModelPath, "--tokens", fitTokens, "--out", curvaturePath, "--seed", "0" };
-        foreach (string name in new[] { "--backend", "--threads" })
-            if (options.Optional(name) is { } value) fitArgs.AddRange([name, value]);
-        int rc = KfacCommands.Fit(fitArgs.ToArray(), stdout);
+        // The verbs the demo runs get its --backend and --threads.
+        string[] Verb(params string[] args) =>
+            [.. args, .. new[] { "--backend", "--threads" }.SelectMany(name => options.Optional(name) is { } value ? new[] { name, value } : [])];
+        int rc = KfacCommands.Fit(Verb("fit", "--model", model.ModelPath, "--tokens", fitTokens, "--out", curvaturePath, "--seed", "0"), stdout);
         if (rc != 0) return rc;
 
         var lm = LanguageModel.Load(model.ModelPath);
@@ -88,6 +89,13 @@ internal static class DemoCommand
         var (mixed, part) = DemoTexts.Mixed(sets[0].Tokens, sets.First(s => s.Name == "german").Tokens);
         var mixedScores = estimators.Select(e => Timed(stdout, $"score example text ({e.Name})", () => Score(e.Name, e.Options, mixed, null))).ToArray();
 
+        // 5. The page a person reads: a few lines of each kind of text scored with K-FAC by the score verb (--text, --html).
+        string pageText = Path.Combine(outDir, "page.txt"), page = Path.Combine(outDir, "page.html");
+        File.WriteAllLines(pageText, DemoTexts.PageLines(model));
+        rc = Timed(stdout, "score page (K-FAC)", () => DerivativeCommands.Score(Verb("score", "--model", model.Folder, "--text", pageText, "--method", "kfac",
+            "--curvature", curvaturePath, "--out", Path.Combine(outDir, "page.json"), "--html", page)));
+        if (rc != 0) return rc;
+
         // Report.
         stdout.WriteLine();
         DemoReport.PrintTokenTable(stdout, "held-out example: the last scored positions of window 0", heldOut, estimators.Select(e => scores[(sets[0].Name, e.Name)]).ToArray());
@@ -116,6 +124,7 @@ internal static class DemoCommand
         stdout.WriteLine();
         stdout.WriteLine($"plots: {perTokenPlot}");
         stdout.WriteLine($"       {reliabilityPlot}");
+        stdout.WriteLine($"page: {page}");
         stdout.WriteLine($"curvature: {curvaturePath}");
         stdout.WriteLine($"demo finished in {clock.Elapsed.TotalSeconds:F0} s");
         return 0;

@@ -71,4 +71,17 @@ internal static class DemoTexts
         for (int i = 0; i < tokens.Data.Length; i++) tokens.Data[i] = random.Next(256);
         return tokens;
     }
+
+    /// <summary>
+    /// The lines of the demo's page (score --html): the first <paramref name="perFile"/> lines of 50–110 characters (leading
+    /// blanks dropped) of held-out English, German, French and source code, read as UTF-8 as --text reads them.
+    /// </summary>
+    public static IReadOnlyList<string> PageLines(DefaultModel model, int perFile = 2)
+    {
+        var lines = new List<string>();
+        foreach (string name in new[] { "heldout_in.txt", "ood_german.txt", "ood_french.txt", "ood_code.txt" })
+            lines.AddRange(Text.TextInput.Read(Path.Combine(model.Folder, name)).Split('\n')
+                .Select(line => line.TrimStart()).Where(line => line.Length is >= 50 and <= 110).Take(perFile));
+        return lines;
+    }
 }

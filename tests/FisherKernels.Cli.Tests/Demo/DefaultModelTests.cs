@@ -21,6 +21,24 @@ public class DefaultModelTests
         Assert.All(sets[0].Tokens.Data, t => Assert.InRange(t, 9, 126));
     }
 
+    /// <summary>
+    /// The demo reads its corpora through the text path (strict UTF-8, the folder's tokenizer); its ids are each file's raw
+    /// bytes, the ids the demo cut before, so its figures do not move.
+    /// </summary>
+    [Fact]
+    public void CorporaReadAsTextAreTheirFilesBytes()
+    {
+        var model = DefaultModel.Load();
+        foreach (string name in new[] { "fit.txt", "heldout_in.txt", "ood_code.txt", "ood_german.txt", "ood_french.txt" })
+            Assert.Equal(File.ReadAllBytes(Path.Combine(model.Folder, name)).Select(b => (long)b), model.ReadText(name));
+        Assert.Contains(model.ReadText("ood_german.txt"), id => id >= 0x80); // umlauts: multi-byte UTF-8 through the tokenizer
+        // The page's lines: two of each kind, each within the context.
+        var lines = DemoTexts.PageLines(model);
+        Assert.Equal(8, lines.Count);
+        Assert.All(lines, line => Assert.InRange(System.Text.Encoding.UTF8.GetByteCount(line), 50, model.Context));
+        Assert.Contains(lines, line => line.Contains("für"));
+    }
+
     [Fact]
     public void MissingOrWrongDescriptionIsOneClearError()
     {
