@@ -24,6 +24,7 @@ internal static class KfacCommands
             ["--model", "--tokens", "--targets", "--fisher", "--samples", "--seed", "--ema", "--sample-positions", "--batch-size", "--out", "--backend", "--threads", "--init", "--decay",
              "--memory-budget", "--rank", "--layers", "--exclude-layers", "--cluster", "--clustering", "--shards", .. TextArguments.ValueOptions],
             [.. TextArguments.FlagOptions, "--last-layer"]);
+        if (options.Optional("--text") is null) TextArguments.RefuseWithoutText("fit", options);
         string fisher = options.Optional("--fisher") ?? FisherType.Sampled.Name();
         var folder = TextArguments.Model(options);
         var request = new FitRequest

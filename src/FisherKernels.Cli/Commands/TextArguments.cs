@@ -57,9 +57,7 @@ internal sealed class TextArguments
         string? textPath = options.Optional("--text");
         if (textPath is null)
         {
-            foreach (string option in ValueOptions.Concat(FlagOptions))
-                if (option != "--context" && option != "--stride" && (options.Optional(option) is not null || options.Has(option)))
-                    throw FisherKernelsException.Argument($"{verb}: {option} applies to --text input");
+            RefuseWithoutText(verb, options);
             return null;
         }
         if (tokensAllowed && options.Optional("--tokens") is not null) throw FisherKernelsException.Argument($"{verb}: give --tokens or --text, not both");
@@ -81,6 +79,14 @@ internal sealed class TextArguments
         for (int i = 0; i < sequences.Count; i++)
             if (sequences[i].Count == 0) throw FisherKernelsException.Argument($"{verb}: --text {name}: sequence {i} has no tokens");
         return new TextArguments(tokenizer, sequences, context, stride, name);
+    }
+
+    /// <summary>Without <c>--text</c>, the text options (but --context and --stride, which other inputs use too) are errors naming them.</summary>
+    public static void RefuseWithoutText(string verb, CommandOptions options)
+    {
+        foreach (string option in ValueOptions.Concat(FlagOptions))
+            if (option != "--context" && option != "--stride" && (options.Optional(option) is not null || options.Has(option)))
+                throw FisherKernelsException.Argument($"{verb}: {option} applies to --text input");
     }
 
     /// <summary>

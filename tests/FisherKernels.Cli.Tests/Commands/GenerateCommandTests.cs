@@ -178,13 +178,27 @@ public class GenerateCommandTests
     }
 
     [Fact]
-    public void APromptLongerThanTheContextIsOneLine()
+    public void BadPromptsAreOneLineAndWriteNothing()
     {
         using var temp = new TempFolder();
         string output = temp.File("g.json");
-        var (code, _, stderr) = CliRunner.Run("generate", "--model", DefaultModel, "--prompt", new string('a', 200), "--out", output);
-        Assert.NotEqual(0, code);
-        Assert.Contains("the prompt has 200 tokens, more than the model's context of 128", stderr);
-        Assert.False(File.Exists(output));
+        string invalid = temp.File("bad.txt"), empty = temp.File("empty.txt");
+        File.WriteAllBytes(invalid, [(byte)'o', (byte)'k', 0xC3, (byte)'(']);
+        File.WriteAllText(empty, "");
+        var cases = new (string[] Args, string Message)[]
+        {
+            (["--model", DefaultModel, "--prompt", new string('a', 200)], "the prompt has 200 tokens, more than the model's context of 128"),
+            (["--model", DefaultModel, "--prompt-file", invalid], "invalid UTF-8 at byte offset 2 (byte 0xC3)"),
+            (["--model", DefaultModel, "--prompt-file", empty], "the prompt has no tokens"),
+            (["--model", ModelFile, "--prompt", "x"], "generate: needs a tokenizer"),
+        };
+        foreach (var (args, message) in cases)
+        {
+            var (code, _, stderr) = CliRunner.Run(["generate", .. args, "--out", output]);
+            Assert.NotEqual(0, code);
+            Assert.Contains(message, stderr);
+            Assert.Single(stderr.TrimEnd().Split('\n'));
+            Assert.False(File.Exists(output));
+        }
     }
 }

@@ -116,14 +116,22 @@ public class TextCommandTests
             (["--model", DefaultModel, "--tokens", ok, "--document"], "--document applies to --text input"),
             (["--model", DefaultModel, "--text", ok, "--context", "8", "--stride", "9"], "--stride 9 is larger than the context 8"),
         };
-        foreach (var (args, message) in cases)
+        // Every verb that reads text refuses them alike, before any work (no output, no checkpoint).
+        var verbs = new (string Verb, string Output, string[] Extra)[]
         {
-            var (code, stdout, stderr) = CliRunner.Run(["forward", .. args, "--out", output]);
-            Assert.NotEqual(0, code);
-            Assert.Contains(message, stderr);
-            Assert.Single(stderr.TrimEnd().Split('\n'));
-            Assert.False(File.Exists(output));
-        }
+            ("forward", output, []), ("score", temp.File("s.json"), []), ("fit", temp.File("c.safetensors"), []),
+            ("natgrad", temp.File("d.safetensors"), ["--curvature", temp.File("none.safetensors")]),
+        };
+        foreach (var (verb, verbOutput, extra) in verbs)
+            foreach (var (args, message) in cases)
+            {
+                var (code, stdout, stderr) = CliRunner.Run([verb, .. args, .. extra, "--out", verbOutput]);
+                Assert.True(code != 0, $"{verb} {string.Join(' ', args)}");
+                Assert.Contains(message, stderr);
+                Assert.Single(stderr.TrimEnd().Split('\n'));
+                Assert.False(File.Exists(verbOutput));
+                Assert.False(File.Exists(verbOutput + ".checkpoint"));
+            }
     }
 
     static JsonElement Json(string path)
