@@ -5,8 +5,21 @@ namespace FisherKernels.Onnx.Graph;
 /// <summary>A graph input or output as declared: element type and dimensions (null = symbolic or unknown).</summary>
 public sealed record ValueInfo(string Name, ElementType? ElementType, int?[]? Shape, string?[]? DimensionNames)
 {
-    public string Describe() => Shape is null ? $"{Name} ({ElementType?.ToString() ?? "?"})"
-        : $"{Name} ({ElementType?.ToString() ?? "?"} [{string.Join(", ", Shape.Select((d, i) => d?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? DimensionNames?[i] ?? "?"))}])";
+    /// <summary>
+    /// A sequence of tensors (element type and shape are its elements'): as a graph input it arrives as its elements,
+    /// tensors named <c>name[0]</c>, <c>name[1]</c>, …; as a graph output its elements are read under those names.
+    /// </summary>
+    public bool IsSequence { get; init; }
+
+    public string Describe()
+    {
+        string tensor = Shape is null ? $"{ElementType?.ToString() ?? "?"}"
+            : $"{ElementType?.ToString() ?? "?"} [{string.Join(", ", Shape.Select((d, i) => d?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? DimensionNames?[i] ?? "?"))}]";
+        return IsSequence ? $"{Name} (sequence of {tensor})" : $"{Name} ({tensor})";
+    }
+
+    /// <summary>The name element <paramref name="index"/> of sequence <paramref name="sequence"/> goes by as a graph input or output.</summary>
+    public static string ElementName(string sequence, int index) => $"{sequence}[{index}]";
 }
 
 /// <summary>One operator application. Absent optional inputs are empty strings, as in ONNX.</summary>

@@ -206,10 +206,15 @@ public static class OnnxImporter
 
     private static ValueInfo ToValueInfo(ValueInfoProto v)
     {
-        var tensor = v.Type?.TensorType;
-        if (tensor is null) return new ValueInfo(v.Name, null, null, null);
+        // An optional value is read as its element when given; a sequence as its tensors (ValueInfo.IsSequence).
+        var typeProto = v.Type;
+        while (typeProto?.OptionalType is { } optional) typeProto = optional.ElemType;
+        bool sequence = typeProto?.SequenceType is not null;
+        if (sequence) typeProto = typeProto!.SequenceType.ElemType;
+        var tensor = typeProto?.TensorType;
+        if (tensor is null) return new ValueInfo(v.Name, null, null, null) { IsSequence = sequence };
         ElementType? type = TensorImport.ImportedType(tensor.ElemType);
-        if (tensor.Shape is null) return new ValueInfo(v.Name, type, null, null);
+        if (tensor.Shape is null) return new ValueInfo(v.Name, type, null, null) { IsSequence = sequence };
         var dims = tensor.Shape.Dim;
         var shape = new int?[dims.Count];
         var names = new string?[dims.Count];
@@ -220,6 +225,6 @@ public static class OnnxImporter
             else if (dims[i].ValueCase == TensorShapeProto.Types.Dimension.ValueOneofCase.DimParam)
                 names[i] = dims[i].DimParam;
         }
-        return new ValueInfo(v.Name, type, shape, names);
+        return new ValueInfo(v.Name, type, shape, names) { IsSequence = sequence };
     }
 }

@@ -32,6 +32,9 @@ public sealed class ExecutionPlan
     private readonly List<Value> values = [];
     private readonly List<Step> steps = [];
     private readonly List<(int Id, NdArray Buffer)> graphInputs = [];
+    /// <summary>The tensors the graph's inputs arrive as and its outputs leave as (a sequence's: its elements).</summary>
+    private readonly List<string> inputNames = [], outputNames = [];
+    private readonly Dictionary<string, int> sequenceLengths = [];
     /// <summary>Graph inputs folded by value (<see cref="OnnxModel.ValueInputs"/>): a run must give these same values.</summary>
     private readonly List<(int Id, NdArray Value)> foldedInputs = [];
 
@@ -42,6 +45,12 @@ public sealed class ExecutionPlan
     public long BufferBytes { get; private set; }
 
     internal IReadOnlyList<Step> Steps => steps;
+    /// <summary>The values that leave the plan as graph outputs (a sequence output's elements, each).</summary>
+    internal IReadOnlyList<string> OutputValueNames => outputNames;
+
+    /// <summary>The number of elements of graph output <paramref name="output"/> when it is a sequence (read them as
+    /// <see cref="ValueInfo.ElementName"/>), or null for a tensor output.</summary>
+    public int? SequenceLength(string output) => sequenceLengths.TryGetValue(output, out int n) ? n : null;
     internal IReadOnlyList<Value> Values => values;
 
     private ExecutionPlan(OnnxModel model, IReadOnlyDictionary<string, int[]> inputShapes, IReadOnlySet<string> variables)
@@ -154,8 +163,23 @@ public sealed class ExecutionPlan
     private void Bind(bool keepAll, bool fuse, IReadOnlyDictionary<string, NdArray> inputValues)
     {
         var graph = Model.Graph;
+        var sequenceInputs = new List<(string Name, ElementType Type, List<string> Elements)>();
         foreach (var input in graph.Inputs)
         {
+            if (input.IsSequence)
+            {
+                var elementType = input.ElementType ?? throw FisherKernelsException.Unsupported($"model '{graph.Source}': input '{input.Name}' is a sequence of an unsupported type");
+                var elements = new List<string>();
+                for (int i = 0; InputShapes.TryGetValue(ValueInfo.ElementName(input.Name, i), out var elementShape); i++)
+                {
+                    elements.Add(ValueInfo.ElementName(input.Name, i));
+                    Add(elements[^1], new TensorInfo(elementType, elementShape));
+                }
+                inputNames.AddRange(elements);
+                sequenceInputs.Add((input.Name, elementType, elements));
+                continue;
+            }
+            inputNames.Add(input.Name);
             if (!InputShapes.TryGetValue(input.Name, out var shape))
                 throw FisherKernelsException.Argument($"model '{graph.Source}': input '{input.Name}' is required");
             var type = input.ElementType ?? throw FisherKernelsException.Unsupported($"model '{graph.Source}': input '{input.Name}' has an unsupported element type");
@@ -184,8 +208,27 @@ public sealed class ExecutionPlan
 
         var pending = new List<(Node Node, Operator Op)>();
         var expansion = new Expansion(this, pending);
+        foreach (var (name, type, elements) in sequenceInputs) expansion.DeclareSequence(name, type, elements);
         foreach (var node in Model.TopologicalOrder) expansion.Bind(node, Model.OperatorFor(node));
-        foreach (var output in graph.Outputs) expansion.CheckTensor(output.Name, $"graph output '{output.Name}'");
+        foreach (var output in graph.Outputs)
+        {
+            if (expansion.ElementsOf(output.Name) is not { } elements)
+            {
+                expansion.CheckTensor(output.Name, $"graph output '{output.Name}'");
+                outputNames.Add(output.Name);
+                continue;
+            }
+            // A sequence output's elements are read as name[i]: those names stand for the element values.
+            for (int i = 0; i < elements.Count; i++)
+            {
+                string alias = ValueInfo.ElementName(output.Name, i);
+                if (ids.TryGetValue(alias, out int other) && other != Id(elements[i]))
+                    throw FisherKernelsException.Unsupported($"model '{graph.Source}': element {i} of output sequence '{output.Name}' would be named '{alias}', which another value has");
+                ids[alias] = Id(elements[i]);
+                outputNames.Add(elements[i]);
+            }
+            sequenceLengths[output.Name] = elements.Count;
+        }
         if (fuse) pending = Fusion.Apply(this, pending, derivatives: keepAll || Variables.Count > 0);
         AllocateBuffers(pending, keepAll);
     }
@@ -279,12 +322,11 @@ public sealed class ExecutionPlan
     /// </summary>
     private void AllocateBuffers(List<(Node Node, Operator Op)> pending, bool keepAll)
     {
-        var graph = Model.Graph;
         // Storage ids: one per non-view computed value; a view output takes its input's.
         var storageOf = new Dictionary<int, int>();
         int storageCount = 0;
-        var runInputs = graph.Inputs.Where(i => !values[Id(i.Name)].IsConstant).ToList();
-        foreach (var input in runInputs) values[Id(input.Name)].Storage = storageCount++;
+        var runInputs = inputNames.Where(name => !values[Id(name)].IsConstant).ToList();
+        foreach (var input in runInputs) values[Id(input)].Storage = storageCount++;
         foreach (var (node, op) in pending)
             for (int j = 0; j < node.Outputs.Length; j++)
             {
@@ -302,7 +344,7 @@ public sealed class ExecutionPlan
             foreach (var name in pending[s].Node.Inputs) if (name.Length > 0) Use(values[Id(name)].Storage, s);
             for (int j = 0; j < pending[s].Node.Outputs.Length; j++) Use(values[Id(OutputName(pending[s].Node, j))].Storage, s);
         }
-        foreach (var output in graph.Outputs) Use(values[Id(output.Name)].Storage, int.MaxValue);
+        foreach (var output in outputNames) Use(values[Id(output)].Storage, int.MaxValue);
         if (keepAll) Array.Fill(lastUse, int.MaxValue);
 
         var storages = new Array?[storageCount];
@@ -324,11 +366,11 @@ public sealed class ExecutionPlan
 
         foreach (var input in runInputs)
         {
-            var v = values[Id(input.Name)];
+            var v = values[Id(input)];
             storages[v.Storage] = Take(v.Info);
             if (measureOnly) continue;
             v.Array = Wrap(storages[v.Storage]!, v.Info);
-            graphInputs.Add((Id(input.Name), v.Array));
+            graphInputs.Add((Id(input), v.Array));
         }
         for (int s = 0; s < pending.Count; s++)
         {

@@ -46,12 +46,24 @@ internal sealed class Expansion(ExecutionPlan plan, List<(Node Node, Operator Op
     public void CheckTensor(string name, string what)
     {
         if (sequences.ContainsKey(name))
-            throw FisherKernelsException.Unsupported($"model '{plan.Model.Graph.Source}': {what} is a sequence; only tensors can be graph outputs");
+            throw FisherKernelsException.Unsupported($"model '{plan.Model.Graph.Source}': {what} is a sequence, where a tensor is expected");
         plan.Id(name);
     }
 
+    /// <summary>A sequence graph input: the tensor values its elements arrived as.</summary>
+    public void DeclareSequence(string name, ElementType type, IReadOnlyList<string> elements) => sequences[name] = new Sequence(type, elements);
+
+    /// <summary>The element values of sequence <paramref name="name"/>, or null when it is not a sequence.</summary>
+    public IReadOnlyList<string>? ElementsOf(string name) => sequences.TryGetValue(name, out var sequence) ? sequence.Elements : null;
+
     private void Bind(Node node, Operator op, Scope scope)
     {
+        // Identity of a sequence (or of an optional one that is given) is the same list of tensors.
+        if (node.OpType == "Identity" && sequences.TryGetValue(node.Inputs[0], out var same))
+        {
+            sequences[node.Outputs[0]] = same;
+            return;
+        }
         if (op is not ExpandedAtPlanBuild expanded)
         {
             foreach (var input in node.Inputs)

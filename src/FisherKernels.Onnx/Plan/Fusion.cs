@@ -33,7 +33,7 @@ internal sealed class Fusion
         this.steps = steps;
         this.derivatives = derivatives;
         removed = new bool[steps.Count];
-        graphOutputs = plan.Model.Graph.Outputs.Select(o => o.Name).ToHashSet();
+        graphOutputs = plan.OutputValueNames.ToHashSet();
         for (int s = 0; s < steps.Count; s++)
         {
             foreach (var output in steps[s].Node.Outputs) producers[output] = s;

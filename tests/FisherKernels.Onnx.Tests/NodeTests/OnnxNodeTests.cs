@@ -9,7 +9,7 @@ namespace FisherKernels.Tests.NodeTests;
 /// ONNX's own backend node tests (the onnx package's test-case generators, written by make_node_tests.py beside this
 /// file) for every case whose operators the engine supports: the model loaded from its bytes, run by the plan on the
 /// case's inputs, each output within ONNX's tolerance (|Δ| ≤ atol + rtol·|expected|) of the case's expected output.
-/// A case listed in <see cref="Refused"/> must instead be refused with a clear error (never a wrong answer).
+/// A case below opset 11 (SPEC §1's floor) must instead be refused with a clear error (never a wrong answer).
 /// </summary>
 public sealed class OnnxNodeTests
 {
@@ -18,13 +18,6 @@ public sealed class OnnxNodeTests
     private static readonly Lazy<Dictionary<string, JsonElement>> Cases = new(() =>
         JsonDocument.Parse(File.ReadAllText(Fixtures.ProjectFile("NodeTests", "node_tests.json"))).RootElement
             .GetProperty("cases").EnumerateArray().ToDictionary(c => c.GetProperty("name").GetString()!));
-
-    /// <summary>Cases the engine refuses, each with what its error must say (besides every case below opset 11, SPEC §1's floor).</summary>
-    private static readonly Dictionary<string, string> Refused = new()
-    {
-        // Optional and sequence values (the control-flow issue's).
-        ["test_identity_opt"] = "unsupported element type", ["test_identity_sequence"] = "unsupported element type",
-    };
 
     public static TheoryData<string> Names()
     {
@@ -107,8 +100,10 @@ public sealed class OnnxNodeTests
         var variables = new List<string>();
         for (int i = 0; i < inputNames.Length; i++)
         {
-            var value = AsEngineInput(Arrays.Value[$"{name}/in{i}"], graph.Inputs.Single(v => v.Name == inputNames[i]).ElementType);
-            if (value is NdArray<float> && !loaded.ValueInputs.Contains(inputNames[i]) && Differentiated(inputNames[i]))
+            var declared = graph.Inputs.Single(v => v.Name == inputNames[i]);
+            var value = AsEngineInput(Arrays.Value[$"{name}/in{i}"], declared.ElementType);
+            if (declared.IsSequence) foreach (var (element, tensor) in Elements(inputNames[i], value)) inputs[element] = tensor;
+            else if (value is NdArray<float> && !loaded.ValueInputs.Contains(inputNames[i]) && Differentiated(inputNames[i]))
             {
                 initializers[inputNames[i]] = value;
                 variables.Add(inputNames[i]);
@@ -124,8 +119,8 @@ public sealed class OnnxNodeTests
         return (model, inputs, variables);
     }
 
-    private static string? RefusalOf(string name) =>
-        Cases.Value[name].GetProperty("opset").GetInt32() < 11 ? "opsets 11–23" : Refused.GetValueOrDefault(name);
+    /// <summary>What the error refusing a case must say, or null for a case that must pass.</summary>
+    private static string? RefusalOf(string name) => Cases.Value[name].GetProperty("opset").GetInt32() < 11 ? "opsets 11–23" : null;
 
     private static void Run(string name)
     {
@@ -139,23 +134,44 @@ public sealed class OnnxNodeTests
         for (int i = 0; i < inputNames.Length; i++)
         {
             var declared = model.Graph.Inputs.Single(v => v.Name == inputNames[i]);
-            inputs[inputNames[i]] = AsEngineInput(Arrays.Value[$"{name}/in{i}"], declared.ElementType);
+            var value = AsEngineInput(Arrays.Value[$"{name}/in{i}"], declared.ElementType);
+            if (declared.IsSequence) foreach (var (element, tensor) in Elements(inputNames[i], value)) inputs[element] = tensor;
+            else inputs[inputNames[i]] = value;
         }
         var plan = model.GetPlan(inputs);
         plan.Run(Context, inputs);
         double rtol = c.GetProperty("rtol").GetDouble(), atol = c.GetProperty("atol").GetDouble();
         var outputNames = c.GetProperty("outputs").EnumerateArray().Select(e => e.GetString()!).ToArray();
+        var compared = new List<(string Name, NdArray Expected)>();
         for (int j = 0; j < outputNames.Length; j++)
         {
             var expected = Arrays.Value[$"{name}/out{j}"];
-            var ours = plan.Get(outputNames[j]);
+            if (plan.SequenceLength(outputNames[j]) is not int count) { compared.Add((outputNames[j], expected)); continue; }
+            Assert.Equal(expected.Shape[0], count);
+            compared.AddRange(Elements(outputNames[j], expected));
+        }
+        foreach (var (output, expected) in compared)
+        {
+            var ours = plan.Get(output);
             Assert.Equal(expected.Shape, ours.Shape);
-            Assert.True(Kind(expected.ElementType) == Kind(ours.ElementType), $"{name} output '{outputNames[j]}': {ours.ElementType}, expected {expected.ElementType}");
+            Assert.True(Kind(expected.ElementType) == Kind(ours.ElementType), $"{name} output '{output}': {ours.ElementType}, expected {expected.ElementType}");
             double[] e = Doubles(expected), a = Doubles(ours);
             for (int k = 0; k < e.Length; k++)
                 Assert.True(Math.Abs(a[k] - e[k]) <= atol + rtol * Math.Abs(e[k]) || a[k].Equals(e[k]),
-                            $"{name} output '{outputNames[j]}'[{k}]: got {a[k]}, expected {e[k]} (rtol {rtol}, atol {atol})");
+                            $"{name} output '{output}'[{k}]: got {a[k]}, expected {e[k]} (rtol {rtol}, atol {atol})");
         }
+    }
+
+    /// <summary>
+    /// A sequence value as the engine takes and gives it: element i named name[i]. make_node_tests.py stores a sequence of
+    /// equally shaped tensors as numpy does, stacked on a new first axis.
+    /// </summary>
+    private static IEnumerable<(string Name, NdArray Element)> Elements(string name, NdArray stacked)
+    {
+        var data = (NdArray<float>)stacked;
+        int length = (int)(data.Length / Math.Max(1, stacked.Shape[0]));
+        for (int i = 0; i < stacked.Shape[0]; i++)
+            yield return (Onnx.Graph.ValueInfo.ElementName(name, i), new NdArray<float>(stacked.Shape[1..], data.Data.AsSpan(i * length, length).ToArray()));
     }
 
     /// <summary>The engine computes in float32: float64 and float16 inputs arrive as float32, as the CLI's run converts them.</summary>
