@@ -113,11 +113,21 @@ public sealed partial class IlgpuBackend : ITensorDevice
         DeviceUnary.GeluErf => 0.5f * v * (1f + Erf(v * 0.70710678f)),
         DeviceUnary.GeluTanh => 0.5f * v * (1f + XMath.Tanh(0.7978845608f * (v + 0.044715f * v * v * v))),
         DeviceUnary.Silu => v / (1f + XMath.Exp(-v)),
+        DeviceUnary.GeluErfSlope => 0.5f * (1f + Erf(v * 0.70710678f)) + v * 0.39894228f * XMath.Exp(-0.5f * v * v),
+        DeviceUnary.GeluTanhSlope => GeluTanhSlope(v),
         DeviceUnary.NotZero => v != 0f ? 1f : 0f,
         DeviceUnary.Not => v != 0f ? 0f : 1f,
         DeviceUnary.Truncate => XMath.Truncate(v),
         _ => v,
     };
+
+    /// <summary>d/dx of 0.5·x·(1 + tanh(c·(x + 0.044715·x³))).</summary>
+    private static float GeluTanhSlope(float x)
+    {
+        const float c = 0.7978845608f;
+        float t = XMath.Tanh(c * (x + 0.044715f * x * x * x));
+        return 0.5f * (1f + t) + 0.5f * x * (1f - t * t) * c * (1f + 3f * 0.044715f * x * x);
+    }
 
     /// <summary>erf by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7, under float32's rounding of GELU's result).</summary>
     private static float Erf(float x)
@@ -363,5 +373,20 @@ public sealed partial class IlgpuBackend : ITensorDevice
         if (p.Mask == (int)AttentionMask.Select) return (mask[maskAt] != 0f) == (p.KeepWhere != 0) ? score : p.Fill;
         if (p.Mask == (int)AttentionMask.Add) return score + mask[maskAt];
         return score;
+    }
+
+    void ITensorDevice.AccumulateFactor(DeviceTensor x, int rows, int cols, bool appendOne, float alpha, float beta, DeviceTensor factor)
+    {
+        int dim = cols + (appendOne ? 1 : 0);
+        if (dim == 0) return;
+        if ((long)rows * cols > Of(x).Length || (long)dim * dim > Of(factor).Length)
+            throw new FisherKernelsException(ErrorKind.Internal, $"AccumulateFactor: x [{rows} x {cols}] or the factor [{dim} x {dim}] is larger than its buffer");
+        int tiles = Tiling.TileCount(dim);
+        var args = new AccumulateArgs
+        {
+            Rows = rows, Cols = cols, Dim = dim, HasMask = 0, TileCount = tiles, Alpha = alpha, Beta = beta,
+        };
+        var config = new KernelConfig(new Index3D(tiles * (tiles + 1) / 2, 1, 1), new Index3D(Tiling.Threads, Tiling.Threads, 1));
+        accumulateKernel.Value(config, Of(x).View, accumulateMask.Take(1), Of(factor).View, args);
     }
 }

@@ -17,6 +17,8 @@ public enum DeviceUnary
 {
     Identity, Neg, Sqrt, Reciprocal, Exp, Log, Tanh, Erf, Sigmoid, Relu, Cos, Sin, Abs,
     GeluErf, GeluTanh, Silu,
+    /// <summary>dGELU/dx (erf and tanh forms): the slope a derivative plan keeps beside the GELU.</summary>
+    GeluErfSlope, GeluTanhSlope,
     /// <summary>Cast to bool: 1 where x ≠ 0.</summary>
     NotZero,
     /// <summary>Logical not of a bool stored as 0/1.</summary>
@@ -113,4 +115,10 @@ public interface ITensorDevice
     void Gather(DeviceTensor table, DeviceTensor indices, DeviceTensor y, int outer, int rows, int inner, int count);
 
     void Attention(AttentionLayout layout, DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor? mask, DeviceTensor o);
+
+    /// <summary>
+    /// Kernel family 1 on device buffers (<see cref="IComputeBackend.AccumulateFactor"/> without a row mask): factor ←
+    /// β·factor + α·X̃ᵀX̃ with X̃ = [X | 1] when <paramref name="appendOne"/>, x [rows × cols], both triangles written.
+    /// </summary>
+    void AccumulateFactor(DeviceTensor x, int rows, int cols, bool appendOne, float alpha, float beta, DeviceTensor factor);
 }

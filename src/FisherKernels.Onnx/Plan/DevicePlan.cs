@@ -64,6 +64,21 @@ public sealed class DevicePlan : IDisposable
         return result;
     }
 
+    /// <summary>
+    /// Kernel family 1 on the device, on a value of the last run that never left it (a layer's input, the A side of its
+    /// K-FAC factor): <paramref name="factor"/> ← β·factor + α·X̃ᵀX̃ with X the value as rows of <paramref name="cols"/>.
+    /// The plan must keep every value (keep-all plans), else the value's buffer may hold a later one.
+    /// </summary>
+    public void AccumulateFactor(string value, int cols, bool appendOne, float alpha, float beta, DeviceTensor factor)
+    {
+        var array = plan.Get(value);
+        if (!plan.KeepsAll || plan.Values[plan.Id(value)].IsConstant)
+            throw FisherKernelsException.Argument($"value '{value}' is not kept on the device by this plan (a keep-all plan keeps every computed value)");
+        if (cols <= 0 || array.Length % cols != 0)
+            throw FisherKernelsException.Argument($"value '{value}' [{ShapeUtil.Format(array.Shape)}] is not rows of {cols}");
+        device.AccumulateFactor(Buffer(array), (int)(array.Length / cols), cols, appendOne, alpha, beta, factor);
+    }
+
     /// <summary>The device buffer of a value the plan computes or takes as input (one per host buffer).</summary>
     internal DeviceTensor Buffer(NdArray value)
     {

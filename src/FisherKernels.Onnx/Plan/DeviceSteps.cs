@@ -51,6 +51,7 @@ internal static class DeviceSteps
             case Where: return [Elementwise(plan, step, DeviceBinary.Where)];
             case Cast: return [CastValues(plan, step)];
             case Gather when !plan.IsConstant(step, 1): return [GatherRows(plan, step)];
+            case GeluWithSlope: return GeluAndSlope(plan, step);
         }
         if (op is BinaryElementwise or Compare && Binaries.TryGetValue(type, out var binary) && node.InputCount == 2)
             return [Elementwise(plan, step, binary)];
@@ -87,6 +88,17 @@ internal static class DeviceSteps
         var output = plan.Buffer(y);
         var device = plan.Device;
         return () => device.Binary(function, layout, a, b, c, output);
+    }
+
+    /// <summary>A derivative plan's GELU: Y and the slope dY/dX its derivative passes read.</summary>
+    private static IEnumerable<Action> GeluAndSlope(DevicePlan plan, ExecutionPlan.Step step)
+    {
+        bool tanh = step.Op.Node.Attributes.GetString("approximate", "none") == "tanh";
+        var (x, y, slope) = (plan.Input(step, 0, "X"), plan.Buffer(step.Outputs[0]), plan.Buffer(step.Outputs[1]));
+        long length = step.Outputs[0].Length;
+        var device = plan.Device;
+        yield return () => device.Unary(tanh ? DeviceUnary.GeluTanh : DeviceUnary.GeluErf, x, y, length);
+        yield return () => device.Unary(tanh ? DeviceUnary.GeluTanhSlope : DeviceUnary.GeluErfSlope, x, slope, length);
     }
 
     private static Action CastValues(DevicePlan plan, ExecutionPlan.Step step)

@@ -160,8 +160,12 @@ public sealed class ExecutionPlan
         }
     }
 
+    /// <summary>Every value survives a run (built with keepAll): no buffer is shared by two values.</summary>
+    internal bool KeepsAll { get; private set; }
+
     private void Bind(bool keepAll, bool fuse, IReadOnlyDictionary<string, NdArray> inputValues)
     {
+        KeepsAll = keepAll;
         var graph = Model.Graph;
         var sequenceInputs = new List<(string Name, ElementType Type, List<string> Elements)>();
         foreach (var input in graph.Inputs)

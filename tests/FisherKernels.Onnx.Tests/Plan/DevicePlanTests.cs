@@ -43,6 +43,49 @@ public class DevicePlanTests
         AssertClose(lm.Forward(Cpu, reversed), lm.Forward(Device, reversed));
     }
 
+    /// <summary>
+    /// A keep-all (derivative) plan on the device: every float value it computes (GELU slopes, unfused attention, …) against
+    /// the CPU plan's, and each layer input's A factor accumulated on the device (kernel family 1 on device buffers) against
+    /// the CPU backend's AccumulateFactor on the CPU plan's value.
+    /// </summary>
+    [Theory]
+    [InlineData("gpt2_tiny")]
+    [InlineData("llama_tiny")]
+    public void KeepAllValuesAndLayerInputFactorsMatchTheCpu(string model)
+    {
+        var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
+        var inputs = lm.Inputs(NpyFile.Read(Fixtures.Path(model + ".tokens.npy")));
+        var plan = lm.Model.GetPlan(inputs, keepAll: true);
+        plan.Run(Cpu, inputs);
+        var computed = plan.Values.Where(v => !v.IsConstant && v.Array is NdArray<float>).ToList();
+        var expected = computed.ToDictionary(v => v.Name, v => new NdArray<float>(v.Array!.Shape, ((NdArray<float>)v.Array).Data.ToArray()));
+        using var device = DevicePlan.Build(plan, Emulator.Value, "ilgpu-cpu");
+        device.Run(inputs);
+        Assert.Contains(plan.Steps, s => s.Op is GeluWithSlope || s.Op.Node.OpType == "SimplifiedLayerNormalization");
+        foreach (var value in computed)
+        {
+            var actual = device.Download(value.Name);
+            float scale = Math.Max(1f, expected[value.Name].Data.Max(Math.Abs)), worst = 0;
+            for (int i = 0; i < actual.Data.Length; i++) worst = Math.Max(worst, Math.Abs(expected[value.Name].Data[i] - actual.Data[i]));
+            Assert.True(worst <= 1e-4f * scale, $"value '{value.Name}': max|Δ| = {worst:G3} against the CPU plan, allowed {1e-4f * scale:G3}");
+        }
+        using var host = new CpuBackend(1);
+        foreach (var layer in lm.Model.Layers)
+            foreach (var application in layer.Applications)
+            {
+                var x = (NdArray<float>)plan.Get(application.InputValue);
+                int rows = (int)(x.Length / layer.In), dim = layer.In + 1;
+                var reference = new float[dim * dim];
+                host.AccumulateFactor(x.Data, rows, layer.In, appendOne: true, 1f / rows, 0f, reference);
+                using var factor = Emulator.Value.Allocate(dim * dim);
+                device.AccumulateFactor(application.InputValue, layer.In, appendOne: true, 1f / rows, 0f, factor);
+                var actual = new float[dim * dim];
+                Emulator.Value.Download(factor, actual);
+                float scale = reference.Max(Math.Abs), worst = reference.Zip(actual, (r, a) => Math.Abs(r - a)).Max();
+                Assert.True(worst <= 1e-5f * scale, $"layer {layer.Id}: A factor max|Δ| = {worst:G3}, allowed {1e-5f * scale:G3}");
+            }
+    }
+
     [Fact]
     public void MovementAndElementwiseStepsMatchTheCpuPlan()
     {
