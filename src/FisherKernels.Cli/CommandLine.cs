@@ -49,7 +49,7 @@ internal static class CommandLine
         usage: fisherkernels <command> [options]
           inspect  --model M.onnx [--json]
           forward  --model M.onnx --tokens T.npy --out logits.npy
-          fit      --model M.onnx --tokens T.npy [--targets Y.npy] [--fisher sampled|empirical|exact] [--init C0 [--decay λ]] ... --out C.safetensors
+          fit      --model M.onnx --tokens T.npy [--targets Y.npy] [--fisher sampled|empirical|exact] [--ekfac] [--init C0 [--decay λ]] ... --out C.safetensors
                    [--cluster NAME [--clustering localhost|redis=…|adonet=INVARIANT:CONNECTION] [--shards N]]
           score    --model M.onnx --tokens T.npy [--method isotropic|kfac] [--curvature C.safetensors] ... --out S.json|S.csv
           jvp      --model M.onnx --tokens T.npy --direction V.safetensors --out J.npy

@@ -23,7 +23,7 @@ internal static class KfacCommands
         var options = CommandOptions.Parse("fit", args.AsSpan(1),
             ["--model", "--tokens", "--targets", "--fisher", "--samples", "--seed", "--ema", "--sample-positions", "--batch-size", "--out", "--backend", "--threads", "--init", "--decay",
              "--memory-budget", "--rank", "--layers", "--exclude-layers", "--cluster", "--clustering", "--shards", .. TextArguments.ValueOptions],
-            [.. TextArguments.FlagOptions, "--last-layer"]);
+            [.. TextArguments.FlagOptions, "--last-layer", "--ekfac"]);
         if (options.Optional("--text") is null) TextArguments.RefuseWithoutText("fit", options);
         string fisher = options.Optional("--fisher") ?? FisherType.Sampled.Name();
         var folder = TextArguments.Model(options);
@@ -50,8 +50,11 @@ internal static class KfacCommands
             OnPlan = plan => { foreach (string line in plan.Describe()) stdout.WriteLine(line); },
             InitPath = options.Optional("--init"),
             InitDecay = options.Optional("--decay") is { } decay ? Number(decay, "--decay") : 1.0,
+            Ekfac = options.Has("--ekfac"),
         };
         request.Options.Validate();
+        if (request.Ekfac && options.Optional("--cluster") is not null)
+            throw FisherKernelsException.Argument("fit: --ekfac cannot run on a cluster: the shards' curvatures are merged, and E belongs to the eigenbases of the factors it was computed with (SPEC §3); fit --ekfac in one process");
         if (options.Optional("--cluster") is not null)
             return options.Optional("--text") is null ? ClusterCommands.Fit(request, options, stdout)
                 : throw FisherKernelsException.Argument("fit --cluster: --text is not supported on a cluster; tokenize to an .npy file every silo reads");
@@ -101,8 +104,11 @@ internal static class KfacCommands
         double[]? decays = decayText?.Split(',').Select(t => Number(t.Trim(), "--decay")).ToArray();
         if (decays is not null && decays.Length != inputs.Count)
             throw FisherKernelsException.Argument($"merge: --decay has {decays.Length} values for {inputs.Count} curvature files (one per file, in order)");
-        KfacCurvature merged = KfacCurvature.MergeAll(inputs.Select(KfacCurvature.Load).ToArray(), decays, FitService.CreatedBy);
+        KfacCurvature[] curvatures = inputs.Select(KfacCurvature.Load).ToArray();
+        KfacCurvature merged = KfacCurvature.MergeAll(curvatures, decays, FitService.CreatedBy);
         merged.Save(outPath);
+        if (curvatures.Any(c => c.IsEkfac))
+            stdout.WriteLine("note: EK-FAC's E was dropped (it belongs to the eigenbases of each file's factors, SPEC §3); the merged curvature is K-FAC: run fit --ekfac over all the data for E");
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"wrote {outPath}: {inputs.Count} curvatures, {merged.Positions:R} positions"));
         return 0;
     }

@@ -39,15 +39,60 @@ public sealed class KronEigenbasis
             for (int k = 0; k < a; k++)
             {
                 double denominator = positions * lambdaG[j] * lambdaA[k] + priorPrecision;
-                if (!(denominator > 0))
-                    throw FisherKernelsException.Argument(
-                        $"the damped Kronecker precision M·A⊗G + τ·I is singular (M·λ_G[{j}]·λ_A[{k}] + τ = {denominator}): use a positive prior precision");
-                float inverse = (float)(1 / denominator);
-                if (!float.IsFinite(inverse))
-                    throw FisherKernelsException.Argument(
-                        $"the damped Kronecker precision M·A⊗G + τ·I is too close to singular for float32 (1 / (M·λ_G[{j}]·λ_A[{k}] + τ) = {1 / denominator}): use a larger prior precision");
-                InverseDenominators[(long)j * a + k] = inverse;
+                FillInverse(j, k, denominator);
             }
+    }
+
+    /// <summary>
+    /// EK-FAC (SPEC §3, §4): the same eigenvectors and eigenvalues with the curvature's eigenvalues <c>M·E_jk</c> in place of
+    /// <c>M·λ_G,j·λ_A,k</c>. Where either factor's eigenvalue was set to 0 as rounding noise, E (bounded by the same λ times the
+    /// largest square) is noise too and is read as 0, as K-FAC reads it: those directions keep the prior's 1/τ.
+    /// </summary>
+    public KronEigenbasis WithCorrection(ReadOnlySpan<float> e)
+    {
+        int a = ADim, g = GDim;
+        if (e.Length != (long)g * a) throw FisherKernelsException.Argument($"E needs [{g} × {a}] = {(long)g * a} values, got {e.Length}");
+        var corrected = new KronEigenbasis(QA, LambdaA, QG, LambdaG, Positions, PriorPrecision, new float[(long)g * a]);
+        for (int j = 0; j < g; j++)
+            for (int k = 0; k < a; k++)
+            {
+                long i = (long)j * a + k;
+                float value = LambdaG[j] == 0 || LambdaA[k] == 0 ? 0 : e[(int)i];
+                if (!float.IsFinite(value) || value < 0) throw FisherKernelsException.Argument($"E must be finite and non-negative, got {value} at [{j}, {k}]");
+                corrected.Correction![i] = value;
+                corrected.FillInverse(j, k, Positions * value + PriorPrecision);
+            }
+        return corrected;
+    }
+
+    KronEigenbasis(float[] qa, double[] lambdaA, float[] qg, double[] lambdaG, double positions, double priorPrecision, float[] correction)
+    {
+        QA = qa; LambdaA = lambdaA; QG = qg; LambdaG = lambdaG;
+        Positions = positions; PriorPrecision = priorPrecision;
+        InverseDenominators = new float[correction.LongLength];
+        Correction = correction;
+    }
+
+    /// <summary>
+    /// EK-FAC's E as this basis uses it (<c>[g × a]</c>, noise directions 0, <see cref="WithCorrection"/>), or null for K-FAC,
+    /// whose curvature eigenvalues are the products <c>λ_G,j·λ_A,k</c>.
+    /// </summary>
+    public float[]? Correction { get; }
+
+    /// <summary>The curvature's eigenvalue at [j, k]: <c>M·E_jk</c> (EK-FAC) or <c>M·λ_G,j·λ_A,k</c>.</summary>
+    public double CurvatureEigenvalue(int j, int k) =>
+        Correction is null ? Positions * LambdaG[j] * LambdaA[k] : Positions * (double)Correction[(long)j * ADim + k];
+
+    void FillInverse(int j, int k, double denominator)
+    {
+        if (!(denominator > 0))
+            throw FisherKernelsException.Argument(
+                $"the damped Kronecker precision M·A⊗G + τ·I is singular (M·λ_G[{j}]·λ_A[{k}] + τ = {denominator}): use a positive prior precision");
+        float inverse = (float)(1 / denominator);
+        if (!float.IsFinite(inverse))
+            throw FisherKernelsException.Argument(
+                $"the damped Kronecker precision M·A⊗G + τ·I is too close to singular for float32 (1 / (M·λ_G[{j}]·λ_A[{k}] + τ) = {1 / denominator}): use a larger prior precision");
+        InverseDenominators[(long)j * ADim + k] = inverse;
     }
 
     /// <summary>

@@ -94,7 +94,7 @@ public readonly record struct LayerMemory(string Layer, long FactorBytes, long E
 /// uninterrupted one, and a shard starting at batch <see cref="FirstBatch"/> draws what the whole-file fit draws there.
 /// </para>
 /// </summary>
-public sealed class KfacAccumulator
+public sealed class KfacAccumulator : IFisherPass
 {
     public const string CheckpointFormat = "fisherkernels-checkpoint/1";
 
@@ -171,28 +171,39 @@ public sealed class KfacAccumulator
         if (batchPositions >= 0) throw new InvalidOperationException("K-FAC fit: BeginBatch called twice without EndBatch");
         EnsureNotFinished();
         ArgumentOutOfRangeException.ThrowIfNegative(positions);
+        keptInBatch = DrawPositions(Options, FirstBatch + BatchesDone, positions, assigned, ref mask);
+        batchPositions = positions;
+        return mask;
+    }
+
+    /// <summary>
+    /// The kept positions of token-file batch <paramref name="batch"/> (<see cref="BeginBatch"/>): <c>--sample-positions p</c> keeps each
+    /// of <paramref name="positions"/> with probability p, a pure function of (seed, batch, position), and only the
+    /// <paramref name="assigned"/> ones count (empty: all). <paramref name="mask"/> (1 = kept) is reused when its length fits and
+    /// is empty when every position is kept; returns how many are kept.
+    /// </summary>
+    internal static int DrawPositions(KfacFitOptions options, int batch, int positions, ReadOnlySpan<byte> assigned, ref byte[] mask)
+    {
         if (!assigned.IsEmpty && assigned.Length != positions)
             throw new ArgumentException($"K-FAC fit: {assigned.Length} assigned flags for {positions} positions", nameof(assigned));
         if (assigned.IndexOf((byte)0) < 0) assigned = default; // all assigned: the unmasked path, bit for bit
-        batchPositions = positions;
-        if (Options.SamplePositions >= 1 && assigned.IsEmpty)
+        if (options.SamplePositions >= 1 && assigned.IsEmpty)
         {
             mask = [];
-            keptInBatch = positions;
-            return mask;
+            return positions;
         }
         if (mask.Length != positions) mask = new byte[positions];
-        var rng = new SplitMix64(Options.Seed, FirstBatch + BatchesDone, stream: 0);
-        keptInBatch = 0;
-        for (int m = 0; m < positions; m++)
+        var rng = new SplitMix64(options.Seed, batch, stream: 0);
+        int kept = 0;
+        for (int m = 0; m < mask.Length; m++)
         {
             // The draw is taken for every position, so the positions kept do not depend on which are assigned.
-            bool keep = Options.SamplePositions >= 1 || rng.NextDouble() < Options.SamplePositions;
+            bool keep = options.SamplePositions >= 1 || rng.NextDouble() < options.SamplePositions;
             keep &= assigned.IsEmpty || assigned[m] != 0;
             mask[m] = keep ? (byte)1 : (byte)0;
-            if (keep) keptInBatch++;
+            if (keep) kept++;
         }
-        return mask;
+        return kept;
     }
 
     /// <summary>
@@ -283,14 +294,19 @@ public sealed class KfacAccumulator
         return indexOf.TryGetValue(layer, out int index) ? layers[index] : throw FisherKernelsException.Argument($"K-FAC fit: '{layer}' is not a layer of the model");
     }
 
+    (double Alpha, double Beta) Weights(LayerState state) => Weights(Options, state.Positions, state.Kept);
+
     /// <summary>F ← β·F + α·Σ x xᵀ: the running mean (β = n/(n+m)) or the EMA (β = λ); the first data sets F (β = 0).</summary>
-    (double Alpha, double Beta) Weights(LayerState state)
+    internal static (double Alpha, double Beta) Weights(KfacFitOptions options, double positions, double kept)
     {
-        double kept = state.Kept;
-        if (state.Positions == 0) return (1.0 / kept, 0);
-        if (Options.Ema is double lambda) return ((1 - lambda) / kept, lambda);
-        return (1.0 / (state.Positions + kept), state.Positions / (state.Positions + kept));
+        if (positions == 0) return (1.0 / kept, 0);
+        if (options.Ema is double lambda) return ((1 - lambda) / kept, lambda);
+        return (1.0 / (positions + kept), positions / (positions + kept));
     }
+
+    /// <summary>M after a batch that kept <paramref name="kept"/> rows: positions add, or decay by λ first under EMA.</summary>
+    internal static double PositionsAfter(KfacFitOptions options, double positions, double kept) =>
+        kept == 0 ? positions : options.Ema is double lambda && positions > 0 ? lambda * positions + kept : positions + kept;
 
     /// <summary>The batch mask repeated for each application of a layer (row r is position r mod P).</summary>
     byte[] ExpandMask(int rows)
@@ -310,7 +326,7 @@ public sealed class KfacAccumulator
                 throw FisherKernelsException.Argument($"K-FAC fit: batch {BatchesDone} gave no {(s.Rows < 0 ? "inputs" : "output gradients")} for layer '{s.Shape.Layer}'");
         foreach (LayerState s in layers)
         {
-            if (s.Kept > 0) s.Positions = Options.Ema is double lambda && s.Positions > 0 ? lambda * s.Positions + s.Kept : s.Positions + s.Kept;
+            s.Positions = PositionsAfter(Options, s.Positions, s.Kept);
             s.Rows = -1;
         }
         batchPositions = -1;
@@ -327,7 +343,13 @@ public sealed class KfacAccumulator
         if (logits.Length != (long)positions * vocab || targets.Length != positions || labels.Length != positions)
             throw FisherKernelsException.Argument($"K-FAC fit: sampling labels needs logits [{positions} × {vocab}] and {positions} targets and labels");
         int batch = batchPositions >= 0 ? FirstBatch + BatchesDone : throw new InvalidOperationException("K-FAC fit: SampleLabels called outside a batch");
-        var rng = new SplitMix64(Options.Seed, batch, stream: 1 + draw);
+        DrawLabels(Options, batch, logits, positions, vocab, targets, draw, labels);
+    }
+
+    /// <summary>The labels of draw <paramref name="draw"/> of token-file batch <paramref name="batch"/> (<see cref="SampleLabels"/>): a pure function of (seed, batch, draw).</summary>
+    internal static void DrawLabels(KfacFitOptions options, int batch, ReadOnlySpan<float> logits, int positions, int vocab, ReadOnlySpan<long> targets, int draw, Span<long> labels)
+    {
+        var rng = new SplitMix64(options.Seed, batch, stream: 1 + draw);
         float[] weights = ArrayPool<float>.Shared.Rent(vocab);
         try
         {

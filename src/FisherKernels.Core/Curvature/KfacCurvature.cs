@@ -109,6 +109,13 @@ public sealed class KfacCurvature
     public KfacCurvature WithLayerSelection(string? selection) =>
         new(Layers, Fisher, ModelSha256, CreatedBy) { Source = Source, CalibrationBeta = CalibrationBeta, LayerSelection = selection, PriorPrecision = PriorPrecision };
 
+    /// <summary>Whether any layer carries EK-FAC's E (SPEC §3): scores then report the method <c>ekfac</c>.</summary>
+    public bool IsEkfac => Layers.Any(b => b.E is not null);
+
+    /// <summary>This curvature with <paramref name="layers"/> in place of its blocks (same layers, same metadata).</summary>
+    public KfacCurvature WithLayers(IEnumerable<KroneckerBlock> layers) =>
+        new(layers, Fisher, ModelSha256, CreatedBy) { Source = Source, CalibrationBeta = CalibrationBeta, LayerSelection = LayerSelection, PriorPrecision = PriorPrecision };
+
     /// <summary>M: the largest per-layer position count.</summary>
     public double Positions => Layers.Max(b => b.Positions);
 
@@ -144,6 +151,7 @@ public sealed class KfacCurvature
             if (b.Positions != positions) metadata[b.Layer + ".positions"] = FormatNumber(b.Positions);
             AddSide(tensors, metadata, b.Layer + ".A", b.ASide);
             AddSide(tensors, metadata, b.Layer + ".G", b.GSide);
+            if (b.E is not null) tensors.Add(new(b.Layer + ".E", b.E));
         }
         SafetensorsFile.Write(path, tensors, metadata);
     }
@@ -179,10 +187,10 @@ public sealed class KfacCurvature
         return FactorSide.LowRank(new FactorSketch(y, d, seed));
     }
 
-    /// <summary>The layer and side a curvature tensor belongs to (<c>&lt;layer&gt;.A</c>, <c>.A.Y</c>, <c>.A.diag</c>, likewise G), or null.</summary>
+    /// <summary>The layer and side a curvature tensor belongs to (<c>&lt;layer&gt;.A</c>, <c>.A.Y</c>, <c>.A.diag</c>, likewise G; EK-FAC's <c>.E</c>), or null.</summary>
     static (string Layer, char Side)? SideOf(string name)
     {
-        foreach (string suffix in (string[])[".A", ".G", ".A.Y", ".G.Y", ".A.diag", ".G.diag"])
+        foreach (string suffix in (string[])[".A", ".G", ".E", ".A.Y", ".G.Y", ".A.diag", ".G.diag"])
             if (name.EndsWith(suffix, StringComparison.Ordinal) && name.Length > suffix.Length)
                 return (name[..^suffix.Length], suffix[1]);
         return null;
@@ -235,6 +243,8 @@ public sealed class KfacCurvature
         {
             if (SideOf(name) is not var (layer, side))
                 throw FisherKernelsException.Format($"{path}: unexpected tensor '{name}' (curvature tensors are '<layer>.A' and '<layer>.G', or their '.Y' and '.diag' sketches)");
+            if (side == 'E' && !file.Names.Any(n => n != name && SideOf(n)?.Layer == layer))
+                throw FisherKernelsException.Format($"{path}: '{name}' (EK-FAC's E) has no factors '{layer}.A' and '{layer}.G' beside it");
             if (!layerNames.Contains(layer)) layerNames.Add(layer);
         }
         if (layerNames.Count == 0) throw FisherKernelsException.Format($"{path}: curvature has no layers");
@@ -251,8 +261,10 @@ public sealed class KfacCurvature
                 throw FisherKernelsException.Format($"{path}: metadata '{layer}.has_bias' must be 'true' or 'false', found '{biasFlag}'");
             double layerPositions = meta.TryGetValue(layer + ".positions", out string? p) ? ParsePositions(p, layer + ".positions", path) : positions;
             string? problem = KroneckerBlock.Check(layer, aSide, gSide, biasFlag == "true", layerPositions);
+            NdArray<float>? e = file.Tensors.ContainsKey(layer + ".E") ? file.GetFloat32(layer + ".E") : null;
+            problem ??= KroneckerBlock.CheckCorrection(layer, aSide, gSide, e);
             if (problem is not null) throw FisherKernelsException.Format($"{path}: {problem}");
-            blocks.Add(new KroneckerBlock(layer, aSide, gSide, biasFlag == "true", layerPositions));
+            blocks.Add(new KroneckerBlock(layer, aSide, gSide, biasFlag == "true", layerPositions, e));
         }
         meta.TryGetValue("created_by", out string? createdBy);
         double? beta = null;

@@ -17,17 +17,19 @@ public sealed class KroneckerBlock
     public KroneckerBlock(string layer, NdArray<float> a, NdArray<float> g, bool hasBias, double positions)
         : this(layer, FactorSide.Dense(a), FactorSide.Dense(g), hasBias, positions) { }
 
-    public KroneckerBlock(string layer, FactorSide a, FactorSide g, bool hasBias, double positions)
+    /// <param name="e">EK-FAC's E (<c>[out, in(+1)]</c>, SPEC §3), or null for K-FAC; only with both sides dense.</param>
+    public KroneckerBlock(string layer, FactorSide a, FactorSide g, bool hasBias, double positions, NdArray<float>? e = null)
     {
         ArgumentNullException.ThrowIfNull(a);
         ArgumentNullException.ThrowIfNull(g);
-        string? problem = Check(layer, a, g, hasBias, positions);
+        string? problem = Check(layer, a, g, hasBias, positions) ?? CheckCorrection(layer, a, g, e);
         if (problem is not null) throw FisherKernelsException.Argument(problem);
         Layer = layer;
         ASide = a;
         GSide = g;
         HasBias = hasBias;
         Positions = positions;
+        E = e;
     }
 
     /// <summary>The layer id: the weight initializer's name (SPEC §2).</summary>
@@ -47,6 +49,19 @@ public sealed class KroneckerBlock
 
     /// <summary>G's sketch when G is low rank, else null.</summary>
     public FactorSketch? GSketch => GSide.Sketch;
+
+    /// <summary>
+    /// EK-FAC's eigenvalue correction (SPEC §3 <c>fit --ekfac</c>), <c>[out, in(+1)]</c>: the Fisher's diagonal in the eigenbases
+    /// of G (rows) and A (columns), both in ascending eigenvalue order, <c>E_ij = (1/M) Σ_m (Q_Gᵀ g_m)_i² (Q_Aᵀ ã_m)_j²</c>;
+    /// null for plain K-FAC. It belongs to the eigenbases it was computed in, so merging drops it.
+    /// </summary>
+    public NdArray<float>? E { get; }
+
+    /// <summary>This block without E (K-FAC), sharing the sides.</summary>
+    public KroneckerBlock WithoutCorrection() => E is null ? this : new KroneckerBlock(Layer, ASide, GSide, HasBias, Positions);
+
+    /// <summary>This block with <paramref name="e"/> as its EK-FAC correction, sharing the sides.</summary>
+    public KroneckerBlock WithCorrection(NdArray<float> e) => new(Layer, ASide, GSide, HasBias, Positions, e ?? throw new ArgumentNullException(nameof(e)));
 
     /// <summary>Whether both sides are dense.</summary>
     public bool IsDense => ASide.Matrix is not null && GSide.Matrix is not null;
@@ -78,18 +93,20 @@ public sealed class KroneckerBlock
             throw FisherKernelsException.Argument($"layer '{Layer}': cannot merge A [{ADim}]² G [{GDim}]² (bias {HasBias}) with A [{other.ADim}]² G [{other.GDim}]² (bias {other.HasBias})");
         double total = Positions + other.Positions;
         double w1 = total > 0 ? Positions / total : 0.5, w2 = total > 0 ? other.Positions / total : 0.5;
+        // E is not carried over: it belongs to each block's own eigenbases, and the merged factors have others (SPEC §3).
         return new KroneckerBlock(Layer, ASide.WeightedMean(w1, other.ASide, w2, $"layer '{Layer}' A"),
                                   GSide.WeightedMean(w1, other.GSide, w2, $"layer '{Layer}' G"), HasBias, total);
     }
 
     /// <summary>
     /// This block with its positions scaled by <paramref name="decay"/> (forgetting, SPEC §3 <c>merge --decay</c>): A and G
-    /// are means and stay, so a later merge weighs this block's information by λ·M. The sides are shared, not copied.
+    /// are means and stay, so a later merge weighs this block's information by λ·M. The sides (and E, a mean in unchanged
+    /// eigenbases) are shared, not copied.
     /// </summary>
     public KroneckerBlock Decayed(double decay)
     {
         if (!double.IsFinite(decay) || decay < 0) throw FisherKernelsException.Argument($"a decay must be a finite number ≥ 0, got {decay}");
-        return new KroneckerBlock(Layer, ASide, GSide, HasBias, Positions * decay);
+        return new KroneckerBlock(Layer, ASide, GSide, HasBias, Positions * decay, E);
     }
 
     /// <summary>What is wrong with the parts of a block, or null; shared by the constructor and the file loader.</summary>
@@ -98,6 +115,20 @@ public sealed class KroneckerBlock
         if (string.IsNullOrEmpty(layer)) return "a curvature block needs a layer name";
         if (!double.IsFinite(positions) || positions < 0) return $"layer '{layer}': positions must be finite and non-negative, got {positions}";
         return a.Check(layer, "A", hasBias ? 2 : 1) ?? g.Check(layer, "G", 1);
+    }
+
+    /// <summary>What is wrong with an EK-FAC correction of a block with sides <paramref name="a"/> and <paramref name="g"/>, or null.</summary>
+    internal static string? CheckCorrection(string layer, FactorSide a, FactorSide g, NdArray<float>? e)
+    {
+        if (e is null) return null;
+        if (a.Matrix is null || g.Matrix is null)
+            return $"layer '{layer}': EK-FAC's E needs both factor sides dense, but {(a.Matrix is null ? "A" : "G")} is low rank (such a layer keeps K-FAC, SPEC §3)";
+        if (e.Rank != 2 || e.Shape[0] != g.Size || e.Shape[1] != a.Size)
+            return $"layer '{layer}': E must be [{g.Size}, {a.Size}] ([out, in(+1)]), got [{ShapeUtil.Format(e.Shape)}]";
+        float[] d = e.Data;
+        for (long i = 0; i < d.LongLength; i++)
+            if (!float.IsFinite(d[i]) || d[i] < 0) return $"layer '{layer}': E must be finite and non-negative (a mean of squares), got {d[i]} at [{i / a.Size}, {i % a.Size}]";
+        return null;
     }
 
     internal static string? Check(string layer, NdArray<float> a, NdArray<float> g, bool hasBias, double positions) =>

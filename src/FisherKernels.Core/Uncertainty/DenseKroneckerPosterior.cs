@@ -9,7 +9,7 @@ namespace FisherKernels.Uncertainty;
 /// fitted on fewer positions than the layer is wide) and rotating only those is cheaper, the rest of Σ is the flat 1/τ
 /// (<see cref="CurvedSubspace"/>).
 /// </summary>
-public sealed class DenseKroneckerPosterior : LayerPosterior
+public class DenseKroneckerPosterior : LayerPosterior
 {
     readonly IComputeBackend backend;
     readonly KronEigenbasis basis;
@@ -23,10 +23,15 @@ public sealed class DenseKroneckerPosterior : LayerPosterior
     readonly CurvedSubspace? curved;
 
     internal DenseKroneckerPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options)
+        : this(block, index, backend, options, correct: false) { }
+
+    /// <param name="correct">Whether the curvature's eigenvalues are the block's E (<see cref="EkfacPosterior"/>) instead of the factors' products.</param>
+    private protected DenseKroneckerPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options, bool correct)
         : base(block.Layer, block.HasBias, block.ADim, block.GDim, block.Positions, options.PriorPrecisionOf(block.Layer), index)
     {
         this.backend = backend;
         basis = KronEigenbasis.Create(backend, block.A.Data, ADim, block.G.Data, GDim, Positions, PriorPrecision);
+        if (correct) basis = basis.WithCorrection((block.E ?? throw FisherKernelsException.Argument($"layer '{block.Layer}' has no EK-FAC E")).Data);
         RangeA = RangeOf(basis.LambdaA);
         RangeG = RangeOf(basis.LambdaG);
         curved = CurvedSubspaceOf(basis);
@@ -35,7 +40,7 @@ public sealed class DenseKroneckerPosterior : LayerPosterior
     /// <summary>Bytes of the dense form of an [a]² ⊗ [g]² block: Q_A, Q_G and the inverse denominators, float32.</summary>
     public static long Bytes(int aDim, int gDim) => 4L * ((long)aDim * aDim + (long)gDim * gDim + (long)aDim * gDim);
 
-    protected override string Form => "dense eigenbasis";
+    protected override string Form => basis.Correction is null ? "dense eigenbasis" : "EK-FAC, dense eigenbasis";
 
     protected override void QuadraticCore(ReadOnlySpan<float> xs, int count, Span<float> output) => backend.KronQuadratic(basis, xs, count, output);
 
@@ -109,12 +114,12 @@ public sealed class DenseKroneckerPosterior : LayerPosterior
         backend.Gemm(new GemmShape(GDim, ADim, ADim, TransB: true), left, basis.QA, result);
     }
 
-    /// <summary><c>Σ_ij log(M λ_G,i λ_A,j + τ)</c>, in float64 from the eigenvalues.</summary>
+    /// <summary><c>Σ_ij log(M λ_G,i λ_A,j + τ)</c> (EK-FAC: <c>M E_ij</c>), in float64 from the eigenvalues.</summary>
     public override double LogDeterminant()
     {
         double sum = 0;
-        foreach (double g in basis.LambdaG)
-            foreach (double a in basis.LambdaA) sum += Math.Log(Positions * g * a + PriorPrecision);
+        for (int i = 0; i < GDim; i++)
+            for (int j = 0; j < ADim; j++) sum += Math.Log(basis.CurvatureEigenvalue(i, j) + PriorPrecision);
         return sum;
     }
 

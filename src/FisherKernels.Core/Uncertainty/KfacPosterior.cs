@@ -72,6 +72,12 @@ public sealed class KfacPosterior
 
     public PosteriorOptions Options { get; }
     public double PriorPrecision => Options.PriorPrecision;
+
+    /// <summary>Whether any layer uses EK-FAC's eigenvalues (<see cref="EkfacPosterior"/>): scores report the method <c>ekfac</c> (SPEC §6).</summary>
+    public bool IsEkfac => Layers.Any(l => l is EkfacPosterior);
+
+    /// <summary>The method name a score under this posterior reports: <c>ekfac</c> or <c>kfac</c>.</summary>
+    public string MethodName => IsEkfac ? "ekfac" : "kfac";
     public IReadOnlyList<LayerPosterior> Layers { get; }
 
     /// <summary>Whether the posterior covers <paramref name="layer"/>: a curvature fitted on a layer selection covers only those (SPEC §2).</summary>

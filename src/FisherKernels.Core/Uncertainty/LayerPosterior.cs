@@ -7,7 +7,8 @@ namespace FisherKernels.Uncertainty;
 /// <summary>
 /// One layer's posterior covariance Σ on <c>vec([W | b])</c>, <c>W</c> as <c>[out, in]</c> (SPEC §4): the small algebra
 /// every consumer (scores, linearized sampling, the last-layer variance, the marginal likelihood) talks to. Each form
-/// of Σ is one subclass: <see cref="DenseKroneckerPosterior"/> (both factors' eigenbases), <see cref="WoodburyPosterior"/>
+/// of Σ is one subclass: <see cref="DenseKroneckerPosterior"/> (both factors' eigenbases; <see cref="EkfacPosterior"/> with
+/// EK-FAC's eigenvalues there), <see cref="WoodburyPosterior"/>
 /// (a factor too large for the memory budget as diagonal plus low rank) and <see cref="IsotropicLayerPosterior"/>
 /// (Σ = I, the gradient-norm estimator). A new curvature form (EK-FAC, a low-rank factor side) is a new subclass.
 /// The public members check their arguments here once; the subclasses implement the <c>…Core</c> members.
@@ -35,9 +36,10 @@ public abstract class LayerPosterior
         try
         {
             // A sketched (low-rank) side always takes the Woodbury form, its U, s, d recovered by the Nyström method.
-            return block.IsDense && (DenseKroneckerPosterior.Bytes(block.ADim, block.GDim) <= options.MemoryBudgetBytes || Math.Max(block.ADim, block.GDim) <= options.Rank)
-                ? new DenseKroneckerPosterior(block, index, backend, options)
-                : new WoodburyPosterior(block, index, backend, options);
+            // EK-FAC's E needs the dense eigenbasis it was computed in; a layer whose eigenbasis is over the budget keeps K-FAC's Woodbury form.
+            bool dense = block.IsDense && (DenseKroneckerPosterior.Bytes(block.ADim, block.GDim) <= options.MemoryBudgetBytes || Math.Max(block.ADim, block.GDim) <= options.Rank);
+            if (!dense) return new WoodburyPosterior(block, index, backend, options);
+            return block.E is null ? new DenseKroneckerPosterior(block, index, backend, options) : new EkfacPosterior(block, index, backend, options);
         }
         catch (FisherKernelsException e) when (e.Kind == ErrorKind.InvalidArgument && !e.Message.Contains($"'{block.Layer}'", StringComparison.Ordinal))
         {

@@ -7,9 +7,10 @@ namespace FisherKernels.Uncertainty;
 /// <summary>
 /// One dense layer's share of the Laplace marginal likelihood (SPEC §4): the eigenvalues of its factors A and G (float64,
 /// as the posterior clamps them), M, and <c>‖θ‖²</c> of its <c>[W | b]</c>. The curvature's eigenvalues are the products
-/// <c>c_ij = M λ_G,i λ_A,j</c>; P = out·in(+1) parameters.
+/// <c>c_ij = M λ_G,i λ_A,j</c>, or with EK-FAC's <paramref name="E"/> (as <see cref="KronEigenbasis.WithCorrection"/> reads it)
+/// <c>c_ij = M E_ij</c>; P = out·in(+1) parameters.
 /// </summary>
-public sealed record MarginalLayer(string Layer, double[] LambdaA, double[] LambdaG, double Positions, double ParameterSquaredNorm)
+public sealed record MarginalLayer(string Layer, double[] LambdaA, double[] LambdaG, double Positions, double ParameterSquaredNorm, float[]? E = null)
 {
     public long Parameters => (long)LambdaA.Length * LambdaG.Length;
 
@@ -18,15 +19,19 @@ public sealed record MarginalLayer(string Layer, double[] LambdaA, double[] Lamb
     {
         ArgumentNullException.ThrowIfNull(block);
         var basis = KronEigenbasis.Create(backend, block.A.Data, block.ADim, block.G.Data, block.GDim, block.Positions, 1.0);
-        return new MarginalLayer(block.Layer, basis.LambdaA, basis.LambdaG, block.Positions, parameterSquaredNorm);
+        if (block.E is not null) basis = basis.WithCorrection(block.E.Data);
+        return new MarginalLayer(block.Layer, basis.LambdaA, basis.LambdaG, block.Positions, parameterSquaredNorm, basis.Correction);
     }
+
+    /// <summary>The curvature's eigenvalue c_ij.</summary>
+    double Eigenvalue(int i, int j) => E is null ? Positions * LambdaG[i] * LambdaA[j] : Positions * (double)E[(long)i * LambdaA.Length + j];
 
     /// <summary><c>−½ τ‖θ‖² − ½ Σ_ij log(c_ij + τ) + ½ P log τ</c>.</summary>
     public double LogEvidence(double tau)
     {
         double logDet = 0;
-        foreach (double g in LambdaG)
-            foreach (double a in LambdaA) logDet += Math.Log(Positions * g * a + tau);
+        for (int i = 0; i < LambdaG.Length; i++)
+            for (int j = 0; j < LambdaA.Length; j++) logDet += Math.Log(Eigenvalue(i, j) + tau);
         return -0.5 * tau * ParameterSquaredNorm - 0.5 * logDet + 0.5 * Parameters * Math.Log(tau);
     }
 
@@ -37,10 +42,10 @@ public sealed record MarginalLayer(string Layer, double[] LambdaA, double[] Lamb
     public double Slope(double tau)
     {
         double effective = 0;
-        foreach (double g in LambdaG)
-            foreach (double a in LambdaA)
+        for (int i = 0; i < LambdaG.Length; i++)
+            for (int j = 0; j < LambdaA.Length; j++)
             {
-                double c = Positions * g * a;
+                double c = Eigenvalue(i, j);
                 effective += c / (c + tau);
             }
         return effective - tau * ParameterSquaredNorm;

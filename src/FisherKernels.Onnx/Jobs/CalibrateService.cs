@@ -70,7 +70,7 @@ public static class CalibrateService
             // the true targets only say which predictions were right.
             int seq = tokens.Shape[1];
             var predicted = Targets.Predicted(logits, checkedTargets);
-            var report = PositionScorer.Score(lm, context, tokens, predicted, LayerDiscovery.DefaultParameters(KfacScoring.Layers(lm, posterior)), ScoreMethod.Kfac.Name(),
+            var report = PositionScorer.Score(lm, context, tokens, predicted, LayerDiscovery.DefaultParameters(KfacScoring.Layers(lm, posterior)), posterior.MethodName,
                                               posterior.PriorPrecision, KfacScoring.Epistemic(lm, posterior));
             foreach (var sequence in report.Sequences)
                 foreach (var token in sequence.Tokens)

@@ -42,6 +42,13 @@ public sealed record FitRequest
     /// <summary>The layers to fit (SPEC §2 <c>--layers</c>, <c>--exclude-layers</c>, <c>--last-layer</c>); recorded in the curvature.</summary>
     public LayerSelection Selection { get; init; } = LayerSelection.All;
 
+    /// <summary>
+    /// EK-FAC (<c>--ekfac</c>, SPEC §3): once the factors are final, a second pass over the same batches and draws adds E per
+    /// layer with dense sides. Not with <see cref="InitPath"/> or a shard (<see cref="Batches"/>): E belongs to the eigenbases of
+    /// the factors it was computed with, and a merge changes them.
+    /// </summary>
+    public bool Ekfac { get; init; }
+
     /// <summary>Told the memory plan (SPEC §3) before any batch runs: the CLI prints it.</summary>
     public Action<MemoryPlan>? OnPlan { get; init; }
 
@@ -124,6 +131,8 @@ public sealed class FitService(OpContext context)
         string fingerprint = source.Fingerprint + (request.Batches is null ? "" : $", {range}");
         // C0 is checked before any batch runs: a curvature of another model or fisher type stops the fit at once.
         KfacCurvature? init = LoadInit(request, modelSha, shapes);
+        if (request.Ekfac && (init is not null || request.Batches is not null))
+            throw FisherKernelsException.Argument($"fit: --ekfac cannot be combined with {(init is not null ? "--init" : "a cluster shard")}: E belongs to the eigenbases of the factors it was computed with, and merging changes them (SPEC §3); fit --ekfac over all the data in one run");
         string checkpoint = request.CheckpointPath;
         KfacAccumulator accumulator = File.Exists(checkpoint)
             ? KfacAccumulator.Resume(checkpoint, context.Backend, shapes, request.Options, modelSha, fingerprint, range.First)
@@ -133,7 +142,8 @@ public sealed class FitService(OpContext context)
 
         var parameters = LayerDiscovery.DefaultParameters(layers);
         var lastSave = Stopwatch.StartNew();
-        progress?.Report(new JobProgress(accumulator.BatchesDone, batches));
+        int steps = request.Ekfac ? 2 * batches : batches; // EK-FAC's second pass reports as steps after the first's
+        progress?.Report(new JobProgress(accumulator.BatchesDone, steps));
         for (int done = accumulator.BatchesDone; done < batches; done++)
         {
             if (cancel.IsCancellationRequested)
@@ -143,15 +153,29 @@ public sealed class FitService(OpContext context)
             }
             var rows = source.Read(range.First + done);
             FitBatch(lm, context, accumulator, layers, parameters, rows.Tokens, rows.Targets, assigned: rows.Assigned);
-            progress?.Report(new JobProgress(done + 1, batches));
+            progress?.Report(new JobProgress(done + 1, steps));
             if (lastSave.Elapsed >= request.CheckpointInterval && done + 1 < batches)
             {
                 accumulator.SaveCheckpoint(checkpoint, fingerprint);
                 lastSave.Restart();
             }
         }
+        // EK-FAC: the finished first pass is checkpointed, so a second pass cancelled or killed resumes at its start.
+        if (request.Ekfac) accumulator.SaveCheckpoint(checkpoint, fingerprint);
         KfacCurvature curvature = accumulator.ToCurvature(CreatedBy).WithLayerSelection(request.Selection.IsAll ? null : request.Selection.ToMetadata());
         if (init is not null) curvature = KfacCurvature.MergeAll([init, curvature], [request.InitDecay, 1.0], CreatedBy);
+        if (request.Ekfac)
+        {
+            var second = new EkfacAccumulator(context.Backend, curvature, request.Options, range.First);
+            for (int done = 0; done < batches; done++)
+            {
+                if (cancel.IsCancellationRequested) return new FitResult(null, batches, batches, checkpoint);
+                var rows = source.Read(range.First + done);
+                FitBatch(lm, context, second, layers, parameters, rows.Tokens, rows.Targets, assigned: rows.Assigned);
+                progress?.Report(new JobProgress(batches + done + 1, steps));
+            }
+            curvature = second.ToCurvature();
+        }
         curvature.Save(request.OutPath);
         File.Delete(checkpoint);
         return new FitResult(curvature, batches, batches, checkpoint);
@@ -185,7 +209,7 @@ public sealed class FitService(OpContext context)
     /// One batch: the forward pass, the layer inputs, then one backward pass per label draw (SPEC §3 Fisher types), each
     /// computing only the layer outputs' gradients (no weight gradient: the factors need the taps alone).
     /// </summary>
-    public static void FitBatch(LanguageModel lm, OpContext context, KfacAccumulator accumulator, IReadOnlyList<Layer> layers,
+    public static void FitBatch(LanguageModel lm, OpContext context, IFisherPass accumulator, IReadOnlyList<Layer> layers,
                                 IReadOnlyList<string> parameters, NdArray<long> tokens, NdArray<long> targets, StageTimes? times = null,
                                 byte[]? assigned = null)
     {

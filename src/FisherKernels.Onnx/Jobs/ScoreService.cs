@@ -11,7 +11,7 @@ public enum ScoreMethod
 {
     /// <summary><c>‖∇θ p‖²</c>, Σ = I: no curvature needed.</summary>
     Isotropic,
-    /// <summary><c>∇θ pᵀ Σ ∇θ p</c> under the K-FAC Laplace posterior of a curvature file.</summary>
+    /// <summary><c>∇θ pᵀ Σ ∇θ p</c> under the K-FAC Laplace posterior of a curvature file (EK-FAC when the file has E: reported as <c>ekfac</c>).</summary>
     Kfac,
 }
 
@@ -97,7 +97,7 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
         KfacPosterior? posterior = options.Method == ScoreMethod.Kfac ? Posterior(options) : null;
         IReadOnlyList<string> parameters = posterior is null ? Parameters(lm, options.Parameters, options.Selection) : LayerDiscovery.DefaultParameters(KfacScoring.Layers(lm, posterior));
         EpistemicMetric metric = posterior is null ? EpistemicMetric.SquaredGradientNorm : KfacScoring.Epistemic(lm, posterior);
-        var report = PositionScorer.Score(lm, context, tokens, targets, parameters, options.Method.Name(), posterior?.PriorPrecision ?? options.Posterior.PriorPrecision, metric, options.Level);
+        var report = PositionScorer.Score(lm, context, tokens, targets, parameters, posterior?.MethodName ?? options.Method.Name(), posterior?.PriorPrecision ?? options.Posterior.PriorPrecision, metric, options.Level);
         if (posterior is not null && options.LastLayerVariance && options.Level.HasFlag(ScoreLevel.Token)) report = LastLayerVariance.Add(report, lm, context, posterior, tokens, log ?? TextWriter.Null);
         if (options.Samples is { } k) report = KfacScoring.AddSampling(report, lm, context, posterior!, tokens, k, options.Seed);
         return report;

@@ -25,6 +25,32 @@ public sealed class KfacCurvatureTests : IDisposable
 
     string PathOf(string name) => Path.Combine(dir, name);
 
+    /// <summary>EK-FAC's E (SPEC §3, §5): saved as <c>&lt;layer&gt;.E</c> and read back exactly; decay keeps it, a merge drops it; a misshaped or negative E is one error naming the layer.</summary>
+    [Fact]
+    public void EkfacCorrectionIsSavedDecayedKeptAndDroppedByMerge()
+    {
+        var rng = new Random(5);
+        KfacCurvature plain = Make(rng);
+        KfacCurvature c = plain.WithLayers(plain.Layers.Select((b, i) => i == 1 ? b : b.WithCorrection(
+            new NdArray<float>([b.GDim, b.ADim], Enumerable.Range(0, b.GDim * b.ADim).Select(_ => (float)rng.NextDouble()).ToArray()))));
+        Assert.True(c.IsEkfac);
+        string path = PathOf("e.safetensors");
+        c.Save(path);
+        KfacCurvature back = KfacCurvature.Load(path);
+        Assert.Null(back.Layers[1].E);
+        Assert.Equal(c.Layers[0].E!.Data, back.Layers[0].E!.Data);
+        Assert.Equal(c.Layers[2].E!.Data, back.Layers[2].E!.Data);
+        Assert.Same(c.Layers[0].E, c.Decayed(0.5).Layers[0].E);
+        Assert.False(c.Merge(c).IsEkfac);
+
+        KroneckerBlock b0 = plain.Layers[0];
+        var wrong = Assert.Throws<FisherKernelsException>(() => b0.WithCorrection(new NdArray<float>([b0.ADim, b0.GDim])));
+        Assert.Contains($"layer '{b0.Layer}': E must be [{b0.GDim}, {b0.ADim}]", wrong.Message);
+        var negative = new NdArray<float>([b0.GDim, b0.ADim]);
+        negative.Data[3] = -1;
+        Assert.Contains("non-negative", Assert.Throws<FisherKernelsException>(() => b0.WithCorrection(negative)).Message);
+    }
+
     [Fact]
     public void SaveLoadRoundTripIsExact()
     {
