@@ -162,7 +162,10 @@ internal static class ModelCommands
         return result!;
     }
 
-    /// <summary>`run --model M --input NAME=FILE.npy ... --out-dir DIR`: each graph output as DIR/&lt;name&gt;.npy in its element type.</summary>
+    /// <summary>
+    /// `run --model M --input NAME=FILE.npy ... --out-dir DIR`: each graph output as DIR/&lt;name&gt;.npy in its element type.
+    /// A sequence input is given as its elements, NAME[0]=FILE.npy, NAME[1]=…; a sequence output is written as its elements, DIR/NAME[i].npy.
+    /// </summary>
     public static int Run(string[] args)
     {
         var options = CommandOptions.Parse("run", args.AsSpan(1), ["--model", "--input", "--out-dir", "--backend", "--threads"], []);
@@ -175,17 +178,20 @@ internal static class ModelCommands
             int eq = spec.IndexOf('=');
             if (eq <= 0 || eq == spec.Length - 1) throw FisherKernelsException.Argument($"run: --input '{spec}' must be NAME=FILE.npy");
             string name = spec[..eq], file = spec[(eq + 1)..];
-            var declared = graph.Inputs.FirstOrDefault(i => i.Name == name)
-                ?? throw FisherKernelsException.Argument($"run: the model has no input '{name}' (inputs: {string.Join(", ", graph.Inputs.Select(i => i.Name))})");
+            var declared = graph.Inputs.FirstOrDefault(i => !i.IsSequence && i.Name == name)
+                ?? graph.Inputs.FirstOrDefault(i => i.IsSequence && IsElementOf(name, i.Name))
+                ?? throw FisherKernelsException.Argument($"run: the model has no input '{name}' (inputs: {string.Join(", ", graph.Inputs.Select(i => i.IsSequence ? i.Name + "[i]" : i.Name))})");
             if (inputs.ContainsKey(name)) throw FisherKernelsException.Argument($"run: input '{name}' is given twice");
             inputs[name] = InputArray(NpyFile.Read(file), declared, file);
         }
         foreach (var i in graph.Inputs)
-            if (!inputs.ContainsKey(i.Name)) throw FisherKernelsException.Argument($"run: input '{i.Name}' is required (--input {i.Name}=FILE.npy)");
+            if (!i.IsSequence && !inputs.ContainsKey(i.Name)) throw FisherKernelsException.Argument($"run: input '{i.Name}' is required (--input {i.Name}=FILE.npy)");
 
         var plan = model.GetPlan(inputs);
         plan.Run(Context(options), inputs);
-        var files = graph.Outputs.Select(o => (Path: Path.Combine(outDir, SafeFileName(o.Name) + ".npy"), Value: plan.Get(o.Name))).ToList();
+        var names = graph.Outputs.SelectMany(o => plan.SequenceLength(o.Name) is int count
+            ? Enumerable.Range(0, count).Select(i => ValueInfo.ElementName(o.Name, i)) : [o.Name]);
+        var files = names.Select(name => (Path: Path.Combine(outDir, SafeFileName(name) + ".npy"), Value: plan.Get(name))).ToList();
         Directory.CreateDirectory(outDir);
         var written = new List<string>();
         try
@@ -244,6 +250,11 @@ internal static class ModelCommands
         }
         return result;
     }
+
+    /// <summary>Whether <paramref name="name"/> is <c>sequence[i]</c> for an index i.</summary>
+    private static bool IsElementOf(string name, string sequence) =>
+        name.Length > sequence.Length + 2 && name.StartsWith(sequence + "[", StringComparison.Ordinal) && name[^1] == ']'
+        && int.TryParse(name[(sequence.Length + 1)..^1], NumberStyles.None, CultureInfo.InvariantCulture, out int i) && name == ValueInfo.ElementName(sequence, i);
 
     private static string SafeFileName(string name)
     {

@@ -179,6 +179,9 @@ public sealed class ExecutionPlan
                     elements.Add(ValueInfo.ElementName(input.Name, i));
                     Add(elements[^1], new TensorInfo(elementType, elementShape));
                 }
+                foreach (var key in InputShapes.Keys)
+                    if (key.StartsWith(input.Name + "[", StringComparison.Ordinal) && !elements.Contains(key))
+                        throw FisherKernelsException.Argument($"model '{graph.Source}': input '{key}' is given, but sequence '{input.Name}' has its elements 0 to {elements.Count - 1} only (they are numbered from 0, without gaps)");
                 inputNames.AddRange(elements);
                 sequenceInputs.Add((input.Name, elementType, elements));
                 continue;

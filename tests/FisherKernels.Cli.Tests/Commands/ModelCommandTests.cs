@@ -137,6 +137,46 @@ public class ModelCommandTests
         }
     }
 
+    [Fact]
+    public void RunTakesAndWritesSequencesAsTheirElements()
+    {
+        // grown = SequenceInsert(seq, extra), cat = ConcatFromSequence(seq, axis 0).
+        var element = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = 1 } };
+        var graph = new GraphProto
+        {
+            Name = "sequences",
+            Input = { new ValueInfoProto { Name = "seq", Type = new TypeProto { SequenceType = new TypeProto.Types.Sequence { ElemType = element } } }, Input("extra", 1, 1) },
+            Output = { new ValueInfoProto { Name = "cat" }, new ValueInfoProto { Name = "grown" } },
+            Node =
+            {
+                new NodeProto { Name = "c", OpType = "ConcatFromSequence", Input = { "seq" }, Output = { "cat" },
+                                Attribute = { new AttributeProto { Name = "axis", Type = AttributeProto.Types.AttributeType.Int, I = 0 } } },
+                new NodeProto { Name = "i", OpType = "SequenceInsert", Input = { "seq", "extra" }, Output = { "grown" } },
+            },
+        };
+        using var temp = new TempFolder();
+        string model = temp.File("sequences.onnx");
+        File.WriteAllBytes(model, new ModelProto { IrVersion = 8, OpsetImport = { new OperatorSetIdProto { Version = 17 } }, Graph = graph }.ToByteArray());
+        NpyFile.Write(temp.File("a.npy"), new NdArray<float>([2], [1, 2]));
+        NpyFile.Write(temp.File("b.npy"), new NdArray<float>([1], [3]));
+        NpyFile.Write(temp.File("e.npy"), new NdArray<float>([1], [9]));
+        string dir = temp.File("out");
+        var (code, _, stderr) = CliRunner.Run("run", "--model", model, "--input", "seq[0]=" + temp.File("a.npy"), "--input", "seq[1]=" + temp.File("b.npy"),
+                                              "--input", "extra=" + temp.File("e.npy"), "--out-dir", dir);
+        Assert.True(code == 0, stderr);
+        Assert.Equal([1f, 2, 3], ((NdArray<float>)NpyFile.Read(Path.Combine(dir, "cat.npy"))).Data);
+        Assert.Equal([1f, 2], ((NdArray<float>)NpyFile.Read(Path.Combine(dir, "grown[0].npy"))).Data);
+        Assert.Equal([3f], ((NdArray<float>)NpyFile.Read(Path.Combine(dir, "grown[1].npy"))).Data);
+        Assert.Equal([9f], ((NdArray<float>)NpyFile.Read(Path.Combine(dir, "grown[2].npy"))).Data);
+        Assert.Equal(4, Directory.GetFiles(dir).Length);
+
+        // An element after a gap: one line naming it, nothing written.
+        (code, _, stderr) = CliRunner.Run("run", "--model", model, "--input", "seq[1]=" + temp.File("b.npy"), "--input", "extra=" + temp.File("e.npy"), "--out-dir", temp.File("gap"));
+        Assert.NotEqual(0, code);
+        Assert.Contains("'seq[1]'", stderr);
+        Assert.False(Directory.Exists(temp.File("gap")));
+    }
+
     private static ValueInfoProto Input(string name, int type, int rank)
     {
         var shape = new TensorShapeProto();

@@ -80,6 +80,20 @@ public sealed class SequenceGraphIoTests
     }
 
     [Fact]
+    public void ElementsNumberedWithAGapAreRefused()
+    {
+        using var temp = new TempFolder();
+        var inputs = new Dictionary<string, NdArray>
+        {
+            [ValueInfo.ElementName("seq", 0)] = new NdArray<float>([1, 2], [1, 2]),
+            [ValueInfo.ElementName("seq", 2)] = new NdArray<float>([1, 2], [3, 4]),
+            ["extra"] = new NdArray<float>([1, 2], [7, 8]),
+        };
+        var e = Assert.Throws<FisherKernelsException>(() => Model(temp).GetPlan(inputs));
+        Assert.Contains("'seq[2]'", e.Message);
+    }
+
+    [Fact]
     public void ElementsThatDoNotConcatenateAreRefusedNamingTheNode()
     {
         // A sequence's tensors may differ in shape; concatenating [1, 3] and [1, 2] on axis 0 may not.
