@@ -221,10 +221,8 @@ internal static class ModelCommands
         if (backend == "cpu") return new OpContext(new CpuBackend(threads));
         if (!onDevice)
             throw FisherKernelsException.Unsupported($"--backend {backend}: this verb runs on the cpu backend only (forward also runs on cuda, opencl and ilgpu-cpu)");
-        var device = Backends.BackendRegistry.Create(backend, threads);
-        if (device is Backends.ITensorDevice) return new OpContext(device);
-        device.Dispose();
-        throw FisherKernelsException.Unsupported($"--backend {backend}: forward runs on cpu, cuda, opencl or ilgpu-cpu");
+        // Every backend but cpu is a device (ITensorDevice); "best" may also give cpu.
+        return new OpContext(Backends.BackendRegistry.Create(backend, threads));
     }
 
     /// <summary>An npy array for a declared graph input: integer widths and float precisions convert; anything else is an error naming the file.</summary>
