@@ -34,6 +34,7 @@ internal static class CommandLine
                 "natgrad" => Commands.DerivativeCommands.Natgrad(args, Console.Out),
                 "ewc" => Commands.DerivativeCommands.Ewc(args, Console.Out),
                 "apply" => Commands.DerivativeCommands.Apply(args, Console.Out),
+                "merge-models" => Commands.DerivativeCommands.MergeModels(args, Console.Out),
                 "score" => Commands.DerivativeCommands.Score(args),
                 _ => throw FisherKernelsException.Argument($"unknown command '{args[0]}'\n{Usage}"),
             };
@@ -55,6 +56,7 @@ internal static class CommandLine
           jvp      --model M.onnx --tokens T.npy --direction V.safetensors --out J.npy
           natgrad  --model M.onnx --tokens T.npy [--targets Y.npy] --curvature C.safetensors [--prior-precision τ] --out D.safetensors
           apply    --model M.onnx --direction D.safetensors --step η --out M2.onnx
+          merge-models --model A.onnx --curvature CA --model B.onnx --curvature CB [...] [--form kfac|diag] [--weights w1,w2,...] [--epsilon ε] --out M.onnx
           ewc      --model BASE.onnx --candidate TUNED.onnx --curvature C.safetensors [--json]
           silo     --cluster NAME [--clustering localhost|redis=…|adonet=INVARIANT:CONNECTION] [--threads N]
           merge    C1.safetensors C2.safetensors ... [--decay λ1,λ2,...] --out C.safetensors

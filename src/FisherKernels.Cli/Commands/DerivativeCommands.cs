@@ -75,6 +75,39 @@ internal static class DerivativeCommands
         return 0;
     }
 
+    /// <summary>
+    /// `merge-models --model A --curvature CA --model B --curvature CB [...] [--form kfac|diag] [--weights w1,w2,…] [--epsilon ε]
+    /// --out M.onnx`: <see cref="MergeModelsService"/>; the k-th --curvature belongs to the k-th --model.
+    /// </summary>
+    public static int MergeModels(string[] args, TextWriter stdout)
+    {
+        var options = CommandOptions.Parse("merge-models", args.AsSpan(1), ["--model", "--curvature", "--form", "--weights", "--epsilon", "--out", "--backend", "--threads"], []);
+        string outPath = options.Required("--out");
+        IReadOnlyList<string> models = options.All("--model"), curvatures = options.All("--curvature");
+        if (models.Count != curvatures.Count)
+            throw FisherKernelsException.Argument($"merge-models: {models.Count} --model and {curvatures.Count} --curvature options; give each model its curvature, in order");
+        var form = options.Optional("--form") switch
+        {
+            null or "kfac" => MergeForm.Kfac,
+            "diag" => MergeForm.Diag,
+            var other => throw FisherKernelsException.Argument($"merge-models: --form must be kfac or diag, got '{other}'"),
+        };
+        double[]? weights = options.Optional("--weights")?.Split(',').Select(t =>
+            double.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) ? v
+                : throw FisherKernelsException.Argument($"merge-models: --weights must be comma-separated numbers, got '{t}'")).ToArray();
+        double? epsilon = options.Optional("--epsilon") is { } text
+            ? double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double e) ? e : throw FisherKernelsException.Argument($"merge-models: --epsilon must be a positive number, got '{text}'")
+            : null;
+        var inputs = models.Select((m, k) => (LanguageModel.Load(ModelFolder.Resolve(m).ModelPath), curvatures[k])).ToList();
+        var result = MergeModelsService.Merge(inputs, new MergeModelsOptions { Form = form, Weights = weights, Epsilon = epsilon }, outPath, ModelCommands.Context(options).Backend);
+        foreach (MergedLayer layer in result.Layers)
+            Console.Error.WriteLine(form == MergeForm.Kfac
+                ? string.Create(CultureInfo.InvariantCulture, $"layer '{layer.Layer}': ε {layer.Epsilon:G3}, {layer.Iterations} CG iterations, relative residual {layer.RelativeResidual:G3}")
+                : string.Create(CultureInfo.InvariantCulture, $"layer '{layer.Layer}': ε {layer.Epsilon:G3}"));
+        stdout.WriteLine($"wrote {outPath}: {models.Count} models merged ({form.ToString().ToLowerInvariant()}), {result.Layers.Count} layers by Fisher, {result.Averaged} other initializers averaged");
+        return 0;
+    }
+
     /// <summary>`apply --model M --direction D.safetensors --step η --out M2.onnx`: <see cref="ApplyService"/>, θ + η·d as a new model.</summary>
     public static int Apply(string[] args, TextWriter stdout)
     {
