@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using FisherKernels.Cli.Commands;
+using FisherKernels.Curvature;
 using FisherKernels.IO;
 using FisherKernels.Onnx;
 using FisherKernels.Onnx.Jobs;
@@ -43,25 +44,38 @@ internal static class DemoCommand
 
         // 1. K-FAC curvature on the fit windows, through the fit verb (its progress bar, its file).
         string fitTokens = Path.Combine(outDir, "fit_tokens.npy");
-        string curvaturePath = Path.Combine(outDir, "curvature.safetensors");
+        string curvaturePath = Path.Combine(outDir, "curvature.safetensors"), ekfacPath = Path.Combine(outDir, "curvature_ekfac.safetensors");
         NpyFile.Write(fitTokens, fit);
         // The verbs the demo runs get its --backend and --threads.
         string[] Verb(params string[] args) =>
             [.. args, .. new[] { "--backend", "--threads" }.SelectMany(name => options.Optional(name) is { } value ? new[] { name, value } : [])];
-        int rc = KfacCommands.Fit(Verb("fit", "--model", model.ModelPath, "--tokens", fitTokens, "--out", curvaturePath, "--seed", "0"), stdout);
+        // EK-FAC's second pass gives E (SPEC §3); the same factors without E are the K-FAC curvature, so the two differ only in E.
+        int rc = KfacCommands.Fit(Verb("fit", "--model", model.ModelPath, "--tokens", fitTokens, "--out", ekfacPath, "--seed", "0", "--ekfac"), stdout);
         if (rc != 0) return rc;
+        KfacCurvature ekfac = KfacCurvature.Load(ekfacPath);
+        ekfac.WithLayers(ekfac.Layers.Select(b => b.WithoutCorrection())).Save(curvaturePath);
 
         var lm = LanguageModel.Load(model.ModelPath);
         var context = ModelCommands.Context(options);
         var service = new ScoreService(lm, context);
-        var kfacOptions = new ScoreOptions { Method = ScoreMethod.Kfac, CurvaturePath = curvaturePath, LastLayerVariance = false };
-        var estimators = new (string Name, ScoreOptions Options)[]
+        // τ = 1 and τ* by marginal likelihood (SPEC §4 --prior-precision auto) for each curvature.
+        double Auto(string path) => MarginalLikelihood.Optimize(CalibrateService.MarginalTerms(lm, KfacScoring.LoadCurvature(lm, path), context.Backend));
+        ScoreOptions Laplace(string path, double tau) => new()
         {
-            ("isotropic", new ScoreOptions { Method = ScoreMethod.Isotropic }),
-            ("K-FAC", kfacOptions),
+            Method = ScoreMethod.Kfac, CurvaturePath = path, LastLayerVariance = false, Posterior = new PosteriorOptions { PriorPrecision = tau },
         };
-        var posterior = service.Posterior(kfacOptions);
-        stdout.WriteLine($"K-FAC posterior: prior precision {posterior.PriorPrecision}, {posterior.Layers.Count} layers");
+        double kfacTau = Auto(curvaturePath), ekfacTau = Auto(ekfacPath);
+        var estimators = new (string Name, double? Tau, ScoreOptions Options)[]
+        {
+            ("isotropic", null, new ScoreOptions { Method = ScoreMethod.Isotropic }),
+            ("K-FAC", 1.0, Laplace(curvaturePath, 1.0)),
+            ("K-FAC τ*", kfacTau, Laplace(curvaturePath, kfacTau)),
+            ("EK-FAC", 1.0, Laplace(ekfacPath, 1.0)),
+            ("EK-FAC τ*", ekfacTau, Laplace(ekfacPath, ekfacTau)),
+        };
+        var kfacOptions = estimators[1].Options;
+        stdout.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"posteriors: {KfacScoring.LoadCurvature(lm, curvaturePath).Layers.Count} layers; prior precision 1 and by marginal likelihood τ* = {kfacTau:G4} (K-FAC), {ekfacTau:G4} (EK-FAC)"));
         // Each report is labelled by its estimator's name as the tables print it.
         ScoreReport Score(string name, ScoreOptions scoreOptions, NdArray<long> tokens, NdArray<long>? targets) =>
             service.Score(tokens, targets, scoreOptions) with { Method = name };
@@ -71,7 +85,7 @@ internal static class DemoCommand
         foreach (var set in sets)
         {
             var targets = LastTargets(set.Tokens, Targets.NextToken(set.Tokens));
-            foreach (var (name, scoreOptions) in estimators)
+            foreach (var (name, _, scoreOptions) in estimators)
                 scores[(set.Name, name)] = Timed(stdout, $"score {set.Name} ({name})", () => Score(name, scoreOptions, set.Tokens, targets));
         }
 
@@ -82,12 +96,12 @@ internal static class DemoCommand
         var predicted = Targets.Predicted(logits);
         var trueNext = LastTargets(heldOut, Targets.NextToken(heldOut));
         var predictions = new Dictionary<string, ScoreReport>();
-        foreach (var (name, scoreOptions) in estimators)
+        foreach (var (name, _, scoreOptions) in estimators)
             predictions[name] = Timed(stdout, $"score held-out predictions ({name})", () => Score(name, scoreOptions, heldOut, LastTargets(heldOut, predicted)));
 
         // 4. One text that switches from held-out English to German halfway, every position scored.
         var (mixed, part) = DemoTexts.Mixed(sets[0].Tokens, sets.First(s => s.Name == "german").Tokens);
-        var mixedScores = estimators.Select(e => Timed(stdout, $"score example text ({e.Name})", () => Score(e.Name, e.Options, mixed, null))).ToArray();
+        var mixedScores = Timed(stdout, "score example text (K-FAC)", () => Score("K-FAC", kfacOptions, mixed, null));
 
         // 5. The page a person reads: a few lines of each kind of text scored with K-FAC by the score verb (--text, --html).
         string pageText = Path.Combine(outDir, "page.txt"), page = Path.Combine(outDir, "page.html");
@@ -101,31 +115,40 @@ internal static class DemoCommand
         DemoReport.PrintTokenTable(stdout, "held-out example: the last scored positions of window 0", heldOut, estimators.Select(e => scores[(sets[0].Name, e.Name)]).ToArray());
         stdout.WriteLine();
         stdout.WriteLine($"(a) in-distribution ({sets[0].Count} held-out windows) vs out-of-distribution ({sets.Skip(1).Sum(s => s.Count)} windows: {string.Join(", ", sets.Skip(1).Select(s => s.Name))}), per sequence, higher = more out-of-distribution:");
-        foreach (var (name, _) in estimators)
+        var detailed = estimators.Take(2).Select(e => e.Name).ToArray(); // isotropic and K-FAC (τ = 1) in full; every estimator in (c)
+        foreach (string name in detailed)
             foreach (string line in DemoReport.SequenceAurocLines(sets, set => scores[(set, name)], name)) stdout.WriteLine(line);
         stdout.WriteLine();
         stdout.WriteLine($"(b) next-token errors on held-out text ({trueNext.Data.Count(t => t != Targets.Ignore)} predictions; β fitted on even windows, ECE on odd windows):");
         var reliability = new List<(string, ReliabilityBin[])>();
         bool first = true;
-        foreach (var (name, _) in estimators)
+        var analyses = estimators.ToDictionary(e => e.Name, e => DemoReport.ErrorAnalysis(predictions[e.Name], trueNext));
+        foreach (string name in detailed)
         {
-            var errors = DemoReport.ErrorAnalysis(predictions[name], trueNext);
+            var errors = analyses[name];
             foreach (string line in errors.Lines(name)) stdout.WriteLine(line);
             if (first) reliability.Add(("model confidence (before)", errors.BinsBefore));
             reliability.Add(($"{name}: 1/(1+β·u) (after)", errors.BinsAfter));
             first = false;
         }
 
+        stdout.WriteLine();
+        stdout.WriteLine("(c) every estimator on the log-p scale: OOD AUROC as in (a); next-token errors as in (b), ECE and NLL of 1/(1+β·u) on odd windows,");
+        stdout.WriteLine("    selective prediction by u (AURC lower is better; PRR as LM-Polygraph: 1 = oracle, 0 = chance, whole range and up to 50 % rejected):");
+        foreach (string line in DemoReport.SummaryLines(estimators.Select(e =>
+                     (e.Name, e.Tau, DemoReport.OutOfDistributionAurocs(sets, set => scores[(set, e.Name)]).Epistemic, analyses[e.Name])).ToArray()))
+            stdout.WriteLine(line);
+
         string perTokenPlot = Path.Combine(outDir, "per_token_uncertainty.png");
         string reliabilityPlot = Path.Combine(outDir, "reliability.png");
         DemoPlots.PerToken(perTokenPlot, "per-token uncertainty (K-FAC) over a text that switches from held-out English to German",
-            mixedScores[1], part, ["English (held-out)", "German"], $"K-FAC {DemoReport.LogPScore}");
+            mixedScores, part, ["English (held-out)", "German"], $"K-FAC {DemoReport.LogPScore}");
         DemoPlots.Reliability(reliabilityPlot, "next-token predictions on held-out text (odd windows)", reliability);
         stdout.WriteLine();
         stdout.WriteLine($"plots: {perTokenPlot}");
         stdout.WriteLine($"       {reliabilityPlot}");
         stdout.WriteLine($"page: {page}");
-        stdout.WriteLine($"curvature: {curvaturePath}");
+        stdout.WriteLine($"curvature: {curvaturePath} (K-FAC), {ekfacPath} (EK-FAC)");
         stdout.WriteLine($"demo finished in {clock.Elapsed.TotalSeconds:F0} s");
         return 0;
     }

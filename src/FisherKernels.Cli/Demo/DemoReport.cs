@@ -5,8 +5,15 @@ using FisherKernels.Uncertainty;
 namespace FisherKernels.Cli.Demo;
 
 /// <summary>How well one estimator's uncertainty predicts next-token errors, and the calibration it buys.</summary>
+/// <para>
+/// Selective prediction ranks every prediction by its combined uncertainty of log p (what a caller abstains on): <see cref="Aurc"/>,
+/// and LM-Polygraph's PRR over the whole rejection range (<see cref="Prr"/>) and up to 50 % (<see cref="Prr50"/>), loss 1 for an
+/// error. <see cref="NllAfter"/> is the negative log-likelihood of right/wrong under the calibrated confidence on the odd windows,
+/// as <see cref="EceAfter"/>.
+/// </para>
 internal sealed record ErrorAnalysis(int Positions, int Errors, double Beta, ScaleAurocs OfLogP, ScaleAurocs OfP,
-                                     double EceBefore, double EceAfter, ReliabilityBin[] BinsBefore, ReliabilityBin[] BinsAfter)
+                                     double EceBefore, double EceAfter, ReliabilityBin[] BinsBefore, ReliabilityBin[] BinsAfter,
+                                     double NllAfter, double Aurc, double Prr, double Prr50)
 {
     public IEnumerable<string> Lines(string estimator)
     {
@@ -100,19 +107,48 @@ internal static class DemoReport
     /// (higher = more out-of-distribution): of log p (the mean over the sequence's tokens) and SPEC §4's of p̄;
     /// then the epistemic AUROCs against each other set alone.
     /// </summary>
-    public static IEnumerable<string> SequenceAurocLines(IReadOnlyList<TextSet> sets, Func<string, ScoreReport> scoresOf, string estimator)
+    /// <summary>
+    /// The summary table: one row per estimator, everything on the log-p scale. OOD: the AUROC of the sequences' mean epistemic
+    /// score of log p for telling the in-distribution set from the others; errors: the AUROC of the predictions' epistemic and
+    /// combined scores of log p for next-token errors, ECE and NLL of the calibrated confidence (odd windows), AURC and PRR of
+    /// selective prediction by the combined score.
+    /// </summary>
+    public static IEnumerable<string> SummaryLines(IReadOnlyList<(string Estimator, double? PriorPrecision, double OodAuroc, ErrorAnalysis Errors)> rows)
     {
-        var logScale = new List<(double, double, double)>();
-        var pScale = new List<(double, double, double)>();
-        var setOf = new List<string>();
+        var c = CultureInfo.InvariantCulture;
+        yield return $"{"estimator",-10} {"τ",9}  {"OOD AUROC",9}  {"err AUROC",9}  {"err AUROC",9}  {"ECE",6}  {"NLL",6}  {"AURC",6}  {"PRR",6}  {"PRR≤50%",7}";
+        yield return $"{"",-10} {"",9}  {"epistemic",9}  {"epistemic",9}  {"combined",9}  {"",6}  {"",6}  {"",6}  {"",6}  {"",7}";
+        foreach (var (name, tau, ood, e) in rows)
+            yield return string.Create(c, $"{name,-10} {(tau is double t ? t.ToString("G4", c) : "-"),9}  {ood,9:F3}  {e.OfLogP.Epistemic,9:F3}  {e.OfLogP.Combined,9:F3}  {e.EceAfter,6:F4}  {e.NllAfter,6:F4}  {e.Aurc,6:F4}  {e.Prr,6:F3}  {e.Prr50,7:F3}");
+    }
+
+    /// <summary>AUROCs of the per-sequence scores of log p (the mean over each sequence's tokens) for telling the first set from the others.</summary>
+    public static ScaleAurocs OutOfDistributionAurocs(IReadOnlyList<TextSet> sets, Func<string, ScoreReport> scoresOf)
+    {
+        var sequences = SequenceScores(sets, scoresOf);
+        return ScaleAurocs.Of(sequences.Select(s => s.LogScale).ToArray(), sequences.Select(s => s.Set != sets[0].Name).ToArray());
+    }
+
+    /// <summary>Each sequence of every set: its scores of log p (the means over its tokens), SPEC §4's of p̄, and its set.</summary>
+    static List<((double, double, double) LogScale, (double, double, double) PScale, string Set)> SequenceScores(IReadOnlyList<TextSet> sets, Func<string, ScoreReport> scoresOf)
+    {
+        var result = new List<((double, double, double), (double, double, double), string)>();
         foreach (var set in sets)
             foreach (var s in scoresOf(set.Name).Sequences)
             {
                 var tokens = s.Tokens.Select(OfLogP).ToArray();
-                logScale.Add((tokens.Average(t => t.Epistemic), tokens.Average(t => t.Aleatoric), tokens.Average(t => t.Combined)));
-                pScale.Add((s.Epistemic, s.Aleatoric, s.Epistemic + s.Aleatoric));
-                setOf.Add(set.Name);
+                result.Add(((tokens.Average(t => t.Epistemic), tokens.Average(t => t.Aleatoric), tokens.Average(t => t.Combined)),
+                            (s.Epistemic, s.Aleatoric, s.Epistemic + s.Aleatoric), set.Name));
             }
+        return result;
+    }
+
+    public static IEnumerable<string> SequenceAurocLines(IReadOnlyList<TextSet> sets, Func<string, ScoreReport> scoresOf, string estimator)
+    {
+        var sequences = SequenceScores(sets, scoresOf);
+        var logScale = sequences.Select(s => s.LogScale).ToList();
+        var pScale = sequences.Select(s => s.PScale).ToList();
+        var setOf = sequences.Select(s => s.Set).ToList();
         const string task = "in vs out-of-distribution";
         bool[] ood = setOf.Select(name => name != sets[0].Name).ToArray();
         foreach (string line in ScaleAurocs.Of(logScale, ood).Lines(task, estimator, LogScale)) yield return line;
@@ -155,8 +191,11 @@ internal static class DemoReport
         double beta = Calibration.FitBeta(Where(logScale.Select(u => u.Combined), true), correct.Where((_, i) => even[i]).ToArray());
         double[] before = Where(tokens.Select(t => t.P), false);
         double[] after = Calibration.Confidences(beta, Where(logScale.Select(u => u.Combined), false));
+        double[] combined = logScale.Select(u => u.Combined).ToArray(), loss = errors.Select(e => e ? 1.0 : 0.0).ToArray();
         return new ErrorAnalysis(correct.Count, errors.Count(e => e), beta, ScaleAurocs.Of(logScale, errors), ScaleAurocs.Of(pScale, errors),
             Calibration.ExpectedCalibrationError(before, correctOdd), Calibration.ExpectedCalibrationError(after, correctOdd),
-            DemoMetrics.Reliability(before, correctOdd), DemoMetrics.Reliability(after, correctOdd));
+            DemoMetrics.Reliability(before, correctOdd), DemoMetrics.Reliability(after, correctOdd),
+            Calibration.NegativeLogLikelihood(after, correctOdd), SelectivePrediction.Aurc(combined, loss),
+            SelectivePrediction.Prr(combined, loss), SelectivePrediction.Prr(combined, loss, 0.5));
     }
 }

@@ -51,5 +51,22 @@ public class DemoReportTests
         Assert.Equal(Calibration.ExpectedCalibrationError(after, correctOdd), analysis.EceAfter, 12);
         // (1−p)/p of errors {1.5, 2.33, 2.33} against correct {0.11, 0.11, 1.5, 0.25, 0.25}: 14.5 of 15 pairs.
         Assert.Equal(14.5 / 15, analysis.OfLogP.Aleatoric, 12);
+        Assert.Equal(Calibration.NegativeLogLikelihood(after, correctOdd), analysis.NllAfter, 12);
+
+        // Selective prediction ranks all 8 predictions by u = (1−p)/p (epistemic 0): p 0.9, 0.9, 0.8, 0.8 right, then 0.4 (right),
+        // 0.4, 0.3, 0.3 wrong (0.4 tied: the right one of sequence 1 comes after the wrong one of sequence 0 in the given order).
+        double[] u = new[] { 0.9, 0.4, 0.9, 0.4, 0.8, 0.3, 0.8, 0.3 }.Select(p => Calibration.RelativeUncertainty(p, 0)).ToArray();
+        double[] loss = [0, 1, 0, 0, 0, 1, 0, 1];
+        Assert.Equal(SelectivePrediction.Aurc(u, loss), analysis.Aurc, 12);
+        Assert.Equal(SelectivePrediction.Prr(u, loss), analysis.Prr, 12);
+        Assert.Equal(SelectivePrediction.Prr(u, loss, 0.5), analysis.Prr50, 12);
+        // Risks of the 8 prefixes: 0, 0, 0, 0, 1/5, 1/6, 2/7, 3/8.
+        Assert.Equal((0.2 + 1.0 / 6 + 2.0 / 7 + 3.0 / 8) / 8, analysis.Aurc, 12);
+
+        string[] table = DemoReport.SummaryLines([("K-FAC τ*", 2.5, 0.75, analysis)]).ToArray();
+        Assert.Equal(3, table.Length);
+        Assert.StartsWith("K-FAC τ*", table[2]);
+        Assert.Contains("2.5", table[2]);
+        Assert.Contains(analysis.Prr.ToString("F3", CultureInfo.InvariantCulture), table[2]);
     }
 }
