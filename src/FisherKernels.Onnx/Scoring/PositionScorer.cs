@@ -31,7 +31,10 @@ public static class PositionScorer
     /// </summary>
     internal const int Cotangents = 8;
 
-    /// <summary>Bytes the gradient buffers of one pass's cotangents may take (fewer cotangents on a large model).</summary>
+    /// <summary>
+    /// Bytes the gradient buffers of the cotangents may take, over the <see cref="PrefixBlocks"/> passes together (each
+    /// pass an equal share): fewer cotangents on a large model, whose buffers are ≈ 100 MB a cotangent at 128 positions.
+    /// </summary>
     internal const long CotangentMemory = 512L << 20;
 
     /// <summary>Scores every sequence of <paramref name="tokens"/> for the gradients of <paramref name="parameters"/>.</summary>
@@ -154,7 +157,7 @@ public static class PositionScorer
         catch (FisherKernelsException) when (wholeLogits is not null) { return null; }
         lm.CheckLogits(plan, row.Shape);
         if (!passes.TryGetValue(plan, out var backward))
-            passes[plan] = backward = new Backward(plan, [lm.LogitsOutput], scorer.Targets, cotangents, CotangentMemory);
+            passes[plan] = backward = new Backward(plan, [lm.LogitsOutput], scorer.Targets, cotangents, CotangentMemory / PrefixBlocks);
         plan.Run(context, inputs);
         if (wholeLogits is not null)
         {
