@@ -41,7 +41,7 @@ internal static class DerivativeCommands
     public static int Natgrad(string[] args, TextWriter stdout)
     {
         var options = CommandOptions.Parse("natgrad", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--out", "--backend", "--threads",
+            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--posterior-cache", "--out", "--backend", "--threads",
              "--layers", "--exclude-layers", .. TextArguments.ValueOptions],
             [.. TextArguments.FlagOptions, "--last-layer"]);
         string outPath = options.Required("--out");
@@ -143,7 +143,7 @@ internal static class DerivativeCommands
     public static int Score(string[] args)
     {
         var options = CommandOptions.Parse("score", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--method", "--curvature", "--prior-precision", "--params", "--out", "--backend", "--threads", "--rank", "--memory-budget", "--samples", "--seed", "--html", "--level",
+            ["--model", "--tokens", "--targets", "--method", "--curvature", "--prior-precision", "--params", "--out", "--backend", "--threads", "--rank", "--memory-budget", "--posterior-cache", "--samples", "--seed", "--html", "--level",
              "--layers", "--exclude-layers", .. TextArguments.ValueOptions], [.. TextArguments.FlagOptions, "--last-layer"]);
         string outPath = options.Required("--out");
         if (Path.GetExtension(outPath).ToLowerInvariant() is not (".json" or ".csv"))

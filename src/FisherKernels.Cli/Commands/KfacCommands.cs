@@ -123,7 +123,7 @@ internal static class KfacCommands
     public static int Calibrate(string[] args, TextWriter stdout)
     {
         var options = CommandOptions.Parse("calibrate", args.AsSpan(1),
-            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--out", "--backend", "--threads",
+            ["--model", "--tokens", "--targets", "--curvature", "--prior-precision", "--rank", "--memory-budget", "--posterior-cache", "--out", "--backend", "--threads",
              "--layers", "--exclude-layers", .. TextArguments.ValueOptions],
             [.. TextArguments.FlagOptions, "--last-layer"]);
         string curvaturePath = options.Required("--curvature");
@@ -169,6 +169,7 @@ internal static class KfacCommands
             PriorPrecision = priorPrecision,
             Rank = options.Int("--rank", defaults.Rank, 1),
             MemoryBudgetBytes = options.Bytes("--memory-budget", defaults.MemoryBudgetBytes, 1),
+            CachePath = options.Optional("--posterior-cache"),
         };
     }
 

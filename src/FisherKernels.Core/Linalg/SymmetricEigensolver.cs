@@ -19,6 +19,9 @@ internal static class SymmetricEigensolver
     {
         if (n < 0) throw FisherKernelsException.Argument($"eigendecomposition: negative size {n}");
         long size = (long)n * n;
+        // Sizes in 64 bits: n > 46,340 makes n² overflow an int, and no .NET array or span holds that many entries anyway.
+        if (size > Array.MaxLength)
+            throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}]: {size} entries exceed the {Array.MaxLength} a .NET array holds; a factor this large must take the low-rank form (a smaller --memory-budget)");
         if (a.Length != size) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {size} elements, got {a.Length}");
         if (eigenvalues.Length != n) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {n} eigenvalue slots, got {eigenvalues.Length}");
         if (eigenvectors.Length != size) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {size} eigenvector elements, got {eigenvectors.Length}");

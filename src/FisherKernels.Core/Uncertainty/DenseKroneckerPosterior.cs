@@ -22,15 +22,18 @@ public class DenseKroneckerPosterior : LayerPosterior
     sealed record CurvedSubspace(float[] Q, float[] Weights, int K, float FlatWeight);
     readonly CurvedSubspace? curved;
 
-    internal DenseKroneckerPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options)
-        : this(block, index, backend, options, correct: false) { }
+    internal DenseKroneckerPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options, CachedDecomposition? cached = null)
+        : this(block, index, backend, options, correct: false, cached) { }
 
     /// <param name="correct">Whether the curvature's eigenvalues are the block's E (<see cref="EkfacPosterior"/>) instead of the factors' products.</param>
-    private protected DenseKroneckerPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options, bool correct)
+    /// <param name="cached">The eigenpairs as decomposed before (the posterior cache), so scores are bit for bit those of a fresh build; τ, M and E enter here.</param>
+    private protected DenseKroneckerPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options, bool correct, CachedDecomposition? cached)
         : base(block.Layer, block.HasBias, block.ADim, block.GDim, block.Positions, options.PriorPrecisionOf(block.Layer), index)
     {
         this.backend = backend;
-        basis = KronEigenbasis.Create(backend, block.A.Data, ADim, block.G.Data, GDim, Positions, PriorPrecision);
+        basis = cached is null
+            ? KronEigenbasis.Create(backend, block.A.Data, ADim, block.G.Data, GDim, Positions, PriorPrecision)
+            : new KronEigenbasis(cached.Float32("QA", ADim, ADim), cached.Float64("lambda_A", ADim), cached.Float32("QG", GDim, GDim), cached.Float64("lambda_G", GDim), Positions, PriorPrecision);
         if (correct) basis = basis.WithCorrection((block.E ?? throw FisherKernelsException.Argument($"layer '{block.Layer}' has no EK-FAC E")).Data);
         RangeA = RangeOf(basis.LambdaA);
         RangeG = RangeOf(basis.LambdaG);
@@ -41,6 +44,15 @@ public class DenseKroneckerPosterior : LayerPosterior
     public static long Bytes(int aDim, int gDim) => 4L * ((long)aDim * aDim + (long)gDim * gDim + (long)aDim * gDim);
 
     protected override string Form => basis.Correction is null ? "dense eigenbasis" : "EK-FAC, dense eigenbasis";
+
+    /// <summary>Both factors' eigenpairs (the float32 vectors and float64 values the basis holds), independent of τ.</summary>
+    internal override IEnumerable<(string Name, NdArray Tensor)> Decomposition() =>
+    [
+        ("QA", new NdArray<float>([ADim, ADim], basis.QA)),
+        ("lambda_A", new NdArray<double>([ADim], basis.LambdaA)),
+        ("QG", new NdArray<float>([GDim, GDim], basis.QG)),
+        ("lambda_G", new NdArray<double>([GDim], basis.LambdaG)),
+    ];
 
     protected override void QuadraticCore(ReadOnlySpan<float> xs, int count, Span<float> output) => backend.KronQuadratic(basis, xs, count, output);
 

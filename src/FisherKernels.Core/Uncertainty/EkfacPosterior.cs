@@ -11,6 +11,6 @@ namespace FisherKernels.Uncertainty;
 /// </summary>
 public sealed class EkfacPosterior : DenseKroneckerPosterior
 {
-    internal EkfacPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options)
-        : base(block, index, backend, options, correct: true) { }
+    internal EkfacPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options, CachedDecomposition? cached = null)
+        : base(block, index, backend, options, correct: true, cached) { }
 }

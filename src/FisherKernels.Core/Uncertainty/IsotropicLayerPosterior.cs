@@ -12,6 +12,9 @@ public sealed class IsotropicLayerPosterior(string layer, int inFeatures, int ou
 {
     protected override string Form => "isotropic (Σ = I)";
 
+    /// <summary>Nothing to decompose.</summary>
+    internal override IEnumerable<(string Name, NdArray Tensor)> Decomposition() => [];
+
     protected override void QuadraticCore(ReadOnlySpan<float> xs, int count, Span<float> output)
     {
         int size = GDim * ADim;

@@ -1,5 +1,6 @@
 using System.Globalization;
 using FisherKernels.Backends;
+using FisherKernels.Backends.Cpu;
 using FisherKernels.Curvature;
 
 namespace FisherKernels.Uncertainty;
@@ -33,6 +34,12 @@ public sealed record PosteriorOptions
     /// <summary>Largest dense eigenbasis (bytes) a layer may hold; a layer above it gets the low-rank (Woodbury) form.</summary>
     public long MemoryBudgetBytes { get; init; } = 1L << 30;
 
+    /// <summary>
+    /// The posterior cache file (<c>--posterior-cache</c>, SPEC §5), or null for the default beside the curvature
+    /// (<see cref="PosteriorCacheFile.PathFor"/>). A file given here that belongs to another curvature is refused.
+    /// </summary>
+    public string? CachePath { get; init; }
+
     public void Validate()
     {
         if (!double.IsFinite(PriorPrecision) || !(PriorPrecision > 0))
@@ -60,13 +67,25 @@ public sealed class KfacPosterior
     readonly Dictionary<string, LayerPosterior> byLayer = new(StringComparer.Ordinal);
 
     public KfacPosterior(KfacCurvature curvature, IComputeBackend backend, PosteriorOptions? options = null)
+        : this(curvature, backend, options, cached: null)
+    {
+    }
+
+    /// <summary>
+    /// As above, with every layer's decompositions taken from <paramref name="cached"/> (the posterior cache's tensors,
+    /// <see cref="Decompositions"/>) instead of computed; a tensor missing or of the wrong type or shape is a Format error.
+    /// </summary>
+    internal KfacPosterior(KfacCurvature curvature, IComputeBackend backend, PosteriorOptions? options, IReadOnlyDictionary<string, NdArray>? cached)
     {
         ArgumentNullException.ThrowIfNull(curvature);
         ArgumentNullException.ThrowIfNull(backend);
         Options = options ?? new PosteriorOptions();
         Options.Validate();
         foreach (KroneckerBlock block in curvature.Layers) WoodburyPosterior.EnsureOneDenseSide(block); // before any eigendecomposition
-        Layers = curvature.Layers.Select((block, i) => Collected(LayerPosterior.Build(block, i, backend, Options), block)).ToArray();
+        cached ??= DecomposeSideBySide(curvature, backend, Options);
+        Layers = curvature.Layers.Select((block, i) => cached is null
+            ? Collected(LayerPosterior.Build(block, i, backend, Options), block)
+            : LayerPosterior.Build(block, i, backend, Options, new CachedDecomposition(cached, block.Layer))).ToArray();
         foreach (LayerPosterior l in Layers) byLayer.Add(l.Layer, l);
     }
 
@@ -81,6 +100,33 @@ public sealed class KfacPosterior
     {
         if (Math.Max(block.ADim, block.GDim) >= 1024) GC.Collect();
         return layer;
+    }
+
+    /// <summary>
+    /// Every layer's decompositions computed side by side, one layer per thread, each on a one-thread backend, largest first:
+    /// LAPACK's dsyevd spends about half its time reducing to tridiagonal form, memory-bound level-2 work that a second
+    /// thread barely speeds up, so two layers at once keep both cores busier than one layer on two threads. A layer's result
+    /// depends on its own factors alone (one thread, whatever the schedule), so every run gets the same posterior. Each
+    /// large layer is followed by a collection, as in <see cref="Collected"/>. Null (decompose in place) on one thread, for
+    /// one layer, or on a backend other than the CPU's.
+    /// </summary>
+    static Dictionary<string, NdArray>? DecomposeSideBySide(KfacCurvature curvature, IComputeBackend backend, PosteriorOptions options)
+    {
+        IReadOnlyList<KroneckerBlock> blocks = curvature.Layers;
+        if (backend is not CpuBackend { Threads: > 1 } cpu || blocks.Count < 2) return null;
+        static double Cost(KroneckerBlock b) => Math.Pow(b.ADim, 3) + Math.Pow(b.GDim, 3);
+        int[] order = Enumerable.Range(0, blocks.Count).OrderByDescending(i => Cost(blocks[i])).ToArray();
+        var results = new List<(string Name, NdArray Tensor)>[blocks.Count];
+        ParallelWork.For(order.Length, cpu.Threads, k =>
+        {
+            int i = order[k];
+            using var single = new CpuBackend(threads: 1, cpu.UsesNativeBlas);
+            results[i] = Collected(LayerPosterior.Build(blocks[i], i, single, options), blocks[i]).Decomposition().ToList();
+        });
+        var tensors = new Dictionary<string, NdArray>(StringComparer.Ordinal);
+        for (int i = 0; i < blocks.Count; i++)
+            foreach (var (name, tensor) in results[i]) tensors.Add(CachedDecomposition.Key(blocks[i].Layer, name), tensor);
+        return tensors;
     }
 
     public PosteriorOptions Options { get; }
@@ -125,6 +171,10 @@ public sealed class KfacPosterior
         l.Quadratic(mean, 1, quadratic);
         return quadratic[0];
     }
+
+    /// <summary>Every layer's decompositions as the posterior cache stores them (<c>&lt;layer&gt;.&lt;name&gt;</c>), none depending on τ.</summary>
+    public IEnumerable<KeyValuePair<string, NdArray>> Decompositions() =>
+        Layers.SelectMany(l => l.Decomposition().Select(t => new KeyValuePair<string, NdArray>(CachedDecomposition.Key(l.Layer, t.Name), t.Tensor)));
 
     /// <summary>One line per layer: eigenvalue ranges and the form of its inverse.</summary>
     public IEnumerable<string> Describe() => Layers.Select(l => l.Describe());

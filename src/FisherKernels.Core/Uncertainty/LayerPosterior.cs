@@ -31,6 +31,10 @@ public abstract class LayerPosterior
     /// memory budget (or the larger factor is no wider than the rank), else the Woodbury low-rank form.
     /// </summary>
     public static LayerPosterior Build(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options)
+        => Build(block, index, backend, options, cached: null);
+
+    /// <summary>As above; with <paramref name="cached"/>, the decompositions come from the posterior cache instead of being computed.</summary>
+    internal static LayerPosterior Build(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options, CachedDecomposition? cached)
     {
         ArgumentNullException.ThrowIfNull(block);
         try
@@ -38,8 +42,8 @@ public abstract class LayerPosterior
             // A sketched (low-rank) side always takes the Woodbury form, its U, s, d recovered by the Nyström method.
             // EK-FAC's E needs the dense eigenbasis it was computed in; a layer whose eigenbasis is over the budget keeps K-FAC's Woodbury form.
             bool dense = block.IsDense && (DenseKroneckerPosterior.Bytes(block.ADim, block.GDim) <= options.MemoryBudgetBytes || Math.Max(block.ADim, block.GDim) <= options.Rank);
-            if (!dense) return new WoodburyPosterior(block, index, backend, options);
-            return block.E is null ? new DenseKroneckerPosterior(block, index, backend, options) : new EkfacPosterior(block, index, backend, options);
+            if (!dense) return new WoodburyPosterior(block, index, backend, options, cached);
+            return block.E is null ? new DenseKroneckerPosterior(block, index, backend, options, cached) : new EkfacPosterior(block, index, backend, options, cached);
         }
         catch (FisherKernelsException e) when (e.Kind == ErrorKind.InvalidArgument && !e.Message.Contains($"'{block.Layer}'", StringComparison.Ordinal))
         {
@@ -69,6 +73,13 @@ public abstract class LayerPosterior
     /// <summary>One line: eigenvalue ranges and the form of the inverse.</summary>
     public string Describe() =>
         $"layer '{Layer}': A [{ADim}]² eigenvalues {RangeA}, G [{GDim}]² eigenvalues {RangeG}, M {Positions.ToString("R", CultureInfo.InvariantCulture)}, {Form}";
+
+    /// <summary>
+    /// The decompositions this block was built from, by name (the posterior cache's tensors, SPEC §5): everything that does not
+    /// depend on τ, so that a block rebuilt from them with <see cref="Build(KroneckerBlock, int, IComputeBackend, PosteriorOptions, CachedDecomposition?)"/>
+    /// is the same bit for bit.
+    /// </summary>
+    internal abstract IEnumerable<(string Name, NdArray Tensor)> Decomposition();
 
     /// <summary>The form of Σ, as <see cref="Describe"/> ends.</summary>
     protected abstract string Form { get; }
@@ -232,4 +243,28 @@ public abstract class LayerPosterior
     }
 
     protected static EigenvalueRange RangeOf(double[] lambda) => new(lambda.Min(), lambda.Max());
+}
+
+/// <summary>
+/// One layer's tensors in the posterior cache (keys <c>&lt;layer&gt;.&lt;name&gt;</c>), read with their element type and shape
+/// checked: a cache that does not fit is an error, and its caller rebuilds instead (never trusts it).
+/// </summary>
+internal sealed class CachedDecomposition(IReadOnlyDictionary<string, NdArray> tensors, string layer)
+{
+    public static string Key(string layer, string name) => $"{layer}.{name}";
+
+    public string Describe(string name) => $"posterior cache tensor '{Key(layer, name)}'";
+
+    public float[] Float32(string name, params int[] shape) => Get<float>(name, shape).Data;
+
+    public double[] Float64(string name, params int[] shape) => Get<double>(name, shape).Data;
+
+    NdArray<T> Get<T>(string name, int[] shape) where T : unmanaged
+    {
+        if (!tensors.TryGetValue(Key(layer, name), out NdArray? array)) throw FisherKernelsException.Format($"{Describe(name)} is missing");
+        if (array is not NdArray<T> typed) throw FisherKernelsException.Format($"{Describe(name)} is {array.ElementType}, not {ElementTypes.Of<T>()}");
+        if (shape.Length == 0 ? typed.Rank != 1 : !typed.Shape.AsSpan().SequenceEqual(shape))
+            throw FisherKernelsException.Format($"{Describe(name)} has shape [{ShapeUtil.Format(typed.Shape)}], not [{ShapeUtil.Format(shape)}]");
+        return typed;
+    }
 }

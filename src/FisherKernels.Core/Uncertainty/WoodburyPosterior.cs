@@ -26,12 +26,13 @@ public sealed class WoodburyPosterior : LayerPosterior
     sealed record LowRankFactor(bool LargeIsA, float[] SmallQ, double[] SmallLambda, int SmallDim,
                                 float[] U, float[] Lambda, float[] Diagonal, int LargeDim, int Rank);
 
-    internal WoodburyPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options)
+    internal WoodburyPosterior(KroneckerBlock block, int index, IComputeBackend backend, PosteriorOptions options, CachedDecomposition? cached = null)
         : base(block.Layer, block.HasBias, block.ADim, block.GDim, block.Positions, options.PriorPrecisionOf(block.Layer), index)
     {
         this.backend = backend;
-        f = BuildLowRank(block, backend, options, out EigenvalueRange rangeA, out EigenvalueRange rangeG);
-        (RangeA, RangeG) = (rangeA, rangeG);
+        f = cached is null ? BuildLowRank(block, backend, options) : FromCache(block, cached);
+        var largeRange = new EigenvalueRange(Math.Min(f.Diagonal.Min(), f.Lambda.Min()), f.Lambda.Max());
+        (RangeA, RangeG) = f.LargeIsA ? (largeRange, RangeOf(f.SmallLambda)) : (RangeOf(f.SmallLambda), largeRange);
         scaledSmallLambda = f.SmallLambda.Select(mu => (float)(Positions * mu)).ToArray();
     }
 
@@ -314,11 +315,39 @@ public sealed class WoodburyPosterior : LayerPosterior
         else backend.Gemm(assemble, y, f.SmallQ, delta);
     }
 
-    static LowRankFactor BuildLowRank(KroneckerBlock block, IComputeBackend backend, PosteriorOptions options, out EigenvalueRange rangeA, out EigenvalueRange rangeG)
+    /// <summary>
+    /// The decompositions the posterior cache keeps (SPEC §5), all independent of τ: the small factor's eigenbasis and the
+    /// large factor's U, Λ and diagonal.
+    /// </summary>
+    internal override IEnumerable<(string Name, NdArray Tensor)> Decomposition() =>
+    [
+        ("small_Q", new NdArray<float>([f.SmallDim, f.SmallDim], f.SmallQ)),
+        ("small_lambda", new NdArray<double>([f.SmallDim], f.SmallLambda)),
+        ("U", new NdArray<float>([f.LargeDim, f.Rank], f.U)),
+        ("lambda", new NdArray<float>([f.Rank], f.Lambda)),
+        ("diag", new NdArray<float>([f.LargeDim], f.Diagonal)),
+    ];
+
+    /// <summary>The factor as <see cref="Decomposition"/> stored it, every shape checked against the block.</summary>
+    static LowRankFactor FromCache(KroneckerBlock block, CachedDecomposition cached)
     {
         EnsureOneDenseSide(block);
-        // A sketched side is the large one (the fit sketched it for being too large); otherwise the larger dense side.
-        bool largeIsA = block.ASketch is not null || (block.GSketch is null && block.ADim > block.GDim);
+        bool largeIsA = LargeIsA(block);
+        int n = largeIsA ? block.ADim : block.GDim, m = largeIsA ? block.GDim : block.ADim;
+        float[] lambda = cached.Float32("lambda");
+        int rank = lambda.Length;
+        if (rank < 1 || rank > n) throw FisherKernelsException.Format($"{cached.Describe("lambda")}: rank {rank} for a side of {n}");
+        return new LowRankFactor(largeIsA, cached.Float32("small_Q", m, m), cached.Float64("small_lambda", m), m,
+                                 cached.Float32("U", n, rank), lambda, cached.Float32("diag", n), n, rank);
+    }
+
+    /// <summary>A sketched (low-rank) side is the large one (the fit sketched it for being too large); otherwise the larger dense side.</summary>
+    static bool LargeIsA(KroneckerBlock block) => block.ASketch is not null || (block.GSketch is null && block.ADim > block.GDim);
+
+    static LowRankFactor BuildLowRank(KroneckerBlock block, IComputeBackend backend, PosteriorOptions options)
+    {
+        EnsureOneDenseSide(block);
+        bool largeIsA = LargeIsA(block);
         FactorSide large = largeIsA ? block.ASide : block.GSide;
         NdArray<float> small = largeIsA ? block.G : block.A;
         int n = large.Size, m = small.Shape[0], rank = Math.Min(options.Rank, n);
@@ -354,9 +383,6 @@ public sealed class WoodburyPosterior : LayerPosterior
         // The small factor's eigenbasis: a Kronecker basis with a 1×1 partner gives it with the usual checks.
         var identity = new float[] { 1 };
         KronEigenbasis smallBasis = KronEigenbasis.Create(backend, small.Data, m, identity, 1, block.Positions, options.PriorPrecisionOf(block.Layer));
-        EigenvalueRange smallRange = RangeOf(smallBasis.LambdaA);
-        var largeRange = new EigenvalueRange(Math.Min(diagonal.Min(), lambda.Min()), lambda.Max());
-        (rangeA, rangeG) = largeIsA ? (largeRange, smallRange) : (smallRange, largeRange);
         return new LowRankFactor(largeIsA, smallBasis.QA, smallBasis.LambdaA, m, u, lambda, diagonal, n, rank);
     }
 

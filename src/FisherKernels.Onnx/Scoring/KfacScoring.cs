@@ -55,7 +55,7 @@ public static class KfacScoring
     /// <summary>The posterior of <paramref name="curvature"/> under <paramref name="options"/> as given; each layer's eigenvalue range goes to <paramref name="log"/>.</summary>
     public static KfacPosterior Posterior(KfacCurvature curvature, PosteriorOptions options, IComputeBackend backend, TextWriter log)
     {
-        var posterior = new KfacPosterior(curvature, backend, options);
+        KfacPosterior posterior = PosteriorCacheFile.LoadOrBuild(curvature, backend, options, log);
         foreach (string line in posterior.Describe()) log.WriteLine(line);
         return posterior;
     }

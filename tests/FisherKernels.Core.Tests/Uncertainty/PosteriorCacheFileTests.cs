@@ -27,37 +27,45 @@ public sealed class PosteriorCacheFileTests : IDisposable
     {
         string c = Curvature(2);
         var options = new PosteriorOptions();
-        Assert.Null(PosteriorCacheFile.TryLoad(c, options, out string reason));
+        string sha = PosteriorCacheFile.TensorDataSha256(c), cache = PosteriorCacheFile.PathFor(c);
+        Assert.Null(PosteriorCacheFile.TryLoad(cache, sha, options, out string reason, out _));
         Assert.StartsWith("no posterior cache", reason);
-        PosteriorCacheFile.Save(c, options, [new("w.QA", Basis)]);
-        var loaded = PosteriorCacheFile.TryLoad(c, options, out _);
+        PosteriorCacheFile.Save(cache, sha, options, [new("w.QA", Basis)]);
+        var loaded = PosteriorCacheFile.TryLoad(cache, sha, options, out _, out _);
         Assert.NotNull(loaded);
         Assert.Equal(Basis.Data, ((NdArray<float>)loaded["w.QA"]).Data);
         // calibrate rewrites the curvature's metadata, not its tensors: the cache stays valid. τ is not part of the key.
         Curvature(2, beta: 0.5);
-        Assert.NotNull(PosteriorCacheFile.TryLoad(c, options with { PriorPrecision = 3 }, out _));
+        Assert.NotNull(PosteriorCacheFile.TryLoad(cache, PosteriorCacheFile.TensorDataSha256(c), options with { PriorPrecision = 3 }, out _, out _));
         Assert.Empty(Directory.GetFiles(dir, "*.tmp")); // written atomically
     }
 
     [Fact]
-    public void AnotherCurvatureOtherOptionsOrATruncatedCacheAreRebuiltNotTrusted()
+    public void AnotherCurvatureOtherOptionsOrATruncatedOrAlteredCacheAreNotTrusted()
     {
-        string c = Curvature(2);
+        string c = Curvature(2), cache = PosteriorCacheFile.PathFor(c);
         var options = new PosteriorOptions { Rank = 8, MemoryBudgetBytes = 1 << 20 };
-        PosteriorCacheFile.Save(c, options, [new("w.QA", Basis)]);
-        Assert.Null(PosteriorCacheFile.TryLoad(c, options with { Rank = 9 }, out string reason));
+        string sha = PosteriorCacheFile.TensorDataSha256(c);
+        PosteriorCacheFile.Save(cache, sha, options, [new("w.QA", Basis)]);
+        Assert.Null(PosteriorCacheFile.TryLoad(cache, sha, options with { Rank = 9 }, out string reason, out _));
         Assert.Equal($"posterior cache '{c}.posterior' was built with --rank 8 --memory-budget 1048576", reason);
-        Assert.Null(PosteriorCacheFile.TryLoad(c, options with { MemoryBudgetBytes = 2 << 20 }, out _));
+        Assert.Null(PosteriorCacheFile.TryLoad(cache, sha, options with { MemoryBudgetBytes = 2 << 20 }, out _, out _));
 
         Curvature(3); // the curvature changed
-        Assert.Null(PosteriorCacheFile.TryLoad(c, options, out reason));
+        string changed = PosteriorCacheFile.TensorDataSha256(c);
+        Assert.Null(PosteriorCacheFile.TryLoad(cache, changed, options, out reason, out string? other));
         Assert.Equal($"posterior cache '{c}.posterior' belongs to another curvature", reason);
+        Assert.Equal(sha, other);
 
-        PosteriorCacheFile.Save(c, options, [new("w.QA", Basis)]);
-        byte[] bytes = File.ReadAllBytes(c + ".posterior");
-        File.WriteAllBytes(c + ".posterior", bytes[..^3]); // truncated
-        Assert.Null(PosteriorCacheFile.TryLoad(c, options, out reason));
+        PosteriorCacheFile.Save(cache, changed, options, [new("w.QA", Basis)]);
+        byte[] bytes = File.ReadAllBytes(cache);
+        File.WriteAllBytes(cache, bytes[..^3]); // truncated
+        Assert.Null(PosteriorCacheFile.TryLoad(cache, changed, options, out reason, out _));
         Assert.StartsWith($"posterior cache '{c}.posterior' is unreadable", reason);
+        bytes[^1] ^= 0x10; // one data bit flipped: the file still parses
+        File.WriteAllBytes(cache, bytes);
+        Assert.Null(PosteriorCacheFile.TryLoad(cache, changed, options, out reason, out _));
+        Assert.Equal($"posterior cache '{c}.posterior' is corrupt (its tensors do not hash to its content_sha256)", reason);
     }
 
     [Fact]
