@@ -1,7 +1,7 @@
 namespace FisherKernels;
 
 /// <summary>Element types that cross file and graph boundaries (npy, safetensors, ONNX values).</summary>
-public enum ElementType { Float32, Float64, Float16, BFloat16, Int8, UInt8, Int32, Int64, Bool }
+public enum ElementType { Float32, Float64, Float16, BFloat16, Int8, UInt8, Int32, Int64, Bool, Int16, UInt16, UInt32, UInt64 }
 
 /// <summary>A dense, row-major, owned n-dimensional array. Untyped view for I/O and graph values.</summary>
 public abstract class NdArray
@@ -43,13 +43,17 @@ public static class ElementTypes
         typeof(T) == typeof(int) ? ElementType.Int32 :
         typeof(T) == typeof(long) ? ElementType.Int64 :
         typeof(T) == typeof(bool) ? ElementType.Bool :
+        typeof(T) == typeof(short) ? ElementType.Int16 :
+        typeof(T) == typeof(ushort) ? ElementType.UInt16 :
+        typeof(T) == typeof(uint) ? ElementType.UInt32 :
+        typeof(T) == typeof(ulong) ? ElementType.UInt64 :
         throw FisherKernelsException.Unsupported($"element type {typeof(T).Name} is not supported");
 
     public static int SizeOf(ElementType type) => type switch
     {
-        ElementType.Float64 or ElementType.Int64 => 8,
-        ElementType.Float32 or ElementType.Int32 => 4,
-        ElementType.Float16 or ElementType.BFloat16 => 2,
+        ElementType.Float64 or ElementType.Int64 or ElementType.UInt64 => 8,
+        ElementType.Float32 or ElementType.Int32 or ElementType.UInt32 => 4,
+        ElementType.Float16 or ElementType.BFloat16 or ElementType.Int16 or ElementType.UInt16 => 2,
         _ => 1,
     };
 }

@@ -165,6 +165,10 @@ public static class NpyFile
         ElementType.Int64 => "<i8",
         ElementType.Int8 => "|i1",
         ElementType.UInt8 => "|u1",
+        ElementType.Int16 => "<i2",
+        ElementType.UInt16 => "<u2",
+        ElementType.UInt32 => "<u4",
+        ElementType.UInt64 => "<u8",
         ElementType.Bool => "|b1",
         _ => throw FisherKernelsException.Unsupported($"npy cannot store {type} arrays"),
     };
@@ -174,7 +178,7 @@ public static class NpyFile
         if (descr.Length >= 2 && descr[0] == '>' && descr[1..] is not ("i1" or "u1" or "b1"))
             throw FisherKernelsException.Unsupported($"{source}: big-endian dtype '{descr}' is not supported");
         if (descr.Length < 2 || descr[0] is not ('<' or '|' or '>'))
-            throw FisherKernelsException.Unsupported($"{source}: dtype '{descr}' is not supported (need little-endian '<' or '|' with f2, f4, f8, i1, i4, i8, u1 or b1)");
+            throw FisherKernelsException.Unsupported($"{source}: dtype '{descr}' is not supported (need little-endian '<' or '|' with f2, f4, f8, i1, i2, i4, i8, u1, u2, u4, u8 or b1)");
         return descr[1..] switch
         {
             "f4" => ElementType.Float32,
@@ -184,8 +188,12 @@ public static class NpyFile
             "i8" => ElementType.Int64,
             "i1" => ElementType.Int8,
             "u1" => ElementType.UInt8,
+            "i2" => ElementType.Int16,
+            "u2" => ElementType.UInt16,
+            "u4" => ElementType.UInt32,
+            "u8" => ElementType.UInt64,
             "b1" => ElementType.Bool,
-            _ => throw FisherKernelsException.Unsupported($"{source}: dtype '{descr}' is not supported (float16/32/64, int8/32/64, uint8 and bool are)"),
+            _ => throw FisherKernelsException.Unsupported($"{source}: dtype '{descr}' is not supported (float16/32/64, int8/16/32/64, uint8/16/32/64 and bool are)"),
         };
     }
 

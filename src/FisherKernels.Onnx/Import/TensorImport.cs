@@ -6,7 +6,7 @@ namespace FisherKernels.Onnx.Import;
 
 /// <summary>
 /// Converts a TensorProto to an owned array: float32, float16, bfloat16 and float64 become float32;
-/// int64, int32, int8, uint8 and bool keep their type. Data comes from raw_data, the typed fields, or an
+/// int64, int32, int16, int8, uint64, uint32, uint16, uint8 and bool keep their type. Data comes from raw_data, the typed fields, or an
 /// external file (through <see cref="ExternalData"/>).
 /// </summary>
 internal static class TensorImport
@@ -68,6 +68,15 @@ internal static class TensorImport
                 return new NdArray<sbyte>(shape, hasRaw ? MemoryMarshal.Cast<byte, sbyte>(raw).ToArray() : Array.ConvertAll(Checked(tensor.Int32Data.ToArray(), count, what), v => (sbyte)v));
             case DataType.Uint8:
                 return new NdArray<byte>(shape, hasRaw ? raw.ToArray() : Array.ConvertAll(Checked(tensor.Int32Data.ToArray(), count, what), v => (byte)v));
+            case DataType.Int16:
+                return new NdArray<short>(shape, hasRaw ? MemoryMarshal.Cast<byte, short>(raw).ToArray() : Array.ConvertAll(Checked(tensor.Int32Data.ToArray(), count, what), v => (short)v));
+            case DataType.Uint16:
+                return new NdArray<ushort>(shape, hasRaw ? MemoryMarshal.Cast<byte, ushort>(raw).ToArray() : Array.ConvertAll(Checked(tensor.Int32Data.ToArray(), count, what), v => (ushort)v));
+            // uint32 and uint64 have the typed field uint64_data.
+            case DataType.Uint32:
+                return new NdArray<uint>(shape, hasRaw ? MemoryMarshal.Cast<byte, uint>(raw).ToArray() : Array.ConvertAll(Checked(tensor.Uint64Data.ToArray(), count, what), v => (uint)v));
+            case DataType.Uint64:
+                return new NdArray<ulong>(shape, hasRaw ? MemoryMarshal.Cast<byte, ulong>(raw).ToArray() : Checked(tensor.Uint64Data.ToArray(), count, what));
             case DataType.Bool:
             {
                 var result = new bool[count];
@@ -93,6 +102,10 @@ internal static class TensorImport
         DataType.Bool => ElementType.Bool,
         DataType.Int8 => ElementType.Int8,
         DataType.Uint8 => ElementType.UInt8,
+        DataType.Int16 => ElementType.Int16,
+        DataType.Uint16 => ElementType.UInt16,
+        DataType.Uint32 => ElementType.UInt32,
+        DataType.Uint64 => ElementType.UInt64,
         // The engine computes in float32 (as Cast to DOUBLE does): a float64 input arrives as float32.
         DataType.Double => ElementType.Float32,
         _ => null,
@@ -113,21 +126,22 @@ internal static class TensorImport
 
     private static int ElementSize(DataType type, string what) => type switch
     {
-        DataType.Float or DataType.Int32 => 4,
-        DataType.Float16 or DataType.Bfloat16 => 2,
-        DataType.Int64 or DataType.Double => 8,
+        DataType.Float or DataType.Int32 or DataType.Uint32 => 4,
+        DataType.Float16 or DataType.Bfloat16 or DataType.Int16 or DataType.Uint16 => 2,
+        DataType.Int64 or DataType.Double or DataType.Uint64 => 8,
         DataType.Bool or DataType.Int8 or DataType.Uint8 => 1,
         DataType.Undefined => throw FisherKernelsException.Format($"{what}: element type is not set (corrupt model?)"),
         _ => throw FisherKernelsException.Unsupported($"{what}: element type {type} is not supported ({Supported} are)"),
     };
 
-    private const string Supported = "float32, float16, bfloat16, float64, int64, int32, int8, uint8 and bool";
+    private const string Supported = "float32, float16, bfloat16, float64, int64, int32, int16, int8, uint64, uint32, uint16, uint8 and bool";
 
     private static int TypedCount(TensorProto tensor, DataType type) => type switch
     {
         DataType.Float => tensor.FloatData.Count,
         DataType.Int64 => tensor.Int64Data.Count,
         DataType.Double => tensor.DoubleData.Count,
+        DataType.Uint32 or DataType.Uint64 => tensor.Uint64Data.Count,
         _ => tensor.Int32Data.Count,
     };
 

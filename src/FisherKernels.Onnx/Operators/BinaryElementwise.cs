@@ -353,8 +353,8 @@ internal struct MinOp : IBinaryOp
 }
 
 /// <summary>
-/// Add, Sub, Mul, Div, Pow, and two-input Max, Min, with multidirectional broadcasting (float, int64, int32, int8, uint8;
-/// Pow's exponent may differ in type). Integer arithmetic wraps around (as numpy's and C's unsigned arithmetic do);
+/// Add, Sub, Mul, Div, Pow, and two-input Max, Min, with multidirectional broadcasting (float and every integer type;
+/// Pow's base float, int64 or int32, its exponent of any of those types or an unsigned integer). Integer arithmetic wraps around (as numpy's and C's unsigned arithmetic do);
 /// integer division truncates.
 /// </summary>
 internal sealed class BinaryElementwise : Operator
@@ -366,8 +366,7 @@ internal sealed class BinaryElementwise : Operator
         var a = Required(inputs, 0, "A");
         var b = Required(inputs, 1, "B");
         if (a.Type != b.Type && Node.OpType != "Pow") throw Error($"inputs must have one element type, got {a.Type} and {b.Type}");
-        if (a.Type is not (ElementType.Float32 or ElementType.Int64 or ElementType.Int32 or ElementType.Int8 or ElementType.UInt8)
-            || (a.Type is ElementType.Int8 or ElementType.UInt8 && Node.OpType == "Pow"))
+        if (a.Type == ElementType.Bool || (a.Type is not (ElementType.Float32 or ElementType.Int64 or ElementType.Int32) && Node.OpType == "Pow"))
             throw UnsupportedError($"element type {a.Type} is not supported");
         var shape = Broadcast.Shape(a.Shape, b.Shape) ?? throw Error($"shapes [{ShapeUtil.Format(a.Shape)}] and [{ShapeUtil.Format(b.Shape)}] do not broadcast");
         return [new TensorInfo(a.Type, shape)];
@@ -444,8 +443,12 @@ internal sealed class BinaryElementwise : Operator
             case (NdArray<int> ia, NdArray<int> ib, NdArray<int> iy): Scalar<TOp, int>(layout, ia.Data, ib.Data, iy.Data); break;
             case (NdArray<sbyte> sa, NdArray<sbyte> sb, NdArray<sbyte> sy): Scalar<TOp, sbyte>(layout, sa.Data, sb.Data, sy.Data); break;
             case (NdArray<byte> ba, NdArray<byte> bb, NdArray<byte> by): Scalar<TOp, byte>(layout, ba.Data, bb.Data, by.Data); break;
-            case (NdArray<float> fa, NdArray<long> lb, NdArray<float> fy): Scalar<TOp, float>(layout, fa.Data, Array.ConvertAll(lb.Data, v => (float)v), fy.Data); break;
-            case (NdArray<float> fa, NdArray<int> ib, NdArray<float> fy): Scalar<TOp, float>(layout, fa.Data, Array.ConvertAll(ib.Data, v => (float)v), fy.Data); break;
+            case (NdArray<short> ba, NdArray<short> bb, NdArray<short> by): Scalar<TOp, short>(layout, ba.Data, bb.Data, by.Data); break;
+            case (NdArray<ushort> ba, NdArray<ushort> bb, NdArray<ushort> by): Scalar<TOp, ushort>(layout, ba.Data, bb.Data, by.Data); break;
+            case (NdArray<uint> ba, NdArray<uint> bb, NdArray<uint> by): Scalar<TOp, uint>(layout, ba.Data, bb.Data, by.Data); break;
+            case (NdArray<ulong> ba, NdArray<ulong> bb, NdArray<ulong> by): Scalar<TOp, ulong>(layout, ba.Data, bb.Data, by.Data); break;
+            // Pow of a float base by an integer exponent of any type: the exponent as float.
+            case (NdArray<float> fa, _, NdArray<float> fy) when IntegerAsFloats(b) is { } fb: Scalar<TOp, float>(layout, fa.Data, fb, fy.Data); break;
             // Pow of an integer base by a float exponent (opset 12+): in float64, truncated to the base's type; copies, as rare as such graphs are.
             case (NdArray<long> la, NdArray<float> fb, NdArray<long> ly):
                 var longPowers = new double[ly.Data.Length];
@@ -460,6 +463,19 @@ internal sealed class BinaryElementwise : Operator
             default: throw FisherKernelsException.Unsupported($"{a.ElementType} and {b.ElementType} operands are not supported");
         }
     }
+
+    private static float[]? IntegerAsFloats(NdArray x) => x switch
+    {
+        NdArray<long> a => Array.ConvertAll(a.Data, v => (float)v),
+        NdArray<int> a => Array.ConvertAll(a.Data, v => (float)v),
+        NdArray<short> a => Array.ConvertAll(a.Data, v => (float)v),
+        NdArray<sbyte> a => Array.ConvertAll(a.Data, v => (float)v),
+        NdArray<ulong> a => Array.ConvertAll(a.Data, v => (float)v),
+        NdArray<uint> a => Array.ConvertAll(a.Data, v => (float)v),
+        NdArray<ushort> a => Array.ConvertAll(a.Data, v => (float)v),
+        NdArray<byte> a => Array.ConvertAll(a.Data, v => (float)v),
+        _ => null,
+    };
 
     private static void Scalar<TOp, T>(in Broadcast layout, T[] a, T[] b, T[] y) where TOp : IBinaryOp where T : INumber<T>
     {
@@ -482,7 +498,7 @@ internal sealed class BinaryElementwise : Operator
         var a = Tensors.Float(inputs[0], Node, "A");
         // Pow's integer exponent (opset 12+; it gets no derivative) as floats: a copy, as rare as such exports are.
         var b = inputs[1] is NdArray<float> floats ? floats
-            : new NdArray<float>(inputs[1]!.Shape, Array.ConvertAll(Tensors.ToLongs(inputs[1]!) ?? throw Error($"B of type {inputs[1]!.ElementType} is not supported"), v => (float)v));
+            : new NdArray<float>(inputs[1]!.Shape, IntegerAsFloats(inputs[1]!) ?? throw Error($"B of type {inputs[1]!.ElementType} is not supported"));
         var layout = Broadcast.Create(gradOrTangent.Shape, a.Shape, b.Shape);
         var run = new TRun();
         run.Bind(a.Data, b.Data, ((NdArray<float>)outputs[0]).Data, gradOrTangent.Data, first?.Data, second?.Data, layout.Step0, layout.Step1);

@@ -5,7 +5,7 @@ namespace FisherKernels.Onnx.Operators;
 
 /// <summary>
 /// Clip (opset 11+): y = min(max(x, min), max) with <c>min</c> and <c>max</c> optional scalar inputs (absent: no bound;
-/// min above max gives max everywhere, as min(max(·)) does). Float, int64, int32, int8 and uint8. The derivative with respect to x
+/// min above max gives max everywhere, as min(max(·)) does). Float and every integer type. The derivative with respect to x
 /// is 1 where min ≤ x ≤ max and 0 elsewhere (torch's clamp convention at the bounds); the bounds get none.
 /// </summary>
 internal sealed class Clip : Operator
@@ -17,7 +17,7 @@ internal sealed class Clip : Operator
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var x = Required(inputs, 0, "input");
-        if (x.Type is not (ElementType.Float32 or ElementType.Int64 or ElementType.Int32 or ElementType.Int8 or ElementType.UInt8)) throw UnsupportedError($"input of type {x.Type} is not supported");
+        if (x.Type == ElementType.Bool) throw UnsupportedError($"input of type {x.Type} is not supported");
         for (int i = 1; i < inputs.Length; i++)
             if (inputs[i] is { } bound && (bound.Type != x.Type || bound.Length != 1))
                 throw Error($"{(i == 1 ? "min" : "max")} must be one {x.Type} element, got {bound}");
@@ -39,6 +39,10 @@ internal sealed class Clip : Operator
             case (NdArray<int> x, NdArray<int> y): ClipIntegers(inputs, x, y); break;
             case (NdArray<sbyte> x, NdArray<sbyte> y): ClipIntegers(inputs, x, y); break;
             case (NdArray<byte> x, NdArray<byte> y): ClipIntegers(inputs, x, y); break;
+            case (NdArray<short> x, NdArray<short> y): ClipIntegers(inputs, x, y); break;
+            case (NdArray<ushort> x, NdArray<ushort> y): ClipIntegers(inputs, x, y); break;
+            case (NdArray<uint> x, NdArray<uint> y): ClipIntegers(inputs, x, y); break;
+            case (NdArray<ulong> x, NdArray<ulong> y): ClipIntegers(inputs, x, y); break;
             default: throw UnsupportedError($"element type {inputs[0]!.ElementType} is not supported");
         }
     }

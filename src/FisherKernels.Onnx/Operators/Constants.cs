@@ -1,3 +1,5 @@
+using System.Numerics;
+
 namespace FisherKernels.Onnx.Operators;
 
 /// <summary>Shape (opset 15+: start/end, clamped): the input's shape as int64, known at plan time.</summary>
@@ -127,8 +129,8 @@ internal sealed class Range : Operator
 }
 
 /// <summary>
-/// Cast between float, int64, int32, int8, uint8 and bool (to a narrower integer: the integer part, wrapped around
-/// as numpy's astype does). The engine computes in float32, so casts to float16,
+/// Cast between float, every integer type and bool (to an integer: the integer part, wrapped around to the target's
+/// width as numpy's astype does; integer to integer is exact, so uint64 and int64 beyond 2^24 keep every bit). The engine computes in float32, so casts to float16,
 /// bfloat16 and double produce float32 (no rounding to the narrower type). Float → float is the identity
 /// for derivatives; casts to integers and bool are not differentiable.
 /// </summary>
@@ -145,10 +147,14 @@ internal sealed class Cast : Operator
             1 or 10 or 11 or 16 => ElementType.Float32, // FLOAT, FLOAT16, DOUBLE, BFLOAT16
             2 => ElementType.UInt8,
             3 => ElementType.Int8,
+            4 => ElementType.UInt16,
+            5 => ElementType.Int16,
             6 => ElementType.Int32,
             7 => ElementType.Int64,
             9 => ElementType.Bool,
-            _ => throw FisherKernelsException.Unsupported($"cast to ONNX element type {to} is not supported (float, double, float16, bfloat16, int64, int32, int8, uint8, bool are)"),
+            12 => ElementType.UInt32,
+            13 => ElementType.UInt64,
+            _ => throw FisherKernelsException.Unsupported($"cast to ONNX element type {to} is not supported (float, double, float16, bfloat16, int64, int32, int16, int8, uint64, uint32, uint16, uint8, bool are)"),
         };
     }
 
@@ -157,7 +163,7 @@ internal sealed class Cast : Operator
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var x = Required(inputs, 0, "input");
-        if (x.Type is not (ElementType.Float32 or ElementType.Int64 or ElementType.Int32 or ElementType.Int8 or ElementType.UInt8 or ElementType.Bool))
+        if (x.Type is ElementType.Float64 or ElementType.Float16 or ElementType.BFloat16)
             throw UnsupportedError($"input of type {x.Type} is not supported");
         return [new TensorInfo(target, x.Shape)];
     }
@@ -168,25 +174,47 @@ internal sealed class Cast : Operator
         int n = (int)x.Length;
         switch (outputs[0])
         {
-            case NdArray<float> o: for (int i = 0; i < n; i++) o.Data[i] = Read(x, i); break;
-            case NdArray<long> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<long> l ? l.Data[i] : (long)Read(x, i); break;
-            case NdArray<int> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<long> l ? (int)l.Data[i] : (int)Read(x, i); break;
-            case NdArray<bool> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<long> l ? l.Data[i] != 0 : Read(x, i) != 0; break;
-            case NdArray<sbyte> o: for (int i = 0; i < n; i++) o.Data[i] = (sbyte)(x is NdArray<long> l ? l.Data[i] : (long)Read(x, i)); break;
-            case NdArray<byte> o: for (int i = 0; i < n; i++) o.Data[i] = (byte)(x is NdArray<long> l ? l.Data[i] : (long)Read(x, i)); break;
+            case NdArray<float> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<ulong> u ? u.Data[i] : Read(x, i); break;
+            case NdArray<bool> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<float> f ? f.Data[i] != 0 : Integer(x, i) != 0; break;
+            case NdArray<long> o: ToInteger(x, o.Data); break;
+            case NdArray<int> o: ToInteger(x, o.Data); break;
+            case NdArray<short> o: ToInteger(x, o.Data); break;
+            case NdArray<sbyte> o: ToInteger(x, o.Data); break;
+            case NdArray<ulong> o: ToInteger(x, o.Data); break;
+            case NdArray<uint> o: ToInteger(x, o.Data); break;
+            case NdArray<ushort> o: ToInteger(x, o.Data); break;
+            case NdArray<byte> o: ToInteger(x, o.Data); break;
         }
     }
 
-    private static float Read(NdArray x, int i) => x switch
+    /// <summary>
+    /// A float's integer part (truncated toward zero, through int64, or uint64 from 2^63 up), an integer's bits: wrapped
+    /// to the target's width either way, as numpy's astype does.
+    /// </summary>
+    private static void ToInteger<T>(NdArray x, T[] y) where T : IBinaryInteger<T>
     {
-        NdArray<float> f => f.Data[i],
+        if (x is NdArray<float> f)
+            for (int i = 0; i < y.Length; i++) y[i] = f.Data[i] >= 9223372036854775808f ? T.CreateTruncating((ulong)f.Data[i]) : T.CreateTruncating((long)f.Data[i]);
+        else
+            for (int i = 0; i < y.Length; i++) y[i] = T.CreateTruncating(Integer(x, i));
+    }
+
+    /// <summary>Element i of an integer or bool array as int64 (uint64 by its bits, which wrap to the same narrower values).</summary>
+    private static long Integer(NdArray x, int i) => x switch
+    {
         NdArray<long> l => l.Data[i],
         NdArray<int> n => n.Data[i],
-        NdArray<bool> b => b.Data[i] ? 1 : 0,
+        NdArray<short> s => s.Data[i],
         NdArray<sbyte> s => s.Data[i],
+        NdArray<ulong> u => unchecked((long)u.Data[i]),
+        NdArray<uint> u => u.Data[i],
+        NdArray<ushort> u => u.Data[i],
         NdArray<byte> u => u.Data[i],
+        NdArray<bool> b => b.Data[i] ? 1 : 0,
         _ => throw FisherKernelsException.Unsupported($"cast from {x.ElementType} is not supported"),
     };
+
+    private static float Read(NdArray x, int i) => x is NdArray<float> f ? f.Data[i] : Integer(x, i);
 
     public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
                              ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads) =>

@@ -39,6 +39,10 @@ internal abstract class MovementOperator(OperatorNode node) : Operator(node)
             case NdArray<bool>: Copy<bool>(inputs, outputs); break;
             case NdArray<sbyte>: Copy<sbyte>(inputs, outputs); break;
             case NdArray<byte>: Copy<byte>(inputs, outputs); break;
+            case NdArray<short>: Copy<short>(inputs, outputs); break;
+            case NdArray<ushort>: Copy<ushort>(inputs, outputs); break;
+            case NdArray<uint>: Copy<uint>(inputs, outputs); break;
+            case NdArray<ulong>: Copy<ulong>(inputs, outputs); break;
             default: throw UnsupportedError($"element type {outputs[0].ElementType} is not supported");
         }
     }

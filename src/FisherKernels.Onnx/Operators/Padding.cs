@@ -186,6 +186,10 @@ internal sealed class Pad : MovementOperator
             case NdArray<bool> y when value is NdArray<bool> { Data: [true] }: Fill(inputs, y, true); break;
             case NdArray<sbyte> y when value is NdArray<sbyte> { Data: [var s] } && s != 0: Fill(inputs, y, s); break;
             case NdArray<byte> y when value is NdArray<byte> { Data: [var u] } && u != 0: Fill(inputs, y, u); break;
+            case NdArray<short> y when value is NdArray<short> { Data: [var u] } && u != 0: Fill(inputs, y, u); break;
+            case NdArray<ushort> y when value is NdArray<ushort> { Data: [var u] } && u != 0: Fill(inputs, y, u); break;
+            case NdArray<uint> y when value is NdArray<uint> { Data: [var u] } && u != 0: Fill(inputs, y, u); break;
+            case NdArray<ulong> y when value is NdArray<ulong> { Data: [var u] } && u != 0: Fill(inputs, y, u); break;
         }
     }
 

@@ -32,6 +32,10 @@ internal sealed class Where : Operator
             case NdArray<bool> o: Select(c, (NdArray<bool>)inputs[1]!, (NdArray<bool>)inputs[2]!, o); break;
             case NdArray<sbyte> o: Select(c, (NdArray<sbyte>)inputs[1]!, (NdArray<sbyte>)inputs[2]!, o); break;
             case NdArray<byte> o: Select(c, (NdArray<byte>)inputs[1]!, (NdArray<byte>)inputs[2]!, o); break;
+            case NdArray<short> o: Select(c, (NdArray<short>)inputs[1]!, (NdArray<short>)inputs[2]!, o); break;
+            case NdArray<ushort> o: Select(c, (NdArray<ushort>)inputs[1]!, (NdArray<ushort>)inputs[2]!, o); break;
+            case NdArray<uint> o: Select(c, (NdArray<uint>)inputs[1]!, (NdArray<uint>)inputs[2]!, o); break;
+            case NdArray<ulong> o: Select(c, (NdArray<ulong>)inputs[1]!, (NdArray<ulong>)inputs[2]!, o); break;
             default: throw UnsupportedError($"element type {outputs[0].ElementType} is not supported");
         }
     }
@@ -164,7 +168,7 @@ internal sealed class Where : Operator
     }
 }
 
-/// <summary>Equal, Less, Greater, LessOrEqual, GreaterOrEqual (float, int64, int32, int8, uint8; Equal also bool) and And, Or, Xor (bool), with broadcasting → bool. Not differentiable.</summary>
+/// <summary>Equal, Less, Greater, LessOrEqual, GreaterOrEqual (float and every integer type; Equal also bool) and And, Or, Xor (bool), with broadcasting → bool. Not differentiable.</summary>
 internal sealed class Compare : Operator
 {
     public Compare(OperatorNode node) : base(node) => RequireInputs(2, 2);
@@ -191,6 +195,10 @@ internal sealed class Compare : Operator
             case (NdArray<int> a, NdArray<int> b): Run(a, b, o); break;
             case (NdArray<sbyte> a, NdArray<sbyte> b): Run(a, b, o); break;
             case (NdArray<byte> a, NdArray<byte> b): Run(a, b, o); break;
+            case (NdArray<short> a, NdArray<short> b): Run(a, b, o); break;
+            case (NdArray<ushort> a, NdArray<ushort> b): Run(a, b, o); break;
+            case (NdArray<uint> a, NdArray<uint> b): Run(a, b, o); break;
+            case (NdArray<ulong> a, NdArray<ulong> b): Run(a, b, o); break;
             case (NdArray<bool> a, NdArray<bool> b):
                 Run(new NdArray<int>(a.Shape, Array.ConvertAll(a.Data, v => v ? 1 : 0)), new NdArray<int>(b.Shape, Array.ConvertAll(b.Data, v => v ? 1 : 0)), o);
                 break;

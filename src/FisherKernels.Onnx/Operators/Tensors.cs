@@ -23,6 +23,10 @@ internal static class Tensors
         ElementType.Bool => new NdArray<bool>(shape),
         ElementType.Int8 => new NdArray<sbyte>(shape),
         ElementType.UInt8 => new NdArray<byte>(shape),
+        ElementType.Int16 => new NdArray<short>(shape),
+        ElementType.UInt16 => new NdArray<ushort>(shape),
+        ElementType.UInt32 => new NdArray<uint>(shape),
+        ElementType.UInt64 => new NdArray<ulong>(shape),
         _ => throw FisherKernelsException.Unsupported($"element type {type} is not supported by the operators"),
     };
 
@@ -35,6 +39,10 @@ internal static class Tensors
         NdArray<bool> a => new NdArray<bool>(shape, a.Data),
         NdArray<sbyte> a => new NdArray<sbyte>(shape, a.Data),
         NdArray<byte> a => new NdArray<byte>(shape, a.Data),
+        NdArray<short> a => new NdArray<short>(shape, a.Data),
+        NdArray<ushort> a => new NdArray<ushort>(shape, a.Data),
+        NdArray<uint> a => new NdArray<uint>(shape, a.Data),
+        NdArray<ulong> a => new NdArray<ulong>(shape, a.Data),
         _ => throw FisherKernelsException.Unsupported($"element type {value.ElementType} is not supported"),
     };
 
@@ -49,6 +57,10 @@ internal static class Tensors
             case (NdArray<bool> s, NdArray<bool> d): s.Data.AsSpan().CopyTo(d.Data); break;
             case (NdArray<sbyte> s, NdArray<sbyte> d): s.Data.AsSpan().CopyTo(d.Data); break;
             case (NdArray<byte> s, NdArray<byte> d): s.Data.AsSpan().CopyTo(d.Data); break;
+            case (NdArray<short> s, NdArray<short> d): s.Data.AsSpan().CopyTo(d.Data); break;
+            case (NdArray<ushort> s, NdArray<ushort> d): s.Data.AsSpan().CopyTo(d.Data); break;
+            case (NdArray<uint> s, NdArray<uint> d): s.Data.AsSpan().CopyTo(d.Data); break;
+            case (NdArray<ulong> s, NdArray<ulong> d): s.Data.AsSpan().CopyTo(d.Data); break;
             default: throw new FisherKernelsException(ErrorKind.Internal, $"cannot copy {source.ElementType} into {destination.ElementType}");
         }
     }

@@ -412,6 +412,10 @@ public sealed class ExecutionPlan
         (NdArray<bool> x, NdArray<bool> y) => x.Data.AsSpan().SequenceEqual(y.Data),
         (NdArray<sbyte> x, NdArray<sbyte> y) => x.Data.AsSpan().SequenceEqual(y.Data),
         (NdArray<byte> x, NdArray<byte> y) => x.Data.AsSpan().SequenceEqual(y.Data),
+        (NdArray<short> x, NdArray<short> y) => x.Data.AsSpan().SequenceEqual(y.Data),
+        (NdArray<ushort> x, NdArray<ushort> y) => x.Data.AsSpan().SequenceEqual(y.Data),
+        (NdArray<uint> x, NdArray<uint> y) => x.Data.AsSpan().SequenceEqual(y.Data),
+        (NdArray<ulong> x, NdArray<ulong> y) => x.Data.AsSpan().SequenceEqual(y.Data),
         (NdArray<float> x, NdArray<float> y) => x.Data.AsSpan().SequenceEqual(y.Data),
         _ => false,
     };
@@ -425,6 +429,10 @@ public sealed class ExecutionPlan
         NdArray<bool> a => a.Data,
         NdArray<sbyte> a => a.Data,
         NdArray<byte> a => a.Data,
+        NdArray<short> a => a.Data,
+        NdArray<ushort> a => a.Data,
+        NdArray<uint> a => a.Data,
+        NdArray<ulong> a => a.Data,
         _ => throw FisherKernelsException.Unsupported($"element type {array.ElementType} is not supported by the executor"),
     };
 
@@ -437,6 +445,10 @@ public sealed class ExecutionPlan
         ElementType.Bool => new NdArray<bool>(info.Shape, (bool[])storage),
         ElementType.Int8 => new NdArray<sbyte>(info.Shape, (sbyte[])storage),
         ElementType.UInt8 => new NdArray<byte>(info.Shape, (byte[])storage),
+        ElementType.Int16 => new NdArray<short>(info.Shape, (short[])storage),
+        ElementType.UInt16 => new NdArray<ushort>(info.Shape, (ushort[])storage),
+        ElementType.UInt32 => new NdArray<uint>(info.Shape, (uint[])storage),
+        ElementType.UInt64 => new NdArray<ulong>(info.Shape, (ulong[])storage),
         _ => throw new FisherKernelsException(ErrorKind.Internal, $"unknown buffer type {info.Type}"),
     };
 }

@@ -196,6 +196,21 @@ public class OnnxImporterTests
         Assert.Contains("2 bytes of data", Assert.Throws<FisherKernelsException>(() => OnnxImporter.Load(temp.File("short.onnx"))).Message);
     }
 
+    [Fact]
+    public void SixteenBitAndUnsignedIntegerInitializersKeepTheirType()
+    {
+        using var temp = new TempFolder();
+        // int16 in raw_data; uint64 and uint32 in uint64_data (their typed field), values beyond int64's and int32's range.
+        WriteModel(temp.File("i16.onnx"), new TensorProto { Name = "w", DataType = 5, Dims = { 2 }, RawData = ByteString.CopyFrom(0x00, 0x80, 0xff, 0x7f) });
+        Assert.Equal(new short[] { -32768, 32767 }, ((NdArray<short>)OnnxImporter.Load(temp.File("i16.onnx")).Initializers["w"]).Data);
+        WriteModel(temp.File("u64.onnx"), new TensorProto { Name = "w", DataType = 13, Dims = { 2 }, Uint64Data = { ulong.MaxValue, 3 } });
+        Assert.Equal(new ulong[] { ulong.MaxValue, 3 }, ((NdArray<ulong>)OnnxImporter.Load(temp.File("u64.onnx")).Initializers["w"]).Data);
+        WriteModel(temp.File("u32.onnx"), new TensorProto { Name = "w", DataType = 12, Dims = { 1 }, Uint64Data = { uint.MaxValue } });
+        Assert.Equal(new uint[] { uint.MaxValue }, ((NdArray<uint>)OnnxImporter.Load(temp.File("u32.onnx")).Initializers["w"]).Data);
+        WriteModel(temp.File("u16.onnx"), new TensorProto { Name = "w", DataType = 4, Dims = { 1 }, Int32Data = { 65535 } });
+        Assert.Equal(new ushort[] { 65535 }, ((NdArray<ushort>)OnnxImporter.Load(temp.File("u16.onnx")).Initializers["w"]).Data);
+    }
+
     internal static TensorProto ExternalTensor(string name, string location, int floats) => new()
     {
         Name = name, DataType = 1, Dims = { floats / 4, 4 },

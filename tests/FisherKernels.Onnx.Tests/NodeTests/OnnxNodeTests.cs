@@ -198,6 +198,10 @@ public sealed class OnnxNodeTests
         NdArray<int> a => Array.ConvertAll(a.Data, v => (double)v),
         NdArray<sbyte> a => Array.ConvertAll(a.Data, v => (double)v),
         NdArray<byte> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<short> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<ushort> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<uint> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<ulong> a => Array.ConvertAll(a.Data, v => (double)v),
         NdArray<bool> a => Array.ConvertAll(a.Data, v => v ? 1.0 : 0.0),
         _ => throw new InvalidOperationException(value.ElementType.ToString()),
     };

@@ -48,7 +48,7 @@ internal static class OnnxRuntimeNode
     {
         var shape = new TensorShapeProto();
         foreach (int d in x.Shape) shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });
-        int type = x switch { NdArray<float> => 1, NdArray<int> => 6, NdArray<long> => 7, NdArray<bool> => 9, NdArray<sbyte> => 3, NdArray<byte> => 2, _ => throw new ArgumentException(x.ElementType.ToString()) };
+        int type = x switch { NdArray<float> => 1, NdArray<int> => 6, NdArray<long> => 7, NdArray<bool> => 9, NdArray<sbyte> => 3, NdArray<byte> => 2, NdArray<short> => 5, NdArray<ushort> => 4, NdArray<uint> => 12, NdArray<ulong> => 13, _ => throw new ArgumentException(x.ElementType.ToString()) };
         return new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = type, Shape = shape } };
     }
 

@@ -71,6 +71,10 @@ public sealed class OperatorCasesTests
                 case (NdArray<bool> e, NdArray<bool> a): Assert.Equal(e.Data, a.Data); break;
                 case (NdArray<sbyte> e, NdArray<sbyte> a): Assert.Equal(e.Data, a.Data); break;
                 case (NdArray<byte> e, NdArray<byte> a): Assert.Equal(e.Data, a.Data); break;
+                case (NdArray<short> e, NdArray<short> a): Assert.Equal(e.Data, a.Data); break;
+                case (NdArray<ushort> e, NdArray<ushort> a): Assert.Equal(e.Data, a.Data); break;
+                case (NdArray<uint> e, NdArray<uint> a): Assert.Equal(e.Data, a.Data); break;
+                case (NdArray<ulong> e, NdArray<ulong> a): Assert.Equal(e.Data, a.Data); break;
                 default: Assert.Fail($"{name} output {i}: expected {expected.ElementType}, got {outputs[i].ElementType}"); break;
             }
         }
@@ -92,6 +96,10 @@ public sealed class OperatorCasesTests
                 NdArray<bool> a => Array.ConvertAll(a.Data, v => v ? 1.0 : 0.0),
                 NdArray<sbyte> a => Array.ConvertAll(a.Data, v => (double)v),
                 NdArray<byte> a => Array.ConvertAll(a.Data, v => (double)v),
+                NdArray<short> a => Array.ConvertAll(a.Data, v => (double)v),
+                NdArray<ushort> a => Array.ConvertAll(a.Data, v => (double)v),
+                NdArray<uint> a => Array.ConvertAll(a.Data, v => (double)v),
+                NdArray<ulong> a => Array.ConvertAll(a.Data, v => (double)v),
                 _ => throw new InvalidOperationException(outputs[i].ElementType.ToString()),
             };
             double scale = Math.Max(1e-30, reference[i].Data.Select(Math.Abs).DefaultIfEmpty(0).Max()), allowed = Math.Max(tolerance, 1e-5) * scale + 1e-7;

@@ -641,6 +641,31 @@ case("pad_uint8_value", "Pad", [ua, i64([0, 1, 1, 0]), u8(9)], [np.pad(ua, ((0, 
 case("concat_int8", "Concat", [sa8, sb8], [np.concatenate([sa8, sb8], axis=1)], attrs={"axis": 1}, ort=True)
 case("gather_uint8", "Gather", [ua, i64([1, 0, 1])], [ua[[1, 0, 1]]], ort=True)
 
+# ---- 16-bit and unsigned 32/64-bit integers: numpy's own results (wrap-around; uint64 beyond int64's range) -----------
+u64a = np.array([[2**64 - 1, 2**63 + 5, 7], [0, 2**63, 2**40]], dtype=np.uint64)
+u64b = np.array([2**63 + 6, 2**63 - 1, 9], dtype=np.uint64)
+case("max_uint64_beyond_int64", "Max", [u64a, u64b], [np.maximum(u64a, u64b)], opset=13, ort=True)
+case("min_uint64_beyond_int64", "Min", [u64a, u64b], [np.minimum(u64a, u64b)], opset=13, ort=True)
+i16a, i16b = np.array([[32767, -32768, 5], [-3, 300, 0]], np.int16), np.array([1, -1, 200], np.int16)
+case("add_int16_wraps", "Add", [i16a, i16b], [i16a + i16b], opset=14, ort=True)
+# ONNX Runtime 1.31 has no int16 Min, no uint32 exponent for Pow and no uint64 Where: numpy alone for those three.
+case("min_int16", "Min", [i16a, i16b], [np.minimum(i16a, i16b)], opset=13)
+u16a, u16b = np.array([65535, 3, 1000], np.uint16), np.array([1, 5, 999], np.uint16)
+case("sub_uint16_wraps", "Sub", [u16a, u16b], [u16a - u16b], opset=14, ort=True)
+u32a, u32b = np.array([4294967295, 70000, 12], np.uint32), np.array([2, 70000, 5], np.uint32)
+case("mul_uint32_wraps", "Mul", [u32a, u32b], [u32a * u32b], opset=14, ort=True)
+case("div_uint32", "Div", [u32a, u32b], [u32a // u32b], opset=14, ort=True)
+xp = np.array([[1.5, -2.0, 0.5], [3.0, -1.25, 2.0]], np.float32)
+case("pow_float_uint32_exponent", "Pow", [xp, np.array([2, 3, 0], np.uint32)], [d(xp) ** np.array([2, 3, 0])], opset=15)
+case("cast_uint64_to_int8_wraps", "Cast", [u64a], [u64a.astype(np.int8)], attrs={"to": 3}, ort=True)
+case("cast_uint64_to_int64_wraps", "Cast", [u64a], [u64a.astype(np.int64)], attrs={"to": 7}, ort=True)
+case("cast_int64_to_uint32_wraps", "Cast", [i64([-1, 2**32 + 3, 5])], [i64([-1, 2**32 + 3, 5]).astype(np.uint32)], attrs={"to": 12}, ort=True)
+case("cast_int32_to_uint16_wraps", "Cast", [np.array([-2, 65537, 9], np.int32)], [np.array([-2, 65537, 9], np.int32).astype(np.uint16)], attrs={"to": 4}, ort=True)
+case("cast_float_to_int16", "Cast", [np.array([1.7, -1.7, 32767.0, -32768.0], np.float32)], [np.array([1, -1, 32767, -32768], np.int16)], attrs={"to": 5}, ort=True)
+case("cast_uint32_to_float", "Cast", [u32a], [d(u32a.astype(np.float32))], attrs={"to": 1}, ort=True)
+case("where_uint64", "Where", [np.array([True, False, True]), u64b, u64a[0]], [np.where(np.array([True, False, True]), u64b, u64a[0])])
+case("transpose_int16", "Transpose", [i16a], [i16a.transpose()], ort=True)
+
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)

@@ -34,6 +34,10 @@ internal static class OnnxRuntimeReference
                 NdArray<bool> v => NamedOnnxValue.CreateFromTensor(name, new DenseTensor<bool>(v.Data, v.Shape)),
                 NdArray<sbyte> v => NamedOnnxValue.CreateFromTensor(name, new DenseTensor<sbyte>(v.Data, v.Shape)),
                 NdArray<byte> v => NamedOnnxValue.CreateFromTensor(name, new DenseTensor<byte>(v.Data, v.Shape)),
+                NdArray<short> v => NamedOnnxValue.CreateFromTensor(name, new DenseTensor<short>(v.Data, v.Shape)),
+                NdArray<ushort> v => NamedOnnxValue.CreateFromTensor(name, new DenseTensor<ushort>(v.Data, v.Shape)),
+                NdArray<uint> v => NamedOnnxValue.CreateFromTensor(name, new DenseTensor<uint>(v.Data, v.Shape)),
+                NdArray<ulong> v => NamedOnnxValue.CreateFromTensor(name, new DenseTensor<ulong>(v.Data, v.Shape)),
                 _ => throw new ArgumentException($"input {name}: {value.ElementType}"),
             });
         }
@@ -49,6 +53,10 @@ internal static class OnnxRuntimeReference
                 case Tensor<bool> t: outputs[r.Name] = (t.Dimensions.ToArray(), t.ToArray().Select(x => x ? 1.0 : 0.0).ToArray()); break;
                 case Tensor<sbyte> t: outputs[r.Name] = (t.Dimensions.ToArray(), t.ToArray().Select(x => (double)x).ToArray()); break;
                 case Tensor<byte> t: outputs[r.Name] = (t.Dimensions.ToArray(), t.ToArray().Select(x => (double)x).ToArray()); break;
+                case Tensor<short> t: outputs[r.Name] = (t.Dimensions.ToArray(), t.ToArray().Select(x => (double)x).ToArray()); break;
+                case Tensor<ushort> t: outputs[r.Name] = (t.Dimensions.ToArray(), t.ToArray().Select(x => (double)x).ToArray()); break;
+                case Tensor<uint> t: outputs[r.Name] = (t.Dimensions.ToArray(), t.ToArray().Select(x => (double)x).ToArray()); break;
+                case Tensor<ulong> t: outputs[r.Name] = (t.Dimensions.ToArray(), t.ToArray().Select(x => (double)x).ToArray()); break;
             }
         }
         return outputs;
