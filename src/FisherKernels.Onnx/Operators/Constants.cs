@@ -130,18 +130,21 @@ internal sealed class Range : Operator
 
 /// <summary>
 /// Cast between float, every integer type and bool (to an integer: the integer part, wrapped around to the target's
-/// width as numpy's astype does; integer to integer is exact, so uint64 and int64 beyond 2^24 keep every bit). The engine computes in float32, so casts to float16,
-/// bfloat16 and double produce float32 (no rounding to the narrower type). Float → float is the identity
+/// width as numpy's astype does; integer to integer is exact, so uint64 and int64 beyond 2^24 keep every bit). The engine
+/// computes in float32: a cast to bfloat16 rounds each value to the nearest bfloat16 (ties to even, as the specification
+/// asks) and holds it as float32; casts to float16 and double produce float32 unrounded. Float → float is the identity
 /// for derivatives; casts to integers and bool are not differentiable.
 /// </summary>
 internal sealed class Cast : Operator
 {
     private readonly ElementType target;
+    private readonly bool toBFloat16;
 
     public Cast(OperatorNode node) : base(node)
     {
         RequireInputs(1, 1);
         long to = node.Attributes.GetIntOrNull("to") ?? throw FisherKernelsException.Format("attribute 'to' is required");
+        toBFloat16 = to == 16;
         target = to switch
         {
             1 or 10 or 11 or 16 => ElementType.Float32, // FLOAT, FLOAT16, DOUBLE, BFLOAT16
@@ -174,7 +177,10 @@ internal sealed class Cast : Operator
         int n = (int)x.Length;
         switch (outputs[0])
         {
-            case NdArray<float> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<ulong> u ? u.Data[i] : Read(x, i); break;
+            case NdArray<float> o:
+                for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<ulong> u ? u.Data[i] : Read(x, i);
+                if (toBFloat16) for (int i = 0; i < n; i++) o.Data[i] = RoundToBFloat16(o.Data[i]);
+                break;
             case NdArray<bool> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<float> f ? f.Data[i] != 0 : Integer(x, i) != 0; break;
             case NdArray<long> o: ToInteger(x, o.Data); break;
             case NdArray<int> o: ToInteger(x, o.Data); break;
@@ -213,6 +219,16 @@ internal sealed class Cast : Operator
         NdArray<bool> b => b.Data[i] ? 1 : 0,
         _ => throw FisherKernelsException.Unsupported($"cast from {x.ElementType} is not supported"),
     };
+
+    /// <summary>The nearest bfloat16 (the top 16 bits of a float32), ties to even; NaN stays a quiet NaN of its sign.</summary>
+    internal static float RoundToBFloat16(float value)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(value);
+        if (float.IsNaN(value)) return BitConverter.UInt32BitsToSingle((bits | 0x0040_0000) & 0xFFFF_0000);
+        // Adding 0x7FFF plus the kept part's lowest bit carries into it exactly when the dropped half is above one half,
+        // or is one half and the kept part is odd; a carry out of the largest finite value gives infinity, as rounding should.
+        return BitConverter.UInt32BitsToSingle((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000);
+    }
 
     private static float Read(NdArray x, int i) => x is NdArray<float> f ? f.Data[i] : Integer(x, i);
 

@@ -666,6 +666,31 @@ case("cast_uint32_to_float", "Cast", [u32a], [d(u32a.astype(np.float32))], attrs
 case("where_uint64", "Where", [np.array([True, False, True]), u64b, u64a[0]], [np.where(np.array([True, False, True]), u64b, u64a[0])])
 case("transpose_int16", "Transpose", [i16a], [i16a.transpose()], ort=True)
 
+# ---- Cast to bfloat16: the nearest bfloat16 (ties to even), found here by comparing the two bfloat16 neighbours in
+# float64 (not by the engine's add-and-mask), held as float32 -------------------------------------------------------
+def nearest_bfloat16(x):
+    out = []
+    for v in np.asarray(x, np.float32).ravel():
+        if not np.isfinite(v):
+            out.append(float(v))
+            continue
+        bits = int(np.float32(v).view(np.uint32))
+        lo_bits = bits & 0xFFFF0000
+        lo = float(np.uint32(lo_bits).view(np.float32))
+        # The next bfloat16 up in magnitude is |lo| + one unit in its last place (2^128 past the largest finite one,
+        # which is infinity as a value, as IEEE rounding overflows).
+        exponent = max((lo_bits >> 23) & 0xFF, 1) - 127
+        hi_value = abs(lo) + 2.0 ** (exponent - 7)
+        hi = float(np.uint32(lo_bits + 0x10000).view(np.float32))
+        dl, dh = abs(abs(float(v)) - abs(lo)), abs(hi_value - abs(float(v)))
+        # Toward the neighbour with an even last kept bit on a tie.
+        out.append(lo if dl < dh or (dl == dh and (lo_bits >> 16) % 2 == 0) else hi)
+    return np.array(out).reshape(np.shape(x))
+
+xb = np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8 + 2**-20), 0.1, -0.0, 3.3e38, 1e-40, 65504.0, -2.5e-3, 7.0],
+              np.float32)
+case("cast_float_to_bfloat16_rounds_to_nearest_even", "Cast", [xb], [nearest_bfloat16(xb)], attrs={"to": 16}, tol=0)
+
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)
