@@ -58,6 +58,8 @@ internal static class GenerateCommand
             Posterior = new PosteriorOptions
             {
                 PriorPrecision = prior,
+                // As in score: without --prior-precision, the τ calibrate stored in the curvature, else 1.
+                UseStoredPriorPrecision = options.Optional("--prior-precision") is null,
                 Rank = options.Int("--rank", defaults.Rank, 1),
                 MemoryBudgetBytes = options.Bytes("--memory-budget", defaults.MemoryBudgetBytes, 1),
             },

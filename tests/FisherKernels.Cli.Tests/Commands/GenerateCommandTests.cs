@@ -142,6 +142,30 @@ public class GenerateCommandTests
     }
 
     /// <summary>
+    /// Without --prior-precision, generate uses the τ stored in the curvature (as score does): its epistemic scores equal those
+    /// of the unstored curvature with that τ given, and differ from τ = 1's.
+    /// </summary>
+    [Fact]
+    public void GenerateUsesAStoredPriorPrecision()
+    {
+        using var temp = new TempFolder();
+        byte[] corpus = File.ReadAllBytes(Path.Combine(DefaultModel, "heldout_in.txt"))[..256];
+        string fitTokens = temp.File("fit.npy"), curvature = temp.File("c.safetensors"), stored = temp.File("stored.safetensors");
+        NpyFile.Write(fitTokens, new NdArray<long>([4, 64], corpus.Select(b => (long)b).ToArray()));
+        var (fitCode, _, fitErr) = CliRunner.Run("fit", "--model", ModelFile, "--tokens", fitTokens, "--out", curvature);
+        Assert.True(fitCode == 0, fitErr);
+        FisherKernels.Curvature.KfacCurvature.Load(curvature, null).WithPriorPrecision(new FisherKernels.Curvature.StoredPriorPrecision(7.5)).Save(stored);
+
+        double[] Epistemic(params string[] extra) => Generate(temp, "g.json", ["--temperature", "0", "--max-new", "3", .. extra])
+            .GetProperty("tokens").EnumerateArray().Select(t => t.GetProperty("epistemic").GetDouble()).ToArray();
+        double[] fromStored = Epistemic("--curvature", stored), given = Epistemic("--curvature", curvature, "--prior-precision", "7.5");
+        double[] one = Epistemic("--curvature", curvature);
+        Assert.Equal(given.Length, fromStored.Length);
+        for (int i = 0; i < given.Length; i++) Assert.Equal(given[i], fromStored[i], 1e-12 * Math.Max(1, given[i]));
+        Assert.True(one.Zip(given).Any(p => Math.Abs(p.First - p.Second) > 1e-3 * Math.Abs(p.First)), "τ = 7.5 and τ = 1 give the same scores");
+    }
+
+    /// <summary>
     /// --abstain U stops at the first token whose epistemic / p² exceeds U and names it: the "abstained" entry is the token
     /// greedy decoding draws there (the run without --abstain), with that run's p and epistemic at that position.
     /// </summary>
