@@ -164,11 +164,13 @@ public sealed class ClusterFitTests : IAsyncLifetime
         ClusterFitResult result = await fit.WaitAsync(Bound);
 
         Assert.Equal(LocalShardsMerged(tokens), File.ReadAllBytes(temp.File("cluster")));
-        // The victim's shard, and only it, ran again elsewhere from its checkpoint: a healthy silo's slow poll is asked again
-        // (ClusterFit.MaxFailedPolls), not taken for a death.
-        ShardRecord rerun = Assert.Single(result.Shards, s => s.Attempts > 1);
-        Assert.NotEqual(victim, rerun.Silo);
-        Assert.True(rerun.ResumedFrom >= 1, $"the rerun resumed from batch {rerun.ResumedFrom}");
+        // The victim's shard ran again elsewhere from its checkpoint. A healthy silo's failed poll is asked again
+        // (ClusterFit.MaxFailedPolls; APollThatFailsOnceDoesNotMoveAHealthySilosShard checks that), but at a load of
+        // hundreds on two cores three 5 s timeouts in a row, or a Start that times out, still happen: that costs time, not
+        // correctness (the bytes above), so only the victim's rerun is required here.
+        var reruns = result.Shards.Where(s => s.Attempts > 1).ToList();
+        Assert.Contains(reruns, r => r.Silo != victim && r.ResumedFrom >= 1);
+        Assert.All(reruns, r => Assert.NotEqual(victim, r.Silo));
     }
 
     [Fact]
