@@ -31,6 +31,24 @@ internal static class Fixtures
     public static NdArray Engine(NdArray a) => a is NdArray<double> d
         ? new NdArray<float>(d.Shape, Array.ConvertAll(d.Data, v => (float)v)) : a;
 
+    /// <summary>Any numeric or boolean array's values as float64 (bool as 0/1), for comparing against references.</summary>
+    public static double[] Doubles(NdArray value) => value switch
+    {
+        NdArray<float> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<double> a => a.Data,
+        NdArray<Half> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<long> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<int> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<sbyte> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<byte> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<short> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<ushort> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<uint> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<ulong> a => Array.ConvertAll(a.Data, v => (double)v),
+        NdArray<bool> a => Array.ConvertAll(a.Data, v => v ? 1.0 : 0.0),
+        _ => throw new InvalidOperationException(value.ElementType.ToString()),
+    };
+
     private static string FindFolder()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)

@@ -44,7 +44,7 @@ public sealed class ControlFlowTests
             var ours = plan.Get(model.Graph.Outputs[j].Name);
             Assert.Equal(expected.Shape, ours.Shape);
             Assert.Equal(expected.ElementType, ours.ElementType);
-            double[] e = Doubles(expected), o = Doubles(ours);
+            double[] e = Fixtures.Doubles(expected), o = Fixtures.Doubles(ours);
             for (int i = 0; i < e.Length; i++)
                 Assert.True(Math.Abs(o[i] - e[i]) <= 1e-6 + 1e-5 * Math.Abs(e[i]), $"{name} output {j}[{i}]: {o[i]}, expected {e[i]}");
         }
@@ -118,15 +118,6 @@ public sealed class ControlFlowTests
         Assert.DoesNotContain(plan.Steps, s => Expanded.Contains(s.Node.OpType));
 
     private static NdArray Engine(NdArray a) => Fixtures.Engine(a);
-
-    private static double[] Doubles(NdArray a) => a switch
-    {
-        NdArray<float> f => Array.ConvertAll(f.Data, v => (double)v),
-        NdArray<long> l => Array.ConvertAll(l.Data, v => (double)v),
-        NdArray<int> n => Array.ConvertAll(n.Data, v => (double)v),
-        NdArray<bool> b => Array.ConvertAll(b.Data, v => v ? 1.0 : 0.0),
-        _ => throw new ArgumentException(a.ElementType.ToString()),
-    };
 
     private static Dictionary<string, NdArray> LoadArrays() => Fixtures.ReadNpz(Path.Combine(Folder, "onnx_tests.npz"));
 }

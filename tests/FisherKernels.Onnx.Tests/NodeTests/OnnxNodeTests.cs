@@ -157,7 +157,7 @@ public sealed class OnnxNodeTests
             var ours = plan.Get(output);
             Assert.Equal(expected.Shape, ours.Shape);
             Assert.True(Kind(expected.ElementType) == Kind(ours.ElementType), $"{name} output '{output}': {ours.ElementType}, expected {expected.ElementType}");
-            double[] e = Doubles(expected), a = Doubles(ours);
+            double[] e = Fixtures.Doubles(expected), a = Fixtures.Doubles(ours);
             for (int k = 0; k < e.Length; k++)
                 Assert.True(Math.Abs(a[k] - e[k]) <= atol + rtol * Math.Abs(e[k]) || a[k].Equals(e[k]),
                             $"{name} output '{output}'[{k}]: got {a[k]}, expected {e[k]} (rtol {rtol}, atol {atol})");
@@ -189,22 +189,5 @@ public sealed class OnnxNodeTests
         ElementType.Float32 or ElementType.Float64 or ElementType.Float16 or ElementType.BFloat16 => 'f',
         ElementType.Bool => 'b',
         _ => 'i',
-    };
-
-    private static double[] Doubles(NdArray value) => value switch
-    {
-        NdArray<float> a => Array.ConvertAll(a.Data, v => (double)v),
-        NdArray<double> a => a.Data,
-        NdArray<Half> a => Array.ConvertAll(a.Data, v => (double)v),
-        NdArray<long> a => Array.ConvertAll(a.Data, v => (double)v),
-        NdArray<int> a => Array.ConvertAll(a.Data, v => (double)v),
-        NdArray<sbyte> a => Array.ConvertAll(a.Data, v => (double)v),
-        NdArray<byte> a => Array.ConvertAll(a.Data, v => (double)v),
-        NdArray<short> a => Array.ConvertAll(a.Data, v => (double)v),
-        NdArray<ushort> a => Array.ConvertAll(a.Data, v => (double)v),
-        NdArray<uint> a => Array.ConvertAll(a.Data, v => (double)v),
-        NdArray<ulong> a => Array.ConvertAll(a.Data, v => (double)v),
-        NdArray<bool> a => Array.ConvertAll(a.Data, v => v ? 1.0 : 0.0),
-        _ => throw new InvalidOperationException(value.ElementType.ToString()),
     };
 }

@@ -88,20 +88,7 @@ public sealed class OperatorCasesTests
         for (int i = 0; i < outputs.Length; i++)
         {
             Assert.Equal(reference[i].Shape, outputs[i].Shape);
-            double[] ours = outputs[i] switch
-            {
-                NdArray<float> a => Array.ConvertAll(a.Data, v => (double)v),
-                NdArray<long> a => Array.ConvertAll(a.Data, v => (double)v),
-                NdArray<int> a => Array.ConvertAll(a.Data, v => (double)v),
-                NdArray<bool> a => Array.ConvertAll(a.Data, v => v ? 1.0 : 0.0),
-                NdArray<sbyte> a => Array.ConvertAll(a.Data, v => (double)v),
-                NdArray<byte> a => Array.ConvertAll(a.Data, v => (double)v),
-                NdArray<short> a => Array.ConvertAll(a.Data, v => (double)v),
-                NdArray<ushort> a => Array.ConvertAll(a.Data, v => (double)v),
-                NdArray<uint> a => Array.ConvertAll(a.Data, v => (double)v),
-                NdArray<ulong> a => Array.ConvertAll(a.Data, v => (double)v),
-                _ => throw new InvalidOperationException(outputs[i].ElementType.ToString()),
-            };
+            double[] ours = Fixtures.Doubles(outputs[i]);
             double scale = Math.Max(1e-30, reference[i].Data.Select(Math.Abs).DefaultIfEmpty(0).Max()), allowed = Math.Max(tolerance, 1e-5) * scale + 1e-7;
             for (int j = 0; j < ours.Length; j++)
                 Assert.True(Math.Abs(ours[j] - reference[i].Data[j]) <= allowed,

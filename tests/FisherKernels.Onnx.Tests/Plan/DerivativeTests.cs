@@ -86,11 +86,11 @@ public class DerivativeTests
     internal static void AssertClose(SafetensorsFile reference, IReadOnlyDictionary<string, NdArray<float>> actual)
     {
         double total = 0;
-        foreach (var name in reference.Names) total += SumSquares(Doubles(reference.Tensors[name]));
+        foreach (var name in reference.Names) total += SumSquares(Fixtures.Doubles(reference.Tensors[name]));
         double floor = 1e-3 * Math.Sqrt(total);  // the scale below which a tensor counts as zero
         foreach (var name in reference.Names)
         {
-            double[] expected = Doubles(reference.Tensors[name]);
+            double[] expected = Fixtures.Doubles(reference.Tensors[name]);
             var got = actual[name];
             Assert.Equal(reference.Tensors[name].Shape, got.Shape);
             double diff = 0;
@@ -109,11 +109,4 @@ public class DerivativeTests
     }
 
     private static double SumSquares(double[] v) => v.Sum(x => x * x);
-
-    private static double[] Doubles(NdArray a) => a switch
-    {
-        NdArray<double> d => d.Data,
-        NdArray<float> f => f.Data.Select(x => (double)x).ToArray(),
-        _ => throw new ArgumentException(a.ElementType.ToString()),
-    };
 }
