@@ -138,13 +138,14 @@ internal sealed class Range : Operator
 internal sealed class Cast : Operator
 {
     private readonly ElementType target;
-    private readonly bool toBFloat16;
+    private readonly bool toBFloat16, toFloat16;
 
     public Cast(OperatorNode node) : base(node)
     {
         RequireInputs(1, 1);
         long to = node.Attributes.GetIntOrNull("to") ?? throw FisherKernelsException.Format("attribute 'to' is required");
         toBFloat16 = to == 16;
+        toFloat16 = to == 10;
         target = to switch
         {
             1 or 10 or 11 or 16 => ElementType.Float32, // FLOAT, FLOAT16, DOUBLE, BFLOAT16
@@ -180,6 +181,9 @@ internal sealed class Cast : Operator
             case NdArray<float> o:
                 for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<ulong> u ? u.Data[i] : Read(x, i);
                 if (toBFloat16) for (int i = 0; i < n; i++) o.Data[i] = RoundToBFloat16(o.Data[i]);
+                // The nearest float16 (ties to even, overflow to infinity, subnormals kept), held as the float32 it widens to.
+                // An integer reaches float16's range (|x| ≤ 65504) exactly as float32, so rounding once more there is rounding once.
+                if (toFloat16) for (int i = 0; i < n; i++) o.Data[i] = (float)(Half)o.Data[i];
                 break;
             case NdArray<bool> o: for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<float> f ? f.Data[i] != 0 : Integer(x, i) != 0; break;
             case NdArray<long> o: ToInteger(x, o.Data); break;

@@ -43,13 +43,15 @@ public sealed class OnnxNodeTests
     /// <summary>
     /// Cases a central difference with steps of 1e-2 cannot check: x^y at negative x (NaN), softmax of inputs near 10⁴
     /// (a float32 step there is not 1e-2), √x with x in [0, 1) (the step is a large part of x), the bfloat16 casts (their
-    /// inputs hold NaN and ±infinity).
+    /// inputs hold NaN and ±infinity), the float16 casts (each rounding moves the value by up to 2⁻¹² of it, which over a
+    /// 2·1e-2 step is a few percent of the quotient; their derivative is the identity, as for every float cast).
     /// </summary>
     private static readonly HashSet<string> NoCentralDifference =
     [
         "test_pow", "test_sqrt", "test_softmax_large_number", "test_softmax_large_number_expanded",
         "test_logsoftmax_large_number", "test_logsoftmax_large_number_expanded",
         "test_cast_FLOAT_to_BFLOAT16", "test_castlike_FLOAT_to_BFLOAT16_expanded", "test_cast_BFLOAT16_to_FLOAT", "test_castlike_BFLOAT16_to_FLOAT_expanded",
+        "test_cast_FLOAT_to_FLOAT16", "test_cast_DOUBLE_to_FLOAT16", "test_castlike_FLOAT_to_FLOAT16_expanded", "test_castlike_DOUBLE_to_FLOAT16_expanded",
     ];
 
     /// <summary>The cases that run (not refused) whose first output is float and has a differentiable float input.</summary>

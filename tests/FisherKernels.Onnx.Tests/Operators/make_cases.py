@@ -691,6 +691,13 @@ xb = np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8 + 2**-20), 0.1, -0.0, 3.3e3
               np.float32)
 case("cast_float_to_bfloat16_rounds_to_nearest_even", "Cast", [xb], [nearest_bfloat16(xb)], attrs={"to": 16}, tol=0)
 
+# ---- Cast to float16: numpy's float16 cast (nearest, ties to even; subnormals; overflow to infinity), held as float32 --
+xh = np.array([1 + 2**-11, 1 + 3 * 2**-11, -(1 + 2**-11 + 2**-20), 0.1, -0.0, 65504.0, 65519.0, 65520.0, -1e6,
+               3e-5, 2**-25, 2**-25 + 2**-40, 1e-8, -2.5e-3, 7.0, np.inf, np.nan], np.float32)
+case("cast_float_to_float16_rounds_to_nearest_even", "Cast", [xh], [xh.astype(np.float16)], attrs={"to": 10}, tol=0)
+ih = i64([2049, 2051, -4097, 65519, 65520, -70000, 3, 0])
+case("cast_int64_to_float16_rounds", "Cast", [ih], [ih.astype(np.float16)], attrs={"to": 10}, tol=0)
+
 if __name__ == "__main__":
     with open(os.path.join(HERE, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)
