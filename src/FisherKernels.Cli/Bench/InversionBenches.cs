@@ -74,7 +74,7 @@ internal sealed class WoodburyBench : IBenchSuite
         yield return BenchResult.Timed("woodbury_apply", context.Backend.Name, $"n={n},r={r}", flops, times, dense.Name);
     }
 
-    private sealed class DenseSolve(float[] matrix, float[] rhs, int n, int k)
+    private sealed class DenseSolve(float[] matrix, float[] rhs, int n, int k, int threads)
     {
         private readonly float[] factor = new float[matrix.Length], solution = new float[rhs.Length];
         private readonly double[] factor64 = Native ? [] : new double[matrix.Length], solution64 = Native ? [] : new double[rhs.Length];
@@ -95,7 +95,7 @@ internal sealed class WoodburyBench : IBenchSuite
             var rhs = new float[b.Length];
             for (int i = 0; i < n; i++)
                 for (int c = 0; c < k; c++) rhs[c * n + i] = b[i * k + c];
-            return new DenseSolve(matrix, rhs, n, k);
+            return new DenseSolve(matrix, rhs, n, k, threads);
         }
 
         /// <summary>Component i of the solution for right-hand side c, after <see cref="Run"/>.</summary>
@@ -117,6 +117,7 @@ internal sealed class WoodburyBench : IBenchSuite
             }
             matrix.CopyTo(factor, 0);
             rhs.CopyTo(solution, 0);
+            using var native = Blas.Threads(threads);
             fixed (float* pf = factor, px = solution)
                 if (Lapack.Spotrf(n, pf) != 0 || Lapack.Spotrs(n, pf, px, k) != 0)
                     throw FisherKernelsException.Backend("dense baseline: spotrf/spotrs failed");

@@ -47,7 +47,7 @@ internal sealed class AccumulateBench : IBenchSuite
         public unsafe void Run(float[] x, int rows, int cols, float alpha, float beta, float[] factor)
         {
             if (managed is not null) { managed.AccumulateFactor(x, rows, cols, false, alpha, beta, factor); return; }
-            Blas.SetThreads(threads);
+            using var native = Blas.Threads(threads);
             fixed (float* px = x, pf = factor)
                 Blas.Ssyrk(Blas.RowMajor, Blas.Upper, Blas.Trans, cols, rows, alpha, px, cols, beta, pf, cols);
         }

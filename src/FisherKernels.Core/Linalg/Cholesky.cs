@@ -20,6 +20,7 @@ internal static class Cholesky
         if (a.Length < (long)n * n) throw FisherKernelsException.Argument($"Cholesky of [{n} × {n}] needs {(long)n * n} elements, got {a.Length}");
         bool ok;
         if (useNative && Lapack.HasCholesky)
+            using (Blas.Threads(1)) // one thread, as the eigensolver: the factor's bits depend on A alone
             fixed (double* p = a) ok = Lapack.Dpotrf(n, p) == 0;
         else ok = TryFactorManaged(a, n);
         if (!ok) return false;

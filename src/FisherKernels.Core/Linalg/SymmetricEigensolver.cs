@@ -35,6 +35,7 @@ internal static class SymmetricEigensolver
         if (useNative && Lapack.HasEigen)
         {
             int info;
+            using (Blas.Threads(1)) // one thread: the eigenvectors' bits then depend on the matrix alone (see Blas.Threads)
             fixed (double* v = eigenvectors)
             fixed (double* w = eigenvalues)
                 info = Lapack.Dsyevd(n, v, w);

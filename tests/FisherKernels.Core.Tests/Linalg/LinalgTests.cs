@@ -57,6 +57,50 @@ public sealed class LinalgTests
         }
     }
 
+    /// <summary>
+    /// OpenBLAS's thread count is process-wide and dsyevd's bits depend on it: an eigendecomposition must give the same
+    /// bits while another backend in the process runs two-thread GEMMs (the C ABI serves two engines at once; this
+    /// failed before native calls were gated by thread count).
+    /// </summary>
+    [Fact]
+    public void Eigendecomposition_bits_do_not_depend_on_another_backends_threads()
+    {
+        if (!FisherKernels.Native.OpenBlasLibrary.IsAvailable) return;
+        const int n = 400;
+        var a = RandomSpd(new Random(3), n);
+        var expectedValues = new double[n];
+        var expectedVectors = new double[n * n];
+        using var single = new CpuBackend(threads: 1);
+        single.SymmetricEigen(a, n, expectedValues, expectedVectors);
+
+        using var two = new CpuBackend(threads: 2);
+        var x = new float[256 * 256];
+        for (int i = 0; i < x.Length; i++) x[i] = i % 7 - 3;
+        var y = new float[x.Length];
+        bool stop = false;
+        var noise = new Thread(() =>
+        {
+            while (!Volatile.Read(ref stop)) two.Gemm(new GemmShape(256, 256, 256), x, x, y);
+        });
+        noise.Start();
+        try
+        {
+            for (int round = 0; round < 4; round++)
+            {
+                var values = new double[n];
+                var vectors = new double[n * n];
+                two.SymmetricEigen(a, n, values, vectors);
+                Assert.Equal(expectedValues, values);
+                Assert.Equal(expectedVectors, vectors);
+            }
+        }
+        finally
+        {
+            Volatile.Write(ref stop, true);
+            noise.Join();
+        }
+    }
+
     [Fact]
     public void TopEigen_is_deterministic_and_handles_rank_below_the_subspace()
     {

@@ -402,7 +402,7 @@ public sealed partial class CpuBackend
                                             float alpha, float beta, Span<float> factor, ReadOnlySpan<byte> rowMask, int threads)
     {
         int n = cols + (appendOne ? 1 : 0);
-        UseNativeThreads(threads);
+        using var native = NativeThreads(threads);
         fixed (float* px = x, pf = factor)
         {
             if (!appendOne && rowMask.IsEmpty)

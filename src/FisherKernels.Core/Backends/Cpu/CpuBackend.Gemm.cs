@@ -10,7 +10,7 @@ public sealed partial class CpuBackend
     {
         CheckGemm(s, a.Length, b.Length, c.Length);
         if (s.M == 0 || s.N == 0) return;
-        UseNativeThreads();
+        using var native = NativeThreads();
         fixed (float* pa = a, pb = b, pc = c)
         {
             for (int batch = 0; batch < s.BatchCount; batch++)

@@ -16,7 +16,6 @@ public sealed partial class CpuBackend
 
     public void SymmetricEigen(ReadOnlySpan<double> a, int n, Span<double> eigenvalues, Span<double> eigenvectors)
     {
-        UseNativeThreads();
         SymmetricEigensolver.Decompose(a, n, eigenvalues, eigenvectors, UsesNativeBlas);
     }
 
@@ -105,7 +104,6 @@ public sealed partial class CpuBackend
             for (int i = 0; i < r; i++)
                 for (int j = 0; j <= i; j++)
                     capacitance[i * r + j] = (i == j ? 1 : 0) + 0.5 * ((double)vtv[i * r + j] + vtv[j * r + i]);
-            UseNativeThreads();
             if (!Cholesky.TryFactor(capacitance.AsSpan(0, r * r), r, UsesNativeBlas))
                 throw FisherKernelsException.Backend($"Woodbury: the capacitance matrix I + VᵀV [{r} × {r}] is not positive definite (overflow in U, s or 1/d?)");
 

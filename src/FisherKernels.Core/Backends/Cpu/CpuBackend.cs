@@ -15,7 +15,6 @@ public sealed partial class CpuBackend : IComputeBackend
         if (threads < 0) throw FisherKernelsException.Argument($"--threads must be at least 1, got {threads}");
         Threads = threads == 0 ? Environment.ProcessorCount : threads;
         UsesNativeBlas = useNativeBlas && OpenBlasLibrary.IsAvailable;
-        if (UsesNativeBlas) Blas.SetThreads(Threads);
         Parallelism = new ParallelOptions { MaxDegreeOfParallelism = Threads };
     }
 
@@ -30,11 +29,9 @@ public sealed partial class CpuBackend : IComputeBackend
 
     private ParallelOptions Parallelism { get; }
 
-    /// <summary>Before each OpenBLAS/LAPACK call: the call's thread count, this backend's unless given (see <see cref="Blas.SetThreads"/>).</summary>
-    private void UseNativeThreads(int threads = 0)
-    {
-        if (UsesNativeBlas) Blas.SetThreads(threads > 0 ? threads : Threads);
-    }
+    /// <summary>Around each OpenBLAS/LAPACK call: the call's thread count, this backend's unless given (see <see cref="Blas.Threads"/>).</summary>
+    private Blas.NativeThreadsScope NativeThreads(int threads = 0) =>
+        UsesNativeBlas ? Blas.Threads(threads > 0 ? threads : Threads) : default;
 
     public void Dispose() { }
 }
