@@ -65,6 +65,12 @@ internal static class Gpt2Reference
 
         string dir = Path.Combine(Path.GetTempPath(), $"fk-gpt2-{Environment.ProcessId}");
         System.IO.Directory.CreateDirectory(dir);
+        // Removed when the test run ends: each run writes its own (named by process), and /tmp should not collect them.
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            try { System.IO.Directory.Delete(dir, recursive: true); }
+            catch (IOException) { } // a file still open elsewhere: leave it rather than fail the run's exit
+        };
         File.WriteAllText(Path.Combine(dir, "vocab.json"), vocab.ToJsonString());
         File.WriteAllLines(Path.Combine(dir, "merges.txt"), merges.Prepend("#version: 0.2"));
         // tokenizer.json as Hugging Face ships GPT-2's.
