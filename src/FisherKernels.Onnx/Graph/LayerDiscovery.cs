@@ -1,7 +1,11 @@
 namespace FisherKernels.Onnx.Graph;
 
-/// <summary>One application of a layer's weight: the MatMul/Gemm node, its activation input and its output (after the bias, when there is one).</summary>
-public sealed record LayerApplication(Node Node, string InputValue, string OutputValue);
+/// <summary>
+/// One application of a layer's weight: the MatMul/Gemm node, its activation input and its output (after the bias, when
+/// there is one). <see cref="InSubgraph"/>: the node is in a Loop body or If branch, whose values a plan holds under
+/// other names, once per unrolled iteration (<see cref="Plan.ExecutionPlan.ApplicationsOf"/>).
+/// </summary>
+public sealed record LayerApplication(Node Node, string InputValue, string OutputValue, bool InSubgraph = false);
 
 /// <summary>
 /// A layer (SPEC §2): a MatMul or Gemm whose weight is a rank-2 float initializer, reached directly or
@@ -20,39 +24,91 @@ public static class LayerDiscovery
     private static readonly HashSet<string> PassThrough = ["Transpose", "Identity", "Cast"];
     private static readonly HashSet<string> Normalizations = ["LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization", "RMSNormalization"];
 
+    /// <summary>
+    /// The layers of <paramref name="graph"/>, sub-graphs included: a MatMul/Gemm in a Loop body or If branch whose weight
+    /// is an initializer of the graph is an application of that layer (a body run k times applies it k times).
+    /// </summary>
     public static IReadOnlyList<Layer> Discover(OnnxGraph graph)
     {
         var layers = new Dictionary<string, (Layer Layer, List<LayerApplication> Uses)>();
         var order = new List<string>();
-        foreach (var node in graph.Nodes)
-        {
-            if (node.Domain.Length != 0 || node.OpType is not ("MatMul" or "Gemm") || node.Inputs.Length < 2) continue;
-            var (weight, flips) = TraceInitializer(graph, node.Inputs[1]);
-            if (weight is null || graph.Initializers[weight] is not NdArray<float> { Rank: 2 } w) continue;
-            bool transB = node.OpType == "Gemm" && node.Attributes.GetInt("transB", 0) == 1;
-            bool storedOutIn = (flips + (transB ? 1 : 0)) % 2 == 1;
-            int inFeatures = storedOutIn ? w.Shape[1] : w.Shape[0], outFeatures = storedOutIn ? w.Shape[0] : w.Shape[1];
-
-            string? bias = null;
-            string output = node.Outputs[0];
-            if (node.OpType == "Gemm")
-            {
-                if (node.Inputs.Length > 2 && node.Inputs[2].Length > 0) bias = RankOneFloat(graph, node.Inputs[2], outFeatures);
-            }
-            else if (graph.Consumers.TryGetValue(output, out var consumers) && consumers.Count == 1 && consumers[0] is { OpType: "Add", Domain: "" } add)
-            {
-                string other = add.Inputs[0] == output ? add.Inputs[1] : add.Inputs[0];
-                bias = RankOneFloat(graph, other, outFeatures);
-                if (bias is not null) output = add.Outputs[0];
-            }
-
-            var use = new LayerApplication(node, node.Inputs[0], output);
-            if (layers.TryGetValue(weight, out var known)) { known.Uses.Add(use); continue; }
-            var uses = new List<LayerApplication> { use };
-            layers[weight] = (new Layer(weight, bias, node.OpType, inFeatures, outFeatures, storedOutIn, uses), uses);
-            order.Add(weight);
-        }
+        Discover(graph, new Scope(null, graph.Nodes), layers, order);
         return order.Select(id => layers[id].Layer).ToList();
+    }
+
+    /// <summary>The nodes of one graph or sub-graph, with the values they make and read; names not made here are looked up outside.</summary>
+    private sealed class Scope
+    {
+        private readonly Scope? parent;
+        private readonly Dictionary<string, Node> producers = [];
+        private readonly Dictionary<string, List<Node>> consumers = [];
+
+        public Scope(Scope? parent, IReadOnlyList<Node> nodes)
+        {
+            this.parent = parent;
+            Nodes = nodes;
+            foreach (var node in nodes)
+            {
+                foreach (var output in node.Outputs) if (output.Length > 0) producers[output] = node;
+                foreach (var input in node.AllInputs.Distinct())
+                {
+                    if (input.Length == 0) continue;
+                    if (!consumers.TryGetValue(input, out var list)) consumers[input] = list = [];
+                    list.Add(node);
+                }
+            }
+        }
+
+        public IReadOnlyList<Node> Nodes { get; }
+        public bool IsSubgraph => parent is not null;
+
+        public Node? Producer(string value) => producers.TryGetValue(value, out var node) ? node : parent?.Producer(value);
+
+        /// <summary>The nodes of this scope that read <paramref name="value"/> (a Loop or If among them when its sub-graph does).</summary>
+        public IReadOnlyList<Node> Consumers(string value) => consumers.TryGetValue(value, out var list) ? list : [];
+    }
+
+    private static void Discover(OnnxGraph graph, Scope scope, Dictionary<string, (Layer Layer, List<LayerApplication> Uses)> layers, List<string> order)
+    {
+        foreach (var node in scope.Nodes)
+        {
+            if (Application(graph, scope, node) is var (layer, use))
+            {
+                if (layers.TryGetValue(layer.Id, out var known)) known.Uses.Add(use);
+                else
+                {
+                    layers[layer.Id] = (layer, (List<LayerApplication>)layer.Applications);
+                    order.Add(layer.Id);
+                }
+            }
+            foreach (var subgraph in node.Subgraphs.Values) Discover(graph, new Scope(scope, subgraph.Nodes), layers, order);
+        }
+    }
+
+    /// <summary>The layer <paramref name="node"/> applies (with this one application) and the application, or null when it is none.</summary>
+    private static (Layer Layer, LayerApplication Use)? Application(OnnxGraph graph, Scope scope, Node node)
+    {
+        if (node.Domain.Length != 0 || node.OpType is not ("MatMul" or "Gemm") || node.Inputs.Length < 2) return null;
+        var (weight, flips) = TraceInitializer(graph, scope, node.Inputs[1]);
+        if (weight is null || graph.Initializers[weight] is not NdArray<float> { Rank: 2 } w) return null;
+        bool transB = node.OpType == "Gemm" && node.Attributes.GetInt("transB", 0) == 1;
+        bool storedOutIn = (flips + (transB ? 1 : 0)) % 2 == 1;
+        int inFeatures = storedOutIn ? w.Shape[1] : w.Shape[0], outFeatures = storedOutIn ? w.Shape[0] : w.Shape[1];
+
+        string? bias = null;
+        string output = node.Outputs[0];
+        if (node.OpType == "Gemm")
+        {
+            if (node.Inputs.Length > 2 && node.Inputs[2].Length > 0) bias = RankOneFloat(graph, scope, node.Inputs[2], outFeatures);
+        }
+        else if (scope.Consumers(output) is [{ OpType: "Add", Domain: "" } add])
+        {
+            string other = add.Inputs[0] == output ? add.Inputs[1] : add.Inputs[0];
+            bias = RankOneFloat(graph, scope, other, outFeatures);
+            if (bias is not null) output = add.Outputs[0];
+        }
+        var use = new LayerApplication(node, node.Inputs[0], output, scope.IsSubgraph);
+        return (new Layer(weight, bias, node.OpType, inFeatures, outFeatures, storedOutIn, new List<LayerApplication> { use }), use);
     }
 
     /// <summary>SPEC §2 default: every layer's weight and bias.</summary>
@@ -98,7 +154,7 @@ public static class LayerDiscovery
 
     private static bool FeedsParameterUse(OnnxGraph graph, string value, int rank)
     {
-        if (!graph.Consumers.TryGetValue(value, out var consumers)) return false;
+        if (!graph.DeepConsumers.TryGetValue(value, out var consumers)) return false;
         foreach (var node in consumers)
         {
             if (node.Domain.Length == 0 && PassThrough.Contains(node.OpType))
@@ -119,14 +175,14 @@ public static class LayerDiscovery
     }
 
     /// <summary>The float initializer behind <paramref name="value"/> through pass-through nodes, and how many rank-2 transposes lie on the way.</summary>
-    private static (string? Initializer, int Flips) TraceInitializer(OnnxGraph graph, string value)
+    private static (string? Initializer, int Flips) TraceInitializer(OnnxGraph graph, Scope scope, string value)
     {
         int flips = 0;
         for (int depth = 0; depth < 16; depth++)
         {
             if (graph.Initializers.ContainsKey(value))
                 return graph.ConstantNodeValues.Contains(value) ? (null, 0) : (value, flips);
-            if (!graph.Producers.TryGetValue(value, out var node) || node.Domain.Length != 0 || !PassThrough.Contains(node.OpType))
+            if (scope.Producer(value) is not { } node || node.Domain.Length != 0 || !PassThrough.Contains(node.OpType))
                 return (null, 0);
             if (node.OpType == "Transpose")
             {
@@ -141,9 +197,9 @@ public static class LayerDiscovery
         return (null, 0);
     }
 
-    private static string? RankOneFloat(OnnxGraph graph, string value, int length)
+    private static string? RankOneFloat(OnnxGraph graph, Scope scope, string value, int length)
     {
-        var (name, _) = TraceInitializer(graph, value);
+        var (name, _) = TraceInitializer(graph, scope, value);
         return name is not null && graph.Initializers[name] is NdArray<float> { Rank: 1 } b && b.Shape[0] == length ? name : null;
     }
 }

@@ -86,8 +86,34 @@ public sealed class OnnxGraph
     /// <summary>The nodes that read each value, in node order.</summary>
     public IReadOnlyDictionary<string, IReadOnlyList<Node>> Consumers => consumers ??= BuildConsumers();
 
+    /// <summary>
+    /// The nodes that read each value as a declared input, at every depth: a value a Loop body or If branch reads from
+    /// outside is listed with the sub-graph's nodes that read it (not with the Loop or If).
+    /// </summary>
+    public IReadOnlyDictionary<string, IReadOnlyList<Node>> DeepConsumers => deepConsumers ??= BuildDeepConsumers();
+
     private Dictionary<string, Node>? producers;
-    private Dictionary<string, IReadOnlyList<Node>>? consumers;
+    private Dictionary<string, IReadOnlyList<Node>>? consumers, deepConsumers;
+
+    private Dictionary<string, IReadOnlyList<Node>> BuildDeepConsumers()
+    {
+        var map = new Dictionary<string, List<Node>>();
+        void Add(IEnumerable<Node> nodes)
+        {
+            foreach (var node in nodes)
+            {
+                foreach (var input in node.Inputs.Distinct())
+                {
+                    if (input.Length == 0) continue;
+                    if (!map.TryGetValue(input, out var list)) map[input] = list = [];
+                    list.Add(node);
+                }
+                foreach (var subgraph in node.Subgraphs.Values) Add(subgraph.Nodes);
+            }
+        }
+        Add(Nodes);
+        return map.ToDictionary(kv => kv.Key, kv => (IReadOnlyList<Node>)kv.Value);
+    }
 
     private Dictionary<string, Node> BuildProducers()
     {

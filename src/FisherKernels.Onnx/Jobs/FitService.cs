@@ -218,7 +218,7 @@ public sealed class FitService(OpContext context)
         times?.Lap("forward");
         int positions = tokens.Shape[0] * tokens.Shape[1], vocab = logits.Shape[2];
         accumulator.BeginBatch(positions, assigned);
-        accumulator.AddInputs(layers.Select(l => (l.Id, Rows(l, a => (NdArray<float>)plan.Get(a.InputValue)))).ToList());
+        accumulator.AddInputs(layers.Select(l => (l.Id, Rows(plan.ApplicationsOf(l), a => (NdArray<float>)plan.Get(a.InputValue)))).ToList());
         times?.Lap("A factors");
 
         NdArray<float> seed = backward.Gradient(lm.LogitsOutput);
@@ -227,7 +227,7 @@ public sealed class FitService(OpContext context)
             times?.Lap("labels");
             backward.Run(context);
             times?.Lap("backward");
-            accumulator.AddOutputGradients(layers.Select(l => (l.Id, Rows(l, a => backward.Gradient(a.OutputValue)))).ToList(), weight);
+            accumulator.AddOutputGradients(layers.Select(l => (l.Id, Rows(plan.ApplicationsOf(l), a => backward.Gradient(a.OutputValue)))).ToList(), weight);
             times?.Lap("G factors");
         }
 
@@ -273,11 +273,11 @@ public sealed class FitService(OpContext context)
         times?.Lap("end");
     }
 
-    /// <summary>The rows of a value at every application of a layer, applications one after the other.</summary>
-    static float[] Rows(Layer layer, Func<LayerApplication, NdArray<float>> value)
+    /// <summary>The rows of a value at every application of a layer in the plan (a Loop body's, once per iteration), one after the other.</summary>
+    static float[] Rows(IReadOnlyList<LayerApplication> applications, Func<LayerApplication, NdArray<float>> value)
     {
-        if (layer.Applications.Count == 1) return value(layer.Applications[0]).Data;
-        return layer.Applications.SelectMany(a => value(a).Data).ToArray();
+        if (applications.Count == 1) return value(applications[0]).Data;
+        return applications.SelectMany(a => value(a).Data).ToArray();
     }
 
     /// <summary>The one line a finished fit prints.</summary>

@@ -280,6 +280,35 @@ public sealed class ExecutionPlan
         if (!folded) pending.Add((node, op));
     }
 
+    /// <summary>Per sub-graph node, the names each inlined copy of its sub-graph (an unrolled iteration, a taken branch) gives its values.</summary>
+    private readonly Dictionary<Node, List<Func<string, string>>> inlined = [];
+    private readonly Dictionary<Layer, IReadOnlyList<LayerApplication>> applications = [];
+
+    /// <summary>Records that <paramref name="node"/>'s sub-graph was inlined once more, its values named by <paramref name="resolve"/>.</summary>
+    internal void RecordInlined(Node node, Func<string, string> resolve)
+    {
+        if (!inlined.TryGetValue(node, out var copies)) inlined[node] = copies = [];
+        copies.Add(resolve);
+    }
+
+    /// <summary>
+    /// The applications of <paramref name="layer"/> in this plan, under the plan's value names: those of the graph as they
+    /// are, and one per inlined copy of an application inside a Loop body or If branch (k for a body unrolled k times, in
+    /// iteration order; none for a branch not taken).
+    /// </summary>
+    public IReadOnlyList<LayerApplication> ApplicationsOf(Layer layer)
+    {
+        if (applications.TryGetValue(layer, out var known)) return known;
+        var result = new List<LayerApplication>();
+        foreach (var app in layer.Applications)
+        {
+            if (!app.InSubgraph) result.Add(app);
+            else if (inlined.TryGetValue(app.Node, out var copies))
+                result.AddRange(copies.Select(resolve => app with { InputValue = resolve(app.InputValue), OutputValue = resolve(app.OutputValue) }));
+        }
+        return applications[layer] = result;
+    }
+
     /// <summary>The value of <paramref name="name"/> when it is known at plan build (a constant or folded), else null.</summary>
     internal NdArray? KnownValue(string name) => values[Id(name)] is { IsConstant: true } v ? v.Array : null;
 

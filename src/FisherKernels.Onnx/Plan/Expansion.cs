@@ -253,6 +253,8 @@ internal sealed class Expansion(ExecutionPlan plan, List<(Node Node, Operator Op
             };
             Bind(copy, plan.Model.CreateOperator(copy), scope);
         }
+        // Layer applications in the sub-graph are found in this copy under the names the scope gives its values.
+        foreach (var node in graph.Nodes) plan.RecordInlined(node, scope.Resolve);
     }
 
     /// <summary>A scope under <paramref name="parent"/> with the sub-graph's constants bound (once for all the iterations of a loop).</summary>

@@ -144,7 +144,7 @@ public sealed class OnnxModel
         if (!backwards.TryGetValue((plan, seed, layerOutputsOnly), out var backward))
         {
             foreach (var key in backwards.Keys.Where(k => !plans.Any(p => p.Plan == k.Plan)).ToList()) backwards.Remove(key);
-            var targets = layerOutputsOnly ? Layers.SelectMany(l => l.Applications.Select(a => a.OutputValue)) : null;
+            var targets = layerOutputsOnly ? Layers.SelectMany(l => plan.ApplicationsOf(l).Select(a => a.OutputValue)) : null;
             backwards[(plan, seed, layerOutputsOnly)] = backward = new Backward(plan, [seed], targets);
         }
         return backward;

@@ -157,7 +157,7 @@ public static class PositionScorer
         catch (FisherKernelsException) when (wholeLogits is not null) { return null; }
         lm.CheckLogits(plan, row.Shape);
         if (!passes.TryGetValue(plan, out var backward))
-            passes[plan] = backward = new Backward(plan, [lm.LogitsOutput], scorer.Targets, cotangents, CotangentMemory / PrefixBlocks);
+            passes[plan] = backward = new Backward(plan, [lm.LogitsOutput], scorer.TargetsIn(plan), cotangents, CotangentMemory / PrefixBlocks);
         plan.Run(context, inputs);
         if (wholeLogits is not null)
         {

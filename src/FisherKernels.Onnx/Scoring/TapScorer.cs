@@ -26,6 +26,9 @@ internal sealed class TapScorer
         public LayerPosterior Posterior { get; } = posterior;
         public int ADim => Layer.In + (WithBias ? 1 : 0);
 
+        /// <summary>The layer's applications in the plan of this sequence (a Loop body's once per iteration).</summary>
+        public IReadOnlyList<LayerApplication> Applications { get; set; } = [];
+
         /// <summary>M: the layer's rows in this sequence, over all its applications.</summary>
         public int Rows { get; set; }
 
@@ -84,8 +87,8 @@ internal sealed class TapScorer
         }
     }
 
-    /// <summary>The values whose gradients the backward pass must compute: the tapped layer outputs and the whole parameters.</summary>
-    public IEnumerable<string> Targets => taps.SelectMany(t => t.Layer.Applications.Select(a => a.OutputValue)).Concat(wholeParameters)
+    /// <summary>The values whose gradients the backward pass of <paramref name="plan"/> must compute: the tapped layer outputs and the whole parameters.</summary>
+    public IEnumerable<string> TargetsIn(ExecutionPlan plan) => taps.SelectMany(t => plan.ApplicationsOf(t.Layer).Select(a => a.OutputValue)).Concat(wholeParameters)
         .Concat(wholeLayers.SelectMany(w => w.Layer.Bias is null ? [w.Layer.Id] : new[] { w.Layer.Id, w.Layer.Bias }));
 
     /// <summary>Reads the layer inputs of the sequence the plan just ran forward and prepares what its positions share.</summary>
@@ -94,7 +97,8 @@ internal sealed class TapScorer
         foreach (Tap tap in taps)
         {
             int inF = tap.Layer.In, a = tap.ADim;
-            var inputs = tap.Layer.Applications.Select(app => (NdArray<float>)plan.Get(app.InputValue)).ToList();
+            tap.Applications = plan.ApplicationsOf(tap.Layer);
+            var inputs = tap.Applications.Select(app => (NdArray<float>)plan.Get(app.InputValue)).ToList();
             int rows = checked((int)inputs.Sum(x => x.Length / inF));
             tap.Rows = rows;
             if (tap.Inputs.Length != rows * a) tap.Inputs = new float[rows * a];
@@ -115,7 +119,7 @@ internal sealed class TapScorer
 
             int outF = tap.Layer.Out;
             long work = tap.Posterior.OuterProductWorkspace(rows);
-            Grow(ref gathered, tap.Layer.Applications.Count > 1 ? (long)rows * outF : 0);
+            Grow(ref gathered, tap.Applications.Count > 1 ? (long)rows * outF : 0);
             Grow(ref compactG, (long)rows * outF);
             Grow(ref compactA, (long)rows * a);
             Grow(ref gram, (long)rows * rows);
@@ -139,16 +143,16 @@ internal sealed class TapScorer
     {
         int outF = tap.Layer.Out, a = tap.ADim, m = tap.Rows;
         ReadOnlySpan<float> g;
-        if (tap.Layer.Applications.Count == 1)
+        if (tap.Applications.Count == 1)
         {
-            string output = tap.Layer.Applications[0].OutputValue;
+            string output = tap.Applications[0].OutputValue;
             if (!backward.HasGradient(output)) return 0;
             g = backward.Gradient(output, cotangent).Data;
         }
         else
         {
             int offset = 0;
-            foreach (LayerApplication app in tap.Layer.Applications)
+            foreach (LayerApplication app in tap.Applications)
             {
                 int length = (int)(backward.Plan.Get(app.InputValue).Length / tap.Layer.In * outF);
                 Span<float> target = gathered.AsSpan(offset, length);
@@ -195,7 +199,8 @@ internal sealed class TapScorer
     private static bool OnlyInLayer(OnnxGraph graph, string value, Layer layer, bool weight)
     {
         if (graph.Outputs.Any(o => o.Name == value)) return false;
-        if (!graph.Consumers.TryGetValue(value, out var consumers)) return true;
+        // Every depth: a use inside a Loop body or If branch counts as any other.
+        if (!graph.DeepConsumers.TryGetValue(value, out var consumers)) return true;
         foreach (Node node in consumers)
             for (int i = 0; i < node.Inputs.Length; i++)
             {

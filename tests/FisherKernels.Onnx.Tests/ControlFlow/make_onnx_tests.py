@@ -215,6 +215,91 @@ def body_reads_model(op_type="Reshape", domain=""):
     return helper.make_model(graph, opset_imports=opsets)
 
 
+LOOP_LAYER = dict(vocab=7, width=4, trips=3, tokens=np.array([[1, 4, 2, 6, 0], [3, 3, 5, 1, 2]], dtype=np.int64))
+
+
+def loop_layer_model():
+    """A language model whose hidden layer is applied inside a Loop body, 3 times with the same weights (outer-scope
+    initializers W [4, 4] and b [4]):  h0 = E[input_ids];  Loop 3 times: h <- Tanh(MatMul(h, W) + b);  logits = MatMul(h, U).
+    Layer discovery must find W (with bias b, applied once per iteration) and U."""
+    f = onnx.TensorProto.FLOAT
+    v, d = LOOP_LAYER["vocab"], LOOP_LAYER["width"]
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "W"], ["hw"], name="body_matmul"),
+         helper.make_node("Add", ["hw", "b"], ["z"], name="body_bias"),
+         helper.make_node("Tanh", ["z"], ["h_next"]),
+         helper.make_node("Identity", ["c"], ["c_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h", f, ["batch", "seq", d])],
+        [helper.make_tensor_value_info("c_out", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_next", f, ["batch", "seq", d])])
+    rng = np.random.default_rng(20)
+    weights = {"E": rng.standard_normal((v, d)), "W": rng.standard_normal((d, d)) * 0.8, "b": rng.standard_normal(d) * 0.3,
+               "U": rng.standard_normal((d, v))}
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["E", "input_ids"], ["h0"]),
+         const("trips", np.int64(LOOP_LAYER["trips"])), const("true", True),
+         helper.make_node("Loop", ["trips", "true", "h0"], ["h_last"], name="loop", body=body),
+         helper.make_node("MatMul", ["h_last", "U"], ["logits"], name="head")],
+        "flow_loop_layer", [helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", f, ["batch", "seq", v])],
+        [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def loop_layer_references(model):
+    """Float64 references for loop_layer_model (from its float32 weights, computed here by hand): the logits; the
+    empirical-Fisher K-FAC factors of SPEC §3 with next-token targets, each iteration's rows counted as positions (the
+    expand convention: W's A = mean of [h_k; 1][h_k; 1]^T over 2·5 positions × 3 iterations, G = mean of g_k g_k^T with
+    g_k = dL/dz_k); and the isotropic epistemic score ||grad p_t||^2 over W, b and U of every targeted position."""
+    w = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    tokens, k = LOOP_LAYER["tokens"], LOOP_LAYER["trips"]
+    targets = np.concatenate([tokens[:, 1:], np.full((tokens.shape[0], 1), -100)], axis=1)
+    hs = [w["E"][tokens]]
+    for _ in range(k):
+        hs.append(np.tanh(hs[-1] @ w["W"] + w["b"]))
+    logits = hs[-1] @ w["U"]
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+
+    def backward(dlogits):
+        """dL/dz_k for k = 0..K-1 (the body's layer outputs), and the gradients of W, b and U."""
+        dh = dlogits @ w["U"].T
+        dz = [None] * k
+        for j in reversed(range(k)):
+            dz[j] = dh * (1 - hs[j + 1] ** 2)
+            dh = dz[j] @ w["W"].T
+        dW = sum(np.einsum("bsi,bso->io", hs[j], dz[j]) for j in range(k))
+        db = sum(dz[j].sum(axis=tuple(range(dz[j].ndim - 1))) for j in range(k))
+        dU = np.einsum("bsi,bso->io", hs[-1], dlogits)
+        return dz, dW, db, dU
+
+    onehot = np.zeros_like(logits)
+    mask = targets != -100
+    onehot[mask, targets[mask]] = 1
+    dz, _, _, _ = backward((p - onehot) * mask[..., None])
+    positions = tokens.size
+    rows_in = np.concatenate([np.concatenate([hs[j], np.ones(hs[j].shape[:-1] + (1,))], -1).reshape(-1, 5) for j in range(k)])
+    rows_g = np.concatenate([dz[j].reshape(-1, 4) for j in range(k)])
+    dl = ((p - onehot) * mask[..., None]).reshape(-1, logits.shape[-1])
+    refs = {"logits": logits, "A_W": rows_in.T @ rows_in / (positions * k), "G_W": rows_g.T @ rows_g / (positions * k),
+            "A_U": hs[-1].reshape(-1, 4).T @ hs[-1].reshape(-1, 4) / positions, "G_U": dl.T @ dl / positions}
+    isotropic = np.zeros(tokens.shape)
+    for bi, t in zip(*np.nonzero(mask)):
+        y = targets[bi, t]
+        seed = np.zeros_like(logits)
+        seed[bi, t] = p[bi, t, y] * ((np.arange(logits.shape[-1]) == y) - p[bi, t])  # d p_t / d logits_t
+        _, dW, db, dU = backward(seed)
+        isotropic[bi, t] = (dW ** 2).sum() + (db ** 2).sum() + (dU ** 2).sum()
+    refs["isotropic"] = isotropic
+    refs["tokens"] = tokens
+    return refs
+
+
 def main():
     arrays, skipped, written = {}, [], []
     for case in collect():
@@ -234,6 +319,10 @@ def main():
     onnx.save(derivative_model("loop"), os.path.join(HERE, "flow_data_dependent_loop.onnx"))
     onnx.save(body_reads_model(), os.path.join(HERE, "flow_value_in_body.onnx"))
     onnx.save(body_reads_model("Mystery", "com.example"), os.path.join(HERE, "flow_unsupported_in_body.onnx"))
+    loop_layer = loop_layer_model()
+    onnx.save(loop_layer, os.path.join(HERE, "flow_loop_layer.onnx"))
+    for key, value in loop_layer_references(loop_layer).items():
+        arrays["flow_loop_layer/" + key] = value
     # A zip written by hand with fixed timestamps, so that a rerun gives the same bytes.
     with zipfile.ZipFile(os.path.join(HERE, "onnx_tests.npz"), "w", zipfile.ZIP_DEFLATED) as z:
         for key in sorted(arrays):

@@ -61,7 +61,7 @@ public class TapScorerTests
         var inputs = lm.Inputs(row, given);
         var plan = lm.Model.GetPlan(Derivatives.Shapes(inputs), parameters.ToHashSet(), keepAll: true);
         var scorer = new TapScorer(lm, parameters, epistemic, Context.Backend);
-        var taps = new Backward(plan, [lm.LogitsOutput], scorer.Targets);
+        var taps = new Backward(plan, [lm.LogitsOutput], scorer.TargetsIn(plan));
         var whole = new Backward(plan, [lm.LogitsOutput]);
         plan.Run(Context, inputs);
         scorer.BeginSequence(plan);
