@@ -12,6 +12,8 @@ public abstract partial class BackendConformance
         { 3, 5, true, Mask.AllKept }, { 7, 2, false, Mask.Random }, { 13, 47, true, Mask.Absent },
         { 5, 49, false, Mask.Random }, { 9, 96, true, Mask.Random }, { 40, 23, true, Mask.NoneKept },
         { 100, 97, false, Mask.AllKept }, { 600, 50, true, Mask.Random }, { 257, 140, false, Mask.Absent },
+        // Several row blocks split across threads, columns packed 48 at a time and then one by one.
+        { 700, 211, true, Mask.Random }, { 520, 100, false, Mask.Absent },
     };
 
     [Theory, MemberData(nameof(AccumulateShapes))]
