@@ -55,7 +55,8 @@ internal sealed class MatMul : Operator
         bool freshA = (context.FreshGradients & 1) != 0, freshB = (context.FreshGradients & 2) != 0;
         if (Packable(a, b, d, out int rows, out int batches))
         {
-            PackedVjp(context, a.Data, b.Data, gy.Data, inputGrads[0]?.Data, inputGrads[1]?.Data, batches, rows, d.K, d.N, freshA, freshB);
+            PackedVjp(context, a.Data, b.Data, gy.Data, inputGrads[0]?.Data, inputGrads[1]?.Data, batches, rows, d.K, d.N, freshA, freshB,
+                      ConstantTransposed(context, b, inputGrads[0] is not null, batches, d.K, d.N));
             return;
         }
         if (freshA) inputGrads[0]?.Span.Clear();
@@ -94,7 +95,7 @@ internal sealed class MatMul : Operator
             nint[] gy = Pin(outputGrads, 0, 0)!;
             nint[]? ga = Pin(inputGrads, 0, 1), gb = Pin(inputGrads, 1, 2);
             fixed (float* pa = a.Data, pb = b.Data)
-                PackedVjp(context, pa, pb, gy, ga, gb, batches, rows, d.K, d.N, freshA, freshB);
+                PackedVjp(context, pa, pb, gy, ga, gb, batches, rows, d.K, d.N, freshA, freshB, ConstantTransposed(context, b, ga is not null, batches, d.K, d.N));
         }
         finally
         {
@@ -169,10 +170,48 @@ internal sealed class MatMul : Operator
 
     /// <summary>The packed VJP over <paramref name="batches"/> products of <paramref name="rows"/> rows (B per batch when there are several).</summary>
     private static unsafe void PackedVjp(OpContext context, float[] a, float[] b, float[] gy, float[]? ga, float[]? gb,
-                                         int batches, int rows, int k, int n, bool freshA, bool freshB)
+                                         int batches, int rows, int k, int n, bool freshA, bool freshB, float[]? packedBt)
     {
         fixed (float* pa = a, pb = b, pgy = gy, pga = ga, pgb = gb)
-            PackedVjp(context, pa, pb, [(nint)pgy], pga == null ? null : [(nint)pga], pgb == null ? null : [(nint)pgb], batches, rows, k, n, freshA, freshB);
+            PackedVjp(context, pa, pb, [(nint)pgy], pga == null ? null : [(nint)pga], pgb == null ? null : [(nint)pgb], batches, rows, k, n, freshA, freshB, packedBt);
+    }
+
+    /// <summary>
+    /// Bᵀ packed as <see cref="PackedInputGradient"/> packs it, made once and kept, when B is an initializer
+    /// (bit 1 of <see cref="OpContext.ConstantInputs"/>: its data stays the same from run to run, as the inference plans'
+    /// packed weights assume) and gA is wanted; else null (packed on every call). A score runs one reverse pass a
+    /// block of positions through the same weights: without this each pass transposes every weight again.
+    /// </summary>
+    private static float[]? ConstantTransposed(OpContext context, NdArray<float> b, bool wanted, int batches, int k, int n)
+    {
+        if (!wanted || batches != 1 || (context.ConstantInputs & 2) == 0) return null;
+        lock (TransposedCache)
+        {
+            if (TransposedCache.TryGetValue(b.Data, out var packed) && packed.Length == TransposedLength(k, n)) return packed;
+            packed = new float[TransposedLength(k, n)];
+            unsafe
+            {
+                fixed (float* pb = b.Data, pp = packed)
+                    for (int j = 0; j < PackedGemm.PanelCount(k); j++) PackTransposedPanel(pb, k, n, pp, j);
+            }
+            TransposedCache.AddOrUpdate(b.Data, packed);
+            return packed;
+        }
+    }
+
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<float[], float[]> TransposedCache = [];
+
+    private static long TransposedLength(int k, int n) => (long)PackedGemm.PanelCount(k) * n * PackedGemm.PanelWidth;
+
+    /// <summary>Panel <paramref name="j"/> of Bᵀ ([N×K], B [K×N] row-major): the transpose of rows 32j.. of B, its columns past K zero.</summary>
+    private static unsafe void PackTransposedPanel(float* b, int k, int n, float* packed, int j)
+    {
+        const int w = PackedGemm.PanelWidth;
+        int columns = Math.Min(w, k - j * w);
+        float* panel = packed + (long)j * n * w;
+        Transpose(b + (long)j * w * n, columns, n, n, panel, w);
+        if (columns < w)
+            for (int r = 0; r < n; r++) new Span<float>(panel + (long)r * w + columns, w - columns).Clear();
     }
 
     /// <summary>
@@ -181,14 +220,14 @@ internal sealed class MatMul : Operator
     /// <paramref name="rows"/> rows (B per batch when there are several).
     /// </summary>
     private static unsafe void PackedVjp(OpContext context, float* a, float* b, nint[] gy, nint[]? ga, nint[]? gb,
-                                         int batches, int rows, int k, int n, bool freshA, bool freshB)
+                                         int batches, int rows, int k, int n, bool freshA, bool freshB, float[]? packedBt)
     {
         static nint[] At(nint[] pointers, long offset) => Array.ConvertAll(pointers, p => (nint)((float*)p + offset));
         for (int i = 0; i < batches; i++)
         {
             long offsetA = (long)i * rows * k, offsetB = (long)i * k * n, offsetY = (long)i * rows * n;
             var gyi = batches == 1 ? gy : At(gy, offsetY);
-            if (ga != null) PackedInputGradient(context, gyi, b + offsetB, batches == 1 ? ga : At(ga, offsetA), rows, k, n, accumulate: !freshA);
+            if (ga != null) PackedInputGradient(context, gyi, b + offsetB, batches == 1 ? ga : At(ga, offsetA), rows, k, n, accumulate: !freshA, packedBt);
             if (gb != null) PackedWeightGradient(context, a + offsetA, gyi, batches == 1 ? gb : At(gb, offsetB), rows, k, n, accumulate: !freshB);
         }
     }
@@ -241,23 +280,19 @@ internal sealed class MatMul : Operator
     /// gA [rows×K] (+)= gY [rows×N]·Bᵀ for each cotangent's gY and gA, each panel of Bᵀ packed straight from B by 8×8
     /// transposes on the thread that multiplies it, once for every cotangent.
     /// </summary>
-    private static unsafe void PackedInputGradient(OpContext context, nint[] gy, float* b, nint[] ga, int rows, int k, int n, bool accumulate)
+    private static unsafe void PackedInputGradient(OpContext context, nint[] gy, float* b, nint[] ga, int rows, int k, int n, bool accumulate, float[]? packedBt)
     {
+        if (packedBt is not null)
+        {
+            fixed (float* packed = packedBt) MultiplyPacked(context, gy, n, rows, packed, k, ga, accumulate, static (_, _) => { });
+            return;
+        }
         // B' = Bᵀ is [N×K]: its panel j (columns 32j.. of Bᵀ) is the transpose of rows 32j.. of B.
-        const int w = PackedGemm.PanelWidth;
-        var scratch = context.Scratch((long)PackedGemm.PanelCount(k) * n * w);
+        var scratch = context.Scratch(TransposedLength(k, n));
         fixed (float* packed = scratch)
         {
             nint pb = (nint)b, pp = (nint)packed;
-            void Pack(int j)
-            {
-                int columns = Math.Min(w, k - j * w);
-                float* panel = (float*)pp + (long)j * n * w;
-                Transpose((float*)pb + (long)j * w * n, columns, n, n, panel, w);
-                if (columns < w)
-                    for (int r = 0; r < n; r++) new Span<float>(panel + (long)r * w + columns, w - columns).Clear();
-            }
-            MultiplyPacked(context, gy, n, rows, packed, k, ga, accumulate, (j, c) => { if (c == 0) Pack(j); });
+            MultiplyPacked(context, gy, n, rows, packed, k, ga, accumulate, (j, c) => { if (c == 0) PackTransposedPanel((float*)pb, k, n, (float*)pp, j); });
         }
     }
 
@@ -300,29 +335,53 @@ internal sealed class MatMul : Operator
     private static unsafe void MultiplyPacked(OpContext context, nint[] a, int depth, int m, float* packed, int n, nint[] c, bool accumulate, Action<int, int> pack)
     {
         int panels = PackedGemm.PanelCount(n), tiles = (m + TileRows - 1) / TileRows, count = a.Length;
-        var ranges = System.Buffers.ArrayPool<int>.Shared.Rent(2 * tiles * count);
+        // Per cotangent and tile: the depth range [lo, hi) outside which its rows are zero, and its rows [first, last) that
+        // are not zero throughout (an empty depth range: none).
+        var ranges = System.Buffers.ArrayPool<int>.Shared.Rent(RangeInts * tiles * count);
         try
         {
             for (int ct = 0; ct < tiles * count; ct++)
             {
-                int t = ct % tiles, lo = depth, hi = 0;
+                int t = ct % tiles, lo = depth, hi = 0, firstRow = -1, lastRow = -1;
                 for (int r = t * TileRows; r < Math.Min(m, (t + 1) * TileRows); r++)
                 {
                     float* row = (float*)a[ct / tiles] + (long)r * depth;
-                    int first = FirstNonzero(row, depth);
+                    int first = Nonzero.First(row, depth);
                     if (first < 0) continue;
                     lo = Math.Min(lo, first);
-                    hi = Math.Max(hi, LastNonzero(row, depth) + 1);
+                    hi = Math.Max(hi, Nonzero.Last(row, depth) + 1);
+                    if (firstRow < 0) firstRow = r;
+                    lastRow = r + 1;
                 }
-                ranges[2 * ct] = lo; ranges[2 * ct + 1] = hi;
+                var range = ranges.AsSpan(RangeInts * ct, RangeInts);
+                range[0] = lo; range[1] = hi; range[2] = firstRow; range[3] = lastRow;
             }
+            if (!accumulate)
+                // Rows of A that are zero throughout give rows of C that are zero throughout: cleared here whole, a run of
+                // them at once (the panels then multiply only the rows between, and clear nothing of them).
+                for (int k = 0; k < count; k++)
+                {
+                    int cleared = 0;
+                    void ClearTo(int row)
+                    {
+                        if (row > cleared) new Span<float>((float*)c[k] + (long)cleared * n, (row - cleared) * n).Clear();
+                    }
+                    for (int t = 0; t < tiles; t++)
+                    {
+                        var range = ranges.AsSpan(RangeInts * (k * tiles + t), RangeInts);
+                        if (range[0] >= range[1]) continue;
+                        ClearTo(range[2]);
+                        cleared = range[3];
+                    }
+                    ClearTo(m);
+                }
             nint pp = (nint)packed;
             void Panel(int j)
             {
                 for (int k = 0; k < count; k++)
                 {
                     pack(j, k);
-                    MultiplyPanel((float*)a[k], depth, m, (float*)pp, n, (float*)c[k], accumulate, j, ranges, 2 * k * tiles, tiles);
+                    MultiplyPanel((float*)a[k], depth, m, (float*)pp, n, (float*)c[k], accumulate, j, ranges, RangeInts * k * tiles, tiles);
                 }
             }
             ParallelWork.For(panels, context.Threads, Panel);
@@ -330,21 +389,30 @@ internal sealed class MatMul : Operator
         finally { System.Buffers.ArrayPool<int>.Shared.Return(ranges); }
     }
 
-    private const int TileRows = 8;
+    private const int TileRows = 8, RangeInts = 4;
 
-    /// <summary>Panel <paramref name="j"/> of <see cref="MultiplyPacked"/>: runs of tiles with one depth range each go to the kernel together.</summary>
+    /// <summary>
+    /// Panel <paramref name="j"/> of <see cref="MultiplyPacked"/>: runs of tiles with one depth range each go to the kernel
+    /// together, only their rows that are not zero throughout (each row's sums are the same in any run: one chain of
+    /// multiply-adds over the range).
+    /// </summary>
     private static unsafe void MultiplyPanel(float* a, int depth, int m, float* packed, int n, float* c, bool accumulate, int j, int[] ranges, int rangeOffset, int tiles)
     {
         const int w = PackedGemm.PanelWidth;
         int columns = Math.Min(w, n - j * w);
         float* panel = packed + (long)j * depth * w;
-        int first = FirstNonzero(panel, depth * w);
-        int panelLo = first < 0 ? depth : first / w, panelHi = first < 0 ? 0 : LastNonzero(panel, depth * w) / w + 1;
+        int first = Nonzero.First(panel, depth * w);
+        int panelLo = first < 0 ? depth : first / w, panelHi = first < 0 ? 0 : Nonzero.Last(panel, depth * w) / w + 1;
         (int Lo, int Hi) Range(int t)
         {
-            int lo = Math.Max(ranges[rangeOffset + 2 * t], panelLo), hi = Math.Min(ranges[rangeOffset + 2 * t + 1], panelHi);
+            int at = rangeOffset + RangeInts * t;
+            // (−1, −1): the tile of A is zero throughout, its rows of C already cleared by MultiplyPacked (or left when adding).
+            if (ranges[at] >= ranges[at + 1]) return (-1, -1);
+            int lo = Math.Max(ranges[at], panelLo), hi = Math.Min(ranges[at + 1], panelHi);
             return lo < hi ? (lo, hi) : (0, 0);
         }
+        int FirstRow(int t) => ranges[rangeOffset + RangeInts * t + 2];
+        int EndRow(int t) => ranges[rangeOffset + RangeInts * t + 3];
         float[]? block = accumulate ? System.Buffers.ArrayPool<float>.Shared.Rent(m * w) : null;
         try
         {
@@ -352,10 +420,13 @@ internal sealed class MatMul : Operator
             {
                 var (lo, hi) = Range(t);
                 int end = t + 1;
-                while (end < tiles && Range(end) == (lo, hi)) end++;
-                int row0 = t * TileRows, rows = Math.Min(m, end * TileRows) - row0;
-                float* target = c + (long)row0 * n + j * w;
+                // A run continues while its rows do: the tile before ends at its last row, the next starts at its first.
+                while (end < tiles && Range(end) == (lo, hi) && (lo < 0 || EndRow(end - 1) == end * TileRows && FirstRow(end) == end * TileRows)) end++;
+                int start = t;
                 t = end;
+                if (lo < 0) continue;
+                int row0 = FirstRow(start), rows = EndRow(end - 1) - row0;
+                float* target = c + (long)row0 * n + j * w;
                 if (lo == hi)
                 {
                     // Every term is 0·b: C's rows are zero (or unchanged when adding).
@@ -382,36 +453,6 @@ internal sealed class MatMul : Operator
             }
         }
         finally { if (block is not null) System.Buffers.ArrayPool<float>.Shared.Return(block); }
-    }
-
-    /// <summary>The index of the first element of x[0..n) that is not ±0 (NaN counts as non-zero), or −1.</summary>
-    private static unsafe int FirstNonzero(float* x, int n)
-    {
-        int i = 0;
-        if (Vector256.IsHardwareAccelerated)
-            for (var magnitude = Vector256.Create(0x7FFFFFFFu); i + 8 <= n; i += 8)
-            {
-                uint nonzero = ~Vector256.Equals(Vector256.Load((uint*)x + i) & magnitude, Vector256<uint>.Zero).ExtractMostSignificantBits() & 0xFF;
-                if (nonzero != 0) return i + System.Numerics.BitOperations.TrailingZeroCount(nonzero);
-            }
-        for (; i < n; i++)
-            if ((BitConverter.SingleToUInt32Bits(x[i]) & 0x7FFFFFFFu) != 0) return i;
-        return -1;
-    }
-
-    /// <summary>The index of the last element of x[0..n) that is not ±0, or −1.</summary>
-    private static unsafe int LastNonzero(float* x, int n)
-    {
-        int i = n;
-        if (Vector256.IsHardwareAccelerated)
-            for (var magnitude = Vector256.Create(0x7FFFFFFFu); i - 8 >= 0; i -= 8)
-            {
-                uint nonzero = ~Vector256.Equals(Vector256.Load((uint*)x + i - 8) & magnitude, Vector256<uint>.Zero).ExtractMostSignificantBits() & 0xFF;
-                if (nonzero != 0) return i - 8 + 31 - System.Numerics.BitOperations.LeadingZeroCount(nonzero);
-            }
-        for (i--; i >= 0; i--)
-            if ((BitConverter.SingleToUInt32Bits(x[i]) & 0x7FFFFFFFu) != 0) return i;
-        return -1;
     }
 
     /// <summary>dst[c·dstStride + r] = src[r·srcStride + c] for r &lt; rows, c &lt; cols: 8×8 blocks in AVX registers, scalar edges.</summary>

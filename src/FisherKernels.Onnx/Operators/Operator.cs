@@ -51,7 +51,7 @@ public sealed class OpContext(IComputeBackend backend)
 
     /// <summary>
     /// Bit i set: input i is an initializer, whose data stays the same from run to run (as the packed weights of
-    /// inference plans assume), so a Jvp may reuse a prepared form of it. Set by the tangent pass around that call only.
+    /// inference plans assume), so a Jvp may reuse a prepared form of it. Set by the tangent and backward passes around that call only.
     /// </summary>
     internal int ConstantInputs { get; set; }
 

@@ -21,9 +21,10 @@ public sealed class Backward
     /// A step of the reverse walk. <paramref name="FirstWrites"/>: the input gradients this step is the first
     /// to reach in the walk (zeroed just before it runs; a view copies into them instead of adding).
     /// <paramref name="Fresh"/>: for an operator that <see cref="Operator.WritesFreshGradients"/>, the first writes as
-    /// input bits (passed in <see cref="OpContext.FreshGradients"/>, not zeroed).
+    /// input bits (passed in <see cref="OpContext.FreshGradients"/>, not zeroed). <paramref name="Constant"/>: the inputs that are
+    /// initializers, as input bits (<see cref="OpContext.ConstantInputs"/>: a Vjp may keep a prepared form of them).
     /// </summary>
-    private sealed record GradStep(int Index, ExecutionPlan.Step Step, NdArray<float>?[][] OutputGrads, NdArray<float>?[][] InputGrads, NdArray<float>[][] FirstWrites, int Fresh);
+    private sealed record GradStep(int Index, ExecutionPlan.Step Step, NdArray<float>?[][] OutputGrads, NdArray<float>?[][] InputGrads, NdArray<float>[][] FirstWrites, int Fresh, int Constant);
 
     private readonly ExecutionPlan plan;
     /// <summary>gradients[c][value]: cotangent c's gradient of each value (null: none computed).</summary>
@@ -126,7 +127,7 @@ public sealed class Backward
             reverse.Add(new GradStep(s, step,
                 [.. Enumerable.Range(0, Cotangents).Select(c => For(outputGrads, c, step.OutputIds))],
                 [.. Enumerable.Range(0, Cotangents).Select(c => For(inputGrads, c, step.InputIds))],
-                [.. Enumerable.Range(0, Cotangents).Select(c => firstWrites.Select(id => gradients[c][id]!).ToArray())], fresh));
+                [.. Enumerable.Range(0, Cotangents).Select(c => firstWrites.Select(id => gradients[c][id]!).ToArray())], fresh, plan.InitializerInputs(step)));
         }
         for (int c = 0; c < Cotangents; c++)
             for (int id = 0; id < values.Count; id++)
@@ -211,7 +212,7 @@ public sealed class Backward
 
     private static void RunStep(OpContext context, GradStep gradStep, int count)
     {
-        var (_, step, outputGrads, inputGrads, firstWrites, fresh) = gradStep;
+        var (_, step, outputGrads, inputGrads, firstWrites, fresh, constant) = gradStep;
         if (step.Op.IsView)
         {
             // The elements did not move: the gradient passes through unchanged.
@@ -226,11 +227,12 @@ public sealed class Backward
         for (int c = 0; c < count; c++)
             foreach (var first in firstWrites[c]) first.Span.Clear();
         context.FreshGradients = fresh;
+        context.ConstantInputs = constant;
         try
         {
             if (count > 1 && step.Op.VjpBlock(context, step.Inputs, step.Outputs, outputGrads.AsSpan(0, count), inputGrads.AsSpan(0, count))) return;
             for (int c = 0; c < count; c++) step.Op.Vjp(context, step.Inputs, step.Outputs, outputGrads[c], inputGrads[c]);
         }
-        finally { context.FreshGradients = 0; }
+        finally { context.FreshGradients = 0; context.ConstantInputs = 0; }
     }
 }

@@ -53,6 +53,18 @@ public sealed class ExecutionPlan
     public int? SequenceLength(string output) => sequenceLengths.TryGetValue(output, out int n) ? n : null;
     internal IReadOnlyList<Value> Values => values;
 
+    /// <summary>
+    /// Bit i set: input i of <paramref name="step"/> is an initializer, whose data stays the same from run to run
+    /// (<see cref="OpContext.ConstantInputs"/>, for the derivative passes).
+    /// </summary>
+    internal int InitializerInputs(Step step)
+    {
+        int bits = 0;
+        for (int i = 0; i < step.InputIds.Length && i < 32; i++)
+            if (step.InputIds[i] >= 0 && Model.Graph.Initializers.ContainsKey(values[step.InputIds[i]].Name)) bits |= 1 << i;
+        return bits;
+    }
+
     private ExecutionPlan(OnnxModel model, IReadOnlyDictionary<string, int[]> inputShapes, IReadOnlySet<string> variables)
     {
         Model = model;

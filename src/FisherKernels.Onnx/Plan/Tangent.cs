@@ -43,17 +43,8 @@ public sealed class Tangent
                     : new NdArray<float>(v.Info.Shape);
                 tangents[step.OutputIds[j]] = outputTangents[j];
             }
-            if (passedThrough < 0) forward.Add(new TangentStep(s, step, inputTangents, outputTangents, ConstantInputs(step)));
+            if (passedThrough < 0) forward.Add(new TangentStep(s, step, inputTangents, outputTangents, plan.InitializerInputs(step)));
         }
-    }
-
-    /// <summary>Bit i set: input i of the step is an initializer (<see cref="OpContext.ConstantInputs"/>).</summary>
-    private int ConstantInputs(ExecutionPlan.Step step)
-    {
-        int bits = 0;
-        for (int i = 0; i < step.InputIds.Length && i < 32; i++)
-            if (step.InputIds[i] >= 0 && plan.Model.Graph.Initializers.ContainsKey(plan.Values[step.InputIds[i]].Name)) bits |= 1 << i;
-        return bits;
     }
 
     /// <summary>The tangent buffer of a variable, to fill with the direction before <see cref="Run"/>.</summary>

@@ -1,6 +1,7 @@
 using System.Numerics.Tensors;
 using FisherKernels.Backends;
 using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Plan;
 using FisherKernels.Uncertainty;
 
@@ -165,7 +166,7 @@ internal sealed class TapScorer
 
         int rows = 0;
         for (int r = 0; r < m; r++)
-            if (g.Slice(r * outF, outF).IndexOfAnyExcept(0f) >= 0) rowIndex[rows++] = r;
+            if (!Nonzero.IsZero(g.Slice(r * outF, outF))) rowIndex[rows++] = r;
         if (rows == 0) return 0;
         bool prefix = rowIndex[rows - 1] == rows - 1;
         ReadOnlySpan<float> gc = prefix ? g[..(rows * outF)] : Gather(g, outF, rows, compactG);
