@@ -185,11 +185,12 @@ internal static class ModelCommands
             inputs[name] = InputArray(NpyFile.Read(file), declared, file);
         }
         foreach (var i in graph.Inputs)
-            if (!i.IsSequence && !inputs.ContainsKey(i.Name)) throw FisherKernelsException.Argument($"run: input '{i.Name}' is required (--input {i.Name}=FILE.npy)");
+            if (!i.IsSequence && !i.IsOptional && !inputs.ContainsKey(i.Name)) throw FisherKernelsException.Argument($"run: input '{i.Name}' is required (--input {i.Name}=FILE.npy)");
 
         var plan = model.GetPlan(inputs);
         plan.Run(Context(options), inputs);
-        var names = graph.Outputs.SelectMany(o => plan.SequenceLength(o.Name) is int count
+        // An optional output that holds nothing has no file.
+        var names = graph.Outputs.Where(o => !plan.HoldsNothing(o.Name)).SelectMany(o => plan.SequenceLength(o.Name) is int count
             ? Enumerable.Range(0, count).Select(i => ValueInfo.ElementName(o.Name, i)) : [o.Name]);
         var files = names.Select(name => (Path: Path.Combine(outDir, SafeFileName(name) + ".npy"), Value: plan.Get(name))).ToList();
         Directory.CreateDirectory(outDir);

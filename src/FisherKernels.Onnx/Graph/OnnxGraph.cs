@@ -11,6 +11,9 @@ public sealed record ValueInfo(string Name, ElementType? ElementType, int?[]? Sh
     /// </summary>
     public bool IsSequence { get; init; }
 
+    /// <summary>An optional value: as a graph input it may be left out (a sequence: no element given), and then holds nothing.</summary>
+    public bool IsOptional { get; init; }
+
     public string Describe()
     {
         string tensor = Shape is null ? $"{ElementType?.ToString() ?? "?"}"

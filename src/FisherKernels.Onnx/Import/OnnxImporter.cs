@@ -208,13 +208,14 @@ public static class OnnxImporter
     {
         // An optional value is read as its element when given; a sequence as its tensors (ValueInfo.IsSequence).
         var typeProto = v.Type;
+        bool isOptional = typeProto?.OptionalType is not null;
         while (typeProto?.OptionalType is { } optional) typeProto = optional.ElemType;
         bool sequence = typeProto?.SequenceType is not null;
         if (sequence) typeProto = typeProto!.SequenceType.ElemType;
         var tensor = typeProto?.TensorType;
-        if (tensor is null) return new ValueInfo(v.Name, null, null, null) { IsSequence = sequence };
+        if (tensor is null) return new ValueInfo(v.Name, null, null, null) { IsSequence = sequence, IsOptional = isOptional };
         ElementType? type = TensorImport.ImportedType(tensor.ElemType);
-        if (tensor.Shape is null) return new ValueInfo(v.Name, type, null, null) { IsSequence = sequence };
+        if (tensor.Shape is null) return new ValueInfo(v.Name, type, null, null) { IsSequence = sequence, IsOptional = isOptional };
         var dims = tensor.Shape.Dim;
         var shape = new int?[dims.Count];
         var names = new string?[dims.Count];
@@ -225,6 +226,6 @@ public static class OnnxImporter
             else if (dims[i].ValueCase == TensorShapeProto.Types.Dimension.ValueOneofCase.DimParam)
                 names[i] = dims[i].DimParam;
         }
-        return new ValueInfo(v.Name, type, shape, names) { IsSequence = sequence };
+        return new ValueInfo(v.Name, type, shape, names) { IsSequence = sequence, IsOptional = isOptional };
     }
 }

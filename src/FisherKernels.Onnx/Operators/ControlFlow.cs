@@ -31,6 +31,9 @@ internal sealed class ExpandedAtPlanBuild : Operator
                 if (a.GetIntOrNull("axis") is null) throw Error("attribute 'axis' is required");
                 if (a.GetInt("new_axis", 0) is not (0 or 1)) throw Error("attribute 'new_axis' must be 0 or 1");
                 break;
+            case "SequenceMap": RequireInputs(1, int.MaxValue); break;
+            case "Optional" or "OptionalHasElement": RequireInputs(0, 1); break; // Optional()'s 'type' is not needed: it holds nothing
+            case "OptionalGetElement": RequireInputs(1, 1); break;
             default: throw new FisherKernelsException(ErrorKind.Internal, $"{node}: not an operator the plan builder expands");
         }
     }
@@ -38,6 +41,12 @@ internal sealed class ExpandedAtPlanBuild : Operator
     /// <summary>Trip counts, conditions, positions and split sizes: an input that sets one is folded by value when the plan is built.</summary>
     public override bool NeedsValue(int input) => (Node.OpType, input) is ("Loop", 0 or 1) or ("If", 0) or ("SequenceInsert", 2)
         or ("SequenceErase", 1) or ("SequenceAt", 1) or ("SplitToSequence", 1);
+
+    /// <summary>
+    /// What these become moves floats unchanged (an optional's value, SequenceMap's body reading its inputs): derivatives
+    /// flow through them once expanded. Loop and If are not listed: what their bodies do with an input decides.
+    /// </summary>
+    public override bool IsDifferentiable(int input) => Node.OpType is "Optional" or "OptionalGetElement" or "SequenceMap";
 
     /// <summary>The engine's element type for an ONNX TensorProto data type (SequenceEmpty's dtype).</summary>
     public ElementType ElementTypeOf(long onnxType) => onnxType switch

@@ -67,6 +67,8 @@ public static class OperatorRegistry
         Onnx("If", 11, n => new ExpandedAtPlanBuild(n)),
         .. new[] { "SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt", "SequenceLength", "SplitToSequence", "ConcatFromSequence" }
             .Select(op => Onnx(op, 11, n => new ExpandedAtPlanBuild(n))),
+        Onnx("SequenceMap", 17, n => new ExpandedAtPlanBuild(n)),
+        .. new[] { "Optional", "OptionalHasElement", "OptionalGetElement" }.Select(op => Onnx(op, 15, n => new ExpandedAtPlanBuild(n))),
     ];
 
     private static readonly Dictionary<(string Domain, string OpType), Entry[]> ByName =

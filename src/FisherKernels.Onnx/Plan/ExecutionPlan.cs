@@ -51,6 +51,11 @@ public sealed class ExecutionPlan
     /// <summary>The number of elements of graph output <paramref name="output"/> when it is a sequence (read them as
     /// <see cref="ValueInfo.ElementName"/>), or null for a tensor output.</summary>
     public int? SequenceLength(string output) => sequenceLengths.TryGetValue(output, out int n) ? n : null;
+
+    /// <summary>Whether graph output <paramref name="output"/> is an optional value that holds nothing in this plan (it has no value to read).</summary>
+    public bool HoldsNothing(string output) => noneOutputs.Contains(output);
+
+    private readonly HashSet<string> noneOutputs = [];
     internal IReadOnlyList<Value> Values => values;
 
     /// <summary>
@@ -180,6 +185,7 @@ public sealed class ExecutionPlan
         KeepsAll = keepAll;
         var graph = Model.Graph;
         var sequenceInputs = new List<(string Name, ElementType Type, List<string> Elements)>();
+        var noneInputs = new List<string>();
         foreach (var input in graph.Inputs)
         {
             if (input.IsSequence)
@@ -194,8 +200,18 @@ public sealed class ExecutionPlan
                 foreach (var key in InputShapes.Keys)
                     if (key.StartsWith(input.Name + "[", StringComparison.Ordinal) && !elements.Contains(key))
                         throw FisherKernelsException.Argument($"model '{graph.Source}': input '{key}' is given, but sequence '{input.Name}' has its elements 0 to {elements.Count - 1} only (they are numbered from 0, without gaps)");
+                if (input.IsOptional && elements.Count == 0)
+                {
+                    noneInputs.Add(input.Name);
+                    continue;
+                }
                 inputNames.AddRange(elements);
                 sequenceInputs.Add((input.Name, elementType, elements));
+                continue;
+            }
+            if (input.IsOptional && !InputShapes.ContainsKey(input.Name))
+            {
+                noneInputs.Add(input.Name);
                 continue;
             }
             inputNames.Add(input.Name);
@@ -228,9 +244,15 @@ public sealed class ExecutionPlan
         var pending = new List<(Node Node, Operator Op)>();
         var expansion = new Expansion(this, pending);
         foreach (var (name, type, elements) in sequenceInputs) expansion.DeclareSequence(name, type, elements);
+        foreach (var name in noneInputs) expansion.DeclareNone(name);
         foreach (var node in Model.TopologicalOrder) expansion.Bind(node, Model.OperatorFor(node));
         foreach (var output in graph.Outputs)
         {
+            if (expansion.IsNone(output.Name))
+            {
+                noneOutputs.Add(output.Name);
+                continue;
+            }
             if (expansion.ElementsOf(output.Name) is not { } elements)
             {
                 expansion.CheckTensor(output.Name, $"graph output '{output.Name}'");

@@ -7,7 +7,9 @@ namespace FisherKernels.Onnx.Plan;
 /// Binds nodes into a plan and rewrites control flow and sequences into plain operators as it goes: a Loop whose
 /// trip count and condition are known when the plan is built is unrolled, an If with a known condition becomes its
 /// branch, and a sequence is the list of its tensor values, so SequenceAt is a view of one of them, SplitToSequence
-/// a Split and ConcatFromSequence a Concat. Fusion, the buffer pool and the derivative passes then see only plain
+/// a Split and ConcatFromSequence a Concat; SequenceMap inlines its body once per element; an optional value is the
+/// value it holds (Optional and OptionalGetElement are views of it) or none, which is known when the plan is built, so
+/// OptionalHasElement is a constant. Fusion, the buffer pool and the derivative passes then see only plain
 /// operators. What would need data known only when the plan runs is refused, naming the node.
 /// </summary>
 internal sealed class Expansion(ExecutionPlan plan, List<(Node Node, Operator Op)> pending)
@@ -36,6 +38,8 @@ internal sealed class Expansion(ExecutionPlan plan, List<(Node Node, Operator Op
     }
 
     private readonly Dictionary<string, Sequence> sequences = [];
+    /// <summary>Optional values that hold nothing (an optional that holds a value is that value).</summary>
+    private readonly HashSet<string> nones = [];
     private readonly Scope root = new(null, "");
     private int unrolled, fresh;
 
@@ -53,21 +57,30 @@ internal sealed class Expansion(ExecutionPlan plan, List<(Node Node, Operator Op
     /// <summary>A sequence graph input: the tensor values its elements arrived as.</summary>
     public void DeclareSequence(string name, ElementType type, IReadOnlyList<string> elements) => sequences[name] = new Sequence(type, elements);
 
+    /// <summary>An optional graph input that is not given: it holds nothing.</summary>
+    public void DeclareNone(string name) => nones.Add(name);
+
+    /// <summary>Whether <paramref name="name"/> is an optional value that holds nothing.</summary>
+    public bool IsNone(string name) => nones.Contains(name);
+
     /// <summary>The element values of sequence <paramref name="name"/>, or null when it is not a sequence.</summary>
     public IReadOnlyList<string>? ElementsOf(string name) => sequences.TryGetValue(name, out var sequence) ? sequence.Elements : null;
 
     private void Bind(Node node, Operator op, Scope scope)
     {
-        // Identity of a sequence (or of an optional one that is given) is the same list of tensors.
-        if (node.OpType == "Identity" && sequences.TryGetValue(node.Inputs[0], out var same))
+        // Identity of a sequence (or of an optional one that is given) is the same list of tensors; of an empty optional, empty.
+        if (node.OpType == "Identity" && (sequences.ContainsKey(node.Inputs[0]) || nones.Contains(node.Inputs[0])))
         {
-            sequences[node.Outputs[0]] = same;
+            Alias(node, node.Outputs[0], node.Inputs[0]);
             return;
         }
         if (op is not ExpandedAtPlanBuild expanded)
         {
             foreach (var input in node.Inputs)
+            {
                 if (sequences.ContainsKey(input)) throw Unsupported(op, $"input '{input}' is a sequence; only the sequence operators, Loop and If read sequences");
+                if (nones.Contains(input)) throw Error(op, $"input '{input}' is an optional value that holds nothing");
+            }
             plan.BindNode(node, op, pending);
             return;
         }
@@ -104,6 +117,21 @@ internal sealed class Expansion(ExecutionPlan plan, List<(Node Node, Operator Op
                 break;
             case "SplitToSequence": SplitToSequence(node, op); break;
             case "ConcatFromSequence": ConcatFromSequence(node, op); break;
+            case "SequenceMap": SequenceMap(node, op, scope); break;
+            // Optional(x) is x; Optional() with a type holds nothing.
+            case "Optional":
+                if (node.Inputs.Length == 0 || node.Inputs[0].Length == 0) nones.Add(node.Outputs[0]);
+                else Alias(node, node.Outputs[0], Given(op, node.Inputs[0]));
+                break;
+            // Whether a value is held is known when the plan is built (opset 18: an omitted input holds nothing; a tensor or sequence does hold).
+            case "OptionalHasElement":
+                bool holds = node.Inputs.Length > 0 && node.Inputs[0].Length > 0 && !nones.Contains(Given(op, node.Inputs[0]));
+                plan.AddConstant(node.Outputs[0], new NdArray<bool>([], [holds]));
+                break;
+            case "OptionalGetElement":
+                if (nones.Contains(node.Inputs[0])) throw Error(op, $"input '{node.Inputs[0]}' is an optional value that holds nothing");
+                Alias(node, node.Outputs[0], Given(op, node.Inputs[0]));
+                break;
             default: throw new FisherKernelsException(ErrorKind.Internal, $"{op.Node}: no expansion");
         }
     }
@@ -231,6 +259,48 @@ internal sealed class Expansion(ExecutionPlan plan, List<(Node Node, Operator Op
         else Make(node, "Concat", parts, [node.Outputs[0]], new OperatorAttributes().Set("axis", axis));
     }
 
+    /// <summary>
+    /// SequenceMap: the body inlined once per element of the input sequence, its first input bound to that element and
+    /// each further one to the same element of an additional sequence (of the same length) or to an additional tensor;
+    /// the body's outputs, one per iteration, make the output sequences.
+    /// </summary>
+    private void SequenceMap(Node node, Operator op, Scope scope)
+    {
+        var body = Subgraph(node, op, "body");
+        if (body.Inputs.Count != node.Inputs.Length)
+            throw Error(op, $"the body has {body.Inputs.Count} inputs, the node {node.Inputs.Length}");
+        if (body.Outputs.Count != node.Outputs.Length)
+            throw Error(op, $"the body has {body.Outputs.Count} outputs, the node {node.Outputs.Length}");
+        var first = SequenceOf(op, node.Inputs[0]);
+        int count = first.Elements.Count;
+        var others = node.Inputs.Skip(1).Select(input =>
+        {
+            if (!sequences.TryGetValue(input, out var sequence)) return (Sequence?)null;
+            return sequence.Elements.Count == count ? sequence
+                : throw Error(op, $"sequence '{input}' has {sequence.Elements.Count} elements, '{node.Inputs[0]}' has {count}");
+        }).ToArray();
+        var results = Enumerable.Range(0, node.Outputs.Length).Select(_ => new List<string>()).ToArray();
+        var constants = ConstantsScope(body, scope, $"{node.Name}/");
+        for (int i = 0; i < count; i++)
+        {
+            var iteration = new Scope(constants, $"{node.Name}#{i}/");
+            iteration.Bind(body.Inputs[0], first.Elements[i]);
+            for (int j = 1; j < node.Inputs.Length; j++)
+                iteration.Bind(body.Inputs[j], others[j - 1] is { } sequence ? sequence.Elements[i] : Given(op, node.Inputs[j]));
+            Inline(body, iteration, op);
+            for (int k = 0; k < results.Length; k++)
+            {
+                string value = iteration.Resolve(body.Outputs[k]);
+                if (sequences.ContainsKey(value) || nones.Contains(value) || !plan.HasValue(value))
+                    throw Error(op, $"body output '{body.Outputs[k]}' must be a tensor (it becomes one element of output '{node.Outputs[k]}')");
+                results[k].Add(value);
+            }
+        }
+        for (int k = 0; k < results.Length; k++)
+            if (node.Outputs[k].Length > 0)
+                sequences[node.Outputs[k]] = new Sequence(results[k].Count == 0 ? null : plan.Info(results[k][0]).Type, results[k]);
+    }
+
     /// <summary>Binds the sub-graph's nodes in <paramref name="scope"/>, each under a new name.</summary>
     private void Inline(Subgraph graph, Scope scope, Operator owner)
     {
@@ -277,7 +347,8 @@ internal sealed class Expansion(ExecutionPlan plan, List<(Node Node, Operator Op
     private void Alias(Node node, string target, string source)
     {
         if (target.Length == 0) return;
-        if (sequences.TryGetValue(source, out var sequence)) sequences[target] = sequence;
+        if (nones.Contains(source)) nones.Add(target);
+        else if (sequences.TryGetValue(source, out var sequence)) sequences[target] = sequence;
         else Make(node, "Identity", [source], [target]);
     }
 
@@ -311,8 +382,15 @@ internal sealed class Expansion(ExecutionPlan plan, List<(Node Node, Operator Op
     private string Fresh(string name)
     {
         string candidate = name;
-        while (plan.HasValue(candidate) || sequences.ContainsKey(candidate)) candidate = $"{name}~{++fresh}";
+        while (plan.HasValue(candidate) || sequences.ContainsKey(candidate) || nones.Contains(candidate)) candidate = $"{name}~{++fresh}";
         return candidate;
+    }
+
+    /// <summary><paramref name="name"/>, checked to be a value of the plan: a tensor, a sequence or an optional that holds nothing.</summary>
+    private string Given(Operator op, string name)
+    {
+        if (!sequences.ContainsKey(name) && !nones.Contains(name) && !plan.HasValue(name)) throw Error(op, $"input '{name}' is not a value of the model");
+        return name;
     }
 
     private Sequence SequenceOf(Operator op, string name) =>
@@ -322,6 +400,7 @@ internal sealed class Expansion(ExecutionPlan plan, List<(Node Node, Operator Op
     private TensorInfo Tensor(Operator op, string name)
     {
         if (sequences.ContainsKey(name)) throw Error(op, $"input '{name}' is a sequence, not a tensor");
+        if (nones.Contains(name)) throw Error(op, $"input '{name}' is an optional value that holds nothing, not a tensor");
         return plan.HasValue(name) ? plan.Info(name) : throw Error(op, $"input '{name}' is not a value of the model");
     }
 

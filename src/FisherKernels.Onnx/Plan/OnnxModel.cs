@@ -213,8 +213,9 @@ public sealed class OnnxModel
             if (!seen.Add(value)) continue;
             if (graphInputs.Contains(value)) found.Add(value);
             // Shape and Size read only their input's shape, which every plan knows; SequenceLength only how the sequence
-            // was built (whose positions and split sizes are traced from their own operators).
-            else if (producers.TryGetValue(value, out var producer) && producer.OpType is not ("Shape" or "Size" or "SequenceLength"))
+            // was built (whose positions and split sizes are traced from their own operators); OptionalHasElement only
+            // whether its input holds a value.
+            else if (producers.TryGetValue(value, out var producer) && producer.OpType is not ("Shape" or "Size" or "SequenceLength" or "OptionalHasElement"))
                 foreach (var input in producer.AllInputs)
                     if (input.Length > 0) pending.Push(input);
         }

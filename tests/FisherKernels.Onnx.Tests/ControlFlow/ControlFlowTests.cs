@@ -18,7 +18,8 @@ public sealed class ControlFlowTests
     private static readonly string Folder = Fixtures.ProjectFile("ControlFlow");
     private static readonly Lazy<Dictionary<string, NdArray>> Arrays = new(LoadArrays);
     private static readonly HashSet<string> Expanded =
-        ["Loop", "If", "SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt", "SequenceLength", "SplitToSequence", "ConcatFromSequence"];
+        ["Loop", "If", "SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt", "SequenceLength", "SplitToSequence", "ConcatFromSequence",
+         "SequenceMap", "Optional", "OptionalHasElement", "OptionalGetElement"];
 
     public static TheoryData<string> OnnxCases()
     {
@@ -73,6 +74,29 @@ public sealed class ControlFlowTests
         var plan = model.GetPlan(shapes, variables.ToHashSet(), keepAll: true);
         AssertPlain(plan);
         PlanDerivativeCheck.ForwardReverseAndCentralDifferenceAgree(model, plan, Context, inputs, variables, "y", random);
+    }
+
+    /// <summary>
+    /// SequenceMap and the Optional operators with floats flowing through them (flow_optional_map.onnx): the forward value
+    /// against make_onnx_tests.py's float64 computation, derivatives by w and s against each other and central differences.
+    /// </summary>
+    [Fact]
+    public void FloatsThroughSequenceMapAndOptionalsMatchTheReferenceAndFiniteDifferences()
+    {
+        var model = OnnxModel.Load(Path.Combine(Folder, "flow_optional_map.onnx"));
+        var inputs = new Dictionary<string, NdArray> { ["x"] = Engine(Arrays.Value["flow_optional_map/x"]) };
+        var shapes = new Dictionary<string, int[]> { ["x"] = [3, 4] };
+        var inference = model.GetPlan(shapes);
+        AssertPlain(inference);
+        inference.Run(Context, inputs);
+        double[] expected = Fixtures.Doubles(Arrays.Value["flow_optional_map/y"]), y = Fixtures.Doubles(inference.Get("y"));
+        Assert.Equal(expected.Length, y.Length);
+        for (int i = 0; i < y.Length; i++) Assert.True(Math.Abs(y[i] - expected[i]) <= 1e-6 * (1 + Math.Abs(expected[i])), $"y[{i}]: {y[i]}, expected {expected[i]}");
+
+        string[] variables = ["w", "s"];
+        var plan = model.GetPlan(shapes, variables.ToHashSet(), keepAll: true);
+        AssertPlain(plan);
+        PlanDerivativeCheck.ForwardReverseAndCentralDifferenceAgree(model, plan, Context, inputs, variables, "y", new Random(17));
     }
 
     [Theory]

@@ -10,7 +10,7 @@ SequenceConstruct, SequenceEmpty, SequenceInsert, SequenceAt, SequenceErase, Seq
 ConcatFromSequence), nothing is computed here. The engine takes tensors only at the graph's edges, so each model is
 rewritten at its edges alone: a sequence input becomes one tensor input per element and a SequenceConstruct (an
 empty one a SequenceEmpty), a sequence output one SequenceAt output per expected element. Cases with optional
-values (Optional types are not supported) are left out and listed in skipped.txt with the reason.
+values are left out here and listed in skipped.txt: NodeTests runs them (its runner takes optional inputs as they are).
 Double tensors become float. Integer and bool inputs (trip counts, conditions, positions, split sizes) stay
 inputs: the engine folds such inputs by value when it builds a plan. Writes <case>.onnx and onnx_tests.npz (<case>/in<i>, <case>/out<i>)
 beside this script, and models of our own for the derivative and refusal tests (derivative_model, body_reads_model).
@@ -215,6 +215,43 @@ def body_reads_model(op_type="Reshape", domain=""):
     return helper.make_model(graph, opset_imports=opsets)
 
 
+def optional_map_model():
+    """Floats through SequenceMap and the Optional operators, for the derivative test; parameters w [4] and s [4]:
+        seq = SplitToSequence(x * w, [1, 2]);  mapped = SequenceMap(seq, s) with body e, t -> Tanh(e) * t
+        opt = Optional(mapped);  got = OptionalGetElement(opt);  z = ConcatFromSequence(got, axis 0)   [3, 4]
+        y = If(OptionalHasElement(opt)) then z * z else -z, plus OptionalGetElement(Optional(w))
+    Returns the model and, for x = OPTIONAL_MAP_X, y computed here in float64."""
+    f = onnx.TensorProto.FLOAT
+    body = helper.make_graph(
+        [helper.make_node("Tanh", ["e"], ["te"]), helper.make_node("Mul", ["te", "t"], ["mapped_e"])], "map_body",
+        [helper.make_tensor_value_info("e", f, None), helper.make_tensor_value_info("t", f, [4])],
+        [helper.make_tensor_value_info("mapped_e", f, None)])
+    then_branch = helper.make_graph([helper.make_node("Mul", ["z", "z"], ["then_y"])], "then", [], [helper.make_tensor_value_info("then_y", f, [3, 4])])
+    else_branch = helper.make_graph([helper.make_node("Neg", ["z"], ["else_y"])], "else", [], [helper.make_tensor_value_info("else_y", f, [3, 4])])
+    nodes = [helper.make_node("Mul", ["x", "w"], ["h"]),
+             helper.make_node("SplitToSequence", ["h", "splits"], ["seq"], axis=0),
+             helper.make_node("SequenceMap", ["seq", "s"], ["mapped"], name="map", body=body),
+             helper.make_node("Optional", ["mapped"], ["opt"]),
+             helper.make_node("OptionalHasElement", ["opt"], ["has"]),
+             helper.make_node("OptionalGetElement", ["opt"], ["got"]),
+             helper.make_node("ConcatFromSequence", ["got"], ["z"], axis=0),
+             helper.make_node("If", ["has"], ["branch_y"], name="branch", then_branch=then_branch, else_branch=else_branch),
+             helper.make_node("Optional", ["w"], ["opt_w"]),
+             helper.make_node("OptionalGetElement", ["opt_w"], ["w_again"]),
+             helper.make_node("Add", ["branch_y", "w_again"], ["y"])]
+    rng = np.random.default_rng(17)
+    w, s = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    graph = helper.make_graph(nodes, "flow_optional_map", [helper.make_tensor_value_info("x", f, [3, 4])],
+                              [helper.make_tensor_value_info("y", f, [3, 4])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(s, "s"),
+                               numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "splits")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    x = np.linspace(-1.5, 1.2, 12).reshape(3, 4).astype(np.float32)
+    z = np.tanh(x.astype(np.float64) * w) * s.astype(np.float64)
+    return model, x, z * z + w.astype(np.float64)
+
+
 LOOP_LAYER = dict(vocab=7, width=4, trips=3, tokens=np.array([[1, 4, 2, 6, 0], [3, 3, 5, 1, 2]], dtype=np.int64))
 
 
@@ -305,7 +342,8 @@ def main():
     for case in collect():
         (inputs, outputs), = case.data_sets
         if has_optional(case.model.graph):
-            skipped.append("%s: Optional values are not supported" % case.name)
+            # Run natively by NodeTests (make_node_tests.py), whose runner feeds optional and sequence inputs as they are.
+            skipped.append("%s: optional values: run by NodeTests/node_tests.json" % case.name)
             continue
         model, feeds, expected = rewrite(case, inputs, outputs)
         onnx.save(model, os.path.join(HERE, case.name + ".onnx"))
@@ -319,6 +357,9 @@ def main():
     onnx.save(derivative_model("loop"), os.path.join(HERE, "flow_data_dependent_loop.onnx"))
     onnx.save(body_reads_model(), os.path.join(HERE, "flow_value_in_body.onnx"))
     onnx.save(body_reads_model("Mystery", "com.example"), os.path.join(HERE, "flow_unsupported_in_body.onnx"))
+    optional_map, x, y = optional_map_model()
+    onnx.save(optional_map, os.path.join(HERE, "flow_optional_map.onnx"))
+    arrays["flow_optional_map/x"], arrays["flow_optional_map/y"] = x, y
     loop_layer = loop_layer_model()
     onnx.save(loop_layer, os.path.join(HERE, "flow_loop_layer.onnx"))
     for key, value in loop_layer_references(loop_layer).items():

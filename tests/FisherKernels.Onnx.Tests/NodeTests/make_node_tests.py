@@ -3,9 +3,10 @@
 
 Run with Debian's Python (python3-onnx 1.12, numpy 1.24):
     /usr/bin/python3 tests/FisherKernels.Onnx.Tests/NodeTests/make_node_tests.py
-Writes node_tests.json (per case: name, op types, opset, input and output names, rtol/atol as ONNX's runner uses them)
-and node_tests.npz (per case: the model's bytes as uint8 "<name>/model", inputs "<name>/in<i>", expected outputs
-"<name>/out<i>") beside this script. A case is kept when every node of its graph is a default-domain operator the
+Writes node_tests.json (per case: name, op types, opset, input and output names, rtol/atol as ONNX's runner uses them,
+the sequence inputs and outputs with their lengths, the optional inputs given as none) and node_tests.npz (per case:
+the model's bytes as uint8 "<name>/model", inputs "<name>/in<i>", expected outputs "<name>/out<i>"; element j of a
+sequence as "<name>/in<i>[j]" or "<name>/out<i>[j]") beside this script. A case is kept when every node of its graph is a default-domain operator the
 engine's registry lists (OperatorRegistry.cs is read for the names); "_expanded" cases (a function's body) included.
 """
 import json, os, re, sys
@@ -28,7 +29,7 @@ REGISTRY = os.path.join(HERE, "..", "..", "..", "src", "FisherKernels.Onnx", "Op
 def supported_ops():
     src = open(REGISTRY).read()
     ops = set(re.findall(r'Onnx\("(\w+)"', src))
-    for group in re.findall(r'new\[\] \{([^}]*)\}\.Select\(op => Onnx', src):
+    for group in re.findall(r'new\[\] \{([^}]*)\}\s*\.Select\(op => Onnx', src):
         ops |= set(re.findall(r'"(\w+)"', group))
     return ops
 
@@ -89,12 +90,8 @@ def main():
         if not {n.op_type for n in all_nodes(graph)} <= ops or any(n.domain not in ("", "ai.onnx") for n in all_nodes(graph)):
             continue
         inputs, outputs = case.data_sets[0]
-        try:
-            arrs = [np.asarray(a) for a in list(inputs) + list(outputs)]
-        except ValueError:
-            # A sequence is stored stacked on a new first axis, which needs its tensors to have one shape.
-            left_out[name] = "sequence of tensors of different shapes"
-            continue
+        # A sequence (a list) is its elements; an optional input given as None is left out of the feeds.
+        arrs = [np.asarray(e) for a in list(inputs) + list(outputs) if a is not None for e in (a if isinstance(a, list) else [a])]
         odd = sorted({a.dtype.name for a in arrs if a.dtype.str[1:] not in NPY_TYPES})
         if odd:
             # Neither the engine nor the tests' .npy reader has these element types.
@@ -108,13 +105,22 @@ def main():
         if any(v.type.tensor_type.elem_type == BFLOAT16 for v in list(graph.input) + list(graph.output)):
             inputs, outputs, note = bfloat16_as_float32(graph, inputs, outputs)
         arrays[f"{name}/model"] = np.frombuffer(case.model.SerializeToString(), dtype=np.uint8)
-        for i, a in enumerate(inputs):
-            arrays[f"{name}/in{i}"] = np.require(a, requirements="C")
-        for i, a in enumerate(outputs):
-            arrays[f"{name}/out{i}"] = np.require(a, requirements="C")
+        sequences, absent = {}, []
+        for kind, values in (("in", inputs), ("out", outputs)):
+            for i, a in enumerate(values):
+                if a is None:
+                    assert kind == "in", name
+                    absent.append(i)
+                elif isinstance(a, list):
+                    sequences[f"{kind}{i}"] = len(a)
+                    for j, e in enumerate(a):
+                        arrays[f"{name}/{kind}{i}[{j}]"] = np.require(e, requirements="C")
+                else:
+                    arrays[f"{name}/{kind}{i}"] = np.require(a, requirements="C")
         opset = next(o.version for o in case.model.opset_import if o.domain in ("", "ai.onnx"))
         cases.append({"name": name, "ops": types, "opset": opset, "inputs": names_in, "outputs": names_out,
-                      "rtol": case.rtol, "atol": case.atol, **({"note": note} if note else {})})
+                      "rtol": case.rtol, "atol": case.atol, **({"note": note} if note else {}),
+                      **({"sequences": sequences} if sequences else {}), **({"absent_inputs": absent} if absent else {})})
     cases.sort(key=lambda c: c["name"])
     with open(os.path.join(HERE, "node_tests.json"), "w") as f:
         json.dump({"onnx": onnx.__version__, "cases": cases, "left_out": left_out}, f, indent=1, sort_keys=True)
