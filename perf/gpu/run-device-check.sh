@@ -16,12 +16,17 @@
 #  1. conformance of the device plan: forward --backend cuda on gpt2_tiny, llama_tiny and llama_gqa_tiny against the
 #     float64 torch goldens (1e-4 of the largest logit, the CPU path's tolerance) and against forward --backend cpu;
 #  2. bench --backend cuda: the kernel families beside cuBLAS (ssyrk, sgemm) where libcublas loads, else the CPU;
-#  3. bench --model on the issue-3 model (perf/models/make_gpt2_bench.py), forward only, --backend cuda and cpu: each
-#     against ONNX Runtime's CPU forward in the same process, so the two rows compare our device and CPU paths;
+#  3. bench --model on the issue-3 model (perf/models/make_gpt2_bench.py), --backend cuda and cpu: forward against ONNX
+#     Runtime's CPU forward in the same process, and the fit (one batch) and score rows (isotropic, sequence level, K-FAC),
+#     which run device-resident on cuda (the backward and jvp rows have no device form: reported as failed there);
 #  4. only with FK_REAL_SIZE=1 and python3 with torch there: the GPT-2-small-shaped model generated there
-#     (perf/models/make_real_size.py gpt2), forward on cuda against cpu.
-# FK_BACKEND (default cuda) names the device backend, FK_CHECKS (default "1 2 3 4") the checks to run: a dry run of the
-# script without a GPU is `FK_BACKEND=ilgpu-cpu FK_CHECKS=1 perf/gpu/run-device-check.sh run`.
+#     (perf/models/make_real_size.py gpt2), forward on cuda against cpu, then bench --model on cuda: fit of 8 x 128
+#     tokens and the score rows of one 128-token sequence (issue 23's targets: each under 1 s warm);
+#  5. fit and score on the device against the torch goldens and the cpu backend: fit --fisher empirical of gpt2_tiny
+#     (with its targets) and llama_tiny (factors, relative error <= 1e-3), score --method kfac and isotropic of gpt2_tiny
+#     (the golden curvature; p within 1e-4, epistemic relative error <= 1e-3).
+# FK_BACKEND (default cuda) names the device backend, FK_CHECKS (default "1 5 2 3 4") the checks to run, in that order:
+# a dry run of the script without a GPU is `FK_BACKEND=ilgpu-cpu FK_CHECKS="1 5" perf/gpu/run-device-check.sh run`.
 # The kernel conformance suite (xunit, tests/FisherKernels.Kernels.Tests CudaConformance) needs the SDK: it runs only
 # where `dotnet` is on the PATH.
 set -uo pipefail
@@ -33,7 +38,7 @@ if [[ $step == pack ]]; then
     set -e
     rm -rf "$bundle" && mkdir -p "$bundle/stage/fk"
     dotnet publish src/FisherKernels.Cli -c Release -r linux-x64 --self-contained -o "$bundle/stage/fk" -v q -nologo
-    # Not loaded by forward or bench (the demo's plots, the cluster's Orleans and Redis, XML and data libraries, debugger
+    # Not loaded by forward, fit, score or bench (the demo's plots, the cluster's Orleans and Redis, XML and data libraries, debugger
     # support): the tree and the bundle must stay under 64 MiB together. Checked on 2026-12-07 with forward (cpu,
     # ilgpu-cpu), bench --quick and bench --model --forward-only on the trimmed folder.
     (cd "$bundle/stage/fk" && rm -f onnxruntime.dll libSkiaSharp.so libHarfBuzzSharp.so Microsoft.CodeAnalysis*.dll \
@@ -69,7 +74,7 @@ say "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=
 say "cublas: $(ldconfig -p 2>/dev/null | grep -o 'libcublas.so[^ ]*' | head -1 || true)"
 python=$(command -v python3 || true)
 device=${FK_BACKEND:-cuda}
-checks=" ${FK_CHECKS:-1 2 3 4} "
+checks=" ${FK_CHECKS:-1 5 2 3 4} "
 
 [[ $checks == *" 1 "* ]] && {
 say "== 1. device plan conformance (forward --backend $device vs torch float64 goldens and vs --backend cpu)"
@@ -87,6 +92,31 @@ for model in gpt2_tiny llama_tiny llama_gqa_tiny; do
 done
 }
 
+[[ $checks == *" 5 "* ]] && {
+say "== 5. fit and score --backend $device (vs torch float64 goldens and vs --backend cpu)"
+compare() { if [[ -n $python ]]; then "$python" perf/gpu/compare_results.py "$@" 2>&1 | tee -a "$log"; else say "python3 missing: $3 not compared"; cp "$3" "$results/"; fi; }
+for spec in "gpt2_tiny 1 kfac_targets --targets $fixtures/gpt2_tiny.targets.npy" "llama_tiny 2 kfac"; do
+    read -r model batch golden targets <<< "$spec"
+    for backend in "$device" cpu; do
+        /usr/bin/time -f "fit $model --backend $backend: %e s" timeout 120 "$fk" fit --model "$fixtures/$model.onnx" --tokens "$fixtures/$model.tokens.npy" \
+            $targets --fisher empirical --batch-size "$batch" --out "$work/$model.$backend.safetensors" --backend "$backend" >> "$log" 2>&1 \
+            || say "FAIL $model fit --backend $backend (status $?)"
+    done
+    compare curvature "$fixtures/$model.$golden.safetensors" "$work/$model.$device.safetensors"
+    compare curvature "$work/$model.cpu.safetensors" "$work/$model.$device.safetensors" 1e-4
+done
+cp "$fixtures/gpt2_tiny.kfac.safetensors" "$work/curvature.safetensors"
+for method in kfac isotropic; do
+    for backend in "$device" cpu; do
+        /usr/bin/time -f "score --method $method --backend $backend: %e s" timeout 120 "$fk" score --model "$fixtures/gpt2_tiny.onnx" \
+            --tokens "$fixtures/gpt2_tiny.tokens.npy" --method "$method" --curvature "$work/curvature.safetensors" --prior-precision 1 \
+            --out "$work/scores.$method.$backend.json" --backend "$backend" >> "$log" 2>&1 || say "FAIL score --method $method --backend $backend (status $?)"
+    done
+    compare scores "$fixtures/gpt2_tiny.scores.json" "$work/scores.$method.$device.json"
+    compare scores "$work/scores.$method.cpu.json" "$work/scores.$method.$device.json" 1e-4
+done
+}
+
 [[ $checks == *" 2 "* ]] && {
 say "== 2. bench --backend $device (kernel families; cuBLAS baselines where libcublas loads)"
 timeout 200 "$fk" bench --backend "$device" --json > "$results/bench-$device.json" 2>> "$log" || say "bench --backend $device: status $?"
@@ -94,10 +124,10 @@ timeout 60 "$fk" bench --backend "$device" --quick > "$results/bench-$device-qui
 }
 
 [[ $checks == *" 3 "* ]] && {
-say "== 3. issue-3 model, forward, $device and cpu (each against ONNX Runtime's CPU forward in the same process)"
+say "== 3. issue-3 model, $device and cpu: forward (against ONNX Runtime's CPU forward in the same process), fit, score"
 for backend in "$device" cpu; do
-    timeout 120 "$fk" bench --backend "$backend" --model "$work/models/gpt2_bench.onnx" --tokens "$work/models/gpt2_bench.tokens.npy" \
-        --forward-only --json > "$results/bench-model-$backend.json" 2>> "$log" || say "bench --model --backend $backend: status $?"
+    timeout 150 "$fk" bench --backend "$backend" --model "$work/models/gpt2_bench.onnx" --tokens "$work/models/gpt2_bench.tokens.npy" \
+        --json > "$results/bench-model-$backend.json" 2>> "$log" || say "bench --model --backend $backend: status $?"
 done
 timeout 60 "$fk" forward --model "$work/models/gpt2_bench.onnx" --tokens "$work/models/gpt2_bench.tokens.npy" --out "$work/bench.$device.npy" --backend "$device" >> "$log" 2>&1
 timeout 60 "$fk" forward --model "$work/models/gpt2_bench.onnx" --tokens "$work/models/gpt2_bench.tokens.npy" --out "$work/bench.cpu.npy" --backend cpu >> "$log" 2>&1
@@ -112,6 +142,10 @@ if [[ $checks == *" 4 "* ]] && [[ ${FK_REAL_SIZE:-0} == 1 ]] && [[ -n $python ]]
             --tokens "$work/real/gpt2.tokens1.npy" --out "$work/real.$backend.npy" --backend "$backend" >> "$log" 2>&1
     done
     "$python" perf/gpu/compare_npy.py "$work/real.cpu.npy" "$work/real.$device.npy" 1e-4 2>&1 | tee -a "$log"
+    timeout 200 "$fk" bench --backend "$device" --model "$work/real/gpt2.onnx" --tokens "$work/real/gpt2.tokens.npy" \
+        --json > "$results/bench-real-$device.json" 2>> "$log" || say "bench --model (8 x 128) --backend $device: status $?"
+    timeout 200 "$fk" bench --backend "$device" --model "$work/real/gpt2.onnx" --tokens "$work/real/gpt2.tokens1.npy" \
+        --json > "$results/bench-real1-$device.json" 2>> "$log" || say "bench --model (1 x 128) --backend $device: status $?"
 fi
 
 if command -v dotnet > /dev/null; then

@@ -16,12 +16,17 @@ public static class Derivatives
     public static Dictionary<string, NdArray<float>> LossGradients(LanguageModel lm, OpContext context, NdArray tokens,
                                                                    NdArray? targets, IReadOnlyList<string> parameters)
     {
-        var (plan, backward, logits) = Prepare(lm, context, tokens, parameters);
+        var pass = ReversePass.Prepare(lm, context, tokens, parameters);
+        var logits = pass.Logits;
         var y = targets is null ? Targets.NextToken(tokens) : Targets.Check(targets, tokens.Shape, logits.Shape[2], "targets");
-        backward.Clear();
-        LossCotangent(logits, y, backward.Gradient(lm.LogitsOutput));
-        backward.Run(context);
-        return parameters.ToDictionary(p => p, p => Copy(backward.HasGradient(p) ? backward.Gradient(p) : new NdArray<float>(plan.Info(p).Shape)));
+        pass.Clear();
+        LossCotangent(logits, y, pass.Seed(lm.LogitsOutput));
+        pass.Run();
+        return parameters.ToDictionary(p => p, p =>
+        {
+            var shape = (int[])pass.Plan.Info(p).Shape.Clone();
+            return pass.HasGradient(p) ? new NdArray<float>(shape, (float[])pass.Gradient(p).Clone()) : new NdArray<float>(shape);
+        });
     }
 
     /// <summary>J·V of the logits for a direction over named float initializers (others fixed).</summary>

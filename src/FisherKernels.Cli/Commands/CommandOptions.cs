@@ -14,6 +14,9 @@ internal sealed class CommandOptions
 
     private CommandOptions(string verb) => this.verb = verb;
 
+    /// <summary>The verb these options were given to (for messages).</summary>
+    public string Verb => verb;
+
     /// <summary>Parses <paramref name="args"/> (after the verb). <paramref name="valueOptions"/> take a value, <paramref name="flagOptions"/> do not.</summary>
     public static CommandOptions Parse(string verb, ReadOnlySpan<string> args, string[] valueOptions, string[] flagOptions)
     {

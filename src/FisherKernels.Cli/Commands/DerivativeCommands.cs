@@ -180,7 +180,7 @@ internal static class DerivativeCommands
         string? htmlPath = options.Optional("--html");
         if (htmlPath is not null && text is null) throw FisherKernelsException.Argument("score: --html shows text: it needs --text");
         string? targetsPath = options.Optional("--targets");
-        var service = new ScoreService(lm, ModelCommands.Context(options), Console.Error);
+        var service = new ScoreService(lm, ModelCommands.Context(options, onDevice: true), Console.Error);
         if (text is null)
         {
             string tokensPath = options.Required("--tokens");

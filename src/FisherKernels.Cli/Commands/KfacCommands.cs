@@ -60,7 +60,7 @@ internal static class KfacCommands
                 : throw FisherKernelsException.Argument("fit --cluster: --text is not supported on a cluster; tokenize to an .npy file every silo reads");
         if (options.Optional("--clustering") is not null || options.Optional("--shards") is not null)
             throw FisherKernelsException.Argument("fit: --clustering and --shards need --cluster NAME");
-        var service = new FitService(ModelCommands.Context(options));
+        var service = new FitService(ModelCommands.Context(options, onDevice: true));
         if (options.Optional("--text") is not null)
         {
             // fit --text: every window of every sequence a row, batched by length (TextArguments.FitBatches).

@@ -121,4 +121,40 @@ public interface ITensorDevice
     /// β·factor + α·X̃ᵀX̃ with X̃ = [X | 1] when <paramref name="appendOne"/>, x [rows × cols], both triangles written.
     /// </summary>
     void AccumulateFactor(DeviceTensor x, int rows, int cols, bool appendOne, float alpha, float beta, DeviceTensor factor);
+
+    // The reverse pass (VJP) of a device plan: every launch below adds into its gradient target (the plan zeroes a
+    // target before the first step that writes it), so that a value read by several steps sums their contributions.
+
+    /// <summary>The first <paramref name="length"/> floats of <paramref name="target"/> set to <paramref name="value"/>.</summary>
+    void Fill(DeviceTensor target, long length, float value);
+
+    /// <summary>gx[i] += gy[i]·f′(x[i]) for a unary function, with y = f(x) at hand (the slope of tanh, sigmoid, √ and exp read y).</summary>
+    void UnaryVjp(DeviceUnary function, DeviceTensor x, DeviceTensor y, DeviceTensor gy, DeviceTensor gx, long length);
+
+    /// <summary>
+    /// target[j] += scale·Σ source[i] over the elements i of <paramref name="layout"/>'s shape that broadcast to target
+    /// element j: <c>layout.Strides[0]</c> are the target's strides in that shape (0 along a broadcast dimension), the source
+    /// is dense in that shape. The VJP of a broadcast (equal shapes: target += scale·source).
+    /// </summary>
+    void AddReduced(BroadcastLayout layout, DeviceTensor source, DeviceTensor target, float scale);
+
+    /// <summary>
+    /// target[s] += Σ source[indices[k]] for k in [offsets[s], offsets[s+1]), s below <paramref name="count"/>: the VJP of a
+    /// <see cref="Copy"/> table grouped by source element (race-free, in a fixed order).
+    /// </summary>
+    void AddGathered(DeviceTensor source, DeviceTensor offsets, DeviceTensor indices, DeviceTensor target, long count);
+
+    /// <summary>
+    /// The VJP of <see cref="Gather"/> for the table: table[o, indices[t], :] += gy[o, t, :] (atomic adds: indices repeat).
+    /// </summary>
+    void ScatterAddRows(DeviceTensor gy, DeviceTensor indices, DeviceTensor table, int outer, int rows, int inner, int count);
+
+    /// <summary>
+    /// The VJP of <see cref="Normalize"/> for x: with x̂ the normalized row and r its inverse deviation, ĝ = gy·scale,
+    /// gx += r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) (mean(ĝ) only when centred).
+    /// </summary>
+    void NormalizeVjp(DeviceTensor x, DeviceTensor scale, DeviceTensor gy, DeviceTensor gx, int rows, int cols, float epsilon, bool centered);
+
+    /// <summary>The VJP of <see cref="Softmax"/> of rows from its output y: gx += y ⊙ (gy − ⟨gy, y⟩).</summary>
+    void SoftmaxVjp(DeviceTensor y, DeviceTensor gy, DeviceTensor gx, int rows, int cols);
 }

@@ -214,27 +214,28 @@ public sealed class FitService(OpContext context)
                                 byte[]? assigned = null)
     {
         times?.Start();
-        var (plan, backward, logits) = Derivatives.Prepare(lm, context, tokens, parameters, layerOutputsOnly: true);
+        var pass = ReversePass.Prepare(lm, context, tokens, parameters, layerOutputsOnly: true);
+        var logits = pass.Logits;
         times?.Lap("forward");
         int positions = tokens.Shape[0] * tokens.Shape[1], vocab = logits.Shape[2];
         accumulator.BeginBatch(positions, assigned);
-        accumulator.AddInputs(layers.Select(l => (l.Id, Rows(plan.ApplicationsOf(l), a => (NdArray<float>)plan.Get(a.InputValue)))).ToList());
+        accumulator.AddInputs(layers.Select(l => (l.Id, Rows(pass.Plan.ApplicationsOf(l), a => pass.Value(a.InputValue)))).ToList());
         times?.Lap("A factors");
 
-        NdArray<float> seed = backward.Gradient(lm.LogitsOutput);
+        NdArray<float> seed = pass.Seed(lm.LogitsOutput);
         void Backpropagate(double weight)
         {
             times?.Lap("labels");
-            backward.Run(context);
+            pass.Run();
             times?.Lap("backward");
-            accumulator.AddOutputGradients(layers.Select(l => (l.Id, Rows(plan.ApplicationsOf(l), a => backward.Gradient(a.OutputValue)))).ToList(), weight);
+            accumulator.AddOutputGradients(layers.Select(l => (l.Id, Rows(pass.Plan.ApplicationsOf(l), a => pass.Gradient(a.OutputValue)))).ToList(), weight);
             times?.Lap("G factors");
         }
 
         switch (accumulator.Options.Fisher)
         {
             case FisherType.Empirical:
-                backward.Clear();
+                pass.Clear();
                 Derivatives.LossCotangent(logits, targets, seed);
                 Backpropagate(1);
                 break;
@@ -244,7 +245,7 @@ public sealed class FitService(OpContext context)
                 for (int d = 0; d < draws; d++)
                 {
                     accumulator.SampleLabels(logits.Data, positions, vocab, targets.Data, d, labels.Data);
-                    backward.Clear();
+                    pass.Clear();
                     Derivatives.LossCotangent(logits, labels, seed);
                     Backpropagate(1.0 / draws);
                 }
@@ -257,7 +258,7 @@ public sealed class FitService(OpContext context)
                     Derivatives.Softmax(logits.Data.AsSpan(t * vocab, vocab), p);
                     for (int y = 0; y < vocab; y++)
                     {
-                        backward.Clear();
+                        pass.Clear();
                         Span<float> row = seed.Data.AsSpan(t * vocab, vocab);
                         float root = MathF.Sqrt(p[y]);
                         for (int v = 0; v < vocab; v++) row[v] = root * p[v];
@@ -274,10 +275,10 @@ public sealed class FitService(OpContext context)
     }
 
     /// <summary>The rows of a value at every application of a layer in the plan (a Loop body's, once per iteration), one after the other.</summary>
-    static float[] Rows(IReadOnlyList<LayerApplication> applications, Func<LayerApplication, NdArray<float>> value)
+    static float[] Rows(IReadOnlyList<LayerApplication> applications, Func<LayerApplication, float[]> value)
     {
-        if (applications.Count == 1) return value(applications[0]).Data;
-        return applications.SelectMany(a => value(a).Data).ToArray();
+        if (applications.Count == 1) return value(applications[0]);
+        return applications.SelectMany(value).ToArray();
     }
 
     /// <summary>The one line a finished fit prints.</summary>

@@ -94,6 +94,8 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
+        if (options.Samples is not null && context.Backend is Backends.ITensorDevice)
+            throw FisherKernelsException.Unsupported($"score --samples: posterior sampling's J·V passes run on the cpu backend only, not on {context.Backend.Name}; score without --samples on the device or use --backend cpu");
         KfacPosterior? posterior = options.Method == ScoreMethod.Kfac ? Posterior(options) : null;
         IReadOnlyList<string> parameters = posterior is null ? Parameters(lm, options.Parameters, options.Selection) : LayerDiscovery.DefaultParameters(KfacScoring.Layers(lm, posterior));
         EpistemicMetric metric = posterior is null ? EpistemicMetric.SquaredGradientNorm : KfacScoring.Epistemic(lm, posterior);
@@ -124,10 +126,11 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
         foreach (var (tokens, targets) in windows)
         {
             if (targets.All(y => y == Targets.Ignore)) continue;
-            var (plan, backward, logits) = Derivatives.Prepare(lm, context, tokens, parameters);
+            var pass = ReversePass.Prepare(lm, context, tokens, parameters);
+            var logits = pass.Logits;
             int vocab = logits.Shape[2];
-            backward.Clear();
-            var seed = backward.Gradient(lm.LogitsOutput);
+            pass.Clear();
+            var seed = pass.Seed(lm.LogitsOutput);
             var probabilities = new float[vocab];
             for (int t = 0; t < targets.Length; t++)
             {
@@ -139,11 +142,11 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
                 for (int k = 0; k < vocab; k++) seed.Data[t * vocab + k] = -scale * p * probabilities[k];
                 seed.Data[t * vocab + y] += scale * p;
             }
-            backward.Run(context);
+            pass.Run();
             foreach (string name in parameters)
             {
-                if (!backward.HasGradient(name)) continue;
-                var g = backward.Gradient(name).Data;
+                if (!pass.HasGradient(name)) continue;
+                var g = pass.Gradient(name);
                 if (!sum.TryGetValue(name, out var acc)) sum[name] = acc = new float[g.Length];
                 System.Numerics.Tensors.TensorPrimitives.Add(acc, g, acc);
             }

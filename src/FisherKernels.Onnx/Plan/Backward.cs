@@ -174,6 +174,20 @@ public sealed class Backward
 
     public ExecutionPlan Plan => plan;
 
+    /// <summary>
+    /// The reverse walk of the first cotangent, for a device plan (<see cref="DeviceBackward"/>): each step with its output
+    /// and input gradients and the input gradients it is the first to write (those it writes fresh included), which the
+    /// device zeroes before the step adds into them.
+    /// </summary>
+    internal IEnumerable<(ExecutionPlan.Step Step, NdArray<float>?[] OutputGrads, NdArray<float>?[] InputGrads, NdArray<float>[] FirstWrites)> ReverseSteps =>
+        reverse.Select(r => (r.Step, r.OutputGrads[0], r.InputGrads[0],
+            r.FirstWrites[0].Concat(Enumerable.Range(0, Math.Min(32, r.InputGrads[0].Length)).Where(i => (r.Fresh & (1 << i)) != 0).Select(i => r.InputGrads[0][i]!)).ToArray()));
+
+    /// <summary>The first cotangent's gradients that no step writes (zero), and its seeds' gradient buffers.</summary>
+    internal IReadOnlyList<NdArray<float>> Unwritten => unwritten[0];
+
+    internal IReadOnlyList<NdArray<float>> Seeds => seeds[0];
+
     /// <summary>Whether <paramref name="name"/> gets a gradient (it depends on a variable and the seeds depend on it).</summary>
     public bool HasGradient(string name) => plan.HasValue(name) && gradients[0][plan.Id(name)] is not null;
 

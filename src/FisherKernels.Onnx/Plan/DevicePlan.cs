@@ -64,6 +64,29 @@ public sealed class DevicePlan : IDisposable
         return result;
     }
 
+    /// <summary>Copies the value <paramref name="name"/> of the last run into the host plan's own array for it (a keep-all plan's host side then reads it as after a host run).</summary>
+    public void DownloadInto(string name)
+    {
+        if (plan.Values[plan.Id(name)].IsConstant) return;
+        device.Download(Buffer(plan.Get(name)), ((NdArray<float>)plan.Get(name)).Data);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="plan"/> forward on the context's backend: on the host, or device-resident with the named float
+    /// values (and nothing else) copied back into the host plan's arrays afterwards.
+    /// </summary>
+    public static void Run(ExecutionPlan plan, OpContext context, IReadOnlyDictionary<string, NdArray> inputs, IEnumerable<string> values)
+    {
+        if (context.Backend is not ITensorDevice device)
+        {
+            plan.Run(context, inputs);
+            return;
+        }
+        var devicePlan = plan.Model.DevicePlanFor(plan, device, context.Backend.Name);
+        devicePlan.Run(inputs);
+        foreach (var name in values) devicePlan.DownloadInto(name);
+    }
+
     /// <summary>
     /// Kernel family 1 on the device, on a value of the last run that never left it (a layer's input, the A side of its
     /// K-FAC factor): <paramref name="factor"/> ← β·factor + α·X̃ᵀX̃ with X the value as rows of <paramref name="cols"/>.
@@ -79,6 +102,15 @@ public sealed class DevicePlan : IDisposable
         device.AccumulateFactor(Buffer(array), (int)(array.Length / cols), cols, appendOne, alpha, beta, factor);
     }
 
+    /// <summary>The device form of <paramref name="backward"/> (a reverse pass over this plan), built once and kept with the plan.</summary>
+    public DeviceBackward BackwardFor(Backward backward)
+    {
+        if (!backwards.TryGetValue(backward, out var pass)) backwards[backward] = pass = DeviceBackward.Build(this, backward);
+        return pass;
+    }
+
+    private readonly Dictionary<Backward, DeviceBackward> backwards = [];
+
     /// <summary>The device buffer of a value the plan computes or takes as input (one per host buffer).</summary>
     internal DeviceTensor Buffer(NdArray value)
     {
@@ -87,11 +119,12 @@ public sealed class DevicePlan : IDisposable
         return tensor;
     }
 
-    /// <summary>The device copy of a step's input: a constant is uploaded (once per host array), a computed value has its buffer.</summary>
+    /// <summary>The device copy of a step's input: a constant or a parameter is uploaded (once per host array), a computed value has its buffer.</summary>
     internal DeviceTensor Input(ExecutionPlan.Step step, int i, string what)
     {
         var value = step.Inputs[i] ?? throw FisherKernelsException.Unsupported($"{step.Op.Node}: input {i} ({what}) is absent");
-        if (!IsConstant(step, i)) return Buffer(value);
+        // A variable initializer (a parameter of a derivative plan) is uploaded as a constant is: the model's weights do not change.
+        if (!IsConstant(step, i) && !(step.InputIds[i] >= 0 && plan.Variables.Contains(plan.Values[step.InputIds[i]].Name))) return Buffer(value);
         var storage = ExecutionPlan.Storage(value);
         if (!buffers.TryGetValue(storage, out var tensor))
         {
@@ -146,6 +179,7 @@ public sealed class DevicePlan : IDisposable
         foreach (var table in tables) table.Dispose();
         buffers.Clear();
         tables.Clear();
+        backwards.Clear();
         launches.Clear();
     }
 }

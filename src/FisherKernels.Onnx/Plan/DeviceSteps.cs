@@ -67,15 +67,18 @@ internal static class DeviceSteps
         throw Unsupported(plan, step, "has no device form yet");
     }
 
-    private static DeviceUnary? UnaryOf(OperatorNode node) => node.OpType switch
+    /// <summary>Whether an operator only moves elements; <paramref name="dataInputs"/>: its data input (-1: all).</summary>
+    internal static bool IsMovement(string type, out int dataInputs) => Movement.TryGetValue(type, out dataInputs);
+
+    internal static DeviceUnary? UnaryOf(OperatorNode node) => node.OpType switch
     {
         "Gelu" => node.Attributes.GetString("approximate", "none") == "tanh" ? DeviceUnary.GeluTanh : DeviceUnary.GeluErf,
         var t when node.Domain.Length == 0 && Unaries.TryGetValue(t, out var u) => u,
         _ => null,
     };
 
-    private static FisherKernelsException Unsupported(DevicePlan plan, ExecutionPlan.Step step, string why) =>
-        FisherKernelsException.Unsupported($"{step.Op.Node}: {why} on the {plan.Backend} backend (the device plan runs the forward pass only; use --backend cpu for this model)");
+    internal static FisherKernelsException Unsupported(DevicePlan plan, ExecutionPlan.Step step, string why) =>
+        FisherKernelsException.Unsupported($"{step.Op.Node}: {why} on the {plan.Backend} backend (use --backend cpu for this model)");
 
     private static Action Elementwise(DevicePlan plan, ExecutionPlan.Step step, DeviceBinary function)
     {
@@ -165,34 +168,56 @@ internal static class DeviceSteps
 
     private static IEnumerable<Action> Normalize(DevicePlan plan, ExecutionPlan.Step step)
     {
-        var node = step.Op.Node;
-        var x = step.Inputs[0]!;
-        int axis = (int)node.Attributes.GetInt("axis", -1);
-        if (axis < 0) axis += x.Rank;
-        int cols = Tensors.Product(x.Shape, axis, x.Rank), rows = cols == 0 ? 0 : (int)(x.Length / cols);
-        bool centered = node.OpType == "LayerNormalization";
-        float epsilon = node.Attributes.GetFloat("epsilon", 1e-5f);
+        var (rows, cols, epsilon, centered) = NormalizeShape(step);
         var (input, scale, output) = (plan.Input(step, 0, "X"), plan.Input(step, 1, "scale"), plan.Buffer(step.Outputs[0]));
         var bias = centered && step.Inputs.Length > 2 && step.Inputs[2] is not null ? plan.Input(step, 2, "bias") : null;
         var device = plan.Device;
         yield return () => device.Normalize(input, scale, bias, output, rows, cols, epsilon, centered);
     }
 
+    /// <summary>A normalization's rows and columns (the normalized block), ε, and whether it centres (LayerNorm) or not (RMSNorm).</summary>
+    internal static (int Rows, int Cols, float Epsilon, bool Centered) NormalizeShape(ExecutionPlan.Step step)
+    {
+        var node = step.Op.Node;
+        var x = step.Inputs[0]!;
+        int axis = (int)node.Attributes.GetInt("axis", -1);
+        if (axis < 0) axis += x.Rank;
+        int cols = Tensors.Product(x.Shape, axis, x.Rank), rows = cols == 0 ? 0 : (int)(x.Length / cols);
+        return (rows, cols, node.Attributes.GetFloat("epsilon", 1e-5f), node.OpType == "LayerNormalization");
+    }
+
     private static IEnumerable<Action> SoftmaxRows(DevicePlan plan, ExecutionPlan.Step step)
+    {
+        var (rows, cols) = SoftmaxShape(plan, step);
+        var (input, output) = (plan.Input(step, 0, "X"), plan.Buffer(step.Outputs[0]));
+        var device = plan.Device;
+        yield return () => device.Softmax(input, output, rows, cols);
+    }
+
+    /// <summary>A softmax's rows and their length (the last axis; before opset 13 the flattened trailing axes).</summary>
+    internal static (int Rows, int Cols) SoftmaxShape(DevicePlan plan, ExecutionPlan.Step step)
     {
         var node = step.Op.Node;
         var x = step.Inputs[0]!;
         int axis = (int)node.Attributes.GetInt("axis", node.Opset >= 13 ? -1 : 1);
         if (axis < 0) axis += x.Rank;
         if (node.Opset >= 13 && axis != x.Rank - 1) throw Unsupported(plan, step, $"softmax over axis {axis} of rank {x.Rank} (not the last) has no device form yet");
-        int cols = Tensors.Product(x.Shape, axis, x.Rank), rows = cols == 0 ? 0 : (int)(x.Length / cols);
-        var (input, output) = (plan.Input(step, 0, "X"), plan.Buffer(step.Outputs[0]));
-        var device = plan.Device;
-        yield return () => device.Softmax(input, output, rows, cols);
+        int cols = Tensors.Product(x.Shape, axis, x.Rank);
+        return (cols == 0 ? 0 : (int)(x.Length / cols), cols);
     }
 
     /// <summary>ReduceMean / ReduceSum over one run of adjacent axes (as [outer × length × inner]).</summary>
     private static IEnumerable<Action> ReduceAxes(DevicePlan plan, ExecutionPlan.Step step)
+    {
+        var (outer, length, inner) = ReduceShape(plan, step);
+        bool mean = step.Op.Node.OpType == "ReduceMean";
+        var (input, output) = (plan.Input(step, 0, "X"), plan.Buffer(step.Outputs[0]));
+        var device = plan.Device;
+        yield return () => device.Reduce(input, output, outer, length, inner, mean);
+    }
+
+    /// <summary>A reduction's input as [outer × length × inner], the reduced axes one adjacent run in the middle.</summary>
+    internal static (int Outer, int Length, int Inner) ReduceShape(DevicePlan plan, ExecutionPlan.Step step)
     {
         var node = step.Op.Node;
         var x = step.Inputs[0]!;
@@ -210,11 +235,7 @@ internal static class DeviceSteps
         int first = Array.IndexOf(reduced, true), last = Array.LastIndexOf(reduced, true);
         if (first < 0 || Enumerable.Range(first, last - first + 1).Any(d => !reduced[d]))
             throw Unsupported(plan, step, "a reduction over axes that are not adjacent has no device form yet");
-        int outer = Tensors.Product(x.Shape, 0, first), length = Tensors.Product(x.Shape, first, last + 1), inner = Tensors.Product(x.Shape, last + 1, x.Rank);
-        bool mean = node.OpType == "ReduceMean";
-        var (input, output) = (plan.Input(step, 0, "X"), plan.Buffer(step.Outputs[0]));
-        var device = plan.Device;
-        yield return () => device.Reduce(input, output, outer, length, inner, mean);
+        return (Tensors.Product(x.Shape, 0, first), Tensors.Product(x.Shape, first, last + 1), Tensors.Product(x.Shape, last + 1, x.Rank));
     }
 
     /// <summary>Gather by indices computed at run time (token embeddings).</summary>
@@ -271,6 +292,12 @@ internal static class DeviceSteps
         yield return () => device.Attention(layout, qd, kd, vd, md, od);
     }
 
+    /// <summary>One data input's elements moved into one output: (target, source) element pairs.</summary>
+    internal sealed record MoveTable(int Input, int Output, int[] Pairs);
+
+    /// <summary>Output elements that come from no input (pads, Trilu's zeros): (target, target) pairs into the zero-input run's output.</summary>
+    internal sealed record FillTable(int Output, int[] Pairs, NdArray Values);
+
     /// <summary>
     /// A step that only moves elements, as (target, source) pairs per data input: the host operator runs on arrays whose
     /// elements are their own index + 1 (one data input at a time, the others zero), so each output element names the
@@ -278,6 +305,28 @@ internal static class DeviceSteps
     /// on zero inputs, kept on the device. Inputs other than the data (starts, pads, shapes…) take their constant values.
     /// </summary>
     private static IEnumerable<Action> Move(DevicePlan plan, ExecutionPlan.Step step, int dataInputs)
+    {
+        var (moves, fills) = MovementTables(plan, step, dataInputs);
+        var device = plan.Device;
+        var launches = new List<Action>();
+        foreach (var move in moves)
+        {
+            var (source, table, target) = (plan.Input(step, move.Input, $"data {move.Input}"), plan.Table(move.Pairs), plan.Buffer(step.Outputs[move.Output]));
+            launches.Add(() => device.Copy(source, table, target));
+        }
+        foreach (var fill in fills)
+        {
+            var values = device.Allocate(fill.Values.Length);
+            device.Upload(DevicePlan.AsFloats(fill.Values, $"{step.Op.Node}: output {fill.Output}"), values);
+            plan.Own(values);
+            var (table, target) = (plan.Table(fill.Pairs), plan.Buffer(step.Outputs[fill.Output]));
+            launches.Add(() => device.Copy(values, table, target));
+        }
+        return launches;
+    }
+
+    /// <summary>The element pairs of a data-movement step (<see cref="Move"/>); <paramref name="dataInputs"/>: the data input (-1: all).</summary>
+    internal static (List<MoveTable> Moves, List<FillTable> Fills) MovementTables(DevicePlan plan, ExecutionPlan.Step step, int dataInputs)
     {
         var op = step.Op;
         var data = Enumerable.Range(0, step.Inputs.Length).Where(i => step.Inputs[i] is not null && (dataInputs < 0 || i == dataInputs)).ToArray();
@@ -301,12 +350,10 @@ internal static class DeviceSteps
         }
         var zero = Run(-1);
         var covered = step.Outputs.Select(o => new bool[o.Length]).ToArray();
-        var device = plan.Device;
-        var launches = new List<Action>();
+        var moves = new List<MoveTable>();
         foreach (int i in data)
         {
             var numbered = Run(i);
-            var source = plan.Input(step, i, $"data {i}");
             for (int j = 0; j < numbered.Length; j++)
             {
                 var values = Values(numbered[j]);
@@ -318,22 +365,16 @@ internal static class DeviceSteps
                         pairs.Add(e);
                         pairs.Add(checked((int)values[e] - 1));
                     }
-                if (pairs.Count == 0) continue;
-                var (table, target) = (plan.Table(pairs.ToArray()), plan.Buffer(step.Outputs[j]));
-                launches.Add(() => device.Copy(source, table, target));
+                if (pairs.Count > 0) moves.Add(new MoveTable(i, j, [.. pairs]));
             }
         }
+        var fills = new List<FillTable>();
         for (int j = 0; j < zero.Length; j++)
         {
             var rest = Enumerable.Range(0, covered[j].Length).Where(e => !covered[j][e]).SelectMany(e => new[] { e, e }).ToArray();
-            if (rest.Length == 0) continue;
-            var fill = device.Allocate(zero[j].Length);
-            device.Upload(DevicePlan.AsFloats(zero[j], $"{op.Node}: output {j}"), fill);
-            var (table, target) = (plan.Table([.. rest]), plan.Buffer(step.Outputs[j]));
-            plan.Own(fill);
-            launches.Add(() => device.Copy(fill, table, target));
+            if (rest.Length > 0) fills.Add(new FillTable(j, rest, zero[j]));
         }
-        return launches;
+        return (moves, fills);
     }
 
     /// <summary>Fills <paramref name="array"/> with index + 1 (float indices are exact below 2²⁴).</summary>

@@ -1,3 +1,4 @@
+using FisherKernels.Onnx.Plan;
 using FisherKernels.Onnx.Graph;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Uncertainty;
@@ -75,7 +76,7 @@ public static class LastLayerVariance
             var row = new NdArray<long>([1, seq], ids.Data[(group.Key * seq)..((group.Key + 1) * seq)]);
             var runInputs = lm.Inputs(row);
             var plan = lm.Model.GetPlan(runInputs, variables, keepAll: true);
-            plan.Run(context, runInputs);
+            DevicePlan.Run(plan, context, runInputs, [application.InputValue, lm.LogitsOutput]);
             var input = (NdArray<float>)plan.Get(application.InputValue);
             if (input.Length != (long)seq * inF || plan.Get(lm.LogitsOutput).Shape[^1] != layer.Out)
             {

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using FisherKernels.Backends;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Plan;
 using FisherKernels.Uncertainty;
@@ -59,7 +60,7 @@ public static class PositionScorer
         int batch = tokens.Shape[0], seq = tokens.Shape[1];
         var ids = (NdArray<long>)(tokens.ElementType == ElementType.Int64 ? tokens : new NdArray<long>(tokens.Shape, Array.ConvertAll(((NdArray<int>)tokens).Data, v => (long)v)));
         NdArray<long>? checkedTargets = null;
-        var passes = new Dictionary<ExecutionPlan, Backward>();
+        var passes = new Dictionary<ExecutionPlan, Backward>();  // built once a plan, as are their device forms
         bool causal = true;
         var sequences = new List<SequenceScore>();
         for (int b = 0; b < batch; b++)
@@ -95,7 +96,7 @@ public static class PositionScorer
                 var seed = whole.Backward.Gradient(lm.LogitsOutput);
                 foreach (var (t, _, _, cotangent) in positions)
                     for (int k = 0; k < vocab; k++) seed.Data[t * vocab + k] = scale * cotangent[k];
-                whole.Backward.Run(context, count: 1);
+                Reverse(whole, context, scorer, 1);
                 sequenceEpistemic = scorer.Score(whole.Backward);
             }
 
@@ -126,7 +127,7 @@ public static class PositionScorer
                         var (t, _, _, cotangent) = positions[first + c];
                         cotangent.CopyTo(pass.Backward.Gradient(lm.LogitsOutput, c).Data, t * vocab);
                     }
-                    pass.Backward.Run(context, count: count);
+                    Reverse(pass, context, scorer, count);
                     for (int c = 0; c < count; c++)
                     {
                         epistemics[first + c] = scorer.Score(pass.Backward, c);
@@ -141,7 +142,24 @@ public static class PositionScorer
         return new ScoreReport(Path.GetFileName(lm.Model.Graph.Source), method, priorPrecision, sequences) { Level = level };
     }
 
-    private sealed record Pass(ExecutionPlan Plan, Backward Backward);
+    /// <summary>A keep-all plan and its reverse pass; on a device backend also their device forms (<see cref="DeviceBackward"/>).</summary>
+    private sealed record Pass(ExecutionPlan Plan, Backward Backward, DeviceBackward? Device);
+
+    /// <summary>
+    /// The reverse pass of the first <paramref name="count"/> cotangents (their seeds filled). On a device (one cotangent a
+    /// pass) the scorer's target gradients come back into the host pass's buffers, where <see cref="TapScorer"/> reads them.
+    /// </summary>
+    private static void Reverse(Pass pass, OpContext context, TapScorer scorer, int count)
+    {
+        if (pass.Device is null)
+        {
+            pass.Backward.Run(context, count: count);
+            return;
+        }
+        pass.Device.Run();
+        foreach (var name in scorer.TargetsIn(pass.Plan))
+            if (pass.Backward.HasGradient(name)) pass.Device.DownloadInto(name);
+    }
 
     /// <summary>
     /// Runs the keep-all plan of <paramref name="row"/> forward and hands its taps to the scorer. With
@@ -156,9 +174,11 @@ public static class PositionScorer
         try { plan = lm.Model.GetPlan(inputs, variables, keepAll: true); }
         catch (FisherKernelsException) when (wholeLogits is not null) { return null; }
         lm.CheckLogits(plan, row.Shape);
+        var device = context.Backend as ITensorDevice;
         if (!passes.TryGetValue(plan, out var backward))
-            passes[plan] = backward = new Backward(plan, [lm.LogitsOutput], scorer.TargetsIn(plan), cotangents, CotangentMemory / PrefixBlocks);
-        plan.Run(context, inputs);
+            passes[plan] = backward = new Backward(plan, [lm.LogitsOutput], scorer.TargetsIn(plan), device is null ? cotangents : 1, CotangentMemory / PrefixBlocks);
+        var devicePass = device is null ? null : lm.Model.DevicePlanFor(plan, device, context.Backend.Name).BackwardFor(backward);
+        DevicePlan.Run(plan, context, inputs, scorer.InputValuesIn(plan).Append(lm.LogitsOutput));
         if (wholeLogits is not null)
         {
             var logits = ((NdArray<float>)plan.Get(lm.LogitsOutput)).Data;
@@ -168,6 +188,6 @@ public static class PositionScorer
                 if (!(MathF.Abs(logits[i] - reference[i]) <= PrefixTolerance * scale)) return null;
         }
         scorer.BeginSequence(plan);
-        return new Pass(plan, backward);
+        return new Pass(plan, backward, devicePass);
     }
 }

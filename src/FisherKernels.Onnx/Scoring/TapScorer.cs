@@ -92,6 +92,9 @@ internal sealed class TapScorer
     public IEnumerable<string> TargetsIn(ExecutionPlan plan) => taps.SelectMany(t => plan.ApplicationsOf(t.Layer).Select(a => a.OutputValue)).Concat(wholeParameters)
         .Concat(wholeLayers.SelectMany(w => w.Layer.Bias is null ? [w.Layer.Id] : new[] { w.Layer.Id, w.Layer.Bias }));
 
+    /// <summary>The values <see cref="BeginSequence"/> reads from the forward pass of <paramref name="plan"/>: the tapped layers' inputs.</summary>
+    public IEnumerable<string> InputValuesIn(ExecutionPlan plan) => taps.SelectMany(t => plan.ApplicationsOf(t.Layer).Select(a => a.InputValue));
+
     /// <summary>Reads the layer inputs of the sequence the plan just ran forward and prepares what its positions share.</summary>
     public void BeginSequence(ExecutionPlan plan)
     {

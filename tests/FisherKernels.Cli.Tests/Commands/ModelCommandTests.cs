@@ -204,9 +204,12 @@ public class ModelCommandTests
         for (int i = 0; i < golden.Data.Length; i++) Assert.True(Math.Abs(golden.Data[i] - logits.Data[i]) <= 1e-4 * max);
     }
 
-    /// <summary>forward --backend ilgpu-cpu runs the device plan (on the emulator) to the golden's logits; other verbs refuse a device in one line.</summary>
+    /// <summary>
+    /// forward and fit --backend ilgpu-cpu run device-resident (on the emulator): the golden's logits, and the empirical-Fisher
+    /// factors of gpt2_tiny against the torch golden (1e-3); a verb without a device form refuses in one line naming itself.
+    /// </summary>
     [Fact]
-    public void ForwardRunsOnTheDeviceBackend()
+    public void ForwardAndFitRunOnTheDeviceBackend()
     {
         using var temp = new TempFolder();
         string output = temp.File("logits.npy");
@@ -214,10 +217,16 @@ public class ModelCommandTests
         Assert.True(code == 0, stderr);
         AssertGpt2Logits(output);
 
+        string curvature = temp.File("c.safetensors");
+        (code, _, stderr) = CliRunner.Run("fit", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
+            "--targets", Fixtures.Path("gpt2_tiny.targets.npy"), "--fisher", "empirical", "--batch-size", "2", "--out", curvature, "--backend", "ilgpu-cpu");
+        Assert.True(code == 0, stderr);
+        KfacCommandTests.AssertFactorsMatch(Fixtures.Path("gpt2_tiny.kfac_targets.safetensors"), curvature, 1e-3);
+
         (code, _, stderr) = CliRunner.Run("jvp", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
             "--direction", Fixtures.Path("gpt2_tiny.direction.safetensors"), "--out", temp.File("jvp.npy"), "--backend", "ilgpu-cpu");
         Assert.NotEqual(0, code);
-        Assert.Equal("fisherkernels: --backend ilgpu-cpu: this verb runs on the cpu backend only (forward also runs on cuda, opencl and ilgpu-cpu)", stderr.Trim());
+        Assert.Equal("fisherkernels: --backend ilgpu-cpu: jvp runs on the cpu backend only (its plans have no device form yet; forward, fit and score also run on cuda, opencl and ilgpu-cpu)", stderr.Trim());
         Assert.False(File.Exists(temp.File("jvp.npy")));
     }
 

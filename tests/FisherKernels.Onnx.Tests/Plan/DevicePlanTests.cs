@@ -1,11 +1,16 @@
+using System.Text.Json;
 using FisherKernels.Backends;
 using FisherKernels.Backends.Cpu;
 using FisherKernels.Backends.Ilgpu;
+using FisherKernels.Curvature;
 using FisherKernels.IO;
 using FisherKernels.Onnx;
+using FisherKernels.Onnx.Graph;
+using FisherKernels.Onnx.Jobs;
 using FisherKernels.Onnx.Operators;
 using FisherKernels.Onnx.Plan;
 using FisherKernels.Onnx.Proto;
+using FisherKernels.Uncertainty;
 using Google.Protobuf;
 
 namespace FisherKernels.Tests.Plan;
@@ -84,6 +89,109 @@ public class DevicePlanTests
                 float scale = reference.Max(Math.Abs), worst = reference.Zip(actual, (r, a) => Math.Abs(r - a)).Max();
                 Assert.True(worst <= 1e-5f * scale, $"layer {layer.Id}: A factor max|Δ| = {worst:G3}, allowed {1e-5f * scale:G3}");
             }
+    }
+
+    /// <summary>
+    /// The reverse pass on the device (every VJP of the fixtures' derivative plans as device launches: GEMMs, normalization,
+    /// softmax, GELU, broadcast sums, Where, data-movement tables, the embedding's scatter): the gradients of the summed
+    /// next-token loss for every float initializer against the float64 torch goldens (SPEC §7, relative error ≤ 1e-3 per
+    /// tensor, as the CPU path is held to) and against the cpu backend's gradients (1e-4).
+    /// </summary>
+    [Theory]
+    [InlineData("gpt2_tiny")]
+    [InlineData("llama_tiny")]
+    public void DeviceLossGradientsMatchTorchAndTheCpu(string model)
+    {
+        var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
+        var tokens = NpyFile.Read(Fixtures.Path(model + ".tokens.npy"));
+        var parameters = LayerDiscovery.AllParameters(lm.Model.Graph);
+        var grads = Derivatives.LossGradients(lm, Device, tokens, null, parameters);
+        DerivativeTests.AssertClose(SafetensorsFile.Read(Fixtures.Path(model + ".grads_all.safetensors")), grads);
+        var cpu = Derivatives.LossGradients(lm, Cpu, tokens, null, parameters);
+        foreach (var name in parameters)
+        {
+            double error = DerivativeTests.RelativeError(Array.ConvertAll(cpu[name].Data, v => (double)v), grads[name].Data);
+            Assert.True(error <= 1e-4 || cpu[name].Data.All(v => v == 0), $"{name}: relative error {error:G3} against the cpu backend");
+        }
+    }
+
+    /// <summary>
+    /// fit on the device (forward and reverse passes device-resident, the taps downloaded into kernel family 1 on the same
+    /// backend): the empirical-Fisher factors against the float64 torch goldens (relative error ≤ 1e-3, as the CPU fit's
+    /// test) and against the cpu backend's fit (1e-4).
+    /// </summary>
+    [Theory]
+    [InlineData("gpt2_tiny", true, 1)]
+    [InlineData("llama_tiny", false, 2)]
+    public void DeviceFitMatchesTheTorchGoldensAndTheCpu(string model, bool withTargets, int batchSize)
+    {
+        using var temp = new TempFolder();
+        FitRequest Request(string output) => new()
+        {
+            ModelPath = Fixtures.Path(model + ".onnx"), TokensPath = Fixtures.Path(model + ".tokens.npy"),
+            TargetsPath = withTargets ? Fixtures.Path(model + ".targets.npy") : null, OutPath = temp.File(output),
+            Options = new KfacFitOptions { Fisher = FisherType.Empirical }, BatchSize = batchSize,
+        };
+        var onDevice = new FitService(Device).Run(Request("device.safetensors")).Curvature!;
+        var onCpu = new FitService(Cpu).Run(Request("cpu.safetensors")).Curvature!;
+        var golden = SafetensorsFile.Read(Fixtures.Path($"{model}.{(withTargets ? "kfac_targets" : "kfac")}.safetensors"));
+        var device = SafetensorsFile.Read(temp.File("device.safetensors"));
+        var cpu = SafetensorsFile.Read(temp.File("cpu.safetensors"));
+        Assert.Equal(golden.Names.Order(StringComparer.Ordinal), device.Names.Order(StringComparer.Ordinal));
+        Assert.Equal(onCpu.Positions, onDevice.Positions);
+        foreach (var name in golden.Names)
+        {
+            var actual = device.GetFloat32(name).Data;
+            double toGolden = DerivativeTests.RelativeError(Fixtures.Doubles(golden.Tensors[name]), actual);
+            double toCpu = DerivativeTests.RelativeError(Array.ConvertAll(cpu.GetFloat32(name).Data, v => (double)v), actual);
+            Assert.True(toGolden <= 1e-3, $"{name}: relative error {toGolden:G3} against the torch golden");
+            Assert.True(toCpu <= 1e-4, $"{name}: relative error {toCpu:G3} against the cpu fit");
+        }
+    }
+
+    /// <summary>
+    /// score on the device (forward and reverse passes device-resident, one position a pass; the taps come down into the
+    /// scorer, the posterior's quadratic forms run on the same backend), on gpt2_tiny's first sequence (the emulator is slow):
+    /// K-FAC per token and per sequence (the torch golden curvature, τ = 1) and isotropic per sequence, against the float64
+    /// torch goldens (p within 1e-4, epistemic relative error ≤ 1e-3, as the cpu path's tests) and the cpu backend's (1e-4).
+    /// </summary>
+    [Fact]
+    public void DeviceScoresMatchTheGoldensAndTheCpu()
+    {
+        using var temp = new TempFolder();
+        string curvature = temp.File("c.safetensors");
+        File.Copy(Fixtures.Path("gpt2_tiny.kfac.safetensors"), curvature);
+        var lm = LanguageModel.Load(Fixtures.Path("gpt2_tiny.onnx"));
+        var all = (NdArray<long>)NpyFile.Read(Fixtures.Path("gpt2_tiny.tokens.npy"));
+        var tokens = new NdArray<long>([1, all.Shape[1]], all.Data[..all.Shape[1]]);
+        using var golden = JsonDocument.Parse(File.ReadAllText(Fixtures.Path("gpt2_tiny.scores.json")));
+        foreach (var method in new[] { ScoreMethod.Kfac, ScoreMethod.Isotropic })
+        {
+            var options = new ScoreOptions
+            {
+                Method = method, CurvaturePath = method == ScoreMethod.Kfac ? curvature : null, Posterior = new PosteriorOptions { PriorPrecision = 1.0 },
+                Level = method == ScoreMethod.Kfac ? ScoreLevel.Both : ScoreLevel.Sequence,
+            };
+            var device = new ScoreService(lm, Device).Score(tokens, null, options).Sequences[0];
+            var cpu = new ScoreService(lm, Cpu).Score(tokens, null, options).Sequences[0];
+            var expected = golden.RootElement.GetProperty(method.Name()).GetProperty("sequences")[0];
+            var (reference, got, onCpu) = (new List<double> { expected.GetProperty("epistemic").GetDouble() }, new List<float> { (float)device.Epistemic }, new List<double> { cpu.Epistemic });
+            if (method == ScoreMethod.Kfac)
+            {
+                var tokensExpected = expected.GetProperty("tokens").EnumerateArray().ToList();
+                Assert.Equal(tokensExpected.Count, device.Tokens.Count);
+                for (int t = 0; t < tokensExpected.Count; t++)
+                {
+                    Assert.Equal(tokensExpected[t].GetProperty("p").GetDouble(), device.Tokens[t].P, 1e-4);
+                    reference.Add(tokensExpected[t].GetProperty("epistemic").GetDouble());
+                    got.Add((float)device.Tokens[t].Epistemic);
+                    onCpu.Add(cpu.Tokens[t].Epistemic);
+                }
+            }
+            double toGolden = DerivativeTests.RelativeError([.. reference], [.. got]), toCpu = DerivativeTests.RelativeError([.. onCpu], [.. got]);
+            Assert.True(toGolden <= 1e-3, $"{method.Name()}: epistemic relative error {toGolden:G3} against the torch golden");
+            Assert.True(toCpu <= 1e-4, $"{method.Name()}: epistemic relative error {toCpu:G3} against the cpu backend");
+        }
     }
 
     [Fact]
