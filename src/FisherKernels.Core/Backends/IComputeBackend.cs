@@ -66,6 +66,23 @@ public interface IComputeBackend : IDisposable
     void SymmetricEigen(ReadOnlySpan<double> a, int n, Span<double> eigenvalues, Span<double> eigenvectors);
 
     /// <summary>
+    /// Kernel family 2. <see cref="SymmetricEigen(ReadOnlySpan{double}, int, Span{double}, Span{double})"/> with float32 input
+    /// and results, for the large K-FAC factors (<see cref="KronEigenbasis"/> checks the result in float64 and redoes it in
+    /// float64 when it is not accurate enough). A backend without a float32 solver decomposes in float64 and rounds.
+    /// </summary>
+    void SymmetricEigen(ReadOnlySpan<float> a, int n, Span<float> eigenvalues, Span<float> eigenvectors)
+    {
+        if (n < 0) throw FisherKernelsException.Argument($"eigendecomposition: negative size {n}");
+        var wide = new double[a.Length];
+        for (int i = 0; i < a.Length; i++) wide[i] = a[i];
+        var values = new double[eigenvalues.Length];
+        var vectors = new double[eigenvectors.Length];
+        SymmetricEigen(wide, n, values, vectors);
+        for (int i = 0; i < values.Length; i++) eigenvalues[i] = (float)values[i];
+        for (int i = 0; i < vectors.Length; i++) eigenvectors[i] = (float)vectors[i];
+    }
+
+    /// <summary>
     /// Kernel family 2. For each of <paramref name="count"/> matrices X_i [g × a] in <paramref name="xs"/>:
     /// <c>out[i] = vec(X_i)ᵀ (M·A⊗G + τ·I)⁻¹ vec(X_i) = Σ_jk (Q_Gᵀ X_i Q_A)_jk² / (M λ_G,j λ_A,k + τ)</c>.
     /// </summary>

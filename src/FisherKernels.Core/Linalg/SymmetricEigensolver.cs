@@ -45,6 +45,46 @@ internal static class SymmetricEigensolver
         else DecomposeManaged(eigenvectors, n, eigenvalues);
     }
 
+    /// <summary>
+    /// Float32 <see cref="Decompose(ReadOnlySpan{double}, int, Span{double}, Span{double}, bool)"/>: LAPACK <c>ssyevd</c>, about
+    /// twice as fast as <c>dsyevd</c> (half the memory traffic in the tridiagonal reduction). Without OpenBLAS, the managed
+    /// float64 solver's result rounded to float32. Callers check its accuracy (<see cref="KronEigenbasis"/> does, in float64).
+    /// </summary>
+    public static unsafe void Decompose(ReadOnlySpan<float> a, int n, Span<float> eigenvalues, Span<float> eigenvectors, bool useNative)
+    {
+        if (n < 0) throw FisherKernelsException.Argument($"eigendecomposition: negative size {n}");
+        long size = (long)n * n;
+        if (size > Array.MaxLength)
+            throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}]: {size} entries exceed the {Array.MaxLength} a .NET array holds; a factor this large must take the low-rank form (a smaller --memory-budget)");
+        if (a.Length != size) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {size} elements, got {a.Length}");
+        if (eigenvalues.Length != n) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {n} eigenvalue slots, got {eigenvalues.Length}");
+        if (eigenvectors.Length != size) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {size} eigenvector elements, got {eigenvectors.Length}");
+        Finite.Require(a, "the matrix to eigendecompose");
+        if (n == 0) return;
+
+        if (!(useNative && Lapack.HasFloatEigen))
+        {
+            var wide = new double[size];
+            for (long i = 0; i < size; i++) wide[i] = a[(int)i];
+            var values = new double[n];
+            var vectors = new double[size];
+            Decompose(wide, n, values, vectors, useNative);
+            for (int i = 0; i < n; i++) eigenvalues[i] = (float)values[i];
+            for (long i = 0; i < size; i++) eigenvectors[(int)i] = (float)vectors[i];
+            return;
+        }
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j <= i; j++)
+                eigenvectors[i * n + j] = eigenvectors[j * n + i] = 0.5f * (a[i * n + j] + a[j * n + i]);
+        int info;
+        using (Blas.Threads(1)) // one thread, as dsyevd: the bits depend on the matrix alone
+        fixed (float* v = eigenvectors)
+        fixed (float* w = eigenvalues)
+            info = Lapack.Ssyevd(n, v, w);
+        if (info != 0) throw FisherKernelsException.Backend($"LAPACK ssyevd failed on a [{n} × {n}] matrix (info {info})");
+        TransposeInPlace(eigenvectors, n);
+    }
+
     private static void DecomposeManaged(Span<double> symmetric, int n, Span<double> eigenvalues)
     {
         var evd = Matrix<double>.Build.Dense(n, n, symmetric.ToArray()).Evd(Symmetricity.Symmetric);
@@ -61,7 +101,7 @@ internal static class SymmetricEigensolver
         }
     }
 
-    private static void TransposeInPlace(Span<double> m, int n)
+    private static void TransposeInPlace<T>(Span<T> m, int n)
     {
         for (int i = 0; i < n; i++)
             for (int j = i + 1; j < n; j++)

@@ -11,6 +11,9 @@ internal static unsafe class Lapack
     private static readonly delegate* unmanaged<byte*, byte*, int*, double*, int*, double*, double*, int*, int*, int*, int*, nint, nint, void> DsyevdExport =
         (delegate* unmanaged<byte*, byte*, int*, double*, int*, double*, double*, int*, int*, int*, int*, nint, nint, void>)OpenBlasLibrary.Export("dsyevd_");
 
+    private static readonly delegate* unmanaged<byte*, byte*, int*, float*, int*, float*, float*, int*, int*, int*, int*, nint, nint, void> SsyevdExport =
+        (delegate* unmanaged<byte*, byte*, int*, float*, int*, float*, float*, int*, int*, int*, int*, nint, nint, void>)OpenBlasLibrary.Export("ssyevd_");
+
     private static readonly delegate* unmanaged<byte*, int*, double*, int*, int*, nint, void> DpotrfExport =
         (delegate* unmanaged<byte*, int*, double*, int*, int*, nint, void>)OpenBlasLibrary.Export("dpotrf_");
 
@@ -21,6 +24,7 @@ internal static unsafe class Lapack
         (delegate* unmanaged<byte*, int*, int*, float*, int*, float*, int*, int*, nint, void>)OpenBlasLibrary.Export("spotrs_");
 
     public static bool HasEigen => DsyevdExport != null;
+    public static bool HasFloatEigen => SsyevdExport != null;
     public static bool HasCholesky => DpotrfExport != null;
     public static bool HasFloatCholesky => SpotrfExport != null && SpotrsExport != null;
 
@@ -42,6 +46,26 @@ internal static unsafe class Lapack
         fixed (double* pw = work)
         fixed (int* piw = iwork)
             DsyevdExport(&jobz, &uplo, &n, a, &lda, w, pw, &lwork, piw, &liwork, &info, 1, 1);
+        return info;
+    }
+
+    /// <summary>
+    /// Float32 <see cref="Dsyevd"/>. The workspace sizes are LAPACK's documented minimum (1 + 6n + 2n² floats, 3 + 5n
+    /// integers) rather than the workspace query's answer: the query returns the size as a float, which cannot hold
+    /// 1 + 6n + 2n² exactly once that passes 2²⁴ (n ≳ 2,900), and a rounded-down size makes ssyevd refuse to run.
+    /// </summary>
+    public static int Ssyevd(int n, float* a, float* w)
+    {
+        byte jobz = (byte)'V', uplo = (byte)'U';
+        int lda = Math.Max(1, n), info = 0;
+        long lworkLong = 1 + 6L * n + 2L * n * n;
+        if (lworkLong > int.MaxValue) return -8;
+        int lwork = (int)lworkLong, liwork = 3 + 5 * n;
+        var work = GC.AllocateUninitializedArray<float>(lwork);
+        var iwork = GC.AllocateUninitializedArray<int>(liwork);
+        fixed (float* pw = work)
+        fixed (int* piw = iwork)
+            SsyevdExport(&jobz, &uplo, &n, a, &lda, w, pw, &lwork, piw, &liwork, &info, 1, 1);
         return info;
     }
 

@@ -59,8 +59,9 @@ public readonly record struct EigenvalueRange(double Min, double Max)
 
 /// <summary>
 /// The K-FAC Laplace posterior (SPEC §4): per layer the covariance <c>Σ = (M·A⊗G + τ·I)⁻¹</c>, block-diagonal over
-/// layers, each block a <see cref="LayerPosterior"/> in the form the memory budget allows, decomposed once (float64
-/// eigendecompositions) when the posterior is built.
+/// layers, each block a <see cref="LayerPosterior"/> in the form the memory budget allows, decomposed once (float32
+/// eigendecompositions checked in float64 for factors of 512 or more, float64 otherwise: <see cref="KronEigenbasis.Float32Tolerance"/>)
+/// when the posterior is built.
 /// </summary>
 public sealed class KfacPosterior
 {
@@ -90,8 +91,8 @@ public sealed class KfacPosterior
     }
 
     /// <summary>
-    /// A float64 eigendecomposition of an n-wide factor leaves about 5·n² doubles of temporaries (the matrix, its
-    /// eigenvectors, dsyevd's work): 0.3 GB for n = 3072. Left to the collector's own pace they pile up while the next
+    /// An eigendecomposition of an n-wide factor leaves about 5·n² values of temporaries (the matrix, its eigenvectors,
+    /// LAPACK's work): 0.2 GB for n = 3072 in float32, twice that in float64. Left to the collector's own pace they pile up while the next
     /// layers decompose (a GPT-2-small posterior peaked at 9.7 GB resident for a 3 GB live set), so a layer with a
     /// factor side of 1024 or more is followed by a collection; the heap then holds a few large arrays of floats, cheap
     /// to mark.
@@ -104,7 +105,7 @@ public sealed class KfacPosterior
 
     /// <summary>
     /// Every layer's decompositions computed side by side, one layer per thread, each on a one-thread backend, largest first:
-    /// LAPACK's dsyevd spends about half its time reducing to tridiagonal form, memory-bound level-2 work that a second
+    /// LAPACK's ssyevd/dsyevd spend about half their time reducing to tridiagonal form, memory-bound level-2 work that a second
     /// thread barely speeds up, so two layers at once keep both cores busier than one layer on two threads. A layer's result
     /// depends on its own factors alone (one thread, whatever the schedule), so every run gets the same posterior. Each
     /// large layer is followed by a collection, as in <see cref="Collected"/>. Null (decompose in place) on one thread, for

@@ -18,7 +18,8 @@ namespace FisherKernels.Uncertainty;
 /// </summary>
 public static class PosteriorCacheFile
 {
-    public const string Format = "fisherkernels-posterior/1";
+    /// <summary>The cache's format tag; /2 since factors of 512 or more are decomposed in float32 (a /1 cache, all float64, is rebuilt so that a cached run and a fresh one give the same bits).</summary>
+    public const string Format = "fisherkernels-posterior/2";
 
     /// <summary>The cache path beside <paramref name="curvaturePath"/>.</summary>
     public static string PathFor(string curvaturePath) => curvaturePath + ".posterior";

@@ -155,7 +155,9 @@ public sealed class PosteriorCacheLoadTests : IDisposable
     [Fact]
     public void AnEigendecompositionTooLargeForAnArrayIsRefusedInOneLine()
     {
-        var e = Assert.Throws<FisherKernelsException>(() => FisherKernels.Linalg.SymmetricEigensolver.Decompose(default, 50257, default, default, useNative: true));
+        var e = Assert.Throws<FisherKernelsException>(() => FisherKernels.Linalg.SymmetricEigensolver.Decompose(ReadOnlySpan<double>.Empty, 50257, default, default, useNative: true));
+        Assert.StartsWith("eigendecomposition of [50257 × 50257]: 2525766049 entries exceed", e.Message);
+        e = Assert.Throws<FisherKernelsException>(() => FisherKernels.Linalg.SymmetricEigensolver.Decompose(ReadOnlySpan<float>.Empty, 50257, default, default, useNative: true));
         Assert.StartsWith("eigendecomposition of [50257 × 50257]: 2525766049 entries exceed", e.Message);
     }
 }

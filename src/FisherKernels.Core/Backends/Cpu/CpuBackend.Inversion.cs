@@ -19,6 +19,11 @@ public sealed partial class CpuBackend
         SymmetricEigensolver.Decompose(a, n, eigenvalues, eigenvectors, UsesNativeBlas);
     }
 
+    public void SymmetricEigen(ReadOnlySpan<float> a, int n, Span<float> eigenvalues, Span<float> eigenvectors)
+    {
+        SymmetricEigensolver.Decompose(a, n, eigenvalues, eigenvectors, UsesNativeBlas);
+    }
+
     /// <summary>
     /// Two GEMMs per batch of X — T = X·Q_A with all X stacked as one tall matrix, then Y_i = Q_Gᵀ·T_i batched with
     /// Q_G broadcast — and one fused pass Σ Y² · (1 / denominator) per X. Scratch comes from the shared pool.
