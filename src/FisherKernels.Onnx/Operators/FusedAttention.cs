@@ -194,7 +194,7 @@ internal sealed unsafe class FusedAttention : Operator
             }
         }
         TensorPrimitives.Subtract(row, TensorPrimitives.Max(row), row);
-        TensorPrimitives.Exp(row, row);
+        FastMath.Exp(row, row);
         TensorPrimitives.Divide(row, TensorPrimitives.Sum(row), row);
     }
 }

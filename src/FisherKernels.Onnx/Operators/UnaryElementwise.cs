@@ -336,6 +336,50 @@ internal sealed class UnaryElementwise : Operator
 /// <summary>SIMD erf and GELU (float32 accuracy) that System.Numerics.Tensors does not provide.</summary>
 internal static class FastMath
 {
+    /// <summary>Whether <see cref="Exp(Vector256{float})"/> runs here (AVX2 with FMA; AVX-512 machines keep .NET's Vector512.Exp).</summary>
+    public static readonly bool HasFastExp = !Vector512.IsHardwareAccelerated && System.Runtime.Intrinsics.X86.Avx2.IsSupported
+                                             && System.Runtime.Intrinsics.X86.Fma.IsSupported;
+
+    /// <summary>
+    /// e^x in float32 within 2 ulp (exp = 2ⁿ·e^r, n = round(x·log₂e), r = x − n·ln 2 in two steps, e^r by Cephes expf's
+    /// degree-7 polynomial): .NET's Vector256.Exp computes in float64 and cost GELU ≈ 1.8 ns an element on Zen 3, a
+    /// quarter of the feed-forward MatMul it is fused into. 0 below −87.33 (−∞ included; results that would be subnormal
+    /// are flushed), +∞ past float's range, NaN kept.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Exp(Vector256<float> x)
+    {
+        const float Log2E = 1.44269504088896341f, Ln2Hi = 0.693359375f, Ln2Lo = -2.12194440e-4f;
+        // maxps/minps return their second operand when either is NaN: NaN passes through the clamp.
+        var clamped = System.Runtime.Intrinsics.X86.Avx.Min(Vector256.Create(89f), System.Runtime.Intrinsics.X86.Avx.Max(Vector256.Create(-87.33f), x));
+        var n = System.Runtime.Intrinsics.X86.Avx.RoundToNearestInteger(clamped * Vector256.Create(Log2E));
+        var r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Hi), clamped);
+        r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Lo), r);
+        var p = Vector256.Create(1.9875691500e-4f);
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1.3981999507e-3f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(8.3334519073e-3f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(4.1665795894e-2f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1.6666665459e-1f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(5.0000001201e-1f));
+        p = Vector256.FusedMultiplyAdd(p, r * r, r + Vector256<float>.One);
+        // 2ⁿ as two normal powers (n reaches 128 just below the clamp, past float's exponent): p·2^(n−n/2)·2^(n/2)
+        // overflows to +∞ exactly where e^x does.
+        var ni = Vector256.ConvertToInt32Native(n); // n is integral and in range: no saturation fix-up needed
+        var half = Vector256.ShiftRightArithmetic(ni, 1);
+        var bias = Vector256.Create(127);
+        var e = p * Vector256.ShiftLeft(ni - half + bias, 23).AsSingle() * Vector256.ShiftLeft(half + bias, 23).AsSingle();
+        return Vector256.ConditionalSelect(Vector256.LessThan(x, Vector256.Create(-87.33f)), Vector256<float>.Zero, e);
+    }
+
+    /// <summary>y = e^x elementwise (see <see cref="Exp(Vector256{float})"/>; elsewhere TensorPrimitives.Exp).</summary>
+    public static void Exp(ReadOnlySpan<float> x, Span<float> y)
+    {
+        if (!HasFastExp) { TensorPrimitives.Exp(x, y); return; }
+        int i = 0;
+        for (; i <= x.Length - 8; i += 8) Exp(Vector256.Create(x[i..])).CopyTo(y[i..]);
+        if (i < x.Length) TensorPrimitives.Exp(x[i..], y[i..]);
+    }
+
     public const float InvSqrt2 = 0.70710678118654752f;
     public const float InvSqrt2Pi = 0.39894228040143268f;
     public const float Sqrt2OverPi = 0.79788456080286536f;
@@ -407,6 +451,13 @@ internal static class FastMath
                 var v = Vector512.Create(x[i..]);
                 var u2 = Vector512.Create(2 * Sqrt2OverPi) * (v + Vector512.Create(0.044715f) * v * v * v);
                 (v - v / (Vector512.Exp(u2) + Vector512<float>.One)).CopyTo(y[i..]);
+            }
+        else if (HasFastExp)
+            for (; i <= x.Length - 8; i += 8)
+            {
+                var v = Vector256.Create(x[i..]);
+                var u2 = Vector256.Create(2 * Sqrt2OverPi) * (v + Vector256.Create(0.044715f) * v * v * v);
+                (v - v / (Exp(u2) + Vector256<float>.One)).CopyTo(y[i..]);
             }
         for (; i <= x.Length - w; i += w)
         {
