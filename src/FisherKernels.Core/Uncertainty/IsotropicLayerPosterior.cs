@@ -40,10 +40,27 @@ public sealed class IsotropicLayerPosterior(string layer, int inFeatures, int ou
             return SumOfSquares(x);
         }
         Span<float> gg = workspace.Slice(GDim * ADim, rows * rows);
+        if (backend is Backends.Cpu.CpuBackend cpu && cpu.TrySymmetricProduct(outputGradients, rows, GDim, gg))
+            return SymmetricInner(inputGram, gg, rows);
         backend.Gemm(new GemmShape(rows, rows, GDim, TransB: true), outputGradients, outputGradients, gg);
         double sum = 0;
         for (int i = 0; i < gg.Length; i++) sum += (double)inputGram[i] * gg[i];
         return sum;
+    }
+
+    /// <summary>
+    /// Σ_ij S_ij T_ij for symmetric [n × n] S (whole) and T (its upper triangle only): the diagonal once, each pair above
+    /// it twice. (Both Grams are symmetric, so G Gᵀ needs only its upper half: half the position's Gram flops.)
+    /// </summary>
+    internal static double SymmetricInner(ReadOnlySpan<float> s, ReadOnlySpan<float> upper, int n)
+    {
+        double diagonal = 0, above = 0;
+        for (int i = 0; i < n; i++)
+        {
+            diagonal += (double)s[i * n + i] * upper[i * n + i];
+            for (int j = i + 1; j < n; j++) above += (double)s[i * n + j] * upper[i * n + j];
+        }
+        return diagonal + 2 * above;
     }
 
     private protected override void SamplePerturbationCore(ref SplitMix64 rng, Span<float> delta)

@@ -390,10 +390,34 @@ internal sealed class BinaryElementwise : Operator
         }
     }
 
+    /// <summary>
+    /// A first gradient of the full output shape is written where that is one pass (Add's, and Div's by a single divisor, as
+    /// attention's scale); any other is cleared here, as the backward pass would have.
+    /// </summary>
+    public override bool WritesFreshGradients => true;
+
     public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
                              ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
     {
-        if (outputGrads[0] is not { } gy) return;
+        int fresh = context.FreshGradients;
+        if (outputGrads[0] is not { } gy)
+        {
+            for (int i = 0; i < 2; i++)
+                if ((fresh >> i & 1) != 0) inputGrads[i]?.Span.Clear();
+            return;
+        }
+        if (fresh == 1 && inputGrads[1] is null && inputGrads[0] is { } first && first.Length == gy.Length)
+        {
+            // ga = gy·∂y/∂a in one pass over the whole shape (0 + x is x: the bits of zeroing and adding).
+            if (Node.OpType == "Add") { gy.Span.CopyTo(first.Span); return; }
+            if (Node.OpType == "Div" && inputs[1] is NdArray<float> { Length: 1 } divisor)
+            {
+                TensorPrimitives.Multiply(gy.Span, 1 / divisor.Data[0], first.Span);
+                return;
+            }
+        }
+        for (int i = 0; i < 2; i++)
+            if ((fresh >> i & 1) != 0) inputGrads[i]?.Span.Clear();
         switch (Node.OpType)
         {
             case "Add": Derivative<AddOp, VjpRun<AddOp>>(context, inputs, outputs, gy, inputGrads[0], inputGrads[1], gradients: true); break;

@@ -225,6 +225,17 @@ internal sealed class Transpose : MovementOperator
         else base.Jvp(context, inputs, outputs, inputTangents, outputTangents);
     }
 
+    /// <summary>A permutation reaches each input element once: a first gradient is written, not zeroed and added.</summary>
+    public override bool WritesFreshGradients => true;
+
+    public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
+                             ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
+    {
+        // Kᵀ's gradient, written fresh: the transpose of gY by register blocks, as the forward.
+        if ((context.FreshGradients & 1) != 0 && outputGrads[0] is { } gy && inputGrads[0] is { } gx && SwapsLastTwoAxes(gy.Rank)) SwapLastTwoAxes(gy, gx);
+        else base.Vjp(context, inputs, outputs, outputGrads, inputGrads);
+    }
+
     /// <summary>Whether the permutation swaps the last two axes and keeps the others (Kᵀ in attention).</summary>
     private bool SwapsLastTwoAxes(int rank)
     {

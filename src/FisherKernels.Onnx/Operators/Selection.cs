@@ -61,16 +61,32 @@ internal sealed class Where : Operator
     public override void Vjp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
                              ReadOnlySpan<NdArray<float>?> outputGrads, ReadOnlySpan<NdArray<float>?> inputGrads)
     {
-        if (outputGrads[0] is not { } gy) return;
+        int fresh = context.FreshGradients;
+        if (outputGrads[0] is not { } gy)
+        {
+            for (int i = 1; i < 3; i++)
+                if ((fresh >> i & 1) != 0) inputGrads[i]?.Span.Clear();
+            return;
+        }
         var c = (NdArray<bool>)inputs[0]!;
         var layout = Broadcast.Create(gy.Shape, c.Shape, inputs[1]!.Shape, inputs[2]!.Shape);
-        var run = new GradRun { C = c.Data, G = gy.Data, GX = inputGrads[1]?.Data, GY = inputGrads[2]?.Data, Layout = layout };
+        // A first gradient of the output's shape along a running condition is written by the masked pass (the other
+        // side's lanes zero); any other first gradient is cleared here, as the backward pass would have.
+        bool writeX = (fresh & 2) != 0 && inputGrads[1] is { } gx && gx.Length == gy.Length && layout.Step0 == 1 && layout.Step1 == 1;
+        bool writeY = (fresh & 4) != 0 && inputGrads[2] is { } gz && gz.Length == gy.Length && layout.Step0 == 1 && layout.Step2 == 1;
+        if ((fresh & 2) != 0 && !writeX) inputGrads[1]?.Span.Clear();
+        if ((fresh & 4) != 0 && !writeY) inputGrads[2]?.Span.Clear();
+        var run = new GradRun { C = c.Data, G = gy.Data, GX = inputGrads[1]?.Data, GY = inputGrads[2]?.Data, Layout = layout, WriteX = writeX, WriteY = writeY };
         layout.ForEachRun(ref run);
     }
+
+    public override bool WritesFreshGradients => true;
 
     private struct GradRun : IRunAction
     {
         public bool[] C; public float[] G; public float[]? GX, GY; public Broadcast Layout;
+        /// <summary>Write GX/GY (their first gradient, reached once) instead of adding into them.</summary>
+        public bool WriteX, WriteY;
 
         public readonly void Run(int output, int c, int x, int y, int length)
         {
@@ -79,8 +95,8 @@ internal sealed class Where : Operator
                 // The condition runs along (an attention mask): each side's contiguous gradient is a masked add.
                 var g = G.AsSpan(output, length);
                 var condition = C.AsSpan(c, length);
-                if (GX is not null && Layout.Step1 == 1) MaskedAdd(condition, g, GX.AsSpan(x, length), when: true);
-                if (GY is not null && Layout.Step2 == 1) MaskedAdd(condition, g, GY.AsSpan(y, length), when: false);
+                if (GX is not null && Layout.Step1 == 1) MaskedAdd(condition, g, GX.AsSpan(x, length), when: true, WriteX);
+                if (GY is not null && Layout.Step2 == 1) MaskedAdd(condition, g, GY.AsSpan(y, length), when: false, WriteY);
                 if ((GX is null || Layout.Step1 == 1) && (GY is null || Layout.Step2 == 1)) return;
                 for (int i = 0; i < length; i++)
                 {
@@ -97,8 +113,11 @@ internal sealed class Where : Operator
         }
     }
 
-    /// <summary>target[i] += g[i] where condition[i] == <paramref name="when"/> (8 lanes at a time: bools widened to masks).</summary>
-    private static unsafe void MaskedAdd(ReadOnlySpan<bool> condition, ReadOnlySpan<float> g, Span<float> target, bool when)
+    /// <summary>
+    /// target[i] += g[i] where condition[i] == <paramref name="when"/> (8 lanes at a time: bools widened to masks); with
+    /// <paramref name="write"/>, target[i] = that or 0 (0 + x is x: the bits of a zeroed target).
+    /// </summary>
+    private static unsafe void MaskedAdd(ReadOnlySpan<bool> condition, ReadOnlySpan<float> g, Span<float> target, bool when, bool write)
     {
         int i = 0, n = g.Length;
         if (System.Runtime.Intrinsics.X86.Avx2.IsSupported)
@@ -110,11 +129,12 @@ internal sealed class Where : Operator
                     var isFalse = Vector256.Equals(flags, Vector256<int>.Zero).AsSingle();
                     var v = Vector256.Load(pg + i);
                     var picked = when ? Vector256.AndNot(v, isFalse) : v & isFalse;
-                    (Vector256.Load(pt + i) + picked).Store(pt + i);
+                    (write ? picked : Vector256.Load(pt + i) + picked).Store(pt + i);
                 }
         }
         for (; i < n; i++)
-            if (condition[i] == when) target[i] += g[i];
+            if (condition[i] == when) target[i] = write ? g[i] : target[i] + g[i];
+            else if (write) target[i] = 0;
     }
 
     public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,

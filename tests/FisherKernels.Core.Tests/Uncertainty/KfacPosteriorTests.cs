@@ -449,6 +449,8 @@ public class KfacPosteriorTests
         for (int i = 0; i < rows; i++)
             for (int j = 0; j < rows; j++)
                 for (int k = 0; k < a; k++) gram[i * rows + j] += homogeneous[i * a + k] * homogeneous[j * a + k];
+        // G Gᵀ's upper triangle only (ssyrk): what the workspace held below it must not be read.
+        Array.Fill(workspace, float.NaN);
         AssertRelative(expected, layer.OuterProductQuadratic(g, projected, rows, workspace, gram), 1e-5, "outer product with the Gram");
 
         var variance = new double[rows];
