@@ -1,7 +1,7 @@
 namespace FisherKernels;
 
-/// <summary>Element types that cross file and graph boundaries (npy, safetensors, ONNX values).</summary>
-public enum ElementType { Float32, Float64, Float16, BFloat16, Int8, UInt8, Int32, Int64, Bool, Int16, UInt16, UInt32, UInt64 }
+/// <summary>Element types that cross file and graph boundaries (npy, safetensors, ONNX values; strings: ONNX values known at plan build only).</summary>
+public enum ElementType { Float32, Float64, Float16, BFloat16, Int8, UInt8, Int32, Int64, Bool, Int16, UInt16, UInt32, UInt64, String }
 
 /// <summary>A dense, row-major, owned n-dimensional array. Untyped view for I/O and graph values.</summary>
 public abstract class NdArray
@@ -30,6 +30,26 @@ public sealed class NdArray<T> : NdArray where T : unmanaged
     public Span<T> Span => Data;
 
     public override ElementType ElementType => ElementTypes.Of<T>();
+}
+
+/// <summary>
+/// A dense, row-major n-dimensional array of strings (ONNX's STRING tensors). The ONNX engine holds strings only as values
+/// known when a plan is built (Cast to and from string), never in its buffers or kernels.
+/// </summary>
+public sealed class StringArray : NdArray
+{
+    public StringArray(int[] shape, string[] data) : base(shape)
+    {
+        if (data.LongLength != ShapeUtil.Product(shape))
+            throw FisherKernelsException.Argument($"array of shape [{string.Join(", ", shape)}] needs {ShapeUtil.Product(shape)} elements, got {data.LongLength}");
+        Data = data;
+    }
+
+    public StringArray(params int[] shape) : this(shape, Enumerable.Repeat("", checked((int)ShapeUtil.Product(shape))).ToArray()) { }
+
+    public string[] Data { get; }
+
+    public override ElementType ElementType => ElementType.String;
 }
 
 public static class ElementTypes

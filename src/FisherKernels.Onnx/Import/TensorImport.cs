@@ -108,6 +108,8 @@ internal static class TensorImport
         DataType.Uint64 => ElementType.UInt64,
         // The engine computes in float32 (as Cast to DOUBLE does): a float64 input arrives as float32.
         DataType.Double => ElementType.Float32,
+        // Strings are values known when a plan is built (a string graph input is folded by value), for Cast alone.
+        DataType.String => ElementType.String,
         _ => null,
     };
 

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Numerics;
 
 namespace FisherKernels.Onnx.Operators;
@@ -131,9 +132,10 @@ internal sealed class Range : Operator
 /// <summary>
 /// Cast between float, every integer type and bool (to an integer: the integer part, wrapped around to the target's
 /// width as numpy's astype does; integer to integer is exact, so uint64 and int64 beyond 2^24 keep every bit). The engine
-/// computes in float32: a cast to bfloat16 rounds each value to the nearest bfloat16 (ties to even, as the specification
-/// asks) and holds it as float32; casts to float16 and double produce float32 unrounded. Float → float is the identity
-/// for derivatives; casts to integers and bool are not differentiable.
+/// computes in float32: a cast to bfloat16 or float16 rounds each value to the nearest bfloat16 or float16 (ties to even,
+/// as the specification asks) and holds it as float32; a cast to double produces float32. Float → float is the identity
+/// for derivatives; casts to integers and bool are not differentiable. Strings (to and from numbers, as the
+/// specification's Cast defines them) are values known when the plan is built: the input of a cast to string must be.
 /// </summary>
 internal sealed class Cast : Operator
 {
@@ -158,17 +160,23 @@ internal sealed class Cast : Operator
             9 => ElementType.Bool,
             12 => ElementType.UInt32,
             13 => ElementType.UInt64,
-            _ => throw FisherKernelsException.Unsupported($"cast to ONNX element type {to} is not supported (float, double, float16, bfloat16, int64, int32, int16, int8, uint64, uint32, uint16, uint8, bool are)"),
+            8 => ElementType.String,
+            _ => throw FisherKernelsException.Unsupported($"cast to ONNX element type {to} is not supported (float, double, float16, bfloat16, int64, int32, int16, int8, uint64, uint32, uint16, uint8, bool, string are)"),
         };
     }
 
     public override bool IsDifferentiable(int input) => input == 0 && target == ElementType.Float32;
+
+    /// <summary>A string exists only as a value known at plan build, so the number it is made from must be too.</summary>
+    public override bool NeedsValue(int input) => target == ElementType.String;
 
     public override TensorInfo[] InferShapes(ReadOnlySpan<TensorInfo?> inputs)
     {
         var x = Required(inputs, 0, "input");
         if (x.Type is ElementType.Float64 or ElementType.Float16 or ElementType.BFloat16)
             throw UnsupportedError($"input of type {x.Type} is not supported");
+        if ((x.Type, target) is (ElementType.Bool, ElementType.String) or (ElementType.String, ElementType.Bool))
+            throw UnsupportedError("cast between bool and string is not supported (the specification defines strings to and from numbers)");
         return [new TensorInfo(target, x.Shape)];
     }
 
@@ -176,8 +184,18 @@ internal sealed class Cast : Operator
     {
         var x = inputs[0]!;
         int n = (int)x.Length;
+        if (x is StringArray text) x = CastStrings.Parse(text, target, Node.ToString());
         switch (outputs[0])
         {
+            case StringArray o:
+                for (int i = 0; i < n; i++) o.Data[i] = x switch
+                {
+                    StringArray t => t.Data[i],
+                    NdArray<float> f => CastStrings.Format(f.Data[i]),
+                    NdArray<ulong> u => u.Data[i].ToString(CultureInfo.InvariantCulture),
+                    _ => Integer(x, i).ToString(CultureInfo.InvariantCulture),
+                };
+                break;
             case NdArray<float> o:
                 for (int i = 0; i < n; i++) o.Data[i] = x is NdArray<ulong> u ? u.Data[i] : Read(x, i);
                 if (toBFloat16) for (int i = 0; i < n; i++) o.Data[i] = RoundToBFloat16(o.Data[i]);
@@ -243,4 +261,79 @@ internal sealed class Cast : Operator
     public override void Jvp(OpContext context, ReadOnlySpan<NdArray?> inputs, ReadOnlySpan<NdArray> outputs,
                              ReadOnlySpan<NdArray<float>?> inputTangents, ReadOnlySpan<NdArray<float>?> outputTangents) =>
         PassThroughJvp(inputTangents, outputTangents);
+}
+
+/// <summary>
+/// Cast's strings (ONNX specification, Cast): numbers from their plain or scientific text, with "INF", "+INF", "-INF"
+/// and "NaN" in any case for the special values; a number as the shortest text that reads back to the same float32,
+/// written as numpy writes a float32 (what ONNX's own cases expect): positional for magnitudes from 1e-4 up to 1e16,
+/// with at least one decimal ("0.5488135", "100.0"), else scientific with two exponent digits at least ("1e-05",
+/// "1.5e+16"); "nan", "inf", "-inf". An integer as its decimal digits.
+/// </summary>
+internal static class CastStrings
+{
+    /// <summary>The strings as float32 (to a float target) or as int64 (to an integer one: an integer exactly, else the number's integer part).</summary>
+    public static NdArray Parse(StringArray text, ElementType target, string node)
+    {
+        int n = text.Data.Length;
+        if (target == ElementType.String) return text;
+        if (target == ElementType.Float32)
+        {
+            var result = new float[n];
+            for (int i = 0; i < n; i++) result[i] = (float)Number(text.Data[i], i, node, asFloat32: true);
+            return new NdArray<float>(text.Shape, result);
+        }
+        var integers = new long[n];
+        for (int i = 0; i < n; i++)
+            integers[i] = long.TryParse(text.Data[i], NumberStyles.Integer, CultureInfo.InvariantCulture, out long exact) ? exact
+                : unchecked((long)Math.Truncate(Number(text.Data[i], i, node, asFloat32: false)));
+        return new NdArray<long>(text.Shape, integers);
+    }
+
+    private static double Number(string s, int index, string node, bool asFloat32)
+    {
+        string t = s.Trim();
+        if (t.Equals("INF", StringComparison.OrdinalIgnoreCase) || t.Equals("+INF", StringComparison.OrdinalIgnoreCase)) return double.PositiveInfinity;
+        if (t.Equals("-INF", StringComparison.OrdinalIgnoreCase)) return double.NegativeInfinity;
+        if (t.Equals("NaN", StringComparison.OrdinalIgnoreCase)) return double.NaN;
+        // float32 parsed directly (one rounding, not through double); the literals above are the only words taken.
+        if (t.Length > 0 && (char.IsAsciiDigit(t[^1]) || t[^1] == '.'))
+        {
+            if (asFloat32 && float.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out float f)) return f;
+            if (!asFloat32 && double.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out double d)) return d;
+        }
+        throw FisherKernelsException.Format($"{node}: element {index} of the input, '{s}', is not a number");
+    }
+
+    /// <summary>The shortest round-trip text of a float32, in Python's and numpy's notation.</summary>
+    public static string Format(float value)
+    {
+        if (float.IsNaN(value)) return "nan";
+        if (float.IsInfinity(value)) return value > 0 ? "inf" : "-inf";
+        string sign = value < 0 || (value == 0 && float.IsNegative(value)) ? "-" : "";
+        if (value == 0) return sign + "0.0";
+        // .NET's "R" gives the shortest digits that read back to the same float32: take them and the decimal exponent.
+        string shortest = Math.Abs(value).ToString("R", CultureInfo.InvariantCulture);
+        int e = shortest.IndexOf('E');
+        string mantissa = e < 0 ? shortest : shortest[..e];
+        int exponent = e < 0 ? 0 : int.Parse(shortest[(e + 1)..], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture);
+        int point = mantissa.IndexOf('.');
+        string digits = point < 0 ? mantissa : mantissa[..point] + mantissa[(point + 1)..];
+        exponent += (point < 0 ? mantissa.Length : point) - 1;
+        int leading = digits.Length - digits.TrimStart('0').Length;
+        digits = digits.TrimStart('0');
+        exponent -= leading;
+        digits = digits.TrimEnd('0');
+        // numpy's rule, by value (float32 1e-4 lies just below 1e-4, so it is "1e-04"); Python's repr decides by the digits.
+        double magnitude = Math.Abs((double)value);
+        if (magnitude < 1e-4 || magnitude >= 1e16)
+        {
+            string fraction = digits.Length > 1 ? "." + digits[1..] : "";
+            return $"{sign}{digits[0]}{fraction}e{(exponent < 0 ? "-" : "+")}{Math.Abs(exponent):00}";
+        }
+        if (exponent < 0) return $"{sign}0.{new string('0', -exponent - 1)}{digits}";
+        string whole = digits.Length > exponent + 1 ? digits[..(exponent + 1)] : digits.PadRight(exponent + 1, '0');
+        string rest = digits.Length > exponent + 1 ? digits[(exponent + 1)..] : "0";
+        return $"{sign}{whole}.{rest}";
+    }
 }

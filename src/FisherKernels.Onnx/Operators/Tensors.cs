@@ -27,6 +27,7 @@ internal static class Tensors
         ElementType.UInt16 => new NdArray<ushort>(shape),
         ElementType.UInt32 => new NdArray<uint>(shape),
         ElementType.UInt64 => new NdArray<ulong>(shape),
+        ElementType.String => new StringArray(shape),
         _ => throw FisherKernelsException.Unsupported($"element type {type} is not supported by the operators"),
     };
 
@@ -61,6 +62,7 @@ internal static class Tensors
             case (NdArray<ushort> s, NdArray<ushort> d): s.Data.AsSpan().CopyTo(d.Data); break;
             case (NdArray<uint> s, NdArray<uint> d): s.Data.AsSpan().CopyTo(d.Data); break;
             case (NdArray<ulong> s, NdArray<ulong> d): s.Data.AsSpan().CopyTo(d.Data); break;
+            case (StringArray s, StringArray d): s.Data.AsSpan().CopyTo(d.Data); break;
             default: throw new FisherKernelsException(ErrorKind.Internal, $"cannot copy {source.ElementType} into {destination.ElementType}");
         }
     }

@@ -302,6 +302,8 @@ public sealed class ExecutionPlan
         // Inputs that are not constant carry no value here (variables included), so an output value that
         // shape inference still knows (Shape, Size, …) does not depend on their data: it folds too.
         bool folded = allConstant || outputs.All(o => o.Value is not null);
+        if (!folded && outputs.Any(o => o.Type == ElementType.String))
+            throw FisherKernelsException.Unsupported($"{op.Node}: makes a string from values known only when the plan runs; strings are supported where they are known when the plan is built (a Cast to or from string of given or constant values)");
         if (folded && allConstant && outputs.Any(o => o.Value is null))
             outputs = Fold(op, node, inputInfos, outputs);
         for (int j = 0; j < outputs.Length; j++)
@@ -480,6 +482,7 @@ public sealed class ExecutionPlan
         (NdArray<uint> x, NdArray<uint> y) => x.Data.AsSpan().SequenceEqual(y.Data),
         (NdArray<ulong> x, NdArray<ulong> y) => x.Data.AsSpan().SequenceEqual(y.Data),
         (NdArray<float> x, NdArray<float> y) => x.Data.AsSpan().SequenceEqual(y.Data),
+        (StringArray x, StringArray y) => x.Data.AsSpan().SequenceEqual(y.Data),
         _ => false,
     };
 

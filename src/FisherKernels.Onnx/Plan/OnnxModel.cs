@@ -63,8 +63,8 @@ public sealed class OnnxModel
 
     /// <summary>
     /// Graph inputs whose values, not only their shapes, the plan needs: those that reach an operand read when the plan
-    /// is built (<see cref="Operator.NeedsValue"/>: a Reshape's shape, a Slice's starts, …) other than through
-    /// <c>Shape</c>/<c>Size</c>. Plans fold them as constants, one plan per value.
+    /// is built (<see cref="Operator.NeedsValue"/>: a Reshape's shape, a Slice's starts, a Cast to string's input, …) other
+    /// than through <c>Shape</c>/<c>Size</c>, and every string input. Plans fold them as constants, one plan per value.
     /// </summary>
     public IReadOnlySet<string> ValueInputs { get; }
 
@@ -190,13 +190,15 @@ public sealed class OnnxModel
     {
         NdArray<float> f => string.Join(",", f.Data.Select(BitConverter.SingleToInt32Bits)),
         NdArray<bool> b => string.Join(",", b.Data.Select(x => x ? 1 : 0)),
+        StringArray t => string.Join(",", t.Data.Select(x => $"{x.Length}:{x}")),
         _ => string.Join(",", Tensors.ToLongs(value) ?? throw FisherKernelsException.Unsupported($"a {value.ElementType} input cannot set a shape")),
     };
 
     private HashSet<string> FindValueInputs()
     {
         var graphInputs = Graph.Inputs.Select(i => i.Name).ToHashSet();
-        var found = new HashSet<string>();
+        // Strings exist only as values known when the plan is built: a string input is always folded by value.
+        var found = Graph.Inputs.Where(i => i.ElementType == ElementType.String).Select(i => i.Name).ToHashSet();
         var seen = new HashSet<string>();
         var pending = new Stack<string>();
         // Loop bodies and If branches too: what a body's operator needs may come from the graph's inputs (through outer-scope values).

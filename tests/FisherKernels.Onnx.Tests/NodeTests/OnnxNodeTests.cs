@@ -112,7 +112,7 @@ public sealed class OnnxNodeTests
                 for (int j = 0; j < count; j++) inputs[Onnx.Graph.ValueInfo.ElementName(inputNames[i], j)] = AsEngineInput(Arrays.Value[$"{name}/in{i}[{j}]"], declared.ElementType);
                 continue;
             }
-            var value = AsEngineInput(Arrays.Value[$"{name}/in{i}"], declared.ElementType);
+            var value = Strings(c, $"in{i}") ?? AsEngineInput(Arrays.Value[$"{name}/in{i}"], declared.ElementType);
             if (value is NdArray<float> && !loaded.ValueInputs.Contains(inputNames[i]) && Differentiated(inputNames[i]))
             {
                 initializers[inputNames[i]] = value;
@@ -148,7 +148,7 @@ public sealed class OnnxNodeTests
             if (IsAbsent(c, i)) continue;
             if (SequenceLength(c, $"in{i}") is int count)
                 for (int j = 0; j < count; j++) inputs[Onnx.Graph.ValueInfo.ElementName(inputNames[i], j)] = AsEngineInput(Arrays.Value[$"{name}/in{i}[{j}]"], declared.ElementType);
-            else inputs[inputNames[i]] = AsEngineInput(Arrays.Value[$"{name}/in{i}"], declared.ElementType);
+            else inputs[inputNames[i]] = Strings(c, $"in{i}") ?? AsEngineInput(Arrays.Value[$"{name}/in{i}"], declared.ElementType);
         }
         var plan = model.GetPlan(inputs);
         plan.Run(Context, inputs);
@@ -158,7 +158,7 @@ public sealed class OnnxNodeTests
         for (int j = 0; j < outputNames.Length; j++)
         {
             Assert.False(plan.HoldsNothing(outputNames[j]), $"{name} output '{outputNames[j]}' holds nothing");
-            if (SequenceLength(c, $"out{j}") is not int count) { compared.Add((outputNames[j], Arrays.Value[$"{name}/out{j}"])); continue; }
+            if (SequenceLength(c, $"out{j}") is not int count) { compared.Add((outputNames[j], Strings(c, $"out{j}") ?? Arrays.Value[$"{name}/out{j}"])); continue; }
             Assert.Equal(count, plan.SequenceLength(outputNames[j]));
             for (int k = 0; k < count; k++) compared.Add((Onnx.Graph.ValueInfo.ElementName(outputNames[j], k), Arrays.Value[$"{name}/out{j}[{k}]"]));
         }
@@ -166,6 +166,11 @@ public sealed class OnnxNodeTests
         {
             var ours = plan.Get(output);
             Assert.Equal(expected.Shape, ours.Shape);
+            if (expected is StringArray text)
+            {
+                Assert.Equal(text.Data, Assert.IsType<StringArray>(ours).Data);
+                continue;
+            }
             Assert.True(Kind(expected.ElementType) == Kind(ours.ElementType), $"{name} output '{output}': {ours.ElementType}, expected {expected.ElementType}");
             double[] e = Fixtures.Doubles(expected), a = Fixtures.Doubles(ours);
             for (int k = 0; k < e.Length; k++)
@@ -177,6 +182,13 @@ public sealed class OnnxNodeTests
     /// <summary>The number of elements of sequence input or output <paramref name="key"/> ("in0", "out1", …), or null for a tensor.</summary>
     private static int? SequenceLength(JsonElement c, string key) =>
         c.TryGetProperty("sequences", out var sequences) && sequences.TryGetProperty(key, out var count) ? count.GetInt32() : null;
+
+    /// <summary>String tensor <paramref name="key"/> ("in0", "out0", …) from the case's JSON (numpy holds strings as objects), or null.</summary>
+    private static StringArray? Strings(JsonElement c, string key) =>
+        c.TryGetProperty("strings", out var strings) && strings.TryGetProperty(key, out var value)
+            ? new StringArray(value.GetProperty("shape").EnumerateArray().Select(d => d.GetInt32()).ToArray(),
+                              value.GetProperty("values").EnumerateArray().Select(v => v.GetString()!).ToArray())
+            : null;
 
     /// <summary>Whether optional input <paramref name="i"/> is given as none (left out of the feeds).</summary>
     private static bool IsAbsent(JsonElement c, int i) =>

@@ -4,7 +4,7 @@
 Run with Debian's Python (python3-onnx 1.12, numpy 1.24):
     /usr/bin/python3 tests/FisherKernels.Onnx.Tests/NodeTests/make_node_tests.py
 Writes node_tests.json (per case: name, op types, opset, input and output names, rtol/atol as ONNX's runner uses them,
-the sequence inputs and outputs with their lengths, the optional inputs given as none) and node_tests.npz (per case:
+the sequence inputs and outputs with their lengths, the optional inputs given as none, string tensors' shapes and values) and node_tests.npz (per case:
 the model's bytes as uint8 "<name>/model", inputs "<name>/in<i>", expected outputs "<name>/out<i>"; element j of a
 sequence as "<name>/in<i>[j]" or "<name>/out<i>[j]") beside this script. A case is kept when every node of its graph is a default-domain operator the
 engine's registry lists (OperatorRegistry.cs is read for the names); "_expanded" cases (a function's body) included.
@@ -41,6 +41,11 @@ def all_nodes(graph):
         for a in n.attribute:
             for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
                 yield from all_nodes(g)
+
+
+def is_strings(a):
+    """A string tensor (numpy holds them as objects): kept in node_tests.json, as .npy would need pickling."""
+    return a.dtype == object and all(isinstance(v, str) for v in a.ravel())
 
 
 def widen_bfloat16(bits):
@@ -92,7 +97,7 @@ def main():
         inputs, outputs = case.data_sets[0]
         # A sequence (a list) is its elements; an optional input given as None is left out of the feeds.
         arrs = [np.asarray(e) for a in list(inputs) + list(outputs) if a is not None for e in (a if isinstance(a, list) else [a])]
-        odd = sorted({a.dtype.name for a in arrs if a.dtype.str[1:] not in NPY_TYPES})
+        odd = sorted({a.dtype.name for a in arrs if a.dtype.str[1:] not in NPY_TYPES and not is_strings(a)})
         if odd:
             # Neither the engine nor the tests' .npy reader has these element types.
             left_out[name] = "element type " + ", ".join(odd)
@@ -105,7 +110,7 @@ def main():
         if any(v.type.tensor_type.elem_type == BFLOAT16 for v in list(graph.input) + list(graph.output)):
             inputs, outputs, note = bfloat16_as_float32(graph, inputs, outputs)
         arrays[f"{name}/model"] = np.frombuffer(case.model.SerializeToString(), dtype=np.uint8)
-        sequences, absent = {}, []
+        sequences, absent, strings = {}, [], {}
         for kind, values in (("in", inputs), ("out", outputs)):
             for i, a in enumerate(values):
                 if a is None:
@@ -115,12 +120,15 @@ def main():
                     sequences[f"{kind}{i}"] = len(a)
                     for j, e in enumerate(a):
                         arrays[f"{name}/{kind}{i}[{j}]"] = np.require(e, requirements="C")
+                elif is_strings(np.asarray(a)):
+                    strings[f"{kind}{i}"] = {"shape": list(np.shape(a)), "values": [str(v) for v in np.asarray(a).ravel()]}
                 else:
                     arrays[f"{name}/{kind}{i}"] = np.require(a, requirements="C")
         opset = next(o.version for o in case.model.opset_import if o.domain in ("", "ai.onnx"))
         cases.append({"name": name, "ops": types, "opset": opset, "inputs": names_in, "outputs": names_out,
                       "rtol": case.rtol, "atol": case.atol, **({"note": note} if note else {}),
-                      **({"sequences": sequences} if sequences else {}), **({"absent_inputs": absent} if absent else {})})
+                      **({"sequences": sequences} if sequences else {}), **({"absent_inputs": absent} if absent else {}),
+                      **({"strings": strings} if strings else {})})
     cases.sort(key=lambda c: c["name"])
     with open(os.path.join(HERE, "node_tests.json"), "w") as f:
         json.dump({"onnx": onnx.__version__, "cases": cases, "left_out": left_out}, f, indent=1, sort_keys=True)

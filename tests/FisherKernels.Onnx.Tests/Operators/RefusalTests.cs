@@ -50,8 +50,12 @@ public sealed class RefusalTests
         Assert.Contains("approximate", Refused(() => OpRunner.Create("Gelu", 1, attributes: A().Set("approximate", "fast"), opset: 20)).Message);
 
     [Fact]
-    public void CastToStringIsUnsupported() =>
-        Assert.Contains("element type 8", Refused(() => OpRunner.Create("Cast", 1, attributes: A().Set("to", 8L))).Message);
+    public void CastToComplexIsUnsupported() =>
+        Assert.Contains("element type 14", Refused(() => OpRunner.Create("Cast", 1, attributes: A().Set("to", 14L))).Message);
+
+    [Fact]
+    public void CastBetweenBoolAndStringIsUnsupported() =>
+        Assert.Contains("between bool and string", Refused(() => OpRunner.Forward(OpRunner.Create("Cast", 1, attributes: A().Set("to", 8L)), new NdArray<bool>([1], [true]))).Message);
 
     [Fact]
     public void SqueezeRefusesAxisOfSizeAboveOne() =>

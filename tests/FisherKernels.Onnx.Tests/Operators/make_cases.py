@@ -698,7 +698,23 @@ case("cast_float_to_float16_rounds_to_nearest_even", "Cast", [xh], [xh.astype(np
 ih = i64([2049, 2051, -4097, 65519, 65520, -70000, 3, 0])
 case("cast_int64_to_float16_rounds", "Cast", [ih], [ih.astype(np.float16)], attrs={"to": 10}, tol=0)
 
+# ---- Cast to and from string: numpy's text of a float32 (str(np.float32)) and numpy's parse of text (as float32,
+# and int64 for integers); kept as JSON (numpy holds strings as objects) ----------------------------------------------
+def cast_strings():
+    floats = np.array([0.0, -0.0, 1.0, 100.0, 1e-4, 9.9999e-5, 1e-5, 1.5e16, 1e16, 9.999999e15, 123456789.0, 3.4028235e38,
+                       1.4e-45, 0.1, 1 / 3, -2.5, 65504.0, 1e7, 16777217.0, 0.5488135, -7.25e-8, np.nan, np.inf, -np.inf],
+                      np.float32)
+    texts = ["3.14", "1000", "1e-5", "1E8", "+INF", "INF", "inf", "-Inf", "NaN", "nan", "-0", "  2.5", ".5", "1.",
+             "0.1", "16777217", "-3.4028235e38", "1e-46"]
+    integers = ["100", "-7", "0", "9007199254740993"]
+    return {"format": {"bits": [int(v) for v in floats.view(np.uint32)], "text": [str(v) for v in floats]},
+            "parse_float": {"text": texts, "bits": [int(v) for v in np.array(texts, dtype=object).astype(np.float32).view(np.uint32)]},
+            "parse_int64": {"text": integers, "values": [int(v) for v in np.array(integers, dtype=object).astype(np.int64)]}}
+
+
 if __name__ == "__main__":
+    with open(os.path.join(HERE, "cast_strings.json"), "w") as f:
+        json.dump(cast_strings(), f, indent=1)
     with open(os.path.join(HERE, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)
     np.savez(os.path.join(HERE, "cases.npz"), **arrays)
