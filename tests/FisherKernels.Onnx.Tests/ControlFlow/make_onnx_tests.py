@@ -255,17 +255,26 @@ def optional_map_model():
 LOOP_LAYER = dict(vocab=7, width=4, trips=3, tokens=np.array([[1, 4, 2, 6, 0], [3, 3, 5, 1, 2]], dtype=np.int64))
 
 
-def loop_layer_model():
+def loop_layer_model(in_if=False):
     """A language model whose hidden layer is applied inside a Loop body, 3 times with the same weights (outer-scope
     initializers W [4, 4] and b [4]):  h0 = E[input_ids];  Loop 3 times: h <- Tanh(MatMul(h, W) + b);  logits = MatMul(h, U).
-    Layer discovery must find W (with bias b, applied once per iteration) and U."""
+    Layer discovery must find W (with bias b, applied once per iteration) and U. With in_if, the layer sits in the
+    then-branch of an If inside the body, taken while the iteration number is below 2; the else-branch is h <- Tanh(h)
+    (so W is applied twice)."""
     f = onnx.TensorProto.FLOAT
     v, d = LOOP_LAYER["vocab"], LOOP_LAYER["width"]
+    layer = [helper.make_node("MatMul", ["h", "W"], ["hw"], name="body_matmul"),
+             helper.make_node("Add", ["hw", "b"], ["z"], name="body_bias"),
+             helper.make_node("Tanh", ["z"], ["h_next"])]
+    if in_if:
+        hidden = [helper.make_tensor_value_info("h_next", f, ["batch", "seq", d])]
+        layer = [const("two", np.int64(2)), helper.make_node("Less", ["i", "two"], ["early"]),
+                 helper.make_node("If", ["early"], ["h_next"], name="choose",
+                                  then_branch=helper.make_graph(layer, "then", [], hidden),
+                                  else_branch=helper.make_graph([helper.make_node("Tanh", ["h"], ["h_plain"])], "else", [],
+                                                                [helper.make_tensor_value_info("h_plain", f, ["batch", "seq", d])]))]
     body = helper.make_graph(
-        [helper.make_node("MatMul", ["h", "W"], ["hw"], name="body_matmul"),
-         helper.make_node("Add", ["hw", "b"], ["z"], name="body_bias"),
-         helper.make_node("Tanh", ["z"], ["h_next"]),
-         helper.make_node("Identity", ["c"], ["c_out"])],
+        layer + [helper.make_node("Identity", ["c"], ["c_out"])],
         "body",
         [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
          helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
@@ -288,17 +297,19 @@ def loop_layer_model():
     return model
 
 
-def loop_layer_references(model):
+def loop_layer_references(model, layered=(True, True, True)):
     """Float64 references for loop_layer_model (from its float32 weights, computed here by hand): the logits; the
     empirical-Fisher K-FAC factors of SPEC §3 with next-token targets, each iteration's rows counted as positions (the
     expand convention: W's A = mean of [h_k; 1][h_k; 1]^T over 2·5 positions × 3 iterations, G = mean of g_k g_k^T with
-    g_k = dL/dz_k); and the isotropic epistemic score ||grad p_t||^2 over W, b and U of every targeted position."""
+    g_k = dL/dz_k); and the isotropic epistemic score ||grad p_t||^2 over W, b and U of every targeted position.
+    layered[j]: whether iteration j applies the layer (else h <- tanh(h), loop_layer_model(in_if=True))."""
     w = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
     tokens, k = LOOP_LAYER["tokens"], LOOP_LAYER["trips"]
+    uses = [j for j in range(k) if layered[j]]
     targets = np.concatenate([tokens[:, 1:], np.full((tokens.shape[0], 1), -100)], axis=1)
     hs = [w["E"][tokens]]
-    for _ in range(k):
-        hs.append(np.tanh(hs[-1] @ w["W"] + w["b"]))
+    for j in range(k):
+        hs.append(np.tanh(hs[-1] @ w["W"] + w["b"]) if layered[j] else np.tanh(hs[-1]))
     logits = hs[-1] @ w["U"]
     p = np.exp(logits - logits.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
@@ -309,9 +320,9 @@ def loop_layer_references(model):
         dz = [None] * k
         for j in reversed(range(k)):
             dz[j] = dh * (1 - hs[j + 1] ** 2)
-            dh = dz[j] @ w["W"].T
-        dW = sum(np.einsum("bsi,bso->io", hs[j], dz[j]) for j in range(k))
-        db = sum(dz[j].sum(axis=tuple(range(dz[j].ndim - 1))) for j in range(k))
+            dh = dz[j] @ w["W"].T if layered[j] else dz[j]
+        dW = sum(np.einsum("bsi,bso->io", hs[j], dz[j]) for j in uses)
+        db = sum(dz[j].sum(axis=tuple(range(dz[j].ndim - 1))) for j in uses)
         dU = np.einsum("bsi,bso->io", hs[-1], dlogits)
         return dz, dW, db, dU
 
@@ -320,10 +331,10 @@ def loop_layer_references(model):
     onehot[mask, targets[mask]] = 1
     dz, _, _, _ = backward((p - onehot) * mask[..., None])
     positions = tokens.size
-    rows_in = np.concatenate([np.concatenate([hs[j], np.ones(hs[j].shape[:-1] + (1,))], -1).reshape(-1, 5) for j in range(k)])
-    rows_g = np.concatenate([dz[j].reshape(-1, 4) for j in range(k)])
+    rows_in = np.concatenate([np.concatenate([hs[j], np.ones(hs[j].shape[:-1] + (1,))], -1).reshape(-1, 5) for j in uses])
+    rows_g = np.concatenate([dz[j].reshape(-1, 4) for j in uses])
     dl = ((p - onehot) * mask[..., None]).reshape(-1, logits.shape[-1])
-    refs = {"logits": logits, "A_W": rows_in.T @ rows_in / (positions * k), "G_W": rows_g.T @ rows_g / (positions * k),
+    refs = {"logits": logits, "A_W": rows_in.T @ rows_in / (positions * len(uses)), "G_W": rows_g.T @ rows_g / (positions * len(uses)),
             "A_U": hs[-1].reshape(-1, 4).T @ hs[-1].reshape(-1, 4) / positions, "G_U": dl.T @ dl / positions}
     isotropic = np.zeros(tokens.shape)
     for bi, t in zip(*np.nonzero(mask)):
@@ -364,6 +375,10 @@ def main():
     onnx.save(loop_layer, os.path.join(HERE, "flow_loop_layer.onnx"))
     for key, value in loop_layer_references(loop_layer).items():
         arrays["flow_loop_layer/" + key] = value
+    if_layer = loop_layer_model(in_if=True)
+    onnx.save(if_layer, os.path.join(HERE, "flow_loop_if_layer.onnx"))
+    for key, value in loop_layer_references(if_layer, layered=(True, True, False)).items():
+        arrays["flow_loop_if_layer/" + key] = value
     # A zip written by hand with fixed timestamps, so that a rerun gives the same bytes.
     with zipfile.ZipFile(os.path.join(HERE, "onnx_tests.npz"), "w", zipfile.ZIP_DEFLATED) as z:
         for key in sorted(arrays):
