@@ -5,7 +5,7 @@ using ILGPU.Runtime;
 namespace FisherKernels.Backends.Ilgpu;
 
 /// <summary>
-/// The reverse-pass launches of <see cref="ITensorDevice"/> (a device plan's VJP): each adds into its gradient target.
+/// The reverse-pass and tangent-pass launches of <see cref="ITensorDevice"/> (a device plan's VJP and JVP): each adds into its target.
 /// One thread per target element or row, so no two threads write one element, except <see cref="ScatterAddRows"/>
 /// (token ids repeat), which adds atomically.
 /// </summary>
@@ -150,54 +150,52 @@ public sealed partial class IlgpuBackend
 
     private static void ScatterRowsKernel(Index1D index, ArrayView<float> gy, ArrayView<float> indices, ArrayView<float> table, int rows, int inner, int count)
     {
-        long e = index % inner, rest = index / inner;
-        long t = rest % count, o = rest / count;
-        long r = (long)indices[t];
-        if (r < 0) r += rows;
-        if (r < 0 || r >= rows) return;
-        Atomic.Add(ref table[(o * rows + r) * inner + e], gy[index]);
+        long at = TableElement(index, indices, rows, inner, count);
+        if (at >= 0) Atomic.Add(ref table[at], gy[index]);
     }
 
-    private Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, RowArgs>? normalizeVjpKernel;
+    private Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, RowArgs>? normalizeDerivativeKernel;
 
-    public void NormalizeVjp(DeviceTensor x, DeviceTensor scale, DeviceTensor gy, DeviceTensor gx, int rows, int cols, float epsilon, bool centered)
+    public void NormalizeVjp(DeviceTensor x, DeviceTensor scale, DeviceTensor gy, DeviceTensor gx, int rows, int cols, float epsilon, bool centered) =>
+        NormalizeDerivative(x, scale, gy, gx, rows, cols, epsilon, centered, tangent: false);
+
+    public void NormalizeJvp(DeviceTensor x, DeviceTensor scale, DeviceTensor tx, DeviceTensor ty, int rows, int cols, float epsilon, bool centered) =>
+        NormalizeDerivative(x, scale, tx, ty, rows, cols, epsilon, centered, tangent: true);
+
+    private void NormalizeDerivative(DeviceTensor x, DeviceTensor scale, DeviceTensor source, DeviceTensor target, int rows, int cols, float epsilon, bool centered, bool tangent)
     {
         if (rows == 0 || cols == 0) return;
-        normalizeVjpKernel ??= accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, RowArgs>(NormalizeVjpKernel);
-        var args = new RowArgs { Cols = cols, Centered = centered ? 1 : 0, Epsilon = epsilon };
-        normalizeVjpKernel(rows, Of(x).View, Of(scale).View, Of(gy).View, Of(gx).View, args);
+        normalizeDerivativeKernel ??= accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, RowArgs>(NormalizeDerivativeKernel);
+        var args = new RowArgs { Cols = cols, Centered = centered ? 1 : 0, Tangent = tangent ? 1 : 0, Epsilon = epsilon };
+        normalizeDerivativeKernel(rows, Of(x).View, Of(scale).View, Of(source).View, Of(target).View, args);
     }
 
-    /// <summary>One row: the statistics as <see cref="NormalizeKernel"/> computes them, then the two means of the VJP, then gx.</summary>
-    private static void NormalizeVjpKernel(Index1D row, ArrayView<float> x, ArrayView<float> scale, ArrayView<float> gy, ArrayView<float> gx, RowArgs p)
+    /// <summary>
+    /// One row: the statistics as <see cref="NormalizeKernel"/> computes them, then the projection that both derivatives
+    /// share, P(v) = r·(v − mean(v) − x̂·mean(v·x̂)) (mean(v) only when centred): the VJP adds P(gy·scale) into gx, the JVP
+    /// adds scale·P(tx) into ty.
+    /// </summary>
+    private static void NormalizeDerivativeKernel(Index1D row, ArrayView<float> x, ArrayView<float> scale, ArrayView<float> source, ArrayView<float> target, RowArgs p)
     {
         long start = (long)(int)row * p.Cols;
-        float mean = 0f;
-        if (p.Centered != 0)
-        {
-            for (int j = 0; j < p.Cols; j++) mean += x[start + j];
-            mean /= p.Cols;
-        }
-        float square = 0f;
+        var statistics = Statistics(x, start, p);
+        float mean = statistics.Mean, inverse = statistics.Inverse;
+        bool tangent = p.Tangent != 0;
+        float meanV = 0f, meanVX = 0f;
         for (int j = 0; j < p.Cols; j++)
         {
-            float d = x[start + j] - mean;
-            square += d * d;
+            float v = tangent ? source[start + j] : source[start + j] * scale[j];
+            meanV += v;
+            meanVX += v * (x[start + j] - mean) * inverse;
         }
-        float inverse = 1f / XMath.Sqrt(square / p.Cols + p.Epsilon);
-        float meanG = 0f, meanGX = 0f;
-        for (int j = 0; j < p.Cols; j++)
-        {
-            float g = gy[start + j] * scale[j];
-            meanG += g;
-            meanGX += g * (x[start + j] - mean) * inverse;
-        }
-        meanG = p.Centered != 0 ? meanG / p.Cols : 0f;
-        meanGX /= p.Cols;
+        meanV = p.Centered != 0 ? meanV / p.Cols : 0f;
+        meanVX /= p.Cols;
         for (int j = 0; j < p.Cols; j++)
         {
             float xhat = (x[start + j] - mean) * inverse;
-            gx[start + j] += inverse * (gy[start + j] * scale[j] - meanG - xhat * meanGX);
+            float v = tangent ? source[start + j] : source[start + j] * scale[j];
+            float projected = inverse * (v - meanV - xhat * meanVX);
+            target[start + j] += tangent ? scale[j] * projected : projected;
         }
     }
 

@@ -214,6 +214,8 @@ public sealed partial class IlgpuBackend : ITensorDevice
     internal struct RowArgs
     {
         public int Cols, Centered, HasBias;
+        /// <summary>The normalization's derivative kernel: 1 for the JVP's form, 0 for the VJP's.</summary>
+        public int Tangent;
         public float Epsilon;
     }
 
@@ -227,10 +229,15 @@ public sealed partial class IlgpuBackend : ITensorDevice
         normalizeKernel(rows, Of(x).View, Of(scale).View, (bias is null ? Placeholder : Of(bias)).View, Of(y).View, args);
     }
 
-    /// <summary>One row: mean (when centred) and mean square of the deviations, in float32 as the CPU operator.</summary>
-    private static void NormalizeKernel(Index1D row, ArrayView<float> x, ArrayView<float> scale, ArrayView<float> bias, ArrayView<float> y, RowArgs p)
+    /// <summary>A row's mean (0 unless centred) and inverse deviation 1/√(mean square of the deviations + ε).</summary>
+    internal struct RowStatistics
     {
-        long start = (long)(int)row * p.Cols;
+        public float Mean, Inverse;
+    }
+
+    /// <summary>The statistics of the row at <paramref name="start"/>, in float32 as the CPU operator computes them.</summary>
+    private static RowStatistics Statistics(ArrayView<float> x, long start, RowArgs p)
+    {
         float mean = 0f;
         if (p.Centered != 0)
         {
@@ -243,7 +250,15 @@ public sealed partial class IlgpuBackend : ITensorDevice
             float d = x[start + j] - mean;
             square += d * d;
         }
-        float inverse = 1f / XMath.Sqrt(square / p.Cols + p.Epsilon);
+        return new RowStatistics { Mean = mean, Inverse = 1f / XMath.Sqrt(square / p.Cols + p.Epsilon) };
+    }
+
+    /// <summary>One row: its statistics, then y = x̂·scale (+ bias).</summary>
+    private static void NormalizeKernel(Index1D row, ArrayView<float> x, ArrayView<float> scale, ArrayView<float> bias, ArrayView<float> y, RowArgs p)
+    {
+        long start = (long)(int)row * p.Cols;
+        var statistics = Statistics(x, start, p);
+        float mean = statistics.Mean, inverse = statistics.Inverse;
         for (int j = 0; j < p.Cols; j++)
         {
             float v = (x[start + j] - mean) * inverse * scale[j];
@@ -306,12 +321,21 @@ public sealed partial class IlgpuBackend : ITensorDevice
     /// <summary>An index outside [−rows, rows) reads row 0 (the plan checks token ids on the host before they go in).</summary>
     private static void GatherKernel(Index1D index, ArrayView<float> table, ArrayView<float> indices, ArrayView<float> y, int rows, int inner, int count)
     {
+        long at = TableElement(index, indices, rows, inner, count);
+        y[index] = table[at >= 0 ? at : 0];
+    }
+
+    /// <summary>
+    /// The table element [o, indices[t], e] that gathered element <paramref name="index"/> of [outer × count × inner] reads
+    /// (a negative index counts from the end); −1 for an index outside [−rows, rows).
+    /// </summary>
+    private static long TableElement(long index, ArrayView<float> indices, int rows, int inner, int count)
+    {
         long e = index % inner, rest = index / inner;
         long t = rest % count, o = rest / count;
         long r = (long)indices[t];
         if (r < 0) r += rows;
-        if (r < 0 || r >= rows) r = 0;
-        y[index] = table[(o * rows + r) * inner + e];
+        return r < 0 || r >= rows ? -1 : (o * rows + r) * inner + e;
     }
 
     internal struct AttentionArgs

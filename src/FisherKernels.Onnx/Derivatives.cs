@@ -32,6 +32,18 @@ public static class Derivatives
     /// <summary>J·V of the logits for a direction over named float initializers (others fixed).</summary>
     public static NdArray<float> Jvp(LanguageModel lm, OpContext context, NdArray tokens, IReadOnlyDictionary<string, NdArray<float>> direction, string what = "direction")
     {
+        if (context.Backend is Backends.ITensorDevice device)
+        {
+            // Device-resident (docs/device-plans.md): the tokens and the direction go up, J·V of the logits comes down.
+            var (keepAll, inputs) = JvpPlan(lm, tokens, direction, what);
+            var hostTangent = lm.Model.TangentFor(keepAll);
+            var devicePlan = lm.Model.DevicePlanFor(keepAll, device, context.Backend.Name);
+            var pass = devicePlan.TangentFor(hostTangent);
+            devicePlan.Run(inputs);
+            foreach (var (name, value) in direction) value.Data.CopyTo(hostTangent.Direction(name).Data, 0);
+            pass.Run();
+            return hostTangent.Has(lm.LogitsOutput) ? pass.Get(lm.LogitsOutput) : new NdArray<float>((int[])keepAll.Info(lm.LogitsOutput).Shape.Clone());
+        }
         var (plan, tangent) = PrepareJvp(lm, context, tokens, direction, what);
         tangent.Run(context);
         var logits = (NdArray<float>)plan.Get(lm.LogitsOutput);
@@ -41,6 +53,17 @@ public static class Derivatives
     /// <summary>A keep-all plan with the direction's initializers as variables, run forward, and its tangent pass with the direction filled in (ready to run).</summary>
     internal static (ExecutionPlan Plan, Tangent Tangent) PrepareJvp(LanguageModel lm, OpContext context, NdArray tokens,
                                                                      IReadOnlyDictionary<string, NdArray<float>> direction, string what = "direction")
+    {
+        var (plan, inputs) = JvpPlan(lm, tokens, direction, what);
+        var tangent = lm.Model.TangentFor(plan);
+        plan.Run(context, inputs);
+        foreach (var (name, value) in direction) value.Data.CopyTo(tangent.Direction(name).Data, 0);
+        return (plan, tangent);
+    }
+
+    /// <summary>The direction checked against the model's initializers, and the keep-all plan with its initializers as variables.</summary>
+    private static (ExecutionPlan Plan, Dictionary<string, NdArray> Inputs) JvpPlan(LanguageModel lm, NdArray tokens,
+                                                                                  IReadOnlyDictionary<string, NdArray<float>> direction, string what)
     {
         var graph = lm.Model.Graph;
         foreach (var (name, value) in direction)
@@ -55,10 +78,7 @@ public static class Derivatives
         var inputs = lm.Inputs(tokens);
         var plan = lm.Model.GetPlan(inputs, direction.Keys.ToHashSet(), keepAll: true);
         lm.CheckLogits(plan, tokens.Shape);
-        var tangent = lm.Model.TangentFor(plan);
-        plan.Run(context, inputs);
-        foreach (var (name, value) in direction) value.Data.CopyTo(tangent.Direction(name).Data, 0);
-        return (plan, tangent);
+        return (plan, inputs);
     }
 
     /// <summary>

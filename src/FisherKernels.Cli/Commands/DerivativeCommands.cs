@@ -20,7 +20,7 @@ internal static class DerivativeCommands
         if (TextArguments.Read("jvp", options, folder, lm) is { } text)
         {
             string direction = options.Required("--direction");
-            var context = ModelCommands.Context(options);
+            var context = ModelCommands.Context(options, onDevice: true);
             // Like forward --text: one file per sequence, each position's J·V from the window of its most left context.
             text.WritePerSequence(outPath, i => ModelCommands.WindowedLogits(text, i, tokens => JvpService.Jvp(lm, context, tokens, direction)));
             return 0;
@@ -28,7 +28,7 @@ internal static class DerivativeCommands
         string tokensPath = options.Required("--tokens");
         var tokens = NpyFile.Read(tokensPath);
         lm.Inputs(tokens, null, tokensPath);
-        var jvp = JvpService.Jvp(lm, ModelCommands.Context(options), tokens, options.Required("--direction"));
+        var jvp = JvpService.Jvp(lm, ModelCommands.Context(options, onDevice: true), tokens, options.Required("--direction"));
         NpyFile.Write(outPath, jvp);
         return 0;
     }

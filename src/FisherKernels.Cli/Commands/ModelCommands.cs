@@ -212,7 +212,7 @@ internal static class ModelCommands
     }
 
     /// <summary>
-    /// The context of a model verb: the cpu backend (the default), or with <paramref name="onDevice"/> (forward, fit, score) a device
+    /// The context of a model verb: the cpu backend (the default), or with <paramref name="onDevice"/> (forward, fit, score, jvp) a device
     /// backend, on which the verb's plans run device-resident (docs/device-plans.md).
     /// </summary>
     public static OpContext Context(CommandOptions options, bool onDevice = false)
@@ -221,7 +221,7 @@ internal static class ModelCommands
         int threads = options.Int("--threads", 0, 1);
         if (backend == "cpu") return new OpContext(new CpuBackend(threads));
         if (!onDevice)
-            throw FisherKernelsException.Unsupported($"--backend {backend}: {options.Verb} runs on the cpu backend only (its plans have no device form yet; forward, fit and score also run on cuda, opencl and ilgpu-cpu)");
+            throw FisherKernelsException.Unsupported($"--backend {backend}: {options.Verb} runs on the cpu backend only (its plans have no device form yet; forward, fit, score and jvp also run on cuda, opencl and ilgpu-cpu)");
         // Every backend but cpu is a device (ITensorDevice); "best" may also give cpu.
         return new OpContext(Backends.BackendRegistry.Create(backend, threads));
     }

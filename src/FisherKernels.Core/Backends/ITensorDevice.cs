@@ -122,8 +122,8 @@ public interface ITensorDevice
     /// </summary>
     void AccumulateFactor(DeviceTensor x, int rows, int cols, bool appendOne, float alpha, float beta, DeviceTensor factor);
 
-    // The reverse pass (VJP) of a device plan: every launch below adds into its gradient target (the plan zeroes a
-    // target before the first step that writes it), so that a value read by several steps sums their contributions.
+    // The reverse pass (VJP) of a device plan, and its tangent pass (JVP): every launch below adds into its target (the
+    // plan zeroes a target before the first step that writes it), so that a value read by several steps sums their terms.
 
     /// <summary>The first <paramref name="length"/> floats of <paramref name="target"/> set to <paramref name="value"/>.</summary>
     void Fill(DeviceTensor target, long length, float value);
@@ -154,6 +154,12 @@ public interface ITensorDevice
     /// gx += r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) (mean(ĝ) only when centred).
     /// </summary>
     void NormalizeVjp(DeviceTensor x, DeviceTensor scale, DeviceTensor gy, DeviceTensor gx, int rows, int cols, float epsilon, bool centered);
+
+    /// <summary>
+    /// The JVP of <see cref="Normalize"/> for x: with x̂ the normalized row and r its inverse deviation,
+    /// ty += scale·r·(tx − mean(tx) − x̂·mean(tx·x̂)) (mean(tx) only when centred).
+    /// </summary>
+    void NormalizeJvp(DeviceTensor x, DeviceTensor scale, DeviceTensor tx, DeviceTensor ty, int rows, int cols, float epsilon, bool centered);
 
     /// <summary>The VJP of <see cref="Softmax"/> of rows from its output y: gx += y ⊙ (gy − ⟨gy, y⟩).</summary>
     void SoftmaxVjp(DeviceTensor y, DeviceTensor gy, DeviceTensor gx, int rows, int cols);

@@ -94,8 +94,6 @@ public sealed class ScoreService(LanguageModel lm, OpContext context, TextWriter
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        if (options.Samples is not null && context.Backend is Backends.ITensorDevice)
-            throw FisherKernelsException.Unsupported($"score --samples: posterior sampling's J·V passes run on the cpu backend only, not on {context.Backend.Name}; score without --samples on the device or use --backend cpu");
         KfacPosterior? posterior = options.Method == ScoreMethod.Kfac ? Posterior(options) : null;
         IReadOnlyList<string> parameters = posterior is null ? Parameters(lm, options.Parameters, options.Selection) : LayerDiscovery.DefaultParameters(KfacScoring.Layers(lm, posterior));
         EpistemicMetric metric = posterior is null ? EpistemicMetric.SquaredGradientNorm : KfacScoring.Epistemic(lm, posterior);

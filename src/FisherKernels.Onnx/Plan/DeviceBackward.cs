@@ -12,118 +12,56 @@ namespace FisherKernels.Onnx.Plan;
 /// gradient on the device, to be downloaded or accumulated there. Steps without a device VJP fail here, at build,
 /// in one line naming the node.
 /// </summary>
-public sealed class DeviceBackward
+public sealed class DeviceBackward : DevicePass
 {
-    /// <summary>A scratch buffer shared by the steps (launches run in order on one stream), sized to its largest use.</summary>
-    private sealed class Scratch
-    {
-        public long Length;
-        public DeviceTensor? Tensor;
-    }
-
-    private readonly DevicePlan plan;
     private readonly Backward backward;
-    private readonly ITensorDevice device;
-    private readonly List<Action> launches = [];
-    private readonly Scratch[] scratch = [new(), new()];
-    private DeviceTensor? zero;
 
-    private DeviceBackward(DevicePlan plan, Backward backward)
-    {
-        this.plan = plan;
-        this.backward = backward;
-        device = plan.Device;
-    }
+    private DeviceBackward(DevicePlan plan, Backward backward) : base(plan) => this.backward = backward;
 
     public Backward Backward => backward;
-
-    public DevicePlan DevicePlan => plan;
 
     internal static DeviceBackward Build(DevicePlan plan, Backward backward)
     {
         if (backward.Plan != plan.Plan || !plan.Plan.KeepsAll)
             throw FisherKernelsException.Argument("a device backward pass needs the keep-all device plan of its own forward plan");
         var pass = new DeviceBackward(plan, backward);
-        foreach (var g in backward.Unwritten)
-        {
-            var buffer = plan.Buffer(g);
-            long length = g.Length;
-            pass.launches.Add(() => pass.device.Fill(buffer, length, 0f));
-        }
+        foreach (var g in backward.Unwritten) pass.Clear(g);
         foreach (var (step, outputGrads, inputGrads, firstWrites) in backward.ReverseSteps)
         {
-            foreach (var g in firstWrites)
-            {
-                var buffer = plan.Buffer(g);
-                long length = g.Length;
-                pass.launches.Add(() => pass.device.Fill(buffer, length, 0f));
-            }
+            foreach (var g in firstWrites) pass.Clear(g);
             pass.Translate(step, outputGrads, inputGrads);
         }
-        foreach (var s in pass.scratch)
-            if (s.Length > 0) plan.Own(s.Tensor = plan.Device.Allocate(s.Length));
+        pass.AllocateScratch();
         return pass;
     }
 
     /// <summary>Uploads the seeds' cotangents from their host gradient buffers (<see cref="Backward.Gradient"/>), then queues the reverse walk.</summary>
-    public void Run()
-    {
-        foreach (var seed in backward.Seeds) device.Upload(seed.Data, plan.Buffer(seed));
-        foreach (var launch in launches) launch();
-    }
+    public void Run() => Queue(backward.Seeds);
 
     /// <summary>The gradient of <paramref name="name"/> after <see cref="Run"/> (waits for the device).</summary>
-    public NdArray<float> Gradient(string name)
-    {
-        var g = backward.Gradient(name);
-        var result = new NdArray<float>((int[])g.Shape.Clone());
-        device.Download(plan.Buffer(g), result.Data);
-        return result;
-    }
+    public NdArray<float> Gradient(string name) => Download(backward.Gradient(name));
 
     /// <summary>Copies the gradient of <paramref name="name"/> after <see cref="Run"/> into the host pass's buffer for it (<see cref="Backward.Gradient"/>, cotangent 0).</summary>
     public void DownloadInto(string name)
     {
         var g = backward.Gradient(name);
-        device.Download(plan.Buffer(g), g.Data);
+        Device.Download(Buffer(g), g.Data);
     }
 
-    private DeviceTensor G(NdArray<float> gradient) => plan.Buffer(gradient);
-
-    private DeviceTensor Value(ExecutionPlan.Step step, int i) => plan.Input(step, i, $"input {i}");
-
-    /// <summary>A scratch buffer of at least <paramref name="length"/> floats (slot 0 or 1), bound when the launch runs.</summary>
-    private Func<DeviceTensor> Temporary(int slot, long length)
-    {
-        var s = scratch[slot];
-        s.Length = Math.Max(s.Length, length);
-        return () => s.Tensor!;
-    }
-
-    private DeviceTensor Constant(float[] values)
-    {
-        var tensor = device.Allocate(values.Length);
-        device.Upload(values, tensor);
-        plan.Own(tensor);
-        return tensor;
-    }
-
-    private DeviceTensor Zero => zero ??= Constant([0f]);
-
-    private FisherKernelsException Unsupported(ExecutionPlan.Step step, string why) => DeviceSteps.Unsupported(plan, step, why);
+    private DeviceTensor G(NdArray<float> gradient) => Buffer(gradient);
 
     /// <summary>target += scale · source, both dense of <paramref name="length"/>.</summary>
     private void AddInto(DeviceTensor source, DeviceTensor target, long length, float scale = 1f)
     {
         var layout = BroadcastLayout.For([checked((int)length)], [checked((int)length)]);
-        launches.Add(() => device.AddReduced(layout, source, target, scale));
+        Launches.Add(() => Device.AddReduced(layout, source, target, scale));
     }
 
     /// <summary>target += scale · (source of the output's shape summed over the dimensions the target was broadcast along).</summary>
     private void AddReduced(int[] output, int[] target, Func<DeviceTensor> source, DeviceTensor gradient, float scale = 1f)
     {
         var layout = BroadcastLayout.For(output, target);
-        launches.Add(() => device.AddReduced(layout, source(), gradient, scale));
+        Launches.Add(() => Device.AddReduced(layout, source(), gradient, scale));
     }
 
     private void Translate(ExecutionPlan.Step step, NdArray<float>?[] outputGrads, NdArray<float>?[] inputGrads)
@@ -145,27 +83,27 @@ public sealed class DeviceBackward
                 if (inputGrads[0] is { } gGelu)
                 {
                     var unary = op.Node.Attributes.GetString("approximate", "none") == "tanh" ? DeviceUnary.GeluTanh : DeviceUnary.GeluErf;
-                    var (x, y, g, gx) = (Value(step, 0), plan.Buffer(step.Outputs[0]), G(gy!), G(gGelu));
-                    launches.Add(() => device.UnaryVjp(unary, x, y, g, gx, gGelu.Length));
+                    var (x, y, g, gx) = (Value(step, 0), Buffer(step.Outputs[0]), G(gy!), G(gGelu));
+                    Launches.Add(() => Device.UnaryVjp(unary, x, y, g, gx, gGelu.Length));
                 }
                 return;
             case Normalization when step.Outputs.Length == 1 && !type.StartsWith("Skip", StringComparison.Ordinal): NormalizationVjp(step, gy!, inputGrads); return;
             case Softmax when type == "Softmax":
                 if (inputGrads[0] is { } gSoftmax)
                 {
-                    var (rows, cols) = DeviceSteps.SoftmaxShape(plan, step);
-                    var (y, g, gx) = (plan.Buffer(step.Outputs[0]), G(gy!), G(gSoftmax));
-                    launches.Add(() => device.SoftmaxVjp(y, g, gx, rows, cols));
+                    var (rows, cols) = DeviceSteps.SoftmaxShape(Plan, step);
+                    var (y, g, gx) = (Buffer(step.Outputs[0]), G(gy!), G(gSoftmax));
+                    Launches.Add(() => Device.SoftmaxVjp(y, g, gx, rows, cols));
                 }
                 return;
             case Reduce when type is "ReduceMean" or "ReduceSum":
                 if (inputGrads[0] is { } gReduce)
                 {
-                    var (outer, length, inner) = DeviceSteps.ReduceShape(plan, step);
+                    var (outer, length, inner) = DeviceSteps.ReduceShape(Plan, step);
                     float scale = type == "ReduceMean" && length > 0 ? 1f / length : 1f;
                     var layout = BroadcastLayout.For([outer, length, inner], [outer, 1, inner], []);
-                    var (g, factor, spread) = (G(gy!), Constant([scale]), Temporary(0, gReduce.Length));
-                    launches.Add(() => device.Binary(DeviceBinary.Mul, layout, g, factor, null, spread()));
+                    var (g, factor, spread) = (G(gy!), Constant([scale]), Temporary(gReduce.Length));
+                    Launches.Add(() => Device.Binary(DeviceBinary.Mul, layout, g, factor, null, spread()));
                     AddReduced([checked((int)gReduce.Length)], [checked((int)gReduce.Length)], spread, G(gReduce));
                 }
                 return;
@@ -173,16 +111,12 @@ public sealed class DeviceBackward
             case Cast:
                 if (inputGrads[0] is { } gCast) AddInto(G(gy!), G(gCast), gCast.Length);
                 return;
-            case Gather when !plan.IsConstant(step, 1):
+            case Gather when !Plan.IsConstant(step, 1):
                 if (inputGrads[0] is { } gTable)
                 {
-                    var data = step.Inputs[0]!;
-                    int axis = (int)op.Node.Attributes.GetInt("axis", 0);
-                    if (axis < 0) axis += data.Rank;
-                    int outer = Tensors.Product(data.Shape, 0, axis), rows = data.Shape[axis], inner = Tensors.Product(data.Shape, axis + 1, data.Rank);
-                    int count = checked((int)step.Inputs[1]!.Length);
+                    var (outer, rows, inner, count) = DeviceSteps.GatherShape(step);
                     var (g, indices, table) = (G(gy!), Value(step, 1), G(gTable));
-                    launches.Add(() => device.ScatterAddRows(g, indices, table, outer, rows, inner, count));
+                    Launches.Add(() => Device.ScatterAddRows(g, indices, table, outer, rows, inner, count));
                 }
                 return;
             case BinaryElementwise: BinaryVjp(step, gy!, inputGrads[0], inputGrads[1]); return;
@@ -191,8 +125,8 @@ public sealed class DeviceBackward
         {
             if (inputGrads[0] is { } gUnary)
             {
-                var (x, y, g, gx) = (Value(step, 0), plan.Buffer(step.Outputs[0]), G(gy!), G(gUnary));
-                launches.Add(() => device.UnaryVjp(function, x, y, g, gx, gUnary.Length));
+                var (x, y, g, gx) = (Value(step, 0), Buffer(step.Outputs[0]), G(gy!), G(gUnary));
+                Launches.Add(() => Device.UnaryVjp(function, x, y, g, gx, gUnary.Length));
             }
             return;
         }
@@ -219,7 +153,7 @@ public sealed class DeviceBackward
                 : aBatch == batch && bBatch == batch ? new GemmShape(m, k, n, TransB: true, Beta: 1f, BatchCount: count, StrideA: (long)m * n, StrideB: (long)k * n, StrideC: (long)m * k)
                 : throw Unsupported(step, $"the VJP of a MatMul of [{ShapeUtil.Format(aShape)}] by [{ShapeUtil.Format(bShape)}] for A has no device form yet");
             var (b, target) = (Value(step, 1), G(ga));
-            launches.Add(() => device.Gemm(shape, g, b, target));
+            Launches.Add(() => Device.Gemm(shape, g, b, target));
         }
         if (gb is not null)
         {
@@ -228,7 +162,7 @@ public sealed class DeviceBackward
                     ? new GemmShape(k, n, m, TransA: true, Beta: 1f, BatchCount: count, StrideA: aBatch == 1 ? 0 : (long)m * k, StrideB: (long)m * n, StrideC: (long)k * n)
                 : throw Unsupported(step, $"the VJP of a MatMul of [{ShapeUtil.Format(aShape)}] by [{ShapeUtil.Format(bShape)}] for B has no device form yet");
             var (a, target) = (Value(step, 0), G(gb));
-            launches.Add(() => device.Gemm(shape, a, g, target));
+            Launches.Add(() => Device.Gemm(shape, a, g, target));
         }
     }
 
@@ -243,15 +177,14 @@ public sealed class DeviceBackward
         if (inputGrads[0] is { } gx)
         {
             var target = G(gx);
-            launches.Add(() => device.NormalizeVjp(x, scale, g, target, rows, cols, epsilon, centered));
+            Launches.Add(() => Device.NormalizeVjp(x, scale, g, target, rows, cols, epsilon, centered));
         }
         if (inputGrads.Length > 1 && inputGrads[1] is { } gScale)
         {
-            var ones = Constant(Enumerable.Repeat(1f, cols).ToArray());
-            var normalized = Temporary(0, (long)rows * cols);
+            var normalized = Temporary((long)rows * cols);
             var layout = BroadcastLayout.For([rows, cols], [rows, cols], [rows, cols]);
-            launches.Add(() => device.Normalize(x, ones, null, normalized(), rows, cols, epsilon, centered));
-            launches.Add(() => device.Binary(DeviceBinary.Mul, layout, normalized(), g, null, normalized()));
+            Normalized(step, normalized);
+            Launches.Add(() => Device.Binary(DeviceBinary.Mul, layout, normalized(), g, null, normalized()));
             AddReduced([rows, cols], [cols], normalized, G(gScale));
         }
         if (inputGrads.Length > 2 && inputGrads[2] is { } gBias) AddReduced([rows, cols], [cols], () => g, G(gBias));
@@ -268,9 +201,9 @@ public sealed class DeviceBackward
         // term = f(gy, operand) over the output's shape, in scratch 0.
         Func<DeviceTensor> Term(DeviceBinary function, DeviceTensor left, int[] leftShape, DeviceTensor right, int[] rightShape)
         {
-            var t = Temporary(0, length);
+            var t = Temporary(length);
             var layout = BroadcastLayout.For(yShape, leftShape, rightShape);
-            launches.Add(() => device.Binary(function, layout, left, right, null, t()));
+            Launches.Add(() => Device.Binary(function, layout, left, right, null, t()));
             return t;
         }
         switch (type)
@@ -288,25 +221,23 @@ public sealed class DeviceBackward
                 if (gb is not null)
                 {
                     // ∂(a/b)/∂b = −y/b
-                    var t = Term(DeviceBinary.Mul, g, yShape, plan.Buffer(step.Outputs[0]), yShape);
+                    var t = Term(DeviceBinary.Mul, g, yShape, Buffer(step.Outputs[0]), yShape);
                     var b = Value(step, 1);
                     var layout = BroadcastLayout.For(yShape, yShape, bShape);
-                    launches.Add(() => device.Binary(DeviceBinary.Div, layout, t(), b, null, t()));
+                    Launches.Add(() => Device.Binary(DeviceBinary.Div, layout, t(), b, null, t()));
                     AddReduced(yShape, bShape, t, G(gb), -1f);
                 }
                 return;
             case "Pow":
                 if (gb is not null) throw Unsupported(step, "the gradient of Pow's exponent has no device form yet");
                 if (ga is null) return;
-                if (!plan.IsConstant(step, 1)) throw Unsupported(step, "the VJP of Pow by a computed exponent has no device form yet");
-                var exponent = DevicePlan.AsFloats(step.Inputs[1]!, $"{step.Op.Node}: exponent");
-                var (lower, factor) = (Constant(exponent.Select(e => e - 1f).ToArray()), Constant(exponent));
+                var (lower, factor) = PowerFactors(step, "VJP");
                 // ∂(aᵉ)/∂a = e·aᵉ⁻¹, times gy
                 var term = Term(DeviceBinary.Pow, Value(step, 0), aShape, lower, bShape);
                 var byExponent = BroadcastLayout.For(yShape, yShape, bShape);
                 var byGradient = BroadcastLayout.For(yShape, yShape, yShape);
-                launches.Add(() => device.Binary(DeviceBinary.Mul, byExponent, term(), factor, null, term()));
-                launches.Add(() => device.Binary(DeviceBinary.Mul, byGradient, term(), g, null, term()));
+                Launches.Add(() => Device.Binary(DeviceBinary.Mul, byExponent, term(), factor, null, term()));
+                Launches.Add(() => Device.Binary(DeviceBinary.Mul, byGradient, term(), g, null, term()));
                 AddReduced(yShape, aShape, term, G(ga));
                 return;
         }
@@ -321,10 +252,10 @@ public sealed class DeviceBackward
         for (int side = 1; side <= 2; side++)
         {
             if (inputGrads[side] is not { } target) continue;
-            var t = Temporary(0, length);
+            var t = Temporary(length);
             var layout = side == 1 ? BroadcastLayout.For(yShape, step.Inputs[0]!.Shape, yShape, []) : BroadcastLayout.For(yShape, step.Inputs[0]!.Shape, [], yShape);
             var (whenTrue, whenFalse) = side == 1 ? (g, Zero) : (Zero, g);
-            launches.Add(() => device.Binary(DeviceBinary.Where, layout, c, whenTrue, whenFalse, t()));
+            Launches.Add(() => Device.Binary(DeviceBinary.Where, layout, c, whenTrue, whenFalse, t()));
             AddReduced(yShape, step.Inputs[side]!.Shape, t, G(target));
         }
     }
@@ -338,7 +269,7 @@ public sealed class DeviceBackward
         for (int i = 0; i < inputGrads.Length; i++)
             if (inputGrads[i] is not null && dataInputs >= 0 && i != dataInputs)
                 throw Unsupported(step, $"the gradient of input {i} has no device form yet");
-        var (moves, _) = DeviceSteps.MovementTables(plan, step, dataInputs);
+        var (moves, _) = DeviceSteps.MovementTables(Plan, step, dataInputs);
         foreach (var move in moves)
         {
             if (inputGrads[move.Input] is not { } gx || outputGrads[move.Output] is not { } gy) continue;
@@ -349,8 +280,8 @@ public sealed class DeviceBackward
             var targets = new int[move.Pairs.Length / 2];
             var next = (int[])offsets.Clone();
             for (int t = 0; t < move.Pairs.Length; t += 2) targets[next[move.Pairs[t + 1]]++] = move.Pairs[t];
-            var (source, offsetTable, targetTable, target) = (G(gy), plan.Table(offsets), plan.Table(targets), G(gx));
-            launches.Add(() => device.AddGathered(source, offsetTable, targetTable, target, sources));
+            var (source, offsetTable, targetTable, target) = (G(gy), Plan.Table(offsets), Plan.Table(targets), G(gx));
+            Launches.Add(() => Device.AddGathered(source, offsetTable, targetTable, target, sources));
         }
     }
 }

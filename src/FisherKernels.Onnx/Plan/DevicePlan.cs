@@ -111,6 +111,15 @@ public sealed class DevicePlan : IDisposable
 
     private readonly Dictionary<Backward, DeviceBackward> backwards = [];
 
+    /// <summary>The device form of <paramref name="tangent"/> (a tangent pass over this plan), built once and kept with the plan.</summary>
+    public DeviceTangent TangentFor(Tangent tangent)
+    {
+        if (!tangents.TryGetValue(tangent, out var pass)) tangents[tangent] = pass = DeviceTangent.Build(this, tangent);
+        return pass;
+    }
+
+    private readonly Dictionary<Tangent, DeviceTangent> tangents = [];
+
     /// <summary>The device buffer of a value the plan computes or takes as input (one per host buffer).</summary>
     internal DeviceTensor Buffer(NdArray value)
     {
@@ -180,6 +189,7 @@ public sealed class DevicePlan : IDisposable
         buffers.Clear();
         tables.Clear();
         backwards.Clear();
+        tangents.Clear();
         launches.Clear();
     }
 }

@@ -147,6 +147,15 @@ internal static class DeviceSteps
     /// </summary>
     private static IEnumerable<Action> BatchedGemm(DevicePlan plan, ExecutionPlan.Step step)
     {
+        var shape = MatMulShape(plan, step);
+        var (a, b, y) = (plan.Input(step, 0, "A"), plan.Input(step, 1, "B"), plan.Buffer(step.Outputs[0]));
+        var device = plan.Device;
+        yield return () => device.Gemm(shape, a, b, y);
+    }
+
+    /// <summary>The GEMM of a MatMul step (<see cref="BatchedGemm"/>), β = 0.</summary>
+    internal static GemmShape MatMulShape(DevicePlan plan, ExecutionPlan.Step step)
+    {
         var (aShape, bShape, yShape) = (step.Inputs[0]!.Shape, step.Inputs[1]!.Shape, step.Outputs[0].Shape);
         if (aShape.Length < 2 || bShape.Length < 2)
             throw Unsupported(plan, step, $"a 1-D operand ([{ShapeUtil.Format(aShape)}] by [{ShapeUtil.Format(bShape)}]) has no device form yet");
@@ -161,9 +170,7 @@ internal static class DeviceSteps
         else shape = default;
         if (shape.BatchCount == 0)
             throw Unsupported(plan, step, $"a partly broadcast batch ([{ShapeUtil.Format(aShape)}] by [{ShapeUtil.Format(bShape)}]) has no device form yet");
-        var (a, b, y) = (plan.Input(step, 0, "A"), plan.Input(step, 1, "B"), plan.Buffer(step.Outputs[0]));
-        var device = plan.Device;
-        yield return () => device.Gemm(shape, a, b, y);
+        return shape;
     }
 
     private static IEnumerable<Action> Normalize(DevicePlan plan, ExecutionPlan.Step step)
@@ -241,14 +248,19 @@ internal static class DeviceSteps
     /// <summary>Gather by indices computed at run time (token embeddings).</summary>
     private static Action GatherRows(DevicePlan plan, ExecutionPlan.Step step)
     {
-        var data = step.Inputs[0]!;
-        int axis = (int)step.Op.Node.Attributes.GetInt("axis", 0);
-        if (axis < 0) axis += data.Rank;
-        int outer = Tensors.Product(data.Shape, 0, axis), rows = data.Shape[axis], inner = Tensors.Product(data.Shape, axis + 1, data.Rank);
-        int count = checked((int)step.Inputs[1]!.Length);
+        var (outer, rows, inner, count) = GatherShape(step);
         var (table, indices, output) = (plan.Input(step, 0, "data"), plan.Input(step, 1, "indices"), plan.Buffer(step.Outputs[0]));
         var device = plan.Device;
         return () => device.Gather(table, indices, output, outer, rows, inner, count);
+    }
+
+    /// <summary>A Gather's table as [outer × rows × inner] around its axis, and how many indices it reads.</summary>
+    internal static (int Outer, int Rows, int Inner, int Count) GatherShape(ExecutionPlan.Step step)
+    {
+        var data = step.Inputs[0]!;
+        int axis = (int)step.Op.Node.Attributes.GetInt("axis", 0);
+        if (axis < 0) axis += data.Rank;
+        return (Tensors.Product(data.Shape, 0, axis), data.Shape[axis], Tensors.Product(data.Shape, axis + 1, data.Rank), checked((int)step.Inputs[1]!.Length));
     }
 
     private static IEnumerable<Action> Attention(DevicePlan plan, ExecutionPlan.Step step, FusedAttention op)

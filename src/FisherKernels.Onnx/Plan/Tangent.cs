@@ -47,6 +47,15 @@ public sealed class Tangent
         }
     }
 
+    public ExecutionPlan Plan => plan;
+
+    /// <summary>The steps that compute a tangent, in order, for a device plan (<see cref="DeviceTangent"/>).</summary>
+    internal IEnumerable<(ExecutionPlan.Step Step, NdArray<float>?[] InputTangents, NdArray<float>?[] OutputTangents)> Steps =>
+        forward.Select(f => (f.Step, f.InputTangents, f.OutputTangents));
+
+    /// <summary>The variables' tangent buffers (the direction), for a device plan to upload.</summary>
+    internal IEnumerable<NdArray<float>> Directions => plan.Variables.Where(v => tangents[plan.Id(v)] is not null).Select(v => tangents[plan.Id(v)]!);
+
     /// <summary>The tangent buffer of a variable, to fill with the direction before <see cref="Run"/>.</summary>
     public NdArray<float> Direction(string variable) => Get(variable);
 

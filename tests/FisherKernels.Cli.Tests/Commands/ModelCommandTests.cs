@@ -205,11 +205,12 @@ public class ModelCommandTests
     }
 
     /// <summary>
-    /// forward and fit --backend ilgpu-cpu run device-resident (on the emulator): the golden's logits, and the empirical-Fisher
-    /// factors of gpt2_tiny against the torch golden (1e-3); a verb without a device form refuses in one line naming itself.
+    /// forward, fit and jvp --backend ilgpu-cpu run device-resident (on the emulator): the golden's logits, the empirical-Fisher
+    /// factors of gpt2_tiny and its J·V against the torch goldens (1e-3); a verb without a device form refuses in one line
+    /// naming itself, and writes nothing.
     /// </summary>
     [Fact]
-    public void ForwardAndFitRunOnTheDeviceBackend()
+    public void ForwardFitAndJvpRunOnTheDeviceBackend()
     {
         using var temp = new TempFolder();
         string output = temp.File("logits.npy");
@@ -223,11 +224,23 @@ public class ModelCommandTests
         Assert.True(code == 0, stderr);
         KfacCommandTests.AssertFactorsMatch(Fixtures.Path("gpt2_tiny.kfac_targets.safetensors"), curvature, 1e-3);
 
+        string jvp = temp.File("jvp.npy");
         (code, _, stderr) = CliRunner.Run("jvp", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
-            "--direction", Fixtures.Path("gpt2_tiny.direction.safetensors"), "--out", temp.File("jvp.npy"), "--backend", "ilgpu-cpu");
+            "--direction", Fixtures.Path("gpt2_tiny.direction.safetensors"), "--out", jvp, "--backend", "ilgpu-cpu");
+        Assert.True(code == 0, stderr);
+        var reference = (NdArray<double>)NpyFile.Read(Fixtures.Path("gpt2_tiny.jvp.npy"));
+        var values = (NdArray<float>)NpyFile.Read(jvp);
+        Assert.Equal(reference.Shape, values.Shape);
+        double diff = 0, norm = 0;
+        for (int i = 0; i < reference.Data.Length; i++) (diff, norm) = (diff + Math.Pow(reference.Data[i] - values.Data[i], 2), norm + reference.Data[i] * reference.Data[i]);
+        Assert.True(Math.Sqrt(diff / norm) <= 1e-3, $"jvp relative error {Math.Sqrt(diff / norm):G3} against the torch golden");
+
+        string direction = temp.File("natgrad.safetensors");
+        (code, _, stderr) = CliRunner.Run("natgrad", "--model", Fixtures.Path("gpt2_tiny.onnx"), "--tokens", Fixtures.Path("gpt2_tiny.tokens.npy"),
+            "--curvature", Fixtures.Path("gpt2_tiny.kfac.safetensors"), "--out", direction, "--backend", "ilgpu-cpu");
         Assert.NotEqual(0, code);
-        Assert.Equal("fisherkernels: --backend ilgpu-cpu: jvp runs on the cpu backend only (its plans have no device form yet; forward, fit and score also run on cuda, opencl and ilgpu-cpu)", stderr.Trim());
-        Assert.False(File.Exists(temp.File("jvp.npy")));
+        Assert.Equal("fisherkernels: --backend ilgpu-cpu: natgrad runs on the cpu backend only (its plans have no device form yet; forward, fit, score and jvp also run on cuda, opencl and ilgpu-cpu)", stderr.Trim());
+        Assert.False(File.Exists(direction));
     }
 
     [Fact]

@@ -116,6 +116,34 @@ public class DevicePlanTests
     }
 
     /// <summary>
+    /// The tangent pass on the device (every JVP of the fixtures' derivative plans as device launches): J·V of the logits
+    /// along the fixtures' directions (every layer weight and bias, the norms' scales, the embeddings) against the float64
+    /// torch goldens (relative error ≤ 1e-3, SPEC §7) and the cpu backend (1e-4); a second run with the direction doubled
+    /// gives twice the first (the buffers are reused). The directions cover a layer weight, a bias, a norm scale and the (tied) embedding.
+    /// </summary>
+    [Theory]
+    [InlineData("gpt2_tiny")]
+    [InlineData("llama_tiny")]
+    public void DeviceJvpMatchesTorchAndTheCpu(string model)
+    {
+        var lm = LanguageModel.Load(Fixtures.Path(model + ".onnx"));
+        var tokens = NpyFile.Read(Fixtures.Path(model + ".tokens.npy"));
+        var file = SafetensorsFile.Read(Fixtures.Path(model + ".direction.safetensors"));
+        var direction = file.Names.ToDictionary(n => n, file.GetFloat32);
+        var jvp = Derivatives.Jvp(lm, Device, tokens, direction);
+        var reference = (NdArray<double>)NpyFile.Read(Fixtures.Path(model + ".jvp.npy"));
+        Assert.Equal(reference.Shape, jvp.Shape);
+        double toGolden = DerivativeTests.RelativeError(reference.Data, jvp.Data);
+        Assert.True(toGolden <= 1e-3, $"relative error {toGolden:G3} against the torch golden");
+        var cpu = Derivatives.Jvp(lm, Cpu, tokens, direction);
+        double toCpu = DerivativeTests.RelativeError(Array.ConvertAll(cpu.Data, v => (double)v), jvp.Data);
+        Assert.True(toCpu <= 1e-4, $"relative error {toCpu:G3} against the cpu backend");
+        var doubled = direction.ToDictionary(kv => kv.Key, kv => new NdArray<float>(kv.Value.Shape, kv.Value.Data.Select(x => 2 * x).ToArray()));
+        var twice = Derivatives.Jvp(lm, Device, tokens, doubled);
+        for (int i = 0; i < jvp.Data.Length; i++) Assert.Equal(2 * jvp.Data[i], twice.Data[i], 1e-5f * (1 + Math.Abs(jvp.Data[i])));
+    }
+
+    /// <summary>
     /// fit on the device (forward and reverse passes device-resident, the taps downloaded into kernel family 1 on the same
     /// backend): the empirical-Fisher factors against the float64 torch goldens (relative error ≤ 1e-3, as the CPU fit's
     /// test) and against the cpu backend's fit (1e-4).
