@@ -128,6 +128,14 @@ public sealed partial class IlgpuBackend : IComputeBackend
         (Method(nameof(ReduceKernel)), false),
         (Method(nameof(GatherKernel)), false),
         (Method(nameof(AttentionKernel)), false),
+        // Their reverse and tangent passes (IlgpuBackend.Derivatives.cs)
+        (Method(nameof(FillKernel)), false),
+        (Method(nameof(UnaryVjpKernel)), false),
+        (Method(nameof(AddReducedKernel)), false),
+        (Method(nameof(AddGatheredKernel)), false),
+        (Method(nameof(ScatterRowsKernel)), false),
+        (Method(nameof(NormalizeDerivativeKernel)), false),
+        (Method(nameof(SoftmaxVjpKernel)), false),
     ];
 
     private static MethodInfo Method(string name) =>

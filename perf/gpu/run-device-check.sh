@@ -22,9 +22,10 @@
 #  4. only with FK_REAL_SIZE=1 and python3 with torch there: the GPT-2-small-shaped model generated there
 #     (perf/models/make_real_size.py gpt2), forward on cuda against cpu, then bench --model on cuda: fit of 8 x 128
 #     tokens and the score rows of one 128-token sequence (issue 23's targets: each under 1 s warm);
-#  5. fit and score on the device against the torch goldens and the cpu backend: fit --fisher empirical of gpt2_tiny
+#  5. fit, score and jvp on the device against the torch goldens and the cpu backend: fit --fisher empirical of gpt2_tiny
 #     (with its targets) and llama_tiny (factors, relative error <= 1e-3), score --method kfac and isotropic of gpt2_tiny
-#     (the golden curvature; p within 1e-4, epistemic relative error <= 1e-3).
+#     (the golden curvature; p within 1e-4, epistemic relative error <= 1e-3), jvp of gpt2_tiny and llama_tiny along
+#     the fixtures' directions (max |d| <= 1e-3 of the largest |J.V|).
 # FK_BACKEND (default cuda) names the device backend, FK_CHECKS (default "1 5 2 3 4") the checks to run, in that order:
 # a dry run of the script without a GPU is `FK_BACKEND=ilgpu-cpu FK_CHECKS="1 5" perf/gpu/run-device-check.sh run`.
 # The kernel conformance suite (xunit, tests/FisherKernels.Kernels.Tests CudaConformance) needs the SDK: it runs only
@@ -38,7 +39,7 @@ if [[ $step == pack ]]; then
     set -e
     rm -rf "$bundle" && mkdir -p "$bundle/stage/fk"
     dotnet publish src/FisherKernels.Cli -c Release -r linux-x64 --self-contained -o "$bundle/stage/fk" -v q -nologo
-    # Not loaded by forward, fit, score or bench (the demo's plots, the cluster's Orleans and Redis, XML and data libraries, debugger
+    # Not loaded by forward, fit, score, jvp or bench (the demo's plots, the cluster's Orleans and Redis, XML and data libraries, debugger
     # support): the tree and the bundle must stay under 64 MiB together. Checked on 2026-12-07 with forward (cpu,
     # ilgpu-cpu), bench --quick and bench --model --forward-only on the trimmed folder.
     (cd "$bundle/stage/fk" && rm -f onnxruntime.dll libSkiaSharp.so libHarfBuzzSharp.so Microsoft.CodeAnalysis*.dll \
@@ -93,7 +94,7 @@ done
 }
 
 [[ $checks == *" 5 "* ]] && {
-say "== 5. fit and score --backend $device (vs torch float64 goldens and vs --backend cpu)"
+say "== 5. fit, score and jvp --backend $device (vs torch float64 goldens and vs --backend cpu)"
 compare() { if [[ -n $python ]]; then "$python" perf/gpu/compare_results.py "$@" 2>&1 | tee -a "$log"; else say "python3 missing: $3 not compared"; cp "$3" "$results/"; fi; }
 for spec in "gpt2_tiny 1 kfac_targets --targets $fixtures/gpt2_tiny.targets.npy" "llama_tiny 2 kfac"; do
     read -r model batch golden targets <<< "$spec"
@@ -114,6 +115,12 @@ for method in kfac isotropic; do
     done
     compare scores "$fixtures/gpt2_tiny.scores.json" "$work/scores.$method.$device.json"
     compare scores "$work/scores.$method.cpu.json" "$work/scores.$method.$device.json" 1e-4
+done
+for model in gpt2_tiny llama_tiny; do
+    timeout 120 "$fk" jvp --model "$fixtures/$model.onnx" --tokens "$fixtures/$model.tokens.npy" --direction "$fixtures/$model.direction.safetensors" \
+        --out "$work/$model.jvp.$device.npy" --backend "$device" >> "$log" 2>&1 || say "FAIL $model jvp --backend $device (status $?)"
+    if [[ -n $python ]]; then "$python" perf/gpu/compare_npy.py "$fixtures/$model.jvp.npy" "$work/$model.jvp.$device.npy" 1e-3 2>&1 | tee -a "$log"
+    else cp "$work/$model.jvp.$device.npy" "$results/"; fi
 done
 }
 
