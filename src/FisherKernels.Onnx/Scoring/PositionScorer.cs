@@ -55,6 +55,8 @@ public static class PositionScorer
         if (level == 0 || (level & ~ScoreLevel.Both) != 0) throw new ArgumentOutOfRangeException(nameof(level), level, "not a score level");
         if (parameters.Count == 0) throw FisherKernelsException.Argument("score: the parameter set is empty");
         lm.Inputs(tokens);  // checks the token ids once for the whole batch
+        // The sequence level alone runs one cotangent a pass (p̄'s): gradient buffers for a block would be allocated unused.
+        if (!level.HasFlag(ScoreLevel.Token)) cotangents = 1;
         var scorer = new TapScorer(lm, parameters, epistemic, context.Backend);
         var variables = parameters.ToHashSet(StringComparer.Ordinal);
         int batch = tokens.Shape[0], seq = tokens.Shape[1];
