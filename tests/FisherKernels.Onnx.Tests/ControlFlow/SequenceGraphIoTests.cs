@@ -108,4 +108,51 @@ public sealed class SequenceGraphIoTests
         var e = Assert.Throws<FisherKernelsException>(() => model.GetPlan(inputs));
         Assert.StartsWith("node 'cat/", e.Message);
     }
+
+    /// <summary>A one-node model with input x of <paramref name="inputType"/> (or none) and initializer w [2], output y.</summary>
+    private static OnnxModel OneNode(TempFolder temp, NodeProto node, TypeProto? inputType)
+    {
+        var graph = new GraphProto { Name = "g", Node = { node }, Output = { new ValueInfoProto { Name = "y" } } };
+        if (inputType is not null) graph.Input.Add(new ValueInfoProto { Name = "x", Type = inputType });
+        graph.Initializer.Add(new TensorProto { Name = "w", DataType = 1, Dims = { 2 }, FloatData = { 1.5f, -2 } });
+        string path = temp.File(node.Name + ".onnx");
+        File.WriteAllBytes(path, new ModelProto { IrVersion = 8, OpsetImport = { new OperatorSetIdProto { Domain = "", Version = 17 } }, Graph = graph }.ToByteArray());
+        return OnnxModel.Load(path);
+    }
+
+    [Fact]
+    public void AnOptionalInputLeftOutHoldsNothingAndGettingItsElementIsRefusedNamingTheNode()
+    {
+        using var temp = new TempFolder();
+        var optional = new TypeProto { OptionalType = new TypeProto.Types.Optional { ElemType = Tensor([2]) } };
+        var has = OneNode(temp, new NodeProto { Name = "has", OpType = "OptionalHasElement", Input = { "x" }, Output = { "y" } }, optional);
+        foreach (var (inputs, holds) in new[] { (new Dictionary<string, NdArray>(), false), (new() { ["x"] = new NdArray<float>([2], [1, 2]) }, true) })
+        {
+            var plan = has.GetPlan(inputs);
+            plan.Run(Context, inputs);
+            Assert.Equal([holds], ((NdArray<bool>)plan.Get("y")).Data);
+        }
+        var get = OneNode(temp, new NodeProto { Name = "get", OpType = "OptionalGetElement", Input = { "x" }, Output = { "y" } }, optional);
+        var e = Assert.Throws<FisherKernelsException>(() => get.GetPlan(new Dictionary<string, NdArray>()));
+        Assert.StartsWith("node 'get'", e.Message);
+        Assert.Contains("input 'x' is an optional value that holds nothing", e.Message);
+    }
+
+    [Fact]
+    public void AStringFromValuesKnownOnlyWhenThePlanRunsIsRefusedNamingTheNode()
+    {
+        // Cast(w) to string folds while w is a constant; a plan that differentiates by w cannot know it when it is built.
+        using var temp = new TempFolder();
+        var model = OneNode(temp, new NodeProto
+        {
+            Name = "text", OpType = "Cast", Input = { "w" }, Output = { "y" },
+            Attribute = { new AttributeProto { Name = "to", Type = AttributeProto.Types.AttributeType.Int, I = 8 } },
+        }, null);
+        var inference = model.GetPlan(new Dictionary<string, NdArray>());
+        Assert.Equal(["1.5", "-2.0"], Assert.IsType<StringArray>(inference.Get("y")).Data);
+        var e = Assert.Throws<FisherKernelsException>(() => model.GetPlan(new Dictionary<string, NdArray>(), new HashSet<string> { "w" }, keepAll: true));
+        Assert.Equal(ErrorKind.Unsupported, e.Kind);
+        Assert.StartsWith("node 'text'", e.Message);
+        Assert.Contains("makes a string from values known only when the plan runs", e.Message);
+    }
 }
