@@ -17,14 +17,7 @@ internal static class SymmetricEigensolver
     /// </summary>
     public static unsafe void Decompose(ReadOnlySpan<double> a, int n, Span<double> eigenvalues, Span<double> eigenvectors, bool useNative)
     {
-        if (n < 0) throw FisherKernelsException.Argument($"eigendecomposition: negative size {n}");
-        long size = (long)n * n;
-        // Sizes in 64 bits: n > 46,340 makes n² overflow an int, and no .NET array or span holds that many entries anyway.
-        if (size > Array.MaxLength)
-            throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}]: {size} entries exceed the {Array.MaxLength} a .NET array holds; a factor this large must take the low-rank form (a smaller --memory-budget)");
-        if (a.Length != size) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {size} elements, got {a.Length}");
-        if (eigenvalues.Length != n) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {n} eigenvalue slots, got {eigenvalues.Length}");
-        if (eigenvectors.Length != size) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {size} eigenvector elements, got {eigenvectors.Length}");
+        long size = CheckSizes(n, a.Length, eigenvalues.Length, eigenvectors.Length);
         Finite.Require(a, "the matrix to eigendecompose");
         if (n == 0) return;
 
@@ -52,13 +45,7 @@ internal static class SymmetricEigensolver
     /// </summary>
     public static unsafe void Decompose(ReadOnlySpan<float> a, int n, Span<float> eigenvalues, Span<float> eigenvectors, bool useNative)
     {
-        if (n < 0) throw FisherKernelsException.Argument($"eigendecomposition: negative size {n}");
-        long size = (long)n * n;
-        if (size > Array.MaxLength)
-            throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}]: {size} entries exceed the {Array.MaxLength} a .NET array holds; a factor this large must take the low-rank form (a smaller --memory-budget)");
-        if (a.Length != size) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {size} elements, got {a.Length}");
-        if (eigenvalues.Length != n) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {n} eigenvalue slots, got {eigenvalues.Length}");
-        if (eigenvectors.Length != size) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {size} eigenvector elements, got {eigenvectors.Length}");
+        long size = CheckSizes(n, a.Length, eigenvalues.Length, eigenvectors.Length);
         Finite.Require(a, "the matrix to eigendecompose");
         if (n == 0) return;
 
@@ -99,6 +86,20 @@ internal static class SymmetricEigensolver
             eigenvalues[j] = values[order[j]];
             for (int i = 0; i < n; i++) symmetric[i * n + j] = vectors[i, order[j]];
         }
+    }
+
+    /// <summary>The checks both precisions make of the sizes they are given; returns n² (in 64 bits).</summary>
+    private static long CheckSizes(int n, int aLength, int eigenvaluesLength, int eigenvectorsLength)
+    {
+        if (n < 0) throw FisherKernelsException.Argument($"eigendecomposition: negative size {n}");
+        long size = (long)n * n;
+        // Sizes in 64 bits: n > 46,340 makes n² overflow an int, and no .NET array or span holds that many entries anyway.
+        if (size > Array.MaxLength)
+            throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}]: {size} entries exceed the {Array.MaxLength} a .NET array holds; a factor this large must take the low-rank form (a smaller --memory-budget)");
+        if (aLength != size) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {size} elements, got {aLength}");
+        if (eigenvaluesLength != n) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {n} eigenvalue slots, got {eigenvaluesLength}");
+        if (eigenvectorsLength != size) throw FisherKernelsException.Argument($"eigendecomposition of [{n} × {n}] needs {size} eigenvector elements, got {eigenvectorsLength}");
+        return size;
     }
 
     private static void TransposeInPlace<T>(Span<T> m, int n)
